@@ -1,0 +1,84 @@
+"""Settings, read from the environment once at start and validated there."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from kpi_service.windows import canonical_zone
+
+MIN_SECRET_BYTES = 32
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message is the one-line reason."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    jwt_secret_key: str
+    database_url: str | None = None
+    redis_url: str | None = None
+    cache_ttl: int = 30
+    stale_ttl: int = 86400
+    aged_days: int = 60
+    timezone: str = "UTC"
+    statement_timeout_ms: int = 5000
+    db_connect_timeout: int = 3
+    db_pool_size: int = 4
+    db_pool_timeout: float = 3.0
+    max_buckets: int = 400
+    redis_timeout_ms: int = 250
+    env: str = "production"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Build settings from environment variables; keyword overrides win (the demo uses them)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {
+            "jwt_secret_key": env.get("JWT_SECRET_KEY", ""),
+            "database_url": env.get("DATABASE_URL") or None,
+            "redis_url": env.get("REDIS_URL") or None,
+            "cache_ttl": _int(env, "KPI_CACHE_TTL", 30, low=1),
+            "stale_ttl": _int(env, "KPI_STALE_TTL", 86400, low=1),
+            "aged_days": _int(env, "KPI_AGED_DAYS", 60, low=1, high=3650),
+            "timezone": env.get("KPI_TIMEZONE") or "UTC",
+            "statement_timeout_ms": _int(env, "KPI_STATEMENT_TIMEOUT_MS", 5000, low=1),
+            "db_connect_timeout": _int(env, "KPI_DB_CONNECT_TIMEOUT", 3, low=1),
+            "db_pool_size": _int(env, "KPI_DB_POOL_SIZE", 4, low=1),
+            "db_pool_timeout": _int(env, "KPI_DB_POOL_TIMEOUT_MS", 3000, low=1) / 1000,
+            "max_buckets": _int(env, "KPI_MAX_BUCKETS", 400, low=1),
+            "redis_timeout_ms": _int(env, "KPI_REDIS_TIMEOUT_MS", 250, low=1),
+            "env": env.get("KPI_ENV") or "production",
+        }
+        values.update(overrides)
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if not self.jwt_secret_key:
+            raise ConfigError("JWT_SECRET_KEY is not set")
+        if self.env not in ("production", "development"):
+            raise ConfigError(f"KPI_ENV must be 'production' or 'development', not {self.env!r}")
+        if self.env != "development" and len(self.jwt_secret_key.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(f"JWT_SECRET_KEY must be at least {MIN_SECRET_BYTES} bytes (or set KPI_ENV=development)")
+        if not self.database_url:
+            raise ConfigError("DATABASE_URL is not set")
+        if canonical_zone(self.timezone) != self.timezone:
+            raise ConfigError(f"KPI_TIMEZONE {self.timezone!r} is not a known IANA time zone name")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int | None = None) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, not {raw!r}") from None
+    if value < low or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ConfigError(f"{name} must be {bounds}, not {value}")
+    return value

@@ -1,0 +1,101 @@
+"""The one connection pool of the service, and the statements it runs."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+import aiosql
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from kpi_service.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def sql_text(name: str) -> str:
+    """A file of sql/, read from the installed package (the checkout is not needed)."""
+    return resources.files("kpi_service.sql").joinpath(name).read_text(encoding="utf-8")
+
+
+queries = aiosql.from_str(sql_text("kpi.sql"), "psycopg")
+
+
+class DatabaseUnavailable(Exception):
+    """PostgreSQL could not answer in time: down, unreachable, pool exhausted or timed out."""
+
+
+class Database:
+    """Owns the pool. Connections are read-only, bounded in time, and checked on checkout so
+    that a restarted server is noticed on the first request after it instead of failing one."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._lock = threading.Lock()
+        self._opened = False
+        self.pool = ConnectionPool(
+            settings.database_url,
+            min_size=1,
+            max_size=settings.db_pool_size,
+            timeout=settings.db_pool_timeout,
+            open=False,
+            check=ConnectionPool.check_connection,
+            name="kpi",
+            kwargs={
+                "row_factory": dict_row,
+                "connect_timeout": settings.db_connect_timeout,
+                "application_name": "kpi-service",
+                "options": (
+                    f"-c default_transaction_read_only=on -c statement_timeout={settings.statement_timeout_ms}"
+                ),
+            },
+        )
+
+    def _ensure_open(self) -> None:
+        # Opened on first use, not in create_app: the pool's worker threads must start in the
+        # process that serves (after gunicorn forks), and a database that is down at start must
+        # not stop the service from starting.
+        if not self._opened:
+            with self._lock:
+                if not self._opened:
+                    self.pool.open(wait=False)
+                    self._opened = True
+
+    def kpi_rows(
+        self,
+        windows: Sequence[tuple[datetime | None, datetime | None, datetime]],
+        aged_days: int,
+    ) -> tuple[list[dict[str, Any]], float]:
+        """One execution of sql/kpi.sql: a row per (start, end, as_of) window, and its duration in ms."""
+        self._ensure_open()
+        try:
+            with self.pool.connection() as conn:
+                started = time.perf_counter()
+                rows = list(
+                    queries.kpi_windows(
+                        conn,
+                        starts=[w[0] for w in windows],
+                        ends=[w[1] for w in windows],
+                        as_ofs=[w[2] for w in windows],
+                        aged_days=aged_days,
+                    )
+                )
+                return rows, (time.perf_counter() - started) * 1000
+        except psycopg.Error as error:
+            log.warning("database unavailable: %s", error.__class__.__name__)
+            raise DatabaseUnavailable(str(error)) from error
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def apply_schema(conninfo: str) -> None:
+    """Create the tables and indexes of sql/schema.sql (idempotent)."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(sql_text("schema.sql"))

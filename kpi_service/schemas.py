@@ -1,0 +1,187 @@
+"""marshmallow schemas: the query parameters coming in and the metrics going out."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
+
+from kpi_service.windows import INTERVALS, Window, bucket_count, canonical_zone
+
+# Dates outside this range are refused rather than risking overflow at either end of the
+# calendar once converted to UTC instants.
+MIN_DATE = date(1900, 1, 1)
+MAX_DATE = date(9998, 12, 31)
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+class IsoDate(fields.Date):
+    """Exactly YYYY-MM-DD: date.fromisoformat alone would also take 20261101 or 2026-W48-1."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> date:
+        if not isinstance(value, str) or not _ISO_DATE.fullmatch(value):
+            raise ValidationError("Not a valid date: expected YYYY-MM-DD.")
+        day = super()._deserialize(value, attr, data, **kwargs)
+        if not MIN_DATE <= day <= MAX_DATE:
+            raise ValidationError(f"Must be between {MIN_DATE} and {MAX_DATE}.")
+        return day
+
+
+class TimeZone(fields.String):
+    """An IANA zone name in any letter case, loaded as its canonical spelling."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        name = canonical_zone(super()._deserialize(value, attr, data, **kwargs))
+        if name is None:
+            raise ValidationError("Unknown time zone: expected an IANA name such as Europe/Berlin.")
+        return name
+
+
+@dataclass(frozen=True)
+class KpiQuery:
+    """A validated, normalized request: equal queries mean the same window and cache key."""
+
+    date_from: date | None
+    date_to: date | None
+    tz: str
+    aged_days: int
+    interval: str | None = None
+
+    @property
+    def window(self) -> Window:
+        return Window.of_dates(self.date_from, self.date_to, self.tz)
+
+    def describe(self) -> dict[str, Any]:
+        """The `meta.window` of a response."""
+        described: dict[str, Any] = {
+            "from": None if self.date_from is None else self.date_from.isoformat(),
+            "to": None if self.date_to is None else self.date_to.isoformat(),
+            "tz": self.tz,
+            "aged_days": self.aged_days,
+        }
+        if self.interval is not None:
+            described["interval"] = self.interval
+        return described
+
+
+class KpiQuerySchema(Schema):
+    """Parameters of GET /api/kpi. Defaults for tz and aged_days come from the settings."""
+
+    class Meta:
+        unknown = RAISE
+
+    date_from = IsoDate(data_key="from", load_default=None)
+    date_to = IsoDate(data_key="to", load_default=None)
+    tz = TimeZone(load_default=None)
+    aged_days = fields.Integer(load_default=None, validate=validate.Range(min=1, max=3650))
+
+    def __init__(self, *, default_tz: str = "UTC", default_aged_days: int = 60, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.default_tz = default_tz
+        self.default_aged_days = default_aged_days
+
+    @validates_schema
+    def _ordered(self, data: dict[str, Any], **kwargs: Any) -> None:
+        first, last = data.get("date_from"), data.get("date_to")
+        if first is not None and last is not None and first > last:
+            raise ValidationError("Must not be before 'from'.", "to")
+
+    @post_load
+    def _normalize(self, data: dict[str, Any], **kwargs: Any) -> KpiQuery:
+        return KpiQuery(
+            date_from=data["date_from"],
+            date_to=data["date_to"],
+            tz=data["tz"] or self.default_tz,
+            aged_days=data["aged_days"] or self.default_aged_days,
+            interval=data.get("interval"),
+        )
+
+
+class HistoryQuerySchema(KpiQuerySchema):
+    """Parameters of GET /api/kpi/history: a bounded range cut into calendar buckets."""
+
+    date_from = IsoDate(data_key="from", required=True)
+    date_to = IsoDate(data_key="to", required=True)
+    interval = fields.String(required=True, validate=validate.OneOf(INTERVALS))
+
+    def __init__(self, *, max_buckets: int = 400, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_buckets = max_buckets
+
+    @validates_schema
+    def _bounded(self, data: dict[str, Any], **kwargs: Any) -> None:
+        first, last, interval = data.get("date_from"), data.get("date_to"), data.get("interval")
+        if first is None or last is None or interval is None or first > last:
+            return
+        count = bucket_count(first, last, interval)
+        if count > self.max_buckets:
+            raise ValidationError(
+                f"{count} {interval} buckets requested; at most {self.max_buckets} are allowed.", "interval"
+            )
+
+
+class MetricsSchema(Schema):
+    """The ten KPIs. Loading a database row validates it; a row that fails is never served."""
+
+    class Meta:
+        unknown = RAISE
+
+    average_profit_per_unit = fields.Float(required=True, allow_nan=False)
+    lead_to_purchase_time = fields.Float(required=True, allow_nan=False)
+    aged_inventory = fields.Integer(required=True, strict=True, validate=validate.Range(min=0))
+    total_listings = fields.Integer(required=True, strict=True, validate=validate.Range(min=0))
+    active_buyers = fields.Integer(required=True, strict=True, validate=validate.Range(min=0))
+    conversion_rate = fields.Float(required=True, allow_nan=False, validate=validate.Range(min=0, max=100))
+    average_price = fields.Float(required=True, allow_nan=False, validate=validate.Range(min=0))
+    total_value = fields.Float(required=True, allow_nan=False, validate=validate.Range(min=0))
+    scoring_rate = fields.Float(required=True, allow_nan=False, validate=validate.Range(min=0, max=100))
+    average_score = fields.Float(required=True, allow_nan=False, validate=validate.Range(min=0, max=100))
+
+
+METRIC_KEYS = tuple(MetricsSchema().fields)
+
+
+class WindowSchema(Schema):
+    from_ = fields.Date(data_key="from", allow_none=True)
+    to = fields.Date(allow_none=True)
+    tz = fields.String()
+    aged_days = fields.Integer()
+    interval = fields.String(validate=validate.OneOf(INTERVALS))
+
+
+class MetaSchema(Schema):
+    computed_at = fields.DateTime(metadata={"description": "When the SQL ran (UTC)."})
+    cached = fields.Boolean(metadata={"description": "The response came from the cache."})
+    stale = fields.Boolean(metadata={"description": "Older than the TTL; served because the database failed."})
+    duration_ms = fields.Float(metadata={"description": "How long the SQL took."})
+    window = fields.Nested(WindowSchema)
+
+
+class KpiResponseSchema(Schema):
+    metrics = fields.Nested(MetricsSchema)
+    success = fields.Boolean()
+    message = fields.String(allow_none=True)
+    meta = fields.Nested(MetaSchema)
+
+
+class BucketSchema(Schema):
+    start = fields.Date()
+    end = fields.Date()
+    metrics = fields.Nested(MetricsSchema)
+
+
+class HistoryResponseSchema(Schema):
+    series = fields.List(fields.Nested(BucketSchema))
+    success = fields.Boolean()
+    message = fields.String(allow_none=True)
+    meta = fields.Nested(MetaSchema)
+
+
+class ErrorSchema(Schema):
+    metrics = fields.Raw(allow_none=True)
+    success = fields.Boolean()
+    message = fields.String()
+    errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))

