@@ -18,8 +18,8 @@ from kpi_service.windows import Window
 from tests import reference
 from tests.conftest import make_settings
 from tests.dataset import Dataset, Lead, Listing, Purchase
+from tests.strategies import ZONES, datasets, days, instants
 
-ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata"]
 NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
 
 
@@ -211,68 +211,11 @@ def test_unknown_costs_and_missing_leads_are_left_out(database: Database, conn: 
 
 # --- generated data against the reference ---------------------------------------------------
 
-BASE = utc(2026, 3, 1)
-# Window edges in every tested zone around the DST changes of 2026, so generated events land
-# exactly on boundaries as well as between them.
-EDGES = sorted(
-    {
-        w
-        for zone in ZONES
-        for day in (date(2026, 3, 7), date(2026, 3, 8), date(2026, 3, 9), date(2026, 3, 29), date(2026, 3, 30))
-        for w in (Window.of_dates(day, day, zone).start,)
-    }
-)
-instants = st.one_of(
-    st.sampled_from(EDGES),
-    st.builds(lambda s: BASE + timedelta(seconds=s), st.integers(0, 40 * 86400)),
-    st.builds(lambda e, us: e + timedelta(microseconds=us), st.sampled_from(EDGES), st.sampled_from([-1, 1])),
-)
-money = st.decimals(min_value=0, max_value=100000, places=2, allow_nan=False, allow_infinity=False)
-scores = st.decimals(min_value=0, max_value=100, places=2, allow_nan=False, allow_infinity=False)
-
-
-@st.composite
-def datasets(draw: st.DrawFn) -> Dataset:
-    buyers = list(range(1, draw(st.integers(1, 5)) + 1))
-    listings = []
-    for i in range(1, draw(st.integers(0, 12)) + 1):
-        status = draw(st.sampled_from(["active", "pending", "sold", "withdrawn"]))
-        listed_at = draw(instants)
-        sold_at = draw(st.one_of(st.none(), instants)) if status == "sold" else None
-        listings.append(
-            Listing(
-                i,
-                draw(money),
-                status,
-                listed_at,
-                draw(st.one_of(st.none(), money)),
-                sold_at,
-                draw(st.one_of(st.none(), scores)),
-            )
-        )
-    leads = [
-        Lead(
-            i, draw(st.sampled_from(buyers)), draw(instants), None, draw(st.sampled_from(["open", "converted", "lost"]))
-        )
-        for i in range(1, draw(st.integers(0, 10)) + 1)
-    ]
-    purchases = []
-    free_leads = [lead.id for lead in leads]
-    for i, listing in enumerate(
-        draw(st.lists(st.sampled_from(listings), unique_by=lambda x: x.id)) if listings else [], 1
-    ):
-        lead_id = draw(st.one_of(st.none(), st.sampled_from(free_leads))) if free_leads else None
-        if lead_id is not None:
-            free_leads.remove(lead_id)
-        purchases.append(Purchase(i, listing.id, draw(st.sampled_from(buyers)), draw(money), draw(instants), lead_id))
-    return Dataset(buyers, listings, leads, purchases)
-
-
 windows = st.builds(
-    lambda first, days, zone, open_start, open_end: Window.of_dates(
-        None if open_start else first, None if open_end else first + timedelta(days=days), zone
+    lambda first, length, zone, open_start, open_end: Window.of_dates(
+        None if open_start else first, None if open_end else first + timedelta(days=length), zone
     ),
-    st.dates(date(2026, 2, 25), date(2026, 4, 10)),
+    days,
     st.integers(0, 20),
     st.sampled_from(ZONES),
     st.booleans(),

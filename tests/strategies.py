@@ -1,0 +1,63 @@
+"""Hypothesis strategies for sales data whose events fall on and around window edges."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+from hypothesis import strategies as st
+
+from kpi_service.windows import midnight
+from tests.dataset import Dataset, Lead, Listing, Purchase
+
+ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata"]
+# Two stretches of 2026 that hold every DST change of the zones above and some month ends.
+SPRING = (date(2026, 2, 25), date(2026, 4, 5))
+AUTUMN = (date(2026, 10, 20), date(2026, 11, 10))
+EDGE_DAYS = [
+    date(2026, 3, 1), date(2026, 3, 8), date(2026, 3, 9), date(2026, 3, 29), date(2026, 3, 30), date(2026, 4, 1),
+    date(2026, 10, 25), date(2026, 10, 26), date(2026, 11, 1), date(2026, 11, 2),
+]  # fmt: skip
+EDGES = sorted({midnight(day, zone) for zone in ZONES for day in EDGE_DAYS})
+
+
+def _between(first: date, last: date) -> st.SearchStrategy[datetime]:
+    start = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
+    return st.builds(lambda s: start + timedelta(seconds=s), st.integers(0, (last - first).days * 86400))
+
+
+instants = st.one_of(
+    st.sampled_from(EDGES),
+    st.builds(lambda e, us: e + timedelta(microseconds=us), st.sampled_from(EDGES), st.sampled_from([-1, 1])),
+    _between(*SPRING),
+    _between(*AUTUMN),
+)
+days = st.one_of(st.dates(*SPRING), st.dates(*AUTUMN))
+money = st.decimals(min_value=0, max_value=100000, places=2, allow_nan=False, allow_infinity=False)
+scores = st.decimals(min_value=0, max_value=100, places=2, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def datasets(draw: st.DrawFn, max_listings: int = 12) -> Dataset:
+    buyers = list(range(1, draw(st.integers(1, 5)) + 1))
+    listings = []
+    for i in range(1, draw(st.integers(0, max_listings)) + 1):
+        status = draw(st.sampled_from(["active", "pending", "sold", "withdrawn"]))
+        listed_at = draw(instants)
+        sold_at = draw(st.one_of(st.none(), instants)) if status == "sold" else None
+        cost = draw(st.one_of(st.none(), money))
+        listings.append(Listing(i, draw(money), status, listed_at, cost, sold_at, draw(st.one_of(st.none(), scores))))
+    leads = [
+        Lead(
+            i, draw(st.sampled_from(buyers)), draw(instants), None, draw(st.sampled_from(["open", "converted", "lost"]))
+        )
+        for i in range(1, draw(st.integers(0, max_listings)) + 1)
+    ]
+    purchases = []
+    free_leads = [lead.id for lead in leads]
+    sold = draw(st.lists(st.sampled_from(listings), unique_by=lambda x: x.id)) if listings else []
+    for i, listing in enumerate(sold, 1):
+        lead_id = draw(st.one_of(st.none(), st.sampled_from(free_leads))) if free_leads else None
+        if lead_id is not None:
+            free_leads.remove(lead_id)
+        purchases.append(Purchase(i, listing.id, draw(st.sampled_from(buyers)), draw(money), draw(instants), lead_id))
+    return Dataset(buyers, listings, leads, purchases)
