@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 
 from hypothesis import strategies as st
@@ -17,7 +18,8 @@ EDGE_DAYS = [
     date(2026, 3, 1), date(2026, 3, 8), date(2026, 3, 9), date(2026, 3, 29), date(2026, 3, 30), date(2026, 4, 1),
     date(2026, 10, 25), date(2026, 10, 26), date(2026, 11, 1), date(2026, 11, 2),
 ]  # fmt: skip
-EDGES = sorted({midnight(day, zone) for zone in ZONES for day in EDGE_DAYS})
+# Where windows that start or end on an edge day begin and end.
+EDGES = sorted({midnight(day + timedelta(days=k), zone) for zone in ZONES for day in EDGE_DAYS for k in (0, 1)})
 
 
 def _between(first: date, last: date) -> st.SearchStrategy[datetime]:
@@ -25,30 +27,38 @@ def _between(first: date, last: date) -> st.SearchStrategy[datetime]:
     return st.builds(lambda s: start + timedelta(seconds=s), st.integers(0, (last - first).days * 86400))
 
 
-instants = st.one_of(
-    st.sampled_from(EDGES),
-    st.builds(lambda e, us: e + timedelta(microseconds=us), st.sampled_from(EDGES), st.sampled_from([-1, 1])),
-    _between(*SPRING),
-    _between(*AUTUMN),
-)
-days = st.one_of(st.dates(*SPRING), st.dates(*AUTUMN))
+def instants(pivots: Sequence[datetime] = ()) -> st.SearchStrategy[datetime]:
+    """Instants on, just around, or between the given pivots and the DST edges."""
+    exact = [st.sampled_from(EDGES)] + ([st.sampled_from(sorted(set(pivots)))] if pivots else [])
+    return st.one_of(
+        *exact,
+        *(st.builds(lambda at, us: at + timedelta(microseconds=us), e, st.sampled_from([-1, 1])) for e in exact),
+        _between(*SPRING),
+        _between(*AUTUMN),
+    )
+
+
+# Window days are often the edge days, so that events land exactly on window boundaries.
+days = st.one_of(st.sampled_from(EDGE_DAYS), st.dates(*SPRING), st.dates(*AUTUMN))
 money = st.decimals(min_value=0, max_value=100000, places=2, allow_nan=False, allow_infinity=False)
 scores = st.decimals(min_value=0, max_value=100, places=2, allow_nan=False, allow_infinity=False)
 
 
 @st.composite
-def datasets(draw: st.DrawFn, max_listings: int = 12) -> Dataset:
+def datasets(draw: st.DrawFn, pivots: Sequence[datetime] = (), max_listings: int = 12) -> Dataset:
+    """Consistent sales data whose events often fall exactly on the pivots (window edges)."""
+    instant = instants(pivots)
     buyers = list(range(1, draw(st.integers(1, 5)) + 1))
     listings = []
     for i in range(1, draw(st.integers(0, max_listings)) + 1):
         status = draw(st.sampled_from(["active", "pending", "sold", "withdrawn"]))
-        listed_at = draw(instants)
-        sold_at = draw(st.one_of(st.none(), instants)) if status == "sold" else None
+        listed_at = draw(instant)
+        sold_at = draw(st.one_of(st.none(), instant)) if status == "sold" else None
         cost = draw(st.one_of(st.none(), money))
         listings.append(Listing(i, draw(money), status, listed_at, cost, sold_at, draw(st.one_of(st.none(), scores))))
     leads = [
         Lead(
-            i, draw(st.sampled_from(buyers)), draw(instants), None, draw(st.sampled_from(["open", "converted", "lost"]))
+            i, draw(st.sampled_from(buyers)), draw(instant), None, draw(st.sampled_from(["open", "converted", "lost"]))
         )
         for i in range(1, draw(st.integers(0, max_listings)) + 1)
     ]
@@ -59,5 +69,5 @@ def datasets(draw: st.DrawFn, max_listings: int = 12) -> Dataset:
         lead_id = draw(st.one_of(st.none(), st.sampled_from(free_leads))) if free_leads else None
         if lead_id is not None:
             free_leads.remove(lead_id)
-        purchases.append(Purchase(i, listing.id, draw(st.sampled_from(buyers)), draw(money), draw(instants), lead_id))
+        purchases.append(Purchase(i, listing.id, draw(st.sampled_from(buyers)), draw(money), draw(instant), lead_id))
     return Dataset(buyers, listings, leads, purchases)
