@@ -65,7 +65,9 @@ def test_each_bucket_equals_the_single_window_answer(
     aged_days: int,
 ) -> None:
     last = first + timedelta(days=length)
-    edges = [midnight(start, zone) for start, _ in buckets(first, last, interval)] + [midnight(last + timedelta(days=1), zone)]
+    edges = [midnight(start, zone) for start, _ in buckets(first, last, interval)] + [
+        midnight(last + timedelta(days=1), zone)
+    ]
     data.draw(datasets(edges)).insert(conn)
     app.extensions["kpi"].cache.client.flushall()  # the stand-in is this app's own
     client = app.test_client()
