@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import redis
 from flask import Flask
 
-from kpi_service import api, auth, errors, health, metrics, request_log, server_timing
+from kpi_service import api, auth, errors, health, metrics, openapi, request_log, server_timing
 from kpi_service.cache import Cache, connect
 from kpi_service.config import ConfigError, Settings
 from kpi_service.db import Database
@@ -60,4 +60,5 @@ def create_app(config: Settings | None = None) -> Flask:
     )
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(openapi.blueprint(settings))
     return app
