@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import redis
 from flask import Flask
 
-from kpi_service import api, auth, errors
+from kpi_service import api, auth, errors, health, metrics, openapi, request_log, server_timing
 from kpi_service.cache import Cache, connect
 from kpi_service.config import ConfigError, Settings
 from kpi_service.db import Database
 from kpi_service.kpis import KpiService
+from kpi_service.logs import configure_logging
 from kpi_service.schemas import HistoryQuerySchema, KpiQuerySchema
 
 __all__ = ["ConfigError", "Settings", "create_app"]
@@ -22,6 +24,7 @@ class State:
 
     settings: Settings
     db: Database
+    redis: redis.Redis  # the cache's client, also pinged by /readyz
     cache: Cache
     service: KpiService
     kpi_schema: KpiQuerySchema
@@ -31,21 +34,31 @@ class State:
 def create_app(config: Settings | None = None) -> Flask:
     """The application; settings come from the environment unless given (and are validated)."""
     settings = config if config is not None else Settings.from_env()
+    configure_logging(settings.log_level)
     app = Flask(__name__)
     app.json.sort_keys = False
+    # request_log first: its before_request starts the clock the other hooks read, and its
+    # after_request runs last, logging the response as finally sent.
+    request_log.init_app(app)
+    server_timing.init_app(app)
+    metrics.init_app(app, settings)
     errors.init_app(app)
     auth.init_app(app, settings.jwt_secret_key)
 
     db = Database(settings)
-    cache = Cache(connect(settings), settings.cache_ttl, settings.stale_ttl)
+    client = connect(settings)
+    cache = Cache(client, settings.cache_ttl, settings.stale_ttl)
     defaults = {"default_tz": settings.timezone, "default_aged_days": settings.aged_days}
     app.extensions["kpi"] = State(
         settings=settings,
         db=db,
+        redis=client,
         cache=cache,
         service=KpiService(db, cache),
         kpi_schema=KpiQuerySchema(**defaults),
         history_schema=HistoryQuerySchema(max_buckets=settings.max_buckets, **defaults),
     )
     app.register_blueprint(api.bp)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(openapi.blueprint(settings))
     return app

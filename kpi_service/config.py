@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from kpi_service.windows import canonical_zone
 
 MIN_SECRET_BYTES = 32
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class ConfigError(ValueError):
@@ -31,6 +32,9 @@ class Settings:
     max_buckets: int = 400
     redis_timeout_ms: int = 250
     env: str = "production"
+    log_level: str = "INFO"
+    metrics: str = "on"
+    metrics_token: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -51,6 +55,9 @@ class Settings:
             "max_buckets": _int(env, "KPI_MAX_BUCKETS", 400, low=1),
             "redis_timeout_ms": _int(env, "KPI_REDIS_TIMEOUT_MS", 250, low=1),
             "env": env.get("KPI_ENV") or "production",
+            "log_level": (env.get("KPI_LOG_LEVEL") or "INFO").upper(),
+            "metrics": (env.get("KPI_METRICS") or "on").strip().lower(),
+            "metrics_token": env.get("KPI_METRICS_TOKEN") or None,
         }
         values.update(overrides)
         settings = cls(**values)  # type: ignore[arg-type]
@@ -68,6 +75,30 @@ class Settings:
             raise ConfigError("DATABASE_URL is not set")
         if canonical_zone(self.timezone) != self.timezone:
             raise ConfigError(f"KPI_TIMEZONE {self.timezone!r} is not a known IANA time zone name")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"KPI_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
+        mode, _ = metrics_exposure(self.metrics)
+        if self.metrics_token is not None and mode != "on":
+            # The separate port is served by prometheus_client's own server, which has no
+            # authentication: it is meant for a private network, so a token there would be a
+            # false sense of safety.
+            raise ConfigError("KPI_METRICS_TOKEN applies only to KPI_METRICS=on (the /metrics route of the service)")
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port of the separate metrics listener when KPI_METRICS=port:NNNN."""
+        return metrics_exposure(self.metrics)[1]
+
+
+def metrics_exposure(value: str) -> tuple[str, int | None]:
+    """KPI_METRICS parsed: ("off", None), ("on", None) or ("port", NNNN)."""
+    value = value.strip().lower()
+    if value in ("off", "on"):
+        return value, None
+    prefix, _, port = value.partition(":")
+    if prefix == "port" and port.isdigit() and 1 <= int(port) <= 65535:
+        return "port", int(port)
+    raise ConfigError(f"KPI_METRICS must be 'off', 'on' or 'port:NNNN' (1-65535), not {value!r}")
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int | None = None) -> int:

@@ -15,6 +15,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from kpi_service import metrics
 from kpi_service.config import Settings
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,21 @@ class Database:
                 )
                 return rows, (time.perf_counter() - started) * 1000
         except psycopg.Error as error:
+            metrics.DATABASE_ERRORS.labels(operation="query").inc()
             log.warning("database unavailable: %s", error.__class__.__name__)
             raise DatabaseUnavailable(str(error)) from error
+
+    def ping(self, timeout: float) -> bool:
+        """`SELECT 1` through the pool, waiting at most `timeout` seconds for a connection."""
+        self._ensure_open()
+        try:
+            with self.pool.connection(timeout=timeout) as conn:
+                conn.execute("SELECT 1")
+            return True
+        except psycopg.Error as error:
+            metrics.DATABASE_ERRORS.labels(operation="ping").inc()
+            log.warning("database ping failed: %s", error.__class__.__name__)
+            return False
 
     def close(self) -> None:
         self.pool.close()

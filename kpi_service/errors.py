@@ -22,10 +22,15 @@ class ApiError(Exception):
         self.errors = errors
 
 
-def envelope(status: int, message: str, errors: dict[str, Any] | None = None) -> Response:
+def envelope(
+    status: int, message: str, errors: dict[str, Any] | None = None, *, extra: dict[str, Any] | None = None
+) -> Response:
+    """The error body; `extra` adds keys after the envelope's own (the readiness probe's checks)."""
     body: dict[str, Any] = {"metrics": None, "success": False, "message": message}
     if errors:
         body["errors"] = errors
+    if extra:
+        body.update(extra)
     return Response(json.dumps(body), status=status, mimetype="application/json")
 
 

@@ -73,10 +73,18 @@ class KpiQuerySchema(Schema):
     class Meta:
         unknown = RAISE
 
-    date_from = IsoDate(data_key="from", load_default=None)
-    date_to = IsoDate(data_key="to", load_default=None)
-    tz = TimeZone(load_default=None)
-    aged_days = fields.Integer(load_default=None, validate=validate.Range(min=1, max=3650))
+    date_from = IsoDate(
+        data_key="from", load_default=None, metadata={"description": "First day (inclusive) in `tz`; open if absent."}
+    )
+    date_to = IsoDate(
+        data_key="to", load_default=None, metadata={"description": "Last day (inclusive) in `tz`; open if absent."}
+    )
+    tz = TimeZone(load_default=None, metadata={"description": "IANA time zone of the days, any letter case."})
+    aged_days = fields.Integer(
+        load_default=None,
+        validate=validate.Range(min=1, max=3650),
+        metadata={"description": "Age in days from which a listing in stock counts as aged inventory."},
+    )
 
     def __init__(self, *, default_tz: str = "UTC", default_aged_days: int = 60, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -103,9 +111,13 @@ class KpiQuerySchema(Schema):
 class HistoryQuerySchema(KpiQuerySchema):
     """Parameters of GET /api/kpi/history: a bounded range cut into calendar buckets."""
 
-    date_from = IsoDate(data_key="from", required=True)
-    date_to = IsoDate(data_key="to", required=True)
-    interval = fields.String(required=True, validate=validate.OneOf(INTERVALS))
+    date_from = IsoDate(data_key="from", required=True, metadata={"description": "First day (inclusive) in `tz`."})
+    date_to = IsoDate(data_key="to", required=True, metadata={"description": "Last day (inclusive) in `tz`."})
+    interval = fields.String(
+        required=True,
+        validate=validate.OneOf(INTERVALS),
+        metadata={"description": "Bucket size: calendar days, ISO weeks (Monday first) or calendar months."},
+    )
 
     def __init__(self, *, max_buckets: int = 400, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -145,43 +157,51 @@ METRIC_KEYS = tuple(MetricsSchema().fields)
 
 
 class WindowSchema(Schema):
-    from_ = fields.Date(data_key="from", allow_none=True)
-    to = fields.Date(allow_none=True)
-    tz = fields.String()
-    aged_days = fields.Integer()
-    interval = fields.String(validate=validate.OneOf(INTERVALS))
+    from_ = fields.Date(data_key="from", required=True, allow_none=True)
+    to = fields.Date(required=True, allow_none=True)
+    tz = fields.String(required=True)
+    aged_days = fields.Integer(required=True)
+    interval = fields.String(validate=validate.OneOf(INTERVALS), metadata={"description": "History only."})
 
 
+# The response schemas document the bodies (OpenAPI); every key the service always sends is
+# required so that a conformance check of real responses means something.
 class MetaSchema(Schema):
-    computed_at = fields.DateTime(metadata={"description": "When the SQL ran (UTC)."})
-    cached = fields.Boolean(metadata={"description": "The response came from the cache."})
-    stale = fields.Boolean(metadata={"description": "Older than the TTL; served because the database failed."})
-    duration_ms = fields.Float(metadata={"description": "How long the SQL took."})
-    window = fields.Nested(WindowSchema)
+    computed_at = fields.DateTime(required=True, metadata={"description": "When the SQL ran (UTC)."})
+    cached = fields.Boolean(required=True, metadata={"description": "The response came from the cache."})
+    stale = fields.Boolean(
+        required=True, metadata={"description": "Older than the TTL; served because the database failed."}
+    )
+    duration_ms = fields.Float(required=True, metadata={"description": "How long the SQL took."})
+    window = fields.Nested(WindowSchema, required=True)
 
 
 class KpiResponseSchema(Schema):
-    metrics = fields.Nested(MetricsSchema)
-    success = fields.Boolean()
-    message = fields.String(allow_none=True)
-    meta = fields.Nested(MetaSchema)
+    metrics = fields.Nested(MetricsSchema, required=True)
+    success = fields.Boolean(required=True)
+    message = fields.String(required=True, allow_none=True)
+    meta = fields.Nested(MetaSchema, required=True)
 
 
 class BucketSchema(Schema):
-    start = fields.Date()
-    end = fields.Date()
-    metrics = fields.Nested(MetricsSchema)
+    start = fields.Date(required=True, metadata={"description": "First day of the bucket (inclusive)."})
+    end = fields.Date(required=True, metadata={"description": "Last day of the bucket (inclusive)."})
+    metrics = fields.Nested(MetricsSchema, required=True)
 
 
 class HistoryResponseSchema(Schema):
-    series = fields.List(fields.Nested(BucketSchema))
-    success = fields.Boolean()
-    message = fields.String(allow_none=True)
-    meta = fields.Nested(MetaSchema)
+    series = fields.List(fields.Nested(BucketSchema), required=True)
+    success = fields.Boolean(required=True)
+    message = fields.String(required=True, allow_none=True)
+    meta = fields.Nested(MetaSchema, required=True)
 
 
 class ErrorSchema(Schema):
-    metrics = fields.Raw(allow_none=True)
-    success = fields.Boolean()
-    message = fields.String()
-    errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
+    metrics = fields.Raw(required=True, allow_none=True, metadata={"description": "Always null."})
+    success = fields.Boolean(required=True, metadata={"description": "Always false."})
+    message = fields.String(required=True, metadata={"description": "Human-readable reason."})
+    errors = fields.Dict(
+        keys=fields.String(),
+        values=fields.List(fields.String()),
+        metadata={"description": "Per-parameter problems, only where there are any."},
+    )

@@ -1,0 +1,98 @@
+"""gunicorn settings of the container: gunicorn -c gunicorn.conf.py wsgi:app
+
+Environment: PORT (8000), GUNICORN_WORKERS (2), GUNICORN_THREADS (4), GUNICORN_TIMEOUT (30),
+GUNICORN_GRACEFUL_TIMEOUT (20). Prometheus runs in multiprocess mode: every worker writes its
+samples under PROMETHEUS_MULTIPROC_DIR and a scrape of any worker (or of the master's listener
+for KPI_METRICS=port:NNNN) merges them.
+
+The master imports neither kpi_service nor prometheus_client before on_starting has prepared
+that directory: a metric created before then would be a plain in-memory one, and the forked
+workers would inherit it and count only for themselves. Hence also no preload_app.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gunicorn.arbiter import Arbiter
+    from gunicorn.workers.base import Worker
+
+bind = f"0.0.0.0:{int(os.environ.get('PORT', '8000'))}"
+workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+worker_class = "gthread"
+# A KPI request is bounded by the statement timeout (5 s by default); this only catches a hung worker.
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
+# On SIGTERM, in-flight requests get this long to finish before the workers are killed.
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
+keepalive = 5
+preload_app = False
+# gunicorn >= 25.1 opens a control socket under $HOME by default: one path shared by every
+# instance on the host, and the container's user has no home. Older versions ignore this name.
+control_socket_disable = True
+# The app writes one JSON line per request (kpi_service.request_log): no second, plain access log.
+accesslog = None
+errorlog = "-"
+# gunicorn's own messages in the same JSON shape as the app's (kpi_service.logs.JSON_FORMAT).
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "{levelname}{name}{message}",
+            "style": "{",
+            "rename_fields": {"levelname": "level", "name": "logger"},
+            "timestamp": "ts",
+        }
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+    "loggers": {"gunicorn.error": {"handlers": ["console"], "level": "INFO", "propagate": False}},
+}
+
+# An operator's directory (the Dockerfile sets one) must exist before anything loads the app,
+# including `gunicorn --check-config`; without one, on_starting makes a private one.
+_owned_metrics_dir = False
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
+
+def on_starting(server: Arbiter) -> None:
+    """Before the workers fork: an empty metrics directory, inherited by every worker."""
+    global _owned_metrics_dir
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        path = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="kpi-metrics-")
+        _owned_metrics_dir = True
+    # Files of an earlier run would be summed into this one's counters.
+    for name in os.listdir(path):
+        if name.endswith(".db"):
+            os.remove(os.path.join(path, name))
+
+
+def when_ready(server: Arbiter) -> None:
+    """KPI_METRICS=port:NNNN: one listener for the whole server, in the master, which outlives
+    every worker and reads all their files; workers never bind it (they would race for it)."""
+    from kpi_service.config import metrics_exposure
+    from kpi_service.metrics import start_exporter
+
+    mode, port = metrics_exposure(os.environ.get("KPI_METRICS") or "on")
+    if mode == "port" and port is not None:
+        start_exporter(port)
+        server.log.info("metrics listener on port %d", port)
+
+
+def child_exit(server: Arbiter, worker: Worker) -> None:
+    """prometheus_client multiprocess bookkeeping for a worker that died or was replaced."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: Arbiter) -> None:
+    if _owned_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

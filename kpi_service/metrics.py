@@ -1,0 +1,129 @@
+"""Prometheus metrics of the service, and their exposure (KPI_METRICS).
+
+With PROMETHEUS_MULTIPROC_DIR set (gunicorn.conf.py sets it), every worker writes its samples
+to files in that directory and a scrape merges them, so the numbers cover all workers whichever
+one answers. Without it, the process's own registry is served.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+
+from flask import Blueprint, Flask, Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    start_http_server,
+)
+from prometheus_client.registry import Collector
+
+from kpi_service.config import Settings, metrics_exposure
+from kpi_service.errors import envelope
+from kpi_service.request_log import elapsed_ms, route
+
+REQUESTS = Counter(
+    "kpi_http_requests_total",
+    "HTTP requests answered, by method, route (the URL rule, not the raw path) and status.",
+    ["method", "route", "status"],
+)
+REQUEST_DURATION = Histogram(
+    "kpi_http_request_duration_seconds",
+    "Time from the request reaching the app to its response, by method and route.",
+    ["method", "route"],
+)
+COMPUTATION_DURATION = Histogram(
+    "kpi_computation_duration_seconds",
+    "Time the KPI SQL statement took when a request ran it, by endpoint (kpi, history).",
+    ["endpoint"],
+)
+CACHE_OUTCOMES = Counter(
+    "kpi_cache_outcomes_total",
+    "KPI responses by how they were obtained (hit, miss, stale) and endpoint (kpi, history).",
+    ["endpoint", "outcome"],
+)
+DATABASE_ERRORS = Counter(
+    "kpi_database_errors_total",
+    "PostgreSQL failures (unreachable, pool timeout, statement error), by operation (query, ping).",
+    ["operation"],
+)
+REDIS_ERRORS = Counter(
+    "kpi_redis_errors_total",
+    "Redis commands that failed, by operation (get, set, ping, ...).",
+    ["operation"],
+)
+SINGLEFLIGHT_WAITS = Counter(
+    "kpi_singleflight_waits_total",
+    "Requests that waited for another request's computation of the same window instead of running the SQL.",
+)
+
+# Endpoint names of the api blueprint -> the `endpoint` label of the KPI metrics.
+_KPI_ENDPOINTS = {"api.kpi": "kpi", "api.history": "history"}
+
+
+def registry() -> Collector:
+    """What a scrape reads: the merged files of all processes in multiprocess mode, else this process."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # A fresh registry per scrape, as prometheus_client documents for multiprocess mode.
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        return merged
+    return REGISTRY
+
+
+def _observe(response: Response) -> Response:
+    labels = {"method": request.method, "route": route()}
+    REQUESTS.labels(status=str(response.status_code), **labels).inc()
+    REQUEST_DURATION.labels(**labels).observe(elapsed_ms() / 1000)
+    served = g.get("kpi_served")
+    endpoint = _KPI_ENDPOINTS.get(request.endpoint or "")
+    if served is not None and endpoint is not None:
+        CACHE_OUTCOMES.labels(endpoint=endpoint, outcome=served.outcome).inc()
+        if served.db_ms is not None:
+            COMPUTATION_DURATION.labels(endpoint=endpoint).observe(served.db_ms / 1000)
+    return response
+
+
+def _authorized(expected: str) -> bool:
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    # compare_digest: the time taken must not tell how much of a guess was right.
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected.encode())
+
+
+def blueprint(token: str | None) -> Blueprint:
+    """GET /metrics, behind `Authorization: Bearer <KPI_METRICS_TOKEN>` when a token is set."""
+    bp = Blueprint("metrics", __name__)
+
+    @bp.get("/metrics")
+    def scrape() -> Response:
+        if token is not None and not _authorized(token):
+            response = envelope(401, "The metrics token is missing or wrong.")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
+            return response
+        return Response(generate_latest(registry()), mimetype=None, content_type=CONTENT_TYPE_PLAIN_0_0_4)
+
+    return bp
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    """Count requests unless KPI_METRICS=off; serve /metrics on the app's port when it is `on`.
+
+    With `port:NNNN` the app only counts: the listener is started once per server by
+    `start_exporter` (gunicorn.conf.py calls it in the master), not per app or worker.
+    """
+    mode, _ = metrics_exposure(settings.metrics)
+    if mode == "off":
+        return
+    app.after_request(_observe)
+    if mode == "on":
+        app.register_blueprint(blueprint(settings.metrics_token))
+
+
+def start_exporter(port: int, addr: str = "0.0.0.0") -> None:
+    """prometheus_client's own HTTP server for KPI_METRICS=port:NNNN, as a daemon thread."""
+    start_http_server(port, addr=addr, registry=registry())

@@ -1,0 +1,23 @@
+-- The read-only group role of the KPI service. Safe to run again (also concurrently) in the
+-- database that holds the four tables, as their owner or a superuser:
+--   psql -v ON_ERROR_STOP=1 -d sales -f sql/roles.sql
+-- The service logs in as a member of it (see the README, "Read-only database role"), so a bug
+-- or a stolen credential can read the sales tables but never change them.
+
+DO $$
+BEGIN
+    CREATE ROLE kpi_reader NOLOGIN;
+EXCEPTION
+    -- Already there (roles are per cluster, so another database may have made it).
+    WHEN duplicate_object THEN NULL;
+END
+$$;
+
+DO $$
+BEGIN
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO kpi_reader', current_database());
+END
+$$;
+
+GRANT USAGE ON SCHEMA public TO kpi_reader;
+GRANT SELECT ON buyers, listings, leads, purchases TO kpi_reader;

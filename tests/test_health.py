@@ -1,0 +1,84 @@
+"""/healthz and /readyz: no token, nothing about the configuration, 503 only for the database."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from flask import Flask
+
+from kpi_service import create_app
+from tests.conftest import SECRET, make_settings
+
+DOWN_DATABASE = "postgresql://postgres:hunter2@127.0.0.1:1/none"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def app_with(database_url: str, **overrides: object) -> Iterator[Flask]:
+    app = create_app(make_settings(database_url, **overrides))
+    try:
+        yield app
+    finally:
+        app.extensions["kpi"].db.close()
+
+
+def assert_no_configuration(text: str) -> None:
+    for secret in (SECRET, "hunter2", "postgresql://", "redis://", "127.0.0.1"):
+        assert secret not in text
+
+
+def test_liveness_touches_nothing() -> None:
+    with app_with(DOWN_DATABASE) as app:
+        response = app.test_client().get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok"}
+
+
+def test_ready_with_database_and_in_process_cache(client) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ready", "checks": {"database": "ok", "redis": "in-process"}}
+    assert_no_configuration(response.get_data(as_text=True))
+
+
+@pytest.mark.skipif(not os.environ.get("KPI_TEST_REDIS_URL"), reason="KPI_TEST_REDIS_URL is not set")
+def test_ready_with_a_real_redis(database_url: str) -> None:
+    with app_with(database_url, redis_url=os.environ["KPI_TEST_REDIS_URL"]) as app:
+        body = app.test_client().get("/readyz").get_json()
+    assert body["checks"] == {"database": "ok", "redis": "ok"}
+
+
+def test_redis_down_is_reported_but_still_ready(database_url: str) -> None:
+    with app_with(database_url, redis_url=f"redis://:hunter2@127.0.0.1:{free_port()}/0") as app:
+        response = app.test_client().get("/readyz")
+    assert response.status_code == 200
+    assert response.get_json()["checks"] == {"database": "ok", "redis": "down"}
+    assert_no_configuration(response.get_data(as_text=True))
+
+
+def test_database_down_is_503_envelope_within_a_second_or_so() -> None:
+    with app_with(DOWN_DATABASE) as app:
+        started = time.monotonic()
+        response = app.test_client().get("/readyz")
+        elapsed = time.monotonic() - started
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["success"] is False and body["metrics"] is None and body["message"]
+    assert body["checks"] == {"database": "down", "redis": "in-process"}
+    assert elapsed < 2.5
+    assert_no_configuration(response.get_data(as_text=True))
+
+
+def test_probes_need_no_token(client) -> None:
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 200

@@ -1,0 +1,53 @@
+"""sql/roles.sql: a member of kpi_reader runs the KPI query and cannot write."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from kpi_service.db import Database, sql_text
+from tests.conftest import make_settings
+from tests.test_api import two_listings
+
+
+@pytest.fixture
+def reader_url(database_url: str, conn: psycopg.Connection):
+    """A LOGIN user in kpi_reader, as the README shows; dropped afterwards (roles are per cluster)."""
+    for _ in range(2):  # idempotent
+        conn.execute(sql_text("roles.sql"))
+    name, password = f"kpi_test_reader_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    conn.execute(
+        sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE kpi_reader").format(
+            sql.Identifier(name), sql.Literal(password)
+        )
+    )
+    yield make_conninfo(database_url, user=name, password=password)
+    conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+    conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+def test_reader_runs_the_kpi_query(reader_url: str, conn: psycopg.Connection) -> None:
+    two_listings(conn)
+    db = Database(make_settings(reader_url))
+    try:
+        rows, _ = db.kpi_rows([(None, None, datetime.now(UTC))], 60)
+    finally:
+        db.close()
+    assert rows[0]["total_listings"] == 2
+
+
+def test_reader_cannot_write(reader_url: str) -> None:
+    # A plain session, not the service's read-only one: the privileges alone must refuse.
+    with psycopg.connect(reader_url, autocommit=True) as reader:
+        assert conninfo_to_dict(reader_url)["user"] == reader.info.user
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            reader.execute("INSERT INTO buyers (name) VALUES ('mallory')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            reader.execute("DELETE FROM listings")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            reader.execute("CREATE TABLE public.intruder (id int)")
