@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 from flask import Flask
@@ -29,6 +29,7 @@ class State:
     service: KpiService
     kpi_schema: KpiQuerySchema
     history_schema: HistoryQuerySchema
+    parsed: dict = field(default_factory=dict)  # raw query string -> KpiQuery, see api._parse
 
 
 def create_app(config: Settings | None = None) -> Flask:
@@ -47,14 +48,17 @@ def create_app(config: Settings | None = None) -> Flask:
 
     db = Database(settings)
     client = connect(settings)
-    cache = Cache(client, settings.cache_ttl, settings.stale_ttl)
+    # A computation can take a pool wait, a connect and the statement: the single-flight lock
+    # must outlive that, and a waiter must wait a little longer than a dead owner's lock lives.
+    lock_seconds = settings.db_pool_timeout + settings.db_connect_timeout + settings.statement_timeout_ms / 1000 + 1
+    cache = Cache(client, settings.cache_ttl, settings.stale_ttl, lock_seconds)
     defaults = {"default_tz": settings.timezone, "default_aged_days": settings.aged_days}
     app.extensions["kpi"] = State(
         settings=settings,
         db=db,
         redis=client,
         cache=cache,
-        service=KpiService(db, cache),
+        service=KpiService(db, cache, wait_seconds=lock_seconds + 1),
         kpi_schema=KpiQuerySchema(**defaults),
         history_schema=HistoryQuerySchema(max_buckets=settings.max_buckets, **defaults),
     )

@@ -1,39 +1,57 @@
-"""The /api blueprint: parameters in, KPI bodies out."""
+"""The /api blueprint: parameters in, KPI bodies out, with ETags for pollers."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, g, json, request
-from flask_jwt_extended import jwt_required
+import time
+
+from flask import Blueprint, Response, current_app, g, request
 from marshmallow import Schema, ValidationError
 
+from kpi_service.auth import token_required
 from kpi_service.kpis import Served
 from kpi_service.schemas import KpiQuery
 
 bp = Blueprint("api", __name__, url_prefix="/api")
+_MAX_PARSED = 1024
 
 
-def _parse(schema: Schema) -> KpiQuery:
-    args = request.args
-    repeated = {name: ["Given more than once."] for name in args if len(args.getlist(name)) > 1}
-    if repeated:
-        raise ValidationError(repeated)
-    return schema.load(args.to_dict())
+def _parse(kind: str, schema: Schema) -> KpiQuery:
+    """The validated query, remembered by its raw query string: pollers repeat theirs."""
+    parsed: dict[tuple[str, bytes], KpiQuery] = current_app.extensions["kpi"].parsed
+    memo_key = (kind, request.query_string)
+    query = parsed.get(memo_key)
+    if query is None:
+        args = request.args
+        repeated = {name: ["Given more than once."] for name in args if len(args.getlist(name)) > 1}
+        if repeated:
+            raise ValidationError(repeated)
+        query = schema.load(args.to_dict())
+        if len(parsed) >= _MAX_PARSED:
+            parsed.clear()
+        parsed[memo_key] = query
+    return query
 
 
 def _respond(served: Served) -> Response:
-    g.kpi_served = served  # read by request logging and metrics
-    return Response(json.dumps(served.body), mimetype="application/json")
+    g.kpi_served = served  # read by the request log, metrics and Server-Timing
+    response = Response(served.payload, mimetype="application/json")
+    response.headers["ETag"] = f'"{served.etag}"'
+    fresh_for = max(0, int(served.fresh_until - time.time()))
+    response.headers["Cache-Control"] = f"private, max-age={fresh_for}"
+    if "If-None-Match" in request.headers:
+        return response.make_conditional(request)
+    return response
 
 
 @bp.get("/kpi")
-@jwt_required()
+@token_required
 def kpi() -> Response:
     state = current_app.extensions["kpi"]
-    return _respond(state.service.current(_parse(state.kpi_schema)))
+    return _respond(state.service.current(_parse("kpi", state.kpi_schema)))
 
 
 @bp.get("/kpi/history")
-@jwt_required()
+@token_required
 def history() -> Response:
     state = current_app.extensions["kpi"]
-    return _respond(state.service.history(_parse(state.history_schema)))
+    return _respond(state.service.history(_parse("history", state.history_schema)))

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import time
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from flask import Flask, Response
-from flask_jwt_extended import JWTManager, create_access_token
+from flask import Flask, Response, current_app, request
+from flask_jwt_extended import JWTManager, create_access_token, get_jwt, verify_jwt_in_request
+from flask_jwt_extended.exceptions import JWTDecodeError
 
 from kpi_service.errors import envelope
 
@@ -21,6 +25,7 @@ def init_app(app: Flask, secret: str) -> JWTManager:
         JWT_ERROR_MESSAGE_KEY="message",
     )
     jwt = JWTManager(app)
+    app.extensions[_VERIFIED] = {}
 
     def reject(reason: str) -> Response:
         response = envelope(401, reason)
@@ -48,6 +53,34 @@ def init_app(app: Flask, secret: str) -> JWTManager:
         return reject("Fresh token required.")
 
     return jwt
+
+
+_VERIFIED = "kpi_verified_tokens"
+_MAX_VERIFIED = 10_000
+View = TypeVar("View", bound=Callable[..., Any])
+
+
+def token_required(view: View) -> View:
+    """Like flask-jwt-extended's jwt_required, remembering each verified Authorization header
+    until its token's `exp`, so that a poller's token is decoded and its signature checked once,
+    not on every request. The memo is per app, hence per secret."""
+
+    @functools.wraps(view)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        verified: dict[str, float] = current_app.extensions[_VERIFIED]
+        header = request.headers.get("Authorization", "")
+        expires = verified.get(header)
+        if expires is None or time.time() >= expires:
+            verify_jwt_in_request()  # raises, and flask-jwt-extended answers through the loaders above
+            claims = get_jwt()
+            if "exp" not in claims:
+                raise JWTDecodeError("Missing claim: exp")
+            if len(verified) >= _MAX_VERIFIED:
+                verified.clear()
+            verified[header] = float(claims["exp"])
+        return view(*args, **kwargs)
+
+    return guarded  # type: ignore[return-value]
 
 
 def mint_token(app: Flask, subject: str, ttl_seconds: int) -> str:

@@ -1,14 +1,22 @@
 """Computed KPI responses in Redis, shared by every worker and instance.
 
-Layout (version 1, documented in the README for other services):
-  key   kpi:v1:<kind>:<from|->:<to|->:<tz>:<aged_days>[:<interval>]
-  value JSON {"fresh_until": <unix seconds>, "body": <the 200 response, meta.cached false>}
-The key lives for KPI_STALE_TTL; its value is fresh until `fresh_until` (KPI_CACHE_TTL after
-the computation). Past that it is the last good answer, served only while the database fails.
+Layout, version 1 (documented in the README for other services):
+  kpi:v1:<kind>:<from|->:<to|->:<tz>:<aged_days>[:<interval>]
+      JSON {"fresh_until": <unix seconds>, "body": <the 200 response with meta.cached false>}.
+      Kept for KPI_STALE_TTL; fresh until `fresh_until` (KPI_CACHE_TTL after the computation),
+      after which it is the last good answer.
+  kpi:v1:lock:<same suffix>
+      The single-flight lock of that key while one process computes it.
+  kpi:v1:announce (pub/sub channel)
+      JSON {"key", "kind", "window", "computed_at", "fresh_until"} after each fresh computation.
+A value and its announcement are written in one MULTI/EXEC, so a reader never sees one without
+the other.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import time
@@ -16,16 +24,23 @@ from dataclasses import dataclass
 from typing import Any
 
 import fakeredis
+import pybreaker
 import redis
+from redis.lock import Lock
 
+from kpi_service import metrics
 from kpi_service.config import Settings
 from kpi_service.schemas import KpiQuery
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "kpi:v1"
+ANNOUNCE_CHANNEL = f"{KEY_PREFIX}:announce"
+# try_lock's answer when Redis cannot be asked: go ahead, guarded only in-process.
+NO_REDIS = object()
 
 
+@functools.lru_cache(maxsize=4096)
 def cache_key(kind: str, query: KpiQuery) -> str:
     parts = [
         KEY_PREFIX,
@@ -38,6 +53,10 @@ def cache_key(kind: str, query: KpiQuery) -> str:
     if query.interval:
         parts.append(query.interval)
     return ":".join(parts)
+
+
+def lock_key(key: str) -> str:
+    return key.replace(f"{KEY_PREFIX}:", f"{KEY_PREFIX}:lock:", 1)
 
 
 @dataclass(frozen=True)
@@ -58,19 +77,51 @@ def connect(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
 
 
-class Cache:
-    """Never raises on a Redis failure: the caller then computes from the database."""
+class _OutageLog(pybreaker.CircuitBreakerListener):
+    """One line when Redis goes away and one when it is back, not one per request."""
 
-    def __init__(self, client: redis.Redis, ttl: int, stale_ttl: int) -> None:
+    def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:
+        if new_state.name == pybreaker.STATE_OPEN and (old_state is None or old_state.name == pybreaker.STATE_CLOSED):
+            log.warning("redis unavailable; serving from the database until it is back")
+        elif new_state.name == pybreaker.STATE_CLOSED:
+            log.warning("redis is back")
+
+
+class Cache:
+    """Redis behind a circuit breaker: a failing or slow Redis costs one timeout, then is skipped
+    for `retry_after` seconds. No method raises on a Redis failure."""
+
+    def __init__(self, client: redis.Redis, ttl: int, stale_ttl: int, lock_seconds: float, retry_after: float = 5.0):
         self.client = client
         self.ttl = ttl
         self.stale_ttl = max(stale_ttl, ttl)
+        self.lock_seconds = lock_seconds
+        self.breaker = pybreaker.CircuitBreaker(
+            fail_max=1,
+            reset_timeout=retry_after,
+            listeners=[_OutageLog()],
+            name="redis",
+            throw_new_error_on_trip=False,  # the Redis error itself, so it is counted below
+        )
+
+    @property
+    def available(self) -> bool:
+        return self.breaker.current_state != pybreaker.STATE_OPEN
+
+    def _call(self, operation: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """fn's result; raises _Unavailable when Redis failed or the breaker is open."""
+        try:
+            return self.breaker.call(fn, *args, **kwargs)
+        except pybreaker.CircuitBreakerError as error:
+            raise _Unavailable from error
+        except redis.RedisError as error:
+            metrics.REDIS_ERRORS.labels(operation=operation).inc()
+            raise _Unavailable from error
 
     def get(self, key: str) -> Entry | None:
         try:
-            raw = self.client.get(key)
-        except redis.RedisError as error:
-            log.warning("redis get failed: %s", error.__class__.__name__)
+            raw = self._call("get", self.client.get, key)
+        except _Unavailable:
             return None
         if raw is None:
             return None
@@ -81,11 +132,54 @@ class Cache:
             log.warning("ignoring malformed cache entry %s", key)
             return None
 
-    def put(self, key: str, body: dict[str, Any]) -> Entry:
+    def put(self, key: str, kind: str, body: dict[str, Any]) -> Entry:
+        """Store a fresh body and announce it; returns the entry even when Redis is down."""
         entry = Entry(body=body, fresh_until=time.time() + self.ttl)
         value = json.dumps({"fresh_until": entry.fresh_until, "body": body}, separators=(",", ":"))
-        try:
-            self.client.set(key, value, ex=self.stale_ttl)
-        except redis.RedisError as error:
-            log.warning("redis set failed: %s", error.__class__.__name__)
+        announcement = json.dumps(
+            {
+                "key": key,
+                "kind": kind,
+                "window": body["meta"]["window"],
+                "computed_at": body["meta"]["computed_at"],
+                "fresh_until": entry.fresh_until,
+            },
+            separators=(",", ":"),
+        )
+
+        def write() -> None:
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.set(key, value, ex=self.stale_ttl)
+                pipe.publish(ANNOUNCE_CHANNEL, announcement)
+                pipe.execute()
+
+        with contextlib.suppress(_Unavailable):  # the entry is still served from this process
+            self._call("set", write)
         return entry
+
+    def try_lock(self, key: str) -> Lock | object | None:
+        """The single-flight lock of `key`: a held Lock, None when another process holds it, or
+        NO_REDIS when Redis cannot be asked (the caller then relies on in-process single-flight)."""
+        # thread_local=False: a background refresh releases the lock its request thread took.
+        lock = self.client.lock(lock_key(key), timeout=self.lock_seconds, blocking=False, thread_local=False)
+        try:
+            return lock if self._call("lock", lock.acquire) else None
+        except _Unavailable:
+            return NO_REDIS
+
+    def release(self, lock: Lock | object) -> None:
+        if isinstance(lock, Lock):
+            # Only if still ours (redis-py compares the token in a script); if it expired or Redis is
+            # gone, the key's expiry frees it either way.
+            with contextlib.suppress(redis.RedisError):
+                lock.release()
+
+    def locked(self, key: str) -> bool:
+        try:
+            return bool(self._call("exists", self.client.exists, lock_key(key)))
+        except _Unavailable:
+            return False
+
+
+class _Unavailable(Exception):
+    pass

@@ -1,25 +1,42 @@
-"""KPI results for a query: from the cache while fresh, else computed by sql/kpi.sql."""
+"""KPI results for a query: from the cache while fresh, else computed once by sql/kpi.sql.
+
+The rules, for many pollers across many workers and instances sharing one Redis:
+- fresh in this process's memory or in Redis: served as is ("hit");
+- expired less than a TTL ago: the previous value is served at once while one refresh runs
+  in the background ("refresh"), so a polling dashboard never waits when the TTL ends;
+- missing: exactly one computation runs across all processes (a Redis lock, and in-process
+  single-flight when Redis is down); the others wait for its result ("miss");
+- database failing: the last good value ("stale"), or a 503 when there is none.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 from marshmallow import ValidationError
 
-from kpi_service.cache import Cache, cache_key
+from kpi_service import metrics
+from kpi_service.cache import Cache, Entry, cache_key
 from kpi_service.db import Database, DatabaseUnavailable
 from kpi_service.errors import ApiError
 from kpi_service.schemas import KpiQuery, MetricsSchema
+from kpi_service.singleflight import SingleFlight
 from kpi_service.windows import Window, buckets
 
 log = logging.getLogger(__name__)
 
 _metrics_schema = MetricsSchema()
+Compute = Callable[[datetime], tuple[dict[str, Any], float]]
 
 
 @dataclass(frozen=True)
@@ -27,28 +44,46 @@ class Served:
     """A response body and how it was obtained, for headers, logs and metrics."""
 
     body: dict[str, Any]
-    outcome: str  # "hit" (fresh from the cache), "miss" (computed now) or "stale" (database failed)
+    outcome: str  # "hit", "refresh" (previous value while refreshing), "miss" or "stale"
     fresh_until: float  # unix time until which the body is fresh
     db_ms: float | None = None  # duration of the SQL when it ran for this request
 
+    @cached_property
+    def payload(self) -> bytes:
+        """The serialized body: computed once per Served, which hits share in-process."""
+        return json.dumps(self.body, separators=(",", ":")).encode()
+
+    @cached_property
+    def etag(self) -> str:
+        return hashlib.blake2b(self.payload, digest_size=16).hexdigest()
+
 
 class KpiService:
-    def __init__(self, db: Database, cache: Cache) -> None:
+    def __init__(self, db: Database, cache: Cache, wait_seconds: float) -> None:
         self.db = db
         self.cache = cache
+        self.wait_seconds = wait_seconds
+        self._flights = SingleFlight()
+        self._refresher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kpi-refresh")
+        self._refreshing: set[str] = set()
+        self._refreshing_lock = threading.Lock()
+        # Hits by key, reused until their freshness ends: no Redis round trip and no
+        # serialization on the hot path. Bounded by the number of distinct windows polled.
+        self._recent: dict[str, Served] = {}
+        self._db_failed_at = -1e9  # monotonic time of the last DatabaseUnavailable
 
     def current(self, query: KpiQuery) -> Served:
-        """The body of GET /api/kpi for this query."""
+        """GET /api/kpi for this query."""
 
         def compute(now: datetime) -> tuple[dict[str, Any], float]:
             window = query.window
             rows, duration_ms = self.db.kpi_rows([(window.start, window.end, window.as_of(now))], query.aged_days)
             return {"metrics": _validated(rows[0])}, duration_ms
 
-        return self._serve(cache_key("kpi", query), query, compute)
+        return self._serve("kpi", query, compute)
 
     def history(self, query: KpiQuery) -> Served:
-        """The body of GET /api/kpi/history: every bucket in one execution of the same statement."""
+        """GET /api/kpi/history: every bucket in one execution of the same statement."""
         assert query.date_from is not None and query.date_to is not None and query.interval is not None
         days = buckets(query.date_from, query.date_to, query.interval)
 
@@ -61,26 +96,114 @@ class KpiService:
             ]
             return {"series": series}, duration_ms
 
-        return self._serve(cache_key("history", query), query, compute)
+        return self._serve("history", query, compute)
 
-    def _serve(
-        self,
-        key: str,
-        query: KpiQuery,
-        compute: Callable[[datetime], tuple[dict[str, Any], float]],
-    ) -> Served:
+    def _serve(self, kind: str, query: KpiQuery, compute: Compute) -> Served:
+        key = cache_key(kind, query)
+        recent = self._recent.get(key)
+        if recent is not None and time.time() < recent.fresh_until:
+            return recent
         entry = self.cache.get(key)
         if entry is not None and entry.fresh:
-            return Served(_with_flags(entry.body, cached=True, stale=False), "hit", entry.fresh_until)
+            return self._remember(key, _hit(entry))
+        if entry is not None and time.time() < entry.fresh_until + self.cache.ttl:
+            self._refresh_in_background(key, kind, query, compute)
+            # While the database fails, the previous value is what the contract calls stale.
+            stale = self._database_failing()
+            flagged = _with_flags(entry.body, cached=True, stale=stale)
+            return Served(flagged, "stale" if stale else "refresh", entry.fresh_until)
+        try:
+            return self._flights.do(key, lambda: self._compute_once(key, kind, query, compute), self.wait_seconds)
+        except DatabaseUnavailable:
+            if entry is not None:
+                return Served(_with_flags(entry.body, cached=True, stale=True), "stale", entry.fresh_until)
+            raise ApiError(
+                503, "The database is unavailable and no earlier result for this window is cached."
+            ) from None
+        except TimeoutError:
+            raise ApiError(503, "Timed out waiting for the computation of this window.") from None
+
+    def _database_failing(self) -> bool:
+        return time.monotonic() - self._db_failed_at < self.cache.ttl
+
+    def _remember(self, key: str, served: Served) -> Served:
+        if len(self._recent) > 10_000:
+            self._recent.clear()  # rare: many distinct windows; a full clear keeps this O(1)
+        self._recent[key] = served
+        return served
+
+    def _compute_once(self, key: str, kind: str, query: KpiQuery, compute: Compute) -> Served:
+        """Compute under the cross-process lock, or wait for the process that holds it."""
+        deadline = time.monotonic() + self.wait_seconds
+        while True:
+            lock = self.cache.try_lock(key)
+            if lock is not None:
+                try:
+                    # Another process may have stored it between our read and our lock.
+                    entry = self.cache.get(key)
+                    if entry is not None and entry.fresh:
+                        return self._remember(key, _hit(entry))
+                    return self._compute_and_store(key, kind, query, compute)
+                finally:
+                    self.cache.release(lock)
+            metrics.SINGLEFLIGHT_WAITS.inc()
+            entry = self._wait_for_other(key, deadline)
+            if entry is not None:
+                return self._remember(key, _hit(entry))
+            if time.monotonic() >= deadline:
+                raise TimeoutError
+
+    def _wait_for_other(self, key: str, deadline: float) -> Entry | None:
+        """The fresh entry another process is computing; None once its lock is gone without one
+        (it failed or died: the caller then tries the lock itself) or the deadline passed."""
+        pause = 0.005
+        while time.monotonic() < deadline:
+            time.sleep(pause)
+            entry = self.cache.get(key)
+            if entry is not None and entry.fresh:
+                return entry
+            if not self.cache.locked(key):
+                return self._fresh_or_none(key)
+            pause = min(pause * 2, 0.05)
+        return None
+
+    def _fresh_or_none(self, key: str) -> Entry | None:
+        entry = self.cache.get(key)
+        return entry if entry is not None and entry.fresh else None
+
+    def _refresh_in_background(self, key: str, kind: str, query: KpiQuery, compute: Compute) -> None:
+        with self._refreshing_lock:
+            if key in self._refreshing:
+                return
+            self._refreshing.add(key)
+        lock = self.cache.try_lock(key)
+        if lock is None:  # another process is refreshing it
+            self._done_refreshing(key)
+            return
+
+        def refresh() -> None:
+            try:
+                self._compute_and_store(key, kind, query, compute)
+            except (DatabaseUnavailable, ApiError) as error:
+                log.warning("background refresh of %s failed: %s", key, error.__class__.__name__)
+            finally:
+                self.cache.release(lock)
+                self._done_refreshing(key)
+
+        self._refresher.submit(refresh)
+
+    def _done_refreshing(self, key: str) -> None:
+        with self._refreshing_lock:
+            self._refreshing.discard(key)
+
+    def _compute_and_store(self, key: str, kind: str, query: KpiQuery, compute: Compute) -> Served:
         now = datetime.now(UTC)
         try:
             data, duration_ms = compute(now)
         except DatabaseUnavailable:
-            if entry is not None:
-                return Served(_with_flags(entry.body, cached=True, stale=True), "stale", time.time())
-            raise ApiError(
-                503, "The database is unavailable and no earlier result for this window is cached."
-            ) from None
+            self._db_failed_at = time.monotonic()
+            raise
+        self._db_failed_at = -1e9
         body = {
             **data,
             "success": True,
@@ -93,8 +216,16 @@ class KpiService:
                 "window": query.describe(),
             },
         }
-        entry = self.cache.put(key, body)
+        entry = self.cache.put(key, kind, body)
+        self._remember(key, _hit(entry))
         return Served(body, "miss", entry.fresh_until, duration_ms)
+
+    def close(self) -> None:
+        self._refresher.shutdown(wait=True)
+
+
+def _hit(entry: Entry) -> Served:
+    return Served(_with_flags(entry.body, cached=True, stale=False), "hit", entry.fresh_until)
 
 
 def _validated(row: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,203 @@
+"""The cache under pollers, in one process with fakeredis: hits, 304s, stale-while-revalidate,
+single-flight, lock expiry and a Redis outage."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg
+import pytest
+import redis
+from flask import Flask
+
+from kpi_service import create_app, metrics
+from kpi_service.cache import ANNOUNCE_CHANNEL, lock_key
+from tests.conftest import make_settings
+from tests.test_api import two_listings
+
+
+def count_queries(app: Flask, monkeypatch: pytest.MonkeyPatch, delay: float = 0.0) -> list[int]:
+    """Calls of the KPI statement, each delayed by `delay` so that concurrent requests overlap."""
+    db = app.extensions["kpi"].db
+    original = db.kpi_rows
+    calls: list[int] = []
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        time.sleep(delay)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(db, "kpi_rows", counted)
+    return calls
+
+
+def test_etag_and_304(client: object, auth: dict[str, str], conn: psycopg.Connection) -> None:
+    two_listings(conn)
+    client.get("/api/kpi", headers=auth)  # computed
+    first = client.get("/api/kpi", headers=auth)  # the hit every later poll repeats
+    etag = first.headers["ETag"]
+    assert etag.startswith('"') and not etag.startswith("W/")
+    cache_control = first.headers["Cache-Control"]
+    assert cache_control.startswith("private, max-age=")
+    assert 0 < int(cache_control.rsplit("=", 1)[1]) <= 30
+    again = client.get("/api/kpi", headers={**auth, "If-None-Match": etag})
+    assert again.status_code == 304 and again.data == b""
+    assert again.headers["ETag"] == etag
+    other = client.get("/api/kpi", headers={**auth, "If-None-Match": '"something-else"'})
+    assert other.status_code == 200 and other.get_json()["metrics"]["total_listings"] == 2
+
+
+def test_304_needs_a_token(client: object, auth: dict[str, str]) -> None:
+    etag = client.get("/api/kpi", headers=auth).headers["ETag"]
+    assert client.get("/api/kpi", headers={"If-None-Match": etag}).status_code == 401
+
+
+def test_expired_entry_is_served_at_once_and_refreshed_in_background(
+    app: Flask, auth: dict[str, str], conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = app.extensions["kpi"]
+    state.cache.ttl = 1
+    client = app.test_client()
+    two_listings(conn)
+    client.get("/api/kpi", headers=auth)
+    conn.execute("DELETE FROM listings WHERE id = 1")
+    (key,) = state.cache.client.keys("kpi:v1:kpi:*")
+    # Age the entry past its freshness (but within the grace of one TTL), here and in Redis.
+    stored = json.loads(state.cache.client.get(key))
+    stored["fresh_until"] = time.time() - 0.5
+    state.cache.client.set(key, json.dumps(stored))
+    state.service._recent.clear()
+    calls = count_queries(app, monkeypatch)
+
+    response = client.get("/api/kpi", headers=auth)
+    body = response.get_json()
+    assert body["metrics"]["total_listings"] == 2  # the previous value, without waiting
+    assert body["meta"]["cached"] is True and body["meta"]["stale"] is False
+    assert response.headers["Cache-Control"] == "private, max-age=0"
+    assert "cache;desc=refresh" in response.headers["Server-Timing"]
+    state.service.close()  # waits for the background refresh
+    assert calls == [1]
+    assert not state.service._refreshing and not state.cache.locked(key.decode())
+    assert client.get("/api/kpi", headers=auth).get_json()["metrics"]["total_listings"] == 1
+
+
+def test_concurrent_misses_share_one_query(
+    app: Flask, auth: dict[str, str], conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    two_listings(conn)
+    calls = count_queries(app, monkeypatch, delay=0.2)
+    barrier = threading.Barrier(30)
+
+    def poll(_: int) -> int:
+        client = app.test_client()
+        barrier.wait()
+        return client.get("/api/kpi?from=2026-03-01", headers=auth).status_code
+
+    with ThreadPoolExecutor(30) as pool:
+        statuses = list(pool.map(poll, range(30)))
+    assert statuses == [200] * 30
+    assert calls == [1]
+
+
+def test_a_dead_owners_lock_expires_and_a_waiter_computes(
+    database_url: str, auth: dict[str, str], conn: psycopg.Connection
+) -> None:
+    # A short statement timeout makes the lock short-lived, as it would be for a crashed owner.
+    app = create_app(make_settings(database_url, statement_timeout_ms=200, db_pool_timeout=0.2, db_connect_timeout=1))
+    try:
+        state = app.extensions["kpi"]
+        two_listings(conn)
+        # Another process took the lock for this window and died without releasing it.
+        key = "kpi:v1:kpi:-:-:UTC:60"
+        state.cache.client.set(lock_key(key), "someone-else", px=300)
+        waits = metrics.SINGLEFLIGHT_WAITS._value.get()
+        response = app.test_client().get("/api/kpi", headers=auth)
+        assert response.status_code == 200
+        assert response.get_json()["meta"]["cached"] is False  # computed here after the lock expired
+        assert metrics.SINGLEFLIGHT_WAITS._value.get() == waits + 1
+    finally:
+        state.service.close()
+        state.db.close()
+
+
+def test_a_waiter_takes_the_owners_result(app: Flask, auth: dict[str, str], conn: psycopg.Connection) -> None:
+    state = app.extensions["kpi"]
+    key = "kpi:v1:kpi:-:-:UTC:60"
+    lock = state.cache.client.lock(lock_key(key), timeout=5, thread_local=False)
+    assert lock.acquire(blocking=False)
+    body = {"metrics": {"total_listings": 7}, "meta": {"window": {}, "computed_at": "x"}}
+    # The owner, in another process, finishes while this request waits.
+    finisher = threading.Timer(0.1, lambda: (state.cache.put(key, "kpi", body), lock.release()))
+    finisher.start()
+    response = app.test_client().get("/api/kpi", headers=auth)
+    finisher.join()
+    assert response.get_json()["metrics"] == {"total_listings": 7}
+    assert response.get_json()["meta"]["cached"] is True
+
+
+def test_fresh_results_are_announced(app: Flask, auth: dict[str, str]) -> None:
+    pubsub = app.extensions["kpi"].cache.client.pubsub()
+    pubsub.subscribe(ANNOUNCE_CHANNEL)
+    assert pubsub.get_message(timeout=1)["type"] == "subscribe"
+    body = app.test_client().get("/api/kpi?from=2026-01-01&tz=Asia/Kolkata", headers=auth).get_json()
+    message = pubsub.get_message(timeout=1)
+    announced = json.loads(message["data"])
+    assert announced == {
+        "key": "kpi:v1:kpi:2026-01-01:-:Asia/Kolkata:60",
+        "kind": "kpi",
+        "window": body["meta"]["window"],
+        "computed_at": body["meta"]["computed_at"],
+        "fresh_until": announced["fresh_until"],
+    }
+    pubsub.close()
+
+
+@pytest.fixture
+def app_without_redis(database_url: str, conn: psycopg.Connection) -> Iterator[Flask]:
+    # Nothing listens on port 1: every Redis call fails at once, like a stopped server.
+    app = create_app(make_settings(database_url, redis_url="redis://127.0.0.1:1/0"))
+    yield app
+    app.extensions["kpi"].service.close()
+    app.extensions["kpi"].db.close()
+
+
+def test_redis_down_is_answered_from_the_database_and_logged_once(
+    app_without_redis: Flask, auth: dict[str, str], conn: psycopg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    two_listings(conn)
+    client = app_without_redis.test_client()
+    with caplog.at_level(logging.WARNING, logger="kpi_service.cache"):
+        bodies = [client.get(f"/api/kpi?aged_days={n}", headers=auth).get_json() for n in range(1, 21)]
+    assert all(b["metrics"]["total_listings"] == 2 for b in bodies)
+    assert [r.message for r in caplog.records].count(
+        "redis unavailable; serving from the database until it is back"
+    ) == 1
+    assert not app_without_redis.extensions["kpi"].cache.available  # the breaker skips Redis
+
+
+def test_the_breaker_closes_when_redis_is_back(
+    app_without_redis: Flask, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = app_without_redis.extensions["kpi"].cache
+    client = app_without_redis.test_client()
+    assert client.get("/api/kpi", headers=auth).status_code == 200
+    assert not cache.available
+    import fakeredis
+
+    cache.client = fakeredis.FakeRedis()  # Redis is back
+    cache.breaker.half_open()  # as the breaker does by itself after its reset timeout
+    assert client.get("/api/kpi?aged_days=5", headers=auth).status_code == 200
+    assert cache.available and cache.client.keys("kpi:v1:kpi:*")
+
+
+def test_redis_errors_never_reach_the_client(app: Flask, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise redis.TimeoutError("slow")
+
+    monkeypatch.setattr(app.extensions["kpi"].cache.client, "get", broken)
+    assert app.test_client().get("/api/kpi", headers=auth).status_code == 200
