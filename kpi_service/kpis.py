@@ -183,7 +183,9 @@ class KpiService:
 
         def refresh() -> None:
             try:
-                self._compute_and_store(key, kind, query, compute)
+                # The refresh another process just finished may have released this lock.
+                if self._fresh_or_none(key) is None:
+                    self._compute_and_store(key, kind, query, compute)
             except (DatabaseUnavailable, ApiError) as error:
                 log.warning("background refresh of %s failed: %s", key, error.__class__.__name__)
             finally:

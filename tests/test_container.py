@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import SECRET
-from tests.test_health import free_port
+from tests.conftest import SECRET, free_port
 
 ROOT = Path(__file__).parents[1]
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))

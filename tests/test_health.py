@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import pytest
 from flask import Flask
 
 from kpi_service import create_app
-from tests.conftest import SECRET, make_settings
+from tests.conftest import SECRET, RedisServer, free_port, make_settings
 
 DOWN_DATABASE = "postgresql://postgres:hunter2@127.0.0.1:1/none"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager
@@ -51,9 +42,8 @@ def test_ready_with_database_and_in_process_cache(client) -> None:
     assert_no_configuration(response.get_data(as_text=True))
 
 
-@pytest.mark.skipif(not os.environ.get("KPI_TEST_REDIS_URL"), reason="KPI_TEST_REDIS_URL is not set")
-def test_ready_with_a_real_redis(database_url: str) -> None:
-    with app_with(database_url, redis_url=os.environ["KPI_TEST_REDIS_URL"]) as app:
+def test_ready_with_a_real_redis(database_url: str, redis_server: RedisServer) -> None:
+    with app_with(database_url, redis_url=redis_server.url) as app:
         body = app.test_client().get("/readyz").get_json()
     assert body["checks"] == {"database": "ok", "redis": "ok"}
 

@@ -1,0 +1,153 @@
+"""Two service instances (separate gunicorn servers, two workers each) sharing one real Redis."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from kpi_service import create_app, metrics
+from tests.conftest import SECRET, RedisServer, free_port, make_settings, token, wait_until
+from tests.test_api import two_listings
+
+ROOT = Path(__file__).parents[1]
+GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
+COUNTER = "kpi-test:statements"
+
+
+def fetch(url: str, bearer: str) -> tuple[int, dict]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {bearer}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def healthy(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base}/healthz", timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def instances(database_url: str, redis_server: RedisServer, conn: psycopg.Connection) -> Iterator[list[str]]:
+    env = {
+        "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_server.url,
+        "JWT_SECRET_KEY": SECRET,
+        "KPI_CACHE_TTL": "2",
+        "KPI_METRICS": "off",
+        "KPI_TEST_COUNTER_KEY": COUNTER,
+        "GUNICORN_WORKERS": "2",
+        "GUNICORN_THREADS": "32",
+    }
+    ports = [free_port(), free_port()]
+    servers = [
+        subprocess.Popen(
+            [GUNICORN, "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", "tests.instance_app:app"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for port in ports
+    ]
+    bases = [f"http://127.0.0.1:{port}" for port in ports]
+    try:
+        for base in bases:
+            wait_until(lambda base=base: healthy(base), seconds=30)
+        yield bases
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+def storm(urls: list[str], bearer: str) -> list[int]:
+    """All requests released at the same instant, spread over the instances."""
+    barrier = threading.Barrier(len(urls))
+
+    def one(url: str) -> int:
+        barrier.wait()
+        return fetch(url, bearer)[0]
+
+    with ThreadPoolExecutor(len(urls)) as pool:
+        return list(pool.map(one, urls))
+
+
+def test_a_missing_key_is_computed_once_across_instances(
+    instances: list[str], redis_server: RedisServer, conn: psycopg.Connection
+) -> None:
+    two_listings(conn)
+    counter = redis.Redis.from_url(redis_server.url)
+    bearer = token()
+    urls = [f"{instances[i % 2]}/api/kpi?from=2026-03-01&to=2026-03-31" for i in range(120)]
+    assert storm(urls, bearer) == [200] * 120
+    assert int(counter.get(COUNTER)) == 1
+
+
+def test_an_expiring_key_is_refreshed_once_and_nobody_waits(
+    instances: list[str], redis_server: RedisServer, conn: psycopg.Connection
+) -> None:
+    two_listings(conn)
+    counter = redis.Redis.from_url(redis_server.url)
+    bearer = token()
+    url = f"{instances[0]}/api/kpi?tz=Europe/Berlin"
+    status, _ = fetch(url, bearer)
+    assert status == 200 and int(counter.get(COUNTER)) == 1
+    stored = json.loads(counter.get("kpi:v1:kpi:-:-:Europe/Berlin:60"))
+    # The moment the TTL ends (2 s after the computation): nothing to await but the clock.
+    time.sleep(max(0.0, stored["fresh_until"] - time.time()) + 0.05)
+    urls = [f"{instances[i % 2]}/api/kpi?tz=Europe/Berlin" for i in range(120)]
+    assert storm(urls, bearer) == [200] * 120
+    wait_until(lambda: json.loads(counter.get("kpi:v1:kpi:-:-:Europe/Berlin:60"))["fresh_until"] > time.time())
+    assert int(counter.get(COUNTER)) == 2  # the first computation and exactly one refresh
+
+
+def test_redis_killed_and_restarted_fails_no_request(
+    database_url: str, redis_server: RedisServer, conn: psycopg.Connection
+) -> None:
+    two_listings(conn)
+    app = create_app(make_settings(database_url, redis_url=redis_server.url, cache_ttl=1))
+    state = app.extensions["kpi"]
+    state.cache.breaker.reset_timeout = 0.2  # retry Redis soon, so the test sees it come back
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {token()}"}
+    statuses: list[int] = []
+
+    def poll(rounds: int) -> None:
+        for n in range(rounds):
+            statuses.append(client.get(f"/api/kpi?aged_days={1 + n % 5}", headers=headers).status_code)
+
+    errors = metrics.REDIS_ERRORS.labels(operation="get")
+    try:
+        poll(20)
+        before = errors._value.get()
+        redis_server.stop()
+        wait_until(lambda: (poll(1), errors._value.get() > before)[1])  # it noticed the outage
+        poll(20)
+        redis_server.start()
+        fresh = redis.Redis.from_url(redis_server.url)
+        # Back by itself: results are written to the restarted (empty) server again.
+        wait_until(lambda: (poll(1), bool(fresh.keys("kpi:v1:kpi:*")))[1])
+        poll(20)
+    finally:
+        state.service.close()
+        state.db.close()
+    assert set(statuses) == {200}
+    assert len(statuses) >= 62
