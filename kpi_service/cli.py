@@ -76,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Imported here: `kpi-service token` should not pay for the web app and the pool.
     from kpi_service import commands, demo
 
-    stop_on_signals()
+    if args.command in ("demo", "seed"):
+        stop_on_signals()  # they may own the embedded server, which must not outlive them
     try:
         if args.command == "demo":
             demo.run(host=args.host, port=args.port, data_dir=args.data_dir, reset=args.reset, listings=args.listings)

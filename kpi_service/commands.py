@@ -26,8 +26,9 @@ def seed_command(
     until: datetime | None,
     truncate: bool,
     data_dir: Path,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> None:
+    out = out or sys.stdout
     until = until or default_until()
     with database(environ, data_dir) as (url, embedded):
         where = f"the embedded database in {data_dir}" if embedded else _describe(url)
@@ -44,7 +45,8 @@ def seed_command(
         print(f"done in {done.seconds:.1f} s", file=out)
 
 
-def token_command(environ: Mapping[str, str], *, subject: str, ttl: int, out: TextIO = sys.stdout) -> None:
+def token_command(environ: Mapping[str, str], *, subject: str, ttl: int, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
     secret = environ.get("JWT_SECRET_KEY")
     if not secret:
         raise ConfigError("JWT_SECRET_KEY is not set")
@@ -53,7 +55,8 @@ def token_command(environ: Mapping[str, str], *, subject: str, ttl: int, out: Te
     print(auth.mint_token(app, subject, ttl), file=out)
 
 
-def init_db_command(environ: Mapping[str, str], out: TextIO = sys.stdout) -> None:
+def init_db_command(environ: Mapping[str, str], out: TextIO | None = None) -> None:
+    out = out or sys.stdout
     url = environ.get("DATABASE_URL")
     if not url:
         raise ConfigError("DATABASE_URL is not set")

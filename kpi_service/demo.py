@@ -31,12 +31,12 @@ def run(
     reset: bool,
     listings: int,
     environ: Mapping[str, str] = os.environ,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> None:
     """Serve until stopped by a signal (lifecycle.stop_on_signals must be installed)."""
 
     def say(line: str = "") -> None:
-        print(line, file=out, flush=True)
+        print(line, file=out or sys.stdout, flush=True)
 
     with database(environ, data_dir, reset=reset) as (url, embedded):
         if embedded:
