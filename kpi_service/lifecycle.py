@@ -14,9 +14,9 @@ from kpi_service.embedded import EmbeddedPostgres
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-class Stopped(BaseException):
-    """A stop signal arrived. BaseException, like KeyboardInterrupt, so that no `except
-    Exception` swallows it on its way up through the cleanups."""
+class Stopped(KeyboardInterrupt):
+    """A stop signal arrived. A KeyboardInterrupt, whatever the signal: no `except Exception`
+    swallows it on its way up through the cleanups, and psycopg cancels a running query on it."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
