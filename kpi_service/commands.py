@@ -1,0 +1,72 @@
+"""The small commands: seed, token and init-db (demo has its own module)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import TextIO
+
+from flask import Flask
+from psycopg.conninfo import conninfo_to_dict
+
+from kpi_service import auth
+from kpi_service.config import ConfigError
+from kpi_service.db import apply_schema
+from kpi_service.lifecycle import database
+from kpi_service.seed import default_until, seed
+
+
+def seed_command(
+    environ: Mapping[str, str],
+    *,
+    listings: int,
+    seed_value: int,
+    until: datetime | None,
+    truncate: bool,
+    data_dir: Path,
+    out: TextIO | None = None,
+) -> None:
+    out = out or sys.stdout
+    until = until or default_until()
+    with database(environ, data_dir) as (url, embedded):
+        where = f"the embedded database in {data_dir}" if embedded else _describe(url)
+        print(f"seeding {listings:,} listings (seed {seed_value}, until {until.isoformat()}) into {where}", file=out)
+        # The demo database may be new; another database gets its tables from init-db.
+        if embedded:
+            apply_schema(url)
+
+        def progress(step: str, rows: int, seconds: float) -> None:
+            count = f"{rows:>11,} rows" if rows else " " * 16
+            print(f"  {step:<10}{count}  {seconds:6.2f} s", file=out, flush=True)
+
+        done = seed(url, listings, seed=seed_value, until=until, truncate=truncate, progress=progress)
+        print(f"done in {done.seconds:.1f} s", file=out)
+
+
+def token_command(environ: Mapping[str, str], *, subject: str, ttl: int, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
+    secret = environ.get("JWT_SECRET_KEY")
+    if not secret:
+        raise ConfigError("JWT_SECRET_KEY is not set")
+    app = Flask("kpi_service.token")
+    auth.init_app(app, secret)
+    print(auth.mint_token(app, subject, ttl), file=out)
+
+
+def init_db_command(environ: Mapping[str, str], out: TextIO | None = None) -> None:
+    out = out or sys.stdout
+    url = environ.get("DATABASE_URL")
+    if not url:
+        raise ConfigError("DATABASE_URL is not set")
+    apply_schema(url)
+    print(f"schema applied to {_describe(url)}", file=out)
+
+
+def _describe(url: str) -> str:
+    # Never the password.
+    parts = conninfo_to_dict(url)
+    host = parts.get("host") or "the local socket"
+    port = f":{parts['port']}" if parts.get("port") else ""
+    return f"database {parts.get('dbname') or '(default)'} on {host}{port}"
