@@ -31,6 +31,11 @@ class State:
     history_schema: HistoryQuerySchema
     parsed: dict = field(default_factory=dict)  # raw query string -> KpiQuery, see api._parse
 
+    def close(self) -> None:
+        """Finish background refreshes, then close the pool."""
+        self.service.close()
+        self.db.close()
+
 
 def create_app(config: Settings | None = None) -> Flask:
     """The application; settings come from the environment unless given (and are validated)."""

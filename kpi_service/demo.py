@@ -75,7 +75,7 @@ def run(
             finally:
                 server.server_close()
         finally:
-            app.extensions["kpi"].db.close()
+            app.extensions["kpi"].close()
 
 
 def _netloc(host: str, port: int) -> str:

@@ -80,7 +80,7 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
 def app(database_url: str, conn: psycopg.Connection) -> Iterator[Flask]:
     application = create_app(make_settings(database_url))
     yield application
-    application.extensions["kpi"].db.close()
+    application.extensions["kpi"].close()
 
 
 @pytest.fixture

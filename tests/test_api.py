@@ -68,7 +68,7 @@ def test_defaults_come_from_configuration(database_url: str, conn: psycopg.Conne
     try:
         window = app.test_client().get("/api/kpi", headers=auth).get_json()["meta"]["window"]
     finally:
-        app.extensions["kpi"].db.close()
+        app.extensions["kpi"].close()
     assert window["tz"] == "America/New_York" and window["aged_days"] == 90
 
 
@@ -208,7 +208,7 @@ def test_stopped_database_answers_503_quickly(conn: psycopg.Connection, auth: di
         response = app.test_client().get("/api/kpi", headers=auth)
         elapsed = datetime.now(UTC) - started
     finally:
-        app.extensions["kpi"].db.close()
+        app.extensions["kpi"].close()
     assert response.status_code == 503 and response.get_json()["success"] is False
     assert elapsed < timedelta(seconds=5)
 

@@ -61,7 +61,6 @@ def test_expired_entry_is_served_at_once_and_refreshed_in_background(
     app: Flask, auth: dict[str, str], conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     state = app.extensions["kpi"]
-    state.cache.ttl = 1
     client = app.test_client()
     two_listings(conn)
     client.get("/api/kpi", headers=auth)
@@ -69,7 +68,7 @@ def test_expired_entry_is_served_at_once_and_refreshed_in_background(
     (key,) = state.cache.client.keys("kpi:v1:kpi:*")
     # Age the entry past its freshness (but within the grace of one TTL), here and in Redis.
     stored = json.loads(state.cache.client.get(key))
-    stored["fresh_until"] = time.time() - 0.5
+    stored["fresh_until"] = time.time() - 1
     state.cache.client.set(key, json.dumps(stored))
     state.service._recent.clear()
     calls = count_queries(app, monkeypatch)
@@ -121,8 +120,7 @@ def test_a_dead_owners_lock_expires_and_a_waiter_computes(
         assert response.get_json()["meta"]["cached"] is False  # computed here after the lock expired
         assert metrics.SINGLEFLIGHT_WAITS._value.get() == waits + 1
     finally:
-        state.service.close()
-        state.db.close()
+        state.close()
 
 
 def test_a_waiter_takes_the_owners_result(app: Flask, auth: dict[str, str], conn: psycopg.Connection) -> None:
@@ -162,8 +160,7 @@ def app_without_redis(database_url: str, conn: psycopg.Connection) -> Iterator[F
     # Nothing listens on port 1: every Redis call fails at once, like a stopped server.
     app = create_app(make_settings(database_url, redis_url="redis://127.0.0.1:1/0"))
     yield app
-    app.extensions["kpi"].service.close()
-    app.extensions["kpi"].db.close()
+    app.extensions["kpi"].close()
 
 
 def test_redis_down_is_answered_from_the_database_and_logged_once(

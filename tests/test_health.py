@@ -20,7 +20,7 @@ def app_with(database_url: str, **overrides: object) -> Iterator[Flask]:
     try:
         yield app
     finally:
-        app.extensions["kpi"].db.close()
+        app.extensions["kpi"].close()
 
 
 def assert_no_configuration(text: str) -> None:

@@ -48,7 +48,7 @@ def make_app(database_url: str, conn: psycopg.Connection) -> Iterator:
 
     yield make
     for app in apps:
-        app.extensions["kpi"].db.close()
+        app.extensions["kpi"].close()
 
 
 def timing(header: str) -> dict[str, str]:
@@ -146,7 +146,7 @@ def test_database_errors_are_counted(auth) -> None:
         assert app.test_client().get("/api/kpi", headers=auth).status_code == 503
         assert sample("kpi_database_errors_total", operation="query") == before + 1
     finally:
-        app.extensions["kpi"].db.close()
+        app.extensions["kpi"].close()
 
 
 def test_metrics_token(make_app) -> None:

@@ -71,7 +71,7 @@ def test_defaults_follow_the_settings(database_url: str) -> None:
     try:
         parameters = app.test_client().get("/api/openapi.json").get_json()["paths"]["/api/kpi"]["get"]["parameters"]
     finally:
-        app.extensions["kpi"].db.close()
+        app.extensions["kpi"].close()
     defaults = {p["name"]: p["schema"].get("default") for p in parameters}
     assert defaults["tz"] == "Europe/Berlin" and defaults["aged_days"] == 90
 
@@ -93,5 +93,5 @@ def test_unavailable_conforms(auth: dict[str, str], document: dict) -> None:
     try:
         response = app.test_client().get("/api/kpi", headers=auth)
     finally:
-        app.extensions["kpi"].db.close()
+        app.extensions["kpi"].close()
     conform(document, "/api/kpi", 503, response)

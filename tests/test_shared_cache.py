@@ -147,7 +147,6 @@ def test_redis_killed_and_restarted_fails_no_request(
         wait_until(lambda: (poll(1), bool(fresh.keys("kpi:v1:kpi:*")))[1])
         poll(20)
     finally:
-        state.service.close()
-        state.db.close()
+        state.close()
     assert set(statuses) == {200}
     assert len(statuses) >= 62
