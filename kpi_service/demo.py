@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 from kpi_service import create_app
 from kpi_service.auth import mint_token
@@ -61,7 +61,7 @@ def run(
         app = create_app(settings)
         try:
             # Bound before the token is printed: whoever reads the token can call at once.
-            server = make_server(host, port, app, threaded=True)
+            server = make_server(host, port, app, threaded=True, request_handler=_Unlogged)
             try:
                 base = f"http://{_netloc(host, server.server_port)}"
                 token = mint_token(app, TOKEN_SUBJECT, TOKEN_TTL)
@@ -76,6 +76,14 @@ def run(
                 server.server_close()
         finally:
             app.extensions["kpi"].close()
+
+
+class _Unlogged(WSGIRequestHandler):
+    """The app writes its own JSON line per request; werkzeug's line would repeat it with the
+    full query string, which may carry a stream ticket."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass
 
 
 def _netloc(host: str, port: int) -> str:
