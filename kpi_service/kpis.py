@@ -36,6 +36,8 @@ from kpi_service.windows import Window, buckets
 log = logging.getLogger(__name__)
 
 _metrics_schema = MetricsSchema()
+# Hits kept in-process: a 400-bucket history body is ~60 KB, so this bounds the memory to tens of MB.
+_MAX_RECENT = 1024
 Compute = Callable[[datetime], tuple[dict[str, Any], float]]
 
 
@@ -127,8 +129,8 @@ class KpiService:
         return time.monotonic() - self._db_failed_at < self.cache.ttl
 
     def _remember(self, key: str, served: Served) -> Served:
-        if len(self._recent) > 10_000:
-            self._recent.clear()  # rare: many distinct windows; a full clear keeps this O(1)
+        if len(self._recent) >= _MAX_RECENT:
+            self._recent.clear()  # rare: many distinct windows polled at once; a clear keeps this O(1)
         self._recent[key] = served
         return served
 
