@@ -71,6 +71,7 @@ class KpiService:
         # Hits by key, reused until their freshness ends: no Redis round trip and no
         # serialization on the hot path. Bounded by the number of distinct windows polled.
         self._recent: dict[str, Served] = {}
+        self._prune_at = 256
         self._db_failed_at = -1e9  # monotonic time of the last DatabaseUnavailable
         self._db_unreachable_at = -1.0  # ... of the last one that was not a statement timeout
         self._probe = threading.Lock()
@@ -138,8 +139,17 @@ class KpiService:
         return self._db_unreachable_at > 0
 
     def _remember(self, key: str, served: Served) -> Served:
-        if len(self._recent) > 10_000:
-            self._recent.clear()  # rare: many distinct windows; a full clear keeps this O(1)
+        if len(self._recent) >= self._prune_at:
+            # Entries past their freshness are never served from here again: drop them, so the
+            # memo holds about the windows polled within a TTL rather than every window ever
+            # asked for (a worker's memory otherwise grows with each distinct window until the
+            # cap). Amortized O(1): the next prune waits until the memo has doubled.
+            now = time.time()
+            live = {k: v for k, v in list(self._recent.items()) if v.fresh_until > now}
+            if len(live) > 10_000:
+                live.clear()  # rare: very many windows fresh at once
+            self._recent = live
+            self._prune_at = max(256, 2 * len(live))
         self._recent[key] = served
         return served
 
