@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from flask import Flask, Response, current_app, request
 from flask_jwt_extended import JWTManager, create_access_token, get_jwt, verify_jwt_in_request
-from flask_jwt_extended.exceptions import JWTDecodeError
+from flask_jwt_extended.exceptions import JWTDecodeError, NoAuthorizationError
 
 from kpi_service.errors import envelope
 
@@ -57,6 +57,9 @@ def init_app(app: Flask, secret: str) -> JWTManager:
 
 _VERIFIED = "kpi_verified_tokens"
 _MAX_VERIFIED = 10_000
+# No token the main application issues comes near this; gunicorn refuses a longer header line
+# (8190 bytes) before the app sees it, but another server may not, and the memo would hold it.
+MAX_AUTHORIZATION_BYTES = 8192
 View = TypeVar("View", bound=Callable[..., Any])
 
 
@@ -69,6 +72,8 @@ def token_required(view: View) -> View:
     def guarded(*args: Any, **kwargs: Any) -> Any:
         verified: dict[str, float] = current_app.extensions[_VERIFIED]
         header = request.headers.get("Authorization", "")
+        if len(header) > MAX_AUTHORIZATION_BYTES:
+            raise NoAuthorizationError(f"longer than {MAX_AUTHORIZATION_BYTES} bytes")
         expires = verified.get(header)
         if expires is None or time.time() >= expires:
             verify_jwt_in_request()  # raises, and flask-jwt-extended answers through the loaders above

