@@ -10,12 +10,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 from kpi_service import create_app
 from kpi_service.auth import mint_token
 from kpi_service.config import Settings
 from kpi_service.db import apply_schema
+from kpi_service.hub import close_all
 from kpi_service.lifecycle import database
 from kpi_service.seed import has_rows, seed
 
@@ -61,7 +62,7 @@ def run(
         app = create_app(settings)
         try:
             # Bound before the token is printed: whoever reads the token can call at once.
-            server = make_server(host, port, app, threaded=True)
+            server = make_server(host, port, app, threaded=True, request_handler=RequestHandler)
             try:
                 base = f"http://{_netloc(host, server.server_port)}"
                 token = mint_token(app, TOKEN_SUBJECT, TOKEN_TTL)
@@ -70,12 +71,28 @@ def run(
                 say()
                 say(f"curl -s -H {shlex.quote('Authorization: Bearer ' + token)} {base}/api/kpi")
                 say()
+                # The token travels in the fragment, which the browser keeps to itself.
+                say(f"dashboard {base}/#token={token}")
                 say(f"serving   {base}/api/kpi  (Ctrl-C to stop)")
                 server.serve_forever()
             finally:
+                close_all()  # open streams end, so that their threads do not hold the exit
                 server.server_close()
         finally:
             app.extensions["kpi"].db.close()
+
+
+class RequestHandler(WSGIRequestHandler):
+    """werkzeug's handler, logging the request line without its query string: a stream ticket
+    (GET /api/kpi/stream?ticket=...) must not reach a log, even a single-use one."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        # Called once the response starts, when the WSGI environ has long been built from these.
+        self.path = self.path.partition("?")[0]
+        method, _, rest = self.requestline.partition(" ")
+        target, _, version = rest.partition(" ")
+        self.requestline = f"{method} {target.partition('?')[0]} {version}".strip()
+        super().log_request(code, size)
 
 
 def _netloc(host: str, port: int) -> str:
