@@ -5,6 +5,7 @@ people; a new window must change them; a new listing must arrive live over the s
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -190,4 +191,44 @@ def test_an_expired_token_asks_for_a_new_one(app: Flask, browser) -> None:
         expect(dialog).to_be_hidden()
         expect(page.locator("#status")).to_have_attribute("data-mode", "live")
         expect(page.locator('[data-kpi="total_listings"] .value')).not_to_have_text("—")
+        page.close()
+
+
+def test_without_the_stream_the_page_polls(app: Flask, browser, conn: psycopg.Connection) -> None:
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=30_000)
+    hub = app.extensions["kpi_stream"].hub
+    hub.max_streams = 0  # every stream is refused with a 503: the page must fall back to polling
+    with serving(app) as base:
+        page = browser.new_page(locale="en-US", timezone_id="UTC")
+        page.goto(f"{base}/#token={token()}&from=&to=&tz=UTC")
+        expect(page.locator("#status")).to_have_attribute("data-mode", "polling")
+        value = page.locator('[data-kpi="total_listings"] .value')
+        expect(value).not_to_have_text("—")
+        before = int(value.inner_text().replace(",", ""))
+        conn.execute("INSERT INTO listings (price, status, listed_at) VALUES (100, 'active', now())")
+        expect(value).to_have_text(shown("int", before + 1))  # the next poll after the TTL
+        expect(page.locator("#cards")).to_have_attribute("data-via", "poll")
+        page.close()
+
+
+def test_stale_figures_are_marked(app: Flask, browser) -> None:
+    from playwright.sync_api import expect
+
+    from kpi_service.db import DatabaseUnavailable
+
+    expect.set_options(timeout=20_000)
+    with serving(app) as base:
+        page = browser.new_page(locale="en-US", timezone_id="UTC")
+        page.goto(f"{base}/#token={token()}&from=&to=&tz=UTC")
+        expect(page.locator("#status")).to_have_attribute("data-mode", "live")
+
+        def down(*args: object, **kwargs: object):
+            raise DatabaseUnavailable("down")
+
+        app.extensions["kpi"].db.kpi_rows = down  # the stream's next refresh serves the last value, stale
+        expect(page.locator("#status")).to_have_attribute("data-mode", "stale")
+        expect(page.locator("#banner")).to_contain_text("database is unavailable")
+        expect(page.locator('[data-kpi="total_listings"]')).to_have_class(re.compile(r"\bstale\b"))
         page.close()
