@@ -211,6 +211,10 @@ class Hub:
             if served.outcome in ("hit", "miss") and time.time() < served.fresh_until:
                 channel.due = served.fresh_until
                 channel.retry = _FIRST_RETRY
+            elif math.isinf(channel.due):
+                # A new window whose first value is an expired one (being refreshed) or a stale
+                # one: look again soon rather than wait for an announcement that may not come.
+                channel.due = time.time() + channel.retry
             subscribers = list(channel.subscribers)
         for subscriber in subscribers:
             subscriber.offer(event)

@@ -394,3 +394,15 @@ def test_the_openapi_document_describes_the_stream(make_app) -> None:
     assert ticket_op["responses"]["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/StreamTicket"
     }
+
+
+def test_without_redis_the_stream_still_refreshes(make_app, conn, redis_server: RedisServer) -> None:
+    two_listings(conn)
+    app = make_app(redis_url=redis_server.url, cache_ttl=1)
+    auth = {"Authorization": f"Bearer {token()}"}
+    with serving(app) as base, Sse(f"{base}/api/kpi/stream?{WINDOW}", auth) as stream:
+        assert stream.next_event().json()["metrics"]["total_listings"] == 2
+        redis_server.stop()  # no announcements, no shared cache: the refresher alone keeps it live
+        add_listing(conn, 3, datetime(2026, 3, 3, tzinfo=UTC))
+        while stream.next_event().json()["metrics"]["total_listings"] != 3:
+            pass
