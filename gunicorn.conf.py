@@ -1,7 +1,7 @@
 """gunicorn settings of the container: gunicorn -c gunicorn.conf.py wsgi:app
 
-Environment: PORT (8000), GUNICORN_WORKERS (2), GUNICORN_THREADS (4), GUNICORN_TIMEOUT (30),
-GUNICORN_GRACEFUL_TIMEOUT (20). Prometheus runs in multiprocess mode: every worker writes its
+Environment: PORT (8000), GUNICORN_WORKERS (2), GUNICORN_THREADS (4 + KPI_MAX_STREAMS, so 20),
+GUNICORN_TIMEOUT (30), GUNICORN_GRACEFUL_TIMEOUT (20). Prometheus runs in multiprocess mode: every worker writes its
 samples under PROMETHEUS_MULTIPROC_DIR and a scrape of any worker (or of the master's listener
 for KPI_METRICS=port:NNNN) merges them.
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,15 @@ if TYPE_CHECKING:
 
 bind = f"0.0.0.0:{int(os.environ.get('PORT', '8000'))}"
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+# gthread: every request holds one of the worker's threads while it runs, and so does every open
+# GET /api/kpi/stream, for as long as it is open (an async worker would avoid that, but the app,
+# psycopg's pool and the cache are synchronous code). The app serves at most KPI_MAX_STREAMS
+# streams per worker (16; a 503 with Retry-After beyond), so the threads are that many for streams
+# plus 4 for ordinary requests, as many as the database pool has connections (KPI_DB_POOL_SIZE):
+# a full house of streams leaves the polling API as fast as before. Streams cost no connection:
+# their refreshes run on the app's own two refresher threads.
+_max_streams = int(os.environ.get("KPI_MAX_STREAMS") or "16")
+threads = int(os.environ.get("GUNICORN_THREADS") or str(4 + _max_streams))
 worker_class = "gthread"
 # A KPI request is bounded by the statement timeout (5 s by default); this only catches a hung worker.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
@@ -84,6 +93,29 @@ def when_ready(server: Arbiter) -> None:
     if mode == "port" and port is not None:
         start_exporter(port)
         server.log.info("metrics listener on port %d", port)
+
+
+def post_worker_init(worker: Worker) -> None:
+    """Open streams end as soon as the worker is told to stop. gthread waits up to the graceful
+    timeout for open connections, and a stream, left alone, never closes: SIGTERM would then always
+    cost the full 20 s, and SIGINT/SIGQUIT would hang the exit behind the stream threads.
+    Clients reconnect (EventSource does by itself) to a worker that is not stopping."""
+
+    def chain(signum: int) -> None:
+        previous = signal.getsignal(signum)
+
+        def stop_streams(number: int, frame: object) -> None:
+            from kpi_service.hub import close_all
+
+            close_all()  # only sets flags and wakes the stream threads
+            if callable(previous):
+                previous(number, frame)
+
+        signal.signal(signum, stop_streams)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        chain(signum)
+    signal.siginterrupt(signal.SIGTERM, False)  # as gunicorn has it: no interrupted system calls
 
 
 def child_exit(server: Arbiter, worker: Worker) -> None:

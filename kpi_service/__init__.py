@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import redis
 from flask import Flask
 
-from kpi_service import api, auth, errors, health, metrics, openapi, request_log, server_timing
+from kpi_service import api, auth, dashboard, errors, health, metrics, openapi, request_log, server_timing, stream
 from kpi_service.cache import Cache, connect
 from kpi_service.config import ConfigError, Settings
 from kpi_service.db import Database
@@ -68,6 +68,8 @@ def create_app(config: Settings | None = None) -> Flask:
         history_schema=HistoryQuerySchema(max_buckets=settings.max_buckets, **defaults),
     )
     app.register_blueprint(api.bp)
+    stream.init_app(app, settings)
+    app.register_blueprint(dashboard.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.blueprint(settings))
     return app

@@ -9,6 +9,8 @@ Layout, version 1 (documented in the README for other services):
       The single-flight lock of that key while one process computes it.
   kpi:v1:announce (pub/sub channel)
       JSON {"key", "kind", "window", "computed_at", "fresh_until"} after each fresh computation.
+  kpi:v1:ticket:<sha256 of a stream ticket>
+      JSON {"sub", "exp"} of the token it was issued for; SET EX 30, consumed by GETDEL (tickets.py).
 A value and its announcement are written in one MULTI/EXEC, so a reader never sees one without
 the other.
 """

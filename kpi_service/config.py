@@ -35,6 +35,8 @@ class Settings:
     log_level: str = "INFO"
     metrics: str = "on"
     metrics_token: str | None = None
+    max_streams: int = 16
+    stream_heartbeat: int = 15
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -58,6 +60,8 @@ class Settings:
             "log_level": (env.get("KPI_LOG_LEVEL") or "INFO").upper(),
             "metrics": (env.get("KPI_METRICS") or "on").strip().lower(),
             "metrics_token": env.get("KPI_METRICS_TOKEN") or None,
+            "max_streams": _int(env, "KPI_MAX_STREAMS", 16, low=1),
+            "stream_heartbeat": _int(env, "KPI_STREAM_HEARTBEAT", 15, low=1),
         }
         values.update(overrides)
         settings = cls(**values)  # type: ignore[arg-type]

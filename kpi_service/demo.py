@@ -16,6 +16,7 @@ from kpi_service import create_app
 from kpi_service.auth import mint_token
 from kpi_service.config import Settings
 from kpi_service.db import apply_schema
+from kpi_service.hub import close_all
 from kpi_service.lifecycle import database
 from kpi_service.seed import has_rows, seed
 
@@ -61,7 +62,7 @@ def run(
         app = create_app(settings)
         try:
             # Bound before the token is printed: whoever reads the token can call at once.
-            server = make_server(host, port, app, threaded=True, request_handler=_Unlogged)
+            server = make_server(host, port, app, threaded=True, request_handler=RequestHandler)
             try:
                 base = f"http://{_netloc(host, server.server_port)}"
                 token = mint_token(app, TOKEN_SUBJECT, TOKEN_TTL)
@@ -70,17 +71,20 @@ def run(
                 say()
                 say(f"curl -s -H {shlex.quote('Authorization: Bearer ' + token)} {base}/api/kpi")
                 say()
+                # The token travels in the fragment, which the browser keeps to itself.
+                say(f"dashboard {base}/#token={token}")
                 say(f"serving   {base}/api/kpi  (Ctrl-C to stop)")
                 server.serve_forever()
             finally:
+                close_all()  # open streams end, so that their threads do not hold the exit
                 server.server_close()
         finally:
             app.extensions["kpi"].close()
 
 
-class _Unlogged(WSGIRequestHandler):
-    """The app writes its own JSON line per request; werkzeug's line would repeat it with the
-    full query string, which may carry a stream ticket."""
+class RequestHandler(WSGIRequestHandler):
+    """werkzeug's handler without its access line: the app writes its own JSON line per request,
+    and werkzeug's would repeat it with the full query string, which may carry a stream ticket."""
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass

@@ -16,10 +16,12 @@ from kpi_service.schemas import (
     HistoryResponseSchema,
     KpiQuerySchema,
     KpiResponseSchema,
+    StreamTicketSchema,
 )
 
 OPENAPI_VERSION = "3.0.3"
 BEARER = "bearerAuth"
+TICKET = "streamTicket"
 
 _ERRORS = {
     "400": ("BadRequest", "Bad parameters: unknown, repeated or malformed, `from` after `to`, unknown zone."),
@@ -41,6 +43,18 @@ _HEADERS = {
     "X-Request-ID": {
         "description": "The caller's X-Request-ID when it is 1-64 of `A-Za-z0-9._:-`, else a generated one.",
         "schema": {"type": "string"},
+    },
+}
+
+
+_SSE_EVENT = {
+    "type": "object",
+    "description": "One server-sent event: `event: kpi` or `unavailable`, `data` the JSON body.",
+    "properties": {
+        "event": {"type": "string", "enum": ["kpi", "unavailable"]},
+        "id": {"type": "string"},
+        "data": {"type": "string", "description": "The /api/kpi body (kpi) or the error envelope (unavailable)."},
+        "retry": {"type": "integer"},
     },
 }
 
@@ -97,9 +111,90 @@ def build_spec(settings: Settings) -> dict[str, Any]:
             )
         },
     )
+    _stream_paths(spec)
     document = spec.to_dict()
     _apply_defaults(document, {"tz": settings.timezone, "aged_days": settings.aged_days})
     return document
+
+
+_STREAM_EVENTS = """Server-sent events, one per new result of the window:
+
+    id: <meta.computed_at>
+    event: kpi
+    data: <the body GET /api/kpi answers, on one line>
+
+The current value is sent at once, unless `Last-Event-ID` (or `last_event_id`) is not older than
+it. A `: heartbeat` comment follows every KPI_STREAM_HEARTBEAT seconds (15) of silence. While the
+database fails and nothing is cached, `event: unavailable` carries an error envelope. The window is
+recomputed when its cached value expires (every KPI_CACHE_TTL seconds), polled or not. The stream
+ends when the token it was opened with expires."""
+
+
+def _stream_paths(spec: APISpec) -> None:
+    spec.components.security_scheme(
+        TICKET,
+        {
+            "type": "apiKey",
+            "in": "query",
+            "name": "ticket",
+            "description": "A single-use ticket from POST /api/kpi/stream-ticket, for EventSource (no headers).",
+        },
+    )
+    spec.components.schema("StreamTicket", schema=StreamTicketSchema)
+    spec.path(
+        path="/api/kpi/stream-ticket",
+        operations={
+            "post": {
+                "summary": "A single-use ticket, valid 30 s, that opens one stream without an Authorization header.",
+                "security": [{BEARER: []}],
+                "responses": {
+                    "200": {"description": "The ticket.", "content": {"application/json": {"schema": "StreamTicket"}}},
+                    "401": "Unauthorized",
+                    "503": "Unavailable",
+                },
+            }
+        },
+    )
+    spec.path(
+        path="/api/kpi/stream",
+        operations={
+            "get": {
+                "summary": "The ten KPIs of one window as server-sent events, pushed whenever they are recomputed.",
+                "security": [{BEARER: []}, {TICKET: []}],
+                "parameters": [
+                    {"in": "query", "schema": KpiQuerySchema},
+                    {
+                        "in": "header",
+                        "name": "Last-Event-ID",
+                        "required": False,
+                        "description": "The id of the last event received: its value is not sent again.",
+                        "schema": {"type": "string", "format": "date-time"},
+                    },
+                    {
+                        "in": "query",
+                        "name": "last_event_id",
+                        "required": False,
+                        "description": "As Last-Event-ID, for a browser opening a new EventSource with a new ticket.",
+                        "schema": {"type": "string", "format": "date-time"},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": _STREAM_EVENTS,
+                        # The schema of one event, as SSE-aware tools (schemathesis) read the stream.
+                        "content": {"text/event-stream": {"schema": _SSE_EVENT}},
+                    },
+                    **{status: name for status, (name, _) in _ERRORS.items() if status != "503"},
+                    "503": {
+                        "description": "Too many streams on this server (KPI_MAX_STREAMS; see Retry-After), tickets "
+                        "unavailable, or the database unavailable with nothing cached.",
+                        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                        "content": {"application/json": {"schema": "Error"}},
+                    },
+                },
+            }
+        },
+    )
 
 
 def _apply_defaults(document: dict[str, Any], defaults: dict[str, Any]) -> None:
@@ -107,7 +202,8 @@ def _apply_defaults(document: dict[str, Any], defaults: dict[str, Any]) -> None:
     # afterwards, so apispec writes `default: null, nullable: true`. A query parameter is never
     # null: it is absent (documented by `required: false`) or has the configured default.
     for path in document["paths"].values():
-        for parameter in path["get"]["parameters"]:
+        parameters = [p for operation in path.values() for p in operation.get("parameters", [])]
+        for parameter in parameters:
             schema = parameter["schema"]
             if "default" in schema and schema["default"] is None:
                 del schema["default"]

@@ -205,3 +205,12 @@ class ErrorSchema(Schema):
         values=fields.List(fields.String()),
         metadata={"description": "Per-parameter problems, only where there are any."},
     )
+
+
+class StreamTicketSchema(Schema):
+    ticket = fields.String(
+        required=True, metadata={"description": "Opaque; opens one GET /api/kpi/stream as its `ticket` parameter."}
+    )
+    expires_in = fields.Integer(
+        required=True, metadata={"description": "Seconds the ticket is valid: 30, less when the token expires sooner."}
+    )

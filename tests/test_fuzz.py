@@ -32,13 +32,14 @@ FUZZ = settings(
 def fuzzed_app(database_url: str, conn: object) -> Iterator[Flask]:
     application = create_app(make_settings(database_url))
     yield application
-    application.extensions["kpi"].service.close()
-    application.extensions["kpi"].db.close()
+    application.extensions["kpi"].close()
 
 
 @pytest.fixture
 def api_schema(fuzzed_app: Flask) -> schemathesis.BaseSchema:
-    return schemathesis.openapi.from_wsgi("/api/openapi.json", fuzzed_app)
+    # The stream never ends by itself, so a generated call would read it until the token
+    # expires; tests/test_stream.py covers it, with its tickets.
+    return schemathesis.openapi.from_wsgi("/api/openapi.json", fuzzed_app).exclude(path="/api/kpi/stream")
 
 
 # schemathesis.pytest.from_fixture fails under pytest 9 (it reads request.node._nodeid), so the

@@ -1,4 +1,5 @@
-"""The wheel carries its SQL: installed outside the checkout, it still runs the KPI query."""
+"""The wheel carries its SQL and the dashboard: installed outside the checkout, it still runs the KPI
+query and has the page to serve."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ from kpi_service.db import Database, sql_text
 import kpi_service
 assert "site-packages" in kpi_service.__file__, kpi_service.__file__
 assert "CREATE TABLE IF NOT EXISTS listings" in sql_text("schema.sql")
+from pathlib import Path
+static = Path(kpi_service.__file__).parent / "static"
+assert {"index.html", "dashboard.js", "dashboard.css"} <= {p.name for p in static.iterdir()}, list(static.iterdir())
 db = Database(Settings.from_env({}, jwt_secret_key="x" * 32, database_url=sys.argv[1]))
 rows, _ = db.kpi_rows([(None, None, datetime.now(timezone.utc))], 60)
 db.close()

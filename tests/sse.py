@@ -1,0 +1,109 @@
+"""Helpers for tests that need a real HTTP server: the app on werkzeug's threaded server in a
+thread, and a minimal server-sent-events reader."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from flask import Flask
+from werkzeug.serving import make_server
+
+from kpi_service.demo import RequestHandler
+
+
+@contextmanager
+def serving(app: Flask) -> Iterator[str]:
+    """The app on a free loopback port, as the demo serves it; yields its base URL. Its streams
+    end on the way out."""
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=RequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        app.extensions["kpi_stream"].hub.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@dataclass
+class Item:
+    """One thing read from a stream: an event, or a comment (heartbeat)."""
+
+    event: str | None = None
+    id: str | None = None
+    data: str | None = None
+    comment: str | None = None
+    retry: int | None = None
+
+    def json(self) -> dict:
+        assert self.data is not None, self
+        return json.loads(self.data)
+
+
+class Sse:
+    """GET a stream and read it item by item, each read bounded by `timeout` seconds."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None, timeout: float = 15) -> None:
+        parts = urlsplit(url)
+        self.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+        self.connection.request("GET", f"{parts.path}?{parts.query}", headers=headers or {})
+        self.response = self.connection.getresponse()
+        self.status = self.response.status
+        self.headers = self.response.headers
+
+    def body(self) -> dict:
+        return json.loads(self.response.read())
+
+    def next(self) -> Item | None:
+        """The next event or comment; None at the end of the stream."""
+        item = Item()
+        seen = False
+        while True:
+            raw = self.response.readline()
+            if not raw:
+                return item if seen else None
+            line = raw.decode().rstrip("\r\n")
+            if line == "":
+                if seen:
+                    return item
+                continue
+            seen = True
+            if line.startswith(":"):
+                item.comment = line[1:].strip()
+                return item
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "event":
+                item.event = value
+            elif name == "id":
+                item.id = value
+            elif name == "data":
+                item.data = value if item.data is None else f"{item.data}\n{value}"
+            elif name == "retry":
+                item.retry = int(value)
+
+    def next_event(self) -> Item:
+        """The next event, skipping heartbeats and the retry hint; fails at the end of the stream."""
+        while True:
+            item = self.next()
+            assert item is not None, "the stream ended"
+            if item.event is not None:
+                return item
+
+    def close(self) -> None:
+        self.response.close()
+        self.connection.close()
+
+    def __enter__(self) -> Sse:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
