@@ -45,5 +45,17 @@ CREATE INDEX IF NOT EXISTS listings_listed_at_idx
     ON listings (listed_at) INCLUDE (price, score);
 CREATE INDEX IF NOT EXISTS leads_created_at_idx
     ON leads (created_at) INCLUDE (buyer_id);
+-- The lead's id too, so that the conversion probe (purchases.lead_id) needs no heap visit.
+CREATE INDEX IF NOT EXISTS leads_created_at_id_idx
+    ON leads (created_at) INCLUDE (buyer_id, id);
 CREATE INDEX IF NOT EXISTS purchases_purchased_at_idx
     ON purchases (purchased_at) INCLUDE (buyer_id, listing_id, lead_id, sale_price);
+-- aged_inventory, split into its two disjoint halves (sql/kpi.sql): the listings never sold
+-- (the current stock, a few percent of the table) and those sold after the as-of instant.
+CREATE INDEX IF NOT EXISTS listings_unsold_idx
+    ON listings (listed_at) WHERE status <> 'withdrawn' AND sold_at IS NULL;
+CREATE INDEX IF NOT EXISTS listings_sold_at_idx
+    ON listings (sold_at) INCLUDE (listed_at) WHERE status <> 'withdrawn' AND sold_at IS NOT NULL;
+-- A purchase's listing cost by key without a heap visit (average_profit_per_unit).
+CREATE INDEX IF NOT EXISTS listings_cost_idx
+    ON listings (id) INCLUDE (acquisition_cost);
