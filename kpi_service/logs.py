@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
+import logging.handlers
+import queue
 import sys
 from typing import TextIO
 
@@ -49,8 +52,16 @@ def configure_logging(level: str) -> None:
     logger = logging.getLogger(ROOT_LOGGER)
     logger.setLevel(level)
     if not any(getattr(handler, "_kpi_json", False) for handler in logger.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(json_formatter())
+        # Request threads only enqueue their record; one thread formats and writes. A handler
+        # writing in the request thread made every request of a gunicorn worker's threads queue
+        # on that handler's lock: on the cached hot path that cost more than the request itself.
+        writer = _StderrHandler()
+        writer.setFormatter(json_formatter())
+        records: queue.Queue[logging.LogRecord] = queue.Queue()
+        listener = logging.handlers.QueueListener(records, writer)
+        listener.start()
+        atexit.register(listener.stop)  # writes what is still queued when the process exits
+        handler = logging.handlers.QueueHandler(records)
         handler._kpi_json = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     logger.propagate = False

@@ -41,6 +41,8 @@ def _begin() -> None:
 
 def _finish(response: Response) -> Response:
     response.headers[REQUEST_ID_HEADER] = g.request_id
+    if not log.isEnabledFor(logging.INFO):
+        return response
     served = g.get("kpi_served")
     # request.path has no query string: parameters may carry anything, and tokens never go there
     # but a caller could still put one there by mistake.
