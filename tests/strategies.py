@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from hypothesis import strategies as st
 
-from kpi_service.windows import midnight
+from kpi_service.windows import Window, midnight
 from tests.dataset import Dataset, Lead, Listing, Purchase
 
 ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata"]
@@ -71,3 +71,12 @@ def datasets(draw: st.DrawFn, pivots: Sequence[datetime] = (), max_listings: int
             free_leads.remove(lead_id)
         purchases.append(Purchase(i, listing.id, draw(st.sampled_from(buyers)), draw(money), draw(instant), lead_id))
     return Dataset(buyers, listings, leads, purchases)
+
+
+@st.composite
+def windows(draw: st.DrawFn) -> Window:
+    """A window of whole days in one of ZONES, each side open or not."""
+    first, last = sorted([draw(days), draw(days)])
+    return Window.of_dates(
+        None if draw(st.booleans()) else first, None if draw(st.booleans()) else last, draw(st.sampled_from(ZONES))
+    )

@@ -23,7 +23,7 @@ from kpi_service.windows import Window
 from tests import reference
 from tests.conftest import make_settings
 from tests.dataset import Dataset, Lead, Listing, Purchase
-from tests.strategies import ZONES, datasets, days, instants, money, scores
+from tests.strategies import datasets, instants, money, scores, windows
 
 NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
 
@@ -155,14 +155,6 @@ def apply_change(conn: psycopg.Connection, data: Dataset, draw: st.DrawFn) -> No
             "UPDATE purchases SET lead_id = %s, purchased_at = %s WHERE id = %s",
             [purchase.lead_id, purchase.purchased_at, purchase.id],
         )
-
-
-@st.composite
-def windows(draw: st.DrawFn) -> Window:
-    first, last = sorted([draw(days), draw(days)])
-    return Window.of_dates(
-        None if draw(st.booleans()) else first, None if draw(st.booleans()) else last, draw(st.sampled_from(ZONES))
-    )
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -18,7 +18,7 @@ from kpi_service.windows import Window
 from tests import reference
 from tests.conftest import make_settings
 from tests.dataset import Dataset, Lead, Listing, Purchase
-from tests.strategies import ZONES, datasets, days, instants
+from tests.strategies import datasets, instants, windows
 
 NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
 
@@ -210,14 +210,6 @@ def test_unknown_costs_and_missing_leads_are_left_out(database: Database, conn: 
 
 
 # --- generated data against the reference ---------------------------------------------------
-
-
-@st.composite
-def windows(draw: st.DrawFn) -> Window:
-    first, last = sorted([draw(days), draw(days)])
-    return Window.of_dates(
-        None if draw(st.booleans()) else first, None if draw(st.booleans()) else last, draw(st.sampled_from(ZONES))
-    )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

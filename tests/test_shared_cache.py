@@ -3,79 +3,38 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from contextlib import ExitStack
 
 import psycopg
 import pytest
 import redis
 
 from kpi_service import create_app, metrics
-from tests.conftest import SECRET, RedisServer, free_port, make_settings, token, wait_until
+from tests.conftest import SECRET, RedisServer, make_settings, token, wait_until
+from tests.servers import fetch, gunicorn
 from tests.test_api import two_listings
 
-ROOT = Path(__file__).parents[1]
-GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
 COUNTER = "kpi-test:statements"
-
-
-def fetch(url: str, bearer: str) -> tuple[int, dict]:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {bearer}"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
-
-
-def healthy(base: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{base}/healthz", timeout=1) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 @pytest.fixture
 def instances(database_url: str, redis_server: RedisServer, conn: psycopg.Connection) -> Iterator[list[str]]:
+    """Two gunicorn servers of two workers each, counting their KPI statements in Redis."""
     env = {
-        "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_server.url,
         "JWT_SECRET_KEY": SECRET,
         "KPI_CACHE_TTL": "2",
-        "KPI_METRICS": "off",
         "KPI_TEST_COUNTER_KEY": COUNTER,
         "GUNICORN_WORKERS": "2",
         "GUNICORN_THREADS": "32",
     }
-    ports = [free_port(), free_port()]
-    servers = [
-        subprocess.Popen(
-            [GUNICORN, "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", "tests.instance_app:app"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for port in ports
-    ]
-    bases = [f"http://127.0.0.1:{port}" for port in ports]
-    try:
-        for base in bases:
-            wait_until(lambda base=base: healthy(base), seconds=30)
-        yield bases
-    finally:
-        for server in servers:
-            server.terminate()
-            server.wait(timeout=30)
+    with ExitStack() as stack:
+        yield [stack.enter_context(gunicorn(env, app="tests.instance_app:app")) for _ in range(2)]
 
 
 def storm(urls: list[str], bearer: str) -> list[int]:
