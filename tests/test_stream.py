@@ -25,9 +25,9 @@ from flask import Flask
 from kpi_service import create_app
 from tests.conftest import SECRET, RedisServer, free_port, make_settings, token, wait_until
 from tests.dataset import Dataset, Listing
+from tests.servers import GUNICORN, ROOT, fetch
 from tests.sse import Sse, serving
 from tests.test_api import two_listings
-from tests.test_shared_cache import ROOT, healthy
 
 WINDOW = "from=2026-03-01&to=2026-03-31&tz=UTC"
 
@@ -355,9 +355,8 @@ def test_gunicorn_ends_streams_when_a_worker_stops(database_url: str, conn: psyc
         "KPI_METRICS": "off",
         "GUNICORN_WORKERS": "1",
     }
-    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
     server = subprocess.Popen(
-        [gunicorn, "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", "wsgi:app"],
+        [GUNICORN, "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", "wsgi:app"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -365,7 +364,7 @@ def test_gunicorn_ends_streams_when_a_worker_stops(database_url: str, conn: psyc
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: healthy(base), seconds=30)
+        wait_until(lambda: fetch(f"{base}/healthz", None, timeout=1)[0] == 200, seconds=30)
         with Sse(f"{base}/api/kpi/stream", {"Authorization": f"Bearer {token()}"}) as stream:
             assert stream.next_event().event == "kpi"
             started = time.monotonic()
