@@ -28,7 +28,7 @@ class Settings:
     statement_timeout_ms: int = 5000
     db_connect_timeout: int = 3
     db_pool_size: int = 4
-    db_pool_timeout: float = 3.0
+    db_pool_timeout: float = 2.0
     max_buckets: int = 400
     redis_timeout_ms: int = 250
     env: str = "production"
@@ -53,7 +53,7 @@ class Settings:
             "statement_timeout_ms": _int(env, "KPI_STATEMENT_TIMEOUT_MS", 5000, low=1),
             "db_connect_timeout": _int(env, "KPI_DB_CONNECT_TIMEOUT", 3, low=1),
             "db_pool_size": _int(env, "KPI_DB_POOL_SIZE", 4, low=1),
-            "db_pool_timeout": _int(env, "KPI_DB_POOL_TIMEOUT_MS", 3000, low=1) / 1000,
+            "db_pool_timeout": _int(env, "KPI_DB_POOL_TIMEOUT_MS", 2000, low=1) / 1000,
             "max_buckets": _int(env, "KPI_MAX_BUCKETS", 400, low=1),
             "redis_timeout_ms": _int(env, "KPI_REDIS_TIMEOUT_MS", 250, low=1),
             "env": env.get("KPI_ENV") or "production",

@@ -123,6 +123,7 @@ def test_postgres_stops_and_comes_back(pg: PostgresServer, redis_server: RedisSe
             wait_until(lambda: load.any(lambda s: s.sent > down_at and s.stale), seconds=10)
             wait_until(lambda: load.any(lambda s: s.sent > down_at and s.status == 503), seconds=10)
             time.sleep(max(0.0, down_at + outage_s - time.monotonic()))  # the outage's length is the scenario
+            restart_at = time.monotonic()
             pg.start()
             up_at = time.monotonic()
 
@@ -162,7 +163,11 @@ def test_postgres_stops_and_comes_back(pg: PostgresServer, redis_server: RedisSe
     assert all(s.status == 200 for s in during if s.kind == "cached")
     assert figures["stale_serves"] > 0
     # ... and a window never computed is a 503 envelope within 5 s.
-    assert all(s.status == 503 and s.latency < 5 for s in during if s.kind == "new" and s.sent > down_at + 0.5)
+    # (Answered before the restart began: a request still waiting for a connection then may
+    # rightly be served fresh by the returning server.)
+    down = [s for s in during if s.kind == "new" and s.sent > down_at + 0.5 and s.done < restart_at]
+    late = [s for s in down if not (s.status == 503 and s.latency < 5)]
+    assert down and late == [], [(s.status, round(s.latency, 2), round(s.sent - down_at, 2)) for s in late]
     # Back: fresh answers from every worker within 10 s of the server's return, by themselves
     # (after that moment, every answer of the load was fresh).
     assert figures["recovery_s"] <= 10
