@@ -28,7 +28,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from kpi_service import Settings, create_app
-from kpi_service.db import apply_schema
+from kpi_service.db import Database, apply_schema
 
 SECRET = "test-secret-that-is-at-least-32-bytes-long"
 
@@ -68,6 +68,14 @@ def conn(database_url: str) -> Iterator[psycopg.Connection]:
     with psycopg.connect(database_url, autocommit=True) as connection:
         connection.execute("TRUNCATE purchases, leads, listings, buyers RESTART IDENTITY CASCADE")
         yield connection
+
+
+@pytest.fixture(scope="module")
+def database(database_url: str) -> Iterator[Database]:
+    """The service's own database access, for tests of the KPI statement itself."""
+    db = Database(make_settings(database_url))
+    yield db
+    db.close()
 
 
 def make_settings(database_url: str, **overrides: object) -> Settings:

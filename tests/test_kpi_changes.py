@@ -7,12 +7,10 @@ for an old lead) and deletes some; anything the KPI statement keeps or derives m
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import psycopg
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,18 +19,10 @@ from kpi_service.schemas import MetricsSchema
 from kpi_service.seed import seed
 from kpi_service.windows import Window
 from tests import reference
-from tests.conftest import make_settings
 from tests.dataset import Dataset, Lead, Listing, Purchase
 from tests.strategies import datasets, instants, money, scores, windows
 
 NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def database(database_url: str) -> Iterator[Database]:
-    db = Database(make_settings(database_url))
-    yield db
-    db.close()
 
 
 def computed(db: Database, windows: list[Window], aged_days: int, now: datetime) -> list[dict[str, Any]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -16,18 +15,10 @@ from kpi_service.db import Database
 from kpi_service.schemas import MetricsSchema
 from kpi_service.windows import Window
 from tests import reference
-from tests.conftest import make_settings
 from tests.dataset import Dataset, Lead, Listing, Purchase
 from tests.strategies import datasets, instants, windows
 
 NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def database(database_url: str) -> Iterator[Database]:
-    db = Database(make_settings(database_url))
-    yield db
-    db.close()
 
 
 def compute(db: Database, window: Window, aged_days: int = 60, now: datetime = NOW) -> dict[str, Any]:
