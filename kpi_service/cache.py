@@ -21,12 +21,12 @@ import contextlib
 import functools
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import fakeredis
-import pybreaker
 import redis
 from redis.lock import Lock
 
@@ -79,14 +79,51 @@ def connect(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
 
 
-class _OutageLog(pybreaker.CircuitBreakerListener):
-    """One line when Redis goes away and one when it is back, not one per request."""
+class Breaker:
+    """Skips Redis for `retry_after` seconds after a failure, then lets one call try it again.
 
-    def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:
-        if new_state.name == pybreaker.STATE_OPEN and (old_state is None or old_state.name == pybreaker.STATE_CLOSED):
-            log.warning("redis unavailable; serving from the database until it is back")
-        elif new_state.name == pybreaker.STATE_CLOSED:
-            log.warning("redis is back")
+    Not pybreaker: its CircuitBreaker.call holds one lock across the wrapped call, which made
+    every Redis round trip of a process wait for the one before it (eight 100 ms GETs took
+    0.8 s). Here the lock guards only the state. One line is logged when Redis goes away and
+    one when it is back, not one per request.
+    """
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = retry_after
+        self._lock = threading.Lock()
+        self._down = False
+        self._retry_at = 0.0
+
+    @property
+    def closed(self) -> bool:
+        return not self._down
+
+    def allow(self) -> bool:
+        if not self._down:
+            return True
+        with self._lock:
+            if self._down and time.monotonic() >= self._retry_at:
+                self._retry_at = time.monotonic() + self.retry_after  # this call is the one trial
+                return True
+        return False
+
+    def failed(self) -> None:
+        with self._lock:
+            if not self._down:
+                log.warning("redis unavailable; serving from the database until it is back")
+            self._down = True
+            self._retry_at = time.monotonic() + self.retry_after
+
+    def succeeded(self) -> None:
+        if self._down:
+            with self._lock:
+                if self._down:
+                    log.warning("redis is back")
+                self._down = False
+
+    def retry_now(self) -> None:
+        """Let the next call try Redis at once (as it would after `retry_after`)."""
+        self._retry_at = 0.0
 
 
 class Cache:
@@ -98,27 +135,24 @@ class Cache:
         self.ttl = ttl
         self.stale_ttl = max(stale_ttl, ttl)
         self.lock_seconds = lock_seconds
-        self.breaker = pybreaker.CircuitBreaker(
-            fail_max=1,
-            reset_timeout=retry_after,
-            listeners=[_OutageLog()],
-            name="redis",
-            throw_new_error_on_trip=False,  # the Redis error itself, so it is counted below
-        )
+        self.breaker = Breaker(retry_after)
 
     @property
     def available(self) -> bool:
-        return self.breaker.current_state != pybreaker.STATE_OPEN
+        return self.breaker.closed
 
     def _call(self, operation: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """fn's result; raises _Unavailable when Redis failed or the breaker is open."""
+        if not self.breaker.allow():
+            raise _Unavailable
         try:
-            return self.breaker.call(fn, *args, **kwargs)
-        except pybreaker.CircuitBreakerError as error:
-            raise _Unavailable from error
+            result = fn(*args, **kwargs)
         except redis.RedisError as error:
             metrics.REDIS_ERRORS.labels(operation=operation).inc()
+            self.breaker.failed()
             raise _Unavailable from error
+        self.breaker.succeeded()
+        return result
 
     def get(self, key: str) -> Entry | None:
         try:
