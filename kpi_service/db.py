@@ -59,6 +59,13 @@ class Database:
             kwargs={
                 "row_factory": dict_row,
                 "connect_timeout": settings.db_connect_timeout,
+                # statement_timeout is the server's: a server that hangs or a network that drops
+                # packets is noticed by TCP keepalives and the user timeout instead.
+                "keepalives": 1,
+                "keepalives_idle": 5,
+                "keepalives_interval": 2,
+                "keepalives_count": 2,
+                "tcp_user_timeout": 10_000,
                 "application_name": "kpi-service",
                 "options": (
                     f"-c default_transaction_read_only=on -c statement_timeout={settings.statement_timeout_ms}"

@@ -27,7 +27,7 @@ import psycopg
 from marshmallow import ValidationError
 
 from kpi_service import metrics
-from kpi_service.cache import Cache, Entry, cache_key
+from kpi_service.cache import KEY_PREFIX, Cache, Entry, cache_key
 from kpi_service.db import Database, DatabaseUnavailable
 from kpi_service.errors import ApiError
 from kpi_service.schemas import KpiQuery, MetricsSchema
@@ -37,8 +37,9 @@ from kpi_service.windows import Window, buckets
 log = logging.getLogger(__name__)
 
 _metrics_schema = MetricsSchema()
-# Hits kept in-process: a 400-bucket history body is ~60 KB, so this bounds the memory to tens of MB.
+# Hits of /api/kpi kept in-process (about 1 KB each, with their serialized bytes).
 _MAX_RECENT = 1024
+_KPI_KEYS = f"{KEY_PREFIX}:kpi:"
 Compute = Callable[[datetime], tuple[dict[str, Any], float]]
 
 
@@ -74,8 +75,9 @@ class KpiService:
         # serialization on the hot path. Bounded by the number of distinct windows polled.
         self._recent: dict[str, Served] = {}
         self._prune_at = 256
-        self._db_failed_at = -1e9  # monotonic time of the last DatabaseUnavailable
-        self._db_unreachable_at = -1.0  # ... of the last one that was not a statement timeout
+        # Set when the database server failed (not one statement's timeout), until a
+        # computation succeeds again.
+        self._db_unreachable = False
         self._probe = threading.Lock()
 
     def current(self, query: KpiQuery) -> Served:
@@ -115,7 +117,7 @@ class KpiService:
         # While the database fails, any earlier value is served at once (and refreshed in the
         # background, which finds out when the database is back): a request must not wait for a
         # connection that is not coming just to be given the same stale value.
-        failing = self._database_failing()
+        failing = self._db_unreachable
         if entry is not None and (failing or time.time() < entry.fresh_until + self.cache.ttl):
             self._refresh_in_background(key, kind, query, compute)
             # While the database fails, the previous value is what the contract calls stale.
@@ -132,15 +134,9 @@ class KpiService:
                 503, "The database is unavailable and no earlier result for this window is cached."
             ) from None
 
-    def _database_failing(self) -> bool:
-        return self._database_unreachable() or time.monotonic() - self._db_failed_at < self.cache.ttl
-
-    def _database_unreachable(self) -> bool:
-        # Until a computation succeeds again, however long ago the last failure was: a request
-        # is always free to be the one that finds out, so this never outlasts the outage.
-        return self._db_unreachable_at > 0
-
     def _remember(self, key: str, served: Served) -> Served:
+        if not key.startswith(_KPI_KEYS):
+            return served  # history bodies run to hundreds of KB: they stay in Redis only
         if len(self._recent) >= self._prune_at:
             # Entries past their freshness are never served from here again: drop them, so the
             # memo holds about the windows polled within a TTL rather than every window ever
@@ -210,11 +206,17 @@ class KpiService:
                     self._compute_and_store(key, kind, query, compute)
             except (DatabaseUnavailable, ApiError) as error:
                 log.warning("background refresh of %s failed: %s", key, error.__class__.__name__)
+            except Exception:
+                log.exception("background refresh of %s failed", key)
             finally:
                 self.cache.release(lock)
                 self._done_refreshing(key)
 
-        self._refresher.submit(refresh)
+        try:
+            self._refresher.submit(refresh)
+        except RuntimeError:  # shutting down: leave the refresh to another process
+            self.cache.release(lock)
+            self._done_refreshing(key)
 
     def _done_refreshing(self, key: str) -> None:
         with self._refreshing_lock:
@@ -226,21 +228,21 @@ class KpiService:
         # whether it is back; the others fail at once instead of each waiting the pool timeout
         # for a connection (a worker's threads would all be waiting, and the requests queued
         # behind them, cached windows and health probes included, with them).
-        probing = self._database_unreachable()
+        probing = self._db_unreachable
         if probing and not self._probe.acquire(blocking=False):
             raise DatabaseUnavailable("the database is unreachable; another request is checking it")
         try:
             data, duration_ms = compute(now)
         except DatabaseUnavailable as error:
-            self._db_failed_at = time.monotonic()
             if not isinstance(error.__cause__, psycopg.errors.QueryCanceled):
-                # Not this statement's own slowness (statement_timeout): the server itself.
-                self._db_unreachable_at = self._db_failed_at
+                # The server itself, not one statement's own slowness (statement_timeout), which
+                # must not mark every other window's cached value as stale.
+                self._db_unreachable = True
             raise
         finally:
             if probing:
                 self._probe.release()
-        self._db_failed_at, self._db_unreachable_at = -1e9, -1.0
+        self._db_unreachable = False
         body = {
             **data,
             "success": True,
