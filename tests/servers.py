@@ -144,9 +144,9 @@ class PostgresServer:
         return sum(1 for line in self.log.read_text(errors="replace").splitlines() if needle in line)
 
 
-@contextmanager
-def gunicorn(env: dict[str, str], app: str = "wsgi:app") -> Iterator[str]:
-    """The service under gunicorn.conf.py on a free port; yields its base URL."""
+def start_gunicorn(env: dict[str, str], app: str = "wsgi:app") -> tuple[subprocess.Popen, str]:
+    """The service under gunicorn.conf.py on a free port, answering /healthz: its process and
+    base URL (for a test that signals the server itself; others use `gunicorn`)."""
     port = free_port()
     full = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "KPI_METRICS": "off", **env}
     server = subprocess.Popen(
@@ -159,6 +159,18 @@ def gunicorn(env: dict[str, str], app: str = "wsgi:app") -> Iterator[str]:
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: fetch(f"{base}/healthz", None, timeout=1)[0] == 200, seconds=30)
+    except BaseException:
+        server.kill()
+        server.wait()
+        raise
+    return server, base
+
+
+@contextmanager
+def gunicorn(env: dict[str, str], app: str = "wsgi:app") -> Iterator[str]:
+    """The service under gunicorn.conf.py on a free port; yields its base URL."""
+    server, base = start_gunicorn(env, app)
+    try:
         yield base
     finally:
         server.terminate()

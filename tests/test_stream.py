@@ -7,15 +7,12 @@ import hashlib
 import json
 import logging
 import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -23,9 +20,9 @@ import redis
 from flask import Flask
 
 from kpi_service import create_app
-from tests.conftest import SECRET, RedisServer, free_port, make_settings, token, wait_until
+from tests.conftest import SECRET, RedisServer, make_settings, token, wait_until
 from tests.dataset import Dataset, Listing
-from tests.servers import GUNICORN, ROOT, fetch
+from tests.servers import start_gunicorn
 from tests.sse import Sse, serving
 from tests.test_api import two_listings
 
@@ -347,24 +344,9 @@ def test_stale_values_are_pushed_as_stale(make_app, conn) -> None:
 
 @pytest.mark.slow
 def test_gunicorn_ends_streams_when_a_worker_stops(database_url: str, conn: psycopg.Connection) -> None:
-    port = free_port()
-    env = {
-        "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
-        "DATABASE_URL": database_url,
-        "JWT_SECRET_KEY": SECRET,
-        "KPI_METRICS": "off",
-        "GUNICORN_WORKERS": "1",
-    }
-    server = subprocess.Popen(
-        [GUNICORN, "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", "wsgi:app"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
+    env = {"DATABASE_URL": database_url, "JWT_SECRET_KEY": SECRET, "GUNICORN_WORKERS": "1"}
+    server, base = start_gunicorn(env)
     try:
-        wait_until(lambda: fetch(f"{base}/healthz", None, timeout=1)[0] == 200, seconds=30)
         with Sse(f"{base}/api/kpi/stream", {"Authorization": f"Bearer {token()}"}) as stream:
             assert stream.next_event().event == "kpi"
             started = time.monotonic()
