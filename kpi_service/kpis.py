@@ -158,8 +158,8 @@ class KpiService:
             if lock is not None:
                 try:
                     # Another process may have stored it between our read and our lock.
-                    entry = self.cache.get(key)
-                    if entry is not None and entry.fresh:
+                    entry = self._fresh_or_none(key)
+                    if entry is not None:
                         return self._remember(key, _hit(entry))
                     return self._compute_and_store(key, kind, query, compute)
                 finally:
@@ -177,8 +177,8 @@ class KpiService:
         pause = 0.005
         while time.monotonic() < deadline:
             time.sleep(pause)
-            entry = self.cache.get(key)
-            if entry is not None and entry.fresh:
+            entry = self._fresh_or_none(key)
+            if entry is not None:
                 return entry
             if not self.cache.locked(key):
                 return self._fresh_or_none(key)
