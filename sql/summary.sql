@@ -1,0 +1,346 @@
+-- Pre-aggregated sums of the KPI service (docs/design.md, "Summaries"): its own tables, kept
+-- exact by statement-level triggers on the sales tables, in the same transaction as each change.
+-- Applied after schema.sql by `kpi-service init-db`, as the tables' owner; safe to run again.
+--
+-- kpi_sums holds additive sums per bucket at two grains: 15 minutes (every UTC offset in use
+-- is a multiple of it, so every window edge is a bucket edge) and the UTC day (so a long
+-- window reads a few hundred rows). It is append-only for the triggers: a change inserts the
+-- difference it makes (old rows subtracted, new rows added), so concurrent writers never
+-- update the same row, and the service merges the rows of a bucket now and then
+-- (kpi_compact). A bucket's value is the sum of its rows.
+--
+-- kpi_buyer_buckets holds, per buyer, each 15-minute bucket with a lead or purchase of that
+-- buyer and the buyer's previous such bucket: active_buyers is not additive, and these rows
+-- make it a sum plus a short correction (sql/kpi.sql).
+--
+
+CREATE TABLE IF NOT EXISTS kpi_sums (
+    grain         integer NOT NULL CHECK (grain IN (900, 86400)),  -- seconds
+    bucket        timestamptz NOT NULL,  -- start: a multiple of grain since the Unix epoch
+    listings      bigint NOT NULL,       -- listings by listed_at
+    price_sum     numeric NOT NULL,
+    scored        bigint NOT NULL,
+    score_sum     numeric NOT NULL,
+    leads         bigint NOT NULL,       -- leads by created_at
+    converted     bigint NOT NULL,       -- ... referenced by a purchase
+    costed        bigint NOT NULL,       -- purchases by purchased_at whose listing has a cost
+    profit_sum    numeric NOT NULL,
+    led           bigint NOT NULL,       -- purchases by purchased_at that have a lead
+    lead_seconds  numeric NOT NULL,
+    buyer_buckets bigint NOT NULL,       -- kpi_buyer_buckets rows by bucket
+    buyer_links   bigint NOT NULL        -- kpi_buyer_buckets rows by prev_bucket
+);
+CREATE INDEX IF NOT EXISTS kpi_sums_bucket_idx ON kpi_sums (grain, bucket);
+
+CREATE TABLE IF NOT EXISTS kpi_buyer_buckets (
+    buyer_id    bigint NOT NULL,
+    bucket      timestamptz NOT NULL,
+    prev_bucket timestamptz,  -- NULL for the buyer's first bucket
+    PRIMARY KEY (buyer_id, bucket)
+);
+CREATE INDEX IF NOT EXISTS kpi_buyer_buckets_bucket_idx ON kpi_buyer_buckets (bucket) INCLUDE (prev_bucket);
+CREATE INDEX IF NOT EXISTS kpi_buyer_buckets_prev_idx ON kpi_buyer_buckets (prev_bucket) INCLUDE (bucket);
+
+-- Which version of the functions below built the rows; another version rebuilds them.
+CREATE TABLE IF NOT EXISTS kpi_summary_state (version integer NOT NULL);
+
+-- A buyer's buckets come from all of its leads and purchases: the recomputation looks them up.
+CREATE INDEX IF NOT EXISTS leads_buyer_idx ON leads (buyer_id) INCLUDE (created_at);
+CREATE INDEX IF NOT EXISTS purchases_buyer_idx ON purchases (buyer_id) INCLUDE (purchased_at);
+
+DO $$
+BEGIN
+    CREATE TYPE kpi_delta AS (
+        at            timestamptz,
+        listings      bigint,
+        price_sum     numeric,
+        scored        bigint,
+        score_sum     numeric,
+        leads         bigint,
+        converted     bigint,
+        costed        bigint,
+        profit_sum    numeric,
+        led           bigint,
+        lead_seconds  numeric,
+        buyer_buckets bigint,
+        buyer_links   bigint
+    );
+EXCEPTION
+    WHEN duplicate_object THEN NULL;
+END
+$$;
+
+-- Adds differences, each at the instant it belongs to, to both grains; nothing for a bucket
+-- whose differences cancel out (an UPDATE of a column no KPI reads).
+CREATE OR REPLACE FUNCTION kpi_apply(deltas kpi_delta[]) RETURNS void
+LANGUAGE sql AS $fn$
+    INSERT INTO kpi_sums (grain, bucket, listings, price_sum, scored, score_sum, leads, converted,
+                          costed, profit_sum, led, lead_seconds, buyer_buckets, buyer_links)
+    SELECT g.grain, date_bin(g.stride, d.at, timestamptz 'epoch'),
+           sum(d.listings), sum(d.price_sum), sum(d.scored), sum(d.score_sum), sum(d.leads),
+           sum(d.converted), sum(d.costed), sum(d.profit_sum), sum(d.led), sum(d.lead_seconds),
+           sum(d.buyer_buckets), sum(d.buyer_links)
+    FROM unnest(deltas) AS d
+    CROSS JOIN (VALUES (900, interval '15 minutes'), (86400, interval '1 day')) AS g (grain, stride)
+    GROUP BY 1, 2
+    HAVING (sum(d.listings), sum(d.price_sum), sum(d.scored), sum(d.score_sum), sum(d.leads),
+            sum(d.converted), sum(d.costed), sum(d.profit_sum), sum(d.led), sum(d.lead_seconds),
+            sum(d.buyer_buckets), sum(d.buyer_links))
+           <> (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+$fn$;
+
+-- Replaces the kpi_buyer_buckets rows of these buyers by what their leads and purchases say now.
+CREATE OR REPLACE FUNCTION kpi_buyers_refresh(ids bigint[]) RETURNS void
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    gone kpi_delta[];
+    made kpi_delta[];
+BEGIN
+    -- Counted per bucket before they become differences: a rebuild moves millions of rows.
+    WITH deleted AS (
+        DELETE FROM kpi_buyer_buckets WHERE buyer_id = ANY (ids) RETURNING bucket, prev_bucket
+    )
+    SELECT array_agg(ROW(m.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -m.buckets, -m.links)::kpi_delta)
+    INTO gone
+    FROM (
+        SELECT e.at, sum(e.bucket) AS buckets, sum(e.link) AS links
+        FROM deleted d
+        CROSS JOIN LATERAL (VALUES (d.bucket, 1, 0), (d.prev_bucket, 0, 1)) AS e (at, bucket, link)
+        WHERE e.at IS NOT NULL
+        GROUP BY e.at
+    ) m;
+
+    WITH inserted AS (
+        INSERT INTO kpi_buyer_buckets (buyer_id, bucket, prev_bucket)
+        SELECT e.buyer_id, e.bucket, lag(e.bucket) OVER (PARTITION BY e.buyer_id ORDER BY e.bucket)
+        FROM (
+            SELECT buyer_id, date_bin('15 minutes', created_at, timestamptz 'epoch') FROM leads
+            WHERE buyer_id = ANY (ids)
+            UNION
+            SELECT buyer_id, date_bin('15 minutes', purchased_at, timestamptz 'epoch') FROM purchases
+            WHERE buyer_id = ANY (ids)
+        ) AS e (buyer_id, bucket)
+        RETURNING bucket, prev_bucket
+    )
+    SELECT array_agg(ROW(m.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, m.buckets, m.links)::kpi_delta)
+    INTO made
+    FROM (
+        SELECT e.at, sum(e.bucket) AS buckets, sum(e.link) AS links
+        FROM inserted i
+        CROSS JOIN LATERAL (VALUES (i.bucket, 1, 0), (i.prev_bucket, 0, 1)) AS e (at, bucket, link)
+        WHERE e.at IS NOT NULL
+        GROUP BY e.at
+    ) m;
+
+    -- One call, so that the rows a buyer keeps cancel out instead of adding two rows each.
+    PERFORM kpi_apply(coalesce(gone, '{}') || coalesce(made, '{}'));
+END
+$fn$;
+
+-- What a change of listings does: its own bucket, and (when a cost changes) the profit of the
+-- purchase of that listing. A new listing has no purchase yet: the foreign key says so.
+CREATE OR REPLACE FUNCTION kpi_listings_apply(olds listings[], news listings[]) RETURNS void
+LANGUAGE sql AS $fn$
+    WITH changed AS (
+        SELECT -1 AS sign, o.* FROM unnest(olds) AS o
+        UNION ALL
+        SELECT 1, n.* FROM unnest(news) AS n
+    )
+    SELECT kpi_apply(ARRAY(
+        SELECT ROW(c.listed_at, c.sign, c.sign * c.price, c.sign * (c.score IS NOT NULL)::integer,
+                   c.sign * coalesce(c.score, 0), 0, 0, 0, 0, 0, 0, 0, 0)::kpi_delta
+        FROM changed c
+        UNION ALL
+        SELECT ROW(p.purchased_at, 0, 0, 0, 0, 0, 0, c.sign * (c.acquisition_cost IS NOT NULL)::integer,
+                   c.sign * coalesce(p.sale_price - c.acquisition_cost, 0), 0, 0, 0, 0)::kpi_delta
+        FROM changed c
+        JOIN purchases p ON p.listing_id = c.id
+        WHERE cardinality(olds) > 0
+    ))
+$fn$;
+
+-- What a change of leads does: its own bucket (converted if a purchase references it), the
+-- lead time of the purchase that references it.
+CREATE OR REPLACE FUNCTION kpi_leads_apply(olds leads[], news leads[]) RETURNS void
+LANGUAGE sql AS $fn$
+    WITH changed AS (
+        SELECT -1 AS sign, o.* FROM unnest(olds) AS o
+        UNION ALL
+        SELECT 1, n.* FROM unnest(news) AS n
+    ),
+    -- The purchase that references a lead; a new lead has none yet (foreign key).
+    referenced AS (
+        SELECT c.*, p.purchased_at
+        FROM changed c
+        JOIN purchases p ON p.lead_id = c.id
+        WHERE cardinality(olds) > 0
+    )
+    SELECT kpi_apply(ARRAY(
+        SELECT ROW(c.created_at, 0, 0, 0, 0, c.sign, 0, 0, 0, 0, 0, 0, 0)::kpi_delta FROM changed c
+        UNION ALL
+        SELECT ROW(r.created_at, 0, 0, 0, 0, 0, r.sign, 0, 0, 0, 0, 0, 0)::kpi_delta FROM referenced r
+        UNION ALL
+        SELECT ROW(r.purchased_at, 0, 0, 0, 0, 0, 0, 0, 0, r.sign,
+                   r.sign * (extract(epoch FROM r.purchased_at) - extract(epoch FROM r.created_at)), 0, 0)::kpi_delta
+        FROM referenced r
+    ))
+$fn$;
+
+-- What a change of purchases does: its own bucket (with its listing's cost and its lead's
+-- instant) and its lead's conversion.
+CREATE OR REPLACE FUNCTION kpi_purchases_apply(olds purchases[], news purchases[]) RETURNS void
+LANGUAGE sql AS $fn$
+    WITH changed AS (
+        SELECT -1 AS sign, o.* FROM unnest(olds) AS o
+        UNION ALL
+        SELECT 1, n.* FROM unnest(news) AS n
+    )
+    SELECT kpi_apply(ARRAY(
+        SELECT ROW(c.purchased_at, 0, 0, 0, 0, 0, 0, c.sign * (li.acquisition_cost IS NOT NULL)::integer,
+                   c.sign * coalesce(c.sale_price - li.acquisition_cost, 0), c.sign * (ld.id IS NOT NULL)::integer,
+                   c.sign * coalesce(extract(epoch FROM c.purchased_at) - extract(epoch FROM ld.created_at), 0),
+                   0, 0)::kpi_delta
+        FROM changed c
+        LEFT JOIN listings li ON li.id = c.listing_id
+        LEFT JOIN leads ld ON ld.id = c.lead_id
+        UNION ALL
+        SELECT ROW(ld.created_at, 0, 0, 0, 0, 0, c.sign, 0, 0, 0, 0, 0, 0)::kpi_delta
+        FROM changed c
+        JOIN leads ld ON ld.id = c.lead_id
+    ))
+$fn$;
+
+-- The trigger functions run as their owner (the owner of the sales tables, who applied this
+-- file), so the application's roles need no rights on the kpi_* tables.
+--
+-- One transaction-level advisory lock serializes the maintenance: a trigger reads other
+-- tables (a purchase's listing cost, a lead's purchase), and without the lock two concurrent
+-- transactions could each miss the other's change (a cost updated while a purchase of that
+-- listing is inserted). Held from the trigger to the commit; writes of the sales tables wait
+-- for each other only from that point on. Requires READ COMMITTED (the default) for writers.
+CREATE OR REPLACE FUNCTION kpi_lock() RETURNS void
+LANGUAGE sql AS $fn$
+    SELECT pg_advisory_xact_lock(4946157313062341)  -- "kpi-service summaries"
+$fn$;
+
+-- The transition tables as relations: an INSERT has no old rows, a DELETE no new ones.
+CREATE OR REPLACE FUNCTION kpi_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
+DECLARE
+    olds text := CASE WHEN TG_OP = 'INSERT' THEN '(SELECT * FROM new_rows LIMIT 0)' ELSE 'old_rows' END;
+    news text := CASE WHEN TG_OP = 'DELETE' THEN '(SELECT * FROM old_rows LIMIT 0)' ELSE 'new_rows' END;
+BEGIN
+    PERFORM kpi_lock();
+    EXECUTE format('SELECT kpi_%1$s_apply(ARRAY(SELECT o::%1$I FROM %2$s o), ARRAY(SELECT n::%1$I FROM %3$s n))',
+                   TG_TABLE_NAME, olds, news);
+    IF TG_TABLE_NAME <> 'listings' THEN
+        -- Only buyers of rows whose (id, buyer, instant) changed: a status update leaves them alone.
+        EXECUTE format('SELECT kpi_buyers_refresh(ARRAY(SELECT DISTINCT buyer_id FROM ('
+                       '(SELECT id, buyer_id, %1$I FROM %2$s a EXCEPT ALL SELECT id, buyer_id, %1$I FROM %3$s b)'
+                       ' UNION ALL '
+                       '(SELECT id, buyer_id, %1$I FROM %3$s c EXCEPT ALL SELECT id, buyer_id, %1$I FROM %2$s d)) x))',
+                       CASE TG_TABLE_NAME WHEN 'leads' THEN 'created_at' ELSE 'purchased_at' END, olds, news);
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+
+-- Everything again from the sales tables, through the same functions as the triggers.
+CREATE OR REPLACE FUNCTION kpi_rebuild() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
+BEGIN
+    PERFORM kpi_lock();
+    TRUNCATE kpi_sums, kpi_buyer_buckets;
+    PERFORM kpi_listings_apply('{}', ARRAY(SELECT l FROM listings l));
+    PERFORM kpi_leads_apply('{}', ARRAY(SELECT l FROM leads l));
+    PERFORM kpi_purchases_apply('{}', ARRAY(SELECT p FROM purchases p));
+    PERFORM kpi_buyers_refresh(ARRAY(SELECT buyer_id FROM leads UNION SELECT buyer_id FROM purchases));
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION kpi_truncated() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
+BEGIN
+    PERFORM kpi_rebuild();
+    RETURN NULL;
+END
+$fn$;
+
+-- Merges the rows of each bucket into one (the sum is unchanged, so readers see the same
+-- numbers before and after). Returns how many rows it removed; 0 when another session is at it.
+CREATE OR REPLACE FUNCTION kpi_compact() RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
+DECLARE
+    removed bigint;
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(4946157313062342) THEN
+        RETURN 0;
+    END IF;
+    WITH deleted AS (
+        DELETE FROM kpi_sums s
+        USING (SELECT grain, bucket FROM kpi_sums GROUP BY 1, 2 HAVING count(*) > 1) AS m
+        WHERE s.grain = m.grain AND s.bucket = m.bucket
+        RETURNING s.*
+    ),
+    merged AS (
+        INSERT INTO kpi_sums
+        SELECT grain, bucket, sum(listings), sum(price_sum), sum(scored), sum(score_sum), sum(leads),
+               sum(converted), sum(costed), sum(profit_sum), sum(led), sum(lead_seconds),
+               sum(buyer_buckets), sum(buyer_links)
+        FROM deleted
+        GROUP BY grain, bucket
+        HAVING (sum(listings), sum(price_sum), sum(scored), sum(score_sum), sum(leads), sum(converted),
+                sum(costed), sum(profit_sum), sum(led), sum(lead_seconds), sum(buyer_buckets), sum(buyer_links))
+               <> (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM deleted) - (SELECT count(*) FROM merged) INTO removed;
+    RETURN removed;
+END
+$fn$;
+
+-- ALWAYS: bulk loads that run as a replica (session_replication_role, as the seeder and logical
+-- replication do) must keep the sums too. Only ALTER TABLE ... DISABLE TRIGGER stops them;
+-- whoever does that must run `SELECT kpi_rebuild()` afterwards.
+CREATE OR REPLACE TRIGGER kpi_listings_insert AFTER INSERT ON listings
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_changed();
+CREATE OR REPLACE TRIGGER kpi_listings_update AFTER UPDATE ON listings
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_changed();
+CREATE OR REPLACE TRIGGER kpi_listings_delete AFTER DELETE ON listings
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_changed();
+CREATE OR REPLACE TRIGGER kpi_leads_insert AFTER INSERT ON leads
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_changed();
+CREATE OR REPLACE TRIGGER kpi_leads_update AFTER UPDATE ON leads
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_changed();
+CREATE OR REPLACE TRIGGER kpi_leads_delete AFTER DELETE ON leads
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_changed();
+CREATE OR REPLACE TRIGGER kpi_purchases_insert AFTER INSERT ON purchases
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_changed();
+CREATE OR REPLACE TRIGGER kpi_purchases_update AFTER UPDATE ON purchases
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_changed();
+CREATE OR REPLACE TRIGGER kpi_purchases_delete AFTER DELETE ON purchases
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_changed();
+CREATE OR REPLACE TRIGGER kpi_listings_truncate AFTER TRUNCATE ON listings
+    FOR EACH STATEMENT EXECUTE FUNCTION kpi_truncated();
+CREATE OR REPLACE TRIGGER kpi_leads_truncate AFTER TRUNCATE ON leads
+    FOR EACH STATEMENT EXECUTE FUNCTION kpi_truncated();
+CREATE OR REPLACE TRIGGER kpi_purchases_truncate AFTER TRUNCATE ON purchases
+    FOR EACH STATEMENT EXECUTE FUNCTION kpi_truncated();
+
+ALTER TABLE listings ENABLE ALWAYS TRIGGER kpi_listings_insert, ENABLE ALWAYS TRIGGER kpi_listings_update,
+    ENABLE ALWAYS TRIGGER kpi_listings_delete, ENABLE ALWAYS TRIGGER kpi_listings_truncate;
+ALTER TABLE leads ENABLE ALWAYS TRIGGER kpi_leads_insert, ENABLE ALWAYS TRIGGER kpi_leads_update,
+    ENABLE ALWAYS TRIGGER kpi_leads_delete, ENABLE ALWAYS TRIGGER kpi_leads_truncate;
+ALTER TABLE purchases ENABLE ALWAYS TRIGGER kpi_purchases_insert, ENABLE ALWAYS TRIGGER kpi_purchases_update,
+    ENABLE ALWAYS TRIGGER kpi_purchases_delete, ENABLE ALWAYS TRIGGER kpi_purchases_truncate;
+
+-- Built once per version of the functions above (the triggers keep them from then on).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM kpi_summary_state WHERE version = 2) THEN
+        PERFORM kpi_rebuild();
+        DELETE FROM kpi_summary_state;
+        INSERT INTO kpi_summary_state VALUES (2);
+    END IF;
+END
+$$;
