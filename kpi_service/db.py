@@ -109,6 +109,21 @@ class Database:
             log.warning("database unavailable: %s", error.__class__.__name__)
             raise DatabaseUnavailable(str(error)) from error
 
+    def compact_summaries(self) -> int | None:
+        """Merge the rows the triggers added to kpi_sums into one per bucket (sql/summary.sql):
+        the number of rows removed, None when it failed (logged; the sums stay exact, and a
+        later call catches up). kpi_compact runs as its owner and writes only kpi_sums, so the
+        service's read-only role needs nothing more than the right to call it."""
+        self._ensure_open()
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                conn.execute("SET TRANSACTION READ WRITE")
+                return conn.execute("SELECT kpi_compact() AS removed").fetchone()["removed"]
+        except psycopg.Error as error:
+            metrics.DATABASE_ERRORS.labels(operation="compact").inc()
+            log.warning("summary compaction failed: %s: %s", error.__class__.__name__, error)
+            return None
+
     def ping(self, timeout: float) -> bool:
         """`SELECT 1` through the pool, waiting at most `timeout` seconds for a connection."""
         self._ensure_open()

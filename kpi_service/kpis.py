@@ -40,6 +40,8 @@ _metrics_schema = MetricsSchema()
 # Hits of /api/kpi kept in-process (about 1 KB each, with their serialized bytes).
 _MAX_RECENT = 1024
 _KPI_KEYS = f"{KEY_PREFIX}:kpi:"
+# How often a process merges the summary rows the triggers added (Database.compact_summaries).
+COMPACT_EVERY_S = 60.0
 Compute = Callable[[datetime], tuple[dict[str, Any], float]]
 
 
@@ -79,6 +81,7 @@ class KpiService:
         # computation succeeds again.
         self._db_unreachable = False
         self._probe = threading.Lock()
+        self._compacted_at = -COMPACT_EVERY_S
 
     def current(self, query: KpiQuery) -> Served:
         """GET /api/kpi for this query."""
@@ -243,6 +246,7 @@ class KpiService:
             if probing:
                 self._probe.release()
         self._db_unreachable = False
+        self._compact_when_due()
         body = {
             **data,
             "success": True,
@@ -258,6 +262,19 @@ class KpiService:
         entry = self.cache.put(key, kind, body)
         self._remember(key, _hit(entry))
         return Served(body, "miss", entry.fresh_until, duration_ms)
+
+    def _compact_when_due(self) -> None:
+        # After a computation, so an idle service does not write, and in the background, so
+        # no request waits for it. Every process may do it: kpi_compact skips while another
+        # session runs it.
+        now = time.monotonic()
+        if now - self._compacted_at < COMPACT_EVERY_S:
+            return
+        self._compacted_at = now
+        try:
+            self._refresher.submit(self.db.compact_summaries)
+        except RuntimeError:  # shutting down
+            pass
 
     def close(self) -> None:
         self._refresher.shutdown(wait=True)

@@ -299,6 +299,10 @@ BEGIN
 END
 $fn$;
 
+-- Functions are executable by everyone by default; these two run as the tables' owner.
+-- sql/roles.sql grants kpi_compact to the service's role.
+REVOKE EXECUTE ON FUNCTION kpi_rebuild(), kpi_compact() FROM PUBLIC;
+
 -- ALWAYS: bulk loads that run as a replica (session_replication_role, as the seeder and logical
 -- replication do) must keep the sums too. Only ALTER TABLE ... DISABLE TRIGGER stops them;
 -- whoever does that must run `SELECT kpi_rebuild()` afterwards.

@@ -51,3 +51,20 @@ def test_reader_cannot_write(reader_url: str) -> None:
             reader.execute("DELETE FROM listings")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             reader.execute("CREATE TABLE public.intruder (id int)")
+
+
+def test_reader_merges_the_summaries_but_cannot_change_them(reader_url: str, conn: psycopg.Connection) -> None:
+    two_listings(conn)
+    conn.execute("UPDATE listings SET price = price + 1")  # a second row for the same buckets
+    db = Database(make_settings(reader_url))
+    try:
+        assert db.compact_summaries() == 4  # two rows (insert, update) for each of 4 buckets
+        rows, _ = db.kpi_rows([(None, None, datetime.now(UTC))], 60)
+    finally:
+        db.close()
+    assert rows[0]["total_listings"] == 2
+    with psycopg.connect(reader_url, autocommit=True) as reader:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            reader.execute("DELETE FROM kpi_sums")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            reader.execute("SELECT kpi_rebuild()")

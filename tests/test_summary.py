@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import psycopg
+from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -142,3 +143,15 @@ def test_a_day_in_local_mean_time(database: Database, conn: psycopg.Connection) 
     now = datetime(2026, 11, 25, tzinfo=UTC)
     assert computed(database, [day], 60, now) == expected(data, [day], 60, now)
     assert computed(database, [day], 60, now)[0]["total_listings"] == 2
+
+
+def test_the_service_merges_the_rows_after_a_computation(
+    client: FlaskClient, auth: dict[str, str], conn: psycopg.Connection
+) -> None:
+    at = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    Dataset([1], [Listing(1, Decimal("100.00"), "active", at)], [], []).insert(conn)
+    conn.execute("UPDATE listings SET price = 120")
+    assert conn.execute("SELECT count(*) FROM kpi_sums").fetchone() == (4,)
+    response = client.get("/api/kpi", headers=auth)
+    assert response.json["metrics"]["total_value"] == 120.0
+    wait_until(lambda: conn.execute("SELECT count(*) FROM kpi_sums").fetchone() == (2,))
