@@ -120,6 +120,51 @@ totals AS (
     SELECT * FROM summed
     UNION ALL
     SELECT * FROM raw
+),
+-- aged_inventory: in stock at as_of and listed more than aged_days 24-hour days before it,
+-- whatever the window's start: count(listed_at < c, sold_at > as_of or NULL) over listings not
+-- withdrawn, with c = as_of - aged_days (seconds, so the session time zone cannot shift it).
+-- The window with the latest as_of counts directly: at as_of = now that is the current stock
+-- plus nothing. Each earlier window (in as_of order) is the next one's count less what changed
+-- between their instants, so a year of daily buckets reads that year's sales and listings once
+-- instead of every later sale for each bucket:
+--   count(c_i, T_i) = count(c_j, T_j) + sold in (T_i, T_j] and listed before c_i
+--                                      - listed in [c_i, c_j) and not sold by T_j.
+ordered AS (
+    SELECT w.ord, w.as_of, w.aged_before,
+           lead(w.as_of) OVER later AS next_as_of, lead(w.aged_before) OVER later AS next_before,
+           row_number() OVER later AS position
+    FROM windows w
+    WINDOW later AS (ORDER BY w.as_of, w.ord)
+),
+aged_steps AS (
+    SELECT o.ord, o.position,
+        CASE WHEN o.next_as_of IS NULL THEN (
+            -- Never sold (listings_unsold_idx), then sold after as_of (listings_sold_at_idx).
+            SELECT count(*) FROM listings
+            WHERE status <> 'withdrawn' AND sold_at IS NULL AND listed_at < o.aged_before
+        ) + (
+            -- (The range operator keeps the planner off listings_stock_idx, which would read
+            -- every listing listed before c.)
+            SELECT count(*) FROM listings
+            WHERE status <> 'withdrawn' AND sold_at IS NOT NULL AND sold_at > o.as_of
+              AND tstzrange(NULL, o.aged_before) @> listed_at
+        )
+        ELSE (
+            SELECT count(*) FROM listings  -- listings_sold_at_idx
+            WHERE status <> 'withdrawn' AND sold_at IS NOT NULL
+              AND sold_at > o.as_of AND sold_at <= o.next_as_of AND listed_at < o.aged_before
+        ) - (
+            SELECT count(*) FROM listings  -- listings_stock_idx
+            WHERE status <> 'withdrawn' AND listed_at >= o.aged_before AND listed_at < o.next_before
+              AND (sold_at IS NULL OR sold_at > o.next_as_of)
+        )
+        END AS step
+    FROM ordered o
+),
+aged AS (
+    SELECT s.ord, sum(s.step) OVER (ORDER BY s.position DESC) AS n
+    FROM aged_steps s
 )
 SELECT
     t.listings AS total_listings,
@@ -127,27 +172,11 @@ SELECT
     round(t.price_sum, 2) AS total_value,
     round(coalesce(100.0 * t.scored / nullif(t.listings, 0), 0), 2) AS scoring_rate,
     round(coalesce(t.score_sum / nullif(t.scored, 0), 0), 2) AS average_score,
-    a_unsold.n + a_sold.n AS aged_inventory,
+    aged.n::bigint AS aged_inventory,
     round(coalesce(t.profit_sum / nullif(t.costed, 0), 0), 2) AS average_profit_per_unit,
     round(coalesce(t.lead_seconds / nullif(t.led * 86400, 0), 0), 2) AS lead_to_purchase_time,
     round(coalesce(100.0 * t.converted / nullif(t.leads, 0), 0), 2) AS conversion_rate,
     t.buyers AS active_buyers
 FROM totals t
-JOIN windows w ON w.ord = t.ord
--- aged_inventory: in stock at as_of and listed more than aged_days 24-hour days before it;
--- the window's start does not limit it. Seconds, not days, so the session time zone cannot
--- shift it. "sold_at IS NULL OR sold_at > as_of" is split into its two disjoint halves so
--- that each is a range on a small partial index instead of a scan of every listing.
-CROSS JOIN LATERAL (
-    -- Never sold: the current stock (listings_unsold_idx).
-    SELECT count(*) AS n
-    FROM listings
-    WHERE status <> 'withdrawn' AND sold_at IS NULL AND listed_at < w.aged_before
-) a_unsold
-CROSS JOIN LATERAL (
-    -- Sold after as_of (listings_sold_at_idx): nothing for as_of = now, a range for the past.
-    SELECT count(*) AS n
-    FROM listings
-    WHERE status <> 'withdrawn' AND sold_at IS NOT NULL AND sold_at > w.as_of AND listed_at < w.aged_before
-) a_sold
+JOIN aged ON aged.ord = t.ord
 ORDER BY t.ord;

@@ -59,3 +59,7 @@ CREATE INDEX IF NOT EXISTS listings_sold_at_idx
 -- A purchase's listing cost by key without a heap visit (average_profit_per_unit).
 CREATE INDEX IF NOT EXISTS listings_cost_idx
     ON listings (id) INCLUDE (acquisition_cost);
+-- aged_inventory of a series of as-of instants (sql/kpi.sql): the listings not withdrawn,
+-- by listing instant, with their sale instant.
+CREATE INDEX IF NOT EXISTS listings_stock_idx
+    ON listings (listed_at) INCLUDE (sold_at) WHERE status <> 'withdrawn';
