@@ -67,7 +67,7 @@ def parser() -> argparse.ArgumentParser:
     token.add_argument("--sub", required=True, help="the token's subject")
     token.add_argument("--ttl", type=_positive, default=3600, help="seconds until it expires (default: 3600)")
 
-    commands.add_parser("init-db", help="apply sql/schema.sql to DATABASE_URL (safe to run again)")
+    commands.add_parser("init-db", help="apply sql/schema.sql and sql/summary.sql to DATABASE_URL (safe to run again)")
     return top
 
 

@@ -27,6 +27,9 @@ def sql_text(name: str) -> str:
 
 
 queries = aiosql.from_str(sql_text("kpi.sql"), "psycopg")
+# The only other statements the service sends: a read-write transaction (its sessions default
+# to read-only) for the summaries' merge (sql/summary.sql).
+COMPACTION = ("SET TRANSACTION READ WRITE", "SELECT kpi_compact() AS removed")
 
 
 RECONNECT_TIMEOUT_S = 5.0
@@ -117,8 +120,8 @@ class Database:
         self._ensure_open()
         try:
             with self.pool.connection() as conn, conn.transaction():
-                conn.execute("SET TRANSACTION READ WRITE")
-                return conn.execute("SELECT kpi_compact() AS removed").fetchone()["removed"]
+                conn.execute(COMPACTION[0])
+                return conn.execute(COMPACTION[1]).fetchone()["removed"]
         except psycopg.Error as error:
             metrics.DATABASE_ERRORS.labels(operation="compact").inc()
             log.warning("summary compaction failed: %s: %s", error.__class__.__name__, error)

@@ -11,6 +11,7 @@ The rules, for many pollers across many workers and instances sharing one Redis:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -271,10 +272,8 @@ class KpiService:
         if now - self._compacted_at < COMPACT_EVERY_S:
             return
         self._compacted_at = now
-        try:
+        with contextlib.suppress(RuntimeError):  # shutting down
             self._refresher.submit(self.db.compact_summaries)
-        except RuntimeError:  # shutting down
-            pass
 
     def close(self) -> None:
         self._refresher.shutdown(wait=True)

@@ -255,6 +255,7 @@ BEGIN
     PERFORM kpi_leads_apply('{}', ARRAY(SELECT l FROM leads l));
     PERFORM kpi_purchases_apply('{}', ARRAY(SELECT p FROM purchases p));
     PERFORM kpi_buyers_refresh(ARRAY(SELECT buyer_id FROM leads UNION SELECT buyer_id FROM purchases));
+    PERFORM kpi_compact();  -- one row per bucket instead of one per function above
 END
 $fn$;
 
