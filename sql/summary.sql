@@ -14,6 +14,11 @@
 -- make it a sum plus a short correction (sql/kpi.sql).
 --
 
+-- The functions below run as the owner with this search path (SET search_path FROM CURRENT):
+-- the schema of the tables, then pg_temp last, so that a session's temporary tables can never
+-- stand in for them.
+SELECT set_config('search_path', quote_ident(current_schema()) || ', pg_temp', true);
+
 CREATE TABLE IF NOT EXISTS kpi_sums (
     grain         integer NOT NULL CHECK (grain IN (900, 86400)),  -- seconds
     bucket        timestamptz NOT NULL,  -- start: a multiple of grain since the Unix epoch
@@ -40,6 +45,21 @@ CREATE TABLE IF NOT EXISTS kpi_buyer_buckets (
 );
 CREATE INDEX IF NOT EXISTS kpi_buyer_buckets_bucket_idx ON kpi_buyer_buckets (bucket) INCLUDE (prev_bucket);
 CREATE INDEX IF NOT EXISTS kpi_buyer_buckets_prev_idx ON kpi_buyer_buckets (prev_bucket) INCLUDE (bucket);
+
+-- What each purchase added to kpi_sums, with the values it took from its listing and lead, so
+-- that a change subtracts exactly what was added, whatever else the same statement changed
+-- (a purchase and its lead deleted together, a cascade).
+CREATE TABLE IF NOT EXISTS kpi_purchase_facts (
+    purchase_id     bigint PRIMARY KEY,
+    listing_id      bigint NOT NULL,
+    lead_id         bigint,
+    purchased_at    timestamptz NOT NULL,
+    sale_price      numeric NOT NULL,
+    cost            numeric,      -- the listing's acquisition_cost
+    lead_created_at timestamptz   -- NULL: no lead
+);
+CREATE INDEX IF NOT EXISTS kpi_purchase_facts_listing_idx ON kpi_purchase_facts (listing_id);
+CREATE INDEX IF NOT EXISTS kpi_purchase_facts_lead_idx ON kpi_purchase_facts (lead_id);
 
 -- Which version of the functions below built the rows; another version rebuilds them.
 CREATE TABLE IF NOT EXISTS kpi_summary_state (version integer NOT NULL);
@@ -96,6 +116,13 @@ DECLARE
     gone kpi_delta[];
     made kpi_delta[];
 BEGIN
+    IF cardinality(ids) = 0 THEN
+        RETURN;
+    END IF;
+    -- Two transactions refreshing one buyer would each rebuild its rows from their own view;
+    -- this lock makes the second wait and then read the first's rows. NO KEY UPDATE does not
+    -- conflict with the KEY SHARE lock that inserting the buyer's leads and purchases takes.
+    PERFORM FROM buyers WHERE id = ANY (ids) ORDER BY id FOR NO KEY UPDATE;
     -- Counted per bucket before they become differences: a rebuild moves millions of rows.
     WITH deleted AS (
         DELETE FROM kpi_buyer_buckets WHERE buyer_id = ANY (ids) RETURNING bucket, prev_bucket
@@ -137,109 +164,129 @@ BEGIN
 END
 $fn$;
 
--- What a change of listings does: its own bucket, and (when a cost changes) the profit of the
--- purchase of that listing. A new listing has no purchase yet: the foreign key says so.
+-- The own buckets of changed listings: old rows subtracted, new rows added.
 CREATE OR REPLACE FUNCTION kpi_listings_apply(olds listings[], news listings[]) RETURNS void
 LANGUAGE sql AS $fn$
-    WITH changed AS (
-        SELECT -1 AS sign, o.* FROM unnest(olds) AS o
-        UNION ALL
-        SELECT 1, n.* FROM unnest(news) AS n
-    )
     SELECT kpi_apply(ARRAY(
         SELECT ROW(c.listed_at, c.sign, c.sign * c.price, c.sign * (c.score IS NOT NULL)::integer,
                    c.sign * coalesce(c.score, 0), 0, 0, 0, 0, 0, 0, 0, 0)::kpi_delta
-        FROM changed c
-        UNION ALL
-        SELECT ROW(p.purchased_at, 0, 0, 0, 0, 0, 0, c.sign * (c.acquisition_cost IS NOT NULL)::integer,
-                   c.sign * coalesce(p.sale_price - c.acquisition_cost, 0), 0, 0, 0, 0)::kpi_delta
-        FROM changed c
-        JOIN purchases p ON p.listing_id = c.id
-        WHERE cardinality(olds) > 0
+        FROM (SELECT -1 AS sign, o.* FROM unnest(olds) AS o UNION ALL SELECT 1, n.* FROM unnest(news) AS n) AS c
     ))
 $fn$;
 
--- What a change of leads does: its own bucket (converted if a purchase references it), the
--- lead time of the purchase that references it.
+-- The own buckets of changed leads (their conversion belongs to the purchase's facts).
 CREATE OR REPLACE FUNCTION kpi_leads_apply(olds leads[], news leads[]) RETURNS void
 LANGUAGE sql AS $fn$
-    WITH changed AS (
-        SELECT -1 AS sign, o.* FROM unnest(olds) AS o
-        UNION ALL
-        SELECT 1, n.* FROM unnest(news) AS n
-    ),
-    -- The purchase that references a lead; a new lead has none yet (foreign key).
-    referenced AS (
-        SELECT c.*, p.purchased_at
-        FROM changed c
-        JOIN purchases p ON p.lead_id = c.id
-        WHERE cardinality(olds) > 0
-    )
     SELECT kpi_apply(ARRAY(
-        SELECT ROW(c.created_at, 0, 0, 0, 0, c.sign, 0, 0, 0, 0, 0, 0, 0)::kpi_delta FROM changed c
-        UNION ALL
-        SELECT ROW(r.created_at, 0, 0, 0, 0, 0, r.sign, 0, 0, 0, 0, 0, 0)::kpi_delta FROM referenced r
-        UNION ALL
-        SELECT ROW(r.purchased_at, 0, 0, 0, 0, 0, 0, 0, 0, r.sign,
-                   r.sign * (extract(epoch FROM r.purchased_at) - extract(epoch FROM r.created_at)), 0, 0)::kpi_delta
-        FROM referenced r
+        SELECT ROW(c.created_at, 0, 0, 0, 0, c.sign, 0, 0, 0, 0, 0, 0, 0)::kpi_delta
+        FROM (SELECT -1 AS sign, o.* FROM unnest(olds) AS o UNION ALL SELECT 1, n.* FROM unnest(news) AS n) AS c
     ))
 $fn$;
 
--- What a change of purchases does: its own bucket (with its listing's cost and its lead's
--- instant) and its lead's conversion.
-CREATE OR REPLACE FUNCTION kpi_purchases_apply(olds purchases[], news purchases[]) RETURNS void
+-- What purchase facts add (sign 1) or take away (sign -1): profit and lead time in the
+-- purchase's bucket, a conversion in its lead's. Counted per instant first: a rebuild passes
+-- every purchase.
+CREATE OR REPLACE FUNCTION kpi_fact_deltas(facts kpi_purchase_facts[], sign integer) RETURNS kpi_delta[]
 LANGUAGE sql AS $fn$
-    WITH changed AS (
-        SELECT -1 AS sign, o.* FROM unnest(olds) AS o
-        UNION ALL
-        SELECT 1, n.* FROM unnest(news) AS n
-    )
-    SELECT kpi_apply(ARRAY(
-        SELECT ROW(c.purchased_at, 0, 0, 0, 0, 0, 0, c.sign * (li.acquisition_cost IS NOT NULL)::integer,
-                   c.sign * coalesce(c.sale_price - li.acquisition_cost, 0), c.sign * (ld.id IS NOT NULL)::integer,
-                   c.sign * coalesce(extract(epoch FROM c.purchased_at) - extract(epoch FROM ld.created_at), 0),
-                   0, 0)::kpi_delta
-        FROM changed c
-        LEFT JOIN listings li ON li.id = c.listing_id
-        LEFT JOIN leads ld ON ld.id = c.lead_id
-        UNION ALL
-        SELECT ROW(ld.created_at, 0, 0, 0, 0, 0, c.sign, 0, 0, 0, 0, 0, 0)::kpi_delta
-        FROM changed c
-        JOIN leads ld ON ld.id = c.lead_id
-    ))
+    SELECT coalesce(array_agg(ROW(g.at, 0, 0, 0, 0, 0, sign * g.converted, sign * g.costed, sign * g.profit,
+                                  sign * g.led, sign * g.seconds, 0, 0)::kpi_delta), '{}')
+    FROM (
+        SELECT e.at, sum(e.converted) AS converted, sum(e.costed) AS costed, sum(e.profit) AS profit,
+               sum(e.led) AS led, sum(e.seconds) AS seconds
+        FROM unnest(facts) AS f
+        CROSS JOIN LATERAL (VALUES
+            (f.purchased_at, 0, (f.cost IS NOT NULL)::integer, coalesce(f.sale_price - f.cost, 0),
+             (f.lead_created_at IS NOT NULL)::integer,
+             coalesce(extract(epoch FROM f.purchased_at) - extract(epoch FROM f.lead_created_at), 0)),
+            (f.lead_created_at, 1, 0, 0, 0, 0)
+        ) AS e (at, converted, costed, profit, led, seconds)
+        WHERE e.at IS NOT NULL
+        GROUP BY e.at
+    ) AS g
 $fn$;
 
--- The trigger functions run as their owner (the owner of the sales tables, who applied this
--- file), so the application's roles need no rights on the kpi_* tables.
+-- Replaces the facts of these purchases by what purchases, listings and leads say now.
 --
--- One transaction-level advisory lock serializes the maintenance: a trigger reads other
--- tables (a purchase's listing cost, a lead's purchase), and without the lock two concurrent
--- transactions could each miss the other's change (a cost updated while a purchase of that
--- listing is inserted). Held from the trigger to the commit; writes of the sales tables wait
--- for each other only from that point on. Requires READ COMMITTED (the default) for writers.
-CREATE OR REPLACE FUNCTION kpi_lock() RETURNS void
-LANGUAGE sql AS $fn$
-    SELECT pg_advisory_xact_lock(4946157313062341)  -- "kpi-service summaries"
+-- Concurrency: the facts read a listing's cost and a lead's instant. Another transaction
+-- changing those (or these purchases) holds a lock on that row until it commits; FOR SHARE waits
+-- for it, so the statements after it read the committed value (READ COMMITTED: each statement
+-- takes a new snapshot). In the other order, that transaction's own trigger waits for ours and
+-- then sees our purchase. FOR UPDATE on the facts serializes two refreshes of one purchase.
+CREATE OR REPLACE FUNCTION kpi_purchases_refresh(ids bigint[]) RETURNS void
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    gone kpi_delta[];
+    made kpi_delta[];
+BEGIN
+    IF cardinality(ids) = 0 THEN
+        RETURN;
+    END IF;
+    PERFORM FROM kpi_purchase_facts WHERE purchase_id = ANY (ids) ORDER BY purchase_id FOR UPDATE;
+    PERFORM FROM purchases p JOIN listings li ON li.id = p.listing_id
+    WHERE p.id = ANY (ids) ORDER BY li.id FOR SHARE OF li;
+    PERFORM FROM purchases p JOIN leads ld ON ld.id = p.lead_id
+    WHERE p.id = ANY (ids) ORDER BY ld.id FOR SHARE OF ld;
+
+    WITH deleted AS (DELETE FROM kpi_purchase_facts WHERE purchase_id = ANY (ids) RETURNING *)
+    SELECT kpi_fact_deltas(array_agg(d::kpi_purchase_facts), -1) INTO gone FROM deleted d;
+
+    WITH inserted AS (
+        INSERT INTO kpi_purchase_facts
+        SELECT p.id, p.listing_id, p.lead_id, p.purchased_at, p.sale_price, li.acquisition_cost, ld.created_at
+        FROM purchases p
+        LEFT JOIN listings li ON li.id = p.listing_id
+        LEFT JOIN leads ld ON ld.id = p.lead_id
+        WHERE p.id = ANY (ids)
+        RETURNING *
+    )
+    SELECT kpi_fact_deltas(array_agg(i::kpi_purchase_facts), 1) INTO made FROM inserted i;
+
+    PERFORM kpi_apply(gone || made);
+END
 $fn$;
 
--- The transition tables as relations: an INSERT has no old rows, a DELETE no new ones.
+-- A SQL text: the rows of `olds` and `news` (transition tables) that differ in `columns`.
+CREATE OR REPLACE FUNCTION kpi_difference(columns text, olds text, news text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $fn$
+    SELECT format('(SELECT %1$s FROM %2$s a EXCEPT ALL SELECT %1$s FROM %3$s b)'
+                  ' UNION ALL (SELECT %1$s FROM %3$s c EXCEPT ALL SELECT %1$s FROM %2$s d)', columns, olds, news)
+$fn$;
+
+-- One function for the statement-level triggers of the three tables. It runs as its owner
+-- (who applied this file), so the application's roles need no rights on the kpi_* tables.
+-- Only what a statement changed is recomputed: a listing's cost or a lead's instant reaches
+-- the purchases that use it, a lead's or purchase's buyer and instant reach that buyer's
+-- buckets, and an UPDATE of other columns (a status) touches nothing else.
 CREATE OR REPLACE FUNCTION kpi_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 DECLARE
+    -- The transition tables as relations: an INSERT has no old rows, a DELETE no new ones.
     olds text := CASE WHEN TG_OP = 'INSERT' THEN '(SELECT * FROM new_rows LIMIT 0)' ELSE 'old_rows' END;
     news text := CASE WHEN TG_OP = 'DELETE' THEN '(SELECT * FROM old_rows LIMIT 0)' ELSE 'new_rows' END;
+    instant text := CASE TG_TABLE_NAME WHEN 'leads' THEN 'created_at' ELSE 'purchased_at' END;
+    ids bigint[];
 BEGIN
-    PERFORM kpi_lock();
-    EXECUTE format('SELECT kpi_%1$s_apply(ARRAY(SELECT o::%1$I FROM %2$s o), ARRAY(SELECT n::%1$I FROM %3$s n))',
-                   TG_TABLE_NAME, olds, news);
+    IF TG_TABLE_NAME = 'purchases' THEN
+        EXECUTE format('SELECT ARRAY(SELECT DISTINCT id FROM (%s) x)', kpi_difference('*', olds, news)) INTO ids;
+        PERFORM kpi_purchases_refresh(ids);
+    ELSE
+        EXECUTE format('SELECT kpi_%1$s_apply(ARRAY(SELECT o::%1$I FROM %2$s o), ARRAY(SELECT n::%1$I FROM %3$s n))',
+                       TG_TABLE_NAME, olds, news);
+        EXECUTE format('SELECT ARRAY(SELECT DISTINCT id FROM (%s) x)',
+                       kpi_difference(CASE TG_TABLE_NAME WHEN 'leads' THEN 'id, created_at' ELSE 'id, acquisition_cost' END,
+                                      olds, news))
+        INTO ids;
+        EXECUTE format('SELECT ARRAY(SELECT purchase_id FROM kpi_purchase_facts WHERE %1$I = ANY ($1)'
+                       ' UNION SELECT id FROM purchases WHERE %1$I = ANY ($1))',
+                       CASE TG_TABLE_NAME WHEN 'leads' THEN 'lead_id' ELSE 'listing_id' END)
+        INTO ids USING ids;
+        PERFORM kpi_purchases_refresh(ids);
+    END IF;
     IF TG_TABLE_NAME <> 'listings' THEN
-        -- Only buyers of rows whose (id, buyer, instant) changed: a status update leaves them alone.
-        EXECUTE format('SELECT kpi_buyers_refresh(ARRAY(SELECT DISTINCT buyer_id FROM ('
-                       '(SELECT id, buyer_id, %1$I FROM %2$s a EXCEPT ALL SELECT id, buyer_id, %1$I FROM %3$s b)'
-                       ' UNION ALL '
-                       '(SELECT id, buyer_id, %1$I FROM %3$s c EXCEPT ALL SELECT id, buyer_id, %1$I FROM %2$s d)) x))',
-                       CASE TG_TABLE_NAME WHEN 'leads' THEN 'created_at' ELSE 'purchased_at' END, olds, news);
+        EXECUTE format('SELECT ARRAY(SELECT DISTINCT buyer_id FROM (%s) x)',
+                       kpi_difference(format('id, buyer_id, %I', instant), olds, news))
+        INTO ids;
+        PERFORM kpi_buyers_refresh(ids);
     END IF;
     RETURN NULL;
 END
@@ -249,11 +296,10 @@ $fn$;
 CREATE OR REPLACE FUNCTION kpi_rebuild() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 BEGIN
-    PERFORM kpi_lock();
-    TRUNCATE kpi_sums, kpi_buyer_buckets;
+    TRUNCATE kpi_sums, kpi_buyer_buckets, kpi_purchase_facts;
     PERFORM kpi_listings_apply('{}', ARRAY(SELECT l FROM listings l));
     PERFORM kpi_leads_apply('{}', ARRAY(SELECT l FROM leads l));
-    PERFORM kpi_purchases_apply('{}', ARRAY(SELECT p FROM purchases p));
+    PERFORM kpi_purchases_refresh(ARRAY(SELECT id FROM purchases));
     PERFORM kpi_buyers_refresh(ARRAY(SELECT buyer_id FROM leads UNION SELECT buyer_id FROM purchases));
     PERFORM kpi_compact();  -- one row per bucket instead of one per function above
 END
@@ -342,10 +388,10 @@ ALTER TABLE purchases ENABLE ALWAYS TRIGGER kpi_purchases_insert, ENABLE ALWAYS 
 -- Built once per version of the functions above (the triggers keep them from then on).
 DO $$
 BEGIN
-    IF NOT EXISTS (SELECT FROM kpi_summary_state WHERE version = 2) THEN
+    IF NOT EXISTS (SELECT FROM kpi_summary_state WHERE version = 3) THEN
         PERFORM kpi_rebuild();
         DELETE FROM kpi_summary_state;
-        INSERT INTO kpi_summary_state VALUES (2);
+        INSERT INTO kpi_summary_state VALUES (3);
     END IF;
 END
 $$;

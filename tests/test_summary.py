@@ -79,13 +79,12 @@ def test_a_truncate_empties_the_summaries(conn: psycopg.Connection) -> None:
 
 def test_concurrent_writers_cannot_lose_a_change(database_url: str, conn: psycopg.Connection) -> None:
     """A listing's cost changes while, in another transaction, a purchase of that listing is
-    inserted. Each trigger reads the other table; without the maintenance lock the purchase's
-    trigger reads the old cost and the profit sum stays wrong for good."""
+    inserted. Each trigger reads the other table: the purchase's trigger must wait for the cost
+    change to commit and read the new cost, or the profit sum stays wrong for good."""
     at = datetime(2026, 3, 1, 12, tzinfo=UTC)
     Dataset([1], [Listing(1, Decimal("100.00"), "sold", at, Decimal("50.00"))], [], []).insert(conn)
     with psycopg.connect(database_url) as first, psycopg.connect(database_url) as second:
         first.execute("UPDATE listings SET acquisition_cost = 70 WHERE id = 1")  # not committed yet
-        pid = second.info.backend_pid
         done = threading.Event()
 
         def buy() -> None:
@@ -97,19 +96,69 @@ def test_concurrent_writers_cannot_lose_a_change(database_url: str, conn: psycop
 
         thread = threading.Thread(target=buy)
         thread.start()
-        # The purchase's trigger waits for the first transaction's lock.
+        try:
+            # The purchase's trigger waits for the first transaction's lock on the listing.
+            wait_until(
+                lambda: (
+                    conn.execute(
+                        "SELECT FROM pg_locks WHERE pid = %s AND NOT granted", [second.info.backend_pid]
+                    ).fetchone()
+                    is not None
+                )
+            )
+            assert not done.is_set()
+        finally:
+            first.commit()
+            thread.join(timeout=10)
+        assert done.is_set()
+    maintained, rebuilt = maintained_and_rebuilt(conn)
+    assert maintained == rebuilt
+    assert conn.execute("SELECT sum(profit_sum) FROM kpi_sums WHERE grain = 900").fetchone() == (Decimal("20.00"),)
+
+
+def test_one_statement_that_changes_two_tables(conn: psycopg.Connection) -> None:
+    """A purchase and its lead deleted together (or by a cascade): each trigger runs after the
+    whole statement and must not look for the other's row to subtract what it added."""
+    at = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    Dataset(
+        [1],
+        [Listing(1, Decimal("100.00"), "sold", at, Decimal("50.00"))],
+        [Lead(1, 1, at - timedelta(days=1))],
+        [Purchase(1, 1, 1, Decimal("90.00"), at, lead_id=1)],
+    ).insert(conn)
+    conn.execute(
+        "WITH p AS (DELETE FROM purchases WHERE id = 1 RETURNING lead_id)"
+        " DELETE FROM leads WHERE id IN (SELECT lead_id FROM p)"
+    )
+    conn.execute("DELETE FROM listings WHERE id = 1")
+    maintained, rebuilt = maintained_and_rebuilt(conn)
+    assert maintained == rebuilt
+    assert sums(conn) == []
+
+
+def test_writers_of_different_rows_do_not_deadlock(database_url: str, conn: psycopg.Connection) -> None:
+    """Two transactions each changing their own listing, the first then the second's: without
+    triggers the first just waits for the second to commit; the triggers must not add a lock
+    that turns this into a deadlock."""
+    at = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    Dataset([1], [Listing(1, Decimal("1.00"), "active", at), Listing(2, Decimal("2.00"), "active", at)], [], []).insert(
+        conn
+    )
+    with psycopg.connect(database_url) as first, psycopg.connect(database_url) as second:
+        first.execute("UPDATE listings SET price = 101, acquisition_cost = 1 WHERE id = 1")
+        second.execute("UPDATE listings SET price = 102, acquisition_cost = 2 WHERE id = 2")
+        thread = threading.Thread(target=lambda: first.execute("UPDATE listings SET price = 103 WHERE id = 2"))
+        thread.start()
         wait_until(
             lambda: (
-                conn.execute(
-                    "SELECT FROM pg_locks WHERE pid = %s AND locktype = 'advisory' AND NOT granted", [pid]
-                ).fetchone()
+                conn.execute("SELECT FROM pg_locks WHERE pid = %s AND NOT granted", [first.info.backend_pid]).fetchone()
                 is not None
             )
         )
-        assert not done.is_set()
-        first.commit()
+        second.commit()
         thread.join(timeout=10)
-        assert done.is_set()
+        first.commit()
+    assert conn.execute("SELECT sum(price) FROM listings").fetchone() == (Decimal("204.00"),)
     maintained, rebuilt = maintained_and_rebuilt(conn)
     assert maintained == rebuilt
 
