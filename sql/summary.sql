@@ -122,10 +122,17 @@ BEGIN
     -- Two transactions refreshing one buyer would each rebuild its rows from their own view;
     -- this lock makes the second wait and then read the first's rows. NO KEY UPDATE does not
     -- conflict with the KEY SHARE lock that inserting the buyer's leads and purchases takes.
-    PERFORM FROM buyers WHERE id = ANY (ids) ORDER BY id FOR NO KEY UPDATE;
+    IF cardinality(ids) > 10000 THEN
+        LOCK TABLE buyers IN EXCLUSIVE MODE;  -- a bulk change, as in kpi_purchases_refresh
+    ELSE
+        PERFORM FROM buyers WHERE id = ANY (ids) ORDER BY id FOR NO KEY UPDATE;
+    END IF;
     -- Counted per bucket before they become differences: a rebuild moves millions of rows.
+    -- (Joins with unnest(ids), not "= ANY (ids)": a rebuild passes hundreds of thousands of ids,
+    -- and the planner can hash a relation.)
     WITH deleted AS (
-        DELETE FROM kpi_buyer_buckets WHERE buyer_id = ANY (ids) RETURNING bucket, prev_bucket
+        DELETE FROM kpi_buyer_buckets b USING unnest(ids) AS k (id) WHERE b.buyer_id = k.id
+        RETURNING b.bucket, b.prev_bucket
     )
     SELECT array_agg(ROW(m.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -m.buckets, -m.links)::kpi_delta)
     INTO gone
@@ -141,11 +148,11 @@ BEGIN
         INSERT INTO kpi_buyer_buckets (buyer_id, bucket, prev_bucket)
         SELECT e.buyer_id, e.bucket, lag(e.bucket) OVER (PARTITION BY e.buyer_id ORDER BY e.bucket)
         FROM (
-            SELECT buyer_id, date_bin('15 minutes', created_at, timestamptz 'epoch') FROM leads
-            WHERE buyer_id = ANY (ids)
+            SELECT buyer_id, date_bin('15 minutes', created_at, timestamptz 'epoch')
+            FROM unnest(ids) AS k (id) JOIN leads ON buyer_id = k.id
             UNION
-            SELECT buyer_id, date_bin('15 minutes', purchased_at, timestamptz 'epoch') FROM purchases
-            WHERE buyer_id = ANY (ids)
+            SELECT buyer_id, date_bin('15 minutes', purchased_at, timestamptz 'epoch')
+            FROM unnest(ids) AS k (id) JOIN purchases ON buyer_id = k.id
         ) AS e (buyer_id, bucket)
         RETURNING bucket, prev_bucket
     )
@@ -184,14 +191,15 @@ LANGUAGE sql AS $fn$
 $fn$;
 
 -- What purchase facts add (sign 1) or take away (sign -1): profit and lead time in the
--- purchase's bucket, a conversion in its lead's. Counted per instant first: a rebuild passes
--- every purchase.
+-- purchase's bucket, a conversion in its lead's. Counted per 15-minute bucket first: a
+-- rebuild passes every purchase.
 CREATE OR REPLACE FUNCTION kpi_fact_deltas(facts kpi_purchase_facts[], sign integer) RETURNS kpi_delta[]
 LANGUAGE sql AS $fn$
     SELECT coalesce(array_agg(ROW(g.at, 0, 0, 0, 0, 0, sign * g.converted, sign * g.costed, sign * g.profit,
                                   sign * g.led, sign * g.seconds, 0, 0)::kpi_delta), '{}')
     FROM (
-        SELECT e.at, sum(e.converted) AS converted, sum(e.costed) AS costed, sum(e.profit) AS profit,
+        SELECT date_bin('15 minutes', e.at, timestamptz 'epoch') AS at, sum(e.converted) AS converted,
+               sum(e.costed) AS costed, sum(e.profit) AS profit,
                sum(e.led) AS led, sum(e.seconds) AS seconds
         FROM unnest(facts) AS f
         CROSS JOIN LATERAL (VALUES
@@ -201,7 +209,7 @@ LANGUAGE sql AS $fn$
             (f.lead_created_at, 1, 0, 0, 0, 0)
         ) AS e (at, converted, costed, profit, led, seconds)
         WHERE e.at IS NOT NULL
-        GROUP BY e.at
+        GROUP BY 1
     ) AS g
 $fn$;
 
@@ -221,22 +229,31 @@ BEGIN
     IF cardinality(ids) = 0 THEN
         RETURN;
     END IF;
-    PERFORM FROM kpi_purchase_facts WHERE purchase_id = ANY (ids) ORDER BY purchase_id FOR UPDATE;
-    PERFORM FROM purchases p JOIN listings li ON li.id = p.listing_id
-    WHERE p.id = ANY (ids) ORDER BY li.id FOR SHARE OF li;
-    PERFORM FROM purchases p JOIN leads ld ON ld.id = p.lead_id
-    WHERE p.id = ANY (ids) ORDER BY ld.id FOR SHARE OF ld;
+    IF cardinality(ids) > 10000 THEN
+        -- A bulk change (a load, a rebuild): the same waits as a table lock; a row lock each
+        -- would cost minutes at a million rows.
+        LOCK TABLE kpi_purchase_facts IN EXCLUSIVE MODE;
+        LOCK TABLE listings, leads IN SHARE MODE;
+    ELSE
+        PERFORM FROM kpi_purchase_facts WHERE purchase_id = ANY (ids) ORDER BY purchase_id FOR UPDATE;
+        PERFORM FROM purchases p JOIN listings li ON li.id = p.listing_id
+        WHERE p.id = ANY (ids) ORDER BY li.id FOR SHARE OF li;
+        PERFORM FROM purchases p JOIN leads ld ON ld.id = p.lead_id
+        WHERE p.id = ANY (ids) ORDER BY ld.id FOR SHARE OF ld;
+    END IF;
 
-    WITH deleted AS (DELETE FROM kpi_purchase_facts WHERE purchase_id = ANY (ids) RETURNING *)
+    WITH deleted AS (
+        DELETE FROM kpi_purchase_facts f USING unnest(ids) AS k (id) WHERE f.purchase_id = k.id RETURNING f.*
+    )
     SELECT kpi_fact_deltas(array_agg(d::kpi_purchase_facts), -1) INTO gone FROM deleted d;
 
     WITH inserted AS (
         INSERT INTO kpi_purchase_facts
         SELECT p.id, p.listing_id, p.lead_id, p.purchased_at, p.sale_price, li.acquisition_cost, ld.created_at
-        FROM purchases p
+        FROM unnest(ids) AS k (id)
+        JOIN purchases p ON p.id = k.id
         LEFT JOIN listings li ON li.id = p.listing_id
         LEFT JOIN leads ld ON ld.id = p.lead_id
-        WHERE p.id = ANY (ids)
         RETURNING *
     )
     SELECT kpi_fact_deltas(array_agg(i::kpi_purchase_facts), 1) INTO made FROM inserted i;
