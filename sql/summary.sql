@@ -249,11 +249,14 @@ BEGIN
 
     WITH inserted AS (
         INSERT INTO kpi_purchase_facts
-        SELECT p.id, p.listing_id, p.lead_id, p.purchased_at, p.sale_price, li.acquisition_cost, ld.created_at
+        -- Lookups by key, not joins: a hash join on lead_id (NULL for a purchase without a
+        -- lead, a fifth of them) cannot split that one value across batches and, in a rebuild,
+        -- kept doubling its batches for minutes.
+        SELECT p.id, p.listing_id, p.lead_id, p.purchased_at, p.sale_price,
+               (SELECT li.acquisition_cost FROM listings li WHERE li.id = p.listing_id),
+               (SELECT ld.created_at FROM leads ld WHERE ld.id = p.lead_id)
         FROM unnest(ids) AS k (id)
         JOIN purchases p ON p.id = k.id
-        LEFT JOIN listings li ON li.id = p.listing_id
-        LEFT JOIN leads ld ON ld.id = p.lead_id
         RETURNING *
     )
     SELECT kpi_fact_deltas(array_agg(i::kpi_purchase_facts), 1) INTO made FROM inserted i;
