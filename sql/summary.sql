@@ -370,40 +370,30 @@ $fn$;
 -- sql/roles.sql grants kpi_compact to the service's role.
 REVOKE EXECUTE ON FUNCTION kpi_rebuild(), kpi_compact() FROM PUBLIC;
 
--- ALWAYS: bulk loads that run as a replica (session_replication_role, as the seeder and logical
--- replication do) must keep the sums too. Only ALTER TABLE ... DISABLE TRIGGER stops them;
--- whoever does that must run `SELECT kpi_rebuild()` afterwards.
-CREATE OR REPLACE TRIGGER kpi_listings_insert AFTER INSERT ON listings
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_changed();
-CREATE OR REPLACE TRIGGER kpi_listings_update AFTER UPDATE ON listings
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_changed();
-CREATE OR REPLACE TRIGGER kpi_listings_delete AFTER DELETE ON listings
-    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_changed();
-CREATE OR REPLACE TRIGGER kpi_leads_insert AFTER INSERT ON leads
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_changed();
-CREATE OR REPLACE TRIGGER kpi_leads_update AFTER UPDATE ON leads
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_changed();
-CREATE OR REPLACE TRIGGER kpi_leads_delete AFTER DELETE ON leads
-    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_changed();
-CREATE OR REPLACE TRIGGER kpi_purchases_insert AFTER INSERT ON purchases
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_changed();
-CREATE OR REPLACE TRIGGER kpi_purchases_update AFTER UPDATE ON purchases
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_changed();
-CREATE OR REPLACE TRIGGER kpi_purchases_delete AFTER DELETE ON purchases
-    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_changed();
-CREATE OR REPLACE TRIGGER kpi_listings_truncate AFTER TRUNCATE ON listings
-    FOR EACH STATEMENT EXECUTE FUNCTION kpi_truncated();
-CREATE OR REPLACE TRIGGER kpi_leads_truncate AFTER TRUNCATE ON leads
-    FOR EACH STATEMENT EXECUTE FUNCTION kpi_truncated();
-CREATE OR REPLACE TRIGGER kpi_purchases_truncate AFTER TRUNCATE ON purchases
-    FOR EACH STATEMENT EXECUTE FUNCTION kpi_truncated();
-
-ALTER TABLE listings ENABLE ALWAYS TRIGGER kpi_listings_insert, ENABLE ALWAYS TRIGGER kpi_listings_update,
-    ENABLE ALWAYS TRIGGER kpi_listings_delete, ENABLE ALWAYS TRIGGER kpi_listings_truncate;
-ALTER TABLE leads ENABLE ALWAYS TRIGGER kpi_leads_insert, ENABLE ALWAYS TRIGGER kpi_leads_update,
-    ENABLE ALWAYS TRIGGER kpi_leads_delete, ENABLE ALWAYS TRIGGER kpi_leads_truncate;
-ALTER TABLE purchases ENABLE ALWAYS TRIGGER kpi_purchases_insert, ENABLE ALWAYS TRIGGER kpi_purchases_update,
-    ENABLE ALWAYS TRIGGER kpi_purchases_delete, ENABLE ALWAYS TRIGGER kpi_purchases_truncate;
+-- Statement-level, ALWAYS: bulk loads that run with session_replication_role = replica (the
+-- seeder does) must keep the sums too. Only ALTER TABLE ... DISABLE TRIGGER stops them, and a
+-- logical-replication subscriber fires none (its apply process runs row triggers only):
+-- afterwards, `SELECT kpi_rebuild()`.
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['listings', 'leads', 'purchases'] LOOP
+        EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER INSERT ON %I REFERENCING NEW TABLE AS new_rows'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION kpi_changed()', 'kpi_' || t || '_insert', t);
+        EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER UPDATE ON %I REFERENCING OLD TABLE AS old_rows'
+                       ' NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_changed()',
+                       'kpi_' || t || '_update', t);
+        EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER DELETE ON %I REFERENCING OLD TABLE AS old_rows'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION kpi_changed()', 'kpi_' || t || '_delete', t);
+        EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER TRUNCATE ON %I'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION kpi_truncated()', 'kpi_' || t || '_truncate', t);
+        EXECUTE format('ALTER TABLE %1$I ENABLE ALWAYS TRIGGER %2$I, ENABLE ALWAYS TRIGGER %3$I,'
+                       ' ENABLE ALWAYS TRIGGER %4$I, ENABLE ALWAYS TRIGGER %5$I', t, 'kpi_' || t || '_insert',
+                       'kpi_' || t || '_update', 'kpi_' || t || '_delete', 'kpi_' || t || '_truncate');
+    END LOOP;
+END
+$$;
 
 -- Built once per version of the functions above (the triggers keep them from then on).
 DO $$
