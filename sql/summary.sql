@@ -1,4 +1,4 @@
--- Pre-aggregated sums of the KPI service (docs/design.md, "Summaries"): its own tables, kept
+-- Pre-aggregated sums of the KPI service (docs/design.md): its own tables, kept
 -- exact by statement-level triggers on the sales tables, in the same transaction as each change.
 -- Applied after schema.sql by `kpi-service init-db`, as the tables' owner; safe to run again.
 --
@@ -13,6 +13,8 @@
 -- buyer and the buyer's previous such bucket: active_buyers is not additive, and these rows
 -- make it a sum plus a short correction (sql/kpi.sql).
 --
+-- kpi_purchase_facts holds what each purchase took from its listing and lead, so that any
+-- change, in any statement shape, subtracts exactly what was added.
 
 -- The functions below run as the owner with this search path (SET search_path FROM CURRENT):
 -- the schema of the tables, then pg_temp last, so that a session's temporary tables can never
