@@ -111,6 +111,21 @@ LANGUAGE sql AS $fn$
            <> (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 $fn$;
 
+-- What buyer bucket rows add (sign 1) or take away (sign -1): the row in its bucket, the link
+-- in its previous bucket. Counted per bucket first: a rebuild moves millions of rows.
+CREATE OR REPLACE FUNCTION kpi_buyer_deltas(rows kpi_buyer_buckets[], sign integer) RETURNS kpi_delta[]
+LANGUAGE sql AS $fn$
+    SELECT coalesce(array_agg(ROW(g.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, sign * g.buckets, sign * g.links)::kpi_delta),
+                    '{}')
+    FROM (
+        SELECT e.at, sum(e.bucket) AS buckets, sum(e.link) AS links
+        FROM unnest(rows) AS r
+        CROSS JOIN LATERAL (VALUES (r.bucket, 1, 0), (r.prev_bucket, 0, 1)) AS e (at, bucket, link)
+        WHERE e.at IS NOT NULL
+        GROUP BY e.at
+    ) AS g
+$fn$;
+
 -- Replaces the kpi_buyer_buckets rows of these buyers by what their leads and purchases say now.
 CREATE OR REPLACE FUNCTION kpi_buyers_refresh(ids bigint[]) RETURNS void
 LANGUAGE plpgsql AS $fn$
@@ -129,22 +144,12 @@ BEGIN
     ELSE
         PERFORM FROM buyers WHERE id = ANY (ids) ORDER BY id FOR NO KEY UPDATE;
     END IF;
-    -- Counted per bucket before they become differences: a rebuild moves millions of rows.
-    -- (Joins with unnest(ids), not "= ANY (ids)": a rebuild passes hundreds of thousands of ids,
-    -- and the planner can hash a relation.)
+    -- Joins with unnest(ids), not "= ANY (ids)": a rebuild passes hundreds of thousands of ids,
+    -- and the planner can hash a relation.
     WITH deleted AS (
-        DELETE FROM kpi_buyer_buckets b USING unnest(ids) AS k (id) WHERE b.buyer_id = k.id
-        RETURNING b.bucket, b.prev_bucket
+        DELETE FROM kpi_buyer_buckets b USING unnest(ids) AS k (id) WHERE b.buyer_id = k.id RETURNING b.*
     )
-    SELECT array_agg(ROW(m.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -m.buckets, -m.links)::kpi_delta)
-    INTO gone
-    FROM (
-        SELECT e.at, sum(e.bucket) AS buckets, sum(e.link) AS links
-        FROM deleted d
-        CROSS JOIN LATERAL (VALUES (d.bucket, 1, 0), (d.prev_bucket, 0, 1)) AS e (at, bucket, link)
-        WHERE e.at IS NOT NULL
-        GROUP BY e.at
-    ) m;
+    SELECT kpi_buyer_deltas(array_agg(d::kpi_buyer_buckets), -1) INTO gone FROM deleted d;
 
     WITH inserted AS (
         INSERT INTO kpi_buyer_buckets (buyer_id, bucket, prev_bucket)
@@ -156,20 +161,12 @@ BEGIN
             SELECT buyer_id, date_bin('15 minutes', purchased_at, timestamptz 'epoch')
             FROM unnest(ids) AS k (id) JOIN purchases ON buyer_id = k.id
         ) AS e (buyer_id, bucket)
-        RETURNING bucket, prev_bucket
+        RETURNING *
     )
-    SELECT array_agg(ROW(m.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, m.buckets, m.links)::kpi_delta)
-    INTO made
-    FROM (
-        SELECT e.at, sum(e.bucket) AS buckets, sum(e.link) AS links
-        FROM inserted i
-        CROSS JOIN LATERAL (VALUES (i.bucket, 1, 0), (i.prev_bucket, 0, 1)) AS e (at, bucket, link)
-        WHERE e.at IS NOT NULL
-        GROUP BY e.at
-    ) m;
+    SELECT kpi_buyer_deltas(array_agg(i::kpi_buyer_buckets), 1) INTO made FROM inserted i;
 
     -- One call, so that the rows a buyer keeps cancel out instead of adding two rows each.
-    PERFORM kpi_apply(coalesce(gone, '{}') || coalesce(made, '{}'));
+    PERFORM kpi_apply(gone || made);
 END
 $fn$;
 
