@@ -8,6 +8,7 @@ import redis
 from flask import Flask
 
 from kpi_service import api, auth, dashboard, errors, health, metrics, openapi, request_log, server_timing, stream
+from kpi_service.applier import Applier
 from kpi_service.cache import Cache, connect
 from kpi_service.config import ConfigError, Settings
 from kpi_service.db import Database
@@ -27,12 +28,14 @@ class State:
     redis: redis.Redis  # the cache's client, also pinged by /readyz
     cache: Cache
     service: KpiService
+    applier: Applier
     kpi_schema: KpiQuerySchema
     history_schema: HistoryQuerySchema
     parsed: dict = field(default_factory=dict)  # raw query string -> KpiQuery, see api._parse
 
     def close(self) -> None:
-        """Finish background refreshes, then close the pool."""
+        """Stop the applier, finish background refreshes, then close the pool."""
+        self.applier.stop()
         self.service.close()
         self.db.close()
 
@@ -64,6 +67,7 @@ def create_app(config: Settings | None = None) -> Flask:
         redis=client,
         cache=cache,
         service=KpiService(db, cache, wait_seconds=lock_seconds + 1),
+        applier=Applier(db, settings.apply_interval),
         kpi_schema=KpiQuerySchema(**defaults),
         history_schema=HistoryQuerySchema(max_buckets=settings.max_buckets, **defaults),
     )
@@ -72,4 +76,7 @@ def create_app(config: Settings | None = None) -> Flask:
     app.register_blueprint(dashboard.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.blueprint(settings))
+    # Here, not at import: gunicorn forks its workers before loading the app (no preload), so
+    # each worker runs its own; the function's try-lock lets one apply at a time.
+    app.extensions["kpi"].applier.start()
     return app

@@ -37,6 +37,7 @@ class Settings:
     metrics_token: str | None = None
     max_streams: int = 16
     stream_heartbeat: int = 15
+    apply_interval: float = 0.5  # seconds between calls of the summaries' applier; 0: not here
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -62,6 +63,7 @@ class Settings:
             "metrics_token": env.get("KPI_METRICS_TOKEN") or None,
             "max_streams": _int(env, "KPI_MAX_STREAMS", 16, low=1),
             "stream_heartbeat": _int(env, "KPI_STREAM_HEARTBEAT", 15, low=1),
+            "apply_interval": _int(env, "KPI_APPLY_INTERVAL_MS", 500, low=0, high=60_000) / 1000,
         }
         values.update(overrides)
         settings = cls(**values)  # type: ignore[arg-type]

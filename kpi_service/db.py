@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from importlib import resources
 from typing import Any
@@ -27,9 +28,21 @@ def sql_text(name: str) -> str:
 
 
 queries = aiosql.from_str(sql_text("kpi.sql"), "psycopg")
-# The only other statements the service sends: a read-write transaction (its sessions default
-# to read-only) for the summaries' merge (sql/summary.sql).
-COMPACTION = ("SET TRANSACTION READ WRITE", "SELECT kpi_compact() AS removed")
+# The only writes the service makes: its applier, in a read-write transaction (its sessions
+# default to read-only), through a function that runs as the summaries' owner.
+APPLY = ("SET TRANSACTION READ WRITE", "SELECT kpi_apply_changes(%s, %s) AS taken")
+# Summaries are in use when their applier exists and all twelve triggers that log changes are
+# enabled; without them (an owner who allows no triggers, or one disabled) the numbers come from
+# the raw rows.
+MODE = """
+    SELECT to_regprocedure('kpi_apply_changes(integer, boolean)') IS NOT NULL
+           AND (SELECT count(*) FROM pg_trigger
+                WHERE tgname LIKE 'kpi\\_%' AND tgenabled <> 'D' AND NOT tgisinternal
+                  AND tgrelid IN (to_regclass('listings'), to_regclass('leads'), to_regclass('purchases'))) = 12
+           AS summaries
+"""
+PENDING = "SELECT kpi_pending_changes() AS pending"
+APPLY_BATCH = 200_000
 
 
 RECONNECT_TIMEOUT_S = 5.0
@@ -49,6 +62,7 @@ class Database:
     def __init__(self, settings: Settings) -> None:
         self._lock = threading.Lock()
         self._opened = False
+        self._mode: str | None = None
         self.pool = ConnectionPool(
             settings.database_url,
             min_size=1,
@@ -87,45 +101,66 @@ class Database:
                     self.pool.open(wait=False)
                     self._opened = True
 
+    def mode(self, *, refresh: bool = False) -> str:
+        """ "summaries" or "raw" (see MODE), looked up once and again when asked to refresh."""
+        if self._mode is None or refresh:
+            with self._connection("mode") as conn:
+                found = "summaries" if conn.execute(MODE).fetchone()["summaries"] else "raw"
+            if found != self._mode:
+                log.info(
+                    "KPI statement reads %s",
+                    "the summaries (sql/summary.sql)"
+                    if found == "summaries"
+                    else "the raw rows: no summaries installed (kpi-service init-db) or a trigger disabled",
+                )
+            self._mode = found
+        return self._mode
+
     def kpi_rows(
         self,
         windows: Sequence[tuple[datetime | None, datetime | None, datetime]],
         aged_days: int,
     ) -> tuple[list[dict[str, Any]], float]:
         """One execution of sql/kpi.sql: a row per (start, end, as_of) window, and its duration in ms."""
+        statement = queries.kpi_windows if self.mode() == "summaries" else queries.kpi_windows_raw
+        with self._connection("query") as conn:
+            started = time.perf_counter()
+            rows = list(
+                statement(
+                    conn,
+                    starts=[w[0] for w in windows],
+                    ends=[w[1] for w in windows],
+                    as_ofs=[w[2] for w in windows],
+                    aged_days=aged_days,
+                )
+            )
+            return rows, (time.perf_counter() - started) * 1000
+
+    def apply_changes(self, max_rows: int = APPLY_BATCH, *, wait: bool = False) -> int | None:
+        """Bring the summaries up to date with the change log (sql/summary.sql): the number of log
+        rows applied, None when another session is applying (unless told to wait for it). kpi_apply_changes runs as its owner
+        and writes only the service's tables, so the read-only role needs nothing more than the
+        right to call it."""
+        with self._connection("apply") as conn, conn.transaction():
+            conn.execute(APPLY[0])
+            return conn.execute(APPLY[1], [max_rows, wait]).fetchone()["taken"]
+
+    def pending_changes(self) -> int:
+        """Rows in the change log that the applier has not taken yet."""
+        with self._connection("pending") as conn:
+            return conn.execute(PENDING).fetchone()["pending"]
+
+    @contextlib.contextmanager
+    def _connection(self, operation: str) -> Iterator[psycopg.Connection]:
+        """A pooled connection; any database error becomes DatabaseUnavailable, counted and logged."""
         self._ensure_open()
         try:
             with self.pool.connection() as conn:
-                started = time.perf_counter()
-                rows = list(
-                    queries.kpi_windows(
-                        conn,
-                        starts=[w[0] for w in windows],
-                        ends=[w[1] for w in windows],
-                        as_ofs=[w[2] for w in windows],
-                        aged_days=aged_days,
-                    )
-                )
-                return rows, (time.perf_counter() - started) * 1000
+                yield conn
         except psycopg.Error as error:
-            metrics.DATABASE_ERRORS.labels(operation="query").inc()
+            metrics.DATABASE_ERRORS.labels(operation=operation).inc()
             log.warning("database unavailable: %s", error.__class__.__name__)
             raise DatabaseUnavailable(str(error)) from error
-
-    def compact_summaries(self) -> int | None:
-        """Merge the rows the triggers added to kpi_sums into one per bucket (sql/summary.sql):
-        the number of rows removed, None when it failed (logged; the sums stay exact, and a
-        later call catches up). kpi_compact runs as its owner and writes only kpi_sums, so the
-        service's read-only role needs nothing more than the right to call it."""
-        self._ensure_open()
-        try:
-            with self.pool.connection() as conn, conn.transaction():
-                conn.execute(COMPACTION[0])
-                return conn.execute(COMPACTION[1]).fetchone()["removed"]
-        except psycopg.Error as error:
-            metrics.DATABASE_ERRORS.labels(operation="compact").inc()
-            log.warning("summary compaction failed: %s: %s", error.__class__.__name__, error)
-            return None
 
     def ping(self, timeout: float) -> bool:
         """`SELECT 1` through the pool, waiting at most `timeout` seconds for a connection."""
@@ -143,9 +178,20 @@ class Database:
         self.pool.close()
 
 
-def apply_schema(conninfo: str) -> None:
-    """Create the tables and indexes of sql/schema.sql, then the summaries of sql/summary.sql,
-    built from the rows already there (idempotent; one transaction, so writers wait for it)."""
-    with psycopg.connect(conninfo, autocommit=True) as conn, conn.transaction():
-        conn.execute(sql_text("schema.sql"))
-        conn.execute(sql_text("summary.sql"))
+SERVICE_TABLES = "kpi_sums, kpi_buyer_buckets, kpi_sales, kpi_changes"
+
+
+def apply_schema(conninfo: str, *, summaries: bool = True) -> None:
+    """Create the tables and indexes of sql/schema.sql, then (unless told not to) the summaries
+    of sql/summary.sql, built from the rows already there: idempotent, in one transaction, so
+    writers wait for it. Then what it built is vacuumed and analyzed, so that the first reads
+    have index-only scans and statistics without waiting for autovacuum."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        with conn.transaction():
+            conn.execute(sql_text("schema.sql"))
+            if summaries:
+                conn.execute(sql_text("summary.sql"))
+        if summaries:
+            conn.execute(f"VACUUM (ANALYZE) {SERVICE_TABLES}")
+        # The service's new indexes on the application's tables need statistics too.
+        conn.execute("ANALYZE buyers, listings, leads, purchases")

@@ -11,7 +11,6 @@ The rules, for many pollers across many workers and instances sharing one Redis:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -41,8 +40,6 @@ _metrics_schema = MetricsSchema()
 # Hits of /api/kpi kept in-process (about 1 KB each, with their serialized bytes).
 _MAX_RECENT = 1024
 _KPI_KEYS = f"{KEY_PREFIX}:kpi:"
-# How often a process merges the summary rows the triggers added (Database.compact_summaries).
-COMPACT_EVERY_S = 60.0
 Compute = Callable[[datetime], tuple[dict[str, Any], float]]
 
 
@@ -82,7 +79,6 @@ class KpiService:
         # computation succeeds again.
         self._db_unreachable = False
         self._probe = threading.Lock()
-        self._compacted_at = -COMPACT_EVERY_S
 
     def current(self, query: KpiQuery) -> Served:
         """GET /api/kpi for this query."""
@@ -247,7 +243,6 @@ class KpiService:
             if probing:
                 self._probe.release()
         self._db_unreachable = False
-        self._compact_when_due()
         body = {
             **data,
             "success": True,
@@ -263,17 +258,6 @@ class KpiService:
         entry = self.cache.put(key, kind, body)
         self._remember(key, _hit(entry))
         return Served(body, "miss", entry.fresh_until, duration_ms)
-
-    def _compact_when_due(self) -> None:
-        # After a computation, so an idle service does not write, and in the background, so
-        # no request waits for it. Every process may do it: kpi_compact skips while another
-        # session runs it.
-        now = time.monotonic()
-        if now - self._compacted_at < COMPACT_EVERY_S:
-            return
-        self._compacted_at = now
-        with contextlib.suppress(RuntimeError):  # shutting down
-            self._refresher.submit(self.db.compact_summaries)
 
     def close(self) -> None:
         self._refresher.shutdown(wait=True)

@@ -65,6 +65,15 @@ SINGLEFLIGHT_WAITS = Counter(
     "kpi_singleflight_waits_total",
     "Requests that waited for another request's computation of the same window instead of running the SQL.",
 )
+CHANGES_APPLIED = Counter(
+    "kpi_summary_changes_applied_total",
+    "Rows of the change log (sql/summary.sql) this process's applier turned into summaries.",
+)
+APPLY_DURATION = Histogram(
+    "kpi_summary_apply_duration_seconds",
+    "Time one call of the summaries' applier took, when it applied something.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
 
 # Endpoint names of the api blueprint -> the `endpoint` label of the KPI metrics.
 _KPI_ENDPOINTS = {"api.kpi": "kpi", "api.history": "history"}

@@ -11,7 +11,7 @@ import aiosql
 import psycopg
 from psycopg.rows import dict_row
 
-from kpi_service.db import sql_text
+from kpi_service.db import SERVICE_TABLES, sql_text
 
 TABLES = ("buyers", "listings", "leads", "purchases")
 
@@ -96,13 +96,21 @@ def seed(
             if progress:
                 progress("check", 0, time.perf_counter() - step_started)
         queries.reset_sequences(conn)
-    # After the commit, outside a transaction: one row per bucket in the summaries (the
-    # triggers added one per statement), statistics for the planner, and the visibility map,
-    # without which the KPI statement's index-only scans would visit the heap.
+        summaries = conn.execute("SELECT to_regprocedure('kpi_rebuild()') IS NOT NULL").fetchone()[0]
+        if summaries:
+            # The change log now names every row just loaded: rebuilding the summaries costs
+            # less than applying it. (A change committed by another session after this DELETE
+            # keeps its log rows; one committed before is in the rebuild's snapshot.)
+            step_started = time.perf_counter()
+            conn.execute("DELETE FROM kpi_changes")
+            conn.execute("SELECT kpi_rebuild()")
+            if progress:
+                progress("summaries", 0, time.perf_counter() - step_started)
+    # After the commit, outside a transaction: statistics for the planner, and the visibility
+    # map, without which index-only scans would visit the heap.
     step_started = time.perf_counter()
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute("SELECT kpi_compact()")
-        conn.execute("VACUUM (ANALYZE) buyers, listings, leads, purchases, kpi_sums, kpi_buyer_buckets")
+        conn.execute(f"VACUUM (ANALYZE) buyers, listings, leads, purchases{', ' + SERVICE_TABLES if summaries else ''}")
     if progress:
         progress("vacuum", 0, time.perf_counter() - step_started)
     result.seconds = time.perf_counter() - started

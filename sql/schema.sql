@@ -39,27 +39,99 @@ CREATE TABLE IF NOT EXISTS purchases (
     purchased_at timestamptz NOT NULL
 );
 
--- Every window predicate is a range on one of these instants; INCLUDE keeps the
--- aggregated columns in the index so a window is answered by an index-only scan.
-CREATE INDEX IF NOT EXISTS listings_listed_at_idx
-    ON listings (listed_at) INCLUDE (price, score);
-CREATE INDEX IF NOT EXISTS leads_created_at_idx
-    ON leads (created_at) INCLUDE (buyer_id);
--- The lead's id too, so that the conversion probe (purchases.lead_id) needs no heap visit.
-CREATE INDEX IF NOT EXISTS leads_created_at_id_idx
-    ON leads (created_at) INCLUDE (buyer_id, id);
-CREATE INDEX IF NOT EXISTS purchases_purchased_at_idx
-    ON purchases (purchased_at) INCLUDE (buyer_id, listing_id, lead_id, sale_price);
--- aged_inventory, split into its two disjoint halves (sql/kpi.sql): the listings never sold
--- (the current stock, a few percent of the table) and those sold after the as-of instant.
-CREATE INDEX IF NOT EXISTS listings_unsold_idx
-    ON listings (listed_at) WHERE status <> 'withdrawn' AND sold_at IS NULL;
-CREATE INDEX IF NOT EXISTS listings_sold_at_idx
-    ON listings (sold_at) INCLUDE (listed_at) WHERE status <> 'withdrawn' AND sold_at IS NOT NULL;
--- A purchase's listing cost by key without a heap visit (average_profit_per_unit).
-CREATE INDEX IF NOT EXISTS listings_cost_idx
-    ON listings (id) INCLUDE (acquisition_cost);
--- aged_inventory of a series of as-of instants (sql/kpi.sql): the listings not withdrawn,
--- by listing instant, with their sale instant.
-CREATE INDEX IF NOT EXISTS listings_stock_idx
-    ON listings (listed_at) INCLUDE (sold_at) WHERE status <> 'withdrawn';
+-- The service's indexes on the application's tables. Each one is paid on every INSERT the
+-- application makes, and an index on a column the application UPDATEs turns those updates from
+-- HOT (heap only) into ones that write every index of the table. So: one plain index per table,
+-- on the instant that places a row in a bucket, and none on a column the application updates
+-- (price, score, status, sold_at, acquisition_cost). The summaries' applier (sql/summary.sql)
+-- reads a changed 15-minute bucket through these; so do windows off the 15-minute grid and the
+-- raw mode. (purchases.lead_id and purchases.listing_id are indexed by their UNIQUE keys.)
+CREATE INDEX IF NOT EXISTS kpi_listings_listed_at_idx ON listings (listed_at);
+CREATE INDEX IF NOT EXISTS kpi_leads_created_at_idx ON leads (created_at) INCLUDE (buyer_id);
+CREATE INDEX IF NOT EXISTS kpi_purchases_purchased_at_idx ON purchases (purchased_at);
+-- Earlier versions of this file made these wider and more numerous indexes; they cost the
+-- application's writes far more than they saved the service's reads (docs/design.md).
+DROP INDEX IF EXISTS listings_listed_at_idx, leads_created_at_idx, leads_created_at_id_idx,
+    purchases_purchased_at_idx, listings_unsold_idx, listings_sold_at_idx, listings_cost_idx,
+    listings_stock_idx, leads_buyer_idx, purchases_buyer_idx;
+
+-- The KPIs of a window [lo, hi) from the raw rows, aged_inventory aside: what sql/kpi.sql
+-- reads for a window off the 15-minute grid, and for every window in the raw mode (no
+-- summaries installed). Sums stay numeric; sql/kpi.sql divides and rounds.
+CREATE OR REPLACE FUNCTION kpi_raw(lo timestamptz, hi timestamptz)
+RETURNS TABLE (listings bigint, price_sum numeric, scored bigint, score_sum numeric, leads bigint,
+               converted bigint, costed bigint, profit_sum numeric, led bigint, lead_seconds numeric,
+               buyers bigint)
+LANGUAGE sql STABLE AS $fn$
+    SELECT l.listings, l.price_sum, l.scored, l.score_sum, b.leads, b.converted, p.costed,
+           p.profit_sum, p.led, p.lead_seconds, b.buyers
+    FROM (
+        SELECT count(*) AS listings, coalesce(sum(price), 0) AS price_sum, count(score) AS scored,
+               coalesce(sum(score), 0) AS score_sum
+        FROM listings
+        WHERE listed_at >= lo AND listed_at < hi
+    ) l
+    CROSS JOIN (
+        SELECT count(li.acquisition_cost) AS costed,
+               coalesce(sum(p.sale_price - li.acquisition_cost), 0) AS profit_sum, count(ld.id) AS led,
+               coalesce(sum(extract(epoch FROM p.purchased_at) - extract(epoch FROM ld.created_at)), 0)
+                   AS lead_seconds
+        FROM purchases p
+        JOIN listings li ON li.id = p.listing_id
+        LEFT JOIN leads ld ON ld.id = p.lead_id
+        WHERE p.purchased_at >= lo AND p.purchased_at < hi
+    ) p
+    CROSS JOIN (
+        SELECT coalesce(sum(g.leads), 0)::bigint AS leads, coalesce(sum(g.converted), 0)::bigint AS converted,
+               count(*) AS buyers
+        FROM (
+            SELECT e.buyer_id, sum(e.lead) AS leads, sum(e.converted) AS converted
+            FROM (
+                SELECT ld.buyer_id, 1 AS lead,
+                       CASE WHEN EXISTS (SELECT FROM purchases cp WHERE cp.lead_id = ld.id) THEN 1 ELSE 0 END
+                FROM leads ld
+                WHERE ld.created_at >= lo AND ld.created_at < hi
+                UNION ALL
+                SELECT buyer_id, 0, 0
+                FROM purchases
+                WHERE purchased_at >= lo AND purchased_at < hi
+            ) e (buyer_id, lead, converted)
+            GROUP BY e.buyer_id
+        ) g
+    ) b
+$fn$;
+
+-- aged_inventory from the raw rows, for the listings listed in [lo, aged_before): in stock at
+-- as_of (not withdrawn, not sold by then). sql/kpi.sql counts the short stretch below a
+-- 15-minute edge this way with the summaries, and everything in the raw mode.
+CREATE OR REPLACE FUNCTION kpi_raw_stock(lo timestamptz, aged_before timestamptz, as_of timestamptz)
+RETURNS bigint
+LANGUAGE sql STABLE AS $fn$
+    SELECT count(*)
+    FROM listings
+    WHERE listed_at >= lo AND listed_at < aged_before AND status <> 'withdrawn'
+      AND (sold_at IS NULL OR sold_at > as_of)
+$fn$;
+
+-- The ten KPIs from a window's sums and counts: every division and rounding in one place, for
+-- both statements of sql/kpi.sql. round() on numeric rounds halves away from zero; an empty
+-- average or ratio is 0, never NULL.
+CREATE OR REPLACE FUNCTION kpi_metrics(
+    listings bigint, price_sum numeric, scored bigint, score_sum numeric, leads bigint, converted bigint,
+    costed bigint, profit_sum numeric, led bigint, lead_seconds numeric, buyers bigint, aged bigint
+)
+RETURNS TABLE (total_listings bigint, average_price numeric, total_value numeric, scoring_rate numeric,
+               average_score numeric, aged_inventory bigint, average_profit_per_unit numeric,
+               lead_to_purchase_time numeric, conversion_rate numeric, active_buyers bigint)
+LANGUAGE sql IMMUTABLE AS $fn$
+    SELECT listings,
+           round(coalesce(price_sum / nullif(listings, 0), 0), 2),
+           round(price_sum, 2),
+           round(coalesce(100.0 * scored / nullif(listings, 0), 0), 2),
+           round(coalesce(score_sum / nullif(scored, 0), 0), 2),
+           aged,
+           round(coalesce(profit_sum / nullif(costed, 0), 0), 2),
+           round(coalesce(lead_seconds / nullif(led * 86400, 0), 0), 2),
+           round(coalesce(100.0 * converted / nullif(leads, 0), 0), 2),
+           buyers
+$fn$;

@@ -1,26 +1,44 @@
--- Pre-aggregated sums of the KPI service (docs/design.md): its own tables, kept
--- exact by statement-level triggers on the sales tables, in the same transaction as each change.
--- Applied after schema.sql by `kpi-service init-db`, as the tables' owner; safe to run again.
+-- Pre-aggregated sums of the KPI service (docs/design.md), applied after schema.sql by
+-- `kpi-service init-db`, as the tables' owner. Safe to run again.
 --
--- kpi_sums holds additive sums per bucket at two grains: 15 minutes (every UTC offset in use
--- is a multiple of it, so every window edge is a bucket edge) and the UTC day (so a long
--- window reads a few hundred rows). It is append-only for the triggers: a change inserts the
--- difference it makes (old rows subtracted, new rows added), so concurrent writers never
--- update the same row, and the service merges the rows of a bucket now and then
--- (kpi_compact). A bucket's value is the sum of its rows.
+-- The application's transactions pay for almost nothing here: a statement on listings, leads
+-- or purchases appends the keys it touched to kpi_changes, one INSERT from its transition
+-- table, with no read of another table and no lock but its new rows. The service's applier
+-- (kpi_apply_changes, one session at a time across all instances) later turns those keys into
+-- the dirty 15-minute buckets, buyers and listings, and RECOMPUTES them from the committed rows:
+-- replaying the log twice, in another order, or after a crash half-way gives the same sums.
 --
--- kpi_buyer_buckets holds, per buyer, each 15-minute bucket with a lead or purchase of that
--- buyer and the buyer's previous such bucket: active_buyers is not additive, and these rows
--- make it a sum plus a short correction (sql/kpi.sql).
---
--- kpi_purchase_facts holds what each purchase took from its listing and lead, so that any
--- change, in any statement shape, subtracts exactly what was added.
+-- kpi_sums       per bucket at two UTC grains, 15 minutes (every UTC offset in use is a
+--                multiple of it, so every window edge is a bucket edge) and the day (so a long
+--                window reads a few hundred rows); the day row is the sum of its 15-minute rows.
+-- kpi_buyer_buckets  per buyer, each 15-minute bucket with a lead or purchase of that buyer and
+--                the buyer's previous such bucket: active_buyers is not additive, and these rows
+--                make it a sum plus a short correction (sql/kpi.sql).
+-- kpi_sales      the listings sold and not withdrawn, with both instants: aged_inventory's
+--                sold part, on the service's own table and indexes.
 
 -- The functions below run as the owner with this search path (SET search_path FROM CURRENT):
 -- the schema of the tables, then pg_temp last, so that a session's temporary tables can never
 -- stand in for them.
 SELECT set_config('search_path', quote_ident(current_schema()) || ', pg_temp', true);
 
+-- Version 3 kept the sums exact inside the application's transactions: drop its objects.
+DO $$
+BEGIN
+    IF to_regclass('kpi_sums') IS NOT NULL
+       AND NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('kpi_sums') AND attname = 'unsold') THEN
+        DROP FUNCTION IF EXISTS kpi_changed(), kpi_truncated() CASCADE;  -- and their triggers
+        DROP TABLE IF EXISTS kpi_sums, kpi_buyer_buckets, kpi_purchase_facts, kpi_summary_state;
+        DROP FUNCTION IF EXISTS kpi_rebuild(), kpi_compact(), kpi_buyers_refresh(bigint[]),
+            kpi_purchases_refresh(bigint[]), kpi_difference(text, text, text);
+        DROP TYPE IF EXISTS kpi_delta CASCADE;
+    END IF;
+END
+$$;
+
+-- Tables the applier rewrites all the time: vacuumed (and their visibility maps kept, for
+-- index-only scans) after a fixed number of changed rows, not a fraction of the table, and
+-- with room on each page for HOT updates of kpi_sums.
 CREATE TABLE IF NOT EXISTS kpi_sums (
     grain         integer NOT NULL CHECK (grain IN (900, 86400)),  -- seconds
     bucket        timestamptz NOT NULL,  -- start: a multiple of grain since the Unix epoch
@@ -28,6 +46,7 @@ CREATE TABLE IF NOT EXISTS kpi_sums (
     price_sum     numeric NOT NULL,
     scored        bigint NOT NULL,
     score_sum     numeric NOT NULL,
+    unsold        bigint NOT NULL,       -- ... not withdrawn and never sold (aged_inventory)
     leads         bigint NOT NULL,       -- leads by created_at
     converted     bigint NOT NULL,       -- ... referenced by a purchase
     costed        bigint NOT NULL,       -- purchases by purchased_at whose listing has a cost
@@ -35,356 +54,370 @@ CREATE TABLE IF NOT EXISTS kpi_sums (
     led           bigint NOT NULL,       -- purchases by purchased_at that have a lead
     lead_seconds  numeric NOT NULL,
     buyer_buckets bigint NOT NULL,       -- kpi_buyer_buckets rows by bucket
-    buyer_links   bigint NOT NULL        -- kpi_buyer_buckets rows by prev_bucket
-);
-CREATE INDEX IF NOT EXISTS kpi_sums_bucket_idx ON kpi_sums (grain, bucket);
+    buyer_links   bigint NOT NULL,       -- kpi_buyer_buckets rows by prev_bucket
+    PRIMARY KEY (grain, bucket)
+) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000,
+        autovacuum_analyze_scale_factor = 0.05);
 
 CREATE TABLE IF NOT EXISTS kpi_buyer_buckets (
     buyer_id    bigint NOT NULL,
     bucket      timestamptz NOT NULL,
     prev_bucket timestamptz,  -- NULL for the buyer's first bucket
     PRIMARY KEY (buyer_id, bucket)
-);
+) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000,
+        autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 20000,
+        autovacuum_analyze_scale_factor = 0.05);
 CREATE INDEX IF NOT EXISTS kpi_buyer_buckets_bucket_idx ON kpi_buyer_buckets (bucket) INCLUDE (prev_bucket);
 CREATE INDEX IF NOT EXISTS kpi_buyer_buckets_prev_idx ON kpi_buyer_buckets (prev_bucket) INCLUDE (bucket);
 
--- What each purchase added to kpi_sums, with the values it took from its listing and lead, so
--- that a change subtracts exactly what was added, whatever else the same statement changed
--- (a purchase and its lead deleted together, a cascade).
-CREATE TABLE IF NOT EXISTS kpi_purchase_facts (
-    purchase_id     bigint PRIMARY KEY,
-    listing_id      bigint NOT NULL,
-    lead_id         bigint,
-    purchased_at    timestamptz NOT NULL,
-    sale_price      numeric NOT NULL,
-    cost            numeric,      -- the listing's acquisition_cost
-    lead_created_at timestamptz   -- NULL: no lead
-);
-CREATE INDEX IF NOT EXISTS kpi_purchase_facts_listing_idx ON kpi_purchase_facts (listing_id);
-CREATE INDEX IF NOT EXISTS kpi_purchase_facts_lead_idx ON kpi_purchase_facts (lead_id);
+CREATE TABLE IF NOT EXISTS kpi_sales (
+    listing_id bigint PRIMARY KEY,
+    listed_at  timestamptz NOT NULL,
+    sold_at    timestamptz NOT NULL
+) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000,
+        autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 20000,
+        autovacuum_analyze_scale_factor = 0.05);
+CREATE INDEX IF NOT EXISTS kpi_sales_sold_at_idx ON kpi_sales (sold_at) INCLUDE (listed_at);
+CREATE INDEX IF NOT EXISTS kpi_sales_listed_at_idx ON kpi_sales (listed_at) INCLUDE (sold_at);
+
+-- The change log. No index, no key, no default: an insert into it is a heap append, and the
+-- applier takes all of it at once. A row is an instant whose 15-minute bucket changed, with
+-- the buyer, listing or lead whose derived rows may have changed; all NULL means a TRUNCATE.
+CREATE TABLE IF NOT EXISTS kpi_changes (
+    at         timestamptz,
+    buyer_id   bigint,
+    listing_id bigint,
+    lead_id    bigint
+) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
+        autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 1000);
 
 -- Which version of the functions below built the rows; another version rebuilds them.
 CREATE TABLE IF NOT EXISTS kpi_summary_state (version integer NOT NULL);
 
--- A buyer's buckets come from all of its leads and purchases: the recomputation looks them up.
-CREATE INDEX IF NOT EXISTS leads_buyer_idx ON leads (buyer_id) INCLUDE (created_at);
-CREATE INDEX IF NOT EXISTS purchases_buyer_idx ON purchases (buyer_id) INCLUDE (purchased_at);
-
-DO $$
-BEGIN
-    CREATE TYPE kpi_delta AS (
-        at            timestamptz,
-        listings      bigint,
-        price_sum     numeric,
-        scored        bigint,
-        score_sum     numeric,
-        leads         bigint,
-        converted     bigint,
-        costed        bigint,
-        profit_sum    numeric,
-        led           bigint,
-        lead_seconds  numeric,
-        buyer_buckets bigint,
-        buyer_links   bigint
-    );
-EXCEPTION
-    WHEN duplicate_object THEN NULL;
-END
-$$;
-
--- Adds differences, each at the instant it belongs to, to both grains; nothing for a bucket
--- whose differences cancel out (an UPDATE of a column no KPI reads).
-CREATE OR REPLACE FUNCTION kpi_apply(deltas kpi_delta[]) RETURNS void
-LANGUAGE sql AS $fn$
-    INSERT INTO kpi_sums (grain, bucket, listings, price_sum, scored, score_sum, leads, converted,
-                          costed, profit_sum, led, lead_seconds, buyer_buckets, buyer_links)
-    SELECT g.grain, date_bin(g.stride, d.at, timestamptz 'epoch'),
-           sum(d.listings), sum(d.price_sum), sum(d.scored), sum(d.score_sum), sum(d.leads),
-           sum(d.converted), sum(d.costed), sum(d.profit_sum), sum(d.led), sum(d.lead_seconds),
-           sum(d.buyer_buckets), sum(d.buyer_links)
-    FROM unnest(deltas) AS d
-    CROSS JOIN (VALUES (900, interval '15 minutes'), (86400, interval '1 day')) AS g (grain, stride)
-    GROUP BY 1, 2
-    HAVING (sum(d.listings), sum(d.price_sum), sum(d.scored), sum(d.score_sum), sum(d.leads),
-            sum(d.converted), sum(d.costed), sum(d.profit_sum), sum(d.led), sum(d.lead_seconds),
-            sum(d.buyer_buckets), sum(d.buyer_links))
-           <> (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-$fn$;
-
--- What buyer bucket rows add (sign 1) or take away (sign -1): the row in its bucket, the link
--- in its previous bucket. Counted per bucket first: a rebuild moves millions of rows.
-CREATE OR REPLACE FUNCTION kpi_buyer_deltas(rows kpi_buyer_buckets[], sign integer) RETURNS kpi_delta[]
-LANGUAGE sql AS $fn$
-    SELECT coalesce(array_agg(ROW(g.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, sign * g.buckets, sign * g.links)::kpi_delta),
-                    '{}')
-    FROM (
-        SELECT e.at, sum(e.bucket) AS buckets, sum(e.link) AS links
-        FROM unnest(rows) AS r
-        CROSS JOIN LATERAL (VALUES (r.bucket, 1, 0), (r.prev_bucket, 0, 1)) AS e (at, bucket, link)
-        WHERE e.at IS NOT NULL
-        GROUP BY e.at
-    ) AS g
-$fn$;
-
--- Replaces the kpi_buyer_buckets rows of these buyers by what their leads and purchases say now.
-CREATE OR REPLACE FUNCTION kpi_buyers_refresh(ids bigint[]) RETURNS void
-LANGUAGE plpgsql AS $fn$
-DECLARE
-    gone kpi_delta[];
-    made kpi_delta[];
-BEGIN
-    IF cardinality(ids) = 0 THEN
-        RETURN;
-    END IF;
-    -- Two transactions refreshing one buyer would each rebuild its rows from their own view;
-    -- this lock makes the second wait and then read the first's rows. NO KEY UPDATE does not
-    -- conflict with the KEY SHARE lock that inserting the buyer's leads and purchases takes.
-    IF cardinality(ids) > 10000 THEN
-        LOCK TABLE buyers IN EXCLUSIVE MODE;  -- a bulk change, as in kpi_purchases_refresh
-    ELSE
-        PERFORM FROM buyers WHERE id = ANY (ids) ORDER BY id FOR NO KEY UPDATE;
-    END IF;
-    -- Joins with unnest(ids), not "= ANY (ids)": a rebuild passes hundreds of thousands of ids,
-    -- and the planner can hash a relation.
-    WITH deleted AS (
-        DELETE FROM kpi_buyer_buckets b USING unnest(ids) AS k (id) WHERE b.buyer_id = k.id RETURNING b.*
-    )
-    SELECT kpi_buyer_deltas(array_agg(d::kpi_buyer_buckets), -1) INTO gone FROM deleted d;
-
-    WITH inserted AS (
-        INSERT INTO kpi_buyer_buckets (buyer_id, bucket, prev_bucket)
-        SELECT e.buyer_id, e.bucket, lag(e.bucket) OVER (PARTITION BY e.buyer_id ORDER BY e.bucket)
-        FROM (
-            SELECT buyer_id, date_bin('15 minutes', created_at, timestamptz 'epoch')
-            FROM unnest(ids) AS k (id) JOIN leads ON buyer_id = k.id
-            UNION
-            SELECT buyer_id, date_bin('15 minutes', purchased_at, timestamptz 'epoch')
-            FROM unnest(ids) AS k (id) JOIN purchases ON buyer_id = k.id
-        ) AS e (buyer_id, bucket)
-        RETURNING *
-    )
-    SELECT kpi_buyer_deltas(array_agg(i::kpi_buyer_buckets), 1) INTO made FROM inserted i;
-
-    -- One call, so that the rows a buyer keeps cancel out instead of adding two rows each.
-    PERFORM kpi_apply(gone || made);
-END
-$fn$;
-
--- The own buckets of changed listings: old rows subtracted, new rows added.
-CREATE OR REPLACE FUNCTION kpi_listings_apply(olds listings[], news listings[]) RETURNS void
-LANGUAGE sql AS $fn$
-    SELECT kpi_apply(ARRAY(
-        SELECT ROW(c.listed_at, c.sign, c.sign * c.price, c.sign * (c.score IS NOT NULL)::integer,
-                   c.sign * coalesce(c.score, 0), 0, 0, 0, 0, 0, 0, 0, 0)::kpi_delta
-        FROM (SELECT -1 AS sign, o.* FROM unnest(olds) AS o UNION ALL SELECT 1, n.* FROM unnest(news) AS n) AS c
-    ))
-$fn$;
-
--- The own buckets of changed leads (their conversion belongs to the purchase's facts).
-CREATE OR REPLACE FUNCTION kpi_leads_apply(olds leads[], news leads[]) RETURNS void
-LANGUAGE sql AS $fn$
-    SELECT kpi_apply(ARRAY(
-        SELECT ROW(c.created_at, 0, 0, 0, 0, c.sign, 0, 0, 0, 0, 0, 0, 0)::kpi_delta
-        FROM (SELECT -1 AS sign, o.* FROM unnest(olds) AS o UNION ALL SELECT 1, n.* FROM unnest(news) AS n) AS c
-    ))
-$fn$;
-
--- What purchase facts add (sign 1) or take away (sign -1): profit and lead time in the
--- purchase's bucket, a conversion in its lead's. Counted per 15-minute bucket first: a
--- rebuild passes every purchase.
-CREATE OR REPLACE FUNCTION kpi_fact_deltas(facts kpi_purchase_facts[], sign integer) RETURNS kpi_delta[]
-LANGUAGE sql AS $fn$
-    SELECT coalesce(array_agg(ROW(g.at, 0, 0, 0, 0, 0, sign * g.converted, sign * g.costed, sign * g.profit,
-                                  sign * g.led, sign * g.seconds, 0, 0)::kpi_delta), '{}')
-    FROM (
-        SELECT date_bin('15 minutes', e.at, timestamptz 'epoch') AS at, sum(e.converted) AS converted,
-               sum(e.costed) AS costed, sum(e.profit) AS profit,
-               sum(e.led) AS led, sum(e.seconds) AS seconds
-        FROM unnest(facts) AS f
-        CROSS JOIN LATERAL (VALUES
-            (f.purchased_at, 0, (f.cost IS NOT NULL)::integer, coalesce(f.sale_price - f.cost, 0),
-             (f.lead_created_at IS NOT NULL)::integer,
-             coalesce(extract(epoch FROM f.purchased_at) - extract(epoch FROM f.lead_created_at), 0)),
-            (f.lead_created_at, 1, 0, 0, 0, 0)
-        ) AS e (at, converted, costed, profit, led, seconds)
-        WHERE e.at IS NOT NULL
-        GROUP BY 1
-    ) AS g
-$fn$;
-
--- Replaces the facts of these purchases by what purchases, listings and leads say now.
---
--- Concurrency: the facts read a listing's cost and a lead's instant. Another transaction
--- changing those (or these purchases) holds a lock on that row until it commits; FOR SHARE waits
--- for it, so the statements after it read the committed value (READ COMMITTED: each statement
--- takes a new snapshot). In the other order, that transaction's own trigger waits for ours and
--- then sees our purchase. FOR UPDATE on the facts serializes two refreshes of one purchase.
-CREATE OR REPLACE FUNCTION kpi_purchases_refresh(ids bigint[]) RETURNS void
-LANGUAGE plpgsql AS $fn$
-DECLARE
-    gone kpi_delta[];
-    made kpi_delta[];
-BEGIN
-    IF cardinality(ids) = 0 THEN
-        RETURN;
-    END IF;
-    IF cardinality(ids) > 10000 THEN
-        -- A bulk change (a load, a rebuild): the same waits as a table lock; a row lock each
-        -- would cost minutes at a million rows.
-        LOCK TABLE kpi_purchase_facts IN EXCLUSIVE MODE;
-        LOCK TABLE listings, leads IN SHARE MODE;
-    ELSE
-        PERFORM FROM kpi_purchase_facts WHERE purchase_id = ANY (ids) ORDER BY purchase_id FOR UPDATE;
-        PERFORM FROM purchases p JOIN listings li ON li.id = p.listing_id
-        WHERE p.id = ANY (ids) ORDER BY li.id FOR SHARE OF li;
-        PERFORM FROM purchases p JOIN leads ld ON ld.id = p.lead_id
-        WHERE p.id = ANY (ids) ORDER BY ld.id FOR SHARE OF ld;
-    END IF;
-
-    WITH deleted AS (
-        DELETE FROM kpi_purchase_facts f USING unnest(ids) AS k (id) WHERE f.purchase_id = k.id RETURNING f.*
-    )
-    SELECT kpi_fact_deltas(array_agg(d::kpi_purchase_facts), -1) INTO gone FROM deleted d;
-
-    WITH inserted AS (
-        INSERT INTO kpi_purchase_facts
-        -- Lookups by key, not joins: a hash join on lead_id (NULL for a purchase without a
-        -- lead, a fifth of them) cannot split that one value across batches and, in a rebuild,
-        -- kept doubling its batches for minutes.
-        SELECT p.id, p.listing_id, p.lead_id, p.purchased_at, p.sale_price,
-               (SELECT li.acquisition_cost FROM listings li WHERE li.id = p.listing_id),
-               (SELECT ld.created_at FROM leads ld WHERE ld.id = p.lead_id)
-        FROM unnest(ids) AS k (id)
-        JOIN purchases p ON p.id = k.id
-        RETURNING *
-    )
-    SELECT kpi_fact_deltas(array_agg(i::kpi_purchase_facts), 1) INTO made FROM inserted i;
-
-    PERFORM kpi_apply(gone || made);
-END
-$fn$;
-
--- A SQL text: the rows of `olds` and `news` (transition tables) that differ in `columns`.
-CREATE OR REPLACE FUNCTION kpi_difference(columns text, olds text, news text) RETURNS text
-LANGUAGE sql IMMUTABLE AS $fn$
-    SELECT format('(SELECT %1$s FROM %2$s a EXCEPT ALL SELECT %1$s FROM %3$s b)'
-                  ' UNION ALL (SELECT %1$s FROM %3$s c EXCEPT ALL SELECT %1$s FROM %2$s d)', columns, olds, news)
-$fn$;
-
--- One function for the statement-level triggers of the three tables. It runs as its owner
--- (who applied this file), so the application's roles need no rights on the kpi_* tables.
--- Only what a statement changed is recomputed: a listing's cost or a lead's instant reaches
--- the purchases that use it, a lead's or purchase's buyer and instant reach that buyer's
--- buckets, and an UPDATE of other columns (a status) touches nothing else.
-CREATE OR REPLACE FUNCTION kpi_changed() RETURNS trigger
+-- The trigger functions: one INSERT per transition table, nothing else. They run as their owner
+-- (who applied this file), so the application's roles need no rights on kpi_changes.
+CREATE OR REPLACE FUNCTION kpi_listings_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
-DECLARE
-    -- The transition tables as relations: an INSERT has no old rows, a DELETE no new ones.
-    olds text := CASE WHEN TG_OP = 'INSERT' THEN '(SELECT * FROM new_rows LIMIT 0)' ELSE 'old_rows' END;
-    news text := CASE WHEN TG_OP = 'DELETE' THEN '(SELECT * FROM old_rows LIMIT 0)' ELSE 'new_rows' END;
-    instant text := CASE TG_TABLE_NAME WHEN 'leads' THEN 'created_at' ELSE 'purchased_at' END;
-    ids bigint[];
 BEGIN
-    IF TG_TABLE_NAME = 'purchases' THEN
-        EXECUTE format('SELECT ARRAY(SELECT DISTINCT id FROM (%s) x)', kpi_difference('*', olds, news)) INTO ids;
-        PERFORM kpi_purchases_refresh(ids);
-    ELSE
-        EXECUTE format('SELECT kpi_%1$s_apply(ARRAY(SELECT o::%1$I FROM %2$s o), ARRAY(SELECT n::%1$I FROM %3$s n))',
-                       TG_TABLE_NAME, olds, news);
-        EXECUTE format('SELECT ARRAY(SELECT DISTINCT id FROM (%s) x)',
-                       kpi_difference(CASE TG_TABLE_NAME WHEN 'leads' THEN 'id, created_at' ELSE 'id, acquisition_cost' END,
-                                      olds, news))
-        INTO ids;
-        EXECUTE format('SELECT ARRAY(SELECT purchase_id FROM kpi_purchase_facts WHERE %1$I = ANY ($1)'
-                       ' UNION SELECT id FROM purchases WHERE %1$I = ANY ($1))',
-                       CASE TG_TABLE_NAME WHEN 'leads' THEN 'lead_id' ELSE 'listing_id' END)
-        INTO ids USING ids;
-        PERFORM kpi_purchases_refresh(ids);
+    IF TG_OP <> 'INSERT' THEN
+        INSERT INTO kpi_changes (at, listing_id) SELECT listed_at, id FROM old_rows;
     END IF;
-    IF TG_TABLE_NAME <> 'listings' THEN
-        EXECUTE format('SELECT ARRAY(SELECT DISTINCT buyer_id FROM (%s) x)',
-                       kpi_difference(format('id, buyer_id, %I', instant), olds, news))
-        INTO ids;
-        PERFORM kpi_buyers_refresh(ids);
+    IF TG_OP <> 'DELETE' THEN
+        INSERT INTO kpi_changes (at, listing_id) SELECT listed_at, id FROM new_rows;
     END IF;
     RETURN NULL;
 END
 $fn$;
 
--- Everything again from the sales tables, through the same functions as the triggers.
-CREATE OR REPLACE FUNCTION kpi_rebuild() RETURNS void
+CREATE OR REPLACE FUNCTION kpi_leads_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 BEGIN
-    TRUNCATE kpi_sums, kpi_buyer_buckets, kpi_purchase_facts;
-    PERFORM kpi_listings_apply('{}', ARRAY(SELECT l FROM listings l));
-    PERFORM kpi_leads_apply('{}', ARRAY(SELECT l FROM leads l));
-    PERFORM kpi_purchases_refresh(ARRAY(SELECT id FROM purchases));
-    PERFORM kpi_buyers_refresh(ARRAY(SELECT buyer_id FROM leads UNION SELECT buyer_id FROM purchases));
-    PERFORM kpi_compact();  -- one row per bucket instead of one per function above
+    IF TG_OP <> 'INSERT' THEN
+        INSERT INTO kpi_changes (at, buyer_id, lead_id) SELECT created_at, buyer_id, id FROM old_rows;
+    END IF;
+    IF TG_OP <> 'DELETE' THEN
+        INSERT INTO kpi_changes (at, buyer_id, lead_id) SELECT created_at, buyer_id, id FROM new_rows;
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION kpi_purchases_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
+BEGIN
+    IF TG_OP <> 'INSERT' THEN
+        INSERT INTO kpi_changes (at, buyer_id, lead_id) SELECT purchased_at, buyer_id, lead_id FROM old_rows;
+    END IF;
+    IF TG_OP <> 'DELETE' THEN
+        INSERT INTO kpi_changes (at, buyer_id, lead_id) SELECT purchased_at, buyer_id, lead_id FROM new_rows;
+    END IF;
+    RETURN NULL;
 END
 $fn$;
 
 CREATE OR REPLACE FUNCTION kpi_truncated() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 BEGIN
-    PERFORM kpi_rebuild();
+    INSERT INTO kpi_changes DEFAULT VALUES;
     RETURN NULL;
 END
 $fn$;
 
--- Merges the rows of each bucket into one (the sum is unchanged, so readers see the same
--- numbers before and after). Returns how many rows it removed; 0 when another session is at it.
-CREATE OR REPLACE FUNCTION kpi_compact() RETURNS bigint
+-- The sums of these 15-minute buckets, from the committed rows (all columns 0 for a bucket with
+-- nothing in it). The joins carry both the range and the bucket equality, so that the planner
+-- can probe the instants' indexes for a few buckets and hash whole tables for a rebuild.
+CREATE OR REPLACE FUNCTION kpi_bucket_sums(buckets timestamptz[]) RETURNS SETOF kpi_sums
+LANGUAGE sql STABLE AS $fn$
+    WITH b AS (SELECT DISTINCT u.bucket FROM unnest(buckets) AS u (bucket) WHERE u.bucket IS NOT NULL)
+    SELECT 900, b.bucket,
+           coalesce(l.listings, 0), coalesce(l.price_sum, 0), coalesce(l.scored, 0), coalesce(l.score_sum, 0),
+           coalesce(l.unsold, 0), coalesce(d.leads, 0), coalesce(d.converted, 0), coalesce(p.costed, 0),
+           coalesce(p.profit_sum, 0), coalesce(p.led, 0), coalesce(p.lead_seconds, 0),
+           coalesce(y.buckets, 0), coalesce(z.links, 0)
+    FROM b
+    LEFT JOIN (
+        SELECT b.bucket, count(*) AS listings, sum(x.price) AS price_sum, count(x.score) AS scored,
+               coalesce(sum(x.score), 0) AS score_sum,
+               count(*) FILTER (WHERE x.status <> 'withdrawn' AND x.sold_at IS NULL) AS unsold
+        FROM b
+        JOIN listings x ON x.listed_at >= b.bucket AND x.listed_at < b.bucket + interval '15 minutes'
+                       AND date_bin('15 minutes', x.listed_at, timestamptz 'epoch') = b.bucket
+        GROUP BY b.bucket
+    ) l ON l.bucket = b.bucket
+    LEFT JOIN (
+        SELECT b.bucket, count(*) AS leads, count(cp.id) AS converted
+        FROM b
+        JOIN leads x ON x.created_at >= b.bucket AND x.created_at < b.bucket + interval '15 minutes'
+                    AND date_bin('15 minutes', x.created_at, timestamptz 'epoch') = b.bucket
+        LEFT JOIN purchases cp ON cp.lead_id = x.id
+        GROUP BY b.bucket
+    ) d ON d.bucket = b.bucket
+    LEFT JOIN (
+        SELECT b.bucket, count(li.acquisition_cost) AS costed,
+               coalesce(sum(x.sale_price - li.acquisition_cost), 0) AS profit_sum, count(ld.id) AS led,
+               coalesce(sum(extract(epoch FROM x.purchased_at) - extract(epoch FROM ld.created_at)), 0)
+                   AS lead_seconds
+        FROM b
+        JOIN purchases x ON x.purchased_at >= b.bucket AND x.purchased_at < b.bucket + interval '15 minutes'
+                        AND date_bin('15 minutes', x.purchased_at, timestamptz 'epoch') = b.bucket
+        JOIN listings li ON li.id = x.listing_id
+        LEFT JOIN leads ld ON ld.id = x.lead_id
+        GROUP BY b.bucket
+    ) p ON p.bucket = b.bucket
+    LEFT JOIN (
+        SELECT x.bucket, count(*) AS buckets FROM kpi_buyer_buckets x JOIN b ON b.bucket = x.bucket GROUP BY 1
+    ) y ON y.bucket = b.bucket
+    LEFT JOIN (
+        SELECT x.prev_bucket AS bucket, count(*) AS links
+        FROM kpi_buyer_buckets x JOIN b ON b.bucket = x.prev_bucket GROUP BY 1
+    ) z ON z.bucket = b.bucket
+$fn$;
+
+-- Writes these rows of kpi_sums: a row whose counts are all 0 has nothing in its bucket and is
+-- removed; the others replace what was there (a HOT update: no indexed column changes).
+CREATE OR REPLACE FUNCTION kpi_store(rows kpi_sums[]) RETURNS void
+LANGUAGE sql AS $fn$
+    DELETE FROM kpi_sums s
+    USING unnest(rows) AS r
+    WHERE s.grain = r.grain AND s.bucket = r.bucket
+      AND (r.listings, r.leads, r.costed, r.led, r.buyer_buckets, r.buyer_links) = (0, 0, 0, 0, 0, 0);
+    INSERT INTO kpi_sums
+    SELECT * FROM unnest(rows) AS r
+    WHERE (r.listings, r.leads, r.costed, r.led, r.buyer_buckets, r.buyer_links) <> (0, 0, 0, 0, 0, 0)
+    ON CONFLICT (grain, bucket) DO UPDATE SET
+        listings = excluded.listings, price_sum = excluded.price_sum, scored = excluded.scored,
+        score_sum = excluded.score_sum, unsold = excluded.unsold, leads = excluded.leads,
+        converted = excluded.converted, costed = excluded.costed, profit_sum = excluded.profit_sum,
+        led = excluded.led, lead_seconds = excluded.lead_seconds, buyer_buckets = excluded.buyer_buckets,
+        buyer_links = excluded.buyer_links;
+$fn$;
+
+-- Recomputes these 15-minute buckets, then the days that hold them from their 15-minute rows.
+CREATE OR REPLACE FUNCTION kpi_recompute(buckets timestamptz[]) RETURNS void
+LANGUAGE sql AS $fn$
+    SELECT kpi_store(ARRAY(SELECT f FROM kpi_bucket_sums(buckets) f));
+    SELECT kpi_store(ARRAY(
+        SELECT ROW(86400, d.day, coalesce(sum(s.listings), 0), coalesce(sum(s.price_sum), 0),
+                   coalesce(sum(s.scored), 0), coalesce(sum(s.score_sum), 0), coalesce(sum(s.unsold), 0),
+                   coalesce(sum(s.leads), 0), coalesce(sum(s.converted), 0), coalesce(sum(s.costed), 0),
+                   coalesce(sum(s.profit_sum), 0), coalesce(sum(s.led), 0), coalesce(sum(s.lead_seconds), 0),
+                   coalesce(sum(s.buyer_buckets), 0), coalesce(sum(s.buyer_links), 0))::kpi_sums
+        FROM (SELECT DISTINCT date_bin('1 day', b, timestamptz 'epoch') FROM unnest(buckets) AS b) AS d (day)
+        LEFT JOIN kpi_sums s ON s.grain = 900 AND s.bucket >= d.day AND s.bucket < d.day + interval '1 day'
+        GROUP BY d.day
+    ));
+$fn$;
+
+-- Everything again from the sales tables (init-db, a TRUNCATE of a sales table, a repair).
+CREATE OR REPLACE FUNCTION kpi_rebuild() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
-DECLARE
-    removed bigint;
 BEGIN
-    IF NOT pg_try_advisory_xact_lock(4946157313062342) THEN
-        RETURN 0;
-    END IF;
-    WITH deleted AS (
-        DELETE FROM kpi_sums s
-        USING (SELECT grain, bucket FROM kpi_sums GROUP BY 1, 2 HAVING count(*) > 1) AS m
-        WHERE s.grain = m.grain AND s.bucket = m.bucket
-        RETURNING s.*
-    ),
-    merged AS (
-        INSERT INTO kpi_sums
-        SELECT grain, bucket, sum(listings), sum(price_sum), sum(scored), sum(score_sum), sum(leads),
-               sum(converted), sum(costed), sum(profit_sum), sum(led), sum(lead_seconds),
-               sum(buyer_buckets), sum(buyer_links)
-        FROM deleted
-        GROUP BY grain, bucket
-        HAVING (sum(listings), sum(price_sum), sum(scored), sum(score_sum), sum(leads), sum(converted),
-                sum(costed), sum(profit_sum), sum(led), sum(lead_seconds), sum(buyer_buckets), sum(buyer_links))
-               <> (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-        RETURNING 1
-    )
-    SELECT (SELECT count(*) FROM deleted) - (SELECT count(*) FROM merged) INTO removed;
-    RETURN removed;
+    TRUNCATE kpi_sums, kpi_buyer_buckets, kpi_sales;
+    INSERT INTO kpi_sales
+    SELECT id, listed_at, sold_at FROM listings WHERE status <> 'withdrawn' AND sold_at IS NOT NULL;
+    INSERT INTO kpi_buyer_buckets (buyer_id, bucket, prev_bucket)
+    SELECT e.buyer_id, e.bucket, lag(e.bucket) OVER (PARTITION BY e.buyer_id ORDER BY e.bucket)
+    FROM (
+        SELECT buyer_id, date_bin('15 minutes', created_at, timestamptz 'epoch') FROM leads
+        UNION
+        SELECT buyer_id, date_bin('15 minutes', purchased_at, timestamptz 'epoch') FROM purchases
+    ) AS e (buyer_id, bucket);
+    PERFORM kpi_recompute(ARRAY(
+        SELECT date_bin('15 minutes', listed_at, timestamptz 'epoch') FROM listings
+        UNION
+        SELECT bucket FROM kpi_buyer_buckets  -- every lead's and purchase's bucket
+    ));
 END
 $fn$;
 
--- Functions are executable by everyone by default; these two run as the tables' owner.
--- sql/roles.sql grants kpi_compact to the service's role.
-REVOKE EXECUTE ON FUNCTION kpi_rebuild(), kpi_compact() FROM PUBLIC;
+-- The sums of kpi_sums over [lo, hi), both 15-minute edges: the whole UTC days at day grain,
+-- the 15-minute buckets before and after them (a window without a whole day: all at 15 minutes).
+CREATE OR REPLACE FUNCTION kpi_range(lo timestamptz, hi timestamptz)
+RETURNS TABLE (listings bigint, price_sum numeric, scored bigint, score_sum numeric, unsold bigint,
+               leads bigint, converted bigint, costed bigint, profit_sum numeric, led bigint,
+               lead_seconds numeric, buyer_buckets bigint, buyer_links bigint)
+LANGUAGE sql STABLE AS $fn$
+    SELECT coalesce(sum(r.listings), 0)::bigint, coalesce(sum(r.price_sum), 0), coalesce(sum(r.scored), 0)::bigint,
+           coalesce(sum(r.score_sum), 0), coalesce(sum(r.unsold), 0)::bigint, coalesce(sum(r.leads), 0)::bigint,
+           coalesce(sum(r.converted), 0)::bigint, coalesce(sum(r.costed), 0)::bigint, coalesce(sum(r.profit_sum), 0),
+           coalesce(sum(r.led), 0)::bigint, coalesce(sum(r.lead_seconds), 0),
+           coalesce(sum(r.buyer_buckets), 0)::bigint, coalesce(sum(r.buyer_links), 0)::bigint
+    FROM (
+        SELECT CASE WHEN d.first < d.last THEN d.first ELSE hi END AS day_lo,
+               CASE WHEN d.first < d.last THEN d.last ELSE hi END AS day_hi
+        FROM (
+            SELECT CASE WHEN date_bin('1 day', lo, timestamptz 'epoch') = lo THEN lo
+                        ELSE date_bin('1 day', lo, timestamptz 'epoch') + interval '1 day' END AS first,
+                   date_bin('1 day', hi, timestamptz 'epoch') AS last
+        ) d
+    ) s
+    CROSS JOIN LATERAL (
+        SELECT * FROM kpi_sums WHERE grain = 900 AND bucket >= lo AND bucket < s.day_lo
+        UNION ALL
+        SELECT * FROM kpi_sums WHERE grain = 86400 AND bucket >= s.day_lo AND bucket < s.day_hi
+        UNION ALL
+        SELECT * FROM kpi_sums WHERE grain = 900 AND bucket >= s.day_hi AND bucket < hi
+    ) r
+$fn$;
+
+-- The applier: takes up to max_rows rows of the change log and recomputes what they name, in the
+-- caller's transaction. Returns how many rows it took; NULL when another session is applying
+-- (one at a time: two would each write what they computed from their own snapshot, and the
+-- older could land last), unless told to wait for it (a deploy script after a bulk load). Taking the log rows and recomputing from a later snapshot is safe:
+-- a change committed in between is read now and applied again with its own rows later.
+CREATE OR REPLACE FUNCTION kpi_apply_changes(max_rows integer DEFAULT 200000, wait boolean DEFAULT false)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
+DECLARE
+    changes kpi_changes[];
+    listing_ids bigint[];
+    buyer_ids bigint[];
+    links timestamptz[];
+BEGIN
+    IF wait THEN
+        PERFORM pg_advisory_xact_lock(4946157313062342);
+    ELSIF NOT pg_try_advisory_xact_lock(4946157313062342) THEN
+        RETURN NULL;
+    END IF;
+    WITH taken AS (
+        DELETE FROM kpi_changes WHERE ctid = ANY (ARRAY(SELECT ctid FROM kpi_changes LIMIT max_rows))
+        RETURNING *
+    )
+    SELECT coalesce(array_agg(t), '{}') INTO changes FROM taken t;
+    IF cardinality(changes) = 0 THEN
+        RETURN 0;
+    END IF;
+    IF EXISTS (SELECT FROM unnest(changes) c WHERE c.at IS NULL) THEN
+        PERFORM kpi_rebuild();
+        RETURN cardinality(changes);
+    END IF;
+
+    -- The sold listings of aged_inventory.
+    listing_ids := ARRAY(SELECT DISTINCT c.listing_id FROM unnest(changes) c WHERE c.listing_id IS NOT NULL);
+    DELETE FROM kpi_sales s USING unnest(listing_ids) AS k (id) WHERE s.listing_id = k.id;
+    INSERT INTO kpi_sales
+    SELECT li.id, li.listed_at, li.sold_at
+    FROM unnest(listing_ids) AS k (id)
+    JOIN listings li ON li.id = k.id
+    WHERE li.status <> 'withdrawn' AND li.sold_at IS NOT NULL;
+
+    -- The buyers' buckets: each (buyer, bucket) a change touched holds if a lead or purchase
+    -- of that buyer is in that bucket now.
+    WITH pairs AS (
+        SELECT DISTINCT c.buyer_id, date_bin('15 minutes', c.at, timestamptz 'epoch') AS bucket
+        FROM unnest(changes) c
+        WHERE c.buyer_id IS NOT NULL
+    ),
+    truth AS (
+        SELECT p.buyer_id, p.bucket,
+               EXISTS (SELECT FROM leads x WHERE x.buyer_id = p.buyer_id AND x.created_at >= p.bucket
+                                             AND x.created_at < p.bucket + interval '15 minutes')
+               OR EXISTS (SELECT FROM purchases x WHERE x.buyer_id = p.buyer_id AND x.purchased_at >= p.bucket
+                                                    AND x.purchased_at < p.bucket + interval '15 minutes')
+                   AS active
+        FROM pairs p
+    ),
+    removed AS (
+        DELETE FROM kpi_buyer_buckets b USING truth t
+        WHERE NOT t.active AND b.buyer_id = t.buyer_id AND b.bucket = t.bucket
+        RETURNING b.buyer_id, b.prev_bucket
+    ),
+    added AS (
+        INSERT INTO kpi_buyer_buckets (buyer_id, bucket)
+        SELECT t.buyer_id, t.bucket FROM truth t WHERE t.active
+        ON CONFLICT DO NOTHING
+        RETURNING buyer_id
+    )
+    SELECT ARRAY(SELECT DISTINCT buyer_id FROM removed UNION SELECT buyer_id FROM added),
+           ARRAY(SELECT prev_bucket FROM removed)
+    INTO buyer_ids, links;
+
+    -- Their links to their previous bucket, where those changed.
+    WITH linked AS (
+        SELECT b.buyer_id, b.bucket, b.prev_bucket AS old_prev,
+               lag(b.bucket) OVER (PARTITION BY b.buyer_id ORDER BY b.bucket) AS new_prev
+        FROM unnest(buyer_ids) AS k (id)
+        JOIN kpi_buyer_buckets b ON b.buyer_id = k.id
+    ),
+    relinked AS (
+        UPDATE kpi_buyer_buckets b SET prev_bucket = l.new_prev
+        FROM linked l
+        WHERE b.buyer_id = l.buyer_id AND b.bucket = l.bucket AND l.old_prev IS DISTINCT FROM l.new_prev
+        RETURNING l.old_prev, l.new_prev
+    )
+    SELECT links || ARRAY(SELECT old_prev FROM relinked UNION SELECT new_prev FROM relinked) INTO links;
+
+    -- Every 15-minute bucket whose sums may have changed: the instants logged, the purchases of
+    -- the listings logged (their cost), the logged leads and their purchases (conversion, lead
+    -- time), and the buckets whose buyer links moved.
+    PERFORM kpi_recompute(ARRAY(
+        SELECT date_bin('15 minutes', c.at, timestamptz 'epoch') FROM unnest(changes) c
+        UNION
+        SELECT date_bin('15 minutes', p.purchased_at, timestamptz 'epoch')
+        FROM unnest(listing_ids) AS k (id) JOIN purchases p ON p.listing_id = k.id
+        UNION
+        SELECT date_bin('15 minutes', x.at, timestamptz 'epoch')
+        FROM (SELECT DISTINCT c.lead_id FROM unnest(changes) c WHERE c.lead_id IS NOT NULL) k
+        CROSS JOIN LATERAL (
+            SELECT ld.created_at FROM leads ld WHERE ld.id = k.lead_id
+            UNION ALL
+            SELECT p.purchased_at FROM purchases p WHERE p.lead_id = k.lead_id
+        ) AS x (at)
+        UNION
+        SELECT date_bin('15 minutes', l, timestamptz 'epoch') FROM unnest(links) AS l WHERE l IS NOT NULL
+    ));
+    RETURN cardinality(changes);
+END
+$fn$;
+
+-- How far behind the applier is: the rows waiting (for /readyz and the service's metrics).
+CREATE OR REPLACE FUNCTION kpi_pending_changes() RETURNS bigint
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
+    SELECT count(*) FROM kpi_changes
+$fn$;
+
+-- Functions are executable by everyone by default; these run as the tables' owner. sql/roles.sql
+-- grants the applier and the backlog count to the service's role.
+REVOKE EXECUTE ON FUNCTION kpi_rebuild(), kpi_apply_changes(integer, boolean), kpi_pending_changes() FROM PUBLIC;
 
 -- Statement-level, ALWAYS: bulk loads that run with session_replication_role = replica (the
--- seeder does) must keep the sums too. Only ALTER TABLE ... DISABLE TRIGGER stops them, and a
--- logical-replication subscriber fires none (its apply process runs row triggers only):
--- afterwards, `SELECT kpi_rebuild()`.
+-- seeder does) must log their changes too. Only ALTER TABLE ... DISABLE TRIGGER stops them,
+-- and a logical-replication subscriber fires none (its apply process runs row triggers only):
+-- afterwards, `SELECT kpi_rebuild()`. (An UPDATE of a column no KPI reads, a lead's status, is
+-- logged too: PostgreSQL allows no column list on a trigger with transition tables, and the
+-- applier finds nothing changed in that bucket.)
 DO $$
 DECLARE
     t text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['listings', 'leads', 'purchases'] LOOP
         EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER INSERT ON %I REFERENCING NEW TABLE AS new_rows'
-                       ' FOR EACH STATEMENT EXECUTE FUNCTION kpi_changed()', 'kpi_' || t || '_insert', t);
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION %I()', 'kpi_' || t || '_insert', t, 'kpi_' || t || '_changed');
         EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER UPDATE ON %I REFERENCING OLD TABLE AS old_rows'
-                       ' NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_changed()',
-                       'kpi_' || t || '_update', t);
+                       ' NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION %I()',
+                       'kpi_' || t || '_update', t, 'kpi_' || t || '_changed');
         EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER DELETE ON %I REFERENCING OLD TABLE AS old_rows'
-                       ' FOR EACH STATEMENT EXECUTE FUNCTION kpi_changed()', 'kpi_' || t || '_delete', t);
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION %I()', 'kpi_' || t || '_delete', t, 'kpi_' || t || '_changed');
         EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER TRUNCATE ON %I'
                        ' FOR EACH STATEMENT EXECUTE FUNCTION kpi_truncated()', 'kpi_' || t || '_truncate', t);
         EXECUTE format('ALTER TABLE %1$I ENABLE ALWAYS TRIGGER %2$I, ENABLE ALWAYS TRIGGER %3$I,'
@@ -394,13 +427,14 @@ BEGIN
 END
 $$;
 
--- Built once per version of the functions above (the triggers keep them from then on).
+-- Built once per version of the functions above (the applier keeps them from then on). What the
+-- log holds already is covered by the rebuild, and applied again harmlessly.
 DO $$
 BEGIN
-    IF NOT EXISTS (SELECT FROM kpi_summary_state WHERE version = 3) THEN
+    IF NOT EXISTS (SELECT FROM kpi_summary_state WHERE version = 4) THEN
         PERFORM kpi_rebuild();
         DELETE FROM kpi_summary_state;
-        INSERT INTO kpi_summary_state VALUES (3);
+        INSERT INTO kpi_summary_state VALUES (4);
     END IF;
 END
 $$;

@@ -1,0 +1,81 @@
+"""The summaries' applier: turns the change log into current sums, in the background.
+
+The application's writes only append keys to kpi_changes (sql/summary.sql); this loop, in every
+instance, calls kpi_apply_changes() every KPI_APPLY_INTERVAL_MS. Across instances one applies
+at a time (the function's try-lock); the others find the lock taken and wait for the next tick.
+A committed change therefore reaches the summaries within about one interval plus one apply
+(docs/design.md, "Freshness"). While a backlog remains (after downtime: a full batch was
+taken) it goes on without waiting. It also notices when the summaries appear or disappear
+(init-db run later, a trigger disabled), so that Database.kpi_rows picks the right statement.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from kpi_service import metrics
+from kpi_service.db import APPLY_BATCH, Database, DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+# How often the mode (summaries or raw) is looked up again.
+MODE_EVERY_S = 30.0
+
+
+class Applier:
+    def __init__(self, db: Database, interval: float) -> None:
+        self.db = db
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failing = False
+
+    def start(self) -> None:
+        """Start the loop in a daemon thread (nothing when the interval is 0: applied elsewhere)."""
+        if self.interval > 0 and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="kpi-applier", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def run_forever(self) -> None:
+        """The loop in the calling thread, until stop() (`kpi-service apply`)."""
+        self._run()
+
+    def apply_once(self) -> int | None:
+        """One call of the applier: log rows applied, None when another session is applying or
+        the database failed (logged once per outage; the next tick tries again)."""
+        try:
+            started = time.perf_counter()
+            taken = self.db.apply_changes()
+        except DatabaseUnavailable as error:
+            if not self._failing:
+                log.warning("summaries not applied: %s", error)
+            self._failing = True
+            return None
+        if self._failing:
+            log.info("summaries applied again")
+        self._failing = False
+        if taken:
+            metrics.CHANGES_APPLIED.inc(taken)
+            metrics.APPLY_DURATION.observe(time.perf_counter() - started)
+        return taken
+
+    def _run(self) -> None:
+        checked = -MODE_EVERY_S
+        while not self._stop.is_set():
+            now = time.monotonic()
+            mode = None
+            try:
+                mode = self.db.mode(refresh=now - checked >= MODE_EVERY_S)
+                checked = now
+            except DatabaseUnavailable:
+                pass  # the pool logged it; try again next tick
+            taken = self.apply_once() if mode == "summaries" else None
+            if taken != APPLY_BATCH:  # a full batch: more is waiting, go on at once
+                self._stop.wait(self.interval)
