@@ -54,9 +54,7 @@ class Applier:
             started = time.perf_counter()
             taken = self.db.apply_changes()
         except DatabaseUnavailable as error:
-            if not self._failing:
-                log.warning("summaries not applied: %s", error)
-            self._failing = True
+            self._failed(error)
             return None
         if self._failing:
             log.info("summaries applied again")
@@ -66,16 +64,21 @@ class Applier:
             metrics.APPLY_DURATION.observe(time.perf_counter() - started)
         return taken
 
+    def _failed(self, error: DatabaseUnavailable) -> None:
+        if not self._failing:
+            log.warning("summaries not applied: %s", error)
+        self._failing = True
+
     def _run(self) -> None:
         checked = -MODE_EVERY_S
         while not self._stop.is_set():
             now = time.monotonic()
-            mode = None
             try:
-                mode = self.db.mode(refresh=now - checked >= MODE_EVERY_S)
+                mode = self.db.mode(refresh=now - checked >= MODE_EVERY_S, quiet=True)
                 checked = now
-            except DatabaseUnavailable:
-                pass  # the pool logged it; try again next tick
+            except DatabaseUnavailable as error:
+                self._failed(error)
+                mode = None
             taken = self.apply_once() if mode == "summaries" else None
             if taken != APPLY_BATCH:  # a full batch: more is waiting, go on at once
                 self._stop.wait(self.interval)

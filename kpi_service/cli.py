@@ -67,7 +67,18 @@ def parser() -> argparse.ArgumentParser:
     token.add_argument("--sub", required=True, help="the token's subject")
     token.add_argument("--ttl", type=_positive, default=3600, help="seconds until it expires (default: 3600)")
 
-    commands.add_parser("init-db", help="apply sql/schema.sql and sql/summary.sql to DATABASE_URL (safe to run again)")
+    init_db = commands.add_parser(
+        "init-db", help="apply sql/schema.sql and sql/summary.sql to DATABASE_URL (safe to run again)"
+    )
+    init_db.add_argument(
+        "--without-summaries",
+        action="store_true",
+        help="tables and indexes only, no triggers: the service then computes from the raw rows (slower)",
+    )
+    apply = commands.add_parser(
+        "apply", help="keep the summaries of DATABASE_URL current (what every instance does in the background)"
+    )
+    apply.add_argument("--once", action="store_true", help="apply what the change log holds now, then exit")
     return top
 
 
@@ -76,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Imported here: `kpi-service token` should not pay for the web app and the pool.
     from kpi_service import commands, demo
 
-    if args.command in ("demo", "seed"):
+    if args.command in ("demo", "seed", "apply"):
         stop_on_signals()  # they may own the embedded server, which must not outlive them
     try:
         if args.command == "demo":
@@ -93,7 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "token":
             commands.token_command(os.environ, subject=args.sub, ttl=args.ttl)
         elif args.command == "init-db":
-            commands.init_db_command(os.environ)
+            commands.init_db_command(os.environ, summaries=not args.without_summaries)
+        elif args.command == "apply":
+            commands.apply_command(os.environ, once=args.once)
     except Stopped as stop:
         print(f"kpi-service: stopped ({stop})", file=sys.stderr)
         return 0

@@ -12,8 +12,9 @@ from flask import Flask
 from psycopg.conninfo import conninfo_to_dict
 
 from kpi_service import auth
-from kpi_service.config import ConfigError
-from kpi_service.db import apply_schema
+from kpi_service.applier import Applier
+from kpi_service.config import ConfigError, Settings
+from kpi_service.db import Database, apply_schema
 from kpi_service.lifecycle import database
 from kpi_service.seed import default_until, seed
 
@@ -55,13 +56,34 @@ def token_command(environ: Mapping[str, str], *, subject: str, ttl: int, out: Te
     print(auth.mint_token(app, subject, ttl), file=out)
 
 
-def init_db_command(environ: Mapping[str, str], out: TextIO | None = None) -> None:
+def init_db_command(environ: Mapping[str, str], *, summaries: bool = True, out: TextIO | None = None) -> None:
     out = out or sys.stdout
     url = environ.get("DATABASE_URL")
     if not url:
         raise ConfigError("DATABASE_URL is not set")
-    apply_schema(url)
-    print(f"schema applied to {_describe(url)}", file=out)
+    apply_schema(url, summaries=summaries)
+    what = "schema and summaries" if summaries else "schema (no summaries: the service reads the raw rows)"
+    print(f"{what} applied to {_describe(url)}", file=out)
+
+
+def apply_command(environ: Mapping[str, str], *, once: bool, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
+    # The applier serves nothing: it needs the database settings, not the token secret.
+    settings = Settings.from_env(environ, jwt_secret_key="unused by the applier", env="development")
+    db = Database(settings)
+    try:
+        if once:
+            total = 0
+            while taken := db.apply_changes(wait=True):
+                total += taken
+            print(f"{total} change rows applied to {_describe(settings.database_url or '')}", file=out)
+            return
+        interval = settings.apply_interval or Settings.apply_interval
+        where = _describe(settings.database_url or "")
+        print(f"applying changes to {where} every {interval:g} s", file=out, flush=True)
+        Applier(db, interval).run_forever()
+    finally:
+        db.close()
 
 
 def _describe(url: str) -> str:

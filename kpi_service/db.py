@@ -101,20 +101,25 @@ class Database:
                     self.pool.open(wait=False)
                     self._opened = True
 
-    def mode(self, *, refresh: bool = False) -> str:
-        """ "summaries" or "raw" (see MODE), looked up once and again when asked to refresh."""
-        if self._mode is None or refresh:
-            with self._connection("mode") as conn:
-                found = "summaries" if conn.execute(MODE).fetchone()["summaries"] else "raw"
-            if found != self._mode:
-                log.info(
-                    "KPI statement reads %s",
-                    "the summaries (sql/summary.sql)"
-                    if found == "summaries"
-                    else "the raw rows: no summaries installed (kpi-service init-db) or a trigger disabled",
-                )
-            self._mode = found
-        return self._mode
+    def mode(self, *, refresh: bool = False, quiet: bool = False) -> str:
+        """Where the KPIs come from, "summaries" or "raw" (see MODE): looked up once, and again
+        when asked to refresh."""
+        if self._mode is not None and not refresh:
+            return self._mode
+        with self._connection("mode", quiet=quiet) as conn:
+            return self._look_up_mode(conn)
+
+    def _look_up_mode(self, conn: psycopg.Connection) -> str:
+        found = "summaries" if conn.execute(MODE).fetchone()["summaries"] else "raw"
+        if found != self._mode:
+            log.info(
+                "KPI statement reads %s",
+                "the summaries (sql/summary.sql)"
+                if found == "summaries"
+                else "the raw rows: no summaries installed (kpi-service init-db) or a trigger disabled",
+            )
+        self._mode = found
+        return found
 
     def kpi_rows(
         self,
@@ -122,8 +127,9 @@ class Database:
         aged_days: int,
     ) -> tuple[list[dict[str, Any]], float]:
         """One execution of sql/kpi.sql: a row per (start, end, as_of) window, and its duration in ms."""
-        statement = queries.kpi_windows if self.mode() == "summaries" else queries.kpi_windows_raw
         with self._connection("query") as conn:
+            mode = self._mode or self._look_up_mode(conn)
+            statement = queries.kpi_windows if mode == "summaries" else queries.kpi_windows_raw
             started = time.perf_counter()
             rows = list(
                 statement(
@@ -138,10 +144,11 @@ class Database:
 
     def apply_changes(self, max_rows: int = APPLY_BATCH, *, wait: bool = False) -> int | None:
         """Bring the summaries up to date with the change log (sql/summary.sql): the number of log
-        rows applied, None when another session is applying (unless told to wait for it). kpi_apply_changes runs as its owner
-        and writes only the service's tables, so the read-only role needs nothing more than the
-        right to call it."""
-        with self._connection("apply") as conn, conn.transaction():
+        rows applied, None when another session is applying (unless told to wait for it).
+        kpi_apply_changes runs as its owner and writes only the service's tables, so the
+        read-only role needs nothing more than the right to call it."""
+        # Quiet: the applier runs every half second, and logs an outage once itself.
+        with self._connection("apply", quiet=True) as conn, conn.transaction():
             conn.execute(APPLY[0])
             return conn.execute(APPLY[1], [max_rows, wait]).fetchone()["taken"]
 
@@ -151,15 +158,17 @@ class Database:
             return conn.execute(PENDING).fetchone()["pending"]
 
     @contextlib.contextmanager
-    def _connection(self, operation: str) -> Iterator[psycopg.Connection]:
-        """A pooled connection; any database error becomes DatabaseUnavailable, counted and logged."""
+    def _connection(self, operation: str, *, quiet: bool = False) -> Iterator[psycopg.Connection]:
+        """A pooled connection; any database error becomes DatabaseUnavailable, counted and
+        (unless quiet) logged."""
         self._ensure_open()
         try:
             with self.pool.connection() as conn:
                 yield conn
         except psycopg.Error as error:
             metrics.DATABASE_ERRORS.labels(operation=operation).inc()
-            log.warning("database unavailable: %s", error.__class__.__name__)
+            if not quiet:
+                log.warning("database unavailable: %s", error.__class__.__name__)
             raise DatabaseUnavailable(str(error)) from error
 
     def ping(self, timeout: float) -> bool:

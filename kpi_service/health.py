@@ -8,6 +8,7 @@ import redis
 from flask import Blueprint, Response, current_app, jsonify
 
 from kpi_service import metrics
+from kpi_service.db import Database, DatabaseUnavailable
 from kpi_service.errors import envelope
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,18 @@ def readyz() -> Response:
         return envelope(
             503, "Not ready: the database is unreachable.", extra={"status": "unavailable", "checks": checks}
         )
+    checks.update(_summaries_state(state.db))
     return jsonify(status="ready", checks=checks)
+
+
+def _summaries_state(db: Database) -> dict[str, object]:
+    """Where the numbers come from ("summaries" or "raw"), and with summaries, how many change-log
+    rows wait for the applier (a growing number: no instance is applying)."""
+    try:
+        mode = db.mode(refresh=True)
+        return {"kpi_source": mode, **({"pending_changes": db.pending_changes()} if mode == "summaries" else {})}
+    except DatabaseUnavailable:
+        return {"kpi_source": "unknown"}
 
 
 def _redis_state(client: redis.Redis, *, in_process: bool) -> str:

@@ -29,6 +29,7 @@ from psycopg.conninfo import make_conninfo
 
 from kpi_service import Settings, create_app
 from kpi_service.db import Database, apply_schema
+from tests.dataset import catch_up
 
 SECRET = "test-secret-that-is-at-least-32-bytes-long"
 
@@ -49,17 +50,28 @@ def server_url() -> Iterator[str]:
     shutil.rmtree(pgdata.parent, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def database_url(server_url: str) -> Iterator[str]:
-    """A database of its own for this run, with sql/schema.sql applied."""
-    name = f"kpi_test_{uuid.uuid4().hex[:12]}"
+def scratch_database(server_url: str, prefix: str, *, summaries: bool) -> Iterator[str]:
+    """A database of its own for this run, with sql/schema.sql (and sql/summary.sql) applied."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     url = make_conninfo(server_url, dbname=name)
-    apply_schema(url)
+    apply_schema(url, summaries=summaries)
     yield url
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: str) -> Iterator[str]:
+    yield from scratch_database(server_url, "kpi_test", summaries=True)
+
+
+@pytest.fixture(scope="session")
+def raw_database_url(server_url: str) -> Iterator[str]:
+    """Tables and indexes but no summaries, as an owner who allows the service no triggers has
+    it (`kpi-service init-db --without-summaries`)."""
+    yield from scratch_database(server_url, "kpi_test_raw", summaries=False)
 
 
 @pytest.fixture
@@ -67,6 +79,7 @@ def conn(database_url: str) -> Iterator[psycopg.Connection]:
     """A writable connection on empty tables."""
     with psycopg.connect(database_url, autocommit=True) as connection:
         connection.execute("TRUNCATE purchases, leads, listings, buyers RESTART IDENTITY CASCADE")
+        catch_up(connection)
         yield connection
 
 

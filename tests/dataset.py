@@ -70,6 +70,8 @@ class Dataset:
 
 def catch_up(conn: psycopg.Connection) -> None:
     """What the service's applier does within its interval, done now: the summaries take in every
-    committed change (waiting for an applier that holds the lock, then applying what it left)."""
-    with conn.transaction():
-        conn.execute("SELECT kpi_apply_changes(wait => true)")
+    committed change (waiting for an applier that holds the lock, then applying what it left).
+    Nothing to do in a database without the summaries."""
+    if conn.execute("SELECT to_regprocedure('kpi_apply_changes(integer, boolean)')").fetchone()[0]:
+        with conn.transaction():
+            conn.execute("SELECT kpi_apply_changes(wait => true)")

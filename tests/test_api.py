@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 from kpi_service import create_app
 from kpi_service.db import DatabaseUnavailable
 from tests.conftest import SECRET, make_settings, token
-from tests.dataset import Dataset, Listing
+from tests.dataset import Dataset, Listing, catch_up
 
 METRICS = {
     "average_profit_per_unit",
@@ -164,6 +164,7 @@ def test_expired_entry_is_recomputed(app: Flask, auth: dict[str, str], conn: psy
     two_listings(conn)
     assert client.get("/api/kpi", headers=auth).get_json()["metrics"]["total_listings"] == 2
     conn.execute("DELETE FROM listings")
+    catch_up(conn)  # what the applier does within its interval
     body = client.get("/api/kpi", headers=auth).get_json()
     assert body["meta"]["cached"] is False and body["metrics"]["total_listings"] == 0
 

@@ -18,6 +18,7 @@ from flask import Flask
 from kpi_service import create_app, metrics
 from kpi_service.cache import ANNOUNCE_CHANNEL, lock_key
 from tests.conftest import make_settings
+from tests.dataset import catch_up
 from tests.test_api import two_listings
 
 
@@ -65,6 +66,7 @@ def test_expired_entry_is_served_at_once_and_refreshed_in_background(
     two_listings(conn)
     client.get("/api/kpi", headers=auth)
     conn.execute("DELETE FROM listings WHERE id = 1")
+    catch_up(conn)
     (key,) = state.cache.client.keys("kpi:v1:kpi:*")
     # Age the entry past its freshness (but within the grace of one TTL), here and in Redis.
     stored = json.loads(state.cache.client.get(key))

@@ -78,9 +78,9 @@ def test_init_db_is_idempotent(
     with psycopg.connect(empty_database) as conn:
         tables = {row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
         # The sales tables, and the service's summaries (sql/summary.sql).
-        assert tables == {*TABLES, "kpi_sums", "kpi_buyer_buckets", "kpi_purchase_facts", "kpi_summary_state"}
+        assert tables == {*TABLES, "kpi_sums", "kpi_buyer_buckets", "kpi_sales", "kpi_changes", "kpi_summary_state"}
         assert conn.execute("SELECT name FROM buyers").fetchall() == [("kept",)]
-    assert "schema applied" in capsys.readouterr().out
+    assert "schema and summaries applied" in capsys.readouterr().out
 
 
 def test_init_db_without_database_url(environ: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,7 +14,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from kpi_service.db import COMPACTION, queries
+from kpi_service.db import APPLY, APPLY_BATCH, MODE, queries
 
 PAYLOADS = [
     "'",
@@ -93,10 +93,11 @@ def test_payloads_reach_the_database_only_as_bound_values(
 
     statements = [(text, params) for text, params in traced if text.strip()]  # "" is the pool's check
     assert statements, "no statement ran"
-    # Constant texts only: the statement of sql/kpi.sql, and the summaries' merge, which takes
-    # no values at all; never anything built from input.
-    assert {text for text, params in statements if params is None} <= set(COMPACTION)
-    statements = [(text, params) for text, params in statements if params is not None]
+    # Constant texts only: the statement of sql/kpi.sql, and the summaries' applier and mode
+    # look-up, which take no values from a request; never anything built from input.
+    assert {text for text, params in statements if params is None} <= {APPLY[0], MODE}
+    assert all(params == [APPLY_BATCH, False] for text, params in statements if text == APPLY[1])
+    statements = [(text, params) for text, params in statements if params is not None and text != APPLY[1]]
     assert {text for text, _ in statements} == {queries.kpi_windows.sql}
     for _, params in statements:
         assert set(params) == {"starts", "ends", "as_ofs", "aged_days"}

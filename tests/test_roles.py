@@ -53,12 +53,13 @@ def test_reader_cannot_write(reader_url: str) -> None:
             reader.execute("CREATE TABLE public.intruder (id int)")
 
 
-def test_reader_merges_the_summaries_but_cannot_change_them(reader_url: str, conn: psycopg.Connection) -> None:
+def test_reader_applies_the_summaries_but_cannot_change_them(reader_url: str, conn: psycopg.Connection) -> None:
     two_listings(conn)
-    conn.execute("UPDATE listings SET price = price + 1")  # a second row for the same buckets
+    conn.execute("UPDATE listings SET price = price + 1")  # logs the old and new rows of both
     db = Database(make_settings(reader_url))
     try:
-        assert db.compact_summaries() == 4  # two rows (insert, update) for each of 4 buckets
+        assert db.pending_changes() == 4
+        assert db.apply_changes(wait=True) == 4
         rows, _ = db.kpi_rows([(None, None, datetime.now(UTC))], 60)
     finally:
         db.close()
@@ -66,5 +67,7 @@ def test_reader_merges_the_summaries_but_cannot_change_them(reader_url: str, con
     with psycopg.connect(reader_url, autocommit=True) as reader:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             reader.execute("DELETE FROM kpi_sums")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            reader.execute("INSERT INTO kpi_changes DEFAULT VALUES")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             reader.execute("SELECT kpi_rebuild()")

@@ -21,7 +21,7 @@ from flask import Flask
 
 from kpi_service import create_app
 from tests.conftest import SECRET, RedisServer, make_settings, token, wait_until
-from tests.dataset import Dataset, Listing
+from tests.dataset import Dataset, Listing, catch_up
 from tests.servers import start_gunicorn
 from tests.sse import Sse, serving
 from tests.test_api import two_listings
@@ -41,7 +41,7 @@ def make_app(database_url: str, conn: psycopg.Connection) -> Iterator[Callable[.
     yield make
     for app in apps:
         app.extensions["kpi_stream"].hub.close()
-        app.extensions["kpi"].db.close()
+        app.extensions["kpi"].close()
 
 
 def post_ticket(base: str, bearer: str | None = None) -> tuple[int, dict]:
@@ -79,6 +79,7 @@ def add_listing(conn: psycopg.Connection, listing_id: int, when: datetime) -> No
         "INSERT INTO listings (id, price, status, listed_at) VALUES (%s, %s, 'active', %s)",
         (listing_id, Decimal("1000.00"), when),
     )
+    catch_up(conn)
 
 
 # --- tickets ---------------------------------------------------------------------------------

@@ -1,128 +1,152 @@
-"""The summaries of sql/summary.sql: what the triggers maintain equals a rebuild from the sales
-tables after any change, compaction keeps every sum, concurrent writers cannot lose a change,
-and windows off the 15-minute grid (read from the raw rows) agree with the reference."""
+"""The summaries of sql/summary.sql: what the applier makes of the change log equals a rebuild
+from the sales tables, however late, partial, repeated, interrupted or concurrent its runs; the
+application's transactions wait for nothing new; and windows off the 15-minute grid (read from
+the raw rows) agree with the reference."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import psycopg
+import pytest
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kpi_service import create_app
 from kpi_service.db import Database
 from kpi_service.windows import Window
-from tests.conftest import wait_until
-from tests.dataset import Dataset, Lead, Listing, Purchase
+from tests.conftest import make_settings, wait_until
+from tests.dataset import Dataset, Lead, Listing, Purchase, catch_up
 from tests.strategies import datasets, instants, windows
 from tests.test_kpi_changes import apply_change, computed, expected
 
-SUMS = """
-    SELECT grain, bucket, sum(listings), sum(price_sum), sum(scored), sum(score_sum), sum(leads), sum(converted),
-           sum(costed), sum(profit_sum), sum(led), sum(lead_seconds), sum(buyer_buckets), sum(buyer_links)
-    FROM kpi_sums GROUP BY grain, bucket ORDER BY grain, bucket
-"""
+SUMS = "SELECT * FROM kpi_sums ORDER BY grain, bucket"
 BUYERS = "SELECT buyer_id, bucket, prev_bucket FROM kpi_buyer_buckets ORDER BY 1, 2"
+SALES = "SELECT * FROM kpi_sales ORDER BY listing_id"
 
 
-def sums(conn: psycopg.Connection) -> list[tuple]:
-    """Each bucket's value (the sum of its rows), leaving out buckets whose sums are all zero."""
-    return [row for row in conn.execute(SUMS) if any(row[2:])]
+def summaries(conn: psycopg.Connection) -> tuple[list, list, list]:
+    return conn.execute(SUMS).fetchall(), conn.execute(BUYERS).fetchall(), conn.execute(SALES).fetchall()
 
 
-def maintained_and_rebuilt(conn: psycopg.Connection) -> tuple[tuple[list, list], tuple[list, list]]:
-    """The summaries as the triggers left them, and as kpi_rebuild() makes them (rolled back)."""
-    maintained = (sums(conn), conn.execute(BUYERS).fetchall())
+def applied_and_rebuilt(conn: psycopg.Connection) -> tuple[tuple, tuple]:
+    """The summaries once the applier has taken in the log, and as kpi_rebuild() makes them from
+    the sales tables (rolled back)."""
+    catch_up(conn)
+    applied = summaries(conn)
     with conn.transaction(force_rollback=True):
         conn.execute("SELECT kpi_rebuild()")
-        rebuilt = (sums(conn), conn.execute(BUYERS).fetchall())
-    return maintained, rebuilt
+        rebuilt = summaries(conn)
+    return applied, rebuilt
+
+
+def pending(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT count(*) FROM kpi_changes").fetchone()[0]
+
+
+def blocked(conn: psycopg.Connection, session: psycopg.Connection) -> bool:
+    waiting = "SELECT FROM pg_locks WHERE pid = %s AND NOT granted"
+    return conn.execute(waiting, [session.info.backend_pid]).fetchone() is not None
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_the_triggers_keep_what_a_rebuild_makes(conn: psycopg.Connection, data: st.DataObject) -> None:
+def test_the_applier_keeps_what_a_rebuild_makes(conn: psycopg.Connection, data: st.DataObject) -> None:
+    """Changes applied late (several batches at once), in parts, and twice: recomputing from the
+    committed rows makes the order and the repetition irrelevant."""
     dataset = data.draw(datasets())
     dataset.insert(conn)
     for _ in range(data.draw(st.integers(1, 10))):
         apply_change(conn, dataset, data.draw)
-    maintained, rebuilt = maintained_and_rebuilt(conn)
-    assert maintained == rebuilt
-    # Compaction leaves one row per bucket and the same sums.
-    conn.execute("SELECT kpi_compact()")
-    assert sums(conn) == maintained[0]
-    assert not conn.execute("SELECT FROM kpi_sums GROUP BY grain, bucket HAVING count(*) > 1").fetchall()
+        if data.draw(st.booleans()):
+            # Part of the log only, as a batch limit leaves it.
+            with conn.transaction():
+                conn.execute("SELECT kpi_apply_changes(max_rows => %s, wait => true)", [data.draw(st.integers(1, 3))])
+    applied, rebuilt = applied_and_rebuilt(conn)
+    assert applied == rebuilt
+    # Applying again, with the same rows logged again, changes nothing.
+    conn.execute("UPDATE listings SET price = price")
+    conn.execute("UPDATE leads SET buyer_id = buyer_id")
+    conn.execute("UPDATE purchases SET sale_price = sale_price")
+    assert applied_and_rebuilt(conn)[0] == applied
 
 
-def test_a_statement_that_changes_nothing_a_kpi_reads_adds_no_rows(conn: psycopg.Connection) -> None:
+def test_an_applier_that_dies_half_way_loses_nothing(database_url: str, conn: psycopg.Connection) -> None:
     at = datetime(2026, 3, 1, 12, tzinfo=UTC)
     Dataset([1], [Listing(1, Decimal("100.00"), "active", at)], [Lead(1, 1, at)], []).insert(conn)
-    rows = conn.execute("SELECT count(*) FROM kpi_sums").fetchone()
-    conn.execute("UPDATE listings SET make = 'Skoda', status = 'pending'")
-    conn.execute("UPDATE leads SET status = 'lost'")
-    assert conn.execute("SELECT count(*) FROM kpi_sums").fetchone() == rows
+    conn.execute("UPDATE listings SET price = 120")
+    conn.execute(
+        "INSERT INTO leads (id, buyer_id, created_at, status) VALUES (2, 1, %s, 'open')", [at + timedelta(days=1)]
+    )
+    logged = pending(conn)
+    with psycopg.connect(database_url, autocommit=True) as applier:
+        applier.execute("BEGIN")
+        assert applier.execute("SELECT kpi_apply_changes()").fetchone() == (logged,)
+        # Killed before its commit: its work and its taking of the log roll back together.
+        conn.execute("SELECT pg_terminate_backend(%s)", [applier.info.backend_pid])
+        with pytest.raises(psycopg.OperationalError):
+            applier.execute("COMMIT")
+    assert pending(conn) == logged
+    applied, rebuilt = applied_and_rebuilt(conn)
+    assert applied == rebuilt
+    assert conn.execute("SELECT sum(price_sum) FROM kpi_sums WHERE grain = 900").fetchone() == (Decimal("120.00"),)
 
 
-def test_a_truncate_empties_the_summaries(conn: psycopg.Connection) -> None:
+def test_one_applier_at_a_time(database_url: str, conn: psycopg.Connection) -> None:
+    """Two instances' appliers at once: the second finds the lock taken and leaves the log to the
+    first (None), or, told to wait, applies what the first left after it commits."""
+    at = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    Dataset([1], [Listing(1, Decimal("100.00"), "active", at)], [], []).insert(conn)
+    conn.execute("UPDATE listings SET price = 130")
+    with psycopg.connect(database_url, autocommit=True) as first, psycopg.connect(database_url) as second:
+        first.execute("BEGIN")
+        assert first.execute("SELECT kpi_apply_changes()").fetchone() == (2,)
+        assert second.execute("SELECT kpi_apply_changes()").fetchone() == (None,)
+        second.rollback()
+        conn.execute("UPDATE listings SET price = 140")  # committed while the first still applies
+        result: list[tuple] = []
+        waiter = threading.Thread(
+            target=lambda: result.append(second.execute("SELECT kpi_apply_changes(wait => true)").fetchone())
+        )
+        waiter.start()
+        wait_until(
+            lambda: (
+                conn.execute(
+                    "SELECT FROM pg_locks WHERE pid = %s AND NOT granted", [second.info.backend_pid]
+                ).fetchone()
+                is not None
+            )
+        )
+        first.execute("COMMIT")
+        waiter.join(timeout=10)
+        second.commit()
+        assert result == [(2,)]  # the UPDATE's old and new rows, left by the first
+    applied, rebuilt = applied_and_rebuilt(conn)
+    assert applied == rebuilt
+    assert conn.execute("SELECT price_sum FROM kpi_sums WHERE grain = 900").fetchone() == (Decimal("140.00"),)
+
+
+def test_a_truncate_rebuilds_the_summaries(conn: psycopg.Connection) -> None:
     at = datetime(2026, 3, 1, 12, tzinfo=UTC)
     Dataset(
         [1], [Listing(1, Decimal("100.00"), "sold", at)], [Lead(1, 1, at)], [Purchase(1, 1, 1, Decimal("90"), at, 1)]
     ).insert(conn)
     assert conn.execute("SELECT count(*) FROM kpi_buyer_buckets").fetchone() == (1,)
     conn.execute("TRUNCATE purchases, leads, listings, buyers")
-    assert sums(conn) == []
-    assert conn.execute(BUYERS).fetchall() == []
-
-
-def test_concurrent_writers_cannot_lose_a_change(database_url: str, conn: psycopg.Connection) -> None:
-    """A listing's cost changes while, in another transaction, a purchase of that listing is
-    inserted. Each trigger reads the other table: the purchase's trigger must wait for the cost
-    change to commit and read the new cost, or the profit sum stays wrong for good."""
-    at = datetime(2026, 3, 1, 12, tzinfo=UTC)
-    Dataset([1], [Listing(1, Decimal("100.00"), "sold", at, Decimal("50.00"))], [], []).insert(conn)
-    with psycopg.connect(database_url) as first, psycopg.connect(database_url) as second:
-        first.execute("UPDATE listings SET acquisition_cost = 70 WHERE id = 1")  # not committed yet
-        done = threading.Event()
-
-        def buy() -> None:
-            second.execute(
-                "INSERT INTO purchases (listing_id, buyer_id, sale_price, purchased_at) VALUES (1, 1, 90, %s)", [at]
-            )
-            second.commit()
-            done.set()
-
-        thread = threading.Thread(target=buy)
-        thread.start()
-        try:
-            # The purchase's trigger waits for the first transaction's lock on the listing.
-            wait_until(
-                lambda: (
-                    conn.execute(
-                        "SELECT FROM pg_locks WHERE pid = %s AND NOT granted", [second.info.backend_pid]
-                    ).fetchone()
-                    is not None
-                )
-            )
-            assert not done.is_set()
-        finally:
-            first.commit()
-            thread.join(timeout=10)
-        assert done.is_set()
-    maintained, rebuilt = maintained_and_rebuilt(conn)
-    assert maintained == rebuilt
-    assert conn.execute("SELECT sum(profit_sum) FROM kpi_sums WHERE grain = 900").fetchone() == (Decimal("20.00"),)
+    catch_up(conn)
+    assert summaries(conn) == ([], [], [])
 
 
 def test_one_statement_that_changes_two_tables(conn: psycopg.Connection) -> None:
-    """A purchase and its lead deleted together (or by a cascade): each trigger runs after the
-    whole statement and must not look for the other's row to subtract what it added."""
+    """A purchase and its lead deleted together (or by a cascade)."""
     at = datetime(2026, 3, 1, 12, tzinfo=UTC)
     Dataset(
         [1],
-        [Listing(1, Decimal("100.00"), "sold", at, Decimal("50.00"))],
+        [Listing(1, Decimal("100.00"), "sold", at, Decimal("50.00"), sold_at=at)],
         [Lead(1, 1, at - timedelta(days=1))],
         [Purchase(1, 1, 1, Decimal("90.00"), at, lead_id=1)],
     ).insert(conn)
@@ -131,36 +155,56 @@ def test_one_statement_that_changes_two_tables(conn: psycopg.Connection) -> None
         " DELETE FROM leads WHERE id IN (SELECT lead_id FROM p)"
     )
     conn.execute("DELETE FROM listings WHERE id = 1")
-    maintained, rebuilt = maintained_and_rebuilt(conn)
-    assert maintained == rebuilt
-    assert sums(conn) == []
+    applied, rebuilt = applied_and_rebuilt(conn)
+    assert applied == rebuilt == ([], [], [])
 
 
-def test_writers_of_different_rows_do_not_deadlock(database_url: str, conn: psycopg.Connection) -> None:
-    """Two transactions each changing their own listing, the first then the second's: without
-    triggers the first just waits for the second to commit; the triggers must not add a lock
-    that turns this into a deadlock."""
+def test_the_application_waits_for_nothing_new(database_url: str, conn: psycopg.Connection) -> None:
+    """Two transactions adding leads for the same two buyers in opposite orders, and a sale, all
+    open at once while the applier runs: without the service none of them waits for another, and
+    with it none does either (the triggers only append to the log; the applier takes no lock
+    a writer needs)."""
     at = datetime(2026, 3, 1, 12, tzinfo=UTC)
-    Dataset([1], [Listing(1, Decimal("1.00"), "active", at), Listing(2, Decimal("2.00"), "active", at)], [], []).insert(
-        conn
-    )
-    with psycopg.connect(database_url) as first, psycopg.connect(database_url) as second:
-        first.execute("UPDATE listings SET price = 101, acquisition_cost = 1 WHERE id = 1")
-        second.execute("UPDATE listings SET price = 102, acquisition_cost = 2 WHERE id = 2")
-        thread = threading.Thread(target=lambda: first.execute("UPDATE listings SET price = 103 WHERE id = 2"))
-        thread.start()
-        wait_until(
-            lambda: (
-                conn.execute("SELECT FROM pg_locks WHERE pid = %s AND NOT granted", [first.info.backend_pid]).fetchone()
-                is not None
-            )
+    Dataset([1, 2], [Listing(1, Decimal("100.00"), "active", at, Decimal("60.00"))], [Lead(1, 1, at)], []).insert(conn)
+    lead = "INSERT INTO leads (id, buyer_id, created_at, status) VALUES (%s, %s, %s, 'open')"
+    with (
+        psycopg.connect(database_url) as first,
+        psycopg.connect(database_url) as second,
+        psycopg.connect(database_url) as third,
+        psycopg.connect(database_url) as applier,
+    ):
+        first.execute(lead, [2, 1, at])
+        second.execute(lead, [3, 2, at])
+        first.execute(lead, [4, 2, at])
+        second.execute(lead, [5, 1, at])
+        third.execute("UPDATE listings SET status = 'sold', sold_at = %s, acquisition_cost = 55 WHERE id = 1", [at])
+        third.execute(
+            "INSERT INTO purchases (listing_id, buyer_id, lead_id, sale_price, purchased_at) VALUES (1, 1, 1, 90, %s)",
+            [at],
         )
-        second.commit()
-        thread.join(timeout=10)
-        first.commit()
-    assert conn.execute("SELECT sum(price) FROM listings").fetchone() == (Decimal("204.00"),)
-    maintained, rebuilt = maintained_and_rebuilt(conn)
-    assert maintained == rebuilt
+        applier.execute("SET TRANSACTION READ WRITE")
+        applier.execute("SELECT kpi_apply_changes()")  # sees none of their rows, and waits for none
+        for session in (first, second, third, applier):
+            assert not blocked(conn, session)
+        for session in (first, second, third, applier):
+            session.commit()
+    applied, rebuilt = applied_and_rebuilt(conn)
+    assert applied == rebuilt
+    assert conn.execute("SELECT sum(leads), sum(converted) FROM kpi_sums WHERE grain = 900").fetchone() == (5, 1)
+
+
+def test_the_service_applies_changes_by_itself(
+    client: FlaskClient, auth: dict[str, str], conn: psycopg.Connection
+) -> None:
+    """The app's own applier (KPI_APPLY_INTERVAL_MS, 500 ms by default) takes in a write that no
+    one applied, and the next cache miss shows it."""
+    at = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    Dataset([1], [Listing(1, Decimal("100.00"), "active", at)], [], []).insert(conn)
+    conn.execute("UPDATE listings SET price = 120")
+    assert pending(conn) == 2
+    wait_until(lambda: pending(conn) == 0)
+    response = client.get("/api/kpi", headers=auth)
+    assert response.json["metrics"]["total_value"] == 120.0
 
 
 @st.composite
@@ -194,13 +238,48 @@ def test_a_day_in_local_mean_time(database: Database, conn: psycopg.Connection) 
     assert computed(database, [day], 60, now)[0]["total_listings"] == 2
 
 
-def test_the_service_merges_the_rows_after_a_computation(
-    client: FlaskClient, auth: dict[str, str], conn: psycopg.Connection
+@pytest.fixture(scope="module")
+def raw_database(raw_database_url: str) -> Iterator[Database]:
+    db = Database(make_settings(raw_database_url))
+    yield db
+    db.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), aged_days=st.integers(1, 30), now=instants())
+def test_without_summaries_the_raw_rows_give_the_same_numbers(
+    raw_database: Database, raw_database_url: str, data: st.DataObject, aged_days: int, now: datetime
 ) -> None:
-    at = datetime(2026, 3, 1, 12, tzinfo=UTC)
-    Dataset([1], [Listing(1, Decimal("100.00"), "active", at)], [], []).insert(conn)
-    conn.execute("UPDATE listings SET price = 120")
-    assert conn.execute("SELECT count(*) FROM kpi_sums").fetchone() == (4,)
-    response = client.get("/api/kpi", headers=auth)
-    assert response.json["metrics"]["total_value"] == 120.0
-    wait_until(lambda: conn.execute("SELECT count(*) FROM kpi_sums").fetchone() == (2,))
+    assert raw_database.mode() == "raw"
+    dataset = data.draw(datasets())
+    with psycopg.connect(raw_database_url, autocommit=True) as conn:
+        dataset.insert(conn)
+    shown = data.draw(st.lists(st.one_of(off_grid_windows(), windows()), min_size=1, max_size=4))
+    assert computed(raw_database, shown, aged_days, now) == expected(dataset, shown, aged_days, now)
+
+
+def test_readiness_says_where_the_numbers_come_from(raw_database_url: str) -> None:
+    app = create_app(make_settings(raw_database_url))
+    try:
+        body = app.test_client().get("/readyz").get_json()
+    finally:
+        app.extensions["kpi"].close()
+    assert body["status"] == "ready" and body["checks"]["kpi_source"] == "raw"
+    assert "pending_changes" not in body["checks"]
+
+
+def test_a_disabled_trigger_switches_to_the_raw_rows(database: Database, conn: psycopg.Connection) -> None:
+    """The log would miss that table's changes: the summaries cannot be trusted any more."""
+    assert database.mode(refresh=True) == "summaries"
+    conn.execute("ALTER TABLE leads DISABLE TRIGGER kpi_leads_insert")
+    try:
+        assert database.mode(refresh=True) == "raw"
+        at = datetime(2026, 3, 1, 12, tzinfo=UTC)
+        conn.execute("INSERT INTO buyers (id, name) VALUES (1, 'b')")
+        conn.execute("INSERT INTO leads (buyer_id, created_at, status) VALUES (1, %s, 'open')", [at])
+        rows, _ = database.kpi_rows([(None, None, at + timedelta(days=1))], 60)
+        assert rows[0]["active_buyers"] == 1
+    finally:
+        conn.execute("ALTER TABLE leads ENABLE ALWAYS TRIGGER kpi_leads_insert")
+        conn.execute("SELECT kpi_rebuild()")  # what an operator does after re-enabling it
+    assert database.mode(refresh=True) == "summaries"
