@@ -35,12 +35,22 @@ summed AS (
     FROM windows w
     CROSS JOIN LATERAL kpi_range(w.lo, w.hi) k
     CROSS JOIN LATERAL (
-        -- Links that leave the window: from a bucket inside it to one at or after its end.
-        -- Either index finds them; the one with fewer rows to read is, for evenly spread
-        -- data, the later-bucket index when less time follows the window than it spans.
+        -- Links that leave the window: from a bucket inside it to one at or after its end. A
+        -- window of a day or less (a history's day) counts the links inside it instead, which
+        -- are short: the few in kpi_buyer_buckets_short_idx, not every buyer active that day.
+        -- Otherwise either index finds them; the one with fewer rows to read is, for evenly
+        -- spread data, the later-bucket index when less time follows the window than it spans.
+        -- (CASE, not OR: it fixes the order, and an infinite edge cannot be subtracted.)
         SELECT CASE
             WHEN w.hi = 'infinity' THEN 0
-            WHEN w.lo = '-infinity' OR w.hi - w.lo > statement_timestamp() - w.hi THEN (
+            WHEN w.lo = '-infinity' THEN (
+                SELECT count(*) FROM kpi_buyer_buckets b  -- kpi_buyer_buckets_bucket_idx
+                WHERE b.bucket >= w.hi AND b.prev_bucket < w.hi)
+            WHEN w.hi - w.lo <= interval '26 hours' THEN k.buyer_links - (
+                SELECT count(*) FROM kpi_buyer_buckets b  -- kpi_buyer_buckets_short_idx
+                WHERE b.bucket - b.prev_bucket < interval '26 hours'
+                  AND b.bucket >= w.lo AND b.bucket < w.hi AND b.prev_bucket >= w.lo)
+            WHEN w.hi - w.lo > statement_timestamp() - w.hi THEN (
                 SELECT count(*) FROM kpi_buyer_buckets b  -- kpi_buyer_buckets_bucket_idx
                 WHERE b.bucket >= w.hi AND tstzrange(w.lo, w.hi) @> b.prev_bucket)
             ELSE (

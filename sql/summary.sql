@@ -69,6 +69,10 @@ CREATE TABLE IF NOT EXISTS kpi_buyer_buckets (
         autovacuum_analyze_scale_factor = 0.05);
 CREATE INDEX IF NOT EXISTS kpi_buyer_buckets_bucket_idx ON kpi_buyer_buckets (bucket) INCLUDE (prev_bucket);
 CREATE INDEX IF NOT EXISTS kpi_buyer_buckets_prev_idx ON kpi_buyer_buckets (prev_bucket) INCLUDE (bucket);
+-- The links inside a window of a day or less (a history's day, 25 hours on a DST day) are this
+-- short: a few per day, where the links leaving the day are about every buyer active in it.
+CREATE INDEX IF NOT EXISTS kpi_buyer_buckets_short_idx ON kpi_buyer_buckets (bucket) INCLUDE (prev_bucket)
+    WHERE bucket - prev_bucket < interval '26 hours';
 
 CREATE TABLE IF NOT EXISTS kpi_sales (
     listing_id bigint PRIMARY KEY,
