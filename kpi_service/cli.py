@@ -68,7 +68,7 @@ def parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=_positive, default=3600, help="seconds until it expires (default: 3600)")
 
     init_db = commands.add_parser(
-        "init-db", help="apply sql/schema.sql and sql/summary.sql to DATABASE_URL (safe to run again)"
+        "init-db", help="apply sql/schema.sql, indexes.sql and summary.sql to DATABASE_URL (safe to run again)"
     )
     init_db.add_argument(
         "--without-summaries",

@@ -31,16 +31,8 @@ queries = aiosql.from_str(sql_text("kpi.sql"), "psycopg")
 # The only writes the service makes: its applier, in a read-write transaction (its sessions
 # default to read-only), through a function that runs as the summaries' owner.
 APPLY = ("SET TRANSACTION READ WRITE", "SELECT kpi_apply_changes(%s, %s) AS taken")
-# Summaries are in use when their applier exists and all twelve triggers that log changes are
-# enabled; without them (an owner who allows no triggers, or one disabled) the numbers come from
-# the raw rows.
-MODE = """
-    SELECT to_regprocedure('kpi_apply_changes(integer, boolean)') IS NOT NULL
-           AND (SELECT count(*) FROM pg_trigger
-                WHERE tgname LIKE 'kpi\\_%' AND tgenabled <> 'D' AND NOT tgisinternal
-                  AND tgrelid IN (to_regclass('listings'), to_regclass('leads'), to_regclass('purchases'))) = 12
-           AS summaries
-"""
+# "summaries" or "raw" (sql/schema.sql, kpi_source).
+MODE = "SELECT kpi_source() AS source"
 PENDING = "SELECT kpi_pending_changes() AS pending"
 APPLY_BATCH = 200_000
 
@@ -110,13 +102,13 @@ class Database:
             return self._look_up_mode(conn)
 
     def _look_up_mode(self, conn: psycopg.Connection) -> str:
-        found = "summaries" if conn.execute(MODE).fetchone()["summaries"] else "raw"
+        found = conn.execute(MODE).fetchone()["source"]
         if found != self._mode:
             log.info(
                 "KPI statement reads %s",
                 "the summaries (sql/summary.sql)"
                 if found == "summaries"
-                else "the raw rows: no summaries installed (kpi-service init-db) or a trigger disabled",
+                else "the raw rows: summaries not installed or not built (kpi-service init-db), or a trigger disabled",
             )
         self._mode = found
         return found
@@ -191,16 +183,27 @@ SERVICE_TABLES = "kpi_sums, kpi_buyer_buckets, kpi_sales, kpi_changes"
 
 
 def apply_schema(conninfo: str, *, summaries: bool = True) -> None:
-    """Create the tables and indexes of sql/schema.sql, then (unless told not to) the summaries
-    of sql/summary.sql, built from the rows already there: idempotent, in one transaction, so
-    writers wait for it. Then what it built is vacuumed and analyzed, so that the first reads
-    have index-only scans and statistics without waiting for autovacuum."""
+    """Apply sql/schema.sql, sql/indexes.sql and (unless told not to) sql/summary.sql, then build
+    the summaries from the rows already there. Idempotent. The application keeps writing
+    meanwhile: the tables, functions and triggers go in one short transaction, the indexes are
+    built CONCURRENTLY, and the build only reads the sales tables. Then what it built is
+    vacuumed and analyzed, so that the first reads have index-only scans and statistics
+    without waiting for autovacuum."""
     with psycopg.connect(conninfo, autocommit=True) as conn:
         with conn.transaction():
             conn.execute(sql_text("schema.sql"))
             if summaries:
                 conn.execute(sql_text("summary.sql"))
+        for statement in _statements(sql_text("indexes.sql")):
+            conn.execute(statement)
         if summaries:
+            with conn.transaction():
+                conn.execute("SELECT kpi_build()")
             conn.execute(f"VACUUM (ANALYZE) {SERVICE_TABLES}")
-        # The service's new indexes on the application's tables need statistics too.
         conn.execute("ANALYZE buyers, listings, leads, purchases")
+
+
+def _statements(text: str) -> list[str]:
+    """The statements of a file with one per line ending in ";" and no function bodies."""
+    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("--")]
+    return [statement.strip() for statement in "\n".join(lines).split(";\n") if statement.strip()]

@@ -21,7 +21,14 @@ $$;
 
 GRANT USAGE ON SCHEMA public TO kpi_reader;
 GRANT SELECT ON buyers, listings, leads, purchases TO kpi_reader;
--- The service's summaries (sql/summary.sql): it reads them, and brings them up to date through
--- kpi_apply_changes(), which runs as their owner and writes only the service's own tables.
-GRANT SELECT ON kpi_sums, kpi_buyer_buckets, kpi_sales TO kpi_reader;
-GRANT EXECUTE ON FUNCTION kpi_apply_changes(integer, boolean), kpi_pending_changes() TO kpi_reader;
+-- The service's summaries (sql/summary.sql), where installed: it reads them, and brings them up
+-- to date through kpi_apply_changes(), which runs as their owner and writes only the service's
+-- own tables.
+DO $$
+BEGIN
+    IF to_regclass('kpi_summary_state') IS NOT NULL THEN
+        GRANT SELECT ON kpi_sums, kpi_buyer_buckets, kpi_sales, kpi_summary_state TO kpi_reader;
+        GRANT EXECUTE ON FUNCTION kpi_apply_changes(integer, boolean), kpi_pending_changes() TO kpi_reader;
+    END IF;
+END
+$$;

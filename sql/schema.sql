@@ -39,21 +39,7 @@ CREATE TABLE IF NOT EXISTS purchases (
     purchased_at timestamptz NOT NULL
 );
 
--- The service's indexes on the application's tables. Each one is paid on every INSERT the
--- application makes, and an index on a column the application UPDATEs turns those updates from
--- HOT (heap only) into ones that write every index of the table. So: one plain index per table,
--- on the instant that places a row in a bucket, and none on a column the application updates
--- (price, score, status, sold_at, acquisition_cost). The summaries' applier (sql/summary.sql)
--- reads a changed 15-minute bucket through these; so do windows off the 15-minute grid and the
--- raw mode. (purchases.lead_id and purchases.listing_id are indexed by their UNIQUE keys.)
-CREATE INDEX IF NOT EXISTS kpi_listings_listed_at_idx ON listings (listed_at);
-CREATE INDEX IF NOT EXISTS kpi_leads_created_at_idx ON leads (created_at) INCLUDE (buyer_id);
-CREATE INDEX IF NOT EXISTS kpi_purchases_purchased_at_idx ON purchases (purchased_at);
--- Earlier versions of this file made these wider and more numerous indexes; they cost the
--- application's writes far more than they saved the service's reads (docs/design.md).
-DROP INDEX IF EXISTS listings_listed_at_idx, leads_created_at_idx, leads_created_at_id_idx,
-    purchases_purchased_at_idx, listings_unsold_idx, listings_sold_at_idx, listings_cost_idx,
-    listings_stock_idx, leads_buyer_idx, purchases_buyer_idx;
+-- The service's indexes on them are in sql/indexes.sql (built CONCURRENTLY).
 
 -- The KPIs of a window [lo, hi) from the raw rows, aged_inventory aside: what sql/kpi.sql
 -- reads for a window off the 15-minute grid, and for every window in the raw mode (no
@@ -134,4 +120,22 @@ LANGUAGE sql IMMUTABLE AS $fn$
            round(coalesce(lead_seconds / nullif(led * 86400, 0), 0), 2),
            round(coalesce(100.0 * converted / nullif(leads, 0), 0), 2),
            buyers
+$fn$;
+
+-- Where sql/kpi.sql takes the KPIs from: 'summaries' once sql/summary.sql has built them and
+-- all twelve of its triggers are enabled; 'raw' otherwise (not installed, not built yet, or a
+-- trigger disabled, after which the change log would miss changes).
+CREATE OR REPLACE FUNCTION kpi_source() RETURNS text
+LANGUAGE plpgsql STABLE AS $fn$
+BEGIN
+    IF to_regclass('kpi_summary_state') IS NULL OR (
+        SELECT count(*) FROM pg_trigger
+        WHERE tgname LIKE 'kpi\_%' AND tgenabled <> 'D' AND NOT tgisinternal
+          AND tgrelid IN ('listings'::regclass, 'leads'::regclass, 'purchases'::regclass)
+    ) <> 12 THEN
+        RETURN 'raw';
+    END IF;
+    -- Planned only here, where the table exists.
+    RETURN CASE WHEN EXISTS (SELECT FROM kpi_summary_state) THEN 'summaries' ELSE 'raw' END;
+END
 $fn$;

@@ -28,9 +28,10 @@ BEGIN
     IF to_regclass('kpi_sums') IS NOT NULL
        AND NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('kpi_sums') AND attname = 'unsold') THEN
         DROP FUNCTION IF EXISTS kpi_changed(), kpi_truncated() CASCADE;  -- and their triggers
-        DROP TABLE IF EXISTS kpi_sums, kpi_buyer_buckets, kpi_purchase_facts, kpi_summary_state;
+        DROP TABLE IF EXISTS kpi_sums, kpi_buyer_buckets, kpi_purchase_facts, kpi_summary_state CASCADE;
         DROP FUNCTION IF EXISTS kpi_rebuild(), kpi_compact(), kpi_buyers_refresh(bigint[]),
-            kpi_purchases_refresh(bigint[]), kpi_difference(text, text, text);
+            kpi_purchases_refresh(bigint[]), kpi_difference(text, text, text),
+            kpi_listings_apply(listings[], listings[]), kpi_leads_apply(leads[], leads[]);
         DROP TYPE IF EXISTS kpi_delta CASCADE;
     END IF;
 END
@@ -232,10 +233,19 @@ LANGUAGE sql AS $fn$
     ));
 $fn$;
 
+-- The applier's lock, until the end of the transaction: taken (true), or, without waiting, taken
+-- by another session (false). One applier, or rebuild, at a time across all instances.
+CREATE OR REPLACE FUNCTION kpi_applier_lock(wait boolean) RETURNS boolean
+LANGUAGE sql AS $fn$
+    SELECT CASE WHEN wait THEN pg_advisory_xact_lock(4946157313062342) IS NOT NULL
+                ELSE pg_try_advisory_xact_lock(4946157313062342) END
+$fn$;
+
 -- Everything again from the sales tables (init-db, a TRUNCATE of a sales table, a repair).
 CREATE OR REPLACE FUNCTION kpi_rebuild() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 BEGIN
+    PERFORM kpi_applier_lock(true);  -- an applier meanwhile would write what it computed
     TRUNCATE kpi_sums, kpi_buyer_buckets, kpi_sales;
     INSERT INTO kpi_sales
     SELECT id, listed_at, sold_at FROM listings WHERE status <> 'withdrawn' AND sold_at IS NOT NULL;
@@ -298,9 +308,7 @@ DECLARE
     buyer_ids bigint[];
     links timestamptz[];
 BEGIN
-    IF wait THEN
-        PERFORM pg_advisory_xact_lock(4946157313062342);
-    ELSIF NOT pg_try_advisory_xact_lock(4946157313062342) THEN
+    IF NOT kpi_applier_lock(wait) THEN
         RETURN NULL;
     END IF;
     WITH taken AS (
@@ -400,10 +408,6 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
     SELECT count(*) FROM kpi_changes
 $fn$;
 
--- Functions are executable by everyone by default; these run as the tables' owner. sql/roles.sql
--- grants the applier and the backlog count to the service's role.
-REVOKE EXECUTE ON FUNCTION kpi_rebuild(), kpi_apply_changes(integer, boolean), kpi_pending_changes() FROM PUBLIC;
-
 -- Statement-level, ALWAYS: bulk loads that run with session_replication_role = replica (the
 -- seeder does) must log their changes too. Only ALTER TABLE ... DISABLE TRIGGER stops them,
 -- and a logical-replication subscriber fires none (its apply process runs row triggers only):
@@ -431,14 +435,23 @@ BEGIN
 END
 $$;
 
--- Built once per version of the functions above (the applier keeps them from then on). What the
--- log holds already is covered by the rebuild, and applied again harmlessly.
-DO $$
+-- Built once per version of the functions above, by kpi_build() (kpi-service init-db runs it in
+-- a transaction of its own after this file: the triggers are then already logging, and the
+-- build's snapshot is later than their creation, so nothing falls between the two). Until then
+-- kpi_source() says 'raw', and the service reads the raw rows.
+DELETE FROM kpi_summary_state WHERE version <> 4;
+
+CREATE OR REPLACE FUNCTION kpi_build() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 BEGIN
-    IF NOT EXISTS (SELECT FROM kpi_summary_state WHERE version = 4) THEN
+    IF NOT EXISTS (SELECT FROM kpi_summary_state) THEN
         PERFORM kpi_rebuild();
-        DELETE FROM kpi_summary_state;
         INSERT INTO kpi_summary_state VALUES (4);
     END IF;
 END
-$$;
+$fn$;
+
+-- Functions are executable by everyone by default; these run as the tables' owner. sql/roles.sql
+-- grants the applier and the backlog count to the service's role.
+REVOKE EXECUTE ON FUNCTION kpi_rebuild(), kpi_build(), kpi_apply_changes(integer, boolean), kpi_pending_changes()
+    FROM PUBLIC;

@@ -51,7 +51,7 @@ def server_url() -> Iterator[str]:
 
 
 def scratch_database(server_url: str, prefix: str, *, summaries: bool) -> Iterator[str]:
-    """A database of its own for this run, with sql/schema.sql (and sql/summary.sql) applied."""
+    """A database of its own for this run, as `kpi-service init-db [--without-summaries]` leaves it."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
