@@ -15,6 +15,8 @@ import logging
 import threading
 import time
 
+import psycopg
+
 from kpi_service import metrics
 from kpi_service.db import APPLY_BATCH, Database, DatabaseUnavailable
 
@@ -22,6 +24,7 @@ log = logging.getLogger(__name__)
 
 # How often the mode (summaries or raw) is looked up again.
 MODE_EVERY_S = 30.0
+MIN_BATCH = 500
 
 
 class Applier:
@@ -31,6 +34,9 @@ class Applier:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False
+        # Halved after a batch ran into the statement timeout, doubled back after a success: a
+        # backlog is worked off in what fits, instead of retrying a batch that cannot.
+        self.batch = APPLY_BATCH
 
     def start(self) -> None:
         """Start the loop in a daemon thread (nothing when the interval is 0: applied elsewhere)."""
@@ -52,13 +58,17 @@ class Applier:
         the database failed (logged once per outage; the next tick tries again)."""
         try:
             started = time.perf_counter()
-            taken = self.db.apply_changes()
+            taken = self.db.apply_changes(self.batch)
         except DatabaseUnavailable as error:
+            if isinstance(error.__cause__, psycopg.errors.QueryCanceled):
+                self.batch = max(MIN_BATCH, self.batch // 2)
             self._failed(error)
             return None
         if self._failing:
             log.info("summaries applied again")
         self._failing = False
+        if taken is not None:
+            self.batch = min(APPLY_BATCH, self.batch * 2)
         if taken:
             metrics.CHANGES_APPLIED.inc(taken)
             metrics.APPLY_DURATION.observe(time.perf_counter() - started)
@@ -79,6 +89,7 @@ class Applier:
             except DatabaseUnavailable as error:
                 self._failed(error)
                 mode = None
+            batch = self.batch
             taken = self.apply_once() if mode == "summaries" else None
-            if taken != APPLY_BATCH:  # a full batch: more is waiting, go on at once
+            if taken != batch:  # a full batch: more is waiting, go on at once
                 self._stop.wait(self.interval)

@@ -30,11 +30,16 @@ def sql_text(name: str) -> str:
 queries = aiosql.from_str(sql_text("kpi.sql"), "psycopg")
 # The only writes the service makes: its applier, in a read-write transaction (its sessions
 # default to read-only), through a function that runs as the summaries' owner.
-APPLY = ("SET TRANSACTION READ WRITE", "SELECT kpi_apply_changes(%s, %s) AS taken")
+# Its own statement timeout: a batch after downtime may take longer than a request may wait.
+APPLY = (
+    "SET TRANSACTION READ WRITE",
+    "SET LOCAL statement_timeout = '60s'",
+    "SELECT kpi_apply_changes(%s, %s) AS taken",
+)
 # "summaries" or "raw" (sql/schema.sql, kpi_source).
 MODE = "SELECT kpi_source() AS source"
 PENDING = "SELECT kpi_pending_changes() AS pending"
-APPLY_BATCH = 200_000
+APPLY_BATCH = 50_000
 
 
 RECONNECT_TIMEOUT_S = 5.0
@@ -142,7 +147,8 @@ class Database:
         # Quiet: the applier runs every half second, and logs an outage once itself.
         with self._connection("apply", quiet=True) as conn, conn.transaction():
             conn.execute(APPLY[0])
-            return conn.execute(APPLY[1], [max_rows, wait]).fetchone()["taken"]
+            conn.execute(APPLY[1])
+            return conn.execute(APPLY[2], [max_rows, wait]).fetchone()["taken"]
 
     def pending_changes(self) -> int:
         """Rows in the change log that the applier has not taken yet."""

@@ -86,13 +86,16 @@ CREATE INDEX IF NOT EXISTS kpi_sales_sold_at_idx ON kpi_sales (sold_at) INCLUDE 
 CREATE INDEX IF NOT EXISTS kpi_sales_listed_at_idx ON kpi_sales (listed_at) INCLUDE (sold_at);
 
 -- The change log. No index, no key, no default: an insert into it is a heap append, and the
--- applier takes all of it at once. A row is an instant whose 15-minute bucket changed, with
--- the buyer, listing or lead whose derived rows may have changed; all NULL means a TRUNCATE.
+-- applier takes all of it at once. A row per changed row (old and new): its table ('l'
+-- listings, 'd' leads, 'p' purchases), the instant that places it in a bucket, its id, and
+-- what else the applier needs to find what it changed; 't' alone: a TRUNCATE.
 CREATE TABLE IF NOT EXISTS kpi_changes (
-    at         timestamptz,
-    buyer_id   bigint,
-    listing_id bigint,
-    lead_id    bigint
+    tbl      "char",
+    at       timestamptz,
+    id       bigint,
+    buyer_id bigint,   -- leads, purchases
+    lead_id  bigint,   -- purchases
+    cost     numeric   -- listings: acquisition_cost
 ) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
         autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 1000);
 
@@ -105,10 +108,10 @@ CREATE OR REPLACE FUNCTION kpi_listings_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 BEGIN
     IF TG_OP <> 'INSERT' THEN
-        INSERT INTO kpi_changes (at, listing_id) SELECT listed_at, id FROM old_rows;
+        INSERT INTO kpi_changes (tbl, at, id, cost) SELECT 'l', listed_at, id, acquisition_cost FROM old_rows;
     END IF;
     IF TG_OP <> 'DELETE' THEN
-        INSERT INTO kpi_changes (at, listing_id) SELECT listed_at, id FROM new_rows;
+        INSERT INTO kpi_changes (tbl, at, id, cost) SELECT 'l', listed_at, id, acquisition_cost FROM new_rows;
     END IF;
     RETURN NULL;
 END
@@ -118,10 +121,10 @@ CREATE OR REPLACE FUNCTION kpi_leads_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 BEGIN
     IF TG_OP <> 'INSERT' THEN
-        INSERT INTO kpi_changes (at, buyer_id, lead_id) SELECT created_at, buyer_id, id FROM old_rows;
+        INSERT INTO kpi_changes (tbl, at, id, buyer_id) SELECT 'd', created_at, id, buyer_id FROM old_rows;
     END IF;
     IF TG_OP <> 'DELETE' THEN
-        INSERT INTO kpi_changes (at, buyer_id, lead_id) SELECT created_at, buyer_id, id FROM new_rows;
+        INSERT INTO kpi_changes (tbl, at, id, buyer_id) SELECT 'd', created_at, id, buyer_id FROM new_rows;
     END IF;
     RETURN NULL;
 END
@@ -131,10 +134,12 @@ CREATE OR REPLACE FUNCTION kpi_purchases_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 BEGIN
     IF TG_OP <> 'INSERT' THEN
-        INSERT INTO kpi_changes (at, buyer_id, lead_id) SELECT purchased_at, buyer_id, lead_id FROM old_rows;
+        INSERT INTO kpi_changes (tbl, at, id, buyer_id, lead_id)
+        SELECT 'p', purchased_at, id, buyer_id, lead_id FROM old_rows;
     END IF;
     IF TG_OP <> 'DELETE' THEN
-        INSERT INTO kpi_changes (at, buyer_id, lead_id) SELECT purchased_at, buyer_id, lead_id FROM new_rows;
+        INSERT INTO kpi_changes (tbl, at, id, buyer_id, lead_id)
+        SELECT 'p', purchased_at, id, buyer_id, lead_id FROM new_rows;
     END IF;
     RETURN NULL;
 END
@@ -143,94 +148,121 @@ $fn$;
 CREATE OR REPLACE FUNCTION kpi_truncated() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 BEGIN
-    INSERT INTO kpi_changes DEFAULT VALUES;
+    INSERT INTO kpi_changes (tbl) VALUES ('t');
     RETURN NULL;
 END
 $fn$;
 
--- The sums of these 15-minute buckets, from the committed rows (all columns 0 for a bucket with
--- nothing in it). The joins carry both the range and the bucket equality, so that the planner
--- can probe the instants' indexes for a few buckets and hash whole tables for a rebuild.
-CREATE OR REPLACE FUNCTION kpi_bucket_sums(buckets timestamptz[]) RETURNS SETOF kpi_sums
-LANGUAGE sql STABLE AS $fn$
-    WITH b AS (SELECT DISTINCT u.bucket FROM unnest(buckets) AS u (bucket) WHERE u.bucket IS NOT NULL)
-    SELECT 900, b.bucket,
-           coalesce(l.listings, 0), coalesce(l.price_sum, 0), coalesce(l.scored, 0), coalesce(l.score_sum, 0),
-           coalesce(l.unsold, 0), coalesce(d.leads, 0), coalesce(d.converted, 0), coalesce(p.costed, 0),
-           coalesce(p.profit_sum, 0), coalesce(p.led, 0), coalesce(p.lead_seconds, 0),
-           coalesce(y.buckets, 0), coalesce(z.links, 0)
-    FROM b
-    LEFT JOIN (
-        SELECT b.bucket, count(*) AS listings, sum(x.price) AS price_sum, count(x.score) AS scored,
-               coalesce(sum(x.score), 0) AS score_sum,
-               count(*) FILTER (WHERE x.status <> 'withdrawn' AND x.sold_at IS NULL) AS unsold
-        FROM b
-        JOIN listings x ON x.listed_at >= b.bucket AND x.listed_at < b.bucket + interval '15 minutes'
-                       AND date_bin('15 minutes', x.listed_at, timestamptz 'epoch') = b.bucket
-        GROUP BY b.bucket
-    ) l ON l.bucket = b.bucket
-    LEFT JOIN (
-        SELECT b.bucket, count(*) AS leads, count(cp.id) AS converted
-        FROM b
-        JOIN leads x ON x.created_at >= b.bucket AND x.created_at < b.bucket + interval '15 minutes'
-                    AND date_bin('15 minutes', x.created_at, timestamptz 'epoch') = b.bucket
+-- Recomputes 15-minute buckets from the committed rows, each family of columns only where it
+-- may have changed: the listings' columns for the buckets in `l`, the leads' in `d`, the
+-- purchases' in `p`, the buyer counts (from kpi_buyer_buckets) in `y`; a bucket's other
+-- columns keep their values. Then the day rows of the buckets that changed, from their
+-- 15-minute rows. A rescored listing thus reads the 15 minutes of listings around it, nothing
+-- more. The joins carry both the range and the bucket equality, so that the planner can probe
+-- the instants' indexes for a few buckets and hash whole tables for a rebuild.
+CREATE OR REPLACE FUNCTION kpi_recompute(l timestamptz[], d timestamptz[], p timestamptz[], y timestamptz[])
+RETURNS void
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    fresh kpi_sums[];
+    changed timestamptz[];
+BEGIN
+    WITH lb AS (SELECT DISTINCT u.bucket FROM unnest(l) AS u (bucket)),
+    db AS (SELECT DISTINCT u.bucket FROM unnest(d) AS u (bucket)),
+    pb AS (SELECT DISTINCT u.bucket FROM unnest(p) AS u (bucket)),
+    yb AS (SELECT DISTINCT u.bucket FROM unnest(y) AS u (bucket)),
+    ls AS (
+        SELECT lb.bucket, count(x.id) AS listings, coalesce(sum(x.price), 0) AS price_sum,
+               count(x.score) AS scored, coalesce(sum(x.score), 0) AS score_sum,
+               count(x.id) FILTER (WHERE x.status <> 'withdrawn' AND x.sold_at IS NULL) AS unsold
+        FROM lb
+        LEFT JOIN listings x ON x.listed_at >= lb.bucket AND x.listed_at < lb.bucket + interval '15 minutes'
+                            AND date_bin('15 minutes', x.listed_at, timestamptz 'epoch') = lb.bucket
+        GROUP BY lb.bucket
+    ),
+    ds AS (
+        SELECT db.bucket, count(x.id) AS leads, count(cp.id) AS converted
+        FROM db
+        LEFT JOIN leads x ON x.created_at >= db.bucket AND x.created_at < db.bucket + interval '15 minutes'
+                         AND date_bin('15 minutes', x.created_at, timestamptz 'epoch') = db.bucket
         LEFT JOIN purchases cp ON cp.lead_id = x.id
-        GROUP BY b.bucket
-    ) d ON d.bucket = b.bucket
-    LEFT JOIN (
-        SELECT b.bucket, count(li.acquisition_cost) AS costed,
+        GROUP BY db.bucket
+    ),
+    ps AS (
+        SELECT pb.bucket, count(li.acquisition_cost) AS costed,
                coalesce(sum(x.sale_price - li.acquisition_cost), 0) AS profit_sum, count(ld.id) AS led,
                coalesce(sum(extract(epoch FROM x.purchased_at) - extract(epoch FROM ld.created_at)), 0)
                    AS lead_seconds
-        FROM b
-        JOIN purchases x ON x.purchased_at >= b.bucket AND x.purchased_at < b.bucket + interval '15 minutes'
-                        AND date_bin('15 minutes', x.purchased_at, timestamptz 'epoch') = b.bucket
-        JOIN listings li ON li.id = x.listing_id
+        FROM pb
+        LEFT JOIN purchases x ON x.purchased_at >= pb.bucket AND x.purchased_at < pb.bucket + interval '15 minutes'
+                             AND date_bin('15 minutes', x.purchased_at, timestamptz 'epoch') = pb.bucket
+        LEFT JOIN listings li ON li.id = x.listing_id
         LEFT JOIN leads ld ON ld.id = x.lead_id
-        GROUP BY b.bucket
-    ) p ON p.bucket = b.bucket
-    LEFT JOIN (
-        SELECT x.bucket, count(*) AS buckets FROM kpi_buyer_buckets x JOIN b ON b.bucket = x.bucket GROUP BY 1
-    ) y ON y.bucket = b.bucket
-    LEFT JOIN (
-        SELECT x.prev_bucket AS bucket, count(*) AS links
-        FROM kpi_buyer_buckets x JOIN b ON b.bucket = x.prev_bucket GROUP BY 1
-    ) z ON z.bucket = b.bucket
-$fn$;
+        GROUP BY pb.bucket
+    ),
+    ys AS (
+        SELECT yb.bucket,
+               (SELECT count(*) FROM kpi_buyer_buckets x WHERE x.bucket = yb.bucket) AS buckets,
+               (SELECT count(*) FROM kpi_buyer_buckets x WHERE x.prev_bucket = yb.bucket) AS links
+        FROM yb
+    )
+    SELECT array_agg(ROW(
+        900, b.bucket,
+        coalesce(ls.listings, s.listings, 0), coalesce(ls.price_sum, s.price_sum, 0),
+        coalesce(ls.scored, s.scored, 0), coalesce(ls.score_sum, s.score_sum, 0), coalesce(ls.unsold, s.unsold, 0),
+        coalesce(ds.leads, s.leads, 0), coalesce(ds.converted, s.converted, 0),
+        coalesce(ps.costed, s.costed, 0), coalesce(ps.profit_sum, s.profit_sum, 0), coalesce(ps.led, s.led, 0),
+        coalesce(ps.lead_seconds, s.lead_seconds, 0),
+        coalesce(ys.buckets, s.buyer_buckets, 0), coalesce(ys.links, s.buyer_links, 0)
+    )::kpi_sums)
+    INTO fresh
+    FROM (SELECT bucket FROM lb UNION SELECT bucket FROM db UNION SELECT bucket FROM pb UNION SELECT bucket FROM yb) b
+    LEFT JOIN kpi_sums s ON s.grain = 900 AND s.bucket = b.bucket
+    LEFT JOIN ls ON ls.bucket = b.bucket
+    LEFT JOIN ds ON ds.bucket = b.bucket
+    LEFT JOIN ps ON ps.bucket = b.bucket
+    LEFT JOIN ys ON ys.bucket = b.bucket;
 
--- Writes these rows of kpi_sums: a row whose counts are all 0 has nothing in its bucket and is
--- removed; the others replace what was there (a HOT update: no indexed column changes).
-CREATE OR REPLACE FUNCTION kpi_store(rows kpi_sums[]) RETURNS void
-LANGUAGE sql AS $fn$
-    DELETE FROM kpi_sums s
-    USING unnest(rows) AS r
-    WHERE s.grain = r.grain AND s.bucket = r.bucket
-      AND (r.listings, r.leads, r.costed, r.led, r.buyer_buckets, r.buyer_links) = (0, 0, 0, 0, 0, 0);
-    INSERT INTO kpi_sums
-    SELECT * FROM unnest(rows) AS r
-    WHERE (r.listings, r.leads, r.costed, r.led, r.buyer_buckets, r.buyer_links) <> (0, 0, 0, 0, 0, 0)
-    ON CONFLICT (grain, bucket) DO UPDATE SET
-        listings = excluded.listings, price_sum = excluded.price_sum, scored = excluded.scored,
-        score_sum = excluded.score_sum, unsold = excluded.unsold, leads = excluded.leads,
-        converted = excluded.converted, costed = excluded.costed, profit_sum = excluded.profit_sum,
-        led = excluded.led, lead_seconds = excluded.lead_seconds, buyer_buckets = excluded.buyer_buckets,
-        buyer_links = excluded.buyer_links;
-$fn$;
-
--- Recomputes these 15-minute buckets, then the days that hold them from their 15-minute rows.
-CREATE OR REPLACE FUNCTION kpi_recompute(buckets timestamptz[]) RETURNS void
-LANGUAGE sql AS $fn$
-    SELECT kpi_store(ARRAY(SELECT f FROM kpi_bucket_sums(buckets) f));
-    SELECT kpi_store(ARRAY(
+    changed := kpi_store(fresh);
+    PERFORM kpi_store(ARRAY(
         SELECT ROW(86400, d.day, coalesce(sum(s.listings), 0), coalesce(sum(s.price_sum), 0),
                    coalesce(sum(s.scored), 0), coalesce(sum(s.score_sum), 0), coalesce(sum(s.unsold), 0),
                    coalesce(sum(s.leads), 0), coalesce(sum(s.converted), 0), coalesce(sum(s.costed), 0),
                    coalesce(sum(s.profit_sum), 0), coalesce(sum(s.led), 0), coalesce(sum(s.lead_seconds), 0),
                    coalesce(sum(s.buyer_buckets), 0), coalesce(sum(s.buyer_links), 0))::kpi_sums
-        FROM (SELECT DISTINCT date_bin('1 day', b, timestamptz 'epoch') FROM unnest(buckets) AS b) AS d (day)
+        FROM (SELECT DISTINCT date_bin('1 day', c, timestamptz 'epoch') FROM unnest(changed) AS c) AS d (day)
         LEFT JOIN kpi_sums s ON s.grain = 900 AND s.bucket >= d.day AND s.bucket < d.day + interval '1 day'
         GROUP BY d.day
     ));
+END
+$fn$;
+
+-- Writes these rows of kpi_sums and returns the buckets that changed: a row whose counts are
+-- all 0 has nothing in its bucket and is removed; a row equal to the stored one is left alone;
+-- the others replace what was there (a HOT update: no indexed column changes).
+CREATE OR REPLACE FUNCTION kpi_store(rows kpi_sums[]) RETURNS timestamptz[]
+LANGUAGE sql AS $fn$
+    WITH removed AS (
+        DELETE FROM kpi_sums s
+        USING unnest(rows) AS r
+        WHERE s.grain = r.grain AND s.bucket = r.bucket
+          AND (r.listings, r.leads, r.costed, r.led, r.buyer_buckets, r.buyer_links) = (0, 0, 0, 0, 0, 0)
+        RETURNING s.bucket
+    ),
+    written AS (
+        INSERT INTO kpi_sums
+        SELECT * FROM unnest(rows) AS r
+        WHERE (r.listings, r.leads, r.costed, r.led, r.buyer_buckets, r.buyer_links) <> (0, 0, 0, 0, 0, 0)
+        ON CONFLICT (grain, bucket) DO UPDATE SET
+            listings = excluded.listings, price_sum = excluded.price_sum, scored = excluded.scored,
+            score_sum = excluded.score_sum, unsold = excluded.unsold, leads = excluded.leads,
+            converted = excluded.converted, costed = excluded.costed, profit_sum = excluded.profit_sum,
+            led = excluded.led, lead_seconds = excluded.lead_seconds, buyer_buckets = excluded.buyer_buckets,
+            buyer_links = excluded.buyer_links
+        WHERE kpi_sums IS DISTINCT FROM excluded
+        RETURNING bucket
+    )
+    SELECT ARRAY(SELECT bucket FROM removed UNION ALL SELECT bucket FROM written)
 $fn$;
 
 -- The applier's lock, until the end of the transaction: taken (true), or, without waiting, taken
@@ -256,11 +288,12 @@ BEGIN
         UNION
         SELECT buyer_id, date_bin('15 minutes', purchased_at, timestamptz 'epoch') FROM purchases
     ) AS e (buyer_id, bucket);
-    PERFORM kpi_recompute(ARRAY(
-        SELECT date_bin('15 minutes', listed_at, timestamptz 'epoch') FROM listings
-        UNION
-        SELECT bucket FROM kpi_buyer_buckets  -- every lead's and purchase's bucket
-    ));
+    PERFORM kpi_recompute(
+        ARRAY(SELECT DISTINCT date_bin('15 minutes', listed_at, timestamptz 'epoch') FROM listings),
+        ARRAY(SELECT DISTINCT date_bin('15 minutes', created_at, timestamptz 'epoch') FROM leads),
+        ARRAY(SELECT DISTINCT date_bin('15 minutes', purchased_at, timestamptz 'epoch') FROM purchases),
+        ARRAY(SELECT DISTINCT bucket FROM kpi_buyer_buckets)  -- every link's prev_bucket is one too
+    );
 END
 $fn$;
 
@@ -297,16 +330,18 @@ $fn$;
 -- The applier: takes up to max_rows rows of the change log and recomputes what they name, in the
 -- caller's transaction. Returns how many rows it took; NULL when another session is applying
 -- (one at a time: two would each write what they computed from their own snapshot, and the
--- older could land last), unless told to wait for it (a deploy script after a bulk load). Taking the log rows and recomputing from a later snapshot is safe:
--- a change committed in between is read now and applied again with its own rows later.
-CREATE OR REPLACE FUNCTION kpi_apply_changes(max_rows integer DEFAULT 200000, wait boolean DEFAULT false)
+-- older could land last), unless told to wait for it (a deploy script after a bulk load).
+-- Taking the log rows and recomputing from a later snapshot is safe: a change committed in
+-- between is read now and applied again with its own rows later. Everything is set-based per
+-- bucket: a bucket with thousands of new leads is read once, not once per lead.
+CREATE OR REPLACE FUNCTION kpi_apply_changes(max_rows integer DEFAULT 50000, wait boolean DEFAULT false)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 DECLARE
     changes kpi_changes[];
     listing_ids bigint[];
     buyer_ids bigint[];
-    links timestamptz[];
+    buyer_buckets timestamptz[];
 BEGIN
     IF NOT kpi_applier_lock(wait) THEN
         RETURN NULL;
@@ -319,52 +354,79 @@ BEGIN
     IF cardinality(changes) = 0 THEN
         RETURN 0;
     END IF;
-    IF EXISTS (SELECT FROM unnest(changes) c WHERE c.at IS NULL) THEN
+    IF EXISTS (SELECT FROM unnest(changes) c WHERE c.tbl = 't') THEN
         PERFORM kpi_rebuild();
         RETURN cardinality(changes);
     END IF;
 
-    -- The sold listings of aged_inventory.
-    listing_ids := ARRAY(SELECT DISTINCT c.listing_id FROM unnest(changes) c WHERE c.listing_id IS NOT NULL);
-    DELETE FROM kpi_sales s USING unnest(listing_ids) AS k (id) WHERE s.listing_id = k.id;
+    -- The sold listings of aged_inventory: only rows that differ are written (a rescore of a
+    -- sold listing leaves kpi_sales alone).
+    listing_ids := ARRAY(SELECT DISTINCT c.id FROM unnest(changes) c WHERE c.tbl = 'l');
+    WITH wanted AS (
+        SELECT li.id, li.listed_at, li.sold_at
+        FROM unnest(listing_ids) AS k (id)
+        JOIN listings li ON li.id = k.id
+        WHERE li.status <> 'withdrawn' AND li.sold_at IS NOT NULL
+    ),
+    stale AS (
+        SELECT s.* FROM unnest(listing_ids) AS k (id) JOIN kpi_sales s ON s.listing_id = k.id
+        EXCEPT
+        SELECT * FROM wanted
+    ),
+    removed AS (
+        DELETE FROM kpi_sales s USING stale WHERE s.listing_id = stale.listing_id RETURNING s.listing_id
+    )
     INSERT INTO kpi_sales
-    SELECT li.id, li.listed_at, li.sold_at
-    FROM unnest(listing_ids) AS k (id)
-    JOIN listings li ON li.id = k.id
-    WHERE li.status <> 'withdrawn' AND li.sold_at IS NOT NULL;
+    SELECT w.* FROM wanted w
+    WHERE NOT EXISTS (
+        SELECT FROM kpi_sales s
+        WHERE s.listing_id = w.id AND (s.listed_at, s.sold_at) = (w.listed_at, w.sold_at)
+    )
+    ON CONFLICT (listing_id) DO UPDATE SET listed_at = excluded.listed_at, sold_at = excluded.sold_at;
 
-    -- The buyers' buckets: each (buyer, bucket) a change touched holds if a lead or purchase
-    -- of that buyer is in that bucket now.
+    -- The buyers' buckets: each (buyer, bucket) a change touched holds if a lead or purchase of
+    -- that buyer is in that bucket now. Each bucket's rows are read once for all its buyers.
     WITH pairs AS (
         SELECT DISTINCT c.buyer_id, date_bin('15 minutes', c.at, timestamptz 'epoch') AS bucket
         FROM unnest(changes) c
-        WHERE c.buyer_id IS NOT NULL
+        WHERE c.tbl IN ('d', 'p')
+    ),
+    active AS (
+        SELECT x.buyer_id, b.bucket
+        FROM (SELECT DISTINCT bucket FROM pairs) b
+        JOIN leads x ON x.created_at >= b.bucket AND x.created_at < b.bucket + interval '15 minutes'
+        UNION
+        SELECT x.buyer_id, b.bucket
+        FROM (SELECT DISTINCT bucket FROM pairs) b
+        JOIN purchases x ON x.purchased_at >= b.bucket AND x.purchased_at < b.bucket + interval '15 minutes'
     ),
     truth AS (
-        SELECT p.buyer_id, p.bucket,
-               EXISTS (SELECT FROM leads x WHERE x.buyer_id = p.buyer_id AND x.created_at >= p.bucket
-                                             AND x.created_at < p.bucket + interval '15 minutes')
-               OR EXISTS (SELECT FROM purchases x WHERE x.buyer_id = p.buyer_id AND x.purchased_at >= p.bucket
-                                                    AND x.purchased_at < p.bucket + interval '15 minutes')
-                   AS active
+        SELECT p.buyer_id, p.bucket, a.buyer_id IS NOT NULL AS holds
         FROM pairs p
+        LEFT JOIN active a ON a.buyer_id = p.buyer_id AND a.bucket = p.bucket
     ),
     removed AS (
         DELETE FROM kpi_buyer_buckets b USING truth t
-        WHERE NOT t.active AND b.buyer_id = t.buyer_id AND b.bucket = t.bucket
-        RETURNING b.buyer_id, b.prev_bucket
+        WHERE NOT t.holds AND b.buyer_id = t.buyer_id AND b.bucket = t.bucket
+        RETURNING b.buyer_id, b.bucket, b.prev_bucket
     ),
     added AS (
         INSERT INTO kpi_buyer_buckets (buyer_id, bucket)
-        SELECT t.buyer_id, t.bucket FROM truth t WHERE t.active
+        SELECT t.buyer_id, t.bucket FROM truth t WHERE t.holds
         ON CONFLICT DO NOTHING
-        RETURNING buyer_id
+        RETURNING buyer_id, bucket
+    ),
+    moved AS (
+        SELECT buyer_id, bucket, prev_bucket FROM removed
+        UNION ALL
+        SELECT buyer_id, bucket, NULL FROM added
     )
-    SELECT ARRAY(SELECT DISTINCT buyer_id FROM removed UNION SELECT buyer_id FROM added),
-           ARRAY(SELECT prev_bucket FROM removed)
-    INTO buyer_ids, links;
+    SELECT ARRAY(SELECT bucket FROM moved UNION SELECT prev_bucket FROM moved WHERE prev_bucket IS NOT NULL),
+           ARRAY(SELECT DISTINCT buyer_id FROM moved)
+    INTO buyer_buckets, buyer_ids;
 
-    -- Their links to their previous bucket, where those changed.
+    -- Their links to their previous bucket, where those changed (a statement of its own: the
+    -- one above cannot see its own DELETE and INSERT).
     WITH linked AS (
         SELECT b.buyer_id, b.bucket, b.prev_bucket AS old_prev,
                lag(b.bucket) OVER (PARTITION BY b.buyer_id ORDER BY b.bucket) AS new_prev
@@ -377,27 +439,44 @@ BEGIN
         WHERE b.buyer_id = l.buyer_id AND b.bucket = l.bucket AND l.old_prev IS DISTINCT FROM l.new_prev
         RETURNING l.old_prev, l.new_prev
     )
-    SELECT links || ARRAY(SELECT old_prev FROM relinked UNION SELECT new_prev FROM relinked) INTO links;
+    SELECT buyer_buckets || ARRAY(SELECT old_prev FROM relinked UNION SELECT new_prev FROM relinked)
+    INTO buyer_buckets;
 
-    -- Every 15-minute bucket whose sums may have changed: the instants logged, the purchases of
-    -- the listings logged (their cost), the logged leads and their purchases (conversion, lead
-    -- time), and the buckets whose buyer links moved.
-    PERFORM kpi_recompute(ARRAY(
-        SELECT date_bin('15 minutes', c.at, timestamptz 'epoch') FROM unnest(changes) c
-        UNION
-        SELECT date_bin('15 minutes', p.purchased_at, timestamptz 'epoch')
-        FROM unnest(listing_ids) AS k (id) JOIN purchases p ON p.listing_id = k.id
-        UNION
-        SELECT date_bin('15 minutes', x.at, timestamptz 'epoch')
-        FROM (SELECT DISTINCT c.lead_id FROM unnest(changes) c WHERE c.lead_id IS NOT NULL) k
-        CROSS JOIN LATERAL (
-            SELECT ld.created_at FROM leads ld WHERE ld.id = k.lead_id
-            UNION ALL
-            SELECT p.purchased_at FROM purchases p WHERE p.lead_id = k.lead_id
-        ) AS x (at)
-        UNION
-        SELECT date_bin('15 minutes', l, timestamptz 'epoch') FROM unnest(links) AS l WHERE l IS NOT NULL
-    ));
+    PERFORM kpi_recompute(
+        -- The listings' columns: where a listing was or is.
+        ARRAY(SELECT date_bin('15 minutes', c.at, timestamptz 'epoch') FROM unnest(changes) c WHERE c.tbl = 'l'),
+        -- The leads' columns: where a lead was or is, and where the leads of logged purchases are
+        -- (their conversion).
+        ARRAY(
+            SELECT date_bin('15 minutes', c.at, timestamptz 'epoch') FROM unnest(changes) c WHERE c.tbl = 'd'
+            UNION
+            SELECT date_bin('15 minutes', ld.created_at, timestamptz 'epoch')
+            FROM (SELECT DISTINCT c.lead_id FROM unnest(changes) c WHERE c.tbl = 'p' AND c.lead_id IS NOT NULL) k
+            JOIN leads ld ON ld.id = k.lead_id
+        ),
+        -- The purchases' columns: where a purchase was or is, and where the purchases are of a
+        -- listing whose cost changed or a lead whose instant changed (an id logged once, or with
+        -- two values: an insert, a delete, or an update of that value).
+        ARRAY(
+            SELECT date_bin('15 minutes', c.at, timestamptz 'epoch') FROM unnest(changes) c WHERE c.tbl = 'p'
+            UNION
+            SELECT date_bin('15 minutes', x.purchased_at, timestamptz 'epoch')
+            FROM (
+                SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'l'
+                GROUP BY c.id HAVING count(*) = 1 OR count(DISTINCT c.cost) + max((c.cost IS NULL)::integer) > 1
+            ) k
+            JOIN purchases x ON x.listing_id = k.id
+            UNION
+            SELECT date_bin('15 minutes', x.purchased_at, timestamptz 'epoch')
+            FROM (
+                SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'd'
+                GROUP BY c.id HAVING count(*) = 1 OR count(DISTINCT c.at) > 1
+            ) k
+            JOIN purchases x ON x.lead_id = k.id
+        ),
+        -- The buyer counts: where a buyer's bucket appeared or went, or a link moved.
+        buyer_buckets
+    );
     RETURN cardinality(changes);
 END
 $fn$;
