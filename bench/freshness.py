@@ -39,7 +39,13 @@ import write_cost
 
 PROBE_EPOCH = datetime(1990, 1, 1, tzinfo=UTC)
 VISIBLE = "SELECT listings FROM kpi_sums WHERE grain = 900 AND bucket = %s"
-SUMMARIES = ("SELECT * FROM kpi_sums ORDER BY 1, 2", "SELECT * FROM kpi_buyer_buckets ORDER BY 1, 2")
+SUMMARIES = (
+    "SELECT * FROM kpi_sums ORDER BY 1, 2",
+    "SELECT * FROM kpi_buyer_buckets ORDER BY 1, 2",
+    "SELECT * FROM kpi_sales ORDER BY 1",
+    "SELECT * FROM kpi_purchase_facts ORDER BY 1",
+    "SELECT * FROM kpi_conversions ORDER BY 1",
+)
 
 
 def probe(url: str, count: int, timeout: float) -> list[float]:
@@ -62,6 +68,7 @@ def probe(url: str, count: int, timeout: float) -> list[float]:
 
 def equals_rebuild(url: str) -> bool:
     with psycopg.connect(url) as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # kpi_rebuild's rule
         applied = [conn.execute(q).fetchall() for q in SUMMARIES]
         conn.execute("SELECT kpi_rebuild()")
         rebuilt = [conn.execute(q).fetchall() for q in SUMMARIES]
@@ -104,7 +111,7 @@ def main() -> int:
             time.sleep(5)  # the rate reached, the applier in its rhythm
             delays = probe(url, args.probes, args.timeout)
         finally:
-            pgbench.send_signal(signal.SIGINT)
+            pgbench.send_signal(signal.SIGTERM)
             pgbench.wait()
     exact = equals_rebuild(url)
     figures = {

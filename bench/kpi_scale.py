@@ -21,6 +21,7 @@ import argparse
 import statistics
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import python_baseline
 
-from kpi_service.db import SESSION_OPTIONS, apply_schema, queries
+from kpi_service.db import MODE, SESSION_OPTIONS, apply_schema, queries
 from kpi_service.seed import seed
 
 UNTIL = datetime(2026, 11, 25, tzinfo=UTC)
@@ -44,6 +45,7 @@ SEED = 1
 AGED_DAYS = 60
 per_metric = aiosql.from_path(Path(__file__).resolve().parent / "per_metric.sql", "psycopg")
 Window = tuple[datetime | None, datetime | None, datetime]
+_modes: weakref.WeakKeyDictionary[psycopg.Connection, str] = weakref.WeakKeyDictionary()
 
 
 def cases(now: datetime) -> dict[str, list[Window]]:
@@ -82,14 +84,15 @@ def ensure_database(server: str, listings: int) -> str:
     return url
 
 
-def timed(action: Callable[[], Any], runs: int, budget: float) -> tuple[float, int, Any]:
-    """Median milliseconds of `runs` warm runs (fewer, at least 3, past `budget` seconds; a single
-    run when even the warm-up took longer than `budget`)."""
+def samples(action: Callable[[], Any], runs: int, budget: float) -> tuple[float, list[float], Any]:
+    """Milliseconds of the warm-up run and of up to `runs` warm runs after it (fewer, at least 3,
+    past `budget` seconds; none when even the warm-up took longer than `budget`), and the last
+    result. bench/read_shapes.py uses the warm-up's time too: the first read after init-db."""
     t0 = time.perf_counter()
-    result = action()  # warm-up, untimed
-    first = time.perf_counter() - t0
-    if first > budget:  # a baseline that takes minutes: its one run is the measurement
-        return first * 1000, 1, result
+    result = action()  # warm-up
+    first = (time.perf_counter() - t0) * 1000
+    if first > budget * 1000:  # a baseline that takes minutes: its one run is the measurement
+        return first, [], result
     times: list[float] = []
     started = time.perf_counter()
     while len(times) < runs:
@@ -98,12 +101,35 @@ def timed(action: Callable[[], Any], runs: int, budget: float) -> tuple[float, i
         times.append((time.perf_counter() - t0) * 1000)
         if len(times) >= 3 and time.perf_counter() - started > budget:
             break
+    return first, times, result
+
+
+def timed(action: Callable[[], Any], runs: int, budget: float) -> tuple[float, int, Any]:
+    """Median milliseconds of `runs` warm runs (fewer, at least 3, past `budget` seconds; a single
+    run when even the warm-up took longer than `budget`)."""
+    first, times, result = samples(action, runs, budget)
+    if not times:
+        return first, 1, result
     return statistics.median(times), len(times), result
 
 
+def mode(conn: psycopg.Connection) -> str:
+    """ "summaries" or "raw": which statement the service runs on this database (kpi_service/db.py
+    MODE), looked up once per connection, as the service does not look it up per request."""
+    if conn not in _modes:
+        (found,) = conn.execute(MODE).fetchone().values()
+        # The name itself ("summaries" or "raw"); an earlier MODE answered whether summaries exist.
+        _modes[conn] = found if isinstance(found, str) else "summaries" if found else "raw"
+    return _modes[conn]
+
+
 def statement(conn: psycopg.Connection, windows: list[Window]) -> list[Any]:
+    """sql/kpi.sql as Database.kpi_rows (kpi_service/db.py) runs it: the same statement for the
+    database's mode, the same parameters. The one place to adapt when that changes (the other
+    benches call this)."""
+    query = queries.kpi_windows if mode(conn) == "summaries" else queries.kpi_windows_raw
     return list(
-        queries.kpi_windows(
+        query(
             conn,
             starts=[w[0] for w in windows],
             ends=[w[1] for w in windows],

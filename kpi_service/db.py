@@ -31,11 +31,14 @@ queries = aiosql.from_str(sql_text("kpi.sql"), "psycopg")
 # The only writes the service makes: its applier, in a read-write transaction (its sessions
 # default to read-only), through a function that runs as the summaries' owner.
 # Its own statement timeout: a batch after downtime may take longer than a request may wait.
+# One snapshot for the log rows it takes and the rows it reads (sql/summary.sql).
 APPLY = (
-    "SET TRANSACTION READ WRITE",
+    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ WRITE",
     "SET LOCAL statement_timeout = '60s'",
-    "SELECT kpi_apply_changes(%s, %s) AS taken",
+    "SELECT kpi_apply_changes(%s) AS taken",
 )
+# Waiting for another applier happens before that snapshot is taken.
+APPLIER_LOCK = "SELECT kpi_applier_session_lock(%s)"
 # "summaries" or "raw" (sql/schema.sql, kpi_source).
 MODE = "SELECT kpi_source() AS source"
 PENDING = "SELECT kpi_pending_changes() AS pending"
@@ -145,10 +148,19 @@ class Database:
         kpi_apply_changes runs as its owner and writes only the service's tables, so the
         read-only role needs nothing more than the right to call it."""
         # Quiet: the applier runs every half second, and logs an outage once itself.
-        with self._connection("apply", quiet=True) as conn, conn.transaction():
-            conn.execute(APPLY[0])
-            conn.execute(APPLY[1])
-            return conn.execute(APPLY[2], [max_rows, wait]).fetchone()["taken"]
+        with self._connection("apply", quiet=True) as conn:
+            if wait:
+                conn.execute(APPLIER_LOCK, [True])
+                conn.commit()
+            try:
+                with conn.transaction():
+                    for statement in APPLY[:2]:
+                        conn.execute(statement)
+                    return conn.execute(APPLY[2], [max_rows]).fetchone()["taken"]
+            finally:
+                if wait:
+                    conn.execute(APPLIER_LOCK, [False])
+                    conn.commit()
 
     def pending_changes(self) -> int:
         """Rows in the change log that the applier has not taken yet."""
@@ -185,7 +197,7 @@ class Database:
         self.pool.close()
 
 
-SERVICE_TABLES = "kpi_sums, kpi_buyer_buckets, kpi_sales, kpi_changes"
+SERVICE_TABLES = "kpi_sums, kpi_buyer_buckets, kpi_sales, kpi_purchase_facts, kpi_conversions, kpi_changes"
 
 
 def apply_schema(conninfo: str, *, summaries: bool = True) -> None:
@@ -204,6 +216,7 @@ def apply_schema(conninfo: str, *, summaries: bool = True) -> None:
             conn.execute(statement)
         if summaries:
             with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 conn.execute("SELECT kpi_build()")
             conn.execute(f"VACUUM (ANALYZE) {SERVICE_TABLES}")
         conn.execute("ANALYZE buyers, listings, leads, purchases")

@@ -64,6 +64,14 @@ def seed(
     result = Seeded()
     started = time.perf_counter()
     with psycopg.connect(conninfo) as conn:
+        summaries = conn.execute("SELECT to_regprocedure('kpi_rebuild()') IS NOT NULL").fetchone()[0]
+        if summaries:
+            # Held until the connection closes, taken before the snapshot below: no applier
+            # runs between the load and the summaries' rebuild at its end.
+            conn.execute("SELECT kpi_applier_session_lock(true)")
+        conn.commit()
+        # One snapshot, so that the rebuild takes exactly the change log of the rows it reads.
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         # UTC: day and year arithmetic on timestamptz follows the session zone, and the rows
         # must not depend on it. Losing the last commits of a crash costs nothing here.
         conn.execute("SET LOCAL TimeZone TO 'UTC'")
@@ -96,13 +104,10 @@ def seed(
             if progress:
                 progress("check", 0, time.perf_counter() - step_started)
         queries.reset_sequences(conn)
-        summaries = conn.execute("SELECT to_regprocedure('kpi_rebuild()') IS NOT NULL").fetchone()[0]
         if summaries:
             # The change log now names every row just loaded: rebuilding the summaries costs
-            # less than applying it. (A change committed by another session after this DELETE
-            # keeps its log rows; one committed before is in the rebuild's snapshot.)
+            # less than applying it, and takes the log with it.
             step_started = time.perf_counter()
-            conn.execute("DELETE FROM kpi_changes")
             conn.execute("SELECT kpi_rebuild()")
             if progress:
                 progress("summaries", 0, time.perf_counter() - step_started)
@@ -110,7 +115,8 @@ def seed(
     # map, without which index-only scans would visit the heap.
     step_started = time.perf_counter()
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f"VACUUM (ANALYZE) buyers, listings, leads, purchases{', ' + SERVICE_TABLES if summaries else ''}")
+        tables = f"buyers, listings, leads, purchases{', ' + SERVICE_TABLES if summaries else ''}"
+        conn.execute(f"VACUUM (ANALYZE) {tables}")
     if progress:
         progress("vacuum", 0, time.perf_counter() - step_started)
     result.seconds = time.perf_counter() - started

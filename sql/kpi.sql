@@ -74,6 +74,8 @@ totals AS (
 --   count(b_i, T_i) = count(b_j, T_j) - unsold listed in [b_i, b_j)
 --                     + sold in (T_i, T_j] and listed before b_i
 --                     - sold after T_j and listed in [b_i, b_j).
+-- (The range operators keep the planner on the index named beside each count: it cannot know
+-- which condition is selective, and the other index would read every sale.)
 ordered AS (
     SELECT w.ord, w.as_of, w.aged_edge,
            lead(w.as_of) OVER later AS next_as_of, lead(w.aged_edge) OVER later AS next_edge,
@@ -87,16 +89,16 @@ aged_steps AS (
             SELECT unsold FROM kpi_range('-infinity', o.aged_edge)
         ) + (
             SELECT count(*) FROM kpi_sales  -- kpi_sales_sold_at_idx: at as_of = now, about none
-            WHERE sold_at > o.as_of AND listed_at < o.aged_edge
+            WHERE sold_at > o.as_of AND tstzrange(NULL, o.aged_edge) @> listed_at
         )
         ELSE (
             SELECT -unsold FROM kpi_range(o.aged_edge, o.next_edge)
         ) + (
             SELECT count(*) FROM kpi_sales  -- kpi_sales_sold_at_idx
-            WHERE sold_at > o.as_of AND sold_at <= o.next_as_of AND listed_at < o.aged_edge
+            WHERE sold_at > o.as_of AND sold_at <= o.next_as_of AND tstzrange(NULL, o.aged_edge) @> listed_at
         ) - (
             SELECT count(*) FROM kpi_sales  -- kpi_sales_listed_at_idx
-            WHERE listed_at >= o.aged_edge AND listed_at < o.next_edge AND sold_at > o.next_as_of
+            WHERE listed_at >= o.aged_edge AND listed_at < o.next_edge AND tstzrange(o.next_as_of, NULL, '()') @> sold_at
         )
         END AS step
     FROM ordered o

@@ -2,11 +2,10 @@
 -- `kpi-service init-db`, as the tables' owner. Safe to run again.
 --
 -- The application's transactions pay for almost nothing here: a statement on listings, leads
--- or purchases appends the keys it touched to kpi_changes, one INSERT from its transition
--- table, with no read of another table and no lock but its new rows. The service's applier
--- (kpi_apply_changes, one session at a time across all instances) later turns those keys into
--- the dirty 15-minute buckets, buyers and listings, and RECOMPUTES them from the committed rows:
--- replaying the log twice, in another order, or after a crash half-way gives the same sums.
+-- or purchases appends its rows' old and new images to kpi_changes, one INSERT from its
+-- transition table, with no read of another table and no lock but its new rows. The service's
+-- applier (kpi_apply_changes, one session at a time across all instances) later turns them
+-- into differences of the sums, in work proportional to the rows changed.
 --
 -- kpi_sums       per bucket at two UTC grains, 15 minutes (every UTC offset in use is a
 --                multiple of it, so every window edge is a bucket edge) and the day (so a long
@@ -22,13 +21,15 @@
 -- stand in for them.
 SELECT set_config('search_path', quote_ident(current_schema()) || ', pg_temp', true);
 
--- Version 3 kept the sums exact inside the application's transactions: drop its objects.
+-- Earlier versions (the sums kept inside the application's transactions, then a first log of
+-- keys) had other tables and functions: drop them, the build below makes everything anew.
 DO $$
 BEGIN
     IF to_regclass('kpi_sums') IS NOT NULL
-       AND NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('kpi_sums') AND attname = 'unsold') THEN
+       AND NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('kpi_changes') AND attname = 'sign') THEN
         DROP FUNCTION IF EXISTS kpi_changed(), kpi_truncated() CASCADE;  -- and their triggers
-        DROP TABLE IF EXISTS kpi_sums, kpi_buyer_buckets, kpi_purchase_facts, kpi_summary_state CASCADE;
+        DROP TABLE IF EXISTS kpi_sums, kpi_buyer_buckets, kpi_purchase_facts, kpi_summary_state, kpi_sales,
+            kpi_changes CASCADE;
         DROP FUNCTION IF EXISTS kpi_rebuild(), kpi_compact(), kpi_buyers_refresh(bigint[]),
             kpi_purchases_refresh(bigint[]), kpi_difference(text, text, text),
             kpi_listings_apply(listings[], listings[]), kpi_leads_apply(leads[], leads[]);
@@ -85,17 +86,41 @@ CREATE TABLE IF NOT EXISTS kpi_sales (
 CREATE INDEX IF NOT EXISTS kpi_sales_sold_at_idx ON kpi_sales (sold_at) INCLUDE (listed_at);
 CREATE INDEX IF NOT EXISTS kpi_sales_listed_at_idx ON kpi_sales (listed_at) INCLUDE (sold_at);
 
+-- What each purchase adds to kpi_sums, with the values it took from its listing and lead, and
+-- each converted lead's bucket: the applier compares them with what the sales tables say now
+-- and adds the difference, so a change anywhere (a listing's cost, a lead's instant, a purchase
+-- relinked) is applied exactly, whatever else changed in the same batch.
+CREATE TABLE IF NOT EXISTS kpi_purchase_facts (
+    purchase_id  bigint PRIMARY KEY,
+    bucket       timestamptz NOT NULL,  -- of purchased_at
+    costed       integer NOT NULL,      -- 1: the listing's cost is known
+    profit       numeric NOT NULL,      -- sale_price - cost, or 0
+    led          integer NOT NULL,      -- 1: it has a lead
+    lead_seconds numeric NOT NULL       -- purchased_at - the lead's created_at, or 0
+) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000,
+        autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 20000);
+
+CREATE TABLE IF NOT EXISTS kpi_conversions (
+    lead_id bigint PRIMARY KEY,
+    bucket  timestamptz NOT NULL  -- of the lead's created_at
+) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000,
+        autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 20000);
+
 -- The change log. No index, no key, no default: an insert into it is a heap append, and the
--- applier takes all of it at once. A row per changed row (old and new): its table ('l'
--- listings, 'd' leads, 'p' purchases), the instant that places it in a bucket, its id, and
--- what else the applier needs to find what it changed; 't' alone: a TRUNCATE.
+-- applier takes all of it at once. A row per changed row, its old image (sign -1) and its new
+-- one (+1): its table ('l' listings, 'd' leads, 'p' purchases), the instant that places it in
+-- a bucket, its id, and the columns of its own that the sums read; 't' alone: a TRUNCATE.
 CREATE TABLE IF NOT EXISTS kpi_changes (
     tbl      "char",
+    sign     smallint,
     at       timestamptz,
     id       bigint,
-    buyer_id bigint,   -- leads, purchases
-    lead_id  bigint,   -- purchases
-    cost     numeric   -- listings: acquisition_cost
+    buyer_id bigint,    -- leads, purchases
+    lead_id  bigint,    -- purchases
+    cost     numeric,   -- listings: acquisition_cost
+    price    numeric,   -- listings
+    score    numeric,   -- listings
+    unsold   boolean    -- listings: not withdrawn and never sold
 ) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
         autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 1000);
 
@@ -108,10 +133,14 @@ CREATE OR REPLACE FUNCTION kpi_listings_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 BEGIN
     IF TG_OP <> 'INSERT' THEN
-        INSERT INTO kpi_changes (tbl, at, id, cost) SELECT 'l', listed_at, id, acquisition_cost FROM old_rows;
+        INSERT INTO kpi_changes (tbl, sign, at, id, cost, price, score, unsold)
+        SELECT 'l', -1, listed_at, id, acquisition_cost, price, score, status <> 'withdrawn' AND sold_at IS NULL
+        FROM old_rows;
     END IF;
     IF TG_OP <> 'DELETE' THEN
-        INSERT INTO kpi_changes (tbl, at, id, cost) SELECT 'l', listed_at, id, acquisition_cost FROM new_rows;
+        INSERT INTO kpi_changes (tbl, sign, at, id, cost, price, score, unsold)
+        SELECT 'l', 1, listed_at, id, acquisition_cost, price, score, status <> 'withdrawn' AND sold_at IS NULL
+        FROM new_rows;
     END IF;
     RETURN NULL;
 END
@@ -121,10 +150,10 @@ CREATE OR REPLACE FUNCTION kpi_leads_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 BEGIN
     IF TG_OP <> 'INSERT' THEN
-        INSERT INTO kpi_changes (tbl, at, id, buyer_id) SELECT 'd', created_at, id, buyer_id FROM old_rows;
+        INSERT INTO kpi_changes (tbl, sign, at, id, buyer_id) SELECT 'd', -1, created_at, id, buyer_id FROM old_rows;
     END IF;
     IF TG_OP <> 'DELETE' THEN
-        INSERT INTO kpi_changes (tbl, at, id, buyer_id) SELECT 'd', created_at, id, buyer_id FROM new_rows;
+        INSERT INTO kpi_changes (tbl, sign, at, id, buyer_id) SELECT 'd', 1, created_at, id, buyer_id FROM new_rows;
     END IF;
     RETURN NULL;
 END
@@ -134,12 +163,12 @@ CREATE OR REPLACE FUNCTION kpi_purchases_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 BEGIN
     IF TG_OP <> 'INSERT' THEN
-        INSERT INTO kpi_changes (tbl, at, id, buyer_id, lead_id)
-        SELECT 'p', purchased_at, id, buyer_id, lead_id FROM old_rows;
+        INSERT INTO kpi_changes (tbl, sign, at, id, buyer_id, lead_id)
+        SELECT 'p', -1, purchased_at, id, buyer_id, lead_id FROM old_rows;
     END IF;
     IF TG_OP <> 'DELETE' THEN
-        INSERT INTO kpi_changes (tbl, at, id, buyer_id, lead_id)
-        SELECT 'p', purchased_at, id, buyer_id, lead_id FROM new_rows;
+        INSERT INTO kpi_changes (tbl, sign, at, id, buyer_id, lead_id)
+        SELECT 'p', 1, purchased_at, id, buyer_id, lead_id FROM new_rows;
     END IF;
     RETURN NULL;
 END
@@ -153,132 +182,148 @@ BEGIN
 END
 $fn$;
 
--- Recomputes 15-minute buckets from the committed rows, each family of columns only where it
--- may have changed: the listings' columns for the buckets in `l`, the leads' in `d`, the
--- purchases' in `p`, the buyer counts (from kpi_buyer_buckets) in `y`; a bucket's other
--- columns keep their values. Then the day rows of the buckets that changed, from their
--- 15-minute rows. A rescored listing thus reads the 15 minutes of listings around it, nothing
--- more. The joins carry both the range and the bucket equality, so that the planner can probe
--- the instants' indexes for a few buckets and hash whole tables for a rebuild.
-CREATE OR REPLACE FUNCTION kpi_recompute(l timestamptz[], d timestamptz[], p timestamptz[], y timestamptz[])
-RETURNS void
+-- Adds differences to kpi_sums, each at its instant (the delta rows' bucket), at both grains;
+-- a row that comes to 0 in every column goes. (Every column: between two batches a bucket may
+-- hold a lead's conversion before the lead's own count, both right once all is applied.)
+CREATE OR REPLACE FUNCTION kpi_add(deltas kpi_sums[]) RETURNS void
+LANGUAGE sql AS $fn$
+    INSERT INTO kpi_sums
+    SELECT g.grain, date_bin(g.stride, d.bucket, timestamptz 'epoch'),
+           sum(d.listings), sum(d.price_sum), sum(d.scored), sum(d.score_sum), sum(d.unsold), sum(d.leads),
+           sum(d.converted), sum(d.costed), sum(d.profit_sum), sum(d.led), sum(d.lead_seconds),
+           sum(d.buyer_buckets), sum(d.buyer_links)
+    FROM unnest(deltas) AS d
+    CROSS JOIN (VALUES (900, interval '15 minutes'), (86400, interval '1 day')) AS g (grain, stride)
+    GROUP BY 1, 2
+    HAVING (sum(d.listings), sum(d.price_sum), sum(d.scored), sum(d.score_sum), sum(d.unsold), sum(d.leads),
+            sum(d.converted), sum(d.costed), sum(d.profit_sum), sum(d.led), sum(d.lead_seconds),
+            sum(d.buyer_buckets), sum(d.buyer_links)) <> (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    ON CONFLICT (grain, bucket) DO UPDATE SET
+        listings = kpi_sums.listings + excluded.listings, price_sum = kpi_sums.price_sum + excluded.price_sum,
+        scored = kpi_sums.scored + excluded.scored, score_sum = kpi_sums.score_sum + excluded.score_sum,
+        unsold = kpi_sums.unsold + excluded.unsold, leads = kpi_sums.leads + excluded.leads,
+        converted = kpi_sums.converted + excluded.converted, costed = kpi_sums.costed + excluded.costed,
+        profit_sum = kpi_sums.profit_sum + excluded.profit_sum, led = kpi_sums.led + excluded.led,
+        lead_seconds = kpi_sums.lead_seconds + excluded.lead_seconds,
+        buyer_buckets = kpi_sums.buyer_buckets + excluded.buyer_buckets,
+        buyer_links = kpi_sums.buyer_links + excluded.buyer_links;
+    DELETE FROM kpi_sums s
+    USING (SELECT DISTINCT date_bin('15 minutes', d.bucket, timestamptz 'epoch') AS q,
+                           date_bin('1 day', d.bucket, timestamptz 'epoch') AS day
+           FROM unnest(deltas) AS d) AS t
+    WHERE s.bucket IN (t.q, t.day)
+      AND (s.listings, s.price_sum, s.scored, s.score_sum, s.unsold, s.leads, s.converted, s.costed, s.profit_sum,
+           s.led, s.lead_seconds, s.buyer_buckets, s.buyer_links) = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+$fn$;
+
+-- The facts of these purchases as the sales tables say now (a purchase that is gone has none).
+-- Lookups by key, not joins: a hash join on lead_id (NULL for a fifth of the purchases) cannot
+-- split that one value across batches, and in a rebuild kept doubling its batches for minutes.
+CREATE OR REPLACE FUNCTION kpi_current_facts(ids bigint[]) RETURNS SETOF kpi_purchase_facts
+LANGUAGE sql STABLE AS $fn$
+    SELECT f.id, date_bin('15 minutes', f.purchased_at, timestamptz 'epoch'),
+           (f.cost IS NOT NULL)::integer, coalesce(f.sale_price - f.cost, 0),
+           (f.lead_at IS NOT NULL)::integer,
+           coalesce(extract(epoch FROM f.purchased_at) - extract(epoch FROM f.lead_at), 0)
+    FROM (
+        SELECT p.id, p.purchased_at, p.sale_price,
+               (SELECT li.acquisition_cost FROM listings li WHERE li.id = p.listing_id) AS cost,
+               (SELECT ld.created_at FROM leads ld WHERE ld.id = p.lead_id) AS lead_at
+        FROM (SELECT DISTINCT u.id FROM unnest(ids) AS u (id)) AS k
+        JOIN purchases p ON p.id = k.id
+    ) AS f
+$fn$;
+
+-- The leads among these that a purchase references now, with their bucket.
+CREATE OR REPLACE FUNCTION kpi_current_conversions(ids bigint[]) RETURNS SETOF kpi_conversions
+LANGUAGE sql STABLE AS $fn$
+    SELECT ld.id, date_bin('15 minutes', ld.created_at, timestamptz 'epoch')
+    FROM (SELECT DISTINCT u.id FROM unnest(ids) AS u (id)) AS k
+    JOIN leads ld ON ld.id = k.id
+    WHERE EXISTS (SELECT FROM purchases p WHERE p.lead_id = ld.id)
+$fn$;
+
+-- Brings the facts and conversions of these purchases and leads in line with the sales tables,
+-- returning what that adds to kpi_sums: the stored rows that differ from now are taken back,
+-- the rows of now that differ are added.
+CREATE OR REPLACE FUNCTION kpi_sync_facts(purchase_ids bigint[], lead_ids bigint[]) RETURNS kpi_sums[]
 LANGUAGE plpgsql AS $fn$
 DECLARE
-    fresh kpi_sums[];
-    changed timestamptz[];
+    now_facts kpi_purchase_facts[] := ARRAY(SELECT f FROM kpi_current_facts(purchase_ids) f);
+    had_facts kpi_purchase_facts[] := ARRAY(
+        SELECT f FROM (SELECT DISTINCT u.id FROM unnest(purchase_ids) AS u (id)) k
+        JOIN kpi_purchase_facts f ON f.purchase_id = k.id
+    );
+    now_conv kpi_conversions[] := ARRAY(SELECT c FROM kpi_current_conversions(lead_ids) c);
+    had_conv kpi_conversions[] := ARRAY(
+        SELECT c FROM (SELECT DISTINCT u.id FROM unnest(lead_ids) AS u (id)) k
+        JOIN kpi_conversions c ON c.lead_id = k.id
+    );
+    old_facts kpi_purchase_facts[] := ARRAY(SELECT x::kpi_purchase_facts FROM (SELECT * FROM unnest(had_facts) EXCEPT SELECT * FROM unnest(now_facts)) x);
+    new_facts kpi_purchase_facts[] := ARRAY(SELECT x::kpi_purchase_facts FROM (SELECT * FROM unnest(now_facts) EXCEPT SELECT * FROM unnest(had_facts)) x);
+    old_conv kpi_conversions[] := ARRAY(SELECT x::kpi_conversions FROM (SELECT * FROM unnest(had_conv) EXCEPT SELECT * FROM unnest(now_conv)) x);
+    new_conv kpi_conversions[] := ARRAY(SELECT x::kpi_conversions FROM (SELECT * FROM unnest(now_conv) EXCEPT SELECT * FROM unnest(had_conv)) x);
 BEGIN
-    WITH lb AS (SELECT DISTINCT u.bucket FROM unnest(l) AS u (bucket)),
-    db AS (SELECT DISTINCT u.bucket FROM unnest(d) AS u (bucket)),
-    pb AS (SELECT DISTINCT u.bucket FROM unnest(p) AS u (bucket)),
-    yb AS (SELECT DISTINCT u.bucket FROM unnest(y) AS u (bucket)),
-    ls AS (
-        SELECT lb.bucket, count(x.id) AS listings, coalesce(sum(x.price), 0) AS price_sum,
-               count(x.score) AS scored, coalesce(sum(x.score), 0) AS score_sum,
-               count(x.id) FILTER (WHERE x.status <> 'withdrawn' AND x.sold_at IS NULL) AS unsold
-        FROM lb
-        LEFT JOIN listings x ON x.listed_at >= lb.bucket AND x.listed_at < lb.bucket + interval '15 minutes'
-                            AND date_bin('15 minutes', x.listed_at, timestamptz 'epoch') = lb.bucket
-        GROUP BY lb.bucket
-    ),
-    ds AS (
-        SELECT db.bucket, count(x.id) AS leads, count(cp.id) AS converted
-        FROM db
-        LEFT JOIN leads x ON x.created_at >= db.bucket AND x.created_at < db.bucket + interval '15 minutes'
-                         AND date_bin('15 minutes', x.created_at, timestamptz 'epoch') = db.bucket
-        LEFT JOIN purchases cp ON cp.lead_id = x.id
-        GROUP BY db.bucket
-    ),
-    ps AS (
-        SELECT pb.bucket, count(li.acquisition_cost) AS costed,
-               coalesce(sum(x.sale_price - li.acquisition_cost), 0) AS profit_sum, count(ld.id) AS led,
-               coalesce(sum(extract(epoch FROM x.purchased_at) - extract(epoch FROM ld.created_at)), 0)
-                   AS lead_seconds
-        FROM pb
-        LEFT JOIN purchases x ON x.purchased_at >= pb.bucket AND x.purchased_at < pb.bucket + interval '15 minutes'
-                             AND date_bin('15 minutes', x.purchased_at, timestamptz 'epoch') = pb.bucket
-        LEFT JOIN listings li ON li.id = x.listing_id
-        LEFT JOIN leads ld ON ld.id = x.lead_id
-        GROUP BY pb.bucket
-    ),
-    ys AS (
-        SELECT yb.bucket,
-               (SELECT count(*) FROM kpi_buyer_buckets x WHERE x.bucket = yb.bucket) AS buckets,
-               (SELECT count(*) FROM kpi_buyer_buckets x WHERE x.prev_bucket = yb.bucket) AS links
-        FROM yb
-    )
-    SELECT array_agg(ROW(
-        900, b.bucket,
-        coalesce(ls.listings, s.listings, 0), coalesce(ls.price_sum, s.price_sum, 0),
-        coalesce(ls.scored, s.scored, 0), coalesce(ls.score_sum, s.score_sum, 0), coalesce(ls.unsold, s.unsold, 0),
-        coalesce(ds.leads, s.leads, 0), coalesce(ds.converted, s.converted, 0),
-        coalesce(ps.costed, s.costed, 0), coalesce(ps.profit_sum, s.profit_sum, 0), coalesce(ps.led, s.led, 0),
-        coalesce(ps.lead_seconds, s.lead_seconds, 0),
-        coalesce(ys.buckets, s.buyer_buckets, 0), coalesce(ys.links, s.buyer_links, 0)
-    )::kpi_sums)
-    INTO fresh
-    FROM (SELECT bucket FROM lb UNION SELECT bucket FROM db UNION SELECT bucket FROM pb UNION SELECT bucket FROM yb) b
-    LEFT JOIN kpi_sums s ON s.grain = 900 AND s.bucket = b.bucket
-    LEFT JOIN ls ON ls.bucket = b.bucket
-    LEFT JOIN ds ON ds.bucket = b.bucket
-    LEFT JOIN ps ON ps.bucket = b.bucket
-    LEFT JOIN ys ON ys.bucket = b.bucket;
-
-    changed := kpi_store(fresh);
-    PERFORM kpi_store(ARRAY(
-        SELECT ROW(86400, d.day, coalesce(sum(s.listings), 0), coalesce(sum(s.price_sum), 0),
-                   coalesce(sum(s.scored), 0), coalesce(sum(s.score_sum), 0), coalesce(sum(s.unsold), 0),
-                   coalesce(sum(s.leads), 0), coalesce(sum(s.converted), 0), coalesce(sum(s.costed), 0),
-                   coalesce(sum(s.profit_sum), 0), coalesce(sum(s.led), 0), coalesce(sum(s.lead_seconds), 0),
-                   coalesce(sum(s.buyer_buckets), 0), coalesce(sum(s.buyer_links), 0))::kpi_sums
-        FROM (SELECT DISTINCT date_bin('1 day', c, timestamptz 'epoch') FROM unnest(changed) AS c) AS d (day)
-        LEFT JOIN kpi_sums s ON s.grain = 900 AND s.bucket >= d.day AND s.bucket < d.day + interval '1 day'
-        GROUP BY d.day
-    ));
+    DELETE FROM kpi_purchase_facts f USING unnest(old_facts) AS o WHERE f.purchase_id = o.purchase_id;
+    INSERT INTO kpi_purchase_facts SELECT * FROM unnest(new_facts);
+    DELETE FROM kpi_conversions c USING unnest(old_conv) AS o WHERE c.lead_id = o.lead_id;
+    INSERT INTO kpi_conversions SELECT * FROM unnest(new_conv);
+    RETURN ARRAY(
+        SELECT ROW(0, e.bucket, 0, 0, 0, 0, 0, 0, e.converted, e.costed, e.profit, e.led, e.seconds, 0, 0)::kpi_sums
+        FROM (
+            SELECT bucket, 0 AS converted, -costed AS costed, -profit AS profit, -led AS led,
+                   -lead_seconds AS seconds
+            FROM unnest(old_facts)
+            UNION ALL
+            SELECT bucket, 0, costed, profit, led, lead_seconds FROM unnest(new_facts)
+            UNION ALL
+            SELECT bucket, -1, 0, 0, 0, 0 FROM unnest(old_conv)
+            UNION ALL
+            SELECT bucket, 1, 0, 0, 0, 0 FROM unnest(new_conv)
+        ) AS e
+    );
 END
 $fn$;
 
--- Writes these rows of kpi_sums and returns the buckets that changed: a row whose counts are
--- all 0 has nothing in its bucket and is removed; a row equal to the stored one is left alone;
--- the others replace what was there (a HOT update: no indexed column changes).
-CREATE OR REPLACE FUNCTION kpi_store(rows kpi_sums[]) RETURNS timestamptz[]
+-- The applier's lock: one applier, or rebuild, at a time across all instances. The applier
+-- and the rebuild take it for their transaction, without waiting (false: another session has
+-- it). Whoever must wait for it takes it for the session first, outside the transaction
+-- (kpi_applier_session_lock(true), then false to let it go): a REPEATABLE READ transaction
+-- that waited inside would apply with a snapshot from before the other applier's commit.
+CREATE OR REPLACE FUNCTION kpi_applier_lock() RETURNS boolean
 LANGUAGE sql AS $fn$
-    WITH removed AS (
-        DELETE FROM kpi_sums s
-        USING unnest(rows) AS r
-        WHERE s.grain = r.grain AND s.bucket = r.bucket
-          AND (r.listings, r.leads, r.costed, r.led, r.buyer_buckets, r.buyer_links) = (0, 0, 0, 0, 0, 0)
-        RETURNING s.bucket
-    ),
-    written AS (
-        INSERT INTO kpi_sums
-        SELECT * FROM unnest(rows) AS r
-        WHERE (r.listings, r.leads, r.costed, r.led, r.buyer_buckets, r.buyer_links) <> (0, 0, 0, 0, 0, 0)
-        ON CONFLICT (grain, bucket) DO UPDATE SET
-            listings = excluded.listings, price_sum = excluded.price_sum, scored = excluded.scored,
-            score_sum = excluded.score_sum, unsold = excluded.unsold, leads = excluded.leads,
-            converted = excluded.converted, costed = excluded.costed, profit_sum = excluded.profit_sum,
-            led = excluded.led, lead_seconds = excluded.lead_seconds, buyer_buckets = excluded.buyer_buckets,
-            buyer_links = excluded.buyer_links
-        WHERE kpi_sums IS DISTINCT FROM excluded
-        RETURNING bucket
-    )
-    SELECT ARRAY(SELECT bucket FROM removed UNION ALL SELECT bucket FROM written)
+    SELECT pg_try_advisory_xact_lock(4946157313062342)
 $fn$;
 
--- The applier's lock, until the end of the transaction: taken (true), or, without waiting, taken
--- by another session (false). One applier, or rebuild, at a time across all instances.
-CREATE OR REPLACE FUNCTION kpi_applier_lock(wait boolean) RETURNS boolean
+CREATE OR REPLACE FUNCTION kpi_applier_session_lock(take boolean) RETURNS boolean
 LANGUAGE sql AS $fn$
-    SELECT CASE WHEN wait THEN pg_advisory_xact_lock(4946157313062342) IS NOT NULL
-                ELSE pg_try_advisory_xact_lock(4946157313062342) END
+    SELECT CASE WHEN take THEN pg_advisory_lock(4946157313062342) IS NOT NULL
+                ELSE pg_advisory_unlock(4946157313062342) END
+$fn$;
+
+-- The applier's differences from the log's images are right only if what it reads from the
+-- sales tables is what the log rows it took describe: one snapshot for both.
+CREATE OR REPLACE FUNCTION kpi_require_one_snapshot() RETURNS void
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF current_setting('transaction_isolation') = 'read committed' THEN
+        RAISE EXCEPTION 'the KPI summaries are applied and rebuilt in one snapshot'
+            USING HINT = 'BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT kpi_rebuild(); COMMIT;';
+    END IF;
+END
 $fn$;
 
 -- Everything again from the sales tables (init-db, a TRUNCATE of a sales table, a repair).
 CREATE OR REPLACE FUNCTION kpi_rebuild() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 BEGIN
-    PERFORM kpi_applier_lock(true);  -- an applier meanwhile would write what it computed
-    TRUNCATE kpi_sums, kpi_buyer_buckets, kpi_sales;
+    PERFORM kpi_require_one_snapshot();
+    IF NOT kpi_applier_lock() THEN
+        RAISE EXCEPTION 'an applier is running' USING HINT = 'SELECT kpi_applier_session_lock(true) first';
+    END IF;
+    -- What the log holds is in this snapshot's rows: taken with them.
+    DELETE FROM kpi_changes;
+    TRUNCATE kpi_sums, kpi_buyer_buckets, kpi_sales, kpi_purchase_facts, kpi_conversions;
     INSERT INTO kpi_sales
     SELECT id, listed_at, sold_at FROM listings WHERE status <> 'withdrawn' AND sold_at IS NOT NULL;
     INSERT INTO kpi_buyer_buckets (buyer_id, bucket, prev_bucket)
@@ -288,12 +333,209 @@ BEGIN
         UNION
         SELECT buyer_id, date_bin('15 minutes', purchased_at, timestamptz 'epoch') FROM purchases
     ) AS e (buyer_id, bucket);
-    PERFORM kpi_recompute(
-        ARRAY(SELECT DISTINCT date_bin('15 minutes', listed_at, timestamptz 'epoch') FROM listings),
-        ARRAY(SELECT DISTINCT date_bin('15 minutes', created_at, timestamptz 'epoch') FROM leads),
-        ARRAY(SELECT DISTINCT date_bin('15 minutes', purchased_at, timestamptz 'epoch') FROM purchases),
-        ARRAY(SELECT DISTINCT bucket FROM kpi_buyer_buckets)  -- every link's prev_bucket is one too
+    INSERT INTO kpi_purchase_facts SELECT * FROM kpi_current_facts(ARRAY(SELECT id FROM purchases));
+    INSERT INTO kpi_conversions
+    SELECT * FROM kpi_current_conversions(ARRAY(SELECT lead_id FROM purchases WHERE lead_id IS NOT NULL));
+    PERFORM kpi_add(ARRAY(
+        SELECT ROW(0, bucket, n, price, scored, score, unsold, 0, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
+        FROM (
+            SELECT date_bin('15 minutes', listed_at, timestamptz 'epoch') AS bucket, count(*) AS n,
+                   sum(price) AS price, count(score) AS scored, coalesce(sum(score), 0) AS score,
+                   count(*) FILTER (WHERE status <> 'withdrawn' AND sold_at IS NULL) AS unsold
+            FROM listings GROUP BY 1
+        ) AS l
+        UNION ALL
+        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, n, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
+        FROM (SELECT date_bin('15 minutes', created_at, timestamptz 'epoch') AS bucket, count(*) AS n
+              FROM leads GROUP BY 1) AS d
+        UNION ALL
+        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, 0, n, 0, 0, 0, 0, 0, 0)::kpi_sums
+        FROM (SELECT bucket, count(*) AS n FROM kpi_conversions GROUP BY 1) AS c
+        UNION ALL
+        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, 0, 0, costed, profit, led, seconds, 0, 0)::kpi_sums
+        FROM (SELECT bucket, sum(costed) AS costed, sum(profit) AS profit, sum(led) AS led,
+                     sum(lead_seconds) AS seconds
+              FROM kpi_purchase_facts GROUP BY 1) AS p
+        UNION ALL
+        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, n, 0)::kpi_sums
+        FROM (SELECT bucket, count(*) AS n FROM kpi_buyer_buckets GROUP BY 1) AS b
+        UNION ALL
+        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, n)::kpi_sums
+        FROM (SELECT prev_bucket AS bucket, count(*) AS n FROM kpi_buyer_buckets
+              WHERE prev_bucket IS NOT NULL GROUP BY 1) AS k
+    ));
+END
+$fn$;
+
+-- The applier: takes up to max_rows rows of the change log and applies them, in the caller's
+-- REPEATABLE READ transaction. Returns how many rows it took; NULL when another session is
+-- applying (one at a time: the differences it adds must each be added once). A crash rolls
+-- back the taking of the rows with their application.
+-- Its work is proportional to the rows changed, never to a bucket's size:
+-- - the rows' own columns (listings' counts, prices, scores and stock; leads' count) come from
+--   their old and new images in the log: the old subtracted, the new added, in any order;
+-- - what depends on other rows (a purchase's profit and lead time, a lead's conversion, a
+--   buyer's buckets, a sold listing) is looked up now for the purchases, leads, buyers and
+--   listings named, compared with the service's stored copy, and the difference added; a change
+--   committed after the log was taken is then seen twice, which a comparison makes harmless.
+CREATE OR REPLACE FUNCTION kpi_apply_changes(max_rows integer DEFAULT 50000) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
+DECLARE
+    changes kpi_changes[];
+    listing_ids bigint[];
+    buyer_ids bigint[];
+    deltas kpi_sums[];
+    buyer_deltas kpi_sums[];
+BEGIN
+    PERFORM kpi_require_one_snapshot();
+    IF NOT kpi_applier_lock() THEN
+        RETURN NULL;
+    END IF;
+    WITH taken AS (
+        DELETE FROM kpi_changes WHERE ctid = ANY (ARRAY(SELECT ctid FROM kpi_changes LIMIT max_rows))
+        RETURNING *
+    )
+    SELECT coalesce(array_agg(t), '{}') INTO changes FROM taken t;
+    IF cardinality(changes) = 0 THEN
+        RETURN 0;
+    END IF;
+    IF EXISTS (SELECT FROM unnest(changes) c WHERE c.tbl = 't') THEN
+        PERFORM kpi_rebuild();
+        RETURN cardinality(changes);
+    END IF;
+
+    deltas := ARRAY(
+        SELECT ROW(0, c.at, c.sign, c.sign * c.price, c.sign * (c.score IS NOT NULL)::integer,
+                   c.sign * coalesce(c.score, 0), c.sign * c.unsold::integer, 0, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
+        FROM unnest(changes) c WHERE c.tbl = 'l'
+        UNION ALL
+        SELECT ROW(0, c.at, 0, 0, 0, 0, 0, c.sign, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
+        FROM unnest(changes) c WHERE c.tbl = 'd'
     );
+
+    -- The sold listings of aged_inventory: only rows that differ are written (a rescore of a
+    -- sold listing leaves kpi_sales alone).
+    listing_ids := ARRAY(SELECT DISTINCT c.id FROM unnest(changes) c WHERE c.tbl = 'l');
+    WITH wanted AS (
+        SELECT li.id, li.listed_at, li.sold_at
+        FROM unnest(listing_ids) AS k (id)
+        JOIN listings li ON li.id = k.id
+        WHERE li.status <> 'withdrawn' AND li.sold_at IS NOT NULL
+    ),
+    stale AS (
+        SELECT s.* FROM unnest(listing_ids) AS k (id) JOIN kpi_sales s ON s.listing_id = k.id
+        EXCEPT
+        SELECT * FROM wanted
+    ),
+    removed AS (
+        DELETE FROM kpi_sales s USING stale WHERE s.listing_id = stale.listing_id RETURNING s.listing_id
+    )
+    INSERT INTO kpi_sales
+    SELECT w.* FROM wanted w
+    WHERE NOT EXISTS (
+        SELECT FROM kpi_sales s
+        WHERE s.listing_id = w.id AND (s.listed_at, s.sold_at) = (w.listed_at, w.sold_at)
+    )
+    ON CONFLICT (listing_id) DO UPDATE SET listed_at = excluded.listed_at, sold_at = excluded.sold_at;
+
+    -- Purchases' facts and leads' conversions: the purchases logged, those of a listing whose
+    -- cost changed and of a lead whose instant changed (an id logged once, or with two values:
+    -- an insert, a delete, or an update of that value); the leads logged, and those of the
+    -- purchases logged.
+    deltas := deltas || kpi_sync_facts(
+        ARRAY(
+            SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'p'
+            UNION
+            SELECT x.id
+            FROM (
+                SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'l'
+                GROUP BY c.id HAVING count(*) = 1 OR count(DISTINCT c.cost) + max((c.cost IS NULL)::integer) > 1
+            ) k
+            JOIN purchases x ON x.listing_id = k.id
+            UNION
+            SELECT x.id
+            FROM (
+                SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'd'
+                GROUP BY c.id HAVING count(*) = 1 OR count(DISTINCT c.at) > 1
+            ) k
+            JOIN purchases x ON x.lead_id = k.id
+        ),
+        ARRAY(
+            SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'd'
+            UNION
+            SELECT c.lead_id FROM unnest(changes) c WHERE c.tbl = 'p' AND c.lead_id IS NOT NULL
+        )
+    );
+
+    -- The buyers' buckets. A (buyer, bucket) that only gained rows holds; one that lost a row
+    -- holds if that buyer still has a lead or purchase in that bucket (read for those alone).
+    WITH pairs AS (
+        SELECT c.buyer_id, date_bin('15 minutes', c.at, timestamptz 'epoch') AS bucket, bool_or(c.sign < 0) AS lost
+        FROM unnest(changes) c
+        WHERE c.tbl IN ('d', 'p')
+        GROUP BY 1, 2
+    ),
+    truth AS (
+        SELECT p.buyer_id, p.bucket,
+               NOT p.lost
+               OR EXISTS (SELECT FROM leads x WHERE x.created_at >= p.bucket
+                                                AND x.created_at < p.bucket + interval '15 minutes'
+                                                AND x.buyer_id = p.buyer_id)
+               OR EXISTS (SELECT FROM purchases x WHERE x.purchased_at >= p.bucket
+                                                    AND x.purchased_at < p.bucket + interval '15 minutes'
+                                                    AND x.buyer_id = p.buyer_id) AS holds
+        FROM pairs p
+    ),
+    removed AS (
+        DELETE FROM kpi_buyer_buckets b USING truth t
+        WHERE NOT t.holds AND b.buyer_id = t.buyer_id AND b.bucket = t.bucket
+        RETURNING b.buyer_id, b.bucket, b.prev_bucket
+    ),
+    added AS (
+        INSERT INTO kpi_buyer_buckets (buyer_id, bucket)
+        SELECT t.buyer_id, t.bucket FROM truth t WHERE t.holds
+        ON CONFLICT DO NOTHING
+        RETURNING buyer_id, bucket
+    )
+    SELECT ARRAY(SELECT buyer_id FROM removed UNION SELECT buyer_id FROM added),
+           ARRAY(
+               SELECT ROW(0, e.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, e.buckets, e.links)::kpi_sums
+               FROM (
+                   SELECT bucket AS at, -1 AS buckets, 0 AS links FROM removed
+                   UNION ALL
+                   SELECT prev_bucket, 0, -1 FROM removed WHERE prev_bucket IS NOT NULL
+                   UNION ALL
+                   SELECT bucket, 1, 0 FROM added
+               ) AS e
+           )
+    INTO buyer_ids, buyer_deltas;
+
+    -- Their links to their previous bucket, where those changed (a statement of its own: the
+    -- one above cannot see its own DELETE and INSERT).
+    WITH linked AS (
+        SELECT b.buyer_id, b.bucket, b.prev_bucket AS old_prev,
+               lag(b.bucket) OVER (PARTITION BY b.buyer_id ORDER BY b.bucket) AS new_prev
+        FROM unnest(buyer_ids) AS k (id)
+        JOIN kpi_buyer_buckets b ON b.buyer_id = k.id
+    ),
+    relinked AS (
+        UPDATE kpi_buyer_buckets b SET prev_bucket = l.new_prev
+        FROM linked l
+        WHERE b.buyer_id = l.buyer_id AND b.bucket = l.bucket AND l.old_prev IS DISTINCT FROM l.new_prev
+        RETURNING l.old_prev, l.new_prev
+    )
+    SELECT buyer_deltas || ARRAY(
+        SELECT ROW(0, e.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, e.links)::kpi_sums
+        FROM (
+            SELECT old_prev AS at, -1 AS links FROM relinked WHERE old_prev IS NOT NULL
+            UNION ALL
+            SELECT new_prev, 1 FROM relinked WHERE new_prev IS NOT NULL
+        ) AS e
+    )
+    INTO buyer_deltas;
+
+    PERFORM kpi_add(deltas || buyer_deltas);
+    RETURN cardinality(changes);
 END
 $fn$;
 
@@ -325,160 +567,6 @@ LANGUAGE sql STABLE AS $fn$
         UNION ALL
         SELECT * FROM kpi_sums WHERE grain = 900 AND bucket >= s.day_hi AND bucket < hi
     ) r
-$fn$;
-
--- The applier: takes up to max_rows rows of the change log and recomputes what they name, in the
--- caller's transaction. Returns how many rows it took; NULL when another session is applying
--- (one at a time: two would each write what they computed from their own snapshot, and the
--- older could land last), unless told to wait for it (a deploy script after a bulk load).
--- Taking the log rows and recomputing from a later snapshot is safe: a change committed in
--- between is read now and applied again with its own rows later. Everything is set-based per
--- bucket: a bucket with thousands of new leads is read once, not once per lead.
-CREATE OR REPLACE FUNCTION kpi_apply_changes(max_rows integer DEFAULT 50000, wait boolean DEFAULT false)
-RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
-DECLARE
-    changes kpi_changes[];
-    listing_ids bigint[];
-    buyer_ids bigint[];
-    buyer_buckets timestamptz[];
-BEGIN
-    IF NOT kpi_applier_lock(wait) THEN
-        RETURN NULL;
-    END IF;
-    WITH taken AS (
-        DELETE FROM kpi_changes WHERE ctid = ANY (ARRAY(SELECT ctid FROM kpi_changes LIMIT max_rows))
-        RETURNING *
-    )
-    SELECT coalesce(array_agg(t), '{}') INTO changes FROM taken t;
-    IF cardinality(changes) = 0 THEN
-        RETURN 0;
-    END IF;
-    IF EXISTS (SELECT FROM unnest(changes) c WHERE c.tbl = 't') THEN
-        PERFORM kpi_rebuild();
-        RETURN cardinality(changes);
-    END IF;
-
-    -- The sold listings of aged_inventory: only rows that differ are written (a rescore of a
-    -- sold listing leaves kpi_sales alone).
-    listing_ids := ARRAY(SELECT DISTINCT c.id FROM unnest(changes) c WHERE c.tbl = 'l');
-    WITH wanted AS (
-        SELECT li.id, li.listed_at, li.sold_at
-        FROM unnest(listing_ids) AS k (id)
-        JOIN listings li ON li.id = k.id
-        WHERE li.status <> 'withdrawn' AND li.sold_at IS NOT NULL
-    ),
-    stale AS (
-        SELECT s.* FROM unnest(listing_ids) AS k (id) JOIN kpi_sales s ON s.listing_id = k.id
-        EXCEPT
-        SELECT * FROM wanted
-    ),
-    removed AS (
-        DELETE FROM kpi_sales s USING stale WHERE s.listing_id = stale.listing_id RETURNING s.listing_id
-    )
-    INSERT INTO kpi_sales
-    SELECT w.* FROM wanted w
-    WHERE NOT EXISTS (
-        SELECT FROM kpi_sales s
-        WHERE s.listing_id = w.id AND (s.listed_at, s.sold_at) = (w.listed_at, w.sold_at)
-    )
-    ON CONFLICT (listing_id) DO UPDATE SET listed_at = excluded.listed_at, sold_at = excluded.sold_at;
-
-    -- The buyers' buckets: each (buyer, bucket) a change touched holds if a lead or purchase of
-    -- that buyer is in that bucket now. Each bucket's rows are read once for all its buyers.
-    WITH pairs AS (
-        SELECT DISTINCT c.buyer_id, date_bin('15 minutes', c.at, timestamptz 'epoch') AS bucket
-        FROM unnest(changes) c
-        WHERE c.tbl IN ('d', 'p')
-    ),
-    active AS (
-        SELECT x.buyer_id, b.bucket
-        FROM (SELECT DISTINCT bucket FROM pairs) b
-        JOIN leads x ON x.created_at >= b.bucket AND x.created_at < b.bucket + interval '15 minutes'
-        UNION
-        SELECT x.buyer_id, b.bucket
-        FROM (SELECT DISTINCT bucket FROM pairs) b
-        JOIN purchases x ON x.purchased_at >= b.bucket AND x.purchased_at < b.bucket + interval '15 minutes'
-    ),
-    truth AS (
-        SELECT p.buyer_id, p.bucket, a.buyer_id IS NOT NULL AS holds
-        FROM pairs p
-        LEFT JOIN active a ON a.buyer_id = p.buyer_id AND a.bucket = p.bucket
-    ),
-    removed AS (
-        DELETE FROM kpi_buyer_buckets b USING truth t
-        WHERE NOT t.holds AND b.buyer_id = t.buyer_id AND b.bucket = t.bucket
-        RETURNING b.buyer_id, b.bucket, b.prev_bucket
-    ),
-    added AS (
-        INSERT INTO kpi_buyer_buckets (buyer_id, bucket)
-        SELECT t.buyer_id, t.bucket FROM truth t WHERE t.holds
-        ON CONFLICT DO NOTHING
-        RETURNING buyer_id, bucket
-    ),
-    moved AS (
-        SELECT buyer_id, bucket, prev_bucket FROM removed
-        UNION ALL
-        SELECT buyer_id, bucket, NULL FROM added
-    )
-    SELECT ARRAY(SELECT bucket FROM moved UNION SELECT prev_bucket FROM moved WHERE prev_bucket IS NOT NULL),
-           ARRAY(SELECT DISTINCT buyer_id FROM moved)
-    INTO buyer_buckets, buyer_ids;
-
-    -- Their links to their previous bucket, where those changed (a statement of its own: the
-    -- one above cannot see its own DELETE and INSERT).
-    WITH linked AS (
-        SELECT b.buyer_id, b.bucket, b.prev_bucket AS old_prev,
-               lag(b.bucket) OVER (PARTITION BY b.buyer_id ORDER BY b.bucket) AS new_prev
-        FROM unnest(buyer_ids) AS k (id)
-        JOIN kpi_buyer_buckets b ON b.buyer_id = k.id
-    ),
-    relinked AS (
-        UPDATE kpi_buyer_buckets b SET prev_bucket = l.new_prev
-        FROM linked l
-        WHERE b.buyer_id = l.buyer_id AND b.bucket = l.bucket AND l.old_prev IS DISTINCT FROM l.new_prev
-        RETURNING l.old_prev, l.new_prev
-    )
-    SELECT buyer_buckets || ARRAY(SELECT old_prev FROM relinked UNION SELECT new_prev FROM relinked)
-    INTO buyer_buckets;
-
-    PERFORM kpi_recompute(
-        -- The listings' columns: where a listing was or is.
-        ARRAY(SELECT date_bin('15 minutes', c.at, timestamptz 'epoch') FROM unnest(changes) c WHERE c.tbl = 'l'),
-        -- The leads' columns: where a lead was or is, and where the leads of logged purchases are
-        -- (their conversion).
-        ARRAY(
-            SELECT date_bin('15 minutes', c.at, timestamptz 'epoch') FROM unnest(changes) c WHERE c.tbl = 'd'
-            UNION
-            SELECT date_bin('15 minutes', ld.created_at, timestamptz 'epoch')
-            FROM (SELECT DISTINCT c.lead_id FROM unnest(changes) c WHERE c.tbl = 'p' AND c.lead_id IS NOT NULL) k
-            JOIN leads ld ON ld.id = k.lead_id
-        ),
-        -- The purchases' columns: where a purchase was or is, and where the purchases are of a
-        -- listing whose cost changed or a lead whose instant changed (an id logged once, or with
-        -- two values: an insert, a delete, or an update of that value).
-        ARRAY(
-            SELECT date_bin('15 minutes', c.at, timestamptz 'epoch') FROM unnest(changes) c WHERE c.tbl = 'p'
-            UNION
-            SELECT date_bin('15 minutes', x.purchased_at, timestamptz 'epoch')
-            FROM (
-                SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'l'
-                GROUP BY c.id HAVING count(*) = 1 OR count(DISTINCT c.cost) + max((c.cost IS NULL)::integer) > 1
-            ) k
-            JOIN purchases x ON x.listing_id = k.id
-            UNION
-            SELECT date_bin('15 minutes', x.purchased_at, timestamptz 'epoch')
-            FROM (
-                SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'd'
-                GROUP BY c.id HAVING count(*) = 1 OR count(DISTINCT c.at) > 1
-            ) k
-            JOIN purchases x ON x.lead_id = k.id
-        ),
-        -- The buyer counts: where a buyer's bucket appeared or went, or a link moved.
-        buyer_buckets
-    );
-    RETURN cardinality(changes);
-END
 $fn$;
 
 -- How far behind the applier is: the rows waiting (for /readyz and the service's metrics).
@@ -532,5 +620,5 @@ $fn$;
 
 -- Functions are executable by everyone by default; these run as the tables' owner. sql/roles.sql
 -- grants the applier and the backlog count to the service's role.
-REVOKE EXECUTE ON FUNCTION kpi_rebuild(), kpi_build(), kpi_apply_changes(integer, boolean), kpi_pending_changes()
-    FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION kpi_rebuild(), kpi_build(), kpi_apply_changes(integer), kpi_pending_changes(),
+    kpi_applier_session_lock(boolean) FROM PUBLIC;

@@ -96,7 +96,7 @@ def test_payloads_reach_the_database_only_as_bound_values(
     # Constant texts only: the statement of sql/kpi.sql, and the summaries' applier and mode
     # look-up, which take no values from a request; never anything built from input.
     assert {text for text, params in statements if params is None} <= {*APPLY[:2], MODE}
-    assert all(params == [APPLY_BATCH, False] for text, params in statements if text == APPLY[2])
+    assert all(params == [APPLY_BATCH] for text, params in statements if text == APPLY[2])
     statements = [(text, params) for text, params in statements if params is not None and text != APPLY[2]]
     assert {text for text, _ in statements} == {queries.kpi_windows.sql}
     for _, params in statements:

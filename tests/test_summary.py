@@ -39,6 +39,7 @@ def applied_and_rebuilt(conn: psycopg.Connection) -> tuple[tuple, tuple]:
     catch_up(conn)
     applied = summaries(conn)
     with conn.transaction(force_rollback=True):
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         conn.execute("SELECT kpi_rebuild()")
         rebuilt = summaries(conn)
     return applied, rebuilt
@@ -65,7 +66,8 @@ def test_the_applier_keeps_what_a_rebuild_makes(conn: psycopg.Connection, data: 
         if data.draw(st.booleans()):
             # Part of the log only, as a batch limit leaves it.
             with conn.transaction():
-                conn.execute("SELECT kpi_apply_changes(max_rows => %s, wait => true)", [data.draw(st.integers(1, 3))])
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                conn.execute("SELECT kpi_apply_changes(max_rows => %s)", [data.draw(st.integers(1, 3))])
     applied, rebuilt = applied_and_rebuilt(conn)
     assert applied == rebuilt
     # Applying again, with the same rows logged again, changes nothing.
@@ -84,7 +86,7 @@ def test_an_applier_that_dies_half_way_loses_nothing(database_url: str, conn: ps
     )
     logged = pending(conn)
     with psycopg.connect(database_url, autocommit=True) as applier:
-        applier.execute("BEGIN")
+        applier.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         assert applier.execute("SELECT kpi_apply_changes()").fetchone() == (logged,)
         # Killed before its commit: its work and its taking of the log roll back together.
         conn.execute("SELECT pg_terminate_backend(%s)", [applier.info.backend_pid])
@@ -102,29 +104,27 @@ def test_one_applier_at_a_time(database_url: str, conn: psycopg.Connection) -> N
     at = datetime(2026, 3, 1, 12, tzinfo=UTC)
     Dataset([1], [Listing(1, Decimal("100.00"), "active", at)], [], []).insert(conn)
     conn.execute("UPDATE listings SET price = 130")
-    with psycopg.connect(database_url, autocommit=True) as first, psycopg.connect(database_url) as second:
-        first.execute("BEGIN")
-        assert first.execute("SELECT kpi_apply_changes()").fetchone() == (2,)
-        assert second.execute("SELECT kpi_apply_changes()").fetchone() == (None,)
-        second.rollback()
-        conn.execute("UPDATE listings SET price = 140")  # committed while the first still applies
-        result: list[tuple] = []
-        waiter = threading.Thread(
-            target=lambda: result.append(second.execute("SELECT kpi_apply_changes(wait => true)").fetchone())
-        )
-        waiter.start()
-        wait_until(
-            lambda: (
-                conn.execute(
-                    "SELECT FROM pg_locks WHERE pid = %s AND NOT granted", [second.info.backend_pid]
-                ).fetchone()
-                is not None
+    second = Database(make_settings(database_url))
+    try:
+        with psycopg.connect(database_url, autocommit=True) as first:
+            first.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            assert first.execute("SELECT kpi_apply_changes()").fetchone() == (2,)
+            assert second.apply_changes() is None
+            conn.execute("UPDATE listings SET price = 140")  # committed while the first still applies
+            result: list[int | None] = []
+            waiter = threading.Thread(target=lambda: result.append(second.apply_changes(wait=True)))
+            waiter.start()
+            wait_until(
+                lambda: (
+                    conn.execute("SELECT FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").fetchone()
+                    is not None
+                )
             )
-        )
-        first.execute("COMMIT")
-        waiter.join(timeout=10)
-        second.commit()
-        assert result == [(2,)]  # the UPDATE's old and new rows, left by the first
+            first.execute("COMMIT")
+            waiter.join(timeout=10)
+        assert result == [2]  # the UPDATE's old and new rows, left by the first
+    finally:
+        second.close()
     applied, rebuilt = applied_and_rebuilt(conn)
     assert applied == rebuilt
     assert conn.execute("SELECT price_sum FROM kpi_sums WHERE grain = 900").fetchone() == (Decimal("140.00"),)
@@ -182,7 +182,7 @@ def test_the_application_waits_for_nothing_new(database_url: str, conn: psycopg.
             "INSERT INTO purchases (listing_id, buyer_id, lead_id, sale_price, purchased_at) VALUES (1, 1, 1, 90, %s)",
             [at],
         )
-        applier.execute("SET TRANSACTION READ WRITE")
+        applier.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         applier.execute("SELECT kpi_apply_changes()")  # sees none of their rows, and waits for none
         for session in (first, second, third, applier):
             assert not blocked(conn, session)
@@ -281,5 +281,7 @@ def test_a_disabled_trigger_switches_to_the_raw_rows(database: Database, conn: p
         assert rows[0]["active_buyers"] == 1
     finally:
         conn.execute("ALTER TABLE leads ENABLE ALWAYS TRIGGER kpi_leads_insert")
-        conn.execute("SELECT kpi_rebuild()")  # what an operator does after re-enabling it
+        with conn.transaction():  # what an operator does after re-enabling it
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            conn.execute("SELECT kpi_rebuild()")
     assert database.mode(refresh=True) == "summaries"
