@@ -78,7 +78,16 @@ def test_init_db_is_idempotent(
     with psycopg.connect(empty_database) as conn:
         tables = {row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
         # The sales tables, and the service's summaries (sql/summary.sql).
-        assert tables == {*TABLES, "kpi_sums", "kpi_buyer_buckets", "kpi_sales", "kpi_changes", "kpi_summary_state", "kpi_purchase_facts", "kpi_conversions"}
+        assert tables == {
+            *TABLES,
+            "kpi_sums",
+            "kpi_buyer_buckets",
+            "kpi_sales",
+            "kpi_changes",
+            "kpi_summary_state",
+            "kpi_purchase_facts",
+            "kpi_conversions",
+        }
         assert conn.execute("SELECT name FROM buyers").fetchall() == [("kept",)]
     assert "schema and summaries applied" in capsys.readouterr().out
 
