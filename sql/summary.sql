@@ -120,7 +120,8 @@ CREATE TABLE IF NOT EXISTS kpi_changes (
     cost     numeric,   -- listings: acquisition_cost
     price    numeric,   -- listings
     score    numeric,   -- listings
-    unsold   boolean    -- listings: not withdrawn and never sold
+    sold_at  timestamptz, -- listings
+    withdrawn boolean   -- listings
 ) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
         autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 1000);
 
@@ -133,14 +134,12 @@ CREATE OR REPLACE FUNCTION kpi_listings_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 BEGIN
     IF TG_OP <> 'INSERT' THEN
-        INSERT INTO kpi_changes (tbl, sign, at, id, cost, price, score, unsold)
-        SELECT 'l', -1, listed_at, id, acquisition_cost, price, score, status <> 'withdrawn' AND sold_at IS NULL
-        FROM old_rows;
+        INSERT INTO kpi_changes (tbl, sign, at, id, cost, price, score, sold_at, withdrawn)
+        SELECT 'l', -1, listed_at, id, acquisition_cost, price, score, sold_at, status = 'withdrawn' FROM old_rows;
     END IF;
     IF TG_OP <> 'DELETE' THEN
-        INSERT INTO kpi_changes (tbl, sign, at, id, cost, price, score, unsold)
-        SELECT 'l', 1, listed_at, id, acquisition_cost, price, score, status <> 'withdrawn' AND sold_at IS NULL
-        FROM new_rows;
+        INSERT INTO kpi_changes (tbl, sign, at, id, cost, price, score, sold_at, withdrawn)
+        SELECT 'l', 1, listed_at, id, acquisition_cost, price, score, sold_at, status = 'withdrawn' FROM new_rows;
     END IF;
     RETURN NULL;
 END
@@ -192,7 +191,17 @@ LANGUAGE sql AS $fn$
            sum(d.listings), sum(d.price_sum), sum(d.scored), sum(d.score_sum), sum(d.unsold), sum(d.leads),
            sum(d.converted), sum(d.costed), sum(d.profit_sum), sum(d.led), sum(d.lead_seconds),
            sum(d.buyer_buckets), sum(d.buyer_links)
-    FROM unnest(deltas) AS d
+    FROM (
+        -- Per 15-minute bucket first: a batch holds thousands of rows for a few hundred buckets.
+        SELECT date_bin('15 minutes', d.bucket, timestamptz 'epoch') AS bucket,
+               sum(d.listings) AS listings, sum(d.price_sum) AS price_sum, sum(d.scored) AS scored,
+               sum(d.score_sum) AS score_sum, sum(d.unsold) AS unsold, sum(d.leads) AS leads,
+               sum(d.converted) AS converted, sum(d.costed) AS costed, sum(d.profit_sum) AS profit_sum,
+               sum(d.led) AS led, sum(d.lead_seconds) AS lead_seconds, sum(d.buyer_buckets) AS buyer_buckets,
+               sum(d.buyer_links) AS buyer_links
+        FROM unnest(deltas) AS d
+        GROUP BY 1
+    ) AS d
     CROSS JOIN (VALUES (900, interval '15 minutes'), (86400, interval '1 day')) AS g (grain, stride)
     GROUP BY 1, 2
     HAVING (sum(d.listings), sum(d.price_sum), sum(d.scored), sum(d.score_sum), sum(d.unsold), sum(d.leads),
@@ -406,16 +415,20 @@ BEGIN
 
     deltas := ARRAY(
         SELECT ROW(0, c.at, c.sign, c.sign * c.price, c.sign * (c.score IS NOT NULL)::integer,
-                   c.sign * coalesce(c.score, 0), c.sign * c.unsold::integer, 0, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
+                   c.sign * coalesce(c.score, 0), c.sign * (NOT c.withdrawn AND c.sold_at IS NULL)::integer,
+                   0, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
         FROM unnest(changes) c WHERE c.tbl = 'l'
         UNION ALL
         SELECT ROW(0, c.at, 0, 0, 0, 0, 0, c.sign, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
         FROM unnest(changes) c WHERE c.tbl = 'd'
     );
 
-    -- The sold listings of aged_inventory: only rows that differ are written (a rescore of a
-    -- sold listing leaves kpi_sales alone).
-    listing_ids := ARRAY(SELECT DISTINCT c.id FROM unnest(changes) c WHERE c.tbl = 'l');
+    -- The sold listings of aged_inventory, for the listings whose instants or withdrawal may
+    -- have changed (logged once, or with two values): a rescore leaves kpi_sales alone.
+    listing_ids := ARRAY(
+        SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'l'
+        GROUP BY c.id HAVING count(*) = 1 OR count(DISTINCT (c.at, c.sold_at, c.withdrawn)) > 1
+    );
     WITH wanted AS (
         SELECT li.id, li.listed_at, li.sold_at
         FROM unnest(listing_ids) AS k (id)
@@ -460,8 +473,10 @@ BEGIN
             ) k
             JOIN purchases x ON x.lead_id = k.id
         ),
+        -- (A lead only inserted has no purchase yet: a purchase of it is logged itself.)
         ARRAY(
             SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'd'
+            GROUP BY c.id HAVING count(DISTINCT c.at) > 1 OR min(c.sign) < 0
             UNION
             SELECT c.lead_id FROM unnest(changes) c WHERE c.tbl = 'p' AND c.lead_id IS NOT NULL
         )
@@ -493,7 +508,9 @@ BEGIN
     ),
     added AS (
         INSERT INTO kpi_buyer_buckets (buyer_id, bucket)
-        SELECT t.buyer_id, t.bucket FROM truth t WHERE t.holds
+        SELECT t.buyer_id, t.bucket FROM truth t
+        WHERE t.holds
+          AND NOT EXISTS (SELECT FROM kpi_buyer_buckets b WHERE b.buyer_id = t.buyer_id AND b.bucket = t.bucket)
         ON CONFLICT DO NOTHING
         RETURNING buyer_id, bucket
     )
