@@ -215,9 +215,13 @@ def apply_schema(conninfo: str, *, summaries: bool = True) -> None:
         for statement in _statements(sql_text("indexes.sql")):
             conn.execute(statement)
         if summaries:
+            # Waiting for a running applier (an upgrade beside live instances) before the
+            # build's snapshot is taken.
+            conn.execute(APPLIER_LOCK, [True])
             with conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 conn.execute("SELECT kpi_build()")
+            conn.execute(APPLIER_LOCK, [False])
             conn.execute(f"VACUUM (ANALYZE) {SERVICE_TABLES}")
         conn.execute("ANALYZE buyers, listings, leads, purchases")
 

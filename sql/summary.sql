@@ -26,10 +26,11 @@ SELECT set_config('search_path', quote_ident(current_schema()) || ', pg_temp', t
 DO $$
 BEGIN
     IF to_regclass('kpi_sums') IS NOT NULL
-       AND NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('kpi_changes') AND attname = 'sign') THEN
+       AND NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('kpi_changes') AND attname = 'withdrawn')
+    THEN
         DROP FUNCTION IF EXISTS kpi_changed(), kpi_truncated() CASCADE;  -- and their triggers
         DROP TABLE IF EXISTS kpi_sums, kpi_buyer_buckets, kpi_purchase_facts, kpi_summary_state, kpi_sales,
-            kpi_changes CASCADE;
+            kpi_changes, kpi_conversions CASCADE;
         DROP FUNCTION IF EXISTS kpi_rebuild(), kpi_compact(), kpi_buyers_refresh(bigint[]),
             kpi_purchases_refresh(bigint[]), kpi_difference(text, text, text),
             kpi_listings_apply(listings[], listings[]), kpi_leads_apply(leads[], leads[]);
@@ -107,21 +108,21 @@ CREATE TABLE IF NOT EXISTS kpi_conversions (
         autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 20000);
 
 -- The change log. No index, no key, no default: an insert into it is a heap append, and the
--- applier takes all of it at once. A row per changed row, its old image (sign -1) and its new
+-- applier takes it in batches, oldest pages first. A row per changed row, its old image (sign -1) and its new
 -- one (+1): its table ('l' listings, 'd' leads, 'p' purchases), the instant that places it in
 -- a bucket, its id, and the columns of its own that the sums read; 't' alone: a TRUNCATE.
 CREATE TABLE IF NOT EXISTS kpi_changes (
-    tbl      "char",
-    sign     smallint,
-    at       timestamptz,
-    id       bigint,
-    buyer_id bigint,    -- leads, purchases
-    lead_id  bigint,    -- purchases
-    cost     numeric,   -- listings: acquisition_cost
-    price    numeric,   -- listings
-    score    numeric,   -- listings
-    sold_at  timestamptz, -- listings
-    withdrawn boolean   -- listings
+    tbl       "char",
+    sign      smallint,
+    at        timestamptz,
+    id        bigint,
+    buyer_id  bigint,       -- leads, purchases
+    lead_id   bigint,       -- purchases
+    cost      numeric,      -- listings: acquisition_cost
+    price     numeric,      -- listings
+    score     numeric,      -- listings
+    sold_at   timestamptz,  -- listings
+    withdrawn boolean       -- listings
 ) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
         autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 1000);
 
