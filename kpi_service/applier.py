@@ -1,7 +1,7 @@
 """The summaries' applier: turns the change log into current sums, in the background.
 
-The application's writes only append keys to kpi_changes (sql/summary.sql); this loop, in every
-instance, calls kpi_apply_changes() every KPI_APPLY_INTERVAL_MS. Across instances one applies
+The application's writes only append their rows' images to kpi_changes (sql/summary.sql); this
+loop, in every instance, calls kpi_apply_changes() every KPI_APPLY_INTERVAL_MS. Across instances one applies
 at a time (the function's try-lock); the others find the lock taken and wait for the next tick.
 A committed change therefore reaches the summaries within about one interval plus one apply
 (docs/design.md, "Freshness"). While a backlog remains (after downtime: a full batch was

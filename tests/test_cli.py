@@ -92,6 +92,31 @@ def test_init_db_is_idempotent(
     assert "schema and summaries applied" in capsys.readouterr().out
 
 
+def test_apply_once_takes_in_the_change_log(
+    environ: pytest.MonkeyPatch, empty_database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    environ.setenv("DATABASE_URL", empty_database)
+    assert cli.main(["init-db"]) == 0
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        conn.execute("INSERT INTO listings (price, status, listed_at) VALUES (100, 'active', '2026-03-01T12:00Z')")
+        conn.execute("UPDATE listings SET price = 120")
+        assert cli.main(["apply", "--once"]) == 0
+        assert conn.execute("SELECT count(*) FROM kpi_changes").fetchone() == (0,)
+        assert conn.execute("SELECT listings, price_sum FROM kpi_sums WHERE grain = 900").fetchone() == (1, 120)
+    assert "3 change rows applied" in capsys.readouterr().out
+
+
+def test_init_db_without_summaries_installs_no_triggers(
+    environ: pytest.MonkeyPatch, empty_database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    environ.setenv("DATABASE_URL", empty_database)
+    assert cli.main(["init-db", "--without-summaries"]) == 0
+    with psycopg.connect(empty_database) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'kpi%'").fetchone() == (0,)
+        assert conn.execute("SELECT kpi_source()").fetchone() == ("raw",)
+    assert "no summaries" in capsys.readouterr().out
+
+
 def test_init_db_without_database_url(environ: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["init-db"]) == 2
     assert capsys.readouterr().err == "kpi-service: DATABASE_URL is not set\n"
