@@ -135,6 +135,8 @@ def test_metrics_count_requests_cache_outcomes_and_sql(client, auth, conn) -> No
         "kpi_computation_duration_seconds_bucket",
         "kpi_cache_outcomes_total",
         "kpi_singleflight_waits_total",
+        "kpi_summary_changes_applied_total",
+        "kpi_summary_apply_duration_seconds_bucket",
     ):
         assert name in text
 
