@@ -25,7 +25,7 @@ WITH windows AS (
     ) e
 ),
 summed AS (
-    SELECT w.ord, k.listings, k.price_sum, k.scored, k.score_sum, k.leads, k.converted, k.costed,
+    SELECT w.ord, w.as_of, w.aged_edge, w.aged_before, k.listings, k.price_sum, k.scored, k.score_sum, k.leads, k.converted, k.costed,
            k.profit_sum, k.led, k.lead_seconds,
            -- active_buyers: each active buyer has one run of consecutive buckets inside the
            -- window, so it is the buckets in the window, less the links between two of them
@@ -63,7 +63,10 @@ summed AS (
 totals AS (
     SELECT * FROM summed
     UNION ALL
-    SELECT w.ord, r.* FROM windows w CROSS JOIN LATERAL kpi_raw(w.lo, w.hi) r WHERE NOT w.aligned
+    SELECT w.ord, w.as_of, w.aged_edge, w.aged_before, r.*
+    FROM windows w
+    CROSS JOIN LATERAL kpi_raw(w.lo, w.hi) r
+    WHERE NOT w.aligned
 ),
 -- aged_inventory: in stock at as_of and listed more than aged_days 24-hour days before it,
 -- whatever the window's start. Below the window's aged_edge b, that is the listings never sold
@@ -107,13 +110,14 @@ aged AS (
     SELECT s.ord, sum(s.step) OVER (ORDER BY s.position DESC) AS n
     FROM aged_steps s
 )
+-- The aged counts by position in one array, computed once: a join on ord, with the planner's
+-- estimate of one window for unnest(), became a nested loop comparing every pair of windows.
 SELECT m.*
 FROM totals t
-JOIN windows w ON w.ord = t.ord
-JOIN aged a ON a.ord = t.ord
 CROSS JOIN LATERAL kpi_metrics(
     t.listings, t.price_sum, t.scored, t.score_sum, t.leads, t.converted, t.costed, t.profit_sum, t.led,
-    t.lead_seconds, t.buyers, (a.n + kpi_raw_stock(w.aged_edge, w.aged_before, w.as_of))::bigint
+    t.lead_seconds, t.buyers,
+    ((SELECT array_agg(a.n ORDER BY a.ord) FROM aged a)[t.ord] + kpi_raw_stock(t.aged_edge, t.aged_before, t.as_of))::bigint
 ) m
 ORDER BY t.ord;
 
