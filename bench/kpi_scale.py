@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import python_baseline
 
-from kpi_service.db import MODE, SESSION_OPTIONS, apply_schema, queries
+from kpi_service.db import MODE, SESSION_OPTIONS, apply_schema, kpi_statement_rows
 from kpi_service.seed import seed
 
 UNTIL = datetime(2026, 11, 25, tzinfo=UTC)
@@ -117,26 +117,13 @@ def mode(conn: psycopg.Connection) -> str:
     """ "summaries" or "raw": which statement the service runs on this database (kpi_service/db.py
     MODE), looked up once per connection, as the service does not look it up per request."""
     if conn not in _modes:
-        (found,) = conn.execute(MODE).fetchone().values()
-        # The name itself ("summaries" or "raw"); an earlier MODE answered whether summaries exist.
-        _modes[conn] = found if isinstance(found, str) else "summaries" if found else "raw"
+        (_modes[conn],) = conn.execute(MODE).fetchone().values()
     return _modes[conn]
 
 
 def statement(conn: psycopg.Connection, windows: list[Window]) -> list[Any]:
-    """sql/kpi.sql as Database.kpi_rows (kpi_service/db.py) runs it: the same statement for the
-    database's mode, the same parameters. The one place to adapt when that changes (the other
-    benches call this)."""
-    query = queries.kpi_windows if mode(conn) == "summaries" else queries.kpi_windows_raw
-    return list(
-        query(
-            conn,
-            starts=[w[0] for w in windows],
-            ends=[w[1] for w in windows],
-            as_ofs=[w[2] for w in windows],
-            aged_days=AGED_DAYS,
-        )
-    )
+    """sql/kpi.sql as Database.kpi_rows (kpi_service/db.py) runs it (the other benches call this)."""
+    return kpi_statement_rows(conn, mode(conn), windows, AGED_DAYS)
 
 
 def ten_queries(conn: psycopg.Connection, windows: list[Window]) -> list[Any]:

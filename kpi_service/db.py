@@ -129,17 +129,8 @@ class Database:
         """One execution of sql/kpi.sql: a row per (start, end, as_of) window, and its duration in ms."""
         with self._connection("query") as conn:
             mode = self._mode or self._look_up_mode(conn)
-            statement = queries.kpi_windows if mode == "summaries" else queries.kpi_windows_raw
             started = time.perf_counter()
-            rows = list(
-                statement(
-                    conn,
-                    starts=[w[0] for w in windows],
-                    ends=[w[1] for w in windows],
-                    as_ofs=[w[2] for w in windows],
-                    aged_days=aged_days,
-                )
-            )
+            rows = kpi_statement_rows(conn, mode, windows, aged_days)
             return rows, (time.perf_counter() - started) * 1000
 
     def apply_changes(self, max_rows: int = APPLY_BATCH, *, wait: bool = False) -> int | None:
@@ -195,6 +186,26 @@ class Database:
 
     def close(self) -> None:
         self.pool.close()
+
+
+def kpi_statement_rows(
+    conn: psycopg.Connection,
+    mode: str,
+    windows: Sequence[tuple[datetime | None, datetime | None, datetime]],
+    aged_days: int,
+) -> list[dict[str, Any]]:
+    """sql/kpi.sql on a database whose KPIs come from `mode` ("summaries" or "raw"): the
+    statement and parameters of every cache miss, which the benches time as they are."""
+    statement = queries.kpi_windows if mode == "summaries" else queries.kpi_windows_raw
+    return list(
+        statement(
+            conn,
+            starts=[w[0] for w in windows],
+            ends=[w[1] for w in windows],
+            as_ofs=[w[2] for w in windows],
+            aged_days=aged_days,
+        )
+    )
 
 
 SERVICE_TABLES = "kpi_sums, kpi_buyer_buckets, kpi_sales, kpi_purchase_facts, kpi_conversions, kpi_changes"

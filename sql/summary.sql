@@ -404,7 +404,8 @@ $fn$;
 -- - what depends on other rows (a purchase's profit and lead time, a lead's conversion, a
 --   buyer's buckets, a sold listing) is looked up now for the purchases, leads, buyers and
 --   listings named, compared with the service's stored copy, and the difference added; a change
---   committed after the log was taken is then seen twice, which a comparison makes harmless.
+--   whose log rows a batch limit leaves for later is already seen by these lookups, and when its
+--   rows come the comparison finds nothing left to add.
 CREATE OR REPLACE FUNCTION kpi_apply_changes(max_rows integer DEFAULT 50000) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 DECLARE
