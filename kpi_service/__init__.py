@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import redis
 from flask import Flask
 
-from kpi_service import api, auth, dashboard, errors, health, metrics, openapi, request_log, server_timing, stream
+from kpi_service import api, auth, dashboard, errors, health, metrics, openapi, request_hooks, stream
 from kpi_service.applier import Applier
 from kpi_service.cache import Cache, connect
 from kpi_service.config import ConfigError, Settings
@@ -46,10 +46,9 @@ def create_app(config: Settings | None = None) -> Flask:
     configure_logging(settings.log_level)
     app = Flask(__name__)
     app.json.sort_keys = False
-    # request_log first: its before_request starts the clock the other hooks read, and its
-    # after_request runs last, logging the response as finally sent.
-    request_log.init_app(app)
-    server_timing.init_app(app)
+    # First: its before_request starts the clock, and its after_request runs last, on the
+    # response as finally sent.
+    request_hooks.init_app(app, settings)
     metrics.init_app(app, settings)
     errors.init_app(app)
     auth.init_app(app, settings.jwt_secret_key)

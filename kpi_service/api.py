@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, current_app, request
 from marshmallow import Schema, ValidationError
 
 from kpi_service.auth import token_required
 from kpi_service.kpis import Served
+from kpi_service.request_hooks import scope
 from kpi_service.schemas import KpiQuery
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -33,12 +34,14 @@ def _parse(kind: str, schema: Schema) -> KpiQuery:
 
 
 def _respond(served: Served) -> Response:
-    g.kpi_served = served  # read by the request log, metrics and Server-Timing
-    response = Response(served.payload, mimetype="application/json")
-    response.headers["ETag"] = f'"{served.etag}"'
+    scope().served = served  # for Server-Timing, the metrics and the request log
     fresh_for = max(0, int(served.fresh_until - time.time()))
-    response.headers["Cache-Control"] = f"private, max-age={fresh_for}"
-    if "If-None-Match" in request.headers:
+    response = Response(
+        served.payload,
+        mimetype="application/json",
+        headers=(("ETag", f'"{served.etag}"'), ("Cache-Control", f"private, max-age={fresh_for}")),
+    )
+    if "HTTP_IF_NONE_MATCH" in request.environ:
         return response.make_conditional(request)
     return response
 

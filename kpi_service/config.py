@@ -10,6 +10,8 @@ from kpi_service.windows import canonical_zone
 
 MIN_SECRET_BYTES = 32
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# The request log: a line for every response but a success or a 304, or for every response.
+ACCESS_LOGS = ("errors", "all")
 
 
 class ConfigError(ValueError):
@@ -33,6 +35,7 @@ class Settings:
     redis_timeout_ms: int = 250
     env: str = "production"
     log_level: str = "INFO"
+    access_log: str = "errors"
     metrics: str = "on"
     metrics_token: str | None = None
     max_streams: int = 16
@@ -59,6 +62,7 @@ class Settings:
             "redis_timeout_ms": _int(env, "KPI_REDIS_TIMEOUT_MS", 250, low=1),
             "env": env.get("KPI_ENV") or "production",
             "log_level": (env.get("KPI_LOG_LEVEL") or "INFO").upper(),
+            "access_log": (env.get("KPI_ACCESS_LOG") or "errors").strip().lower(),
             "metrics": (env.get("KPI_METRICS") or "on").strip().lower(),
             "metrics_token": env.get("KPI_METRICS_TOKEN") or None,
             "max_streams": _int(env, "KPI_MAX_STREAMS", 16, low=1),
@@ -83,6 +87,8 @@ class Settings:
             raise ConfigError(f"KPI_TIMEZONE {self.timezone!r} is not a known IANA time zone name")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"KPI_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
+        if self.access_log not in ACCESS_LOGS:
+            raise ConfigError(f"KPI_ACCESS_LOG must be one of {', '.join(ACCESS_LOGS)}, not {self.access_log!r}")
         mode, _ = metrics_exposure(self.metrics)
         if self.metrics_token is not None and mode != "on":
             # The separate port is served by prometheus_client's own server, which has no

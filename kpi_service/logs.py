@@ -12,6 +12,8 @@ from typing import TextIO
 from pythonjsonlogger.json import JsonFormatter
 
 ROOT_LOGGER = "kpi_service"
+# The attribute that marks a host's own handler (see configure_logging).
+HOST_HANDLER = "kpi_host_handler"
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -47,10 +49,14 @@ def configure_logging(level: str) -> None:
 
     Idempotent (create_app may run more than once in a process): the handler is added once and
     only the level follows the latest settings. The loggers do not propagate, so a root logger
-    configured by a host (gunicorn, a test runner) does not print every line a second time.
+    configured by a host (gunicorn) does not print every line a second time. A host that routes
+    the records itself (the test suite, to pytest's capture) marks a handler of its own with
+    `HOST_HANDLER` on the kpi_service logger first: then nothing else is changed.
     """
     logger = logging.getLogger(ROOT_LOGGER)
     logger.setLevel(level)
+    if any(getattr(handler, HOST_HANDLER, False) for handler in logger.handlers):
+        return
     if not any(getattr(handler, "_kpi_json", False) for handler in logger.handlers):
         # Request threads only enqueue their record; one thread formats and writes. A handler
         # writing in the request thread made every request of a gunicorn worker's threads queue

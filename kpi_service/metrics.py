@@ -10,9 +10,9 @@ from __future__ import annotations
 import functools
 import hmac
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Flask, Response, g, request
+from flask import Blueprint, Flask, Response, request
 from prometheus_client import (
     CONTENT_TYPE_PLAIN_0_0_4,
     REGISTRY,
@@ -27,7 +27,9 @@ from prometheus_client.registry import Collector
 
 from kpi_service.config import Settings, metrics_exposure
 from kpi_service.errors import envelope
-from kpi_service.request_log import elapsed_ms, route
+
+if TYPE_CHECKING:  # kpis counts into this module's metrics
+    from kpi_service.kpis import Served
 
 REQUESTS = Counter(
     "kpi_http_requests_total",
@@ -109,18 +111,17 @@ def _kpi_series(endpoint: str, outcome: str) -> tuple[Any, Any]:
     return CACHE_OUTCOMES.labels(endpoint=endpoint, outcome=outcome), COMPUTATION_DURATION.labels(endpoint=endpoint)
 
 
-def _observe(response: Response) -> Response:
-    requests, duration = _request_series(request.method, route(), response.status_code)
+def observe(method: str, route: str, endpoint: str | None, status: int, seconds: float, served: Served | None) -> None:
+    """Count one answered request (kpi_service.request_hooks calls this for every request)."""
+    requests, duration = _request_series(method, route, status)
     requests.inc()
-    duration.observe(elapsed_ms() / 1000)
-    served = g.get("kpi_served")
-    endpoint = _KPI_ENDPOINTS.get(request.endpoint or "")
-    if served is not None and endpoint is not None:
-        outcomes, computation = _kpi_series(endpoint, served.outcome)
+    duration.observe(seconds)
+    kpi_endpoint = _KPI_ENDPOINTS.get(endpoint or "")
+    if served is not None and kpi_endpoint is not None:
+        outcomes, computation = _kpi_series(kpi_endpoint, served.outcome)
         outcomes.inc()
         if served.db_ms is not None:
             computation.observe(served.db_ms / 1000)
-    return response
 
 
 def _authorized(expected: str) -> bool:
@@ -144,17 +145,18 @@ def blueprint(token: str | None) -> Blueprint:
     return bp
 
 
+def counting(settings: Settings) -> bool:
+    """Whether requests are counted: unless KPI_METRICS=off."""
+    return metrics_exposure(settings.metrics)[0] != "off"
+
+
 def init_app(app: Flask, settings: Settings) -> None:
-    """Count requests unless KPI_METRICS=off; serve /metrics on the app's port when it is `on`.
+    """Serve /metrics on the app's port when KPI_METRICS is `on`.
 
     With `port:NNNN` the app only counts: the listener is started once per server by
     `start_exporter` (gunicorn.conf.py calls it in the master), not per app or worker.
     """
-    mode, _ = metrics_exposure(settings.metrics)
-    if mode == "off":
-        return
-    app.after_request(_observe)
-    if mode == "on":
+    if metrics_exposure(settings.metrics)[0] == "on":
         app.register_blueprint(blueprint(settings.metrics_token))
 
 

@@ -1,49 +1,31 @@
-"""One JSON log line per request, and the request id that ties it to the caller's logs."""
+"""The request log: one JSON line per request worth one (kpi_service.request_hooks decides).
+
+By default (KPI_ACCESS_LOG=errors) that is every response other than a success (2xx) or a
+304 Not Modified, which is a poller's cache hit: a line for every hit cost more than the rest
+of the hit (docs/benchmarks.md), and Prometheus counts every request anyway. KPI_ACCESS_LOG=all
+logs every request.
+"""
 
 from __future__ import annotations
 
 import logging
-import re
-import time
-import uuid
 
-from flask import Flask, Response, g, request
+from flask import Request
+
+from kpi_service.kpis import Served
 
 log = logging.getLogger("kpi_service.request")
 
-REQUEST_ID_HEADER = "X-Request-ID"
-# A caller's id is echoed into logs and headers: keep it short and free of anything that could
-# forge a log field or split a header.
-_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+def worth_a_line(status: int) -> bool:
+    """Whether the default log (KPI_ACCESS_LOG=errors) has a line for this status."""
+    return not (200 <= status < 300 or status == 304)
 
 
-def request_id() -> str:
-    """The id of the current request (the caller's X-Request-ID when acceptable)."""
-    return g.request_id
-
-
-def elapsed_ms() -> float:
-    """Milliseconds since the request reached the app."""
-    return (time.perf_counter() - g.request_started) * 1000
-
-
-def route() -> str:
-    """The matched URL rule (`/api/kpi`), never the raw path: bounded, and free of ids."""
-    rule = request.url_rule
-    return rule.rule if rule is not None else "unmatched"
-
-
-def _begin() -> None:
-    g.request_started = time.perf_counter()
-    given = request.headers.get(REQUEST_ID_HEADER, "")
-    g.request_id = given if _SAFE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-
-
-def _finish(response: Response) -> Response:
-    response.headers[REQUEST_ID_HEADER] = g.request_id
+def write(request: Request, route: str, status: int, elapsed: float, served: Served | None, request_id: str) -> None:
+    """The line of one request (at INFO: KPI_LOG_LEVEL=WARNING silences it)."""
     if not log.isEnabledFor(logging.INFO):
-        return response
-    served = g.get("kpi_served")
+        return
     # request.path has no query string: parameters may carry anything, and tokens never go there
     # but a caller could still put one there by mistake.
     log.info(
@@ -51,18 +33,11 @@ def _finish(response: Response) -> Response:
         extra={
             "method": request.method,
             "path": request.path,
-            "route": route(),
-            "status": response.status_code,
-            "duration_ms": round(elapsed_ms(), 2),
+            "route": route,
+            "status": status,
+            "duration_ms": round(elapsed * 1000, 2),
             "cache": served.outcome if served is not None else None,
-            "request_id": g.request_id,
+            "request_id": request_id,
             "remote_addr": request.remote_addr,
         },
     )
-    return response
-
-
-def init_app(app: Flask) -> None:
-    """Registered first, so that its clock starts before any other hook runs."""
-    app.before_request(_begin)
-    app.after_request(_finish)

@@ -7,6 +7,7 @@ server installed.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -29,9 +30,22 @@ from psycopg.conninfo import make_conninfo
 
 from kpi_service import Settings, create_app
 from kpi_service.db import Database, apply_schema
+from kpi_service.logs import HOST_HANDLER, ROOT_LOGGER
 from tests.dataset import catch_up
 
 SECRET = "test-secret-that-is-at-least-32-bytes-long"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def logs_to_pytest() -> Iterator[None]:
+    """The service's log records go to pytest's log capture, shown with a failing test, rather
+    than to stderr, where its writer thread would print them between pytest's dots."""
+    marker = logging.NullHandler()
+    setattr(marker, HOST_HANDLER, True)
+    logger = logging.getLogger(ROOT_LOGGER)
+    logger.addHandler(marker)
+    yield
+    logger.removeHandler(marker)
 
 
 @pytest.fixture(scope="session")

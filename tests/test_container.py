@@ -95,6 +95,7 @@ def test_gunicorn_serves_probes_metrics_and_json_logs(database_url: str, tmp_pat
                 assert get(f"http://127.0.0.1:{port}/healthz") == (200, b'{"status":"ok"}\n')
             status, body = get(f"http://127.0.0.1:{port}/readyz")
             assert status == 200 and json.loads(body)["checks"]["database"] == "ok"
+            assert get(f"http://127.0.0.1:{port}/api/kpi")[0] == 401
             assert get(f"http://127.0.0.1:{port}/metrics")[0] == 404  # served on its own port instead
             status, text = get(f"http://127.0.0.1:{metrics_port}/metrics")
             assert status == 200
@@ -105,7 +106,9 @@ def test_gunicorn_serves_probes_metrics_and_json_logs(database_url: str, tmp_pat
             assert server.wait(timeout=30) == 0
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
     requests = [line for line in lines if line.get("logger") == "kpi_service.request"]
-    assert any(line["path"] == "/readyz" and line["status"] == 200 for line in requests)
+    # The default request log: a line for the 401, none for the successes.
+    assert ("/api/kpi", 401) in [(line["path"], line["status"]) for line in requests]
+    assert not [line for line in requests if line["status"] == 200]
     assert {"method", "path", "route", "status", "duration_ms", "cache", "request_id", "remote_addr"} <= set(
         requests[0]
     )

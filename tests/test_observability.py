@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 
 import psycopg
@@ -84,7 +85,8 @@ def test_request_id_is_echoed_when_safe(client, given: str, kept: bool) -> None:
         assert returned != given and len(returned) == 32
 
 
-def test_one_json_line_per_request_without_secrets(client, conn, request_log: Lines) -> None:
+def test_one_json_line_per_request_without_secrets(make_app, conn, request_log: Lines) -> None:
+    client = make_app(access_log="all").test_client()
     secret_token = token()
     response = client.get(
         f"/api/kpi?from=2026-01-01&tz=UTC&aged_days=7&jwt={secret_token}",
@@ -102,9 +104,42 @@ def test_one_json_line_per_request_without_secrets(client, conn, request_log: Li
     assert secret_token not in text and SECRET not in text and "aged_days" not in text and "?" not in text
 
 
+def test_by_default_only_responses_other_than_success_are_logged(client, auth, conn, request_log: Lines) -> None:
+    client.get("/api/kpi", headers=auth)  # the miss
+    hit = client.get("/api/kpi", headers=auth)
+    assert client.get("/api/kpi", headers={**auth, "If-None-Match": hit.headers["ETag"]}).status_code == 304
+    client.get("/healthz")
+    assert request_log.lines == []
+    client.get("/api/kpi?from=nope", headers=auth)
+    client.get("/api/kpi")
+    client.get("/no/such/thing")
+    assert [line["status"] for line in request_log.lines] == [400, 401, 404]
+
+
 def test_unmatched_paths_are_one_route(client, request_log: Lines) -> None:
     client.get("/no/such/thing/42")
     assert request_log.lines[-1]["route"] == "unmatched" and request_log.lines[-1]["status"] == 404
+
+
+def test_access_log_setting_is_validated() -> None:
+    with pytest.raises(ConfigError, match="KPI_ACCESS_LOG"):
+        Settings.from_env({"JWT_SECRET_KEY": SECRET, "DATABASE_URL": "postgresql://x", "KPI_ACCESS_LOG": "some"})
+
+
+def test_request_ids_are_unique_and_differ_in_a_forked_child() -> None:
+    from kpi_service.request_hooks import _ids
+
+    ids = {_ids.next() for _ in range(1000)}
+    assert len(ids) == 1000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first id, to the parent
+        os.write(write, _ids.next().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read), os.close(write)
+    assert child[:16] != next(iter(ids))[:16]
 
 
 def sample(name: str, **labels: str) -> float:
