@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -16,6 +19,8 @@ from kpi_service import ConfigError, Settings, create_app
 from kpi_service.logs import json_formatter
 from tests.conftest import SECRET, make_settings, token
 from tests.test_api import two_listings
+
+ROOT = Path(__file__).parents[1]
 
 
 class Lines(logging.Handler):
@@ -221,3 +226,42 @@ def test_observability_settings() -> None:
     assert (default.metrics, default.metrics_token, default.log_level) == ("on", None, "INFO")
     custom = Settings.from_env({**base, "KPI_METRICS": "Port:9464", "KPI_LOG_LEVEL": "debug"})
     assert custom.metrics_port == 9464 and custom.log_level == "DEBUG"
+
+
+QUIET_CHECK = """
+from kpi_service import Settings, create_app
+
+
+def make():
+    settings = Settings.from_env({}, jwt_secret_key="k" * 32, database_url="postgresql://h:1/x", apply_interval=0)
+    return create_app(settings).test_client()
+
+
+def test_passes():
+    assert make().get("/no/such/route").status_code == 404
+
+
+def test_fails():
+    make().get("/no/such/route")
+    assert False, "on purpose"
+"""
+
+
+@pytest.mark.slow
+def test_the_suite_prints_no_log_lines_but_shows_them_for_a_failing_test(tmp_path) -> None:
+    (tmp_path / "conftest.py").write_text("from tests.conftest import logs_to_pytest  # noqa: F401\n")
+    (tmp_path / "test_quiet.py").write_text(QUIET_CHECK)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider", str(tmp_path)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "1 failed, 1 passed" in done.stdout, done.stdout + done.stderr
+    passed, failed = done.stdout.split("test_fails", 1)
+    printed = (done.stdout + done.stderr).splitlines()
+    assert "kpi_service.request" not in passed and not [line for line in printed if line.startswith("{")]
+    # The failing test's report carries its log: the request line of its 404.
+    assert "Captured log call" in failed and "kpi_service.request" in failed
