@@ -14,7 +14,7 @@ from typing import Any
 import aiosql
 import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from kpi_service import metrics
 from kpi_service.config import Settings
@@ -55,6 +55,21 @@ class DatabaseUnavailable(Exception):
     """PostgreSQL could not answer in time: down, unreachable, pool exhausted or timed out."""
 
 
+class DatabaseBusy(DatabaseUnavailable):
+    """Every connection of the pool stayed in use for the pool timeout: the database answers,
+    this instance has more concurrent computations than connections. Not an outage."""
+
+
+class SchemaMissing(DatabaseUnavailable):
+    """The database answers but has no KPI tables or functions: `kpi-service init-db` never ran
+    on it (or ran on another database). Not an outage either."""
+
+
+INIT_HINT = "run kpi-service init-db"
+# The errors of a statement naming a table or function that is not there.
+_UNDEFINED = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction)
+
+
 class Database:
     """Owns the pool. Connections are read-only, bounded in time, and checked on checkout so
     that a restarted server is noticed on the first request after it instead of failing one."""
@@ -63,6 +78,9 @@ class Database:
         self._lock = threading.Lock()
         self._opened = False
         self._mode: str | None = None
+        self._schema_missing = False
+        self.max_connections = settings.db_pool_size
+        self._in_use = 0  # connections handed out through this class, see saturated()
         self.pool = ConnectionPool(
             settings.database_url,
             min_size=1,
@@ -106,7 +124,7 @@ class Database:
         when asked to refresh."""
         if self._mode is not None and not refresh:
             return self._mode
-        with self._connection("mode", quiet=quiet) as conn:
+        with self.connection("mode", quiet=quiet) as conn:
             return self._look_up_mode(conn)
 
     def _look_up_mode(self, conn: psycopg.Connection) -> str:
@@ -127,7 +145,7 @@ class Database:
         aged_days: int,
     ) -> tuple[list[dict[str, Any]], float]:
         """One execution of sql/kpi.sql: a row per (start, end, as_of) window, and its duration in ms."""
-        with self._connection("query") as conn:
+        with self.connection("query") as conn:
             mode = self._mode or self._look_up_mode(conn)
             started = time.perf_counter()
             rows = kpi_statement_rows(conn, mode, windows, aged_days)
@@ -139,7 +157,7 @@ class Database:
         kpi_apply_changes runs as its owner and writes only the service's tables, so the
         read-only role needs nothing more than the right to call it."""
         # Quiet: the applier runs every half second, and logs an outage once itself.
-        with self._connection("apply", quiet=True) as conn:
+        with self.connection("apply", quiet=True) as conn:
             if wait:
                 conn.execute(APPLIER_LOCK, [True])
                 conn.commit()
@@ -155,34 +173,78 @@ class Database:
 
     def pending_changes(self) -> int:
         """Rows in the change log that the applier has not taken yet."""
-        with self._connection("pending") as conn:
+        with self.connection("pending") as conn:
             return conn.execute(PENDING).fetchone()["pending"]
 
     @contextlib.contextmanager
-    def _connection(self, operation: str, *, quiet: bool = False) -> Iterator[psycopg.Connection]:
+    def connection(self, operation: str, *, quiet: bool = False) -> Iterator[psycopg.Connection]:
         """A pooled connection; any database error becomes DatabaseUnavailable, counted and
-        (unless quiet) logged."""
+        (unless quiet) logged; DatabaseBusy and SchemaMissing say what else it may be."""
         self._ensure_open()
         try:
-            with self.pool.connection() as conn:
+            with self.pool.connection() as conn, self._held():
                 yield conn
+        except _UNDEFINED as error:
+            self._schema_is_missing(error)
+            raise SchemaMissing(f"the database has no KPI schema: {INIT_HINT}") from error
+        except PoolTimeout as error:
+            if self.saturated():
+                metrics.POOL_BUSY.labels(operation=operation).inc()
+                raise DatabaseBusy(f"all {self.max_connections} connections of the pool are in use") from error
+            self._failed(operation, error, quiet)
         except psycopg.Error as error:
-            metrics.DATABASE_ERRORS.labels(operation=operation).inc()
-            if not quiet:
-                log.warning("database unavailable: %s", error.__class__.__name__)
-            raise DatabaseUnavailable(str(error)) from error
+            self._failed(operation, error, quiet)
+        if self._schema_missing:
+            self._schema_missing = False
+            log.info("the KPI schema is there now")
 
-    def ping(self, timeout: float) -> bool:
-        """`SELECT 1` through the pool, waiting at most `timeout` seconds for a connection."""
+    def _failed(self, operation: str, error: psycopg.Error, quiet: bool) -> None:
+        metrics.DATABASE_ERRORS.labels(operation=operation).inc()
+        if not quiet:
+            log.warning("database unavailable: %s", error.__class__.__name__)
+        raise DatabaseUnavailable(str(error)) from error
+
+    def _schema_is_missing(self, error: psycopg.Error) -> None:
+        # Once per detection, whatever the caller: the applier's first tick finds it at startup,
+        # then a request, after a schema that was there has gone.
+        if not self._schema_missing:
+            self._schema_missing = True
+            log.error("the database has no KPI schema (%s): %s", error.__class__.__name__, INIT_HINT)
+
+    @contextlib.contextmanager
+    def _held(self) -> Iterator[None]:
+        with self._lock:
+            self._in_use += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_use -= 1
+
+    def saturated(self) -> bool:
+        """Every connection the pool may open is handed out: a wait for one was a wait for
+        running statements, not for a server that does not answer (then the pool's own
+        connection attempts fail, and no connection is handed out)."""
+        return self._in_use >= self.max_connections
+
+    def ping(self, timeout: float) -> str:
+        """`SELECT 1` through the pool, waiting at most `timeout` seconds for a connection: "ok",
+        "busy" (every connection in use all that time) or "down"."""
         self._ensure_open()
         try:
-            with self.pool.connection(timeout=timeout) as conn:
+            with self.pool.connection(timeout=timeout) as conn, self._held():
                 conn.execute("SELECT 1")
-            return True
+            return "ok"
+        except PoolTimeout:
+            if self.saturated():
+                return "busy"
+            metrics.DATABASE_ERRORS.labels(operation="ping").inc()
+            log.warning("database ping failed: PoolTimeout")
+            return "down"
         except psycopg.Error as error:
             metrics.DATABASE_ERRORS.labels(operation="ping").inc()
             log.warning("database ping failed: %s", error.__class__.__name__)
-            return False
+            return "down"
 
     def close(self) -> None:
         self.pool.close()

@@ -15,11 +15,14 @@ log = logging.getLogger(__name__)
 class ApiError(Exception):
     """An answer other than 200, raised anywhere below a view."""
 
-    def __init__(self, status: int, message: str, errors: dict[str, list[str]] | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, errors: dict[str, list[str]] | None = None, *, retry_after: int | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.errors = errors
+        self.retry_after = retry_after  # seconds, sent as Retry-After
 
 
 def envelope(
@@ -44,7 +47,10 @@ def _flatten(messages: Any) -> dict[str, list[str]]:
 def init_app(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(error: ApiError) -> Response:
-        return envelope(error.status, error.message, error.errors)
+        response = envelope(error.status, error.message, error.errors)
+        if error.retry_after is not None:
+            response.headers["Retry-After"] = str(error.retry_after)
+        return response
 
     @app.errorhandler(ValidationError)
     def _invalid(error: ValidationError) -> Response:

@@ -8,7 +8,7 @@ import redis
 from flask import Blueprint, Response, current_app, jsonify
 
 from kpi_service import metrics
-from kpi_service.db import Database, DatabaseUnavailable
+from kpi_service.db import INIT_HINT, DatabaseUnavailable, SchemaMissing
 from kpi_service.errors import envelope
 
 log = logging.getLogger(__name__)
@@ -28,29 +28,34 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """Ready when PostgreSQL answers; Redis is reported but optional (without it every request
-    computes from the database, slower but correct)."""
+    """Ready when PostgreSQL answers and has the KPI schema; Redis is reported but optional
+    (without it every request computes from the database, slower but correct). A pool whose
+    connections are all in use is ready: the database answers, the requests wait their turn."""
     state = current_app.extensions["kpi"]
-    checks = {
-        "database": "ok" if state.db.ping(DATABASE_TIMEOUT_S) else "down",
+    checks: dict[str, object] = {
+        "database": state.db.ping(DATABASE_TIMEOUT_S),
         "redis": _redis_state(state.redis, in_process=state.settings.redis_url is None),
     }
-    if checks["database"] != "ok":
+    if checks["database"] == "down":
         return envelope(
             503, "Not ready: the database is unreachable.", extra={"status": "unavailable", "checks": checks}
         )
-    checks.update(_summaries_state(state.db))
-    return jsonify(status="ready", checks=checks)
-
-
-def _summaries_state(db: Database) -> dict[str, object]:
-    """Where the numbers come from ("summaries" or "raw"), and with summaries, how many change-log
-    rows wait for the applier (a growing number: no instance is applying)."""
     try:
-        mode = db.mode(refresh=True)
-        return {"kpi_source": mode, **({"pending_changes": db.pending_changes()} if mode == "summaries" else {})}
+        mode = state.db.mode(refresh=True)
+        checks["schema"] = "ok"
+        checks["kpi_source"] = mode
+        if mode == "summaries":
+            checks["pending_changes"] = state.db.pending_changes()
+    except SchemaMissing:
+        checks["schema"] = f"missing: {INIT_HINT}"
+        return envelope(
+            503,
+            f"Not ready: the database has no KPI schema; {INIT_HINT}.",
+            extra={"status": "uninitialized", "checks": checks},
+        )
     except DatabaseUnavailable:
-        return {"kpi_source": "unknown"}
+        checks["kpi_source"] = "unknown"  # busy, or gone since the ping: the next probe tells
+    return jsonify(status="ready", checks=checks)
 
 
 def _redis_state(client: redis.Redis, *, in_process: bool) -> str:

@@ -28,7 +28,7 @@ from marshmallow import ValidationError
 
 from kpi_service import metrics
 from kpi_service.cache import KEY_PREFIX, Cache, Entry, cache_key
-from kpi_service.db import Database, DatabaseUnavailable
+from kpi_service.db import INIT_HINT, Database, DatabaseBusy, DatabaseUnavailable, SchemaMissing
 from kpi_service.errors import ApiError
 from kpi_service.schemas import KpiQuery, MetricsSchema
 from kpi_service.singleflight import SingleFlight
@@ -128,11 +128,7 @@ class KpiService:
         except (DatabaseUnavailable, TimeoutError) as error:
             if entry is not None:
                 return Served(_with_flags(entry.body, cached=True, stale=True), "stale", entry.fresh_until)
-            if isinstance(error, TimeoutError):
-                raise ApiError(503, "Timed out waiting for the computation of this window.") from None
-            raise ApiError(
-                503, "The database is unavailable and no earlier result for this window is cached."
-            ) from None
+            raise _unavailable(error) from None
 
     def _remember(self, key: str, served: Served) -> Served:
         if not key.startswith(_KPI_KEYS):
@@ -234,9 +230,12 @@ class KpiService:
         try:
             data, duration_ms = compute(now)
         except DatabaseUnavailable as error:
-            if not isinstance(error.__cause__, psycopg.errors.QueryCanceled):
-                # The server itself, not one statement's own slowness (statement_timeout), which
-                # must not mark every other window's cached value as stale.
+            if not isinstance(error, DatabaseBusy | SchemaMissing) and not isinstance(
+                error.__cause__, psycopg.errors.QueryCanceled
+            ):
+                # The server itself, not one statement's own slowness (statement_timeout), a
+                # full pool or a missing schema, none of which may mark every other window's
+                # cached value as stale.
                 self._db_unreachable = True
             raise
         finally:
@@ -261,6 +260,26 @@ class KpiService:
 
     def close(self) -> None:
         self._refresher.shutdown(wait=True)
+
+
+# Seconds a client should wait before asking again when every connection was in use: about
+# what a few cache misses take.
+BUSY_RETRY_AFTER_S = 1
+
+
+def _unavailable(error: Exception) -> ApiError:
+    """The 503 of a window with nothing cached, saying why."""
+    if isinstance(error, TimeoutError):
+        return ApiError(503, "Timed out waiting for the computation of this window.")
+    if isinstance(error, DatabaseBusy):
+        return ApiError(
+            503,
+            "The database is busy: every connection of this instance is computing other windows. Retry shortly.",
+            retry_after=BUSY_RETRY_AFTER_S,
+        )
+    if isinstance(error, SchemaMissing):
+        return ApiError(503, f"The service is not initialized: its database has no KPI schema ({INIT_HINT}).")
+    return ApiError(503, "The database is unavailable and no earlier result for this window is cached.")
 
 
 def _hit(entry: Entry) -> Served:

@@ -58,6 +58,12 @@ DATABASE_ERRORS = Counter(
     "PostgreSQL failures (unreachable, pool timeout, statement error), by operation (query, ping).",
     ["operation"],
 )
+POOL_BUSY = Counter(
+    "kpi_database_pool_busy_total",
+    "Waits for a pooled connection that ended with every connection still in use (the database "
+    "healthy, more concurrent computations than KPI_DB_POOL_SIZE), by operation.",
+    ["operation"],
+)
 REDIS_ERRORS = Counter(
     "kpi_redis_errors_total",
     "Redis commands that failed, by operation (get, set, ping, ...).",

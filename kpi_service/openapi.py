@@ -30,8 +30,9 @@ _ERRORS = {
     "500": ("InternalError", "Unexpected failure; never a stack trace."),
     "503": (
         "Unavailable",
-        "The database is unavailable and no earlier result for the window is cached "
-        "(the dashboard then falls back to its own calculation).",
+        "Nothing is cached for the window and the database cannot compute it: unreachable, busy (every "
+        "pooled connection in use; `Retry-After` says when to ask again) or not initialized (no KPI schema). "
+        "The dashboard then falls back to its own calculation.",
     ),
 }
 
@@ -80,8 +81,11 @@ def build_spec(settings: Settings) -> dict[str, Any]:
     spec.components.schema("KpiResponse", schema=KpiResponseSchema)
     spec.components.schema("HistoryResponse", schema=HistoryResponseSchema)
     error_content = {"application/json": {"schema": "Error"}}
-    for _status, (name, description) in _ERRORS.items():
-        spec.components.response(name, {"description": description, "content": error_content})
+    for status, (name, description) in _ERRORS.items():
+        response: dict[str, Any] = {"description": description, "content": error_content}
+        if status == "503":
+            response["headers"] = {"Retry-After": {"description": "Seconds; when busy.", "schema": {"type": "integer"}}}
+        spec.components.response(name, response)
 
     def operation(summary: str, query: type, body: str) -> dict[str, Any]:
         return {

@@ -89,6 +89,17 @@ def raw_database_url(server_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def empty_database(server_url: str) -> Iterator[str]:
+    """A database of its own without the schema."""
+    name = f"kpi_test_empty_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield make_conninfo(server_url, dbname=name)
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
 def conn(database_url: str) -> Iterator[psycopg.Connection]:
     """A writable connection on empty tables."""
     with psycopg.connect(database_url, autocommit=True) as connection:

@@ -12,16 +12,12 @@ import sys
 import threading
 import time
 import urllib.request
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import jwt
 import psutil
 import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from kpi_service import cli
 from tests.conftest import SECRET
@@ -36,17 +32,6 @@ def environ(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     # In-process runs must leave pytest's own signal handling alone.
     monkeypatch.setattr(cli, "stop_on_signals", lambda: None)
     return monkeypatch
-
-
-@pytest.fixture
-def empty_database(server_url: str) -> Iterator[str]:
-    """A database of its own without the schema."""
-    name = f"kpi_test_cli_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield make_conninfo(server_url, dbname=name)
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def test_token_verifies_with_the_secret(environ: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

@@ -41,7 +41,10 @@ def test_ready_with_database_and_in_process_cache(client) -> None:
     body = response.get_json()
     pending = body["checks"].pop("pending_changes")
     assert isinstance(pending, int) and pending >= 0
-    assert body == {"status": "ready", "checks": {"database": "ok", "redis": "in-process", "kpi_source": "summaries"}}
+    assert body == {
+        "status": "ready",
+        "checks": {"database": "ok", "redis": "in-process", "schema": "ok", "kpi_source": "summaries"},
+    }
     assert_no_configuration(response.get_data(as_text=True))
 
 
