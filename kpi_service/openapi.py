@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib import metadata
 from typing import Any
+from zoneinfo import available_timezones
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
@@ -118,6 +119,8 @@ def build_spec(settings: Settings) -> dict[str, Any]:
     _stream_paths(spec)
     document = spec.to_dict()
     _apply_defaults(document, {"tz": settings.timezone, "aged_days": settings.aged_days})
+    _zones_by_reference(document)
+    _bucket_limit(document, settings.max_buckets)
     return document
 
 
@@ -132,6 +135,13 @@ it. A `: heartbeat` comment follows every KPI_STREAM_HEARTBEAT seconds (15) of s
 database fails and nothing is cached, `event: unavailable` carries an error envelope. The window is
 recomputed when its cached value expires (every KPI_CACHE_TTL seconds), polled or not. The stream
 ends when the token it was opened with expires."""
+
+
+# Any string: a browser sends back whatever id it last saw, and a stream must not fail for it.
+_LAST_EVENT_ID = (
+    "The id of the last event received (its `meta.computed_at`, an ISO 8601 instant): that value is "
+    "not sent again. Any other value, the empty string included, is ignored."
+)
 
 
 def _stream_paths(spec: APISpec) -> None:
@@ -171,15 +181,15 @@ def _stream_paths(spec: APISpec) -> None:
                         "in": "header",
                         "name": "Last-Event-ID",
                         "required": False,
-                        "description": "The id of the last event received: its value is not sent again.",
-                        "schema": {"type": "string", "format": "date-time"},
+                        "description": _LAST_EVENT_ID,
+                        "schema": {"type": "string"},
                     },
                     {
                         "in": "query",
                         "name": "last_event_id",
                         "required": False,
                         "description": "As Last-Event-ID, for a browser opening a new EventSource with a new ticket.",
-                        "schema": {"type": "string", "format": "date-time"},
+                        "schema": {"type": "string"},
                     },
                 ],
                 "responses": {
@@ -214,6 +224,30 @@ def _apply_defaults(document: dict[str, Any], defaults: dict[str, Any]) -> None:
                 schema.pop("nullable", None)
             if parameter["name"] in defaults:
                 schema["default"] = defaults[parameter["name"]]
+
+
+def _zones_by_reference(document: dict[str, Any]) -> None:
+    # The zones the service knows, listed once as a component rather than in every operation;
+    # allOf, because OpenAPI 3.0 ignores a default beside a plain $ref.
+    document["components"]["schemas"]["TimeZone"] = {
+        "type": "string",
+        "enum": sorted(available_timezones()),
+        "description": "An IANA time zone name. Also accepted in any other letter case (`europe/berlin`).",
+    }
+    for path in document["paths"].values():
+        for operation in path.values():
+            for parameter in operation.get("parameters", []):
+                if parameter["name"] == "tz":
+                    parameter["schema"] = {
+                        "allOf": [{"$ref": "#/components/schemas/TimeZone"}],
+                        "default": parameter["schema"]["default"],
+                    }
+
+
+def _bucket_limit(document: dict[str, Any], max_buckets: int) -> None:
+    for parameter in document["paths"]["/api/kpi/history"]["get"]["parameters"]:
+        if parameter["name"] == "interval":
+            parameter["description"] += f" At most {max_buckets} buckets from `from` to `to`."
 
 
 def blueprint(settings: Settings) -> Blueprint:

@@ -29,7 +29,10 @@ def write(request: Request, route: str, status: int, elapsed: float, served: Ser
     # request.path has no query string: parameters may carry anything, and tokens never go there
     # but a caller could still put one there by mistake.
     log.info(
-        "request",
+        "%s %s %d",
+        request.method,
+        request.path,
+        status,
         extra={
             "method": request.method,
             "path": request.path,

@@ -15,11 +15,17 @@ from kpi_service.windows import INTERVALS, Window, bucket_count, canonical_zone
 # calendar once converted to UTC instants.
 MIN_DATE = date(1900, 1, 1)
 MAX_DATE = date(9998, 12, 31)
-_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+# The same rule for the OpenAPI document: YYYY-MM-DD with a year from 1900 to 9998.
+DATE_PATTERN = r"^(19[0-9]{2}|[2-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])-[0-9]{2}-[0-9]{2}$"
 
 
 class IsoDate(fields.Date):
     """Exactly YYYY-MM-DD: date.fromisoformat alone would also take 20261101 or 2026-W48-1."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs["metadata"] = {**kwargs.get("metadata", {}), "pattern": DATE_PATTERN}
+        super().__init__(**kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> date:
         if not isinstance(value, str) or not _ISO_DATE.fullmatch(value):
@@ -31,7 +37,8 @@ class IsoDate(fields.Date):
 
 
 class TimeZone(fields.String):
-    """An IANA zone name in any letter case, loaded as its canonical spelling."""
+    """An IANA zone name in any letter case, loaded as its canonical spelling. The OpenAPI
+    document lists the canonical names (kpi_service.openapi)."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         name = canonical_zone(super()._deserialize(value, attr, data, **kwargs))
@@ -74,10 +81,14 @@ class KpiQuerySchema(Schema):
         unknown = RAISE
 
     date_from = IsoDate(
-        data_key="from", load_default=None, metadata={"description": "First day (inclusive) in `tz`; open if absent."}
+        data_key="from",
+        load_default=None,
+        metadata={"description": "First day (inclusive) in `tz`, 1900-01-01 to 9998-12-31; open if absent."},
     )
     date_to = IsoDate(
-        data_key="to", load_default=None, metadata={"description": "Last day (inclusive) in `tz`; open if absent."}
+        data_key="to",
+        load_default=None,
+        metadata={"description": "Last day (inclusive) in `tz`, not before `from`, up to 9998-12-31; open if absent."},
     )
     tz = TimeZone(load_default=None, metadata={"description": "IANA time zone of the days, any letter case."})
     aged_days = fields.Integer(
@@ -111,8 +122,14 @@ class KpiQuerySchema(Schema):
 class HistoryQuerySchema(KpiQuerySchema):
     """Parameters of GET /api/kpi/history: a bounded range cut into calendar buckets."""
 
-    date_from = IsoDate(data_key="from", required=True, metadata={"description": "First day (inclusive) in `tz`."})
-    date_to = IsoDate(data_key="to", required=True, metadata={"description": "Last day (inclusive) in `tz`."})
+    date_from = IsoDate(
+        data_key="from", required=True, metadata={"description": "First day (inclusive) in `tz`, from 1900-01-01."}
+    )
+    date_to = IsoDate(
+        data_key="to",
+        required=True,
+        metadata={"description": "Last day (inclusive) in `tz`, not before `from`, up to 9998-12-31."},
+    )
     interval = fields.String(
         required=True,
         validate=validate.OneOf(INTERVALS),

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from flask import Flask
@@ -16,12 +17,15 @@ from werkzeug.serving import make_server
 
 from kpi_service.demo import RequestHandler
 
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
+
 
 @contextmanager
-def serving(app: Flask) -> Iterator[str]:
-    """The app on a free loopback port, as the demo serves it; yields its base URL. Its streams
-    end on the way out."""
-    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=RequestHandler)
+def serving(app: Flask, wsgi: WSGIApplication | None = None) -> Iterator[str]:
+    """The app (or `wsgi`, a middleware around it) on a free loopback port, as the demo serves
+    it; yields its base URL. Its streams end on the way out."""
+    server = make_server("127.0.0.1", 0, wsgi or app, threaded=True, request_handler=RequestHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

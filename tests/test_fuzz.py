@@ -56,9 +56,10 @@ def test_with_a_valid_token_no_5xx_and_every_response_conforms(
     # The token is a fixed header, so a negative case mutates the parameters, not the token.
     bearer = {"Authorization": f"Bearer {token()}"}
     case = data.draw(api_schema.as_strategy(generation_mode=mode, headers=bearer))
-    # Some rules of valid parameters cannot be said in OpenAPI 3.0 (dates within 1900-9998,
-    # 'from' not after 'to', at most max_buckets buckets): a schema-valid request may be a 400,
-    # which positive_data_acceptance would flag. Everything else is checked, bodies included.
+    # Two rules relate two parameters, which OpenAPI 3.0 cannot say ('from' not after 'to', at
+    # most max_buckets buckets): a schema-valid request may be a 400, which
+    # positive_data_acceptance would flag (test_openapi_conformance.py puts such dates right
+    # instead, and runs every check). Everything else is checked, bodies included.
     response = case.call_and_validate(excluded_checks=[positive_data_acceptance])
     assert response.status_code < 500
     if mode is GenerationMode.POSITIVE:

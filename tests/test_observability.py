@@ -104,7 +104,7 @@ def test_one_json_line_per_request_without_secrets(make_app, conn, request_log: 
     assert first["status"] == 400 and first["request_id"] == "req-1" and first["cache"] is None
     assert first["remote_addr"] == "127.0.0.1" and first["duration_ms"] >= 0
     assert first["level"] == "INFO" and first["logger"] == "kpi_service.request" and "ts" in first
-    assert second["status"] == 200 and second["cache"] == "miss"
+    assert second["status"] == 200 and second["cache"] == "miss" and second["message"] == "GET /api/kpi 200"
     text = json.dumps(request_log.lines)
     assert secret_token not in text and SECRET not in text and "aged_days" not in text and "?" not in text
 
