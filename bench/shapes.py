@@ -3,7 +3,7 @@
     .venv/bin/python bench/shapes.py --listings 1000000 --stock 0.35 --years 2 --order random --db NAME \
         [--server postgresql://postgres@127.0.0.1:5432/postgres]
 
-Creates database NAME with the four application tables exactly as the contract has them (the
+Creates database NAME with the four application tables exactly as the application has them (the
 CREATE TABLE statements of sql/schema.sql, read at run time; none of the service's indexes,
 summaries or triggers) and fills them in SQL:
 
@@ -54,7 +54,7 @@ WITHDRAWN = 0.05
 
 def table_ddl() -> str:
     """The four CREATE TABLE statements of sql/schema.sql, as they are there (not copied here, so
-    that a change of the contract reaches the benches)."""
+    that a change of the tables reaches the benches)."""
     text = SCHEMA.read_text(encoding="utf-8")
     # Everything after the first index is the service's own; the tables come before it.
     head = text.split("CREATE INDEX", 1)[0]

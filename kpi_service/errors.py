@@ -1,4 +1,4 @@
-"""The contract's error envelope, for every failure the service can answer with."""
+"""The error envelope, for every failure the service can answer with."""
 
 from __future__ import annotations
 

@@ -120,7 +120,7 @@ class KpiService:
         failing = self._db_unreachable
         if entry is not None and (failing or time.time() < entry.fresh_until + self.cache.ttl):
             self._refresh_in_background(key, kind, query, compute)
-            # While the database fails, the previous value is what the contract calls stale.
+            # While the database fails, the previous value is what meta.stale flags.
             flagged = _with_flags(entry.body, cached=True, stale=failing)
             return Served(flagged, "stale" if failing else "refresh", entry.fresh_until)
         try:
@@ -290,7 +290,7 @@ def _validated(row: dict[str, Any]) -> dict[str, Any]:
     try:
         return _metrics_schema.load(row)
     except ValidationError as error:
-        # A row outside the contract means a bug or corrupt data: never pass it on.
+        # A row outside the definitions (docs/kpis.md) means a bug or corrupt data: never pass it on.
         log.error("KPI row failed validation: %s", error.messages)
         raise ApiError(500, "The computed metrics failed validation.") from None
 

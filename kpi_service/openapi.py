@@ -75,7 +75,10 @@ def build_spec(settings: Settings) -> dict[str, Any]:
         version=_version(),
         openapi_version=OPENAPI_VERSION,
         plugins=[MarshmallowPlugin()],
-        info={"description": "Dashboard KPIs of the used-vehicle dealership application."},
+        info={
+            "description": "Dashboard KPIs of the used-vehicle dealership application. What each of the ten "
+            "numbers means (windows, time zones, rounding, empty sets): `docs/kpis.md` in the service's repository."
+        },
     )
     spec.components.security_scheme(BEARER, {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
     spec.components.schema("Error", schema=ErrorSchema)

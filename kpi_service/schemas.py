@@ -152,22 +152,75 @@ class HistoryQuerySchema(KpiQuerySchema):
             )
 
 
+def _defined(summary: str) -> str:
+    return f"{summary} Exact definition: docs/kpis.md."
+
+
 class MetricsSchema(Schema):
-    """The ten KPIs. Loading a database row validates it; a row that fails is never served."""
+    """The ten KPIs (defined in docs/kpis.md). Loading a database row validates it; a row that
+    fails is never served."""
 
     class Meta:
         unknown = RAISE
 
-    average_profit_per_unit = fields.Float(required=True, allow_nan=False)
-    lead_to_purchase_time = fields.Float(required=True, allow_nan=False)
-    aged_inventory = fields.Integer(required=True, strict=True, validate=validate.Range(min=0))
-    total_listings = fields.Integer(required=True, strict=True, validate=validate.Range(min=0))
-    active_buyers = fields.Integer(required=True, strict=True, validate=validate.Range(min=0))
-    conversion_rate = fields.Float(required=True, allow_nan=False, validate=validate.Range(min=0, max=100))
-    average_price = fields.Float(required=True, allow_nan=False, validate=validate.Range(min=0))
-    total_value = fields.Float(required=True, allow_nan=False, validate=validate.Range(min=0))
-    scoring_rate = fields.Float(required=True, allow_nan=False, validate=validate.Range(min=0, max=100))
-    average_score = fields.Float(required=True, allow_nan=False, validate=validate.Range(min=0, max=100))
+    average_profit_per_unit = fields.Float(
+        required=True,
+        allow_nan=False,
+        metadata={"description": _defined("Mean sale price minus cost, sales of the window.")},
+    )
+    lead_to_purchase_time = fields.Float(
+        required=True,
+        allow_nan=False,
+        metadata={"description": _defined("Mean days from lead to sale, sales of the window.")},
+    )
+    aged_inventory = fields.Integer(
+        required=True,
+        strict=True,
+        validate=validate.Range(min=0),
+        metadata={"description": _defined("Listings in stock at the window's end (or now) older than aged_days.")},
+    )
+    total_listings = fields.Integer(
+        required=True,
+        strict=True,
+        validate=validate.Range(min=0),
+        metadata={"description": _defined("Listings listed in the window.")},
+    )
+    active_buyers = fields.Integer(
+        required=True,
+        strict=True,
+        validate=validate.Range(min=0),
+        metadata={"description": _defined("Distinct buyers with a lead or a purchase in the window.")},
+    )
+    conversion_rate = fields.Float(
+        required=True,
+        allow_nan=False,
+        validate=validate.Range(min=0, max=100),
+        metadata={"description": _defined("Percent of the window's leads that became a sale.")},
+    )
+    average_price = fields.Float(
+        required=True,
+        allow_nan=False,
+        validate=validate.Range(min=0),
+        metadata={"description": _defined("Mean asking price of the window's listings.")},
+    )
+    total_value = fields.Float(
+        required=True,
+        allow_nan=False,
+        validate=validate.Range(min=0),
+        metadata={"description": _defined("Sum of the asking prices of the window's listings.")},
+    )
+    scoring_rate = fields.Float(
+        required=True,
+        allow_nan=False,
+        validate=validate.Range(min=0, max=100),
+        metadata={"description": _defined("Percent of the window's listings that have a score.")},
+    )
+    average_score = fields.Float(
+        required=True,
+        allow_nan=False,
+        validate=validate.Range(min=0, max=100),
+        metadata={"description": _defined("Mean score of the window's scored listings.")},
+    )
 
 
 METRIC_KEYS = tuple(MetricsSchema().fields)

@@ -1,5 +1,5 @@
 -- name: kpi_windows(starts, ends, as_ofs, aged_days)
--- The ten KPIs of the contract for a set of windows, one row per window in the order given,
+-- The ten KPIs of docs/kpis.md for a set of windows, one row per window in the order given,
 -- from the summaries of sql/summary.sql. Window i is [starts[i], ends[i]) with as-of instant
 -- as_ofs[i]; a NULL start or end leaves that side open. /api/kpi passes one window and
 -- /api/kpi/history one per bucket, so the two agree by construction.

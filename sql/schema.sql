@@ -1,4 +1,4 @@
--- The sales tables the KPI service reads (see the KPI contract, section 1).
+-- The sales tables the KPI service reads (docs/kpis.md, "What is read").
 -- Other applications own and write these tables; this file may add indexes, constraints
 -- and nullable or defaulted columns, never change what is there. Safe to run again.
 

@@ -1,5 +1,5 @@
 """sql/kpi.sql stays exact when the application changes rows after inserting them, and on
-realistic (seeded) data: the SQL against the pure-Python reference of the contract.
+realistic (seeded) data: the SQL against the pure-Python reference of docs/kpis.md.
 
 The application UPDATEs its rows later (scored, repriced, sold, withdrawn, a purchase added
 for an old lead) and deletes some; anything the KPI statement keeps or derives must follow.

@@ -1,4 +1,4 @@
-"""sql/kpi.sql against a real PostgreSQL and the pure-Python reference of the contract."""
+"""sql/kpi.sql against a real PostgreSQL and the pure-Python reference of docs/kpis.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""kpi-service seed: rows consistent with the contract, in time order, and reproducible."""
+"""kpi-service seed: rows consistent with the tables' rules, in time order, and reproducible."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def digest(conn: psycopg.Connection) -> tuple[str, ...]:
     )
 
 
-def test_rows_keep_the_contract(database_url: str, conn: psycopg.Connection) -> None:
+def test_rows_keep_the_tables_rules(database_url: str, conn: psycopg.Connection) -> None:
     done = seed(database_url, LISTINGS, seed=7, until=UNTIL)
     assert done.rows["listings"] == LISTINGS
     broken = {rule: n for rule, q in VIOLATIONS.items() if (n := conn.execute(q, {"until": UNTIL}).fetchone()[0])}

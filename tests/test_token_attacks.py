@@ -70,7 +70,7 @@ MALFORMED_HEADERS = {
     "bearer-space": "Bearer ",
     "two-tokens": f"Bearer {token()} {token()}",
     "two-bearer-values": f"Bearer {token()}, Bearer {token()}",
-    # The contract's form is `Authorization: Bearer <JWT>`, spelled so (flask-jwt-extended compares
+    # The main application's form is `Authorization: Bearer <JWT>`, spelled so (flask-jwt-extended compares
     # the scheme exactly); a client sending another spelling is told so.
     "lowercase-scheme": f"bearer {token()}",
     "token-scheme": f"Token {token()}",
