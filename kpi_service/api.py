@@ -18,8 +18,8 @@ _MAX_PARSED = 1024
 
 def _parse(kind: str, schema: Schema) -> KpiQuery:
     """The validated query, remembered by its raw query string: pollers repeat theirs."""
-    parsed: dict[tuple[str, bytes], KpiQuery] = current_app.extensions["kpi"].parsed
-    memo_key = (kind, request.query_string)
+    parsed: dict[tuple[str, str], KpiQuery] = current_app.extensions["kpi"].parsed
+    memo_key = (kind, request.environ.get("QUERY_STRING", ""))
     query = parsed.get(memo_key)
     if query is None:
         args = request.args

@@ -62,7 +62,7 @@ _ids = _RequestIds()
 
 
 def _begin() -> None:
-    given = request.headers.get(REQUEST_ID_HEADER, "")
+    given = request.environ.get("HTTP_X_REQUEST_ID", "")  # the header, without Headers' key lookup
     g.kpi_scope = RequestScope(
         time.perf_counter(), given if given and _SAFE_REQUEST_ID.fullmatch(given) else _ids.next()
     )
