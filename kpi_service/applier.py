@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import psycopg
 
@@ -28,9 +30,12 @@ MIN_BATCH = 500
 
 
 class Applier:
-    def __init__(self, db: Database, interval: float) -> None:
+    def __init__(
+        self, db: Database, interval: float, on_changed: Callable[[dict[str, Any]], None] | None = None
+    ) -> None:
         self.db = db
         self.interval = interval
+        self.on_changed = on_changed  # told what each batch changed, after its commit (live updates)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False
@@ -58,7 +63,7 @@ class Applier:
         the database failed (logged once per outage; the next tick tries again)."""
         try:
             started = time.perf_counter()
-            taken = self.db.apply_changes(self.batch)
+            taken = self.db.apply_changes(self.batch, on_changed=self.on_changed)
         except DatabaseUnavailable as error:
             if isinstance(error.__cause__, psycopg.errors.QueryCanceled):
                 self.batch = max(MIN_BATCH, self.batch // 2)

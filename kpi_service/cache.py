@@ -9,6 +9,13 @@ Layout, version 1 (documented in the README for other services):
       The single-flight lock of that key while one process computes it.
   kpi:v1:announce (pub/sub channel)
       JSON {"key", "kind", "window", "computed_at", "fresh_until"} after each fresh computation.
+  kpi:v1:change_seq
+      The number of the summaries' latest applied batch (INCR by the applier after its commit).
+      A value stores the number it read before its SQL ran ("seq"): it includes every batch up
+      to that one.
+  kpi:v1:changed (pub/sub channel)
+      JSON {"seq", "from", "to", "stock_from"} (instants, ISO 8601; or {"seq", "all": true})
+      after each applied batch: what it changed, for live updates (hub.py).
   kpi:v1:ticket:<sha256 of a stream ticket>
       JSON {"sub", "exp"} of the token it was issued for; SET EX 30, consumed by GETDEL (tickets.py).
 A value and its announcement are written in one MULTI/EXEC, so a reader never sees one without
@@ -38,6 +45,8 @@ log = logging.getLogger(__name__)
 
 KEY_PREFIX = "kpi:v1"
 ANNOUNCE_CHANNEL = f"{KEY_PREFIX}:announce"
+CHANGES_CHANNEL = f"{KEY_PREFIX}:changed"
+CHANGE_SEQ = f"{KEY_PREFIX}:change_seq"
 # try_lock's answer when Redis cannot be asked: go ahead, guarded only in-process.
 NO_REDIS = object()
 
@@ -65,6 +74,7 @@ def lock_key(key: str) -> str:
 class Entry:
     body: dict[str, Any]
     fresh_until: float
+    seq: int = 0  # the change batch it includes (kpi:v1:change_seq when its SQL ran)
 
     @property
     def fresh(self) -> bool:
@@ -163,15 +173,15 @@ class Cache:
             return None
         try:
             stored = json.loads(raw)
-            return Entry(body=stored["body"], fresh_until=float(stored["fresh_until"]))
+            return Entry(body=stored["body"], fresh_until=float(stored["fresh_until"]), seq=int(stored.get("seq", 0)))
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring malformed cache entry %s", key)
             return None
 
-    def put(self, key: str, kind: str, body: dict[str, Any]) -> Entry:
+    def put(self, key: str, kind: str, body: dict[str, Any], seq: int = 0) -> Entry:
         """Store a fresh body and announce it; returns the entry even when Redis is down."""
-        entry = Entry(body=body, fresh_until=time.time() + self.ttl)
-        value = json.dumps({"fresh_until": entry.fresh_until, "body": body}, separators=(",", ":"))
+        entry = Entry(body=body, fresh_until=time.time() + self.ttl, seq=seq)
+        value = json.dumps({"fresh_until": entry.fresh_until, "seq": seq, "body": body}, separators=(",", ":"))
         announcement = json.dumps(
             {
                 "key": key,
@@ -192,6 +202,23 @@ class Cache:
         with contextlib.suppress(_Unavailable):  # the entry is still served from this process
             self._call("set", write)
         return entry
+
+    def change_seq(self) -> int:
+        """The latest applied change batch announced (0: none, or Redis unavailable)."""
+        try:
+            return int(self._call("get", self.client.get, CHANGE_SEQ) or 0)
+        except _Unavailable:
+            return 0
+
+    def announce_change(self, changed: dict[str, Any]) -> None:
+        """Number a committed batch of the applier and tell every instance what it changed."""
+
+        def write() -> None:
+            seq = self.client.incr(CHANGE_SEQ)
+            self.client.publish(CHANGES_CHANNEL, json.dumps({**changed, "seq": seq}, separators=(",", ":")))
+
+        with contextlib.suppress(_Unavailable):  # streams then refresh by their TTL (hub.py)
+            self._call("announce", write)
 
     def try_lock(self, key: str) -> Lock | object | None:
         """The single-flight lock of `key`: a held Lock, None when another process holds it, or

@@ -13,6 +13,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from kpi_service import auth
 from kpi_service.applier import Applier
+from kpi_service.cache import Cache, connect
 from kpi_service.config import ConfigError, Settings
 from kpi_service.db import Database, apply_schema
 from kpi_service.lifecycle import database
@@ -71,17 +72,23 @@ def apply_command(environ: Mapping[str, str], *, once: bool, out: TextIO | None 
     # The applier serves nothing: it needs the database settings, not the token secret.
     settings = Settings.from_env(environ, jwt_secret_key="unused by the applier", env="development")
     db = Database(settings)
+    # With REDIS_URL, the instances' live updates hear of each batch (hub.py), as from their own applier.
+    on_changed = (
+        Cache(connect(settings), settings.cache_ttl, settings.stale_ttl, 1).announce_change
+        if settings.redis_url
+        else None
+    )
     try:
         if once:
             total = 0
-            while taken := db.apply_changes(wait=True):
+            while taken := db.apply_changes(wait=True, on_changed=on_changed):
                 total += taken
             print(f"{total} change rows applied to {_describe(settings.database_url or '')}", file=out)
             return
         interval = settings.apply_interval or Settings.apply_interval
         where = _describe(settings.database_url or "")
         print(f"applying changes to {where} every {interval:g} s", file=out, flush=True)
-        Applier(db, interval).run_forever()
+        Applier(db, interval, on_changed=on_changed).run_forever()
     finally:
         db.close()
 

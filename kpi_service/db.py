@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from importlib import resources
 from typing import Any
@@ -37,6 +38,8 @@ APPLY = (
     "SET LOCAL statement_timeout = '60s'",
     "SELECT kpi_apply_changes(%s) AS taken",
 )
+# What the batch changed (sql/summary.sql leaves it in a setting of its transaction).
+CHANGED = "SELECT current_setting('kpi.changed', true) AS changed"
 # Waiting for another applier happens before that snapshot is taken.
 APPLIER_LOCK = "SELECT kpi_applier_session_lock(%s)"
 # "summaries" or "raw" (sql/schema.sql, kpi_source).
@@ -151,11 +154,19 @@ class Database:
             rows = kpi_statement_rows(conn, mode, windows, aged_days)
             return rows, (time.perf_counter() - started) * 1000
 
-    def apply_changes(self, max_rows: int = APPLY_BATCH, *, wait: bool = False) -> int | None:
+    def apply_changes(
+        self,
+        max_rows: int = APPLY_BATCH,
+        *,
+        wait: bool = False,
+        on_changed: Callable[[dict[str, Any]], None] | None = None,
+    ) -> int | None:
         """Bring the summaries up to date with the change log (sql/summary.sql): the number of log
         rows applied, None when another session is applying (unless told to wait for it).
         kpi_apply_changes runs as its owner and writes only the service's tables, so the
-        read-only role needs nothing more than the right to call it."""
+        read-only role needs nothing more than the right to call it. `on_changed` gets what a
+        batch changed, once it is committed (so that whoever it tells reads the change)."""
+        changed = None
         # Quiet: the applier runs every half second, and logs an outage once itself.
         with self.connection("apply", quiet=True) as conn:
             if wait:
@@ -165,11 +176,21 @@ class Database:
                 with conn.transaction():
                     for statement in APPLY[:2]:
                         conn.execute(statement)
-                    return conn.execute(APPLY[2], [max_rows]).fetchone()["taken"]
+                    taken = conn.execute(APPLY[2], [max_rows]).fetchone()["taken"]
+                    if taken and on_changed is not None:
+                        changed = conn.execute(CHANGED).fetchone()["changed"]
             finally:
                 if wait:
                     conn.execute(APPLIER_LOCK, [False])
                     conn.commit()
+        if changed and on_changed is not None:
+            on_changed(json.loads(changed))
+        return taken
+
+    def next_aging(self, as_of: datetime, aged_days: int) -> datetime | None:
+        """When aged_inventory at "now" next grows without a write (sql/kpi.sql, next_aging)."""
+        with self.connection("aging") as conn:
+            return queries.next_aging(conn, as_of=as_of, aged_days=aged_days)
 
     def pending_changes(self) -> int:
         """Rows in the change log that the applier has not taken yet."""

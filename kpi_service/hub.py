@@ -1,15 +1,25 @@
 """The per-process fan-out behind GET /api/kpi/stream: one Redis subscription and one refresher
 per window, however many streams of that window the process serves.
 
-- Every process runs one listener thread subscribed to `kpi:v1:announce` (cache.py). When any
-  worker or instance computes a window that this process has subscribers for, the listener reads
-  the stored value once and offers it to each of them.
-- Pushes only happen when someone computes, so each subscribed window also has a due time, its
-  value's `fresh_until`. When it passes, the listener has one refresh run through
-  `KpiService.current`: one per window per process, and the service's Redis lock makes it one
-  across processes, whose result reaches the others through the announcement.
+- Every process runs one listener thread subscribed to `kpi:v1:announce` and `kpi:v1:changed`
+  (cache.py). When any worker or instance computes a window that this process has subscribers
+  for, the listener reads the stored value once and offers it to each of them.
+- **Live (the summaries, with Redis): windows are recomputed when their numbers change, not on a
+  timer.** The applier announces what each committed batch changed (`kpi:v1:changed`: the
+  instants of the buckets it added to, and the earliest listing whose stock changed). A window
+  whose period holds such an instant, or whose aged_inventory at its T can see that listing, is
+  recomputed through `KpiService.current_after`: once across all processes (the service's Redis
+  lock; the others wait for a value that includes that batch), and its new value reaches every
+  process through the announcement. The one change without a write, a listing in stock passing
+  aged_days while T is now, is scheduled for its instant (sql/kpi.sql, next_aging). With no
+  writes and nothing aging, a stream gets heartbeats and no statement runs.
+- **Otherwise (raw mode, where every write changes the numbers and nothing announces it, or
+  Redis down)** each subscribed window has a due time, its value's `fresh_until`. When it
+  passes, the listener has one refresh run through `KpiService.current`: one per window per
+  process, and the service's Redis lock makes it one across processes.
 - A subscriber is a mailbox holding only the newest event not yet sent: a slow client skips
-  intermediate values instead of queueing them, since only the latest KPIs matter.
+  intermediate values instead of queueing them, since only the latest KPIs matter. An event
+  with the same numbers and state as the one before is not sent.
 """
 
 from __future__ import annotations
@@ -23,12 +33,13 @@ import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
-from kpi_service.cache import ANNOUNCE_CHANNEL, Cache, cache_key
+from kpi_service.cache import ANNOUNCE_CHANNEL, CHANGES_CHANNEL, Cache, cache_key
+from kpi_service.db import DatabaseUnavailable
 from kpi_service.errors import ApiError
 from kpi_service.kpis import KpiService, Served
 from kpi_service.schemas import KpiQuery
@@ -66,6 +77,30 @@ def format_event_id(value: str | None) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def affected(query: KpiQuery, changed: dict[str, Any], now: datetime) -> bool:
+    """Whether a batch of changes (cache.py, kpi:v1:changed) can change the window's numbers:
+    a changed bucket inside [start, end), or a listing whose stock changed and that
+    aged_inventory at T = min(end, now) counts once older than aged_days."""
+    if changed.get("all"):
+        return True
+    window = query.window
+    first, last, stock = (_instant(changed.get(name)) for name in ("from", "to", "stock_from"))
+    inside = (
+        first is not None
+        and last is not None
+        and (window.end is None or first < window.end)
+        and (window.start is None or last >= window.start)
+    )
+    return inside or (stock is not None and (window.as_of(now) - stock).total_seconds() > query.aged_days * 86400)
+
+
+def _instant(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True)
 class Event:
     """One server-sent event: `kpi` (a body as GET /api/kpi answers it) or `unavailable`."""
@@ -74,11 +109,13 @@ class Event:
     computed_at: str  # of the value it carries (unavailable: of the last value known)
     state: str  # "fresh", "stale" or "unavailable": a change of state alone is news
     data: bytes
+    numbers: str = ""  # the ten KPIs, to tell an event that changes nothing
 
     @classmethod
     def of(cls, served: Served) -> Event:
         stale = bool(served.body["meta"]["stale"])
-        return cls("kpi", served.body["meta"]["computed_at"], "stale" if stale else "fresh", served.payload)
+        numbers = json.dumps(served.body["metrics"], sort_keys=True)
+        return cls("kpi", served.body["meta"]["computed_at"], "stale" if stale else "fresh", served.payload, numbers)
 
     @classmethod
     def unavailable(cls, error: ApiError, computed_at: str) -> Event:
@@ -109,14 +146,18 @@ class Subscriber:
         self._pending: Event | None = None
         # What the client already has: Last-Event-ID counts as a fresh value of that time.
         self._seen: tuple[str, str] | None = (last_event_id, "fresh") if last_event_id else None
+        self._numbers: tuple[str, str] | None = None  # (numbers, state) of the last event offered
         self.closed = False
 
     def offer(self, event: Event) -> None:
         with self._cond:
             if self.closed or not event.newer_than(self._seen):
                 return
-            self._pending = event
             self._seen = (event.computed_at, event.state)
+            if event.numbers and (event.numbers, event.state) == self._numbers:
+                return  # recomputed, and nothing changed: the client has these numbers
+            self._numbers = (event.numbers, event.state)
+            self._pending = event
             self._cond.notify()
 
     def take(self, timeout: float) -> Event | None:
@@ -145,6 +186,11 @@ class _Channel:
     retry: float = _FIRST_RETRY
     refreshing: bool = False
     latest: tuple[str, str] | None = None  # (computed_at, state) of the newest value delivered
+    # Live: the value must include change batch `seq` and be computed at or after `not_before`
+    # (an aging instant); `scheduled` once the next aging instant has been looked up.
+    seq: int = 0
+    not_before: float = 0.0
+    scheduled: bool = False
 
 
 class Hub:
@@ -161,6 +207,7 @@ class Hub:
         # Refreshes run here, not on the listener: a slow window must not delay the others.
         self._refresher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kpi-stream-refresh")
         self._redis_down = False
+        self._was_live = True
         _hubs.add(self)
 
     # --- subscribers ---------------------------------------------------------------------------
@@ -182,6 +229,11 @@ class Hub:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._listen, name="kpi-stream-listener", daemon=True)
                 self._thread.start()
+        # Read once the window is registered: a batch announced from now on reaches it, and its
+        # first live refresh asks for every batch before.
+        seq = self.cache.change_seq()
+        with self._lock:
+            channel.seq = max(channel.seq, seq)
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
@@ -208,7 +260,10 @@ class Hub:
                 return
             if event.newer_than(channel.latest):
                 channel.latest = (event.computed_at, event.state)
-            if served.outcome in ("hit", "miss") and time.time() < served.fresh_until:
+            if self._live():
+                if not channel.scheduled:
+                    channel.due = min(channel.due, time.time())  # look its next aging instant up
+            elif served.outcome in ("hit", "miss") and time.time() < served.fresh_until:
                 channel.due = served.fresh_until
                 channel.retry = _FIRST_RETRY
             elif math.isinf(channel.due):
@@ -237,10 +292,11 @@ class Hub:
             if pubsub is None:
                 try:
                     pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-                    pubsub.subscribe(ANNOUNCE_CHANNEL)
+                    pubsub.subscribe(ANNOUNCE_CHANNEL, CHANGES_CHANNEL)
                     if self._redis_down:
                         log.warning("stream listener: subscribed to announcements again")
                     self._redis_down = False
+                    self._caught_up(self.cache.change_seq())
                     backoff = _TICK
                 except redis.RedisError:
                     pubsub = self._lost(pubsub)
@@ -248,7 +304,10 @@ class Hub:
                 if pubsub is not None:
                     message = pubsub.get_message(timeout=self._until_due())
                     if message is not None and message.get("type") == "message":
-                        self._announced(message["data"])
+                        if message["channel"] in (CHANGES_CHANNEL, CHANGES_CHANNEL.encode()):
+                            self._changed(message["data"])
+                        else:
+                            self._announced(message["data"])
                 else:
                     # Without announcements the refreshes still run: wait for the next one due.
                     self._stopped.wait(min(self._until_due(), backoff))
@@ -266,6 +325,47 @@ class Hub:
             self._redis_down = True
         self._close_quietly(pubsub)
         return None
+
+    def _live(self) -> bool:
+        """Whether windows are recomputed on announced changes (else by their TTL): with the
+        summaries, while this process reaches Redis (the listener, and the cache's breaker,
+        which the applier's announcements go through, both say so)."""
+        if self._redis_down or not self.cache.available:
+            return False
+        try:
+            return self.service.db.mode(quiet=True) == "summaries"
+        except DatabaseUnavailable:
+            return False
+
+    def _resync(self, not_before: float) -> None:
+        with self._lock:
+            for channel in self._channels.values():
+                channel.scheduled = False
+                channel.not_before = max(channel.not_before, not_before)
+                channel.due = time.time()
+
+    def _caught_up(self, seq: int) -> None:
+        """Subscribed (again): batches announced before were not heard, so every window asks for
+        at least the latest one."""
+        with self._lock:
+            for channel in self._channels.values():
+                if channel.seq < seq:
+                    channel.seq = seq
+                    channel.due = time.time()
+
+    def _changed(self, raw: bytes) -> None:
+        """A batch of changes was applied: the windows it touches are due now."""
+        try:
+            changed = json.loads(raw)
+            seq = int(changed["seq"])
+        except (ValueError, KeyError, TypeError):
+            return
+        now = datetime.now(UTC)
+        with self._lock:
+            for channel in self._channels.values():
+                if affected(channel.query, changed, now):
+                    channel.seq = max(channel.seq, seq)
+                    channel.due = time.time()
 
     @staticmethod
     def _close_quietly(pubsub: Any) -> None:
@@ -294,6 +394,12 @@ class Hub:
         self.deliver(key, Served(body, "hit", entry.fresh_until))
 
     def _refresh_due(self) -> None:
+        live = self._live()
+        if live != self._was_live:
+            # Into TTL mode: every window due now, then by its TTL. Back to live: announcements
+            # were missed meanwhile, so every window once more, computed from now on.
+            self._resync(not_before=time.time() if live else 0.0)
+            self._was_live = live
         now = time.time()
         due: list[tuple[str, _Channel]] = []
         with self._lock:
@@ -308,6 +414,60 @@ class Hub:
                 return
 
     def _refresh(self, key: str, channel: _Channel) -> None:
+        if self._live():
+            self._refresh_live(key, channel)
+        else:
+            self._refresh_by_ttl(key, channel)
+
+    def _refresh_live(self, key: str, channel: _Channel) -> None:
+        """The window's value including every change announced for it, then its next aging."""
+        with self._lock:
+            seq, not_before = channel.seq, channel.not_before
+        aging, retry = math.inf, None
+        try:
+            served = self.service.current_after(channel.query, seq, not_before)
+            self.deliver(key, served)
+            aging = self._next_aging(channel.query)
+        except (ApiError, DatabaseUnavailable, TimeoutError) as error:
+            # The numbers changed and cannot be recomputed: the last value, flagged stale (or an
+            # unavailable event), and another try in a TTL, still asking for this batch.
+            self._tell_failed(key, channel, error)
+            retry = time.time() + self.cache.ttl
+        except Exception:
+            log.exception("stream refresh of %s failed", key)
+            retry = time.time() + self.cache.ttl
+        with self._lock:
+            channel.scheduled = True
+            if math.isfinite(aging):
+                channel.not_before = max(channel.not_before, aging)
+            # A change announced while this ran asks for another round at once.
+            channel.due = time.time() if channel.seq > seq else retry if retry is not None else aging
+            channel.refreshing = False
+
+    def _tell_failed(self, key: str, channel: _Channel, error: Exception) -> None:
+        last = self.service.last_known(channel.query)
+        if last is not None:
+            self.deliver(key, last)
+            return
+        message = error.message if isinstance(error, ApiError) else "The database is unavailable."
+        event = Event.unavailable(ApiError(503, message), channel.latest[0] if channel.latest else "")
+        with self._lock:
+            subscribers = list(channel.subscribers)
+        for subscriber in subscribers:
+            subscriber.offer(event)
+
+    def _next_aging(self, query: KpiQuery) -> float:
+        """When the window's aged_inventory next grows with no write: inf when its T is past."""
+        now = datetime.now(UTC)
+        end = query.window.end
+        if end is not None and end <= now:
+            return math.inf
+        at = self.service.db.next_aging(now, query.aged_days)
+        if at is None or (end is not None and at >= end):
+            return math.inf
+        return at.timestamp() + 0.001  # aged once strictly older: just after the instant
+
+    def _refresh_by_ttl(self, key: str, channel: _Channel) -> None:
         """GET /api/kpi for the window, as a poller would: computes once when it expired."""
         try:
             served = self.service.current(channel.query)

@@ -43,6 +43,10 @@ _KPI_KEYS = f"{KEY_PREFIX}:kpi:"
 Compute = Callable[[datetime], tuple[dict[str, Any], float]]
 
 
+def _is_fresh(entry: Entry) -> bool:
+    return entry.fresh
+
+
 @dataclass(frozen=True)
 class Served:
     """A response body and how it was obtained, for headers, logs and metrics."""
@@ -82,13 +86,45 @@ class KpiService:
 
     def current(self, query: KpiQuery) -> Served:
         """GET /api/kpi for this query."""
+        return self._serve("kpi", query, self._current_compute(query))
 
+    def current_after(self, query: KpiQuery, seq: int, not_before: float) -> Served:
+        """The window's value for a live update: the stored one if it includes change batch `seq`
+        and was computed at or after `not_before` (unix time), else computed once across all
+        processes, the others waiting for that result (hub.py)."""
+        key = cache_key("kpi", query)
+
+        def current(entry: Entry) -> bool:
+            return entry.seq >= seq and _computed(entry) >= not_before
+
+        entry = self.cache.get(key)
+        if entry is not None and current(entry):
+            return self._remember(key, _hit(entry))
+        compute = self._current_compute(query)
+        # A flight of its own: joining a computation of the same window that began before this
+        # batch (a poller's, a new stream's) would hand back the numbers without it.
+        flight = f"{key}#{seq}#{not_before}"
+        return self._flights.do(
+            flight, lambda: self._compute_once(key, "kpi", query, compute, current), self.wait_seconds
+        )
+
+    def last_known(self, query: KpiQuery) -> Served | None:
+        """The window's stored value flagged stale: what a stream shows while its recompute fails."""
+        key = cache_key("kpi", query)
+        entry = self.cache.get(key)
+        recent = self._recent.get(key)
+        body = entry.body if entry is not None else recent.body if recent is not None else None
+        if body is None:
+            return None
+        return Served(_with_flags(body, cached=True, stale=True), "stale", time.time())
+
+    def _current_compute(self, query: KpiQuery) -> Compute:
         def compute(now: datetime) -> tuple[dict[str, Any], float]:
             window = query.window
             rows, duration_ms = self.db.kpi_rows([(window.start, window.end, window.as_of(now))], query.aged_days)
             return {"metrics": _validated(rows[0])}, duration_ms
 
-        return self._serve("kpi", query, compute)
+        return compute
 
     def history(self, query: KpiQuery) -> Served:
         """GET /api/kpi/history: every bucket in one execution of the same statement."""
@@ -146,44 +182,50 @@ class KpiService:
         self._recent[key] = served
         return served
 
-    def _compute_once(self, key: str, kind: str, query: KpiQuery, compute: Compute) -> Served:
-        """Compute under the cross-process lock, or wait for the process that holds it."""
+    def _compute_once(
+        self, key: str, kind: str, query: KpiQuery, compute: Compute, good: Callable[[Entry], bool] = _is_fresh
+    ) -> Served:
+        """Compute under the cross-process lock, or wait for the process that holds it. `good`:
+        what a stored entry must be to be served instead (fresh, unless a live update asks more)."""
         deadline = time.monotonic() + self.wait_seconds
         while True:
             lock = self.cache.try_lock(key)
             if lock is not None:
                 try:
                     # Another process may have stored it between our read and our lock.
-                    entry = self._fresh_or_none(key)
+                    entry = self._good_or_none(key, good)
                     if entry is not None:
                         return self._remember(key, _hit(entry))
                     return self._compute_and_store(key, kind, query, compute)
                 finally:
                     self.cache.release(lock)
             metrics.SINGLEFLIGHT_WAITS.inc()
-            entry = self._wait_for_other(key, deadline)
+            entry = self._wait_for_other(key, deadline, good)
             if entry is not None:
                 return self._remember(key, _hit(entry))
             if time.monotonic() >= deadline:
                 raise TimeoutError
 
-    def _wait_for_other(self, key: str, deadline: float) -> Entry | None:
-        """The fresh entry another process is computing; None once its lock is gone without one
-        (it failed or died: the caller then tries the lock itself) or the deadline passed."""
+    def _wait_for_other(self, key: str, deadline: float, good: Callable[[Entry], bool]) -> Entry | None:
+        """The entry another process is computing; None once its lock is gone without one (it
+        failed or died: the caller then tries the lock itself) or the deadline passed."""
         pause = 0.005
         while time.monotonic() < deadline:
             time.sleep(pause)
-            entry = self._fresh_or_none(key)
+            entry = self._good_or_none(key, good)
             if entry is not None:
                 return entry
             if not self.cache.locked(key):
-                return self._fresh_or_none(key)
+                return self._good_or_none(key, good)
             pause = min(pause * 2, 0.05)
         return None
 
     def _fresh_or_none(self, key: str) -> Entry | None:
+        return self._good_or_none(key, _is_fresh)
+
+    def _good_or_none(self, key: str, good: Callable[[Entry], bool]) -> Entry | None:
         entry = self.cache.get(key)
-        return entry if entry is not None and entry.fresh else None
+        return entry if entry is not None and good(entry) else None
 
     def _refresh_in_background(self, key: str, kind: str, query: KpiQuery, compute: Compute) -> None:
         with self._refreshing_lock:
@@ -227,6 +269,8 @@ class KpiService:
         probing = self._db_unreachable
         if probing and not self._probe.acquire(blocking=False):
             raise DatabaseUnavailable("the database is unreachable; another request is checking it")
+        # Read before the SQL runs: the value then includes at least that batch of changes.
+        seq = self.cache.change_seq()
         try:
             data, duration_ms = compute(now)
         except DatabaseUnavailable as error:
@@ -254,7 +298,7 @@ class KpiService:
                 "window": query.describe(),
             },
         }
-        entry = self.cache.put(key, kind, body)
+        entry = self.cache.put(key, kind, body, seq)
         self._remember(key, _hit(entry))
         return Served(body, "miss", entry.fresh_until, duration_ms)
 
@@ -284,6 +328,11 @@ def _unavailable(error: Exception) -> ApiError:
 
 def _hit(entry: Entry) -> Served:
     return Served(_with_flags(entry.body, cached=True, stale=False), "hit", entry.fresh_until)
+
+
+def _computed(entry: Entry) -> float:
+    """When an entry's SQL ran, as unix time."""
+    return datetime.fromisoformat(entry.body["meta"]["computed_at"].replace("Z", "+00:00")).timestamp()
 
 
 def _validated(row: dict[str, Any]) -> dict[str, Any]:

@@ -136,3 +136,14 @@ CROSS JOIN LATERAL kpi_metrics(
     kpi_raw_stock('-infinity', w.as_of - make_interval(secs => :aged_days * 86400), w.as_of)
 ) m
 ORDER BY w.ord;
+
+
+-- name: next_aging(as_of, aged_days)$
+-- The next instant after as_of at which aged_inventory of a window whose as-of instant is now
+-- grows without a write: when the oldest listing in stock not yet aged passes aged_days 24-hour
+-- days (docs/kpis.md). NULL when no listing in stock is younger than that. Live updates schedule
+-- the window's recompute then (kpi_service/hub.py).
+SELECT min(listed_at) + make_interval(secs => :aged_days * 86400) AS at
+FROM listings
+WHERE listed_at >= :as_of::timestamptz - make_interval(secs => :aged_days * 86400)
+  AND status <> 'withdrawn' AND (sold_at IS NULL OR sold_at > :as_of::timestamptz);

@@ -429,6 +429,7 @@ BEGIN
     END IF;
     IF EXISTS (SELECT FROM unnest(changes) c WHERE c.tbl = 't') THEN
         PERFORM kpi_rebuild();
+        PERFORM set_config('kpi.changed', '{"all": true}', true);
         RETURN cardinality(changes);
     END IF;
 
@@ -571,6 +572,18 @@ BEGIN
     INTO buyer_deltas;
 
     PERFORM kpi_add(deltas || buyer_deltas);
+
+    -- What this batch changed, for the service's live updates (kpi_service/hub.py), left in a
+    -- setting of this transaction for the caller to read before it commits (the function's
+    -- result stays a count, so that the service role's right to call it survives upgrades):
+    -- the first and last instant of a bucket it added to, and the earliest listed_at of a
+    -- listing whose stock status or instants changed (aged_inventory at an instant T changes
+    -- only where T is later than that plus aged_days).
+    PERFORM set_config('kpi.changed', json_build_object(
+        'from', (SELECT min(d.bucket) FROM unnest(deltas || buyer_deltas) d),
+        'to', (SELECT max(d.bucket) FROM unnest(deltas || buyer_deltas) d),
+        'stock_from', (SELECT min(c.at) FROM unnest(changes) c WHERE c.tbl = 'l' AND c.id = ANY (listing_ids))
+    )::text, true);
     RETURN cardinality(changes);
 END
 $fn$;

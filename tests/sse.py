@@ -6,7 +6,8 @@ from __future__ import annotations
 import http.client
 import json
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -101,6 +102,29 @@ class Sse:
             assert item is not None, "the stream ended"
             if item.event is not None:
                 return item
+
+    def until(self, ready: Callable[[dict], bool], seconds: float = 15) -> dict:
+        """The body of the first event that satisfies `ready`; fails after `seconds` of
+        heartbeats and other events (heartbeats would otherwise keep the wait going for ever)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            item = self.next()
+            assert item is not None, "the stream ended"
+            if item.event is not None and ready(item.json()):
+                return item.json()
+        raise AssertionError(f"no such event within {seconds} s")
+
+    def heartbeats(self, count: int) -> list[str]:
+        """Reads the next `count` heartbeats; the names of any events that came between them."""
+        events, seen = [], 0
+        while seen < count:
+            item = self.next()
+            assert item is not None, "the stream ended"
+            if item.comment == "heartbeat":
+                seen += 1
+            elif item.event is not None:
+                events.append(item.event)
+        return events
 
     def close(self) -> None:
         self.response.close()
