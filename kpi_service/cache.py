@@ -2,7 +2,7 @@
 
 Layout, version 1 (documented in the README for other services):
   kpi:v1:<kind>:<from|->:<to|->:<tz>:<aged_days>[:<interval>]
-      JSON {"fresh_until": <unix seconds>, "body": <the 200 response with meta.cached false>}.
+      JSON {"fresh_until": <unix seconds>, "seq": <change batch>, "body": <the 200 response, meta.cached false>}.
       Kept for KPI_STALE_TTL; fresh until `fresh_until` (KPI_CACHE_TTL after the computation),
       after which it is the last good answer.
   kpi:v1:lock:<same suffix>

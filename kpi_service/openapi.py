@@ -136,8 +136,10 @@ _STREAM_EVENTS = """Server-sent events, one per new result of the window:
 The current value is sent at once, unless `Last-Event-ID` (or `last_event_id`) is not older than
 it. A `: heartbeat` comment follows every KPI_STREAM_HEARTBEAT seconds (15) of silence. While the
 database fails and nothing is cached, `event: unavailable` carries an error envelope. The window is
-recomputed when its cached value expires (every KPI_CACHE_TTL seconds), polled or not. The stream
-ends when the token it was opened with expires."""
+recomputed when the application's writes change its numbers, or when a listing in stock ages past
+`aged_days` (without the summaries, or with Redis down: when its cached value expires); an event
+never repeats the numbers of the one before. The stream ends when the token it was opened with
+expires."""
 
 
 # Any string: a browser sends back whatever id it last saw, and a stream must not fail for it.

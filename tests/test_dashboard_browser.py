@@ -215,7 +215,7 @@ def test_without_the_stream_the_page_polls(app: Flask, browser, conn: psycopg.Co
         page.close()
 
 
-def test_stale_figures_are_marked(app: Flask, browser) -> None:
+def test_stale_figures_are_marked(app: Flask, conn: psycopg.Connection, browser) -> None:
     from playwright.sync_api import expect
 
     from kpi_service.db import DatabaseUnavailable
@@ -229,7 +229,10 @@ def test_stale_figures_are_marked(app: Flask, browser) -> None:
         def down(*args: object, **kwargs: object):
             raise DatabaseUnavailable("down")
 
-        app.extensions["kpi"].db.kpi_rows = down  # the stream's next refresh serves the last value, stale
+        app.extensions["kpi"].db.kpi_rows = down
+        # A write the service's applier announces: the stream's recompute fails, and it sends the
+        # last value again, flagged stale.
+        conn.execute("INSERT INTO listings (price, status, listed_at) VALUES (5, 'active', now())")
         expect(page.locator("#status")).to_have_attribute("data-mode", "stale")
         expect(page.locator("#banner")).to_contain_text("database is unavailable")
         expect(page.locator('[data-kpi="total_listings"]')).to_have_class(re.compile(r"\bstale\b"))
