@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -93,6 +94,9 @@ class KpiService:
         and was computed at or after `not_before` (unix time), else computed once across all
         processes, the others waiting for that result (hub.py)."""
         key = cache_key("kpi", query)
+        # In whole milliseconds, as computed_at is written: a value computed from not_before on
+        # must never look older than it.
+        not_before = math.floor(not_before * 1000) / 1000
 
         def current(entry: Entry) -> bool:
             return entry.seq >= seq and _computed(entry) >= not_before
