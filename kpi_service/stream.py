@@ -74,10 +74,8 @@ def _unauthorized(message: str) -> Response:
     return response
 
 
-def _unavailable(message: str, retry_after: int) -> Response:
-    response = envelope(503, message)
-    response.headers["Retry-After"] = str(retry_after)
-    return response
+def _no_tickets() -> ApiError:
+    return ApiError(503, "Stream tickets are unavailable (Redis is down); poll GET /api/kpi instead.", retry_after=30)
 
 
 @bp.post("/stream-ticket")
@@ -87,7 +85,7 @@ def stream_ticket() -> Response:
     try:
         ticket = _state().tickets.issue(grant)
     except TicketsUnavailable:
-        return _unavailable("Stream tickets are unavailable (Redis is down); poll GET /api/kpi instead.", 30)
+        raise _no_tickets() from None
     response = jsonify(ticket=ticket.value, expires_in=ticket.expires_in)
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -104,7 +102,7 @@ def stream() -> Response:
         try:
             grant = state.tickets.redeem(args[TICKET_PARAM])
         except TicketsUnavailable:
-            return _unavailable("Stream tickets are unavailable (Redis is down); poll GET /api/kpi instead.", 30)
+            raise _no_tickets() from None
         if grant is None:
             return _unauthorized("Invalid, expired or already used stream ticket.")
     else:
@@ -119,9 +117,11 @@ def stream() -> Response:
         # Subscribed before the current value is read: nothing computed in between is missed.
         subscriber = state.hub.subscribe(query, last_event_id, grant.expires_at)
     except Full:
-        return _unavailable("Too many streams on this server; retry later or poll GET /api/kpi.", RETRY_AFTER_FULL)
+        raise ApiError(
+            503, "Too many streams on this server; retry later or poll GET /api/kpi.", retry_after=RETRY_AFTER_FULL
+        ) from None
     except Closed:
-        return _unavailable("The server is shutting down.", 1)
+        raise ApiError(503, "The server is shutting down.", retry_after=1) from None
     try:
         # The current value, as GET /api/kpi would answer (computing it if nobody has): sent at
         # once unless the client's Last-Event-ID says it has it already.
