@@ -66,6 +66,13 @@ def cache_key(kind: str, query: KpiQuery) -> str:
     return ":".join(parts)
 
 
+def close_quietly(pubsub: Any) -> None:
+    """Close a pub/sub connection that may be gone already (or None)."""
+    if pubsub is not None:
+        with contextlib.suppress(redis.RedisError, OSError):
+            pubsub.close()
+
+
 def lock_key(key: str) -> str:
     return key.replace(f"{KEY_PREFIX}:", f"{KEY_PREFIX}:lock:", 1)
 

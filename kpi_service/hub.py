@@ -24,7 +24,6 @@ per window, however many streams of that window the process serves.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -38,7 +37,7 @@ from typing import Any
 
 import redis
 
-from kpi_service.cache import ANNOUNCE_CHANNEL, CHANGES_CHANNEL, Cache, cache_key
+from kpi_service.cache import ANNOUNCE_CHANNEL, CHANGES_CHANNEL, Cache, cache_key, close_quietly
 from kpi_service.db import DatabaseUnavailable
 from kpi_service.errors import ApiError
 from kpi_service.kpis import KpiService, Served
@@ -317,13 +316,13 @@ class Hub:
             except Exception:  # never let the thread die: streams would go silent
                 log.exception("stream listener failed; going on")
             self._refresh_due()
-        self._close_quietly(pubsub)
+        close_quietly(pubsub)
 
     def _lost(self, pubsub: Any) -> None:
         if not self._redis_down:
             log.warning("stream listener: redis unavailable; refreshing windows without announcements")
             self._redis_down = True
-        self._close_quietly(pubsub)
+        close_quietly(pubsub)
         return None
 
     def _live(self) -> bool:
@@ -366,12 +365,6 @@ class Hub:
                 if affected(channel.query, changed, now):
                     channel.seq = max(channel.seq, seq)
                     channel.due = time.time()
-
-    @staticmethod
-    def _close_quietly(pubsub: Any) -> None:
-        if pubsub is not None:
-            with contextlib.suppress(redis.RedisError, OSError):
-                pubsub.close()
 
     def _until_due(self) -> float:
         with self._lock:

@@ -1,0 +1,119 @@
+"""For internal services: the KPIs of a window as the service shares them, with no database.
+
+    from kpi_service.client import KpiClient
+
+    client = KpiClient("redis://redis:6379/0", "http://kpi:8000", token)
+    body = client.get(date_from="2026-11-01", tz="Europe/Berlin")        # the GET /api/kpi body
+    stop = client.subscribe(print, date_from="2026-11-01", tz="Europe/Berlin")  # each new value
+    ...
+    stop()
+
+It reads the value the service stored in Redis (the key layout of kpi_service/cache.py) and
+computes nothing: when the value is missing or no longer fresh it asks the service's HTTP API
+with its token, which computes it once for everyone and stores it. `tz` and `aged_days` must be
+given as the service would fill them in (its KPI_TIMEZONE and KPI_AGED_DAYS default to UTC and
+60): a window has one key, and the key names them.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from datetime import date
+from typing import Any
+
+import redis
+
+from kpi_service.cache import ANNOUNCE_CHANNEL, cache_key, close_quietly
+from kpi_service.schemas import KpiQuery
+from kpi_service.windows import canonical_zone
+
+
+class KpiClient:
+    def __init__(self, redis_url: str, base_url: str, token: str, *, timeout: float = 10.0) -> None:
+        self.redis = redis.Redis.from_url(redis_url, socket_timeout=timeout)
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    def get(
+        self, *, date_from: str | None = None, date_to: str | None = None, tz: str = "UTC", aged_days: int = 60
+    ) -> dict[str, Any]:
+        """The GET /api/kpi body of the window: the shared value while fresh, else the API's."""
+        key = _key(date_from, date_to, tz, aged_days)
+        raw = self.redis.get(key)
+        if raw is not None:
+            stored = json.loads(raw)
+            if time.time() < float(stored["fresh_until"]):
+                return _cached(stored["body"])
+        params = {"from": date_from, "to": date_to, "tz": tz, "aged_days": aged_days}
+        query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+        request = urllib.request.Request(
+            f"{self.base_url}/api/kpi?{query}", headers={"Authorization": f"Bearer {self.token}"}
+        )
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            return json.loads(response.read())
+
+    def subscribe(
+        self,
+        on_update: Callable[[dict[str, Any]], None],
+        *,
+        date_from: str | None = None,
+        date_to: str | None = None,
+        tz: str = "UTC",
+        aged_days: int = 60,
+    ) -> Callable[[], None]:
+        """Call `on_update` with each new value of the window, whichever instance computed it,
+        in a daemon thread; returns the function that stops it (and waits for the thread). While
+        Redis is unreachable it tries again every second."""
+        key = _key(date_from, date_to, tz, aged_days)
+        stopped = threading.Event()
+        # Subscribed before this returns: no value computed afterwards is missed.
+        pubsub: Any = self._announcements()
+
+        def listen() -> None:
+            nonlocal pubsub
+            while not stopped.is_set():
+                try:
+                    pubsub = pubsub or self._announcements()
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is not None and json.loads(message["data"]).get("key") == key:
+                        raw = self.redis.get(key)
+                        if raw is not None:
+                            on_update(_cached(json.loads(raw)["body"]))
+                except redis.RedisError:
+                    close_quietly(pubsub)
+                    pubsub = None
+                    stopped.wait(1.0)
+            close_quietly(pubsub)
+
+        thread = threading.Thread(target=listen, name="kpi-client", daemon=True)
+        thread.start()
+
+        def stop() -> None:
+            stopped.set()
+            thread.join()
+
+        return stop
+
+    def _announcements(self) -> Any:
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(ANNOUNCE_CHANNEL)
+        return pubsub
+
+
+def _key(date_from: str | None, date_to: str | None, tz: str, aged_days: int) -> str:
+    zone = canonical_zone(tz)
+    if zone is None:
+        raise ValueError(f"unknown time zone {tz!r}")
+    first = None if date_from is None else date.fromisoformat(date_from)
+    last = None if date_to is None else date.fromisoformat(date_to)
+    return cache_key("kpi", KpiQuery(first, last, zone, aged_days))
+
+
+def _cached(body: dict[str, Any]) -> dict[str, Any]:
+    return {**body, "meta": {**body["meta"], "cached": True}}

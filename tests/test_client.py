@@ -1,0 +1,96 @@
+"""kpi_service.client: another service reads what the KPI service computed through Redis, with no
+database of its own, and asks the HTTP API only on a miss."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from kpi_service import create_app
+from kpi_service.client import KpiClient
+from tests.conftest import RedisServer, make_settings, token
+from tests.sse import serving
+from tests.test_api import two_listings
+
+ROOT = Path(__file__).parents[1]
+READER = """
+import json, sys
+from kpi_service.client import KpiClient
+# Nothing listens at the API's address: the value can only come from Redis.
+client = KpiClient(sys.argv[1], "http://127.0.0.1:1", "no-token-needed")
+print(json.dumps(client.get(date_from="2026-03-01", date_to="2026-03-31", tz="utc")))
+"""
+
+
+def get(url: str) -> dict:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token()}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.slow
+def test_another_process_reads_the_value_the_service_computed(
+    database_url: str, conn: psycopg.Connection, redis_server: RedisServer
+) -> None:
+    two_listings(conn)
+    app = create_app(make_settings(database_url, redis_url=redis_server.url))
+    try:
+        with serving(app) as base:
+            computed = get(f"{base}/api/kpi?from=2026-03-01&to=2026-03-31&tz=UTC")
+        environment = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "KPI_TEST_DATABASE_URL")}
+        done = subprocess.run(
+            [sys.executable, "-c", READER, redis_server.url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**environment, "PYTHONPATH": str(ROOT)},
+        )
+        assert done.returncode == 0, done.stderr
+        read = json.loads(done.stdout)
+        assert read["metrics"] == computed["metrics"] and read["metrics"]["total_listings"] == 2
+        assert read["meta"]["computed_at"] == computed["meta"]["computed_at"] and read["meta"]["cached"] is True
+    finally:
+        app.extensions["kpi"].close()
+
+
+def test_a_miss_asks_the_api_and_a_subscriber_hears_of_new_values(
+    database_url: str, conn: psycopg.Connection, redis_server: RedisServer
+) -> None:
+    two_listings(conn)
+    app = create_app(make_settings(database_url, redis_url=redis_server.url))
+    heard: list[dict] = []
+    arrived = threading.Event()
+    try:
+        with serving(app) as base:
+            client = KpiClient(redis_server.url, base, token())
+
+            def on_update(body: dict) -> None:
+                heard.append(body)
+                arrived.set()
+
+            stop = client.subscribe(on_update, date_from="2026-03-02")
+            try:
+                body = client.get(date_from="2026-03-02")  # nothing stored: the API computes it
+                assert body["metrics"]["total_listings"] == 1 and body["meta"]["cached"] is False
+                assert arrived.wait(10)
+                assert heard[0]["metrics"] == body["metrics"] and heard[0]["meta"]["cached"] is True
+                again = client.get(date_from="2026-03-02")  # now from Redis
+                assert again["meta"]["computed_at"] == body["meta"]["computed_at"] and again["meta"]["cached"] is True
+            finally:
+                stop()
+    finally:
+        app.extensions["kpi"].close()
+
+
+def test_an_unknown_zone_is_refused_before_any_call() -> None:
+    client = KpiClient("redis://127.0.0.1:1/0", "http://127.0.0.1:1", "t")
+    with pytest.raises(ValueError, match="unknown time zone"):
+        client.get(tz="Mars/Olympus")
