@@ -224,9 +224,6 @@ class KpiService:
             pause = min(pause * 2, 0.05)
         return None
 
-    def _fresh_or_none(self, key: str) -> Entry | None:
-        return self._good_or_none(key, _is_fresh)
-
     def _good_or_none(self, key: str, good: Callable[[Entry], bool]) -> Entry | None:
         entry = self.cache.get(key)
         return entry if entry is not None and good(entry) else None
@@ -244,7 +241,7 @@ class KpiService:
         def refresh() -> None:
             try:
                 # The refresh another process just finished may have released this lock.
-                if self._fresh_or_none(key) is None:
+                if self._good_or_none(key, _is_fresh) is None:
                     self._compute_and_store(key, kind, query, compute)
             except (DatabaseUnavailable, ApiError) as error:
                 log.warning("background refresh of %s failed: %s", key, error.__class__.__name__)

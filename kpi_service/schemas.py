@@ -152,8 +152,22 @@ class HistoryQuerySchema(KpiQuerySchema):
             )
 
 
-def _defined(summary: str) -> str:
-    return f"{summary} Exact definition: docs/kpis.md."
+def _count(summary: str) -> fields.Integer:
+    return fields.Integer(
+        required=True,
+        strict=True,
+        validate=validate.Range(min=0),
+        metadata={"description": f"{summary} Exact definition: docs/kpis.md."},
+    )
+
+
+def _number(summary: str, **bounds: float) -> fields.Float:
+    return fields.Float(
+        required=True,
+        allow_nan=False,
+        validate=validate.Range(**bounds) if bounds else None,
+        metadata={"description": f"{summary} Exact definition: docs/kpis.md."},
+    )
 
 
 class MetricsSchema(Schema):
@@ -163,64 +177,16 @@ class MetricsSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    average_profit_per_unit = fields.Float(
-        required=True,
-        allow_nan=False,
-        metadata={"description": _defined("Mean sale price minus cost, sales of the window.")},
-    )
-    lead_to_purchase_time = fields.Float(
-        required=True,
-        allow_nan=False,
-        metadata={"description": _defined("Mean days from lead to sale, sales of the window.")},
-    )
-    aged_inventory = fields.Integer(
-        required=True,
-        strict=True,
-        validate=validate.Range(min=0),
-        metadata={"description": _defined("Listings in stock at the window's end (or now) older than aged_days.")},
-    )
-    total_listings = fields.Integer(
-        required=True,
-        strict=True,
-        validate=validate.Range(min=0),
-        metadata={"description": _defined("Listings listed in the window.")},
-    )
-    active_buyers = fields.Integer(
-        required=True,
-        strict=True,
-        validate=validate.Range(min=0),
-        metadata={"description": _defined("Distinct buyers with a lead or a purchase in the window.")},
-    )
-    conversion_rate = fields.Float(
-        required=True,
-        allow_nan=False,
-        validate=validate.Range(min=0, max=100),
-        metadata={"description": _defined("Percent of the window's leads that became a sale.")},
-    )
-    average_price = fields.Float(
-        required=True,
-        allow_nan=False,
-        validate=validate.Range(min=0),
-        metadata={"description": _defined("Mean asking price of the window's listings.")},
-    )
-    total_value = fields.Float(
-        required=True,
-        allow_nan=False,
-        validate=validate.Range(min=0),
-        metadata={"description": _defined("Sum of the asking prices of the window's listings.")},
-    )
-    scoring_rate = fields.Float(
-        required=True,
-        allow_nan=False,
-        validate=validate.Range(min=0, max=100),
-        metadata={"description": _defined("Percent of the window's listings that have a score.")},
-    )
-    average_score = fields.Float(
-        required=True,
-        allow_nan=False,
-        validate=validate.Range(min=0, max=100),
-        metadata={"description": _defined("Mean score of the window's scored listings.")},
-    )
+    average_profit_per_unit = _number("Mean sale price minus cost, sales of the window.")
+    lead_to_purchase_time = _number("Mean days from lead to sale, sales of the window.")
+    aged_inventory = _count("Listings in stock at the window's end (or now) older than aged_days.")
+    total_listings = _count("Listings listed in the window.")
+    active_buyers = _count("Distinct buyers with a lead or a purchase in the window.")
+    conversion_rate = _number("Percent of the window's leads that became a sale.", min=0, max=100)
+    average_price = _number("Mean asking price of the window's listings.", min=0)
+    total_value = _number("Sum of the asking prices of the window's listings.", min=0)
+    scoring_rate = _number("Percent of the window's listings that have a score.", min=0, max=100)
+    average_score = _number("Mean score of the window's scored listings.", min=0, max=100)
 
 
 METRIC_KEYS = tuple(MetricsSchema().fields)
