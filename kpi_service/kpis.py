@@ -125,7 +125,7 @@ class KpiService:
     def _current_compute(self, query: KpiQuery) -> Compute:
         def compute(now: datetime) -> tuple[dict[str, Any], float]:
             window = query.window
-            rows, duration_ms = self.db.kpi_rows([(window.start, window.end, window.as_of(now))], query.aged_days)
+            rows, duration_ms = self._kpi_rows("kpi", [(window.start, window.end, window.as_of(now))], query.aged_days)
             return {"metrics": _validated(rows[0])}, duration_ms
 
         return compute
@@ -137,7 +137,8 @@ class KpiService:
 
         def compute(now: datetime) -> tuple[dict[str, Any], float]:
             windows = [Window.of_dates(first, last, query.tz) for first, last in days]
-            rows, duration_ms = self.db.kpi_rows([(w.start, w.end, w.as_of(now)) for w in windows], query.aged_days)
+            spans = [(w.start, w.end, w.as_of(now)) for w in windows]
+            rows, duration_ms = self._kpi_rows("history", spans, query.aged_days)
             series = [
                 {"start": first.isoformat(), "end": last.isoformat(), "metrics": _validated(row)}
                 for (first, last), row in zip(days, rows, strict=True)
@@ -145,6 +146,13 @@ class KpiService:
             return {"series": series}, duration_ms
 
         return self._serve("history", query, compute)
+
+    def _kpi_rows(
+        self, endpoint: str, spans: list[tuple[datetime | None, datetime | None, datetime]], aged_days: int
+    ) -> tuple[list[dict[str, Any]], float]:
+        # Counted here, whoever asked (a request, a refresh, a stream): what the database pays.
+        metrics.KPI_STATEMENTS.labels(endpoint=endpoint).inc()
+        return self.db.kpi_rows(spans, aged_days)
 
     def _serve(self, kind: str, query: KpiQuery, compute: Compute) -> Served:
         key = cache_key(kind, query)

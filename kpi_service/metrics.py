@@ -48,6 +48,12 @@ COMPUTATION_DURATION = Histogram(
     # A miss reads summaries: milliseconds, below the default buckets' first bound (5 ms).
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+KPI_STATEMENTS = Counter(
+    "kpi_statements_total",
+    "Executions of the KPI SQL statement by this process, for requests, refreshes and streams alike, "
+    "by endpoint (kpi, history).",
+    ["endpoint"],
+)
 CACHE_OUTCOMES = Counter(
     "kpi_cache_outcomes_total",
     "KPI responses by how they were obtained (hit, miss, stale) and endpoint (kpi, history).",

@@ -158,6 +158,7 @@ def test_metrics_count_requests_cache_outcomes_and_sql(client, auth, conn) -> No
         "miss": sample("kpi_cache_outcomes_total", endpoint="kpi", outcome="miss"),
         "hit": sample("kpi_cache_outcomes_total", endpoint="kpi", outcome="hit"),
         "sql": sample("kpi_computation_duration_seconds_count", endpoint="kpi"),
+        "statements": sample("kpi_statements_total", endpoint="kpi"),
         "latency": sample("kpi_http_request_duration_seconds_count", method="GET", route="/api/kpi"),
     }
     client.get("/api/kpi", headers=auth)
@@ -166,6 +167,7 @@ def test_metrics_count_requests_cache_outcomes_and_sql(client, auth, conn) -> No
     assert sample("kpi_cache_outcomes_total", endpoint="kpi", outcome="miss") == before["miss"] + 1
     assert sample("kpi_cache_outcomes_total", endpoint="kpi", outcome="hit") == before["hit"] + 1
     assert sample("kpi_computation_duration_seconds_count", endpoint="kpi") == before["sql"] + 1
+    assert sample("kpi_statements_total", endpoint="kpi") == before["statements"] + 1
     assert sample("kpi_http_request_duration_seconds_count", method="GET", route="/api/kpi") == before["latency"] + 2
 
     text = client.get("/metrics").get_data(as_text=True)
