@@ -66,7 +66,7 @@ def create_app(config: Settings | None = None) -> Flask:
         redis=client,
         cache=cache,
         service=KpiService(db, cache, wait_seconds=lock_seconds + 1),
-        applier=Applier(db, settings.apply_interval, on_changed=cache.announce_change),
+        applier=Applier(db, settings.apply_interval, settings.apply_busy_share, on_changed=cache.announce_change),
         kpi_schema=KpiQuerySchema(**defaults),
         history_schema=HistoryQuerySchema(max_buckets=settings.max_buckets, **defaults),
     )

@@ -31,10 +31,15 @@ MIN_BATCH = 500
 
 class Applier:
     def __init__(
-        self, db: Database, interval: float, on_changed: Callable[[dict[str, Any]], None] | None = None
+        self,
+        db: Database,
+        interval: float,
+        busy_share: float = 1.0,
+        on_changed: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.db = db
         self.interval = interval
+        self.busy_share = busy_share  # KPI_APPLY_BUSY_PERCENT: the pacing of sql/summary.sql
         self.on_changed = on_changed  # told what each batch changed, after its commit (live updates)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -63,7 +68,7 @@ class Applier:
         the database failed (logged once per outage; the next tick tries again)."""
         try:
             started = time.perf_counter()
-            taken = self.db.apply_changes(self.batch, on_changed=self.on_changed)
+            taken = self.db.apply_changes(self.batch, busy_share=self.busy_share, on_changed=self.on_changed)
         except DatabaseUnavailable as error:
             if isinstance(error.__cause__, psycopg.errors.QueryCanceled):
                 self.batch = max(MIN_BATCH, self.batch // 2)

@@ -88,7 +88,7 @@ def apply_command(environ: Mapping[str, str], *, once: bool, out: TextIO | None 
         interval = settings.apply_interval or Settings.apply_interval
         where = _describe(settings.database_url or "")
         print(f"applying changes to {where} every {interval:g} s", file=out, flush=True)
-        Applier(db, interval, on_changed=on_changed).run_forever()
+        Applier(db, interval, settings.apply_busy_share, on_changed=on_changed).run_forever()
     finally:
         db.close()
 

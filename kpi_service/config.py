@@ -41,6 +41,7 @@ class Settings:
     max_streams: int = 16
     stream_heartbeat: int = 15
     apply_interval: float = 0.5  # seconds between calls of the summaries' applier; 0: not here
+    apply_busy_share: float = 1.0  # of its time the applier may work while the application's sessions do
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -68,6 +69,7 @@ class Settings:
             "max_streams": _int(env, "KPI_MAX_STREAMS", 16, low=1),
             "stream_heartbeat": _int(env, "KPI_STREAM_HEARTBEAT", 15, low=1),
             "apply_interval": _int(env, "KPI_APPLY_INTERVAL_MS", 500, low=0, high=60_000) / 1000,
+            "apply_busy_share": _int(env, "KPI_APPLY_BUSY_PERCENT", 100, low=1, high=100) / 100,
         }
         values.update(overrides)
         settings = cls(**values)  # type: ignore[arg-type]

@@ -36,7 +36,7 @@ queries = aiosql.from_str(sql_text("kpi.sql"), "psycopg")
 APPLY = (
     "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ WRITE",
     "SET LOCAL statement_timeout = '60s'",
-    "SELECT kpi_apply_changes(%s) AS taken",
+    "SELECT kpi_apply_changes(%s, %s) AS taken",
 )
 # What the batch changed (sql/summary.sql leaves it in a setting of its transaction).
 CHANGED = "SELECT current_setting('kpi.changed', true) AS changed"
@@ -158,11 +158,13 @@ class Database:
         self,
         max_rows: int = APPLY_BATCH,
         *,
+        busy_share: float = 1.0,
         wait: bool = False,
         on_changed: Callable[[dict[str, Any]], None] | None = None,
     ) -> int | None:
         """Bring the summaries up to date with the change log (sql/summary.sql): the number of log
-        rows applied, None when another session is applying (unless told to wait for it).
+        rows applied, None when another session is applying (unless told to wait for it) or
+        the applier rests (`busy_share` below 1: sql/summary.sql, "Pacing").
         kpi_apply_changes runs as its owner and writes only the service's tables, so the
         read-only role needs nothing more than the right to call it. `on_changed` gets what a
         batch changed, once it is committed (so that whoever it tells reads the change)."""
@@ -176,7 +178,7 @@ class Database:
                 with conn.transaction():
                     for statement in APPLY[:2]:
                         conn.execute(statement)
-                    taken = conn.execute(APPLY[2], [max_rows]).fetchone()["taken"]
+                    taken = conn.execute(APPLY[2], [max_rows, busy_share]).fetchone()["taken"]
                     if taken and on_changed is not None:
                         changed = conn.execute(CHANGED).fetchone()["changed"]
             finally:

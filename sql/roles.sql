@@ -28,7 +28,7 @@ DO $$
 BEGIN
     IF to_regclass('kpi_summary_state') IS NOT NULL THEN
         GRANT SELECT ON kpi_sums, kpi_buyer_buckets, kpi_sales, kpi_summary_state TO kpi_reader;
-        GRANT EXECUTE ON FUNCTION kpi_apply_changes(integer), kpi_pending_changes(), kpi_applier_session_lock(boolean)
+        GRANT EXECUTE ON FUNCTION kpi_apply_changes(integer, double precision), kpi_pending_changes(), kpi_applier_session_lock(boolean)
             TO kpi_reader;
     END IF;
 END

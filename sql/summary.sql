@@ -406,9 +406,36 @@ $fn$;
 --   listings named, compared with the service's stored copy, and the difference added; a change
 --   whose log rows a batch limit leaves for later is already seen by these lookups, and when its
 --   rows come the comparison finds nothing left to add.
-CREATE OR REPLACE FUNCTION kpi_apply_changes(max_rows integer DEFAULT 50000) RETURNS bigint
+-- Pacing, as autovacuum's cost delay paces vacuum: with busy_share below 1, a batch that found
+-- the application's sessions at work (in this database) is followed by a rest of its own duration times
+-- (1 / busy_share - 1), for every instance's applier alike (the rest is kept here, under the
+-- applier lock). On a server whose cores the application's writes keep busy, the applier then
+-- takes at most that share of a core from them, and a backlog waits for a quieter moment; once
+-- the application is idle, batches follow each other again. Whose sessions are at work is read
+-- from pg_stat_activity, as the summaries' owner: an owner who may not see other roles' sessions
+-- (neither superuser nor pg_read_all_stats) sees none at work, and the applier never rests.
+CREATE TABLE IF NOT EXISTS kpi_applier_rest (until timestamptz NOT NULL);
+INSERT INTO kpi_applier_rest SELECT '-infinity' WHERE NOT EXISTS (SELECT FROM kpi_applier_rest);
+
+CREATE OR REPLACE FUNCTION kpi_applier_rests(started timestamptz, busy_share double precision) RETURNS void
+LANGUAGE sql AS $fn$
+    UPDATE kpi_applier_rest SET until = CASE
+        WHEN busy_share < 1 AND EXISTS (
+            SELECT FROM pg_stat_activity
+            WHERE datname = current_database() AND state = 'active' AND backend_type = 'client backend'
+              AND pid <> pg_backend_pid()
+              AND application_name IS DISTINCT FROM current_setting('application_name'))
+        THEN clock_timestamp() + (clock_timestamp() - started) * (1 / busy_share - 1)
+        ELSE '-infinity' END
+$fn$;
+
+-- The one-argument form of earlier versions (grants name a function by its arguments).
+DROP FUNCTION IF EXISTS kpi_apply_changes(integer);
+CREATE OR REPLACE FUNCTION kpi_apply_changes(max_rows integer DEFAULT 50000, busy_share double precision DEFAULT 1)
+RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 DECLARE
+    started timestamptz := clock_timestamp();
     changes kpi_changes[];
     listing_ids bigint[];
     buyer_ids bigint[];
@@ -418,6 +445,9 @@ BEGIN
     PERFORM kpi_require_one_snapshot();
     IF NOT kpi_applier_lock() THEN
         RETURN NULL;
+    END IF;
+    IF busy_share < 1 AND (SELECT until FROM kpi_applier_rest) > started THEN
+        RETURN NULL;  -- resting: as if another session were applying
     END IF;
     WITH taken AS (
         DELETE FROM kpi_changes WHERE ctid = ANY (ARRAY(SELECT ctid FROM kpi_changes LIMIT max_rows))
@@ -430,6 +460,7 @@ BEGIN
     IF EXISTS (SELECT FROM unnest(changes) c WHERE c.tbl = 't') THEN
         PERFORM kpi_rebuild();
         PERFORM set_config('kpi.changed', '{"all": true}', true);
+        PERFORM kpi_applier_rests(started, busy_share);
         RETURN cardinality(changes);
     END IF;
 
@@ -584,6 +615,7 @@ BEGIN
         'to', (SELECT max(d.bucket) FROM unnest(deltas || buyer_deltas) d),
         'stock_from', (SELECT min(c.at) FROM unnest(changes) c WHERE c.tbl = 'l' AND c.id = ANY (listing_ids))
     )::text, true);
+    PERFORM kpi_applier_rests(started, busy_share);
     RETURN cardinality(changes);
 END
 $fn$;
@@ -669,5 +701,5 @@ $fn$;
 
 -- Functions are executable by everyone by default; these run as the tables' owner. sql/roles.sql
 -- grants the applier and the backlog count to the service's role.
-REVOKE EXECUTE ON FUNCTION kpi_rebuild(), kpi_build(), kpi_apply_changes(integer), kpi_pending_changes(),
+REVOKE EXECUTE ON FUNCTION kpi_rebuild(), kpi_build(), kpi_apply_changes(integer, double precision), kpi_pending_changes(),
     kpi_applier_session_lock(boolean) FROM PUBLIC;

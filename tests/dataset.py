@@ -72,7 +72,7 @@ def catch_up(conn: psycopg.Connection) -> None:
     """What the service's applier does within its interval, done now: the summaries take in every
     committed change (waiting for an applier that holds the lock, then applying what it left).
     Nothing to do in a database without the summaries."""
-    if conn.execute("SELECT to_regprocedure('kpi_apply_changes(integer)')").fetchone()[0]:
+    if conn.execute("SELECT to_regprocedure('kpi_apply_changes(integer, double precision)')").fetchone()[0]:
         conn.execute("SELECT kpi_applier_session_lock(true)")
         try:
             with conn.transaction():

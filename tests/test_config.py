@@ -18,6 +18,7 @@ def test_defaults() -> None:
     assert (settings.cache_ttl, settings.aged_days, settings.timezone) == (30, 60, "UTC")
     assert settings.statement_timeout_ms == 5000 and settings.max_buckets == 400
     assert settings.redis_url is None
+    assert Settings.from_env(GOOD | {"KPI_APPLY_BUSY_PERCENT": "25"}).apply_busy_share == 0.25
 
 
 @pytest.mark.parametrize(
@@ -29,6 +30,7 @@ def test_defaults() -> None:
         ({"KPI_CACHE_TTL": "thirty"}, "KPI_CACHE_TTL must be an integer"),
         ({"KPI_CACHE_TTL": "0"}, "KPI_CACHE_TTL must be at least 1"),
         ({"KPI_AGED_DAYS": "4000"}, "KPI_AGED_DAYS must be between 1 and 3650"),
+        ({"KPI_APPLY_BUSY_PERCENT": "0"}, "KPI_APPLY_BUSY_PERCENT must be between 1 and 100"),
         ({"KPI_TIMEZONE": "Moon/Base"}, "KPI_TIMEZONE"),
         ({"KPI_ENV": "staging"}, "KPI_ENV"),
     ],

@@ -5,6 +5,7 @@ the raw rows) agree with the reference."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -128,6 +129,50 @@ def test_one_applier_at_a_time(database_url: str, conn: psycopg.Connection) -> N
     applied, rebuilt = applied_and_rebuilt(conn)
     assert applied == rebuilt
     assert conn.execute("SELECT price_sum FROM kpi_sums WHERE grain = 900").fetchone() == (Decimal("140.00"),)
+
+
+def test_the_applier_rests_while_the_application_works(database_url: str, conn: psycopg.Connection) -> None:
+    """KPI_APPLY_BUSY_PERCENT: a batch that found the application's sessions at work is followed
+    by a rest, for every instance's applier; none when the application is idle, none at 100%."""
+    at = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    Dataset([1], [Listing(1, Decimal("100.00"), "active", at)], [], []).insert(conn)
+    db = Database(make_settings(database_url))
+    tiny = 0.0001  # rests 9,999 times the batch's duration: still resting at the next call
+    try:
+        with psycopg.connect(database_url, autocommit=True, application_name="dealership") as app:
+
+            def work() -> None:
+                with contextlib.suppress(psycopg.errors.QueryCanceled):
+                    app.execute("SELECT pg_sleep(60)")
+
+            working = threading.Thread(target=work, daemon=True)
+            working.start()
+            try:
+                wait_until(
+                    lambda: (
+                        conn.execute(
+                            "SELECT FROM pg_stat_activity WHERE pid = %s AND state = 'active'", [app.info.backend_pid]
+                        ).fetchone()
+                        is not None
+                    )
+                )
+                conn.execute("UPDATE listings SET price = 120")
+                assert db.apply_changes(busy_share=tiny) == 2
+                conn.execute("UPDATE listings SET price = 130")
+                assert db.apply_changes(busy_share=tiny) is None  # resting, as if another applied
+                assert pending(conn) == 2
+                assert db.apply_changes() == 2  # at 100%: no rest, and none left behind
+            finally:
+                conn.execute("SELECT pg_cancel_backend(%s)", [app.info.backend_pid])
+                working.join(timeout=10)
+        conn.execute("UPDATE listings SET price = 140")
+        assert db.apply_changes(busy_share=tiny) == 2  # the application idle: no rest after it either
+        conn.execute("UPDATE listings SET price = 150")
+        assert db.apply_changes(busy_share=tiny) == 2
+    finally:
+        db.close()
+    applied, rebuilt = applied_and_rebuilt(conn)
+    assert applied == rebuilt
 
 
 def test_a_truncate_rebuilds_the_summaries(conn: psycopg.Connection) -> None:
