@@ -22,9 +22,10 @@ from pathlib import Path
 import psycopg
 import pytest
 import redis
+from redis.sentinel import SentinelConnectionPool
 
 from kpi_service import create_app
-from kpi_service.cache import ANNOUNCE_CHANNEL, cache_key, lock_key
+from kpi_service.cache import ANNOUNCE_CHANNEL, cache_key, connect, lock_key
 from kpi_service.client import KpiClient
 from kpi_service.schemas import KpiQuery
 from tests.conftest import SECRET, RedisServer, make_settings, token, wait_until
@@ -168,6 +169,34 @@ def test_a_failover_under_load_fails_no_request_and_streams_go_on(
 
 def _iso(unix: float) -> str:
     return datetime.fromtimestamp(unix, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def test_the_settings_and_the_client_build_sentinel_managed_clients() -> None:
+    settings = make_settings(
+        "postgresql://localhost/kpi",
+        redis_url="redis://:secret@ignored:1/2",
+        redis_sentinels=(("127.0.0.1", 26379), ("::1", 26380)),
+        redis_sentinel_service="kpi",
+        redis_sentinel_password="sentinel-secret",
+    )
+    client = KpiClient(None, "http://kpi", "token", sentinels="127.0.0.1:26379,[::1]:26380", sentinel_service="kpi")
+    for pool in (connect(settings).connection_pool, client.redis.connection_pool):
+        assert isinstance(pool, SentinelConnectionPool) and pool.service_name == "kpi"
+        sentinels = pool.sentinel_manager.sentinels
+        assert [
+            (s.connection_pool.connection_kwargs["host"], s.connection_pool.connection_kwargs["port"])
+            for s in sentinels
+        ] == [
+            ("127.0.0.1", 26379),
+            ("::1", 26380),
+        ]
+    # REDIS_URL gives the database and the password, not the address; the sentinels their own.
+    kwargs = connect(settings).connection_pool.connection_kwargs
+    assert (kwargs["db"], kwargs["password"]) == (2, "secret") and "ignored" not in kwargs.values()
+    sentinel = connect(settings).connection_pool.sentinel_manager.sentinels[0].connection_pool.connection_kwargs
+    assert sentinel["password"] == "sentinel-secret"
+    with pytest.raises(ValueError, match="host:port"):
+        KpiClient(None, "http://kpi", "token", sentinels="nowhere", sentinel_service="kpi")
 
 
 def test_overlapping_computations_keep_the_value_computed_last(
