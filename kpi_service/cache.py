@@ -18,8 +18,8 @@ Layout, version 1 (documented in the README for other services):
       after each applied batch: what it changed, for live updates (hub.py).
   kpi:v1:ticket:<sha256 of a stream ticket>
       JSON {"sub", "exp"} of the token it was issued for; SET EX 30, consumed by GETDEL (tickets.py).
-A value and its announcement are written in one MULTI/EXEC, so a reader never sees one without
-the other.
+A value and its announcement are written by one script, so a reader never sees one without the
+other, and only if the stored value was not computed later (Cache.put).
 """
 
 from __future__ import annotations
@@ -30,12 +30,17 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import fakeredis
 import redis
+from redis.backoff import NoBackoff
+from redis.connection import parse_url
 from redis.lock import Lock
+from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from kpi_service import metrics
 from kpi_service.config import Settings
@@ -49,6 +54,21 @@ CHANGES_CHANNEL = f"{KEY_PREFIX}:changed"
 CHANGE_SEQ = f"{KEY_PREFIX}:change_seq"
 # try_lock's answer when Redis cannot be asked: go ahead, guarded only in-process.
 NO_REDIS = object()
+# KEYS[1] the value's key; ARGV: value, its computed_at, seconds to keep it, channel, announcement.
+# The stored value's computed_at is the first one in its JSON (the body's meta: the metrics and
+# series before it hold numbers and dates only); the canonical spelling orders as strings.
+_PUT_NEWER = """
+local stored = redis.call('GET', KEYS[1])
+if stored then
+  local computed_at = string.match(stored, '"computed_at":"([^"]*)"')
+  if computed_at and computed_at > ARGV[2] then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+"""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -89,11 +109,56 @@ class Entry:
 
 
 def connect(settings: Settings) -> redis.Redis:
-    """The configured Redis, or an in-process stand-in when REDIS_URL is not set."""
-    if not settings.redis_url:
+    """The configured Redis, or an in-process stand-in when neither REDIS_URL nor REDIS_SENTINELS is set."""
+    if not settings.uses_redis:
         return fakeredis.FakeRedis()
     timeout = settings.redis_timeout_ms / 1000
-    return redis.Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    return redis_client(
+        settings.redis_url,
+        settings.redis_sentinels,
+        settings.redis_sentinel_service,
+        settings.redis_sentinel_password,
+        timeout=timeout,
+        connect_timeout=timeout,
+    )
+
+
+def redis_client(
+    url: str | None,
+    sentinels: Sequence[tuple[str, int]] = (),
+    service: str | None = None,
+    sentinel_password: str | None = None,
+    *,
+    timeout: float | None,
+    connect_timeout: float | None = None,
+) -> redis.Redis:
+    """A client of the Redis at `url`, or, with sentinels, of the primary they name for `service`
+    (`url` then gives only the database number and the credentials).
+
+    The sentinel-managed pool asks the sentinels for the primary whenever it opens a connection,
+    and drops idle connections when the answer changes; a connection to a demoted primary fails
+    (closed by Sentinel, or READONLY). So after a failover every user of this client (cache,
+    locks, tickets, the stream hub's subscription) reaches the new primary on its next
+    connection, with no restart."""
+    if not sentinels:
+        if url is None:
+            raise ValueError("a Redis URL or sentinels are needed")
+        return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=connect_timeout)
+    if not service:
+        raise ValueError("sentinels need the name of the service they monitor")
+    credentials = {k: v for k, v in parse_url(url).items() if k in ("db", "username", "password")} if url else {}
+    sentinel = Sentinel(
+        list(sentinels),
+        sentinel_kwargs={
+            "socket_timeout": timeout,
+            "socket_connect_timeout": connect_timeout,
+            "password": sentinel_password,
+            # One try per sentinel: a dead one is skipped for the next (redis-py's default would
+            # retry it ten times with back-off, seconds per connection during an outage).
+            "retry": Retry(NoBackoff(), 0),
+        },
+    )
+    return sentinel.master_for(service, socket_timeout=timeout, socket_connect_timeout=connect_timeout, **credentials)
 
 
 class Breaker:
@@ -153,6 +218,8 @@ class Cache:
         self.stale_ttl = max(stale_ttl, ttl)
         self.lock_seconds = lock_seconds
         self.breaker = Breaker(retry_after)
+        # SET and PUBLISH in one script: a reader never sees a value without its announcement.
+        self._put_newer = client.register_script(_PUT_NEWER)
 
     @property
     def available(self) -> bool:
@@ -185,8 +252,14 @@ class Cache:
             log.warning("ignoring malformed cache entry %s", key)
             return None
 
-    def put(self, key: str, kind: str, body: dict[str, Any], seq: int = 0) -> Entry:
-        """Store a fresh body and announce it; returns the entry even when Redis is down."""
+    def put(self, key: str, kind: str, body: dict[str, Any], seq: int = 0) -> Entry | None:
+        """Store a fresh body and announce it, unless the stored value was computed later: then
+        nothing is written or announced and the answer is None. Returns the entry when Redis is
+        down (it is still served from this process).
+
+        Two computations of one window can overlap (a lock lost in a failover or expired under a
+        slow statement, docs/reliability.md): whichever finishes last, the stored value is the
+        one computed last."""
         entry = Entry(body=body, fresh_until=time.time() + self.ttl, seq=seq)
         value = json.dumps({"fresh_until": entry.fresh_until, "seq": seq, "body": body}, separators=(",", ":"))
         announcement = json.dumps(
@@ -200,15 +273,17 @@ class Cache:
             separators=(",", ":"),
         )
 
-        def write() -> None:
-            with self.client.pipeline(transaction=True) as pipe:
-                pipe.set(key, value, ex=self.stale_ttl)
-                pipe.publish(ANNOUNCE_CHANNEL, announcement)
-                pipe.execute()
-
-        with contextlib.suppress(_Unavailable):  # the entry is still served from this process
-            self._call("set", write)
-        return entry
+        try:
+            written = self._call(
+                "set",
+                self._put_newer,
+                keys=[key],
+                args=[value, body["meta"]["computed_at"], self.stale_ttl, ANNOUNCE_CHANNEL, announcement],
+                client=self.client,
+            )
+        except _Unavailable:
+            return entry  # still served from this process
+        return entry if written else None
 
     def change_seq(self) -> int:
         """The latest applied change batch announced (0: none, or Redis unavailable)."""

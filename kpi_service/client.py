@@ -28,14 +28,31 @@ from typing import Any
 
 import redis
 
-from kpi_service.cache import ANNOUNCE_CHANNEL, cache_key, close_quietly
+from kpi_service.cache import ANNOUNCE_CHANNEL, cache_key, close_quietly, redis_client
+from kpi_service.config import parse_sentinels
 from kpi_service.schemas import KpiQuery
 from kpi_service.windows import canonical_zone
 
 
 class KpiClient:
-    def __init__(self, redis_url: str, base_url: str, token: str, *, timeout: float = 10.0) -> None:
-        self.redis = redis.Redis.from_url(redis_url, socket_timeout=timeout)
+    def __init__(
+        self,
+        redis_url: str | None,
+        base_url: str,
+        token: str,
+        *,
+        timeout: float = 10.0,
+        sentinels: str | None = None,
+        sentinel_service: str | None = None,
+        sentinel_password: str | None = None,
+    ) -> None:
+        """`sentinels` ("host:port,host:port"), `sentinel_service` and `sentinel_password` as the
+        service's REDIS_SENTINELS, REDIS_SENTINEL_SERVICE and REDIS_SENTINEL_PASSWORD: the client
+        then follows the primary they name, and `redis_url` (may be None) gives only the database
+        number and password."""
+        self.redis = redis_client(
+            redis_url, parse_sentinels(sentinels or ""), sentinel_service, sentinel_password, timeout=timeout
+        )
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout = timeout

@@ -72,10 +72,10 @@ def apply_command(environ: Mapping[str, str], *, once: bool, out: TextIO | None 
     # The applier serves nothing: it needs the database settings, not the token secret.
     settings = Settings.from_env(environ, jwt_secret_key="unused by the applier", env="development")
     db = Database(settings)
-    # With REDIS_URL, the instances' live updates hear of each batch (hub.py), as from their own applier.
+    # With Redis, the instances' live updates hear of each batch (hub.py), as from their own applier.
     on_changed = (
         Cache(connect(settings), settings.cache_ttl, settings.stale_ttl, 1).announce_change
-        if settings.redis_url
+        if settings.uses_redis
         else None
     )
     try:

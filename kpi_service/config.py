@@ -23,6 +23,10 @@ class Settings:
     jwt_secret_key: str
     database_url: str | None = None
     redis_url: str | None = None
+    # With sentinels, the Redis primary is the one they name for the service (cache.redis_client).
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_service: str | None = None
+    redis_sentinel_password: str | None = None
     cache_ttl: int = 30
     stale_ttl: int = 86400
     aged_days: int = 60
@@ -51,6 +55,9 @@ class Settings:
             "jwt_secret_key": env.get("JWT_SECRET_KEY", ""),
             "database_url": env.get("DATABASE_URL") or None,
             "redis_url": env.get("REDIS_URL") or None,
+            "redis_sentinels": parse_sentinels(env.get("REDIS_SENTINELS") or ""),
+            "redis_sentinel_service": env.get("REDIS_SENTINEL_SERVICE") or None,
+            "redis_sentinel_password": env.get("REDIS_SENTINEL_PASSWORD") or None,
             "cache_ttl": _int(env, "KPI_CACHE_TTL", 30, low=1),
             "stale_ttl": _int(env, "KPI_STALE_TTL", 86400, low=1),
             "aged_days": _int(env, "KPI_AGED_DAYS", 60, low=1, high=3650),
@@ -91,12 +98,28 @@ class Settings:
             raise ConfigError(f"KPI_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
         if self.access_log not in ACCESS_LOGS:
             raise ConfigError(f"KPI_ACCESS_LOG must be one of {', '.join(ACCESS_LOGS)}, not {self.access_log!r}")
+        self._validate_redis()
         mode, _ = metrics_exposure(self.metrics)
         if self.metrics_token is not None and mode != "on":
             # The separate port is served by prometheus_client's own server, which has no
             # authentication: it is meant for a private network, so a token there would be a
             # false sense of safety.
             raise ConfigError("KPI_METRICS_TOKEN applies only to KPI_METRICS=on (the /metrics route of the service)")
+
+    def _validate_redis(self) -> None:
+        if bool(self.redis_sentinels) != bool(self.redis_sentinel_service):
+            raise ConfigError("REDIS_SENTINELS and REDIS_SENTINEL_SERVICE go together: set both or neither")
+        if self.redis_sentinel_password and not self.redis_sentinels:
+            raise ConfigError("REDIS_SENTINEL_PASSWORD needs REDIS_SENTINELS and REDIS_SENTINEL_SERVICE")
+        if self.redis_url and self.redis_sentinels and not self.redis_url.startswith("redis://"):
+            # With sentinels the URL only carries the database number and the credentials; a TLS
+            # or unix-socket URL would promise something the sentinel connections do not do.
+            raise ConfigError("with REDIS_SENTINELS, REDIS_URL must be a redis:// URL (its database and password)")
+
+    @property
+    def uses_redis(self) -> bool:
+        """A Redis server (direct or through sentinels) rather than the in-process stand-in."""
+        return bool(self.redis_url or self.redis_sentinels)
 
     @property
     def metrics_port(self) -> int | None:
@@ -113,6 +136,20 @@ def metrics_exposure(value: str) -> tuple[str, int | None]:
     if prefix == "port" and port.isdigit() and 1 <= int(port) <= 65535:
         return "port", int(port)
     raise ConfigError(f"KPI_METRICS must be 'off', 'on' or 'port:NNNN' (1-65535), not {value!r}")
+
+
+def parse_sentinels(value: str) -> tuple[tuple[str, int], ...]:
+    """REDIS_SENTINELS: `host:port,host:port` (an IPv6 host in brackets); empty: none."""
+    sentinels = []
+    for item in (part.strip() for part in value.split(",")) if value.strip() else ():
+        host, _, port = item.rpartition(":")
+        bracketed = host.startswith("[") and host.endswith("]")
+        host = host[1:-1] if bracketed else host
+        numeric = port.isascii() and port.isdigit()
+        if not host or (":" in host and not bracketed) or not numeric or not 1 <= int(port) <= 65535:
+            raise ConfigError(f"REDIS_SENTINELS must be host:port[,host:port...], not {value!r}")
+        sentinels.append((host, int(port)))
+    return tuple(sentinels)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int | None = None) -> int:

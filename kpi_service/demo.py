@@ -52,7 +52,10 @@ def run(
             done = seed(url, listings)
             rows = ", ".join(f"{count:,} {table}" for table, count in done.rows.items())
             say(f"data      seeded {rows} in {done.seconds:.1f} s")
-        say("cache     " + ("REDIS_URL" if environ.get("REDIS_URL") else "in-process stand-in (REDIS_URL not set)"))
+        if environ.get("REDIS_SENTINELS"):
+            say("cache     the primary REDIS_SENTINELS name")
+        else:
+            say("cache     " + ("REDIS_URL" if environ.get("REDIS_URL") else "in-process stand-in (REDIS_URL not set)"))
 
         secret = environ.get("JWT_SECRET_KEY")
         if not secret:

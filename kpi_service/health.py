@@ -34,7 +34,7 @@ def readyz() -> Response:
     state = current_app.extensions["kpi"]
     checks: dict[str, object] = {
         "database": state.db.ping(DATABASE_TIMEOUT_S),
-        "redis": _redis_state(state.redis, in_process=state.settings.redis_url is None),
+        "redis": _redis_state(state.redis, in_process=not state.settings.uses_redis),
     }
     if checks["database"] == "down":
         return envelope(

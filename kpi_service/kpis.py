@@ -308,6 +308,11 @@ class KpiService:
             },
         }
         entry = self.cache.put(key, kind, body, seq)
+        if entry is None:
+            # Another process computed the window later and stored it while this ran (two
+            # computations overlapped: a lock lost in a failover, or expired): this value is
+            # its requester's answer, but the newer stored one is what everyone else gets.
+            return Served(body, "miss", time.time() + self.cache.ttl, duration_ms)
         self._remember(key, _hit(entry))
         return Served(body, "miss", entry.fresh_until, duration_ms)
 

@@ -162,18 +162,20 @@ def wait_until(ready: Callable[[], bool], seconds: float = 15.0) -> None:
 
 
 class RedisServer:
-    """A redis-server of the test's own on a free loopback port, which the test may kill."""
+    """A redis-server of the test's own on a free loopback port, which the test may kill;
+    `args` are more of its options (e.g. --replicaof)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *args: str) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.args = args
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
         assert binary, "redis-server is not installed"
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *self.args],
             stdout=subprocess.DEVNULL,
         )
         client = redis.Redis(port=self.port)

@@ -1,5 +1,6 @@
 """Real processes for the fault tests: a PostgreSQL server of the test's own (which it may stop
-and restart), a gunicorn server of the service, and a paced request load against it."""
+and restart), a Redis primary with a replica and three sentinels, a gunicorn server of the
+service, and a paced request load against it."""
 
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+import redis
 
-from tests.conftest import free_port, wait_until
+from tests.conftest import RedisServer, free_port, wait_until
 
 ROOT = Path(__file__).parents[1]
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
@@ -227,12 +229,13 @@ class Load:
     bearer: str
     rate: float
     paths: Callable[[int], tuple[str, str]]  # request number -> (kind, path)
+    threads: int = 64  # client threads sending the requests
     samples: list[Sample] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __enter__(self) -> Load:
-        self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="load")
+        self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="load")
         self._thread = threading.Thread(target=self._run, name="load-pacer", daemon=True)
         self._thread.start()
         return self
@@ -284,3 +287,75 @@ def summary(name: str, samples: list[Sample], **figures: object) -> dict[str, ob
     }
     print(f"\nFAULT-REPORT {json.dumps(report)}")
     return report
+
+
+class RedisSentinels:
+    """A Redis primary, its replica and three sentinels monitoring them as `service`, all on free
+    loopback ports; the sentinels' configuration files (which they rewrite) in `directory`.
+    Quick to fail over: down after 1 s, quorum 2."""
+
+    def __init__(self, directory: Path, service: str = "kpi") -> None:
+        self.directory = directory
+        self.service = service
+        # A replica saves the primary's snapshot to its directory: here, not the working directory.
+        self.primary = RedisServer("--dir", str(directory))
+        self.replica = RedisServer("--dir", str(directory), "--replicaof", "127.0.0.1", str(self.primary.port))
+        self.ports = [free_port() for _ in range(3)]
+        self.processes: list[subprocess.Popen] = []
+
+    @property
+    def addresses(self) -> str:
+        """As REDIS_SENTINELS wants them."""
+        return ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    def start(self) -> None:
+        self.primary.start()
+        self.replica.start()
+        replica = redis.Redis(port=self.replica.port)
+        wait_until(lambda: replica.info("replication").get("master_link_status") == "up")
+        for port in self.ports:
+            conf = self.directory / f"sentinel-{port}.conf"
+            conf.write_text(
+                f"port {port}\n"
+                "bind 127.0.0.1\n"
+                f"dir {self.directory}\n"
+                f"sentinel monitor {self.service} 127.0.0.1 {self.primary.port} 2\n"
+                f"sentinel down-after-milliseconds {self.service} 1000\n"
+                f"sentinel failover-timeout {self.service} 5000\n"
+            )
+            binary = shutil.which("redis-server")
+            assert binary, "redis-server is not installed"
+            self.processes.append(subprocess.Popen([binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL))
+        # Ready for a failover once every sentinel knows the replica and the two other sentinels.
+        wait_until(self._ready, seconds=30)
+
+    def _ready(self) -> bool:
+        for port in self.ports:
+            try:
+                state = redis.Redis(port=port, socket_timeout=1).sentinel_master(self.service)
+            except redis.RedisError:
+                return False
+            if state["num-slaves"] < 1 or state["num-other-sentinels"] < len(self.ports) - 1:
+                return False
+        return True
+
+    def primary_port(self) -> int | None:
+        """The port of the primary the sentinels name (a majority of them), None without one."""
+        named: Counter[int] = Counter()
+        for port in self.ports:
+            try:
+                address = redis.Redis(port=port, socket_timeout=1).sentinel_get_master_addr_by_name(self.service)
+            except redis.RedisError:
+                continue
+            if address:
+                named[int(address[1])] += 1
+        top = named.most_common(1)
+        return top[0][0] if top and top[0][1] * 2 > len(self.ports) else None
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.kill()
+            process.wait()
+        self.processes = []
+        self.replica.stop()
+        self.primary.stop()

@@ -40,6 +40,41 @@ def test_bad_values_stop_the_start(env: dict[str, str], reason: str) -> None:
         Settings.from_env(GOOD | env)
 
 
+SENTINELS = {"REDIS_SENTINELS": "10.0.0.1:26379, redis-s2:26380,[::1]:26381", "REDIS_SENTINEL_SERVICE": "kpi"}
+
+
+def test_sentinels_name_the_primary() -> None:
+    settings = Settings.from_env(GOOD | SENTINELS | {"REDIS_SENTINEL_PASSWORD": "pw", "REDIS_URL": "redis://:x@h/2"})
+    assert settings.redis_sentinels == (("10.0.0.1", 26379), ("redis-s2", 26380), ("::1", 26381))
+    assert (settings.redis_sentinel_service, settings.redis_sentinel_password) == ("kpi", "pw")
+    assert settings.uses_redis
+    assert Settings.from_env(GOOD | SENTINELS).redis_url is None  # REDIS_URL is optional with sentinels
+    assert not Settings.from_env(GOOD).uses_redis and Settings.from_env(GOOD).redis_sentinels == ()
+
+
+@pytest.mark.parametrize(
+    ("env", "reason"),
+    [
+        ({"REDIS_SENTINELS": "h:26379"}, "set both or neither"),
+        ({"REDIS_SENTINEL_SERVICE": "kpi"}, "set both or neither"),
+        ({"REDIS_SENTINEL_PASSWORD": "pw"}, "REDIS_SENTINEL_PASSWORD needs REDIS_SENTINELS"),
+        (SENTINELS | {"REDIS_SENTINELS": "h"}, "host:port"),
+        (SENTINELS | {"REDIS_SENTINELS": "h:"}, "host:port"),
+        (SENTINELS | {"REDIS_SENTINELS": ":26379"}, "host:port"),
+        (SENTINELS | {"REDIS_SENTINELS": "h:26379,"}, "host:port"),
+        (SENTINELS | {"REDIS_SENTINELS": "h:0"}, "host:port"),
+        (SENTINELS | {"REDIS_SENTINELS": "h:65536"}, "host:port"),
+        (SENTINELS | {"REDIS_SENTINELS": "h:2637x"}, "host:port"),
+        (SENTINELS | {"REDIS_SENTINELS": "h:\u00b2"}, "host:port"),
+        (SENTINELS | {"REDIS_SENTINELS": "::1:26379"}, "host:port"),
+        (SENTINELS | {"REDIS_URL": "rediss://cache:6380/0"}, "must be a redis:// URL"),
+    ],
+)
+def test_bad_sentinel_settings_stop_the_start(env: dict[str, str], reason: str) -> None:
+    with pytest.raises(ConfigError, match=reason):
+        Settings.from_env(GOOD | env)
+
+
 def test_a_short_secret_is_allowed_in_development() -> None:
     assert Settings.from_env(GOOD | {"JWT_SECRET_KEY": "dev", "KPI_ENV": "development"}).jwt_secret_key == "dev"
 

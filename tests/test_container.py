@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kpi_service.config import Settings
 from tests.conftest import SECRET, free_port
 
 ROOT = Path(__file__).parents[1]
@@ -118,7 +119,7 @@ def test_gunicorn_serves_probes_metrics_and_json_logs(database_url: str, tmp_pat
 
 def test_compose_services_and_order() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    services = compose["services"]
+    services = {name: service for name, service in compose["services"].items() if "profiles" not in service}
     assert set(services) == {"db", "redis", "seed", "roles", "kpi"}
     assert services["db"]["image"] == "postgres:15" and services["redis"]["image"] == "redis:7"
     assert "healthcheck" in services["db"] and "healthcheck" in services["redis"] and "healthcheck" in services["kpi"]
@@ -134,6 +135,37 @@ def test_compose_services_and_order() -> None:
     # The service reads as the read-only login, never as the owner of the tables.
     assert services["kpi"]["environment"]["DATABASE_URL"].startswith("postgresql://kpi:")
     assert services["kpi"]["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+
+
+def test_compose_profile_ha_runs_the_service_on_redis_sentinel() -> None:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    ha = {name: service for name, service in services.items() if service.get("profiles") == ["ha"]}
+    sentinels = {f"sentinel-{n}" for n in (1, 2, 3)}
+    assert set(ha) == {"redis-primary", "redis-replica", "kpi-ha"} | sentinels
+    assert not [name for name, service in services.items() if "profiles" in service and name not in ha]
+    replica = ha["redis-replica"]["command"]
+    assert replica[replica.index("--replicaof") :][:3] == ["--replicaof", "redis-primary", "6379"]
+    monitored = set()
+    for name in sentinels:
+        script = ha[name]["command"][-1]
+        assert "--sentinel" in script and "port 26379" in script
+        monitor = re.search(r"sentinel monitor (\S+) (\S+) (\d+) (\d+)", script)
+        assert monitor and (monitor.group(2), monitor.group(3)) == ("redis-primary", "6379")
+        assert len(sentinels) // 2 < int(monitor.group(4)) <= len(sentinels)  # a majority, and reachable
+        monitored.add(monitor.group(1))
+        assert ha[name]["depends_on"]["redis-primary"] == {"condition": "service_healthy"}
+    # The service: the variables config.py reads, naming exactly those sentinels and that service.
+    service = ha["kpi-ha"]
+    env = {name: re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value)) for name, value in service["environment"].items()}
+    settings = Settings.from_env(env)
+    assert {f"{host}:{port}" for host, port in settings.redis_sentinels} == {f"{name}:26379" for name in sentinels}
+    assert {settings.redis_sentinel_service} == monitored
+    assert settings.redis_url is None and settings.database_url.startswith("postgresql://kpi:")
+    assert {name: dep["condition"] for name, dep in service["depends_on"].items()} == {
+        "roles": "service_completed_successfully",
+        **dict.fromkeys(sentinels, "service_healthy"),
+    }
+    assert service["ports"] == ["8001:8000"] and "healthcheck" in service
 
 
 def test_dockerfile_runs_gunicorn_config_as_non_root_with_a_healthcheck() -> None:
