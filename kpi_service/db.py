@@ -142,11 +142,15 @@ class Database:
                     self.pool.open(wait=False)
                     self._opened = True
 
-    def mode(self, *, refresh: bool = False, quiet: bool = False) -> str:
+    def mode(self, *, refresh: bool = False, quiet: bool = False, primary: bool = False) -> str:
         """Where the KPIs come from, "summaries" or "raw" (see MODE): looked up once, and again
-        when asked to refresh."""
+        when asked to refresh; on the replica like the KPI reads, unless asked for the primary's
+        (the applier: whether there is a change log to apply there)."""
         if self._mode is not None and not refresh:
             return self._mode
+        if primary:
+            with self.connection("mode", quiet=quiet) as conn:
+                return self._look_up_mode(conn)
         return self._read("mode", self._look_up_mode, quiet=quiet)[0]
 
     def _look_up_mode(self, conn: psycopg.Connection) -> str:
