@@ -199,9 +199,10 @@ class Database:
         if self.replica is not None and position:
             self.replica.positions.observe(position)
 
-    def wal_position(self, *, quiet: bool = True) -> int:
-        """Where the primary has written its WAL to."""
-        with self.connection("position", quiet=quiet) as conn:
+    def wal_position(self) -> int:
+        """Where the primary has written its WAL to (quiet: the replica's monitor asks every
+        250 ms, and the applier logs an outage of the primary)."""
+        with self.connection("position", quiet=True) as conn:
             return conn.execute(WAL_POSITION).fetchone()["position"]
 
     def apply_changes(
@@ -237,7 +238,10 @@ class Database:
                 # After the commit: a replica that has replayed this far has the batch.
                 position = conn.execute(WAL_POSITION).fetchone()["position"]
         if changed and on_changed is not None:
-            on_changed({**json.loads(changed), **({"position": position} if position is not None else {})})
+            batch = json.loads(changed)
+            if position is not None:
+                batch["position"] = position
+            on_changed(batch)
         return taken
 
     def next_aging(self, as_of: datetime, aged_days: int) -> datetime | None:

@@ -114,14 +114,18 @@ class Replica:
         except DatabaseUnavailable as error:
             if isinstance(error.__cause__, psycopg.errors.QueryCanceled):
                 raise  # the statement's own slowness (statement_timeout): it would be as slow there
-            self._set("down", error.__class__.__name__ if error.__cause__ is None else type(error.__cause__).__name__)
+            self._set("down", type(error.__cause__ or error).__name__)
             return None
 
     def _caught_up(self, conn: psycopg.Connection) -> bool:
-        """Wait until the replica has replayed every position known now; False once it lags."""
+        """Wait until the replica has replayed every position known now (not those that become
+        known meanwhile: a replica steadily a little behind would never be done); False once it
+        lags."""
+        target = self.positions.latest
         while True:
-            lag = self.positions.lag_ms(conn.execute(REPLAY_POSITION).fetchone()["position"])
-            if lag is None:
+            replayed = conn.execute(REPLAY_POSITION).fetchone()["position"]
+            lag = self.positions.lag_ms(replayed)
+            if replayed is None or replayed >= target or lag is None:
                 return True
             if lag > self.max_lag_ms:
                 return False

@@ -19,7 +19,8 @@ from flask.testing import FlaskClient
 from psycopg.conninfo import make_conninfo
 
 from kpi_service import create_app
-from kpi_service.db import APPLIER_LOCK, APPLY, CHANGED, MODE, WAL_POSITION, apply_schema
+from kpi_service.db import APPLIER_LOCK, APPLY, CHANGED, MODE, WAL_POSITION, Database, apply_schema
+from kpi_service.replica import Positions, Replica
 from tests.conftest import SECRET, RedisServer, make_settings, token, wait_until
 from tests.servers import Load, PostgresServer, fetch, gunicorn, replicated, summary
 from tests.sse import Sse, serving
@@ -56,9 +57,13 @@ def url(server: PostgresServer) -> str:
     return make_conninfo(server.url, dbname=DBNAME)
 
 
-def replayed_all(primary: PostgresServer, standby: PostgresServer) -> bool:
+def position(primary: PostgresServer) -> int:
     with psycopg.connect(primary.url, autocommit=True) as conn:
-        written = conn.execute(WAL_POSITION).fetchone()[0]
+        return conn.execute(WAL_POSITION).fetchone()[0]
+
+
+def replayed_all(primary: PostgresServer, standby: PostgresServer) -> bool:
+    written = position(primary)
     with psycopg.connect(standby.url, autocommit=True) as conn:
         return conn.execute("SELECT (pg_last_wal_replay_lsn() - '0/0')::bigint").fetchone()[0] >= written
 
@@ -92,6 +97,42 @@ def listings(server: PostgresServer) -> int:
 
 def report(name: str, **figures: object) -> None:
     print(f"\nREPLICA-REPORT {json.dumps({'scenario': name, **figures})}")
+
+
+def test_lag_is_the_age_of_the_oldest_position_not_replayed() -> None:
+    positions = Positions()
+    assert positions.lag_ms(0) is None  # nothing known: nothing to wait for
+    positions.observe(100)
+    positions.observe(200)
+    positions.observe(150)  # older than what is known: changes nothing
+    assert positions.latest == 200
+    first = positions.lag_ms(99)
+    assert first is not None and first >= 0
+    assert positions.lag_ms(150) <= positions.lag_ms(99)  # 100 replayed: the age of 200 now
+    assert positions.lag_ms(200) is None
+    positions.observe(300)
+    assert positions.lag_ms(None) is None  # not in recovery (promoted): all it has is all there is
+
+
+def test_a_read_waits_for_the_positions_known_when_it_began_only() -> None:
+    """A replica steadily a little behind a busy primary: new positions keep arriving while a read
+    waits, and it must not wait for them too (it would wait until the bound every time)."""
+    settings = make_settings("postgresql://127.0.0.1:1/kpi", database_read_url="postgresql://127.0.0.1:2/kpi")
+    replica = Replica(settings, Database(settings))
+    replica.positions.observe(100)
+    replayed = iter([50, 150])
+
+    class Conn:
+        def execute(self, statement: str) -> Conn:
+            replica.positions.observe(replica.positions.latest + 100)  # the primary wrote on
+            return self
+
+        def fetchone(self) -> dict:
+            return {"position": next(replayed)}
+
+    assert replica._caught_up(Conn())  # type: ignore[arg-type]
+    assert replica.positions.latest == 300
+    replica.db.close()
 
 
 @pytest.fixture
@@ -169,6 +210,8 @@ def test_a_write_reaches_the_api_through_the_replica(
         wait_until(arrived, seconds=10)
         visible_ms.append((time.monotonic() - committed) * 1000)
         assert seen["meta"]["source"] == "replica"
+    # The applier stored its last batch's position, which every computation waits for on the replica.
+    assert 0 < app.extensions["kpi"].cache.latest_change()[1] <= position(primary)
     report(
         "write to /api/kpi through the replica (KPI_CACHE_TTL=1, applier every 500 ms)",
         writes=len(visible_ms),
