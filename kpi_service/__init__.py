@@ -14,6 +14,7 @@ from kpi_service.config import ConfigError, Settings
 from kpi_service.db import Database
 from kpi_service.kpis import KpiService
 from kpi_service.logs import configure_logging
+from kpi_service.replica import Replica
 from kpi_service.schemas import HistoryQuerySchema, KpiQuerySchema
 
 __all__ = ["ConfigError", "Settings", "create_app"]
@@ -34,7 +35,7 @@ class State:
     parsed: dict = field(default_factory=dict)  # raw query string -> KpiQuery, see api._parse
 
     def close(self) -> None:
-        """Stop the applier, finish background refreshes, then close the pool."""
+        """Stop the applier, finish background refreshes, then close the pools."""
         self.applier.stop()
         self.service.close()
         self.db.close()
@@ -54,6 +55,8 @@ def create_app(config: Settings | None = None) -> Flask:
     auth.init_app(app, settings.jwt_secret_key)
 
     db = Database(settings)
+    if settings.database_read_url:
+        db.replica = Replica(settings, db)
     client = connect(settings)
     # A computation can take a pool wait, a connect and the statement: the single-flight lock
     # must outlive that, and a waiter must wait a little longer than a dead owner's lock lives.
@@ -78,4 +81,6 @@ def create_app(config: Settings | None = None) -> Flask:
     # Here, not at import: gunicorn forks its workers before loading the app (no preload), so
     # each worker runs its own; the function's try-lock lets one apply at a time.
     app.extensions["kpi"].applier.start()
+    if db.replica is not None:
+        db.replica.start()
     return app

@@ -94,7 +94,7 @@ class Applier:
         while not self._stop.is_set():
             now = time.monotonic()
             try:
-                mode = self.db.mode(refresh=now - checked >= MODE_EVERY_S, quiet=True)
+                mode = self.db.mode(refresh=now - checked >= MODE_EVERY_S, quiet=True, primary=True)
                 checked = now
             except DatabaseUnavailable as error:
                 self._failed(error)

@@ -13,6 +13,9 @@ Layout, version 1 (documented in the README for other services):
       The number of the summaries' latest applied batch (INCR by the applier after its commit).
       A value stores the number it read before its SQL ran ("seq"): it includes every batch up
       to that one.
+  kpi:v1:change_position
+      With a read replica (DATABASE_READ_URL): the primary's WAL position (bytes) after that
+      batch's commit, set before the INCR; a read on the replica waits until it has replayed it.
   kpi:v1:changed (pub/sub channel)
       JSON {"seq", "from", "to", "stock_from"} (instants, ISO 8601; or {"seq", "all": true})
       after each applied batch: what it changed, for live updates (hub.py).
@@ -52,6 +55,7 @@ KEY_PREFIX = "kpi:v1"
 ANNOUNCE_CHANNEL = f"{KEY_PREFIX}:announce"
 CHANGES_CHANNEL = f"{KEY_PREFIX}:changed"
 CHANGE_SEQ = f"{KEY_PREFIX}:change_seq"
+CHANGE_POSITION = f"{KEY_PREFIX}:change_position"
 # try_lock's answer when Redis cannot be asked: go ahead, guarded only in-process.
 NO_REDIS = object()
 # KEYS[1] the value's key; ARGV: value, its computed_at, seconds to keep it, channel, announcement.
@@ -287,15 +291,24 @@ class Cache:
 
     def change_seq(self) -> int:
         """The latest applied change batch announced (0: none, or Redis unavailable)."""
+        return self.latest_change()[0]
+
+    def latest_change(self) -> tuple[int, int]:
+        """The latest applied change batch announced and the primary's WAL position after it
+        (0 for what is unknown: none yet, no replica, or Redis unavailable)."""
         try:
-            return int(self._call("get", self.client.get, CHANGE_SEQ) or 0)
+            seq, position = self._call("get", self.client.mget, CHANGE_SEQ, CHANGE_POSITION)
         except _Unavailable:
-            return 0
+            return 0, 0
+        return int(seq or 0), int(position or 0)
 
     def announce_change(self, changed: dict[str, Any]) -> None:
         """Number a committed batch of the applier and tell every instance what it changed."""
 
         def write() -> None:
+            if "position" in changed:
+                # Before the number: whoever reads the number reads this position or a later one.
+                self.client.set(CHANGE_POSITION, changed["position"])
             seq = self.client.incr(CHANGE_SEQ)
             self.client.publish(CHANGES_CHANNEL, json.dumps({**changed, "seq": seq}, separators=(",", ":")))
 

@@ -22,6 +22,9 @@ class ConfigError(ValueError):
 class Settings:
     jwt_secret_key: str
     database_url: str | None = None
+    # A streaming replica for the KPI reads; the applier and init-db stay on database_url.
+    database_read_url: str | None = None
+    replica_max_lag_ms: int = 1000
     redis_url: str | None = None
     # With sentinels, the Redis primary is the one they name for the service (cache.redis_client).
     redis_sentinels: tuple[tuple[str, int], ...] = ()
@@ -54,6 +57,8 @@ class Settings:
         values: dict[str, object] = {
             "jwt_secret_key": env.get("JWT_SECRET_KEY", ""),
             "database_url": env.get("DATABASE_URL") or None,
+            "database_read_url": env.get("DATABASE_READ_URL") or None,
+            "replica_max_lag_ms": _int(env, "KPI_REPLICA_MAX_LAG_MS", 1000, low=1, high=600_000),
             "redis_url": env.get("REDIS_URL") or None,
             "redis_sentinels": parse_sentinels(env.get("REDIS_SENTINELS") or ""),
             "redis_sentinel_service": env.get("REDIS_SENTINEL_SERVICE") or None,
@@ -92,6 +97,8 @@ class Settings:
             raise ConfigError(f"JWT_SECRET_KEY must be at least {MIN_SECRET_BYTES} bytes (or set KPI_ENV=development)")
         if not self.database_url:
             raise ConfigError("DATABASE_URL is not set")
+        if self.database_read_url is not None and self.database_read_url == self.database_url:
+            raise ConfigError("DATABASE_READ_URL is DATABASE_URL: leave it unset to read from the primary")
         if canonical_zone(self.timezone) != self.timezone:
             raise ConfigError(f"KPI_TIMEZONE {self.timezone!r} is not a known IANA time zone name")
         if self.log_level not in LOG_LEVELS:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiosql
 import psycopg
@@ -20,7 +20,11 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from kpi_service import metrics
 from kpi_service.config import Settings
 
+if TYPE_CHECKING:
+    from kpi_service.replica import Replica
+
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def sql_text(name: str) -> str:
@@ -45,6 +49,11 @@ APPLIER_LOCK = "SELECT kpi_applier_session_lock(%s)"
 # "summaries" or "raw" (sql/schema.sql, kpi_source).
 MODE = "SELECT kpi_source() AS source"
 PENDING = "SELECT kpi_pending_changes() AS pending"
+# Positions in the WAL as byte offsets, comparable across a primary and its streaming replicas
+# (replica.py): where the primary has written to, and what a replica has replayed (NULL when
+# the server is not in recovery).
+WAL_POSITION = "SELECT (pg_current_wal_lsn() - '0/0')::bigint AS position"
+REPLAY_POSITION = "SELECT (pg_last_wal_replay_lsn() - '0/0')::bigint AS position"
 APPLY_BATCH = 50_000
 
 
@@ -75,20 +84,31 @@ _UNDEFINED = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction)
 
 class Database:
     """Owns the pool. Connections are read-only, bounded in time, and checked on checkout so
-    that a restarted server is noticed on the first request after it instead of failing one."""
+    that a restarted server is noticed on the first request after it instead of failing one.
 
-    def __init__(self, settings: Settings) -> None:
+    The KPI reads (kpi_rows, next_aging, mode) go to `replica` while it keeps up, when one is
+    attached (replica.py); everything else, the applier's maintenance included, stays here."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        url: str | None = None,
+        application_name: str = "kpi-service",
+        pool_timeout: float | None = None,
+    ) -> None:
         self._lock = threading.Lock()
         self._opened = False
         self._mode: str | None = None
         self._schema_missing = False
+        self.replica: Replica | None = None
         self.max_connections = settings.db_pool_size
         self._in_use = 0  # connections handed out through this class, see saturated()
         self.pool = ConnectionPool(
-            settings.database_url,
+            url or settings.database_url,
             min_size=1,
             max_size=settings.db_pool_size,
-            timeout=settings.db_pool_timeout,
+            timeout=settings.db_pool_timeout if pool_timeout is None else pool_timeout,
             open=False,
             check=ConnectionPool.check_connection,
             # psycopg_pool retries a lost connection with a doubling delay (1, 2, 4, 8 ... s) and
@@ -107,7 +127,7 @@ class Database:
                 "keepalives_interval": 2,
                 "keepalives_count": 2,
                 "tcp_user_timeout": 10_000,
-                "application_name": "kpi-service",
+                "application_name": application_name,
                 "options": f"{SESSION_OPTIONS} -c statement_timeout={settings.statement_timeout_ms}",
             },
         )
@@ -122,13 +142,16 @@ class Database:
                     self.pool.open(wait=False)
                     self._opened = True
 
-    def mode(self, *, refresh: bool = False, quiet: bool = False) -> str:
+    def mode(self, *, refresh: bool = False, quiet: bool = False, primary: bool = False) -> str:
         """Where the KPIs come from, "summaries" or "raw" (see MODE): looked up once, and again
-        when asked to refresh."""
+        when asked to refresh; on the replica like the KPI reads, unless asked for the primary's
+        (the applier: whether there is a change log to apply there)."""
         if self._mode is not None and not refresh:
             return self._mode
-        with self.connection("mode", quiet=quiet) as conn:
-            return self._look_up_mode(conn)
+        if primary:
+            with self.connection("mode", quiet=quiet) as conn:
+                return self._look_up_mode(conn)
+        return self._read("mode", self._look_up_mode, quiet=quiet)[0]
 
     def _look_up_mode(self, conn: psycopg.Connection) -> str:
         found = conn.execute(MODE).fetchone()["source"]
@@ -146,13 +169,41 @@ class Database:
         self,
         windows: Sequence[tuple[datetime | None, datetime | None, datetime]],
         aged_days: int,
-    ) -> tuple[list[dict[str, Any]], float]:
-        """One execution of sql/kpi.sql: a row per (start, end, as_of) window, and its duration in ms."""
-        with self.connection("query") as conn:
+    ) -> tuple[list[dict[str, Any]], float, str | None]:
+        """One execution of sql/kpi.sql: a row per (start, end, as_of) window, its duration in ms,
+        and which database answered ("replica" or "primary"; None when no replica is attached)."""
+
+        def run(conn: psycopg.Connection) -> tuple[list[dict[str, Any]], float]:
             mode = self._mode or self._look_up_mode(conn)
             started = time.perf_counter()
             rows = kpi_statement_rows(conn, mode, windows, aged_days)
             return rows, (time.perf_counter() - started) * 1000
+
+        (rows, duration_ms), source = self._read("query", run)
+        return rows, duration_ms, source
+
+    def _read(
+        self, operation: str, run: Callable[[psycopg.Connection], T], *, quiet: bool = False
+    ) -> tuple[T, str | None]:
+        """`run` on the replica while it keeps up, else here: its result and where it ran."""
+        if self.replica is not None:
+            answered = self.replica.run(operation, run)
+            if answered is not None:
+                return answered[0], "replica"
+        with self.connection(operation, quiet=quiet) as conn:
+            return run(conn), None if self.replica is None else "primary"
+
+    def observe_position(self, position: int) -> None:
+        """A WAL position of the primary that KPI reads must include (the latest applied batch's,
+        from Redis): a replica read waits until it has replayed it (replica.py)."""
+        if self.replica is not None and position:
+            self.replica.positions.observe(position)
+
+    def wal_position(self) -> int:
+        """Where the primary has written its WAL to (quiet: the replica's monitor asks every
+        250 ms, and the applier logs an outage of the primary)."""
+        with self.connection("position", quiet=True) as conn:
+            return conn.execute(WAL_POSITION).fetchone()["position"]
 
     def apply_changes(
         self,
@@ -168,7 +219,7 @@ class Database:
         kpi_apply_changes runs as its owner and writes only the service's tables, so the
         read-only role needs nothing more than the right to call it. `on_changed` gets what a
         batch changed, once it is committed (so that whoever it tells reads the change)."""
-        changed = None
+        changed = position = None
         # Quiet: the applier runs every half second, and logs an outage once itself.
         with self.connection("apply", quiet=True) as conn:
             if wait:
@@ -185,14 +236,19 @@ class Database:
                 if wait:
                     conn.execute(APPLIER_LOCK, [False])
                     conn.commit()
+            if changed and self.replica is not None:
+                # After the commit: a replica that has replayed this far has the batch.
+                position = conn.execute(WAL_POSITION).fetchone()["position"]
         if changed and on_changed is not None:
-            on_changed(json.loads(changed))
+            batch = json.loads(changed)
+            if position is not None:
+                batch["position"] = position
+            on_changed(batch)
         return taken
 
     def next_aging(self, as_of: datetime, aged_days: int) -> datetime | None:
         """When aged_inventory at "now" next grows without a write (sql/kpi.sql, next_aging)."""
-        with self.connection("aging") as conn:
-            return queries.next_aging(conn, as_of=as_of, aged_days=aged_days)
+        return self._read("aging", lambda conn: queries.next_aging(conn, as_of=as_of, aged_days=aged_days))[0]
 
     def pending_changes(self) -> int:
         """Rows in the change log that the applier has not taken yet."""
@@ -270,6 +326,8 @@ class Database:
             return "down"
 
     def close(self) -> None:
+        if self.replica is not None:
+            self.replica.close()
         self.pool.close()
 
 

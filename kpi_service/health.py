@@ -36,6 +36,10 @@ def readyz() -> Response:
         "database": state.db.ping(DATABASE_TIMEOUT_S),
         "redis": _redis_state(state.redis, in_process=not state.settings.uses_redis),
     }
+    if state.db.replica is not None:
+        # Never unready for it: the primary answers the reads meanwhile.
+        checks["replica"] = state.db.replica.state
+        checks["replica_lag_ms"] = state.db.replica.lag_ms
     if checks["database"] == "down":
         return envelope(
             503, "Not ready: the database is unreachable.", extra={"status": "unavailable", "checks": checks}

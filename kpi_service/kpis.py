@@ -41,7 +41,8 @@ _metrics_schema = MetricsSchema()
 # Hits of /api/kpi kept in-process (about 1 KB each, with their serialized bytes).
 _MAX_RECENT = 1024
 _KPI_KEYS = f"{KEY_PREFIX}:kpi:"
-Compute = Callable[[datetime], tuple[dict[str, Any], float]]
+# A computation at `now`: the body's data, the SQL's duration in ms, and which database answered.
+Compute = Callable[[datetime], tuple[dict[str, Any], float, str | None]]
 
 
 def _is_fresh(entry: Entry) -> bool:
@@ -123,10 +124,12 @@ class KpiService:
         return Served(_with_flags(body, cached=True, stale=True), "stale", time.time())
 
     def _current_compute(self, query: KpiQuery) -> Compute:
-        def compute(now: datetime) -> tuple[dict[str, Any], float]:
+        def compute(now: datetime) -> tuple[dict[str, Any], float, str | None]:
             window = query.window
-            rows, duration_ms = self._kpi_rows("kpi", [(window.start, window.end, window.as_of(now))], query.aged_days)
-            return {"metrics": _validated(rows[0])}, duration_ms
+            rows, duration_ms, source = self._kpi_rows(
+                "kpi", [(window.start, window.end, window.as_of(now))], query.aged_days
+            )
+            return {"metrics": _validated(rows[0])}, duration_ms, source
 
         return compute
 
@@ -135,21 +138,21 @@ class KpiService:
         assert query.date_from is not None and query.date_to is not None and query.interval is not None
         days = buckets(query.date_from, query.date_to, query.interval)
 
-        def compute(now: datetime) -> tuple[dict[str, Any], float]:
+        def compute(now: datetime) -> tuple[dict[str, Any], float, str | None]:
             windows = [Window.of_dates(first, last, query.tz) for first, last in days]
             spans = [(w.start, w.end, w.as_of(now)) for w in windows]
-            rows, duration_ms = self._kpi_rows("history", spans, query.aged_days)
+            rows, duration_ms, source = self._kpi_rows("history", spans, query.aged_days)
             series = [
                 {"start": first.isoformat(), "end": last.isoformat(), "metrics": _validated(row)}
                 for (first, last), row in zip(days, rows, strict=True)
             ]
-            return {"series": series}, duration_ms
+            return {"series": series}, duration_ms, source
 
         return self._serve("history", query, compute)
 
     def _kpi_rows(
         self, endpoint: str, spans: list[tuple[datetime | None, datetime | None, datetime]], aged_days: int
-    ) -> tuple[list[dict[str, Any]], float]:
+    ) -> tuple[list[dict[str, Any]], float, str | None]:
         # Counted here, whoever asked (a request, a refresh, a stream): what the database pays.
         metrics.KPI_STATEMENTS.labels(endpoint=endpoint).inc()
         return self.db.kpi_rows(spans, aged_days)
@@ -278,10 +281,12 @@ class KpiService:
         probing = self._db_unreachable
         if probing and not self._probe.acquire(blocking=False):
             raise DatabaseUnavailable("the database is unreachable; another request is checking it")
-        # Read before the SQL runs: the value then includes at least that batch of changes.
-        seq = self.cache.change_seq()
+        # Read before the SQL runs: the value then includes at least that batch of changes (on a
+        # replica too, which is read once it has replayed the batch's position).
+        seq, position = self.cache.latest_change()
+        self.db.observe_position(position)
         try:
-            data, duration_ms = compute(now)
+            data, duration_ms, source = compute(now)
         except DatabaseUnavailable as error:
             if not isinstance(error, DatabaseBusy | SchemaMissing) and not isinstance(
                 error.__cause__, psycopg.errors.QueryCanceled
@@ -295,18 +300,16 @@ class KpiService:
             if probing:
                 self._probe.release()
         self._db_unreachable = False
-        body = {
-            **data,
-            "success": True,
-            "message": None,
-            "meta": {
-                "computed_at": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-                "cached": False,
-                "stale": False,
-                "duration_ms": round(duration_ms, 2),
-                "window": query.describe(),
-            },
+        meta = {
+            "computed_at": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "cached": False,
+            "stale": False,
+            "duration_ms": round(duration_ms, 2),
+            "window": query.describe(),
         }
+        if source is not None:  # a replica is configured: say which database answered
+            meta["source"] = source
+        body = {**data, "success": True, "message": None, "meta": meta}
         entry = self.cache.put(key, kind, body, seq)
         if entry is None:
             # Another process computed the window later and stored it while this ran (two

@@ -210,6 +210,13 @@ class MetaSchema(Schema):
     )
     duration_ms = fields.Float(required=True, metadata={"description": "How long the SQL took."})
     window = fields.Nested(WindowSchema, required=True)
+    source = fields.String(
+        validate=validate.OneOf(("replica", "primary")),
+        metadata={
+            "description": "Which database computed the value; only when a read replica is configured "
+            "(DATABASE_READ_URL): `primary` while the replica is down or lags."
+        },
+    )
 
 
 class KpiResponseSchema(Schema):

@@ -60,9 +60,14 @@ def _system_user() -> str | None:
 
 class PostgresServer:
     """A throwaway cluster on 127.0.0.1:<free port>, trust auth, no fsync. The data directory is
-    made with mkdtemp (not pytest's tmp_path, whose 0700 parents another user cannot enter)."""
+    made with mkdtemp (not pytest's tmp_path, whose 0700 parents another user cannot enter).
 
-    def __init__(self) -> None:
+    With `primary`, a streaming replica of that running server instead of a new cluster:
+    `pg_basebackup -R` (initdb's trust lines cover replication from 127.0.0.1). `settings` are
+    more `-c` options of the server (e.g. log_statement)."""
+
+    def __init__(self, settings: dict[str, str] | None = None, *, primary: PostgresServer | None = None) -> None:
+        self.settings = {"wal_level": "replica", "hot_standby": "on", **(settings or {})}
         self.bindir = _postgres_bindir()
         self.user = _system_user()
         self.root = Path(tempfile.mkdtemp(prefix="kpi-fault-pg-"))
@@ -75,12 +80,12 @@ class PostgresServer:
             os.chmod(self.root, 0o755)
             entry = pwd.getpwnam(self.user)
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
-        subprocess.run(
-            [str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            user=self.user,
-        )
+        if primary is None:
+            command = [str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync"]
+        else:
+            command = [str(self.bindir / "pg_basebackup"), "-D", str(self.data), "-h", "127.0.0.1"]
+            command += ["-p", str(primary.port), "-U", "postgres", "-R", "-X", "stream", "-c", "fast", "--no-sync"]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, user=self.user)
 
     def start(self) -> None:
         log = open(self.log, "a")  # noqa: SIM115 - the server writes it until it stops
@@ -101,6 +106,7 @@ class PostgresServer:
                 "log_connections=on",
                 "-c",
                 "max_connections=100",
+                *(f"-c{name}={value}" for name, value in self.settings.items()),
             ],
             stdout=log,
             stderr=log,
@@ -124,6 +130,13 @@ class PostgresServer:
             self.process.wait(timeout=30)
             self.process = None
 
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT), as an operator stops a server: sessions are ended cleanly."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGINT)
+            self.process.wait(timeout=30)
+            self.process = None
+
     def destroy(self) -> None:
         if self.process is not None:
             self.process.terminate()
@@ -144,6 +157,22 @@ class PostgresServer:
         """How many connections that application opened since the server was created (log_connections)."""
         needle = f"application_name={application_name}"
         return sum(1 for line in self.log.read_text(errors="replace").splitlines() if needle in line)
+
+
+@contextmanager
+def replicated(settings: dict[str, str] | None = None) -> Iterator[tuple[PostgresServer, PostgresServer]]:
+    """A primary and its streaming replica (hot standby), both running; destroyed afterwards."""
+    primary = PostgresServer(settings)
+    standby: PostgresServer | None = None
+    try:
+        primary.start()
+        standby = PostgresServer(settings, primary=primary)
+        standby.start()
+        yield primary, standby
+    finally:
+        if standby is not None:
+            standby.destroy()
+        primary.destroy()
 
 
 def start_gunicorn(env: dict[str, str], app: str = "wsgi:app") -> tuple[subprocess.Popen, str]:

@@ -19,6 +19,14 @@ def test_defaults() -> None:
     assert settings.statement_timeout_ms == 5000 and settings.max_buckets == 400
     assert settings.redis_url is None
     assert Settings.from_env(GOOD | {"KPI_APPLY_BUSY_PERCENT": "25"}).apply_busy_share == 0.25
+    assert settings.database_read_url is None and settings.replica_max_lag_ms == 1000
+
+
+def test_a_read_replica() -> None:
+    settings = Settings.from_env(
+        GOOD | {"DATABASE_READ_URL": "postgresql://replica/kpi", "KPI_REPLICA_MAX_LAG_MS": "250"}
+    )
+    assert (settings.database_read_url, settings.replica_max_lag_ms) == ("postgresql://replica/kpi", 250)
 
 
 @pytest.mark.parametrize(
@@ -33,6 +41,8 @@ def test_defaults() -> None:
         ({"KPI_APPLY_BUSY_PERCENT": "0"}, "KPI_APPLY_BUSY_PERCENT must be between 1 and 100"),
         ({"KPI_TIMEZONE": "Moon/Base"}, "KPI_TIMEZONE"),
         ({"KPI_ENV": "staging"}, "KPI_ENV"),
+        ({"DATABASE_READ_URL": GOOD["DATABASE_URL"]}, "DATABASE_READ_URL is DATABASE_URL"),
+        ({"KPI_REPLICA_MAX_LAG_MS": "0"}, "KPI_REPLICA_MAX_LAG_MS must be between 1 and 600000"),
     ],
 )
 def test_bad_values_stop_the_start(env: dict[str, str], reason: str) -> None:

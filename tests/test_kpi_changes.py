@@ -29,7 +29,7 @@ def computed(db: Database, windows: list[Window], aged_days: int, now: datetime)
     """What a cache miss returns once the applier has taken in every committed change."""
     if db.mode() == "summaries":
         db.apply_changes(wait=True)
-    rows, _ = db.kpi_rows([(w.start, w.end, w.as_of(now)) for w in windows], aged_days)
+    rows, *_ = db.kpi_rows([(w.start, w.end, w.as_of(now)) for w in windows], aged_days)
     return [MetricsSchema().load(row) for row in rows]
 
 

@@ -22,7 +22,7 @@ NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
 
 
 def compute(db: Database, window: Window, aged_days: int = 60, now: datetime = NOW) -> dict[str, Any]:
-    rows, _ = db.kpi_rows([(window.start, window.end, window.as_of(now))], aged_days)
+    rows, *_ = db.kpi_rows([(window.start, window.end, window.as_of(now))], aged_days)
     return MetricsSchema().load(rows[0])
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 static = Path(kpi_service.__file__).parent / "static"
 assert {"index.html", "dashboard.js", "dashboard.css"} <= {p.name for p in static.iterdir()}, list(static.iterdir())
 db = Database(Settings.from_env({}, jwt_secret_key="x" * 32, database_url=sys.argv[1]))
-rows, _ = db.kpi_rows([(None, None, datetime.now(timezone.utc))], 60)
+rows, *_ = db.kpi_rows([(None, None, datetime.now(timezone.utc))], 60)
 db.close()
 print(rows[0]["total_listings"])
 """

@@ -35,7 +35,7 @@ def test_reader_runs_the_kpi_query(reader_url: str, conn: psycopg.Connection) ->
     two_listings(conn)
     db = Database(make_settings(reader_url))
     try:
-        rows, _ = db.kpi_rows([(None, None, datetime.now(UTC))], 60)
+        rows, *_ = db.kpi_rows([(None, None, datetime.now(UTC))], 60)
     finally:
         db.close()
     assert rows[0]["total_listings"] == 2
@@ -60,7 +60,7 @@ def test_reader_applies_the_summaries_but_cannot_change_them(reader_url: str, co
     try:
         assert db.pending_changes() == 4
         assert db.apply_changes(wait=True) == 4
-        rows, _ = db.kpi_rows([(None, None, datetime.now(UTC))], 60)
+        rows, *_ = db.kpi_rows([(None, None, datetime.now(UTC))], 60)
     finally:
         db.close()
     assert rows[0]["total_listings"] == 2

@@ -322,7 +322,7 @@ def test_a_disabled_trigger_switches_to_the_raw_rows(database: Database, conn: p
         at = datetime(2026, 3, 1, 12, tzinfo=UTC)
         conn.execute("INSERT INTO buyers (id, name) VALUES (1, 'b')")
         conn.execute("INSERT INTO leads (buyer_id, created_at, status) VALUES (1, %s, 'open')", [at])
-        rows, _ = database.kpi_rows([(None, None, at + timedelta(days=1))], 60)
+        rows, *_ = database.kpi_rows([(None, None, at + timedelta(days=1))], 60)
         assert rows[0]["active_buyers"] == 1
     finally:
         conn.execute("ALTER TABLE leads ENABLE ALWAYS TRIGGER kpi_leads_insert")
