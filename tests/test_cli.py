@@ -70,6 +70,7 @@ def test_init_db_is_idempotent(
             "kpi_sales",
             "kpi_changes",
             "kpi_summary_state",
+            "kpi_applier_rest",
             "kpi_purchase_facts",
             "kpi_conversions",
         }

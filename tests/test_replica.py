@@ -33,9 +33,17 @@ DBNAME = "kpi"
 LOGGING = {"log_statement": "all", "log_line_prefix": "%m [%a] "}
 ENTRY = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \S+ \[([^\]]*)\] ", re.M)
 STATEMENT = re.compile(r"LOG:  (?:statement|execute [^:]*): (.*)", re.S)
+
+
 # What the service may run on the primary: the applier's statements, the replica monitor's
 # look at the primary's WAL position, the pool's connection check, transaction control.
-MAINTENANCE = {s.replace("%s", "$1") for s in (*APPLY, CHANGED, APPLIER_LOCK, MODE, WAL_POSITION)}
+def server_side(statement: str) -> str:
+    """A statement as PostgreSQL logs it: psycopg's %s placeholders become $1, $2, ..."""
+    parts = statement.split("%s")
+    return "".join(part + (f"${n}" if n < len(parts) else "") for n, part in enumerate(parts, 1))
+
+
+MAINTENANCE = {server_side(s) for s in (*APPLY, CHANGED, APPLIER_LOCK, MODE, WAL_POSITION)}
 MAINTENANCE |= {"", "BEGIN", "COMMIT", "ROLLBACK"}
 KPI_STATEMENT = "FROM unnest("  # sql/kpi.sql, kpi_windows
 AGING_STATEMENT = "min(listed_at) + make_interval"  # sql/kpi.sql, next_aging
