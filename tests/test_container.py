@@ -137,11 +137,12 @@ def test_compose_services_and_order() -> None:
     assert services["kpi"]["environment"]["REDIS_URL"] == "redis://redis:6379/0"
 
 
-def test_compose_profile_ha_runs_the_service_on_redis_sentinel() -> None:
-    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+def test_compose_profile_ha_runs_the_service_on_redis_sentinel_and_a_database_replica() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
     ha = {name: service for name, service in services.items() if service.get("profiles") == ["ha"]}
     sentinels = {f"sentinel-{n}" for n in (1, 2, 3)}
-    assert set(ha) == {"redis-primary", "redis-replica", "kpi-ha"} | sentinels
+    assert set(ha) == {"db-replica", "redis-primary", "redis-replica", "kpi-ha"} | sentinels
     assert not [name for name, service in services.items() if "profiles" in service and name not in ha]
     replica = ha["redis-replica"]["command"]
     assert replica[replica.index("--replicaof") :][:3] == ["--replicaof", "redis-primary", "6379"]
@@ -163,8 +164,16 @@ def test_compose_profile_ha_runs_the_service_on_redis_sentinel() -> None:
     assert settings.redis_url is None and settings.database_url.startswith("postgresql://kpi:")
     assert {name: dep["condition"] for name, dep in service["depends_on"].items()} == {
         "roles": "service_completed_successfully",
+        "db-replica": "service_healthy",
         **dict.fromkeys(sentinels, "service_healthy"),
     }
+    # The database replica: a base backup of db that follows it (-R), read by the service.
+    assert settings.database_read_url == settings.database_url.replace("@db:", "@db-replica:")
+    script = ha["db-replica"]["command"][-1]
+    assert "pg_basebackup -h db " in script and " -R " in script and "exec postgres" in script
+    assert ha["db-replica"]["depends_on"]["db"] == {"condition": "service_healthy"}
+    hba = compose["configs"][services["db"]["configs"][0]["source"]]["content"]
+    assert "host replication all all" in hba
     assert service["ports"] == ["8001:8000"] and "healthcheck" in service
 
 
