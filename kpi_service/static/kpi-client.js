@@ -7,7 +7,7 @@
 // Every function takes `options`: token (a string, or a function returning one or a promise of
 // one), baseUrl (the service's root; by default the one serving this file), timeoutMs,
 // fallback (see subscribe). subscribe also takes onStatus, onError, pollMs, minDelayMs and
-// maxDelayMs. README.md ("Browser client") describes them.
+// maxDelayMs. README.md ("The browser client") describes them.
 
 // This file is served at <root>/static/kpi-client.js.
 const SERVICE_ROOT = new URL("..", import.meta.url);
