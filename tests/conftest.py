@@ -145,6 +145,23 @@ def app(database_url: str, conn: psycopg.Connection) -> Iterator[Flask]:
 
 
 @pytest.fixture
+def make_app(database_url: str, conn: psycopg.Connection) -> Iterator[Callable[..., Flask]]:
+    """Apps on the test database (or `database_url=`) with settings overridden; their streams
+    and pools are closed at the end of the test."""
+    apps: list[Flask] = []
+
+    def make(**overrides: object) -> Flask:
+        url = overrides.pop("database_url", database_url)
+        apps.append(create_app(make_settings(url, **overrides)))
+        return apps[-1]
+
+    yield make
+    for app in apps:
+        app.extensions["kpi_stream"].hub.close()
+        app.extensions["kpi"].close()
+
+
+@pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
