@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 import psycopg
@@ -44,7 +45,11 @@ PAGE = """<!doctype html>
 <script type="module">
   import { subscribe } from "/static/kpi-client.js";
   const seen = (window.seen = { updates: [], statuses: [], errors: [], fallback: [] });
-  window.start = (token) => {
+  // One token, or several handed out in turn (the last one for ever), as a page renewing its
+  // token would.
+  window.start = (tokens) => {
+    tokens = [].concat(tokens);
+    const token = () => (tokens.length > 1 ? tokens.shift() : tokens[0]);
     window.subscription = subscribe({ tz: "UTC" }, (update) => {
       seen.updates.push(update);
       document.getElementById("listings").textContent = update.metrics.total_listings;
@@ -86,15 +91,16 @@ def site(app: Flask, refused: list[str] | None = None) -> Callable:
     return wsgi
 
 
-def open_page(browser, base: str, *, start: bool = True):
-    """The test's page, subscribed unless `start` is false; and the list of its uncaught errors."""
+def open_page(browser, base: str, *, start: bool = True, tokens: list[str] | None = None):
+    """The test's page, subscribed (with `tokens` in turn) unless `start` is false; and the list
+    of its uncaught errors."""
     page = browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.goto(f"{base}/kpi-client-test.html")
     page.wait_for_function("typeof window.start === 'function'")
     if start:
-        page.evaluate("token => window.start(token)", token())
+        page.evaluate("tokens => window.start(tokens)", tokens or [token()])
     return page, errors
 
 
@@ -124,6 +130,29 @@ def test_live_updates_arrive_over_the_websocket(app: Flask, browser, conn: psyco
         seen = page.evaluate("window.seen")
         assert seen["statuses"] == ["websocket"]  # the first way tried, and it held
         assert seen["fallback"] == [] and seen["errors"] == [] and errors == []
+        page.close()
+
+
+def test_a_socket_closed_at_the_tokens_expiry_reopens_at_once(app: Flask, browser, conn: psycopg.Connection) -> None:
+    short = token(exp=datetime.now(UTC) + timedelta(seconds=3))
+    with serving(app, site(app)) as base:
+        page, errors = open_page(browser, base, start=False)
+        polls: list[str] = []
+        page.on("request", lambda request: "/api/kpi?" in request.url and polls.append(request.url))
+        with page.expect_websocket() as opened:
+            page.evaluate("tokens => window.start(tokens)", [short, token()])
+        wait_for_update(page, "websocket", 0)
+        # The server closes with 1000 when the short token expires; the client gets a ticket
+        # with the page's next token and opens a socket again at once, saying what it has.
+        reopened = page.wait_for_event("websocket", timeout=WAIT_MS)
+        assert opened.value.is_closed()
+        assert "last_event_id=" not in opened.value.url and "last_event_id=" in reopened.url
+        add_listing(conn)
+        wait_for_update(page, "websocket", 1)
+        seen = page.evaluate("window.seen")
+        assert seen["statuses"] == ["websocket"] and seen["errors"] == [] and errors == []
+        assert len(seen["updates"]) == 2  # the value it had was not sent again
+        assert polls == []  # no polling in between
         page.close()
 
 
