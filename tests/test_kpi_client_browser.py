@@ -1,7 +1,8 @@
 """kpi_service/static/kpi-client.js in headless Chromium, against the app on a real server: a page
 of the test's own imports the module from the service and shows what its subscription passes on.
-Live updates over the WebSocket, over server-sent events when the WebSocket is refused, the
-application's fallback while the server is stopped, and the service again once it is back."""
+Live updates over the WebSocket, a socket reopened at once when its token expires, server-sent
+events when the WebSocket is refused, the application's fallback while the server is stopped and
+the service again once it is back; getKpiMetrics' revalidation with the ETag."""
 
 from __future__ import annotations
 
