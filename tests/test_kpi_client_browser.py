@@ -16,6 +16,7 @@ import pytest
 from flask import Flask
 
 from kpi_service import create_app
+from kpi_service.db import DatabaseUnavailable
 from tests.conftest import free_port, make_settings, needs_chromium, token
 from tests.sse import serving
 
@@ -45,7 +46,7 @@ PAGE = """<!doctype html>
 <p>Listings <output id="listings">-</output> from <output id="source">-</output></p>
 <script type="module">
   import { subscribe } from "/static/kpi-client.js";
-  const seen = (window.seen = { updates: [], statuses: [], errors: [], fallback: [] });
+  const seen = (window.seen = { updates: [], statuses: [], errors: [], fallback: [], fallbackErrors: [] });
   // One token, or several handed out in turn (the last one for ever), as a page renewing its
   // token would.
   window.start = (tokens) => {
@@ -63,8 +64,9 @@ PAGE = """<!doctype html>
       timeoutMs: 3000,
       onStatus: (transport) => seen.statuses.push(transport),
       onError: (error) => seen.errors.push(`${error.status} ${error.message}`),
-      fallback: (params) => {
+      fallback: (params, error) => {
         seen.fallback.push(params);
+        seen.fallbackErrors.push({ status: error.status, message: error.message });
         return LOCAL;
       },
     });
@@ -182,6 +184,7 @@ def test_a_stopped_service_gives_way_to_the_fallback_until_it_is_back(
     assert local["metrics"] == LOCAL and local["meta"]["local"] is True
     assert page.inner_text("#source") == "local" and page.inner_text("#listings") == "4242"
     assert page.evaluate("window.seen.fallback[0]") == {"tz": "UTC"}  # the params as subscribed
+    assert page.evaluate("window.seen.fallbackErrors[0].status") == 0  # unreachable
 
     add_listing(conn)  # while the service was away
     restarted = create_app(make_settings(database_url))  # a new process's worth of state
@@ -195,6 +198,32 @@ def test_a_stopped_service_gives_way_to_the_fallback_until_it_is_back(
             page.close()
     finally:
         restarted.extensions["kpi"].close()
+
+
+def test_a_503_gives_way_to_the_fallback_until_the_database_answers(
+    app: Flask, browser, conn: psycopg.Connection
+) -> None:
+    db = app.extensions["kpi"].db
+    computes = db.kpi_rows
+
+    def down(*args: object, **kwargs: object):
+        raise DatabaseUnavailable("down")
+
+    db.kpi_rows = down  # nothing cached: the socket, the stream and GET /api/kpi are 503s
+    with serving(app, site(app)) as base:
+        page, errors = open_page(browser, base)
+        wait_for_update(page, "local", LOCAL["total_listings"])
+        assert page.evaluate("window.seen.statuses") == ["poll"]
+        db.kpi_rows = computes
+        add_listing(conn)
+        # The service answers again: first a poll or a stream, whichever comes first; then a stream.
+        wait_for_update(page, ("poll", "websocket", "sse"), 1)
+        page.wait_for_function("window.seen.statuses.at(-1) === 'websocket'", timeout=WAIT_MS)
+        seen = page.evaluate("window.seen")
+        assert seen["errors"] == [] and errors == []
+        failures = {error["status"] for error in seen["fallbackErrors"]}
+        assert failures == {503}, seen["fallbackErrors"]
+        page.close()
 
 
 def test_get_kpi_metrics_revalidates_with_the_etag(app: Flask, browser) -> None:

@@ -217,13 +217,16 @@ export function subscribe(params, onUpdate, options = {}) {
     if (options.onError) options.onError(error);
   }
 
-  async function outage(error) {
+  /** The service failed; `current()` says, once the fallback answered, whether the failure
+   * still stands (no stream opened and no answer came meanwhile). */
+  async function outage(error, current) {
     let figures = null;
     try {
       figures = await local(o, given, error);
     } catch {
       figures = null; // a failing fallback is no reason to stop trying the service
     }
+    if (!current()) return;
     if (figures) emit(figures, "local");
     else report(error);
   }
@@ -248,7 +251,7 @@ export function subscribe(params, onUpdate, options = {}) {
     } catch (error) {
       if (closed || round !== polls) return;
       if (error.status >= 400 && error.status < 500 && error.status !== 429) return fail(error);
-      await outage(error);
+      await outage(error, () => round === polls);
     }
     if (round === polls && !closed) pollTimer = setTimeout(poll, o.pollMs, round);
   }
@@ -287,13 +290,14 @@ export function subscribe(params, onUpdate, options = {}) {
     announce(kind);
   }
 
-  function received(kind, event, data, id) {
+  function received(handle, kind, event, data, id) {
     if (event === "kpi") {
       if (id) lastEventId = id;
       emit(data, kind);
     } else if (event === "unavailable") {
       // The database is down and nothing is cached; the stream stays open for the next value.
-      outage(new KpiError(503, describe(503, data), data));
+      const since = shown;
+      outage(new KpiError(503, describe(503, data), data), () => stream === handle && shown === since);
     }
   }
 
@@ -331,7 +335,7 @@ export function subscribe(params, onUpdate, options = {}) {
         } catch {
           return;
         }
-        received("websocket", frame.event, frame.data, frame.id);
+        received(handle, "websocket", frame.event, frame.data, frame.id);
       });
       socket.addEventListener("close", (event) => {
         if (stream !== handle) return;
@@ -361,7 +365,7 @@ export function subscribe(params, onUpdate, options = {}) {
     });
     for (const name of ["kpi", "unavailable"]) {
       source.addEventListener(name, (event) => {
-        if (stream === handle) received("sse", name, JSON.parse(event.data), event.lastEventId);
+        if (stream === handle) received(handle, "sse", name, JSON.parse(event.data), event.lastEventId);
       });
     }
     source.addEventListener("error", () => {
