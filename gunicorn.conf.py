@@ -25,10 +25,10 @@ if TYPE_CHECKING:
 bind = f"0.0.0.0:{int(os.environ.get('PORT', '8000'))}"
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
 # gthread: every request holds one of the worker's threads while it runs, and so does every open
-# GET /api/kpi/stream, for as long as it is open (an async worker would avoid that, but the app,
-# psycopg's pool and the cache are synchronous code). The app serves at most KPI_MAX_STREAMS
-# streams per worker (16; a 503 with Retry-After beyond), so the threads are that many for streams
-# plus 4 for ordinary requests, as many as the database pool has connections (KPI_DB_POOL_SIZE):
+# GET /api/kpi/stream or /api/kpi/ws, for as long as it is open (an async worker would avoid that,
+# but the app, psycopg's pool and the cache are synchronous code). The app serves at most
+# KPI_MAX_STREAMS of both per worker (16; a 503 with Retry-After beyond), so the threads are that
+# many for streams plus 4 for ordinary requests, as many as the database pool has connections (KPI_DB_POOL_SIZE):
 # a full house of streams leaves the polling API as fast as before. Streams cost no connection:
 # their refreshes run on the app's own two refresher threads.
 _max_streams = int(os.environ.get("KPI_MAX_STREAMS") or "16")
@@ -99,7 +99,8 @@ def post_worker_init(worker: Worker) -> None:
     """Open streams end as soon as the worker is told to stop. gthread waits up to the graceful
     timeout for open connections, and a stream, left alone, never closes: SIGTERM would then always
     cost the full 20 s, and SIGINT/SIGQUIT would hang the exit behind the stream threads.
-    Clients reconnect (EventSource does by itself) to a worker that is not stopping."""
+    A WebSocket is closed with 1001. Clients reconnect (EventSource does by itself) to a worker
+    that is not stopping."""
 
     def chain(signum: int) -> None:
         previous = signal.getsignal(signum)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import redis
 from flask import Flask
 
-from kpi_service import api, auth, dashboard, errors, health, metrics, openapi, request_hooks, stream
+from kpi_service import api, auth, dashboard, errors, health, metrics, openapi, request_hooks, stream, websocket
 from kpi_service.applier import Applier
 from kpi_service.cache import Cache, connect
 from kpi_service.config import ConfigError, Settings
@@ -75,6 +75,7 @@ def create_app(config: Settings | None = None) -> Flask:
     )
     app.register_blueprint(api.bp)
     stream.init_app(app, settings)
+    websocket.init_app(app, settings)
     app.register_blueprint(dashboard.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.blueprint(settings))

@@ -12,7 +12,7 @@ from flask import Flask, Response, current_app, request
 from flask_jwt_extended import JWTManager, create_access_token, get_jwt, verify_jwt_in_request
 from flask_jwt_extended.exceptions import JWTDecodeError, NoAuthorizationError
 
-from kpi_service.errors import envelope
+from kpi_service.errors import WWW_AUTHENTICATE, envelope
 
 
 def init_app(app: Flask, secret: str) -> JWTManager:
@@ -29,7 +29,7 @@ def init_app(app: Flask, secret: str) -> JWTManager:
 
     def reject(reason: str) -> Response:
         response = envelope(401, reason)
-        response.headers["WWW-Authenticate"] = 'Bearer realm="kpi"'
+        response.headers["WWW-Authenticate"] = WWW_AUTHENTICATE
         return response
 
     @jwt.unauthorized_loader

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from kpi_service.windows import canonical_zone
 
@@ -49,6 +50,10 @@ class Settings:
     stream_heartbeat: int = 15
     apply_interval: float = 0.5  # seconds between calls of the summaries' applier; 0: not here
     apply_busy_share: float = 1.0  # of its time the applier may work while the application's sessions do
+    # Origins besides the request's own that may open GET /api/kpi/ws (canonical_origin form).
+    ws_allowed_origins: tuple[str, ...] = ()
+    ws_idle_timeout: int = 30  # seconds between pings; a client that leaves one unanswered is closed
+    ws_max_message: int = 4096  # bytes a client may send in one message
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -82,6 +87,11 @@ class Settings:
             "stream_heartbeat": _int(env, "KPI_STREAM_HEARTBEAT", 15, low=1),
             "apply_interval": _int(env, "KPI_APPLY_INTERVAL_MS", 500, low=0, high=60_000) / 1000,
             "apply_busy_share": _int(env, "KPI_APPLY_BUSY_PERCENT", 100, low=1, high=100) / 100,
+            "ws_allowed_origins": tuple(
+                canonical_origin(o) for o in (env.get("KPI_WS_ALLOWED_ORIGINS") or "").split(",") if o.strip()
+            ),
+            "ws_idle_timeout": _int(env, "KPI_WS_IDLE_TIMEOUT", 30, low=1),
+            "ws_max_message": _int(env, "KPI_WS_MAX_MESSAGE", 4096, low=1),
         }
         values.update(overrides)
         settings = cls(**values)  # type: ignore[arg-type]
@@ -112,6 +122,10 @@ class Settings:
             # authentication: it is meant for a private network, so a token there would be a
             # false sense of safety.
             raise ConfigError("KPI_METRICS_TOKEN applies only to KPI_METRICS=on (the /metrics route of the service)")
+
+        for origin in self.ws_allowed_origins:
+            if canonical_origin(origin) != origin:
+                raise ConfigError(f"KPI_WS_ALLOWED_ORIGINS: {origin!r} is not written as {canonical_origin(origin)!r}")
 
     def _validate_redis(self) -> None:
         if bool(self.redis_sentinels) != bool(self.redis_sentinel_service):
@@ -157,6 +171,30 @@ def parse_sentinels(value: str) -> tuple[tuple[str, int], ...]:
             raise ConfigError(f"REDIS_SENTINELS must be host:port[,host:port...], not {value!r}")
         sentinels.append((host, int(port)))
     return tuple(sentinels)
+
+
+def canonical_origin(value: str) -> str:
+    """An origin as browsers send it in the Origin header: `scheme://host[:port]`, lower case,
+    without the scheme's default port. Raises ConfigError for anything else (a path, a query)."""
+    raw = value.strip()
+    try:
+        parts = urlsplit(raw.lower())
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.username is not None
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
+        raise ConfigError(f"KPI_WS_ALLOWED_ORIGINS: {raw!r} is not an origin like https://dashboard.example.com")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    default = 443 if parts.scheme == "https" else 80
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None and port != default else "")
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int | None = None) -> int:

@@ -11,6 +11,9 @@ from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
 
+# Sent with every 401 (RFC 9110 requires a challenge): the scheme the service takes.
+WWW_AUTHENTICATE = 'Bearer realm="kpi"'
+
 
 class ApiError(Exception):
     """An answer other than 200, raised anywhere below a view."""
@@ -48,6 +51,8 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(error: ApiError) -> Response:
         response = envelope(error.status, error.message, error.errors)
+        if error.status == 401:
+            response.headers["WWW-Authenticate"] = WWW_AUTHENTICATE
         if error.retry_after is not None:
             response.headers["Retry-After"] = str(error.retry_after)
         return response

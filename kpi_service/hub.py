@@ -1,5 +1,5 @@
-"""The per-process fan-out behind GET /api/kpi/stream: one Redis subscription and one refresher
-per window, however many streams of that window the process serves.
+"""The per-process fan-out behind GET /api/kpi/stream and GET /api/kpi/ws: one Redis subscription
+and one refresher per window, however many streams of that window the process serves.
 
 - Every process runs one listener thread subscribed to `kpi:v1:announce` and `kpi:v1:changed`
   (cache.py). When any worker or instance computes a window that this process has subscribers
@@ -134,6 +134,12 @@ class Event:
         # The JSON is compact, without newlines: one data line.
         return f"{head}event: {self.name}\ndata: ".encode() + self.data + b"\n\n"
 
+    def frame(self) -> str:
+        """The event as one WebSocket text frame: a JSON object with the same id and data as
+        the server-sent event. The body is spliced in as it is, not parsed and dumped again."""
+        head = f'{{"event":"{self.name}",' + (f'"id":"{self.computed_at}",' if self.name == "kpi" else "")
+        return head + '"data":' + self.data.decode() + "}"
+
 
 class Subscriber:
     """One stream's mailbox: the newest event not yet sent, or closed."""
@@ -146,6 +152,7 @@ class Subscriber:
         # What the client already has: Last-Event-ID counts as a fresh value of that time.
         self._seen: tuple[str, str] | None = (last_event_id, "fresh") if last_event_id else None
         self._numbers: tuple[str, str] | None = None  # (numbers, state) of the last event offered
+        self._woken = False
         self.closed = False
 
     def offer(self, event: Event) -> None:
@@ -160,14 +167,21 @@ class Subscriber:
             self._cond.notify()
 
     def take(self, timeout: float) -> Event | None:
-        """The next event; None after `timeout` seconds without one. Raises Closed."""
+        """The next event; None after `timeout` seconds without one, or once woken. Raises Closed."""
         with self._cond:
-            if self._pending is None and not self.closed:
+            if self._pending is None and not self.closed and not self._woken:
                 self._cond.wait(timeout)
             if self.closed:
                 raise Closed
-            event, self._pending = self._pending, None
+            event, self._pending, self._woken = self._pending, None, False
             return event
+
+    def wake(self) -> None:
+        """Return from take() now: the stream has something else to look at (a WebSocket's
+        connection ended or its client sent a message)."""
+        with self._cond:
+            self._woken = True
+            self._cond.notify()
 
     def close(self) -> None:
         with self._cond:

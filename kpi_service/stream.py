@@ -1,10 +1,12 @@
-"""GET /api/kpi/stream (server-sent events) and POST /api/kpi/stream-ticket.
+"""GET /api/kpi/stream (server-sent events), POST /api/kpi/stream-ticket, and what opening a
+stream is whatever its transport (open_subscription; the WebSocket is kpi_service/websocket.py).
 
 A stream holds one server thread for as long as it is open (gunicorn's gthread workers, see
-gunicorn.conf.py), so each process serves at most KPI_MAX_STREAMS of them and answers a 503
-with Retry-After beyond that: the remaining threads stay free for ordinary requests. A stream
-ends when the client goes away (the next write fails, at the latest at the next heartbeat),
-when the token it was opened with expires, and when the worker is told to stop.
+gunicorn.conf.py), so each process serves at most KPI_MAX_STREAMS of them, server-sent and
+WebSocket together, and answers a 503 with Retry-After beyond that: the remaining threads stay
+free for ordinary requests. A stream ends when the client goes away (the next write fails, at
+the latest at the next heartbeat), when the token it was opened with expires, and when the
+worker is told to stop.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from flask_jwt_extended.exceptions import JWTDecodeError
 from marshmallow import ValidationError
 
 from kpi_service.config import Settings
-from kpi_service.errors import ApiError, envelope
+from kpi_service.errors import ApiError
 from kpi_service.hub import Closed, Full, Hub, Subscriber, format_event_id
 from kpi_service.kpis import Served
 from kpi_service.tickets import Grant, TicketStore, TicketsUnavailable
@@ -30,6 +32,7 @@ EXTENSION = "kpi_stream"
 # Query parameters of the stream that are not window parameters.
 TICKET_PARAM = "ticket"
 LAST_EVENT_PARAM = "last_event_id"  # EventSource cannot set Last-Event-ID on a new connection
+BAD_TICKET = "Invalid, expired or already used stream ticket."
 # How long a client told "too many streams" should wait before trying again (or polling).
 RETRY_AFTER_FULL = 10
 # The browser's reconnection delay after a dropped connection.
@@ -68,12 +71,6 @@ def _bearer_grant() -> Grant:
     return Grant(subject=str(claims.get("sub")), expires_at=float(claims["exp"]))
 
 
-def _unauthorized(message: str) -> Response:
-    response = envelope(401, message)
-    response.headers["WWW-Authenticate"] = 'Bearer realm="kpi"'
-    return response
-
-
 def _no_tickets() -> ApiError:
     return ApiError(503, "Stream tickets are unavailable (Redis is down); poll GET /api/kpi instead.", retry_after=30)
 
@@ -91,20 +88,23 @@ def stream_ticket() -> Response:
     return response
 
 
-@bp.get("/stream")
-def stream() -> Response:
+def open_subscription() -> Subscriber:
+    """What opening a stream is, whatever its transport, before its first byte: who may (a
+    ticket, else the Authorization header), which window (validated as GET /api/kpi does),
+    what the client has (Last-Event-ID), and a subscriber of that window holding the current
+    value. Raises what the error handlers answer (401, 400, 503); the caller unsubscribes."""
     state = _state()
     args = request.args
     repeated = {name: ["Given more than once."] for name in args if len(args.getlist(name)) > 1}
     if TICKET_PARAM in args:
         if TICKET_PARAM in repeated:
-            return _unauthorized("Invalid, expired or already used stream ticket.")
+            raise ApiError(401, BAD_TICKET)
         try:
             grant = state.tickets.redeem(args[TICKET_PARAM])
         except TicketsUnavailable:
             raise _no_tickets() from None
         if grant is None:
-            return _unauthorized("Invalid, expired or already used stream ticket.")
+            raise ApiError(401, BAD_TICKET)
     else:
         grant = _bearer_grant()
     if repeated:
@@ -126,11 +126,17 @@ def stream() -> Response:
         # The current value, as GET /api/kpi would answer (computing it if nobody has): sent at
         # once unless the client's Last-Event-ID says it has it already.
         served: Served = current_app.extensions["kpi"].service.current(query)
-    except ApiError:
+    except BaseException:
         state.hub.unsubscribe(subscriber)
         raise
     state.hub.deliver(subscriber.key, served)
+    return subscriber
 
+
+@bp.get("/stream")
+def stream() -> Response:
+    state = _state()
+    subscriber = open_subscription()
     response = Response(_events(subscriber, state.heartbeat), mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Accel-Buffering"] = "no"  # a buffering proxy (nginx) would hold events back

@@ -34,6 +34,21 @@ from kpi_service.logs import HOST_HANDLER, ROOT_LOGGER
 from tests.dataset import catch_up
 
 SECRET = "test-secret-that-is-at-least-32-bytes-long"
+# The browser tests drive Debian's Chromium through Playwright (no browser download).
+CHROMIUM = os.environ.get("KPI_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+needs_chromium = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium; .ci/run does)"
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -130,6 +145,23 @@ def app(database_url: str, conn: psycopg.Connection) -> Iterator[Flask]:
 
 
 @pytest.fixture
+def make_app(database_url: str, conn: psycopg.Connection) -> Iterator[Callable[..., Flask]]:
+    """Apps on the test database (or `database_url=`) with settings overridden; their streams
+    and pools are closed at the end of the test."""
+    apps: list[Flask] = []
+
+    def make(**overrides: object) -> Flask:
+        url = overrides.pop("database_url", database_url)
+        apps.append(create_app(make_settings(url, **overrides)))
+        return apps[-1]
+
+    yield make
+    for app in apps:
+        app.extensions["kpi_stream"].hub.close()
+        app.extensions["kpi"].close()
+
+
+@pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
@@ -203,3 +235,14 @@ def redis_server() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def browser() -> Iterator:
+    """Headless Chromium, through Playwright."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

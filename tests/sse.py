@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from flask import Flask
-from werkzeug.serving import make_server
+from werkzeug.serving import ThreadedWSGIServer
 
 from kpi_service.demo import RequestHandler
 
@@ -22,11 +23,38 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
 
 
+class _Server(ThreadedWSGIServer):
+    """werkzeug's threaded server, which can also drop every connection it has open."""
+
+    def __init__(self, port: int, app: WSGIApplication) -> None:
+        super().__init__("127.0.0.1", port, app, handler=RequestHandler)
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    def process_request(self, request: socket.socket, client_address: tuple[str, int]) -> None:
+        with self._lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: socket.socket) -> None:
+        with self._lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def drop_connections(self) -> None:
+        with self._lock:
+            connections = list(self._open)
+        for connection in connections:
+            with suppress(OSError):  # closed meanwhile
+                connection.shutdown(socket.SHUT_RDWR)
+
+
 @contextmanager
-def serving(app: Flask, wsgi: WSGIApplication | None = None) -> Iterator[str]:
-    """The app (or `wsgi`, a middleware around it) on a free loopback port, as the demo serves
-    it; yields its base URL. Its streams end on the way out."""
-    server = make_server("127.0.0.1", 0, wsgi or app, threaded=True, request_handler=RequestHandler)
+def serving(app: Flask, wsgi: WSGIApplication | None = None, port: int = 0) -> Iterator[str]:
+    """The app (or `wsgi`, a middleware around it) on a loopback port (a free one unless given),
+    as the demo serves it; yields its base URL. On the way out its streams end and its
+    connections drop, keep-alive ones included, as when a server process stops."""
+    server = _Server(port, wsgi or app)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -35,6 +63,7 @@ def serving(app: Flask, wsgi: WSGIApplication | None = None) -> Iterator[str]:
         app.extensions["kpi_stream"].hub.close()
         server.shutdown()
         server.server_close()
+        server.drop_connections()
         thread.join(timeout=10)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,12 @@ def test_a_read_replica() -> None:
         ({"KPI_ENV": "staging"}, "KPI_ENV"),
         ({"DATABASE_READ_URL": GOOD["DATABASE_URL"]}, "DATABASE_READ_URL is DATABASE_URL"),
         ({"KPI_REPLICA_MAX_LAG_MS": "0"}, "KPI_REPLICA_MAX_LAG_MS must be between 1 and 600000"),
+        ({"KPI_WS_ALLOWED_ORIGINS": "dashboard.example.com"}, "KPI_WS_ALLOWED_ORIGINS: 'dashboard.example.com'"),
+        ({"KPI_WS_ALLOWED_ORIGINS": "https://a.example.com,https://b.example.com/app"}, "'https://b.example.com/app'"),
+        ({"KPI_WS_ALLOWED_ORIGINS": "ftp://files.example.com"}, "is not an origin"),
+        ({"KPI_WS_ALLOWED_ORIGINS": "null"}, "is not an origin"),
+        ({"KPI_WS_IDLE_TIMEOUT": "0"}, "KPI_WS_IDLE_TIMEOUT must be at least 1"),
+        ({"KPI_WS_MAX_MESSAGE": "4k"}, "KPI_WS_MAX_MESSAGE must be an integer"),
     ],
 )
 def test_bad_values_stop_the_start(env: dict[str, str], reason: str) -> None:
@@ -83,6 +90,20 @@ def test_sentinels_name_the_primary() -> None:
 def test_bad_sentinel_settings_stop_the_start(env: dict[str, str], reason: str) -> None:
     with pytest.raises(ConfigError, match=reason):
         Settings.from_env(GOOD | env)
+
+
+def test_websocket_settings() -> None:
+    defaults = Settings.from_env(GOOD)
+    assert (defaults.ws_allowed_origins, defaults.ws_idle_timeout, defaults.ws_max_message) == ((), 30, 4096)
+    # Written as browsers send Origin: lower case, without the scheme's default port or a slash.
+    given = {"KPI_WS_ALLOWED_ORIGINS": " https://Dash.Example.com/ , http://localhost:8080,https://x.example.com:443,"}
+    assert Settings.from_env(GOOD | given).ws_allowed_origins == (
+        "https://dash.example.com",
+        "http://localhost:8080",
+        "https://x.example.com",
+    )
+    with pytest.raises(ConfigError, match=re.escape("is not written as 'https://dash.example.com'")):
+        Settings.from_env(GOOD, ws_allowed_origins=("https://Dash.example.com",))
 
 
 def test_a_short_secret_is_allowed_in_development() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -19,23 +18,12 @@ from flask import Flask
 from kpi_service import create_app
 from kpi_service.seed import seed
 from kpi_service.windows import bucket_count
-from tests.conftest import make_settings, token
+from tests.conftest import make_settings, needs_chromium, token
 from tests.sse import serving
 
 # The picture goes to the test's temporary directory, so that a test run leaves the checkout as it
 # was; KPI_SCREENSHOT=docs/dashboard.png renews the README's picture.
 SCREENSHOT = os.environ.get("KPI_SCREENSHOT")
-CHROMIUM = os.environ.get("KPI_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # How each KPI is shown: the page's formats for the en-US locale.
 KINDS = {
     "total_listings": "int",
@@ -50,12 +38,7 @@ KINDS = {
     "average_profit_per_unit": "money",
 }
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium; .ci/run does)"
-    ),
-]
+pytestmark = [pytest.mark.slow, needs_chromium]
 
 
 def shown(kind: str, value: float) -> str:
@@ -87,16 +70,6 @@ def app(database_url: str, conn: psycopg.Connection) -> Iterator[Flask]:
     application = create_app(make_settings(database_url, cache_ttl=2))
     yield application
     application.extensions["kpi"].db.close()
-
-
-@pytest.fixture
-def browser() -> Iterator:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def test_the_dashboard_shows_the_api_live(app: Flask, browser, conn: psycopg.Connection, tmp_path: Path) -> None:
@@ -171,8 +144,9 @@ def test_the_dashboard_shows_the_api_live(app: Flask, browser, conn: psycopg.Con
             )
         expected = shown("int", week["total_listings"] + 5)
         expect(page.locator('[data-kpi="total_listings"] .value')).to_have_text(expected)
-        # It came over the stream (the polling fallback is off while the stream is open).
-        expect(page.locator("#cards")).to_have_attribute("data-via", "stream")
+        # It came over the WebSocket, which the page's CSP (connect-src 'self') lets through; the
+        # polling fallback is off while a stream is open.
+        expect(page.locator("#cards")).to_have_attribute("data-via", "websocket")
         context.close()
     assert errors == []
 

@@ -22,7 +22,8 @@ assert "site-packages" in kpi_service.__file__, kpi_service.__file__
 assert "CREATE TABLE IF NOT EXISTS listings" in sql_text("schema.sql")
 from pathlib import Path
 static = Path(kpi_service.__file__).parent / "static"
-assert {"index.html", "dashboard.js", "dashboard.css"} <= {p.name for p in static.iterdir()}, list(static.iterdir())
+shipped = {"index.html", "dashboard.js", "kpi-client.js", "dashboard.css"}
+assert shipped <= {p.name for p in static.iterdir()}, list(static.iterdir())
 db = Database(Settings.from_env({}, jwt_secret_key="x" * 32, database_url=sys.argv[1]))
 rows, *_ = db.kpi_rows([(None, None, datetime.now(timezone.utc))], 60)
 db.close()

@@ -10,7 +10,7 @@ import signal
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -19,29 +19,13 @@ import pytest
 import redis
 from flask import Flask
 
-from kpi_service import create_app
-from tests.conftest import SECRET, RedisServer, make_settings, token, wait_until
+from tests.conftest import SECRET, RedisServer, token, wait_until
 from tests.dataset import Dataset, Listing, catch_up
 from tests.servers import start_gunicorn
 from tests.sse import Sse, serving
 from tests.test_api import two_listings
 
 WINDOW = "from=2026-03-01&to=2026-03-31&tz=UTC"
-
-
-@pytest.fixture
-def make_app(database_url: str, conn: psycopg.Connection) -> Iterator[Callable[..., Flask]]:
-    apps: list[Flask] = []
-
-    def make(**overrides: object) -> Flask:
-        url = overrides.pop("database_url", database_url)
-        apps.append(create_app(make_settings(url, **overrides)))
-        return apps[-1]
-
-    yield make
-    for app in apps:
-        app.extensions["kpi_stream"].hub.close()
-        app.extensions["kpi"].close()
 
 
 def post_ticket(base: str, bearer: str | None = None) -> tuple[int, dict]:

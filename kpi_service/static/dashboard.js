@@ -1,579 +1,449 @@
-// The KPI dashboard: cards from GET /api/kpi, charts from GET /api/kpi/history, live updates from
-// GET /api/kpi/stream (a single-use ticket, then EventSource), polling GET /api/kpi with ETags when
-// the stream is unavailable. No framework, no build step: this file is served as it is.
-"use strict";
+// The KPI dashboard: cards live from the service through kpi-client.js (a WebSocket, server-sent
+// events or polling, whichever gets through), charts from GET /api/kpi/history. No framework, no
+// build step: this module is served as it is.
+import { getKpiHistory, subscribe } from "./kpi-client.js";
 
-(() => {
-  const CURRENCY = "USD"; // the dealership's currency: the API's amounts carry none
-  const TOKEN_KEY = "kpi-dashboard-token";
-  const POLL_MS = 10000; // polling fallback; the server's cache makes faster pointless
-  const HISTORY_EVERY_MS = 30000; // live updates redraw the charts at most this often
-  const RECONNECT_MIN_MS = 1000;
-  const RECONNECT_MAX_MS = 30000;
-  const MAX_BUCKETS = 400; // the service's default KPI_MAX_BUCKETS
+const CURRENCY = "USD"; // the dealership's currency: the API's amounts carry none
+const TOKEN_KEY = "kpi-dashboard-token";
+const HISTORY_EVERY_MS = 30000; // live updates redraw the charts at most this often
+const MAX_BUCKETS = 400; // the service's default KPI_MAX_BUCKETS
 
-  const KPIS = [
-    { key: "total_listings", label: "Listings", hint: "Vehicles listed in the window", format: "int" },
-    { key: "total_value", label: "Total value", hint: "Sum of their asking prices", format: "money" },
-    { key: "average_price", label: "Average price", hint: "Mean asking price", format: "money" },
-    { key: "aged_inventory", label: "Aged inventory", hint: "In stock longer than {aged} days", format: "int" },
-    { key: "scoring_rate", label: "Scoring rate", hint: "Listings with a deal score", format: "pct" },
-    { key: "average_score", label: "Average deal score", hint: "Out of 100", format: "score" },
-    { key: "active_buyers", label: "Active buyers", hint: "With a lead or a purchase", format: "int" },
-    { key: "conversion_rate", label: "Lead conversion", hint: "Leads that became a purchase", format: "pct" },
-    { key: "lead_to_purchase_time", label: "Lead to purchase", hint: "Average time from lead to sale", format: "days" },
-    { key: "average_profit_per_unit", label: "Profit per unit", hint: "Sale price minus acquisition cost", format: "money" },
-  ];
+const KPIS = [
+  { key: "total_listings", label: "Listings", hint: "Vehicles listed in the window", format: "int" },
+  { key: "total_value", label: "Total value", hint: "Sum of their asking prices", format: "money" },
+  { key: "average_price", label: "Average price", hint: "Mean asking price", format: "money" },
+  { key: "aged_inventory", label: "Aged inventory", hint: "In stock longer than {aged} days", format: "int" },
+  { key: "scoring_rate", label: "Scoring rate", hint: "Listings with a deal score", format: "pct" },
+  { key: "average_score", label: "Average deal score", hint: "Out of 100", format: "score" },
+  { key: "active_buyers", label: "Active buyers", hint: "With a lead or a purchase", format: "int" },
+  { key: "conversion_rate", label: "Lead conversion", hint: "Leads that became a purchase", format: "pct" },
+  { key: "lead_to_purchase_time", label: "Lead to purchase", hint: "Average time from lead to sale", format: "days" },
+  { key: "average_profit_per_unit", label: "Profit per unit", hint: "Sale price minus acquisition cost", format: "money" },
+];
 
-  // --- formatting for people -------------------------------------------------------------------
+// --- formatting for people -------------------------------------------------------------------
 
-  const numberFormat = (options) => new Intl.NumberFormat(undefined, options);
-  const formats = {
-    int: numberFormat({ maximumFractionDigits: 0 }),
-    money: numberFormat({ style: "currency", currency: CURRENCY, minimumFractionDigits: 2, maximumFractionDigits: 2 }),
-    moneyShort: numberFormat({ style: "currency", currency: CURRENCY, notation: "compact", maximumFractionDigits: 1 }),
-    pct: numberFormat({ style: "percent", maximumFractionDigits: 2 }),
-    decimal: numberFormat({ maximumFractionDigits: 2 }),
-    short: numberFormat({ notation: "compact", maximumFractionDigits: 1 }),
-  };
+const numberFormat = (options) => new Intl.NumberFormat(undefined, options);
+const formats = {
+  int: numberFormat({ maximumFractionDigits: 0 }),
+  money: numberFormat({ style: "currency", currency: CURRENCY, minimumFractionDigits: 2, maximumFractionDigits: 2 }),
+  moneyShort: numberFormat({ style: "currency", currency: CURRENCY, notation: "compact", maximumFractionDigits: 1 }),
+  pct: numberFormat({ style: "percent", maximumFractionDigits: 2 }),
+  decimal: numberFormat({ maximumFractionDigits: 2 }),
+  short: numberFormat({ notation: "compact", maximumFractionDigits: 1 }),
+};
 
-  function format(kind, value, short = false) {
-    switch (kind) {
-      case "int": return short ? formats.short.format(value) : formats.int.format(value);
-      case "money": return short ? formats.moneyShort.format(value) : formats.money.format(value);
-      case "pct": return formats.pct.format(value / 100);
-      case "days": return `${formats.decimal.format(value)} ${value === 1 ? "day" : "days"}`;
-      default: return formats.decimal.format(value);
+function format(kind, value, short = false) {
+  switch (kind) {
+    case "int": return short ? formats.short.format(value) : formats.int.format(value);
+    case "money": return short ? formats.moneyShort.format(value) : formats.money.format(value);
+    case "pct": return formats.pct.format(value / 100);
+    case "days": return `${formats.decimal.format(value)} ${value === 1 ? "day" : "days"}`;
+    default: return formats.decimal.format(value);
+  }
+}
+
+const dayFormat = new Intl.DateTimeFormat(undefined, { day: "numeric", month: "short", year: "numeric", timeZone: "UTC" });
+const formatDay = (iso) => dayFormat.format(new Date(`${iso}T00:00:00Z`));
+const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+
+// --- dates in the chosen zone ----------------------------------------------------------------
+
+function todayIn(tz) {
+  // en-CA writes dates as YYYY-MM-DD.
+  return new Intl.DateTimeFormat("en-CA", { timeZone: tz, year: "numeric", month: "2-digit", day: "2-digit" }).format(new Date());
+}
+
+function addDays(iso, days) {
+  const day = new Date(`${iso}T00:00:00Z`);
+  day.setUTCDate(day.getUTCDate() + days);
+  return day.toISOString().slice(0, 10);
+}
+
+const daysBetween = (first, last) => Math.round((Date.parse(last) - Date.parse(first)) / 86400000) + 1;
+
+function bucketCount(first, last, interval) {
+  const days = daysBetween(first, last);
+  if (interval === "day") return days;
+  if (interval === "week") return Math.ceil(days / 7) + 1;
+  const [y1, m1] = first.split("-").map(Number);
+  const [y2, m2] = last.split("-").map(Number);
+  return (y2 - y1) * 12 + (m2 - m1) + 1;
+}
+
+// --- elements --------------------------------------------------------------------------------
+
+const $ = (id) => document.getElementById(id);
+const el = {
+  form: $("controls"), from: $("from"), to: $("to"), tz: $("tz"),
+  cards: $("cards"), banner: $("banner"), status: $("status"), statusText: $("status-text"),
+  updated: $("updated"), windowLabel: $("window-label"), historyNote: $("history-note"),
+  dialog: $("token-dialog"), tokenForm: $("token-form"), tokenInput: $("token-input"),
+  tokenReason: $("token-reason"), changeToken: $("change-token"),
+};
+const SVG = "http://www.w3.org/2000/svg";
+
+// --- state -----------------------------------------------------------------------------------
+
+const state = {
+  token: null,
+  view: null, // {from, to, tz, interval}
+  generation: 0, // bumped on every change of view or token: late answers of older ones are dropped
+  subscription: null,
+  transport: null, // "websocket", "sse" or "poll"
+  historyAt: 0,
+  history: null,
+  body: null,
+};
+
+// --- rendering -------------------------------------------------------------------------------
+
+function buildCards() {
+  el.cards.replaceChildren();
+  for (const kpi of KPIS) {
+    const card = document.createElement("li");
+    card.className = "card loading";
+    card.dataset.kpi = kpi.key;
+    const title = document.createElement("h3");
+    title.id = `label-${kpi.key}`;
+    title.textContent = kpi.label;
+    const value = document.createElement("p");
+    value.className = "value";
+    value.setAttribute("aria-describedby", `hint-${kpi.key}`);
+    value.textContent = "—";
+    const hint = document.createElement("p");
+    hint.className = "hint";
+    hint.id = `hint-${kpi.key}`;
+    hint.textContent = kpi.hint.replace("{aged}", "60");
+    const chart = document.createElement("figure");
+    chart.className = "chart";
+    card.append(title, value, hint, chart);
+    el.cards.append(card);
+  }
+}
+
+function render(body, via) {
+  state.body = body;
+  const meta = body.meta;
+  for (const kpi of KPIS) {
+    const card = el.cards.querySelector(`[data-kpi="${kpi.key}"]`);
+    const value = card.querySelector(".value");
+    const text = format(kpi.format, body.metrics[kpi.key]);
+    if (value.textContent !== text && !card.classList.contains("loading")) {
+      card.classList.remove("changed");
+      void card.offsetWidth; // restart the highlight
+      card.classList.add("changed");
     }
+    value.textContent = text;
+    card.classList.remove("loading");
+    card.classList.toggle("stale", meta.stale);
+    card.querySelector(".hint").textContent = kpi.hint.replace("{aged}", String(meta.window.aged_days));
   }
-
-  const dayFormat = new Intl.DateTimeFormat(undefined, { day: "numeric", month: "short", year: "numeric", timeZone: "UTC" });
-  const formatDay = (iso) => dayFormat.format(new Date(`${iso}T00:00:00Z`));
-  const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
-
-  // --- dates in the chosen zone ----------------------------------------------------------------
-
-  function todayIn(tz) {
-    // en-CA writes dates as YYYY-MM-DD.
-    return new Intl.DateTimeFormat("en-CA", { timeZone: tz, year: "numeric", month: "2-digit", day: "2-digit" }).format(new Date());
-  }
-
-  function addDays(iso, days) {
-    const day = new Date(`${iso}T00:00:00Z`);
-    day.setUTCDate(day.getUTCDate() + days);
-    return day.toISOString().slice(0, 10);
-  }
-
-  const daysBetween = (first, last) => Math.round((Date.parse(last) - Date.parse(first)) / 86400000) + 1;
-
-  function bucketCount(first, last, interval) {
-    const days = daysBetween(first, last);
-    if (interval === "day") return days;
-    if (interval === "week") return Math.ceil(days / 7) + 1;
-    const [y1, m1] = first.split("-").map(Number);
-    const [y2, m2] = last.split("-").map(Number);
-    return (y2 - y1) * 12 + (m2 - m1) + 1;
-  }
-
-  // --- elements --------------------------------------------------------------------------------
-
-  const $ = (id) => document.getElementById(id);
-  const el = {
-    form: $("controls"), from: $("from"), to: $("to"), tz: $("tz"),
-    cards: $("cards"), banner: $("banner"), status: $("status"), statusText: $("status-text"),
-    updated: $("updated"), windowLabel: $("window-label"), historyNote: $("history-note"),
-    dialog: $("token-dialog"), tokenForm: $("token-form"), tokenInput: $("token-input"),
-    tokenReason: $("token-reason"), changeToken: $("change-token"),
-  };
-  const SVG = "http://www.w3.org/2000/svg";
-
-  // --- state -----------------------------------------------------------------------------------
-
-  const state = {
-    token: null,
-    view: null, // {from, to, tz, interval}
-    generation: 0, // bumped on every change of view or token: late answers of older ones are dropped
-    etag: null,
-    lastEventId: null,
-    source: null, // the EventSource
-    pollTimer: null,
-    reconnectTimer: null,
-    reconnectDelay: RECONNECT_MIN_MS,
-    historyAt: 0,
-    history: null,
-    body: null,
-  };
-
-  class HttpError extends Error {
-    constructor(status, message) {
-      super(message);
-      this.status = status;
-    }
-  }
-
-  class AuthError extends HttpError {}
-
-  // --- the API ---------------------------------------------------------------------------------
-
-  function query(view, extra = {}) {
-    const params = new URLSearchParams();
-    if (view.from) params.set("from", view.from);
-    if (view.to) params.set("to", view.to);
-    params.set("tz", view.tz);
-    for (const [name, value] of Object.entries(extra)) params.set(name, value);
-    return params.toString();
-  }
-
-  async function call(path, { method = "GET", headers = {} } = {}) {
-    let response;
-    try {
-      response = await fetch(path, {
-        method,
-        headers: { Authorization: `Bearer ${state.token}`, Accept: "application/json", ...headers },
-        cache: "no-store",
-      });
-    } catch {
-      throw new HttpError(0, "The KPI service cannot be reached. Retrying…");
-    }
-    if (response.status === 304) return { status: 304, body: null, response };
-    let body = null;
-    try {
-      body = await response.json();
-    } catch {
-      body = null;
-    }
-    if (response.status === 401) throw new AuthError(401, (body && body.message) || "Unauthorized.");
-    if (!response.ok) {
-      let message = (body && body.message) || `The service answered ${response.status}.`;
-      if (body && body.errors) {
-        message += " " + Object.entries(body.errors).map(([field, problems]) => `${field}: ${problems.join(" ")}`).join("; ");
-      }
-      throw new HttpError(response.status, message);
-    }
-    return { status: response.status, body, response };
-  }
-
-  // --- rendering -------------------------------------------------------------------------------
-
-  function buildCards() {
-    el.cards.replaceChildren();
-    for (const kpi of KPIS) {
-      const card = document.createElement("li");
-      card.className = "card loading";
-      card.dataset.kpi = kpi.key;
-      const title = document.createElement("h3");
-      title.id = `label-${kpi.key}`;
-      title.textContent = kpi.label;
-      const value = document.createElement("p");
-      value.className = "value";
-      value.setAttribute("aria-describedby", `hint-${kpi.key}`);
-      value.textContent = "—";
-      const hint = document.createElement("p");
-      hint.className = "hint";
-      hint.id = `hint-${kpi.key}`;
-      hint.textContent = kpi.hint.replace("{aged}", "60");
-      const chart = document.createElement("figure");
-      chart.className = "chart";
-      card.append(title, value, hint, chart);
-      el.cards.append(card);
-    }
-  }
-
-  function render(body, via) {
-    state.body = body;
-    const meta = body.meta;
-    for (const kpi of KPIS) {
-      const card = el.cards.querySelector(`[data-kpi="${kpi.key}"]`);
-      const value = card.querySelector(".value");
-      const text = format(kpi.format, body.metrics[kpi.key]);
-      if (value.textContent !== text && !card.classList.contains("loading")) {
-        card.classList.remove("changed");
-        void card.offsetWidth; // restart the highlight
-        card.classList.add("changed");
-      }
-      value.textContent = text;
-      card.classList.remove("loading");
-      card.classList.toggle("stale", meta.stale);
-      card.querySelector(".hint").textContent = kpi.hint.replace("{aged}", String(meta.window.aged_days));
-    }
-    el.cards.setAttribute("aria-busy", "false");
-    el.cards.dataset.via = via;
-    el.cards.dataset.computedAt = meta.computed_at;
-    const computed = new Date(meta.computed_at);
-    el.updated.textContent = `Computed ${timeFormat.format(computed)}`;
-    el.updated.title = `${meta.computed_at}, in ${formats.decimal.format(meta.duration_ms)} ms${meta.cached ? ", from the cache" : ""}`;
-    if (meta.stale) {
-      showBanner(`The database is unavailable: these are the last known figures, computed at ${timeFormat.format(computed)}.`, "warning");
-      setMode("stale", "Stale");
-    } else {
-      hideBanner();
-      if (via === "stream") setMode("live", "Live");
-      else if (state.pollTimer !== null) setMode("polling", "Polling");
-      else if (state.source === null || state.source.readyState !== EventSource.OPEN) setMode("loading", "Connecting…");
-    }
-  }
-
-  function setMode(mode, text) {
-    el.status.dataset.mode = mode;
-    if (el.statusText.textContent !== text) el.statusText.textContent = text;
-  }
-
-  function showBanner(message, kind = "error") {
-    el.banner.textContent = message;
-    el.banner.dataset.kind = kind;
-    el.banner.hidden = false;
-  }
-
-  function hideBanner() {
-    el.banner.hidden = true;
-    el.banner.textContent = "";
-  }
-
-  function describeWindow(view, agedDays) {
-    const from = view.from ? formatDay(view.from) : "the beginning";
-    const to = view.to ? formatDay(view.to) : "now";
-    return `${from} – ${to} · ${view.tz.replaceAll("_", " ")} · aged after ${agedDays} days`;
-  }
-
-  // --- charts: one small bar chart per KPI, plain SVG ------------------------------------------
-
-  function historyRange(view) {
-    const last = view.to || todayIn(view.tz);
-    let first = view.from || addDays(last, -29);
-    if (first > last) first = last;
-    return { first, last };
-  }
-
-  function drawCharts(series, interval) {
-    for (const kpi of KPIS) {
-      const figure = el.cards.querySelector(`[data-kpi="${kpi.key}"] .chart`);
-      figure.replaceChildren();
-      if (series.length === 0) continue;
-      const values = series.map((bucket) => bucket.metrics[kpi.key]);
-      const top = document.createElement("div");
-      top.className = "chart-max";
-      top.setAttribute("aria-hidden", "true");
-      top.textContent = `max ${format(kpi.format, Math.max(...values), true)}`;
-      const axis = document.createElement("figcaption");
-      axis.setAttribute("aria-hidden", "true"); // the chart's own label says it all
-      const first = document.createElement("span");
-      first.textContent = formatDay(series[0].start);
-      const last = document.createElement("span");
-      last.textContent = formatDay(series[series.length - 1].end);
-      axis.append(first, last);
-      figure.append(top, chart(kpi, series, values, interval), axis);
-    }
-  }
-
-  function chart(kpi, series, values, interval) {
-    // Drawn in a 300 x 60 box stretched to the card's width: no text inside, so nothing distorts.
-    const width = 300;
-    const height = 60;
-    const max = Math.max(0, ...values);
-    const min = Math.min(0, ...values);
-    const span = max - min || 1;
-    const svg = document.createElementNS(SVG, "svg");
-    svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
-    svg.setAttribute("preserveAspectRatio", "none");
-    svg.setAttribute("role", "img");
-    const highest = values.indexOf(Math.max(...values));
-    svg.setAttribute(
-      "aria-label",
-      `${kpi.label} by ${interval}: from ${format(kpi.format, values[0])} to ${format(kpi.format, values[values.length - 1])}, ` +
-        `highest ${format(kpi.format, values[highest])} (${formatDay(series[highest].start)}).`,
-    );
-    const y = (v) => (height - 1) * (1 - (v - min) / span);
-    const baseline = document.createElementNS(SVG, "line");
-    for (const [name, value] of [["x1", 0], ["x2", width], ["y1", y(0)], ["y2", y(0)]]) baseline.setAttribute(name, String(value));
-    baseline.setAttribute("class", "baseline");
-    baseline.setAttribute("vector-effect", "non-scaling-stroke");
-    svg.append(baseline);
-    const step = width / values.length;
-    const gap = step > 4 ? Math.min(2, step * 0.2) : 0;
-    values.forEach((v, i) => {
-      const bar = document.createElementNS(SVG, "rect");
-      const y0 = y(0);
-      const y1 = y(v);
-      bar.setAttribute("x", String(i * step + gap / 2));
-      bar.setAttribute("width", String(Math.max(step - gap, 0.5)));
-      bar.setAttribute("y", String(Math.min(y0, y1)));
-      bar.setAttribute("height", String(Math.max(Math.abs(y0 - y1), v === 0 ? 0 : 1)));
-      bar.setAttribute("class", i === values.length - 1 ? "bar last" : "bar");
-      const tip = document.createElementNS(SVG, "title");
-      const bucket = series[i];
-      const days = bucket.start === bucket.end ? formatDay(bucket.start) : `${formatDay(bucket.start)} – ${formatDay(bucket.end)}`;
-      tip.textContent = `${days}: ${format(kpi.format, v)}`;
-      bar.append(tip);
-      svg.append(bar);
-    });
-    return svg;
-  }
-
-  // --- loading ---------------------------------------------------------------------------------
-
-  async function loadKpis(generation) {
-    const headers = state.etag ? { "If-None-Match": state.etag } : {};
-    const { status, body, response } = await call(`api/kpi?${query(state.view)}`, { headers });
-    if (generation !== state.generation || status === 304) return;
-    state.etag = response.headers.get("ETag");
-    render(body, "poll");
-  }
-
-  async function loadHistory(generation) {
-    const { first, last } = historyRange(state.view);
-    const interval = state.view.interval;
-    const count = bucketCount(first, last, interval);
-    if (count > MAX_BUCKETS) {
-      el.historyNote.textContent = `Too many ${interval}s for the charts (${count}, at most ${MAX_BUCKETS}): choose a longer interval.`;
-      drawCharts([], interval);
-      return;
-    }
-    state.historyAt = Date.now();
-    try {
-      const { body } = await call(`api/kpi/history?${query({ ...state.view, from: first, to: last }, { interval })}`);
-      if (generation !== state.generation) return;
-      state.history = body.series;
-      drawCharts(body.series, interval);
-      el.historyNote.textContent = `Charts: ${formatDay(first)} – ${formatDay(last)}, one bar per ${interval}; the last bar is highlighted.`;
-    } catch (error) {
-      if (generation !== state.generation) return;
-      if (error instanceof AuthError) throw error;
-      el.historyNote.textContent = `Charts unavailable: ${error.message}`;
-    }
-  }
-
-  // --- live updates ----------------------------------------------------------------------------
-
-  function closeStream() {
-    if (state.source) {
-      state.source.close();
-      state.source = null;
-    }
-    clearTimeout(state.reconnectTimer);
-    state.reconnectTimer = null;
-  }
-
-  async function openStream(generation) {
-    closeStream();
-    let ticket;
-    try {
-      ticket = (await call("api/kpi/stream-ticket", { method: "POST" })).body.ticket;
-    } catch (error) {
-      if (error instanceof AuthError) return authRequired(error.message);
-      return streamFailed(generation);
-    }
-    if (generation !== state.generation) return;
-    const extra = { ticket };
-    if (state.lastEventId) extra.last_event_id = state.lastEventId;
-    const source = new EventSource(`api/kpi/stream?${query(state.view, extra)}`);
-    state.source = source;
-    source.addEventListener("open", () => {
-      if (state.source !== source) return;
-      state.reconnectDelay = RECONNECT_MIN_MS;
-      stopPolling();
-      if (el.status.dataset.mode !== "stale") setMode("live", "Live");
-    });
-    source.addEventListener("kpi", (event) => {
-      if (state.source !== source) return;
-      state.lastEventId = event.lastEventId;
-      const body = JSON.parse(event.data);
-      state.etag = null; // the next poll, if any, must not get a 304 for an older value
-      render(body, "stream");
-      if (Date.now() - state.historyAt > HISTORY_EVERY_MS) loadHistory(generation).catch(handleError);
-    });
-    source.addEventListener("unavailable", (event) => {
-      if (state.source !== source) return;
-      showBanner(JSON.parse(event.data).message || "The database is unavailable.");
-      setMode("error", "Database unavailable");
-    });
-    source.addEventListener("error", () => {
-      if (state.source !== source) return;
-      // The ticket is spent: the browser's own reconnection would be refused. Poll meanwhile,
-      // and reconnect with a new ticket (and the last event's id) after a back-off.
-      source.close();
-      state.source = null;
-      streamFailed(generation);
-    });
-  }
-
-  function streamFailed(generation) {
-    if (generation !== state.generation) return;
-    if (el.status.dataset.mode === "live") setMode("polling", "Polling");
-    startPolling(generation);
-    const delay = state.reconnectDelay;
-    state.reconnectDelay = Math.min(delay * 2, RECONNECT_MAX_MS);
-    state.reconnectTimer = setTimeout(() => openStream(generation), delay);
-  }
-
-  function startPolling(generation) {
-    if (state.pollTimer !== null) return;
-    const tick = async () => {
-      try {
-        await loadKpis(generation);
-      } catch (error) {
-        handleError(error);
-      }
-    };
-    tick();
-    state.pollTimer = setInterval(tick, POLL_MS);
-  }
-
-  function stopPolling() {
-    clearInterval(state.pollTimer);
-    state.pollTimer = null;
-  }
-
-  // --- errors and the token --------------------------------------------------------------------
-
-  function handleError(error) {
-    if (error instanceof AuthError) return authRequired(error.message);
-    const message = error.status === 503
-      ? `${error.message} The figures will appear as soon as the service can compute them.`
-      : error.message;
-    showBanner(message);
-    setMode("error", error.status === 400 ? "Invalid window" : "Error");
-  }
-
-  function authRequired(message) {
-    stop();
-    state.token = null;
-    sessionStorage.removeItem(TOKEN_KEY);
-    setMode("auth", "Token needed");
-    askForToken(`The service refused the token (${message}). Paste a new one.`);
-  }
-
-  function askForToken(reason) {
-    el.tokenReason.textContent = reason;
-    el.tokenInput.value = "";
-    if (!el.dialog.open) el.dialog.showModal();
-    el.tokenInput.focus();
-  }
-
-  function stop() {
-    state.generation += 1;
-    closeStream();
-    stopPolling();
-  }
-
-  // --- the view: the form and the URL's fragment -----------------------------------------------
-
-  function readForm() {
-    return {
-      from: el.from.value || null,
-      to: el.to.value || null,
-      tz: el.tz.value,
-      interval: new FormData(el.form).get("interval") || "day",
-    };
-  }
-
-  function writeForm(view) {
-    el.from.value = view.from || "";
-    el.to.value = view.to || "";
-    el.tz.value = view.tz;
-    el.form.querySelector(`input[name="interval"][value="${view.interval}"]`).checked = true;
-  }
-
-  function fillZones(selected) {
-    let zones = [];
-    try {
-      zones = Intl.supportedValuesOf("timeZone");
-    } catch {
-      zones = [];
-    }
-    zones = Array.from(new Set(["UTC", selected, ...zones]));
-    el.tz.replaceChildren(...zones.map((zone) => new Option(zone.replaceAll("_", " "), zone)));
-    el.tz.value = selected;
-  }
-
-  function saveViewInUrl(view) {
-    // The view goes in the fragment, so that a reload or a bookmark keeps it; the token never does.
-    const params = new URLSearchParams();
-    for (const name of ["from", "to", "tz", "interval"]) if (view[name]) params.set(name, view[name]);
-    history.replaceState(null, "", `${location.pathname}${location.search}#${params}`);
-  }
-
-  function show(view) {
-    stop();
-    const generation = state.generation;
-    // A range too long for daily bars gets weekly (or monthly) ones instead of an error.
-    const { first, last } = historyRange(view);
-    if (view.interval === "day" && bucketCount(first, last, "day") > MAX_BUCKETS) view.interval = "week";
-    if (view.interval === "week" && bucketCount(first, last, "week") > MAX_BUCKETS) view.interval = "month";
-    writeForm(view);
-    state.view = view;
-    state.etag = null;
-    state.lastEventId = null;
-    state.reconnectDelay = RECONNECT_MIN_MS;
-    saveViewInUrl(view);
-    el.windowLabel.textContent = describeWindow(view, 60);
-    el.cards.setAttribute("aria-busy", "true");
-    for (const card of el.cards.children) card.classList.add("loading");
-    setMode("loading", "Loading…");
+  el.cards.setAttribute("aria-busy", "false");
+  el.cards.dataset.via = via;
+  el.cards.dataset.computedAt = meta.computed_at;
+  const computed = new Date(meta.computed_at);
+  el.updated.textContent = `Computed ${timeFormat.format(computed)}`;
+  el.updated.title = `${meta.computed_at}, in ${formats.decimal.format(meta.duration_ms)} ms${meta.cached ? ", from the cache" : ""}`;
+  if (meta.stale) {
+    showBanner(`The database is unavailable: these are the last known figures, computed at ${timeFormat.format(computed)}.`, "warning");
+    setMode("stale", "Stale");
+  } else {
     hideBanner();
-    loadKpis(generation)
-      .then(() => {
-        if (generation !== state.generation) return;
-        if (state.body) el.windowLabel.textContent = describeWindow(view, state.body.meta.window.aged_days);
-        return Promise.all([loadHistory(generation), openStream(generation)]);
-      })
-      .catch((error) => {
-        if (generation !== state.generation) return;
-        handleError(error);
-        if (!(error instanceof AuthError)) startPolling(generation); // try again by itself
-      });
+    showTransport();
   }
+}
 
-  function start() {
-    const fragment = new URLSearchParams(location.hash.slice(1));
-    const given = fragment.get("token");
-    if (given) sessionStorage.setItem(TOKEN_KEY, given);
-    state.token = sessionStorage.getItem(TOKEN_KEY);
+// What the status pill says for each way the figures arrive (kpi-client.js's onStatus).
+const TRANSPORTS = { websocket: ["live", "Live"], sse: ["live", "Live"], poll: ["polling", "Polling"] };
 
-    const browserZone = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
-    const tz = fragment.get("tz") || browserZone;
-    fillZones(tz);
-    const today = todayIn(tz);
-    const view = {
-      from: fragment.has("from") ? fragment.get("from") || null : addDays(today, -29),
-      to: fragment.has("to") ? fragment.get("to") || null : today,
-      tz,
-      interval: ["day", "week", "month"].includes(fragment.get("interval")) ? fragment.get("interval") : "day",
-    };
-    buildCards();
-    writeForm(view);
-    state.view = view;
-    saveViewInUrl(view); // drops the token from the address bar and the history
+function showTransport() {
+  if (state.transport && state.body) setMode(...TRANSPORTS[state.transport]);
+}
 
-    el.form.addEventListener("submit", (event) => {
-      event.preventDefault();
-      if (state.token) show(readForm());
-    });
-    for (const radio of el.form.querySelectorAll('input[name="interval"]')) {
-      radio.addEventListener("change", () => {
-        if (!state.token) return;
-        state.view = { ...state.view, interval: radio.value };
-        saveViewInUrl(state.view);
-        loadHistory(state.generation).catch(handleError);
-      });
-    }
-    el.changeToken.addEventListener("click", () => askForToken("Paste the access token to use from now on."));
-    el.tokenForm.addEventListener("submit", () => {
-      const value = el.tokenInput.value.trim().replace(/^Bearer\s+/i, "");
-      if (!value) return;
-      state.token = value;
-      sessionStorage.setItem(TOKEN_KEY, value);
-      show(readForm());
-    });
-    el.dialog.addEventListener("cancel", (event) => {
-      if (!state.token) event.preventDefault(); // nothing to show without one
-    });
+function setMode(mode, text) {
+  el.status.dataset.mode = mode;
+  if (el.statusText.textContent !== text) el.statusText.textContent = text;
+}
 
-    if (state.token) show(view);
-    else {
-      setMode("auth", "Token needed");
-      askForToken("Paste the access token the main application gave you.");
-    }
+function showBanner(message, kind = "error") {
+  el.banner.textContent = message;
+  el.banner.dataset.kind = kind;
+  el.banner.hidden = false;
+}
+
+function hideBanner() {
+  el.banner.hidden = true;
+  el.banner.textContent = "";
+}
+
+function describeWindow(view, agedDays) {
+  const from = view.from ? formatDay(view.from) : "the beginning";
+  const to = view.to ? formatDay(view.to) : "now";
+  return `${from} – ${to} · ${view.tz.replaceAll("_", " ")} · aged after ${agedDays} days`;
+}
+
+// --- charts: one small bar chart per KPI, plain SVG ------------------------------------------
+
+function historyRange(view) {
+  const last = view.to || todayIn(view.tz);
+  let first = view.from || addDays(last, -29);
+  if (first > last) first = last;
+  return { first, last };
+}
+
+function drawCharts(series, interval) {
+  for (const kpi of KPIS) {
+    const figure = el.cards.querySelector(`[data-kpi="${kpi.key}"] .chart`);
+    figure.replaceChildren();
+    if (series.length === 0) continue;
+    const values = series.map((bucket) => bucket.metrics[kpi.key]);
+    const top = document.createElement("div");
+    top.className = "chart-max";
+    top.setAttribute("aria-hidden", "true");
+    top.textContent = `max ${format(kpi.format, Math.max(...values), true)}`;
+    const axis = document.createElement("figcaption");
+    axis.setAttribute("aria-hidden", "true"); // the chart's own label says it all
+    const first = document.createElement("span");
+    first.textContent = formatDay(series[0].start);
+    const last = document.createElement("span");
+    last.textContent = formatDay(series[series.length - 1].end);
+    axis.append(first, last);
+    figure.append(top, chart(kpi, series, values, interval), axis);
   }
+}
 
-  start();
-})();
+function chart(kpi, series, values, interval) {
+  // Drawn in a 300 x 60 box stretched to the card's width: no text inside, so nothing distorts.
+  const width = 300;
+  const height = 60;
+  const max = Math.max(0, ...values);
+  const min = Math.min(0, ...values);
+  const span = max - min || 1;
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  svg.setAttribute("role", "img");
+  const highest = values.indexOf(Math.max(...values));
+  svg.setAttribute(
+    "aria-label",
+    `${kpi.label} by ${interval}: from ${format(kpi.format, values[0])} to ${format(kpi.format, values[values.length - 1])}, ` +
+      `highest ${format(kpi.format, values[highest])} (${formatDay(series[highest].start)}).`,
+  );
+  const y = (v) => (height - 1) * (1 - (v - min) / span);
+  const baseline = document.createElementNS(SVG, "line");
+  for (const [name, value] of [["x1", 0], ["x2", width], ["y1", y(0)], ["y2", y(0)]]) baseline.setAttribute(name, String(value));
+  baseline.setAttribute("class", "baseline");
+  baseline.setAttribute("vector-effect", "non-scaling-stroke");
+  svg.append(baseline);
+  const step = width / values.length;
+  const gap = step > 4 ? Math.min(2, step * 0.2) : 0;
+  values.forEach((v, i) => {
+    const bar = document.createElementNS(SVG, "rect");
+    const y0 = y(0);
+    const y1 = y(v);
+    bar.setAttribute("x", String(i * step + gap / 2));
+    bar.setAttribute("width", String(Math.max(step - gap, 0.5)));
+    bar.setAttribute("y", String(Math.min(y0, y1)));
+    bar.setAttribute("height", String(Math.max(Math.abs(y0 - y1), v === 0 ? 0 : 1)));
+    bar.setAttribute("class", i === values.length - 1 ? "bar last" : "bar");
+    const tip = document.createElementNS(SVG, "title");
+    const bucket = series[i];
+    const days = bucket.start === bucket.end ? formatDay(bucket.start) : `${formatDay(bucket.start)} – ${formatDay(bucket.end)}`;
+    tip.textContent = `${days}: ${format(kpi.format, v)}`;
+    bar.append(tip);
+    svg.append(bar);
+  });
+  return svg;
+}
+
+// --- loading ---------------------------------------------------------------------------------
+
+async function loadHistory(generation) {
+  const { first, last } = historyRange(state.view);
+  const interval = state.view.interval;
+  const count = bucketCount(first, last, interval);
+  if (count > MAX_BUCKETS) {
+    el.historyNote.textContent = `Too many ${interval}s for the charts (${count}, at most ${MAX_BUCKETS}): choose a longer interval.`;
+    drawCharts([], interval);
+    return;
+  }
+  state.historyAt = Date.now();
+  try {
+    const body = await getKpiHistory({ ...state.view, from: first, to: last }, { token: state.token });
+    if (generation !== state.generation) return;
+    state.history = body.series;
+    drawCharts(body.series, interval);
+    el.historyNote.textContent = `Charts: ${formatDay(first)} – ${formatDay(last)}, one bar per ${interval}; the last bar is highlighted.`;
+  } catch (error) {
+    if (generation !== state.generation) return;
+    if (error.status === 401) throw error;
+    el.historyNote.textContent = `Charts unavailable: ${error.message}`;
+  }
+}
+
+// --- live updates ----------------------------------------------------------------------------
+
+function follow(view, generation) {
+  state.subscription = subscribe({ from: view.from, to: view.to, tz: view.tz }, (update) => {
+    if (generation !== state.generation) return;
+    const first = state.body === null;
+    render(update, update.source);
+    if (first) el.windowLabel.textContent = describeWindow(view, update.meta.window.aged_days);
+    if (Date.now() - state.historyAt > HISTORY_EVERY_MS) loadHistory(generation).catch(handleError);
+  }, {
+    token: () => state.token,
+    onStatus: (transport) => {
+      state.transport = transport;
+      if (!["stale", "error"].includes(el.status.dataset.mode)) showTransport();
+    },
+    onError: (error) => {
+      if (generation === state.generation) handleError(error);
+    },
+  });
+}
+
+// --- errors and the token --------------------------------------------------------------------
+
+function handleError(error) {
+  if (error.status === 401) return authRequired(error.message);
+  // kpi-client.js keeps trying by itself after anything but a refusal (a 4xx).
+  const message = error.status === 503
+    ? `${error.message} The figures will appear as soon as the service can compute them.`
+    : error.status === 0 ? `${error.message} Retrying…` : error.message;
+  showBanner(message);
+  setMode("error", error.status === 400 ? "Invalid window" : "Error");
+}
+
+function authRequired(message) {
+  stop();
+  state.token = null;
+  sessionStorage.removeItem(TOKEN_KEY);
+  setMode("auth", "Token needed");
+  askForToken(`The service refused the token (${message}). Paste a new one.`);
+}
+
+function askForToken(reason) {
+  el.tokenReason.textContent = reason;
+  el.tokenInput.value = "";
+  if (!el.dialog.open) el.dialog.showModal();
+  el.tokenInput.focus();
+}
+
+function stop() {
+  state.generation += 1;
+  state.subscription?.close();
+  state.subscription = null;
+  state.transport = null;
+}
+
+// --- the view: the form and the URL's fragment -----------------------------------------------
+
+function readForm() {
+  return {
+    from: el.from.value || null,
+    to: el.to.value || null,
+    tz: el.tz.value,
+    interval: new FormData(el.form).get("interval") || "day",
+  };
+}
+
+function writeForm(view) {
+  el.from.value = view.from || "";
+  el.to.value = view.to || "";
+  el.tz.value = view.tz;
+  el.form.querySelector(`input[name="interval"][value="${view.interval}"]`).checked = true;
+}
+
+function fillZones(selected) {
+  let zones = [];
+  try {
+    zones = Intl.supportedValuesOf("timeZone");
+  } catch {
+    zones = [];
+  }
+  zones = Array.from(new Set(["UTC", selected, ...zones]));
+  el.tz.replaceChildren(...zones.map((zone) => new Option(zone.replaceAll("_", " "), zone)));
+  el.tz.value = selected;
+}
+
+function saveViewInUrl(view) {
+  // The view goes in the fragment, so that a reload or a bookmark keeps it; the token never does.
+  const params = new URLSearchParams();
+  for (const name of ["from", "to", "tz", "interval"]) if (view[name]) params.set(name, view[name]);
+  history.replaceState(null, "", `${location.pathname}${location.search}#${params}`);
+}
+
+function show(view) {
+  stop();
+  const generation = state.generation;
+  // A range too long for daily bars gets weekly (or monthly) ones instead of an error.
+  const { first, last } = historyRange(view);
+  if (view.interval === "day" && bucketCount(first, last, "day") > MAX_BUCKETS) view.interval = "week";
+  if (view.interval === "week" && bucketCount(first, last, "week") > MAX_BUCKETS) view.interval = "month";
+  writeForm(view);
+  state.view = view;
+  state.body = null;
+  state.historyAt = 0;
+  saveViewInUrl(view);
+  el.windowLabel.textContent = describeWindow(view, 60);
+  el.cards.setAttribute("aria-busy", "true");
+  for (const card of el.cards.children) card.classList.add("loading");
+  setMode("loading", "Loading…");
+  hideBanner();
+  follow(view, generation);
+}
+
+function start() {
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const given = fragment.get("token");
+  if (given) sessionStorage.setItem(TOKEN_KEY, given);
+  state.token = sessionStorage.getItem(TOKEN_KEY);
+
+  const browserZone = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+  const tz = fragment.get("tz") || browserZone;
+  fillZones(tz);
+  const today = todayIn(tz);
+  const view = {
+    from: fragment.has("from") ? fragment.get("from") || null : addDays(today, -29),
+    to: fragment.has("to") ? fragment.get("to") || null : today,
+    tz,
+    interval: ["day", "week", "month"].includes(fragment.get("interval")) ? fragment.get("interval") : "day",
+  };
+  buildCards();
+  writeForm(view);
+  state.view = view;
+  saveViewInUrl(view); // drops the token from the address bar and the history
+
+  el.form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (state.token) show(readForm());
+  });
+  for (const radio of el.form.querySelectorAll('input[name="interval"]')) {
+    radio.addEventListener("change", () => {
+      if (!state.token) return;
+      state.view = { ...state.view, interval: radio.value };
+      saveViewInUrl(state.view);
+      loadHistory(state.generation).catch(handleError);
+    });
+  }
+  el.changeToken.addEventListener("click", () => askForToken("Paste the access token to use from now on."));
+  el.tokenForm.addEventListener("submit", () => {
+    const value = el.tokenInput.value.trim().replace(/^Bearer\s+/i, "");
+    if (!value) return;
+    state.token = value;
+    sessionStorage.setItem(TOKEN_KEY, value);
+    show(readForm());
+  });
+  el.dialog.addEventListener("cancel", (event) => {
+    if (!state.token) event.preventDefault(); // nothing to show without one
+  });
+
+  if (state.token) show(view);
+  else {
+    setMode("auth", "Token needed");
+    askForToken("Paste the access token the main application gave you.");
+  }
+}
+
+start();
