@@ -1,5 +1,6 @@
 """Live updates as production runs them: two gunicorn instances (two workers each) on one Redis
-and a real PostgreSQL, twenty open streams over three windows.
+and a real PostgreSQL, twenty open streams over three windows, server-sent events and WebSockets
+alternately.
 
 A committed write reaches every stream of a window it touches, within 2 s at p95, and no other
 stream; the KPI statement runs once per touched window across all instances (counted by every
@@ -7,7 +8,9 @@ instance's /metrics); and a quiet minute costs heartbeats, no statement and no e
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
 import statistics
 import threading
 import time
@@ -17,12 +20,14 @@ from urllib.request import Request, urlopen
 
 import psycopg
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import SECRET, RedisServer, token, wait_until
 from tests.servers import gunicorn
 from tests.sse import Sse
 from tests.test_live import insert_listing
 from tests.test_stream import post_ticket
+from tests.test_websocket import open_ws, ws_url
 
 pytestmark = pytest.mark.slow
 
@@ -37,33 +42,49 @@ UNTOUCHED = {"march": "from=2026-03-01&to=2026-03-31&tz=UTC"}
 class Reader:
     """One open stream, read by a thread of its own: every event with the moment it arrived."""
 
-    def __init__(self, base: str, name: str) -> None:
+    def __init__(self, base: str, name: str, websocket: bool) -> None:
         status, body = post_ticket(base, token())
         assert status == 200, body
         self.name = name
-        self.stream = Sse(f"{base}/api/kpi/stream?{TOUCHED.get(name) or UNTOUCHED[name]}&ticket={body['ticket']}")
-        assert self.stream.status == 200
+        query = f"{TOUCHED.get(name) or UNTOUCHED[name]}&ticket={body['ticket']}"
         self.events: list[tuple[float, dict]] = []
         self.heartbeats = 0
-        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._closing = contextlib.ExitStack()
+        if websocket:
+            self.socket = self._closing.enter_context(open_ws(ws_url(base, query)))
+            read = self._read_frames
+        else:
+            self.stream = self._closing.enter_context(Sse(f"{base}/api/kpi/stream?{query}"))
+            assert self.stream.status == 200
+            read = self._read_events
+        self._thread = threading.Thread(target=read, daemon=True)
         self._thread.start()
 
-    def _read(self) -> None:
-        try:
+    def _arrived(self, event: str, body: dict | None) -> None:
+        if event == "heartbeat":
+            self.heartbeats += 1
+        else:
+            self.events.append((time.monotonic(), {"event": event, **(body or {})}))
+
+    def _read_events(self) -> None:
+        # Closed by the test: http.client then fails in one of these ways.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
             while (item := self.stream.next()) is not None:
-                if item.comment == "heartbeat":
-                    self.heartbeats += 1
-                elif item.event is not None:
-                    self.events.append((time.monotonic(), {"event": item.event, **item.json()}))
-        except (OSError, ValueError, AttributeError):
-            pass  # closed by the test: http.client fails in one of these ways
+                if item.comment == "heartbeat" or item.event is not None:
+                    self._arrived(item.event or "heartbeat", item.json() if item.event else None)
+
+    def _read_frames(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                frame = json.loads(self.socket.recv())
+                self._arrived(frame["event"], frame.get("data"))
 
     def first_arrival(self, after: float, ready: Callable[[dict], bool]) -> float | None:
         """Seconds from `after` to the first event that satisfies `ready`."""
         return next((at - after for at, body in self.events if at > after and ready(body)), None)
 
     def close(self) -> None:
-        self.stream.close()
+        self._closing.close()
         self._thread.join(timeout=10)
 
 
@@ -94,7 +115,7 @@ def test_a_sale_reaches_every_touched_stream_of_two_instances_once(
     names = [*TOUCHED, *UNTOUCHED]
     with gunicorn(env) as one, gunicorn(env) as two:
         bases = [one, two]
-        readers = [Reader(bases[n % 2], names[n % len(names)]) for n in range(STREAMS)]
+        readers = [Reader(bases[n % 2], names[n % len(names)], websocket=n % 4 >= 2) for n in range(STREAMS)]
         try:
             wait_until(lambda: all(r.events and r.heartbeats >= 2 for r in readers), seconds=30)
             assert all(r.events[0][1]["metrics"]["total_listings"] == 0 for r in readers)
