@@ -49,7 +49,7 @@ class Settings:
     max_streams: int = 16
     stream_heartbeat: int = 15
     apply_interval: float = 0.5  # seconds between calls of the summaries' applier; 0: not here
-    apply_busy_share: float = 1.0  # of its time the applier may work while the application's sessions do
+    apply_busy_share: float = 0.1  # of its time the applier may work while the application's sessions do
     # Origins besides the request's own that may open GET /api/kpi/ws (canonical_origin form).
     ws_allowed_origins: tuple[str, ...] = ()
     ws_idle_timeout: int = 30  # seconds between pings; a client that leaves one unanswered is closed
@@ -86,7 +86,7 @@ class Settings:
             "max_streams": _int(env, "KPI_MAX_STREAMS", 16, low=1),
             "stream_heartbeat": _int(env, "KPI_STREAM_HEARTBEAT", 15, low=1),
             "apply_interval": _int(env, "KPI_APPLY_INTERVAL_MS", 500, low=0, high=60_000) / 1000,
-            "apply_busy_share": _int(env, "KPI_APPLY_BUSY_PERCENT", 100, low=1, high=100) / 100,
+            "apply_busy_share": _int(env, "KPI_APPLY_BUSY_PERCENT", 10, low=1, high=100) / 100,
             "ws_allowed_origins": tuple(
                 canonical_origin(o) for o in (env.get("KPI_WS_ALLOWED_ORIGINS") or "").split(",") if o.strip()
             ),
