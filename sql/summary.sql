@@ -410,21 +410,28 @@ $fn$;
 -- the application's sessions at work (in this database) is followed by a rest of its own duration times
 -- (1 / busy_share - 1), for every instance's applier alike (the rest is kept here, under the
 -- applier lock). On a server whose cores the application's writes keep busy, the applier then
--- takes at most that share of a core from them, and a backlog waits for a quieter moment; once
--- the application is idle, batches follow each other again. Whose sessions are at work is read
+-- takes at most that share of a core from them, and a backlog waits for a quieter moment. A
+-- rest ends early when the application is found idle: a backlog left by a burst is then
+-- applied at once, batch after batch. Whose sessions are at work is read
 -- from pg_stat_activity, as the summaries' owner: an owner who may not see other roles' sessions
 -- (neither superuser nor pg_read_all_stats) sees none at work, and the applier never rests.
 CREATE TABLE IF NOT EXISTS kpi_applier_rest (until timestamptz NOT NULL);
 INSERT INTO kpi_applier_rest SELECT '-infinity' WHERE NOT EXISTS (SELECT FROM kpi_applier_rest);
 
+-- Whether another session of the application (not of this service) is running a statement in
+-- this database now.
+CREATE OR REPLACE FUNCTION kpi_application_at_work() RETURNS boolean
+LANGUAGE sql AS $fn$
+    SELECT EXISTS (
+        SELECT FROM pg_stat_activity
+        WHERE datname = current_database() AND state = 'active' AND backend_type = 'client backend'
+          AND pid <> pg_backend_pid() AND application_name IS DISTINCT FROM current_setting('application_name'))
+$fn$;
+
 CREATE OR REPLACE FUNCTION kpi_applier_rests(started timestamptz, busy_share double precision) RETURNS void
 LANGUAGE sql AS $fn$
     UPDATE kpi_applier_rest SET until = CASE
-        WHEN busy_share < 1 AND EXISTS (
-            SELECT FROM pg_stat_activity
-            WHERE datname = current_database() AND state = 'active' AND backend_type = 'client backend'
-              AND pid <> pg_backend_pid()
-              AND application_name IS DISTINCT FROM current_setting('application_name'))
+        WHEN busy_share < 1 AND kpi_application_at_work()
         THEN clock_timestamp() + (clock_timestamp() - started) * (1 / busy_share - 1)
         ELSE '-infinity' END
 $fn$;
@@ -446,7 +453,7 @@ BEGIN
     IF NOT kpi_applier_lock() THEN
         RETURN NULL;
     END IF;
-    IF busy_share < 1 AND (SELECT until FROM kpi_applier_rest) > started THEN
+    IF busy_share < 1 AND (SELECT until FROM kpi_applier_rest) > started AND kpi_application_at_work() THEN
         RETURN NULL;  -- resting: as if another session were applying
     END IF;
     WITH taken AS (

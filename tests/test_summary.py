@@ -161,12 +161,16 @@ def test_the_applier_rests_while_the_application_works(database_url: str, conn: 
                 conn.execute("UPDATE listings SET price = 130")
                 assert db.apply_changes(busy_share=tiny) is None  # resting, as if another applied
                 assert pending(conn) == 2
-                assert db.apply_changes() == 2  # at 100%: no rest, and none left behind
+                assert db.apply_changes() == 2  # at 100%: no rest
+                conn.execute("UPDATE listings SET price = 135")
+                assert db.apply_changes(busy_share=tiny) == 2  # and a rest again after this one
             finally:
                 conn.execute("SELECT pg_cancel_backend(%s)", [app.info.backend_pid])
                 working.join(timeout=10)
+        # Still within the rest, but the application is idle now: the rest ends early.
+        assert conn.execute("SELECT until > now() FROM kpi_applier_rest").fetchone() == (True,)
         conn.execute("UPDATE listings SET price = 140")
-        assert db.apply_changes(busy_share=tiny) == 2  # the application idle: no rest after it either
+        assert db.apply_changes(busy_share=tiny) == 2  # and no rest after it either
         conn.execute("UPDATE listings SET price = 150")
         assert db.apply_changes(busy_share=tiny) == 2
     finally:
