@@ -29,8 +29,8 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from kpi_service import Settings, create_app
-from kpi_service.db import Database, apply_schema
-from kpi_service.logs import HOST_HANDLER, ROOT_LOGGER
+from kpi_service.db.database import Database, apply_schema
+from kpi_service.ops.logs import HOST_HANDLER, ROOT_LOGGER
 from tests.dataset import catch_up
 
 SECRET = "test-secret-that-is-at-least-32-bytes-long"

@@ -12,7 +12,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from kpi_service import create_app
-from kpi_service.db import DatabaseUnavailable
+from kpi_service.db.database import DatabaseUnavailable
 from tests.conftest import SECRET, make_settings, token
 from tests.dataset import Dataset, Listing, catch_up
 

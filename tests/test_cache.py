@@ -15,8 +15,9 @@ import pytest
 import redis
 from flask import Flask
 
-from kpi_service import create_app, metrics
-from kpi_service.cache import ANNOUNCE_CHANNEL, lock_key
+from kpi_service import create_app
+from kpi_service.ops import metrics
+from kpi_service.serving.cache import ANNOUNCE_CHANNEL, lock_key
 from tests.conftest import make_settings
 from tests.dataset import catch_up
 from tests.test_api import two_listings
@@ -170,7 +171,7 @@ def test_redis_down_is_answered_from_the_database_and_logged_once(
 ) -> None:
     two_listings(conn)
     client = app_without_redis.test_client()
-    with caplog.at_level(logging.WARNING, logger="kpi_service.cache"):
+    with caplog.at_level(logging.WARNING, logger="kpi_service.serving.cache"):
         bodies = [client.get(f"/api/kpi?aged_days={n}", headers=auth).get_json() for n in range(1, 21)]
     assert all(b["metrics"]["total_listings"] == 2 for b in bodies)
     assert [r.message for r in caplog.records].count(

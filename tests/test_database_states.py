@@ -12,7 +12,7 @@ import pytest
 from flask import Flask
 
 from kpi_service import create_app
-from kpi_service.db import apply_schema
+from kpi_service.db.database import apply_schema
 from tests.conftest import make_settings, wait_until
 from tests.test_api import two_listings
 

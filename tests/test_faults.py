@@ -19,7 +19,7 @@ import pytest
 import redis
 from psycopg.conninfo import make_conninfo
 
-from kpi_service.db import apply_schema
+from kpi_service.db.database import apply_schema
 from tests.conftest import SECRET, RedisServer, token, wait_until
 from tests.servers import Load, PostgresServer, Sample, fetch, gunicorn, summary
 from tests.test_api import two_listings

@@ -15,7 +15,7 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from kpi_service import create_app
-from kpi_service.schemas import HistoryQuerySchema, KpiQuery, KpiQuerySchema
+from kpi_service.serving.query import HistoryQuerySchema, KpiQuery, KpiQuerySchema
 from tests.conftest import make_settings, token
 
 # Bounded so the whole file runs in CI in well under a minute; the derandomized run explores

@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kpi_service.windows import INTERVALS, buckets, midnight
+from kpi_service.serving.windows import INTERVALS, buckets, midnight
 from tests.strategies import ZONES, datasets, days
 
 

@@ -1,4 +1,4 @@
-"""sql/kpi.sql stays exact when the application changes rows after inserting them, and on
+"""sql/runtime/kpi.sql stays exact when the application changes rows after inserting them, and on
 realistic (seeded) data: the SQL against the pure-Python reference of docs/kpis.md.
 
 The application UPDATEs its rows later (scored, repriced, sold, withdrawn, a purchase added
@@ -14,10 +14,10 @@ import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kpi_service.db import Database
-from kpi_service.schemas import MetricsSchema
-from kpi_service.seed import seed
-from kpi_service.windows import Window
+from kpi_service.cli.seed import seed
+from kpi_service.db.database import Database
+from kpi_service.serving.query import MetricsSchema
+from kpi_service.serving.windows import Window
 from tests import reference
 from tests.dataset import Dataset, Lead, Listing, Purchase
 from tests.strategies import datasets, instants, money, scores, windows

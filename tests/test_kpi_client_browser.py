@@ -16,7 +16,7 @@ import pytest
 from flask import Flask
 
 from kpi_service import create_app
-from kpi_service.db import DatabaseUnavailable
+from kpi_service.db.database import DatabaseUnavailable
 from tests.conftest import free_port, make_settings, needs_chromium, token
 from tests.sse import serving
 

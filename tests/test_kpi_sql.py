@@ -1,4 +1,4 @@
-"""sql/kpi.sql against a real PostgreSQL and the pure-Python reference of docs/kpis.md."""
+"""sql/runtime/kpi.sql against a real PostgreSQL and the pure-Python reference of docs/kpis.md."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kpi_service.db import Database
-from kpi_service.schemas import MetricsSchema
-from kpi_service.windows import Window
+from kpi_service.db.database import Database
+from kpi_service.serving.query import MetricsSchema
+from kpi_service.serving.windows import Window
 from tests import reference
 from tests.dataset import Dataset, Lead, Listing, Purchase
 from tests.strategies import datasets, instants, windows

@@ -15,8 +15,8 @@ import pytest
 from flask import Flask
 
 from kpi_service import create_app
-from kpi_service.hub import affected
-from kpi_service.schemas import KpiQuery
+from kpi_service.live.hub import affected
+from kpi_service.serving.query import KpiQuery
 from tests.conftest import RedisServer, make_settings
 from tests.sse import Sse, serving
 from tests.test_stream import counted, ticket

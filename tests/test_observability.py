@@ -16,7 +16,7 @@ from flask import Flask
 from prometheus_client import REGISTRY
 
 from kpi_service import ConfigError, Settings, create_app
-from kpi_service.logs import json_formatter
+from kpi_service.ops.logs import json_formatter
 from tests.conftest import SECRET, make_settings, token
 from tests.test_api import two_listings
 
@@ -132,7 +132,7 @@ def test_access_log_setting_is_validated() -> None:
 
 
 def test_request_ids_are_unique_and_differ_in_a_forked_child() -> None:
-    from kpi_service.request_hooks import _ids
+    from kpi_service.web.request_hooks import _ids
 
     ids = {_ids.next() for _ in range(1000)}
     assert len(ids) == 1000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)

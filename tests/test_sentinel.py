@@ -25,9 +25,9 @@ import redis
 from redis.sentinel import SentinelConnectionPool
 
 from kpi_service import create_app
-from kpi_service.cache import ANNOUNCE_CHANNEL, cache_key, connect, lock_key
 from kpi_service.client import KpiClient
-from kpi_service.schemas import KpiQuery
+from kpi_service.serving.cache import ANNOUNCE_CHANNEL, cache_key, connect, lock_key
+from kpi_service.serving.query import KpiQuery
 from tests.conftest import SECRET, RedisServer, make_settings, token, wait_until
 from tests.servers import Load, RedisSentinels, fetch, gunicorn, summary
 from tests.sse import Sse

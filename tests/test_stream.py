@@ -327,7 +327,7 @@ def test_stale_values_are_pushed_as_stale(make_app, conn) -> None:
         first = stream.next_event()
         assert first.json()["meta"]["stale"] is False
 
-        from kpi_service.db import DatabaseUnavailable
+        from kpi_service.db.database import DatabaseUnavailable
 
         def down(*args: object, **kwargs: object):
             raise DatabaseUnavailable("down")

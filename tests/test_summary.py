@@ -1,4 +1,4 @@
-"""The summaries of sql/summary.sql: what the applier makes of the change log equals a rebuild
+"""The summaries of sql/schema/summary.sql: what the applier makes of the change log equals a rebuild
 from the sales tables, however late, partial, repeated, interrupted or concurrent its runs; the
 application's transactions wait for nothing new; and windows off the 15-minute grid (read from
 the raw rows) agree with the reference."""
@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kpi_service import create_app
-from kpi_service.db import Database
-from kpi_service.windows import Window
+from kpi_service.db.database import Database
+from kpi_service.serving.windows import Window
 from tests.conftest import make_settings, wait_until
 from tests.dataset import Dataset, Lead, Listing, Purchase, catch_up
 from tests.strategies import datasets, instants, windows

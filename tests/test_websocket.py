@@ -20,10 +20,10 @@ from websockets.sync.client import ClientConnection, connect
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
-from kpi_service.errors import ApiError
-from kpi_service.hub import Event
-from kpi_service.kpis import Served
-from kpi_service.websocket import origin_allowed
+from kpi_service.live.hub import Event
+from kpi_service.live.websocket import origin_allowed
+from kpi_service.serving.service import Served
+from kpi_service.web.errors import ApiError
 from tests.conftest import SECRET, token, wait_until
 from tests.servers import start_gunicorn
 from tests.sse import Sse, serving
