@@ -86,10 +86,10 @@ def on_starting(server: Arbiter) -> None:
 def when_ready(server: Arbiter) -> None:
     """KPI_METRICS=port:NNNN: one listener for the whole server, in the master, which outlives
     every worker and reads all their files; workers never bind it (they would race for it)."""
-    from kpi_service.config import metrics_exposure
+    from kpi_service.config import parse_metrics_exposure
     from kpi_service.ops.metrics import start_exporter
 
-    mode, port = metrics_exposure(os.environ.get("KPI_METRICS") or "on")
+    mode, port = parse_metrics_exposure(os.environ.get("KPI_METRICS") or "on")
     if mode == "port" and port is not None:
         start_exporter(port)
         server.log.info("metrics listener on port %d", port)

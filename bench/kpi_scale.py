@@ -38,7 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import python_baseline
 
 from kpi_service.cli.seed import seed
-from kpi_service.db.database import MODE, SESSION_OPTIONS, apply_schema, kpi_statement_rows
+from kpi_service.db.database import SESSION_OPTIONS
+from kpi_service.db.schema import apply_schema
+from kpi_service.db.sql import MODE, kpi_statement_rows
 
 UNTIL = datetime(2026, 11, 25, tzinfo=UTC)
 SEED = 1

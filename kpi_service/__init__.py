@@ -14,7 +14,8 @@ from kpi_service.db.replica import Replica
 from kpi_service.live import stream, websocket
 from kpi_service.ops import health, metrics
 from kpi_service.ops.logs import configure_logging
-from kpi_service.serving.cache import Cache, connect
+from kpi_service.serving.cache import Cache
+from kpi_service.serving.connection import connect
 from kpi_service.serving.query import HistoryQuerySchema, KpiQuerySchema
 from kpi_service.serving.service import KpiService
 from kpi_service.web import api, auth, dashboard, errors, openapi, request_hooks

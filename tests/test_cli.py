@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from kpi_service import cli
-from tests.conftest import SECRET
+from tests.helpers import SECRET
 
 TABLES = ("buyers", "listings", "leads", "purchases")
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from kpi_service.config import Settings
-from tests.conftest import SECRET, free_port
+from tests.helpers import SECRET, free_port
 
 ROOT = Path(__file__).parents[1]
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))

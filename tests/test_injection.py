@@ -14,7 +14,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from kpi_service.db.database import APPLY, APPLY_BATCH, MODE, queries
+from kpi_service.db.sql import APPLY, APPLY_BATCH, MODE, queries
 
 PAYLOADS = [
     "'",

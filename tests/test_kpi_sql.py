@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kpi_service.db.database import Database
-from kpi_service.serving.query import MetricsSchema
+from kpi_service.serving.responses import KpiValuesSchema
 from kpi_service.serving.windows import Window
 from tests import reference
 from tests.dataset import Dataset, Lead, Listing, Purchase
@@ -23,7 +23,7 @@ NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
 
 def compute(db: Database, window: Window, aged_days: int = 60, now: datetime = NOW) -> dict[str, Any]:
     rows, *_ = db.kpi_rows([(window.start, window.end, window.as_of(now))], aged_days)
-    return MetricsSchema().load(rows[0])
+    return KpiValuesSchema().load(rows[0])
 
 
 def expected(data: Dataset, window: Window, aged_days: int = 60, now: datetime = NOW) -> dict[str, Any]:

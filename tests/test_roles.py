@@ -10,9 +10,9 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from kpi_service.db.database import Database, sql_text
-from tests.conftest import make_settings
-from tests.test_api import two_listings
+from kpi_service.db.database import Database
+from kpi_service.db.sql import sql_text
+from tests.helpers import make_settings, two_listings
 
 
 @pytest.fixture

@@ -20,10 +20,9 @@ from hypothesis import strategies as st
 from kpi_service import create_app
 from kpi_service.db.database import Database
 from kpi_service.serving.windows import Window
-from tests.conftest import make_settings, wait_until
 from tests.dataset import Dataset, Lead, Listing, Purchase, catch_up
+from tests.helpers import apply_change, computed, expected, make_settings, wait_until
 from tests.strategies import datasets, instants, windows
-from tests.test_kpi_changes import apply_change, computed, expected
 
 SUMS = "SELECT * FROM kpi_sums ORDER BY grain, bucket"
 BUYERS = "SELECT buyer_id, bucket, prev_bucket FROM kpi_buyer_buckets ORDER BY 1, 2"

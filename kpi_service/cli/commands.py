@@ -11,12 +11,14 @@ from typing import TextIO
 from flask import Flask
 from psycopg.conninfo import conninfo_to_dict
 
+from kpi_service.cli.database import database
 from kpi_service.cli.seed import default_until, seed
 from kpi_service.config import ConfigError, Settings
 from kpi_service.db.applier import Applier
-from kpi_service.db.database import Database, apply_schema
-from kpi_service.ops.lifecycle import database
-from kpi_service.serving.cache import Cache, connect
+from kpi_service.db.database import Database
+from kpi_service.db.schema import apply_schema
+from kpi_service.serving.cache import Cache
+from kpi_service.serving.connection import connect
 from kpi_service.web import auth
 
 

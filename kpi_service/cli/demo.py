@@ -13,11 +13,11 @@ from typing import TextIO
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from kpi_service import create_app
+from kpi_service.cli.database import database
 from kpi_service.cli.seed import has_rows, seed
 from kpi_service.config import Settings
-from kpi_service.db.database import apply_schema
+from kpi_service.db.schema import apply_schema
 from kpi_service.live.hub import close_all
-from kpi_service.ops.lifecycle import database
 from kpi_service.web.auth import mint_token
 
 TOKEN_TTL = 24 * 3600

@@ -11,7 +11,8 @@ import aiosql
 import psycopg
 from psycopg.rows import dict_row
 
-from kpi_service.db.database import SERVICE_TABLES, sql_text
+from kpi_service.db.schema import SERVICE_TABLES
+from kpi_service.db.sql import sql_text
 
 TABLES = ("buyers", "listings", "leads", "purchases")
 

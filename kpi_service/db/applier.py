@@ -19,7 +19,9 @@ from typing import Any
 
 import psycopg
 
-from kpi_service.db.database import APPLY_BATCH, Database, DatabaseUnavailable
+from kpi_service.db.database import Database
+from kpi_service.db.errors import DatabaseUnavailable
+from kpi_service.db.sql import APPLY_BATCH
 from kpi_service.ops import metrics
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,7 @@
-"""The one connection pool of the service, and the statements it runs."""
+"""The one connection pool of the service, and the statements it runs on it (their text: sql.py).
+
+Over 250 lines because Database is one object: every statement goes through its `connection()`,
+which maps psycopg's failures to db/errors.py and counts them, and through its replica routing."""
 
 from __future__ import annotations
 
@@ -9,15 +12,25 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import aiosql
 import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from kpi_service.config import Settings
+from kpi_service.db.errors import INIT_HINT, DatabaseBusy, DatabaseUnavailable, SchemaMissing
+from kpi_service.db.sql import (
+    APPLIER_LOCK,
+    APPLY,
+    APPLY_BATCH,
+    CHANGED,
+    MODE,
+    PENDING,
+    WAL_POSITION,
+    kpi_statement_rows,
+    queries,
+)
 from kpi_service.ops import metrics
 
 if TYPE_CHECKING:
@@ -27,57 +40,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def sql_text(name: str) -> str:
-    """A file of sql/, read from the installed package (the checkout is not needed)."""
-    return resources.files("kpi_service.sql").joinpath(name).read_text(encoding="utf-8")
-
-
-queries = aiosql.from_str(sql_text("runtime/kpi.sql"), "psycopg")
-# The only writes the service makes: its applier, in a read-write transaction (its sessions
-# default to read-only), through a function that runs as the summaries' owner.
-# Its own statement timeout: a batch after downtime may take longer than a request may wait.
-# One snapshot for the log rows it takes and the rows it reads (sql/schema/summary.sql).
-APPLY = (
-    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ WRITE",
-    "SET LOCAL statement_timeout = '60s'",
-    "SELECT kpi_apply_changes(%s, %s) AS taken",
-)
-# What the batch changed (sql/schema/summary.sql leaves it in a setting of its transaction).
-CHANGED = "SELECT current_setting('kpi.changed', true) AS changed"
-# Waiting for another applier happens before that snapshot is taken.
-APPLIER_LOCK = "SELECT kpi_applier_session_lock(%s)"
-# "summaries" or "raw" (sql/schema/schema.sql, kpi_source).
-MODE = "SELECT kpi_source() AS source"
-PENDING = "SELECT kpi_pending_changes() AS pending"
-# Positions in the WAL as byte offsets, comparable across a primary and its streaming replicas
-# (replica.py): where the primary has written to, and what a replica has replayed (NULL when
-# the server is not in recovery).
-WAL_POSITION = "SELECT (pg_current_wal_lsn() - '0/0')::bigint AS position"
-REPLAY_POSITION = "SELECT (pg_last_wal_replay_lsn() - '0/0')::bigint AS position"
-APPLY_BATCH = 50_000
-
-
 RECONNECT_TIMEOUT_S = 5.0
 # Read-only, and no JIT: the KPI statement's estimates include the raw-row branch it rarely
 # runs, which makes PostgreSQL spend more time compiling it (~0.6 s) than running it (ms).
 SESSION_OPTIONS = "-c default_transaction_read_only=on -c jit=off"
 
 
-class DatabaseUnavailable(Exception):
-    """PostgreSQL could not answer in time: down, unreachable, pool exhausted or timed out."""
-
-
-class DatabaseBusy(DatabaseUnavailable):
-    """Every connection of the pool stayed in use for the pool timeout: the database answers,
-    this instance has more concurrent computations than connections. Not an outage."""
-
-
-class SchemaMissing(DatabaseUnavailable):
-    """The database answers but has no KPI tables or functions: `kpi-service init-db` never ran
-    on it (or ran on another database). Not an outage either."""
-
-
-INIT_HINT = "run kpi-service init-db"
 # The errors of a statement naming a table or function that is not there.
 _UNDEFINED = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction)
 
@@ -329,58 +297,3 @@ class Database:
         if self.replica is not None:
             self.replica.close()
         self.pool.close()
-
-
-def kpi_statement_rows(
-    conn: psycopg.Connection,
-    mode: str,
-    windows: Sequence[tuple[datetime | None, datetime | None, datetime]],
-    aged_days: int,
-) -> list[dict[str, Any]]:
-    """sql/runtime/kpi.sql on a database whose KPIs come from `mode` ("summaries" or "raw"): the
-    statement and parameters of every cache miss, which the benches time as they are."""
-    statement = queries.kpi_windows if mode == "summaries" else queries.kpi_windows_raw
-    return list(
-        statement(
-            conn,
-            starts=[w[0] for w in windows],
-            ends=[w[1] for w in windows],
-            as_ofs=[w[2] for w in windows],
-            aged_days=aged_days,
-        )
-    )
-
-
-SERVICE_TABLES = "kpi_sums, kpi_buyer_buckets, kpi_sales, kpi_purchase_facts, kpi_conversions, kpi_changes"
-
-
-def apply_schema(conninfo: str, *, summaries: bool = True) -> None:
-    """Apply sql/schema/schema.sql, sql/schema/indexes.sql and (unless told not to) sql/schema/summary.sql, then build
-    the summaries from the rows already there. Idempotent. The application keeps writing
-    meanwhile: the tables, functions and triggers go in one short transaction, the indexes are
-    built CONCURRENTLY, and the build only reads the sales tables. Then what it built is
-    vacuumed and analyzed, so that the first reads have index-only scans and statistics
-    without waiting for autovacuum."""
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        with conn.transaction():
-            conn.execute(sql_text("schema/schema.sql"))
-            if summaries:
-                conn.execute(sql_text("schema/summary.sql"))
-        for statement in _statements(sql_text("schema/indexes.sql")):
-            conn.execute(statement)
-        if summaries:
-            # Waiting for a running applier (an upgrade beside live instances) before the
-            # build's snapshot is taken.
-            conn.execute(APPLIER_LOCK, [True])
-            with conn.transaction():
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                conn.execute("SELECT kpi_build()")
-            conn.execute(APPLIER_LOCK, [False])
-            conn.execute(f"VACUUM (ANALYZE) {SERVICE_TABLES}")
-        conn.execute("ANALYZE buyers, listings, leads, purchases")
-
-
-def _statements(text: str) -> list[str]:
-    """The statements of a file with one per line ending in ";" and no function bodies."""
-    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("--")]
-    return [statement.strip() for statement in "\n".join(lines).split(";\n") if statement.strip()]

@@ -32,7 +32,9 @@ from typing import TypeVar
 import psycopg
 
 from kpi_service.config import Settings
-from kpi_service.db.database import REPLAY_POSITION, Database, DatabaseBusy, DatabaseUnavailable, SchemaMissing
+from kpi_service.db.database import Database
+from kpi_service.db.errors import DatabaseBusy, DatabaseUnavailable, SchemaMissing
+from kpi_service.db.sql import REPLAY_POSITION
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

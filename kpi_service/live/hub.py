@@ -2,7 +2,7 @@
 and one refresher per window, however many streams of that window the process serves.
 
 - Every process runs one listener thread subscribed to `kpi:v1:announce` and `kpi:v1:changed`
-  (cache.py). When any worker or instance computes a window that this process has subscribers
+  (serving/keys.py). When any worker or instance computes a window that this process has subscribers
   for, the listener reads the stored value once and offers it to each of them.
 - **Live (the summaries, with Redis): windows are recomputed when their numbers change, not on a
   timer.** The applier announces what each committed batch changed (`kpi:v1:changed`: the
@@ -20,27 +20,36 @@ and one refresher per window, however many streams of that window the process se
 - A subscriber is a mailbox holding only the newest event not yet sent: a slow client skips
   intermediate values instead of queueing them, since only the latest KPIs matter. An event
   with the same numbers and state as the one before is not sent.
+
+Over 250 lines because the hub is one object: its listener, its subscriptions and its refresh
+schedule share one lock and one table of watched windows. Events and mailboxes are events.py,
+the match of a change to a window changes.py.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import threading
 import time
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
-from kpi_service.db.database import DatabaseUnavailable
-from kpi_service.serving.cache import ANNOUNCE_CHANNEL, CHANGES_CHANNEL, Cache, cache_key, close_quietly
+from kpi_service.db.errors import DatabaseUnavailable
+from kpi_service.live.changes import affected
+from kpi_service.live.events import Closed, Event, Subscriber
+from kpi_service.serving.cache import Cache
+from kpi_service.serving.connection import close_quietly
+from kpi_service.serving.keys import ANNOUNCE_CHANNEL, CHANGES_CHANNEL, cache_key
 from kpi_service.serving.query import KpiQuery
-from kpi_service.serving.service import KpiService, Served
+from kpi_service.serving.responses import Served
+from kpi_service.serving.service import KpiService
 from kpi_service.web.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -58,140 +67,9 @@ class Full(Exception):
     """The process already serves its maximum number of streams."""
 
 
-class Closed(Exception):
-    """The hub is shutting down."""
-
-
-def format_event_id(value: str | None) -> str | None:
-    """An event id (a `computed_at`) in its canonical spelling, or None when it is not one.
-    Canonical ids have a fixed width, so they order as strings in time order."""
-    if not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        return None
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def affected(query: KpiQuery, changed: dict[str, Any], now: datetime) -> bool:
-    """Whether a batch of changes (cache.py, kpi:v1:changed) can change the window's numbers:
-    a changed bucket inside [start, end), or a listing whose stock changed and that
-    aged_inventory at T = min(end, now) counts once older than aged_days."""
-    if changed.get("all"):
-        return True
-    window = query.window
-    first, last, stock = (_instant(changed.get(name)) for name in ("from", "to", "stock_from"))
-    inside = (
-        first is not None
-        and last is not None
-        and (window.end is None or first < window.end)
-        and (window.start is None or last >= window.start)
-    )
-    return inside or (stock is not None and (window.as_of(now) - stock).total_seconds() > query.aged_days * 86400)
-
-
-def _instant(value: Any) -> datetime | None:
-    try:
-        return datetime.fromisoformat(value) if isinstance(value, str) else None
-    except ValueError:
-        return None
-
-
-@dataclass(frozen=True)
-class Event:
-    """One server-sent event: `kpi` (a body as GET /api/kpi answers it) or `unavailable`."""
-
-    name: str
-    computed_at: str  # of the value it carries (unavailable: of the last value known)
-    state: str  # "fresh", "stale" or "unavailable": a change of state alone is news
-    data: bytes
-    numbers: str = ""  # the ten KPIs, to tell an event that changes nothing
-
-    @classmethod
-    def of(cls, served: Served) -> Event:
-        stale = bool(served.body["meta"]["stale"])
-        numbers = json.dumps(served.body["metrics"], sort_keys=True)
-        return cls("kpi", served.body["meta"]["computed_at"], "stale" if stale else "fresh", served.payload, numbers)
-
-    @classmethod
-    def unavailable(cls, error: ApiError, computed_at: str) -> Event:
-        body = {"metrics": None, "success": False, "message": error.message}
-        return cls("unavailable", computed_at, "unavailable", json.dumps(body, separators=(",", ":")).encode())
-
-    def newer_than(self, other: tuple[str, str] | None) -> bool:
-        if other is None:
-            return True
-        computed_at, state = other
-        return self.computed_at > computed_at or (self.computed_at == computed_at and self.state != state)
-
-    def encode(self) -> bytes:
-        """The event on the wire. `id:` only for KPI values: a browser reconnects with the
-        last id it saw, and an error is not something to resume from."""
-        head = f"id: {self.computed_at}\n" if self.name == "kpi" else ""
-        # The JSON is compact, without newlines: one data line.
-        return f"{head}event: {self.name}\ndata: ".encode() + self.data + b"\n\n"
-
-    def frame(self) -> str:
-        """The event as one WebSocket text frame: a JSON object with the same id and data as
-        the server-sent event. The body is spliced in as it is, not parsed and dumped again."""
-        head = f'{{"event":"{self.name}",' + (f'"id":"{self.computed_at}",' if self.name == "kpi" else "")
-        return head + '"data":' + self.data.decode() + "}"
-
-
-class Subscriber:
-    """One stream's mailbox: the newest event not yet sent, or closed."""
-
-    def __init__(self, key: str, last_event_id: str | None, expires_at: float) -> None:
-        self.key = key
-        self.expires_at = expires_at  # the token's exp: the stream ends then
-        self._cond = threading.Condition()
-        self._pending: Event | None = None
-        # What the client already has: Last-Event-ID counts as a fresh value of that time.
-        self._seen: tuple[str, str] | None = (last_event_id, "fresh") if last_event_id else None
-        self._numbers: tuple[str, str] | None = None  # (numbers, state) of the last event offered
-        self._woken = False
-        self.closed = False
-
-    def offer(self, event: Event) -> None:
-        with self._cond:
-            if self.closed or not event.newer_than(self._seen):
-                return
-            self._seen = (event.computed_at, event.state)
-            if event.numbers and (event.numbers, event.state) == self._numbers:
-                return  # recomputed, and nothing changed: the client has these numbers
-            self._numbers = (event.numbers, event.state)
-            self._pending = event
-            self._cond.notify()
-
-    def take(self, timeout: float) -> Event | None:
-        """The next event; None after `timeout` seconds without one, or once woken. Raises Closed."""
-        with self._cond:
-            if self._pending is None and not self.closed and not self._woken:
-                self._cond.wait(timeout)
-            if self.closed:
-                raise Closed
-            event, self._pending, self._woken = self._pending, None, False
-            return event
-
-    def wake(self) -> None:
-        """Return from take() now: the stream has something else to look at (a WebSocket's
-        connection ended or its client sent a message)."""
-        with self._cond:
-            self._woken = True
-            self._cond.notify()
-
-    def close(self) -> None:
-        with self._cond:
-            self.closed = True
-            self._cond.notify()
-
-
 @dataclass(eq=False)
-class _Channel:
-    """A subscribed window of this process."""
+class _Watched:
+    """A window this process streams: its subscribers and when to refresh it."""
 
     query: KpiQuery
     subscribers: set[Subscriber] = field(default_factory=set)
@@ -213,12 +91,13 @@ class Hub:
         self.client = client
         self.max_streams = max_streams
         self._lock = threading.Lock()
-        self._channels: dict[str, _Channel] = {}
+        self._watched: dict[str, _Watched] = {}
         self._count = 0
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
-        # Refreshes run here, not on the listener: a slow window must not delay the others.
-        self._refresher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kpi-stream-refresh")
+        # Refreshes run on the service's refresher (one pool for pollers and streams), not on the
+        # listener: a slow window must not delay the others.
+        self.refresher = service.refresher
         self._redis_down = False
         self._was_live = True
         _hubs.add(self)
@@ -235,10 +114,10 @@ class Hub:
             if self._count >= self.max_streams:
                 raise Full
             self._count += 1
-            channel = self._channels.get(key)
-            if channel is None:
-                channel = self._channels[key] = _Channel(query)
-            channel.subscribers.add(subscriber)
+            watched = self._watched.get(key)
+            if watched is None:
+                watched = self._watched[key] = _Watched(query)
+            watched.subscribers.add(subscriber)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._listen, name="kpi-stream-listener", daemon=True)
                 self._thread.start()
@@ -246,19 +125,19 @@ class Hub:
         # first live refresh asks for every batch before.
         seq = self.cache.change_seq()
         with self._lock:
-            channel.seq = max(channel.seq, seq)
+            watched.seq = max(watched.seq, seq)
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         subscriber.close()
         with self._lock:
-            channel = self._channels.get(subscriber.key)
-            if channel is None or subscriber not in channel.subscribers:
+            watched = self._watched.get(subscriber.key)
+            if watched is None or subscriber not in watched.subscribers:
                 return
-            channel.subscribers.discard(subscriber)
+            watched.subscribers.discard(subscriber)
             self._count -= 1
-            if not channel.subscribers:
-                del self._channels[subscriber.key]  # nobody watches it: no more refreshes
+            if not watched.subscribers:
+                del self._watched[subscriber.key]  # nobody watches it: no more refreshes
 
     @property
     def streams(self) -> int:
@@ -268,22 +147,22 @@ class Hub:
         """Offer a value of window `key` to its subscribers, and schedule the next refresh."""
         event = Event.of(served)
         with self._lock:
-            channel = self._channels.get(key)
-            if channel is None:
+            watched = self._watched.get(key)
+            if watched is None:
                 return
-            if event.newer_than(channel.latest):
-                channel.latest = (event.computed_at, event.state)
+            if event.newer_than(watched.latest):
+                watched.latest = (event.computed_at, event.state)
             if self._live():
-                if not channel.scheduled:
-                    channel.due = min(channel.due, time.time())  # look its next aging instant up
+                if not watched.scheduled:
+                    watched.due = min(watched.due, time.time())  # look its next aging instant up
             elif served.outcome in ("hit", "miss") and time.time() < served.fresh_until:
-                channel.due = served.fresh_until
-                channel.retry = _FIRST_RETRY
-            elif math.isinf(channel.due):
+                watched.due = served.fresh_until
+                watched.retry = _FIRST_RETRY
+            elif math.isinf(watched.due):
                 # A new window whose first value is an expired one (being refreshed) or a stale
                 # one: look again soon rather than wait for an announcement that may not come.
-                channel.due = time.time() + channel.retry
-            subscribers = list(channel.subscribers)
+                watched.due = time.time() + watched.retry
+            subscribers = list(watched.subscribers)
         for subscriber in subscribers:
             subscriber.offer(event)
 
@@ -291,10 +170,9 @@ class Hub:
         """End every stream (their generators return) and stop the listener."""
         self._stopped.set()
         with self._lock:
-            subscribers = [s for channel in self._channels.values() for s in channel.subscribers]
+            subscribers = [s for watched in self._watched.values() for s in watched.subscribers]
         for subscriber in subscribers:
             subscriber.close()
-        self._refresher.shutdown(wait=False, cancel_futures=True)
 
     # --- the listener thread -------------------------------------------------------------------
 
@@ -352,19 +230,19 @@ class Hub:
 
     def _resync(self, not_before: float) -> None:
         with self._lock:
-            for channel in self._channels.values():
-                channel.scheduled = False
-                channel.not_before = max(channel.not_before, not_before)
-                channel.due = time.time()
+            for watched in self._watched.values():
+                watched.scheduled = False
+                watched.not_before = max(watched.not_before, not_before)
+                watched.due = time.time()
 
     def _caught_up(self, seq: int) -> None:
         """Subscribed (again): batches announced before were not heard, so every window asks for
         at least the latest one."""
         with self._lock:
-            for channel in self._channels.values():
-                if channel.seq < seq:
-                    channel.seq = seq
-                    channel.due = time.time()
+            for watched in self._watched.values():
+                if watched.seq < seq:
+                    watched.seq = seq
+                    watched.due = time.time()
 
     def _changed(self, raw: bytes) -> None:
         """A batch of changes was applied: the windows it touches are due now."""
@@ -375,14 +253,14 @@ class Hub:
             return
         now = datetime.now(UTC)
         with self._lock:
-            for channel in self._channels.values():
-                if affected(channel.query, changed, now):
-                    channel.seq = max(channel.seq, seq)
-                    channel.due = time.time()
+            for watched in self._watched.values():
+                if affected(watched.query, changed, now):
+                    watched.seq = max(watched.seq, seq)
+                    watched.due = time.time()
 
     def _until_due(self) -> float:
         with self._lock:
-            due = min((c.due for c in self._channels.values() if not c.refreshing), default=math.inf)
+            due = min((c.due for c in self._watched.values() if not c.refreshing), default=math.inf)
         return max(0.0, min(_TICK, due - time.time()))
 
     def _announced(self, raw: bytes) -> None:
@@ -392,7 +270,7 @@ class Hub:
         except (ValueError, KeyError, TypeError):
             return
         with self._lock:
-            if key not in self._channels:
+            if key not in self._watched:
                 return  # a window nobody streams from this process
         entry = self.cache.get(key)
         if entry is None or entry.body["meta"]["computed_at"] < computed_at:
@@ -408,58 +286,60 @@ class Hub:
             self._resync(not_before=time.time() if live else 0.0)
             self._was_live = live
         now = time.time()
-        due: list[tuple[str, _Channel]] = []
+        due: list[tuple[str, _Watched]] = []
         with self._lock:
-            for key, channel in self._channels.items():
-                if not channel.refreshing and channel.due <= now:
-                    channel.refreshing = True
-                    due.append((key, channel))
-        for key, channel in due:
-            try:
-                self._refresher.submit(self._refresh, key, channel)
-            except RuntimeError:  # shut down
-                return
+            for key, watched in self._watched.items():
+                if not watched.refreshing and watched.due <= now:
+                    watched.refreshing = True
+                    due.append((key, watched))
+        for key, watched in due:
+            if not self.refresher.submit(functools.partial(self._refresh, key, watched)):
+                return  # shut down
 
-    def _refresh(self, key: str, channel: _Channel) -> None:
+    def _refresh(self, key: str, watched: _Watched) -> None:
+        if self._stopped.is_set():  # queued before the hub closed: its streams are gone
+            with self._lock:
+                watched.refreshing = False
+            return
         if self._live():
-            self._refresh_live(key, channel)
+            self._refresh_live(key, watched)
         else:
-            self._refresh_by_ttl(key, channel)
+            self._refresh_by_ttl(key, watched)
 
-    def _refresh_live(self, key: str, channel: _Channel) -> None:
+    def _refresh_live(self, key: str, watched: _Watched) -> None:
         """The window's value including every change announced for it, then its next aging."""
         with self._lock:
-            seq, not_before = channel.seq, channel.not_before
+            seq, not_before = watched.seq, watched.not_before
         aging, retry = math.inf, None
         try:
-            served = self.service.current_after(channel.query, seq, not_before)
+            served = self.service.current_after(watched.query, seq, not_before)
             self.deliver(key, served)
-            aging = self._next_aging(channel.query)
+            aging = self._next_aging(watched.query)
         except (ApiError, DatabaseUnavailable, TimeoutError) as error:
             # The numbers changed and cannot be recomputed: the last value, flagged stale (or an
             # unavailable event), and another try in a TTL, still asking for this batch.
-            self._tell_failed(key, channel, error)
+            self._tell_failed(key, watched, error)
             retry = time.time() + self.cache.ttl
         except Exception:
             log.exception("stream refresh of %s failed", key)
             retry = time.time() + self.cache.ttl
         with self._lock:
-            channel.scheduled = True
+            watched.scheduled = True
             if math.isfinite(aging):
-                channel.not_before = max(channel.not_before, aging)
+                watched.not_before = max(watched.not_before, aging)
             # A change announced while this ran asks for another round at once.
-            channel.due = time.time() if channel.seq > seq else retry if retry is not None else aging
-            channel.refreshing = False
+            watched.due = time.time() if watched.seq > seq else retry if retry is not None else aging
+            watched.refreshing = False
 
-    def _tell_failed(self, key: str, channel: _Channel, error: Exception) -> None:
-        last = self.service.last_known(channel.query)
+    def _tell_failed(self, key: str, watched: _Watched, error: Exception) -> None:
+        last = self.service.last_known(watched.query)
         if last is not None:
             self.deliver(key, last)
             return
         message = error.message if isinstance(error, ApiError) else "The database is unavailable."
-        event = Event.unavailable(ApiError(503, message), channel.latest[0] if channel.latest else "")
+        event = Event.unavailable(ApiError(503, message), watched.latest[0] if watched.latest else "")
         with self._lock:
-            subscribers = list(channel.subscribers)
+            subscribers = list(watched.subscribers)
         for subscriber in subscribers:
             subscriber.offer(event)
 
@@ -474,35 +354,35 @@ class Hub:
             return math.inf
         return at.timestamp() + 0.001  # aged once strictly older: just after the instant
 
-    def _refresh_by_ttl(self, key: str, channel: _Channel) -> None:
+    def _refresh_by_ttl(self, key: str, watched: _Watched) -> None:
         """GET /api/kpi for the window, as a poller would: computes once when it expired."""
         try:
-            served = self.service.current(channel.query)
+            served = self.service.current(watched.query)
         except ApiError as error:
             # Nothing cached and the database failing: tell the subscribers, try again in a TTL.
-            computed_at = channel.latest[0] if channel.latest else ""
+            computed_at = watched.latest[0] if watched.latest else ""
             event = Event.unavailable(error, computed_at)
             with self._lock:
-                channel.due = time.time() + self.cache.ttl
-                subscribers = list(channel.subscribers)
+                watched.due = time.time() + self.cache.ttl
+                subscribers = list(watched.subscribers)
             for subscriber in subscribers:
                 subscriber.offer(event)
         except Exception:
             log.exception("stream refresh of %s failed", key)
             with self._lock:
-                channel.due = time.time() + self.cache.ttl
+                watched.due = time.time() + self.cache.ttl
         else:
             with self._lock:
                 if served.outcome == "refresh":
                     # The previous value, while a refresh runs (here or in another process).
-                    channel.due = time.time() + channel.retry
-                    channel.retry = min(channel.retry * 2, self.cache.ttl)
+                    watched.due = time.time() + watched.retry
+                    watched.retry = min(watched.retry * 2, self.cache.ttl)
                 elif served.outcome == "stale":
-                    channel.due = time.time() + self.cache.ttl
+                    watched.due = time.time() + self.cache.ttl
             self.deliver(key, served)
         finally:
             with self._lock:
-                channel.refreshing = False
+                watched.refreshing = False
 
 
 def close_all() -> None:

@@ -21,9 +21,10 @@ from flask_jwt_extended.exceptions import JWTDecodeError
 from marshmallow import ValidationError
 
 from kpi_service.config import Settings
-from kpi_service.live.hub import Closed, Full, Hub, Subscriber, format_event_id
+from kpi_service.live.events import Closed, Subscriber, format_event_id
+from kpi_service.live.hub import Full, Hub
 from kpi_service.live.tickets import Grant, TicketStore, TicketsUnavailable
-from kpi_service.serving.service import Served
+from kpi_service.serving.responses import Served
 from kpi_service.web.errors import ApiError
 
 bp = Blueprint("stream", __name__, url_prefix="/api/kpi")

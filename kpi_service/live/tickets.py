@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import redis
 
-from kpi_service.serving.cache import KEY_PREFIX
+from kpi_service.serving.keys import KEY_PREFIX
 
 log = logging.getLogger(__name__)
 

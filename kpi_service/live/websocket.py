@@ -36,7 +36,7 @@ from werkzeug.routing import WebsocketMismatch
 from wsproto.utilities import LocalProtocolError
 
 from kpi_service.config import ConfigError, Settings, canonical_origin
-from kpi_service.live.hub import Closed, Subscriber
+from kpi_service.live.events import Closed, Subscriber
 from kpi_service.live.stream import EXTENSION, StreamState, open_subscription
 from kpi_service.web.errors import ApiError, envelope
 

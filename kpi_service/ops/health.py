@@ -7,7 +7,7 @@ import logging
 import redis
 from flask import Blueprint, Response, current_app, jsonify
 
-from kpi_service.db.database import INIT_HINT, DatabaseUnavailable, SchemaMissing
+from kpi_service.db.errors import INIT_HINT, DatabaseUnavailable, SchemaMissing
 from kpi_service.ops import metrics
 from kpi_service.web.errors import envelope
 

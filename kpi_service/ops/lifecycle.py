@@ -1,15 +1,11 @@
-"""Stopping cleanly on Ctrl-C, SIGTERM and SIGHUP, and the database a command runs against."""
+"""Stopping cleanly on Ctrl-C, SIGTERM and SIGHUP."""
 
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from types import FrameType
-
-from kpi_service.cli.embedded import EmbeddedPostgres
-from kpi_service.config import ConfigError
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -60,24 +56,3 @@ def signals_deferred() -> Iterator[None]:
         pending, _handler.pending = _handler.pending, None
     if pending is not None:
         raise Stopped(pending)
-
-
-@contextmanager
-def database(environ: Mapping[str, str], data_dir: Path, *, reset: bool = False) -> Iterator[tuple[str, bool]]:
-    """DATABASE_URL, or the embedded demo server in data_dir for the block: (conninfo, embedded)."""
-    url = environ.get("DATABASE_URL")
-    if url:
-        if reset:
-            raise ConfigError("--reset only applies to the embedded database, and DATABASE_URL is set")
-        yield url, False
-        return
-    server = EmbeddedPostgres(data_dir)
-    if reset:
-        server.reset()
-    try:
-        with signals_deferred():
-            url = server.start()
-        yield url, True
-    finally:
-        with signals_deferred():
-            server.stop()

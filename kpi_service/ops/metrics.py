@@ -25,11 +25,11 @@ from prometheus_client import (
 )
 from prometheus_client.registry import Collector
 
-from kpi_service.config import Settings, metrics_exposure
+from kpi_service.config import Settings, parse_metrics_exposure
 from kpi_service.web.errors import envelope
 
 if TYPE_CHECKING:  # kpis counts into this module's metrics
-    from kpi_service.serving.service import Served
+    from kpi_service.serving.responses import Served
 
 REQUESTS = Counter(
     "kpi_http_requests_total",
@@ -159,7 +159,7 @@ def blueprint(token: str | None) -> Blueprint:
 
 def counting(settings: Settings) -> bool:
     """Whether requests are counted: unless KPI_METRICS=off."""
-    return metrics_exposure(settings.metrics)[0] != "off"
+    return parse_metrics_exposure(settings.metrics_exposure)[0] != "off"
 
 
 def init_app(app: Flask, settings: Settings) -> None:
@@ -168,7 +168,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     With `port:NNNN` the app only counts: the listener is started once per server by
     `start_exporter` (gunicorn.conf.py calls it in the master), not per app or worker.
     """
-    if metrics_exposure(settings.metrics)[0] == "on":
+    if parse_metrics_exposure(settings.metrics_exposure)[0] == "on":
         app.register_blueprint(blueprint(settings.metrics_token))
 
 

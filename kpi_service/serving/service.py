@@ -11,36 +11,31 @@ The rules, for many pollers across many workers and instances sharing one Redis:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cached_property
 from typing import Any
 
 import psycopg
-from marshmallow import ValidationError
 
-from kpi_service.db.database import INIT_HINT, Database, DatabaseBusy, DatabaseUnavailable, SchemaMissing
+from kpi_service.db.database import Database
+from kpi_service.db.errors import DatabaseBusy, DatabaseUnavailable, SchemaMissing
 from kpi_service.ops import metrics
-from kpi_service.serving.cache import KEY_PREFIX, Cache, Entry, cache_key
-from kpi_service.serving.query import KpiQuery, MetricsSchema
+from kpi_service.serving.cache import Cache, Entry
+from kpi_service.serving.keys import cache_key
+from kpi_service.serving.query import KpiQuery
+from kpi_service.serving.recent import Recent
+from kpi_service.serving.refresher import Refresher
+from kpi_service.serving.responses import Served, computed_at, hit, unavailable, validated, with_flags
 from kpi_service.serving.singleflight import SingleFlight
 from kpi_service.serving.windows import Window, buckets
 from kpi_service.web.errors import ApiError
 
 log = logging.getLogger(__name__)
 
-_metrics_schema = MetricsSchema()
-# Hits of /api/kpi kept in-process (about 1 KB each, with their serialized bytes).
-_MAX_RECENT = 1024
-_KPI_KEYS = f"{KEY_PREFIX}:kpi:"
 # A computation at `now`: the body's data, the SQL's duration in ms, and which database answered.
 Compute = Callable[[datetime], tuple[dict[str, Any], float, str | None]]
 
@@ -49,38 +44,15 @@ def _is_fresh(entry: Entry) -> bool:
     return entry.fresh
 
 
-@dataclass(frozen=True)
-class Served:
-    """A response body and how it was obtained, for headers, logs and metrics."""
-
-    body: dict[str, Any]
-    outcome: str  # "hit", "refresh" (previous value while refreshing), "miss" or "stale"
-    fresh_until: float  # unix time until which the body is fresh
-    db_ms: float | None = None  # duration of the SQL when it ran for this request
-
-    @cached_property
-    def payload(self) -> bytes:
-        """The serialized body: computed once per Served, which hits share in-process."""
-        return json.dumps(self.body, separators=(",", ":")).encode()
-
-    @cached_property
-    def etag(self) -> str:
-        return hashlib.blake2b(self.payload, digest_size=16).hexdigest()
-
-
 class KpiService:
     def __init__(self, db: Database, cache: Cache, wait_seconds: float) -> None:
         self.db = db
         self.cache = cache
         self.wait_seconds = wait_seconds
         self._flights = SingleFlight()
-        self._refresher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kpi-refresh")
-        self._refreshing: set[str] = set()
-        self._refreshing_lock = threading.Lock()
-        # Hits by key, reused until their freshness ends: no Redis round trip and no
-        # serialization on the hot path. Bounded by the number of distinct windows polled.
-        self._recent: dict[str, Served] = {}
-        self._prune_at = 256
+        # Shared with the stream hub: one pool of refresh threads per process.
+        self.refresher = Refresher()
+        self.recent = Recent()
         # Set when the database server failed (not one statement's timeout), until a
         # computation succeeds again.
         self._db_unreachable = False
@@ -100,11 +72,11 @@ class KpiService:
         not_before = math.floor(not_before * 1000) / 1000
 
         def current(entry: Entry) -> bool:
-            return entry.seq >= seq and _computed(entry) >= not_before
+            return entry.seq >= seq and computed_at(entry) >= not_before
 
         entry = self.cache.get(key)
         if entry is not None and current(entry):
-            return self._remember(key, _hit(entry))
+            return self.recent.remember(key, hit(entry))
         compute = self._current_compute(query)
         # A flight of its own: joining a computation of the same window that began before this
         # batch (a poller's, a new stream's) would hand back the numbers without it.
@@ -117,11 +89,11 @@ class KpiService:
         """The window's stored value flagged stale: what a stream shows while its recompute fails."""
         key = cache_key("kpi", query)
         entry = self.cache.get(key)
-        recent = self._recent.get(key)
+        recent = self.recent.get(key)
         body = entry.body if entry is not None else recent.body if recent is not None else None
         if body is None:
             return None
-        return Served(_with_flags(body, cached=True, stale=True), "stale", time.time())
+        return Served(with_flags(body, cached=True, stale=True), "stale", time.time())
 
     def _current_compute(self, query: KpiQuery) -> Compute:
         def compute(now: datetime) -> tuple[dict[str, Any], float, str | None]:
@@ -129,7 +101,7 @@ class KpiService:
             rows, duration_ms, source = self._kpi_rows(
                 "kpi", [(window.start, window.end, window.as_of(now))], query.aged_days
             )
-            return {"metrics": _validated(rows[0])}, duration_ms, source
+            return {"metrics": validated(rows[0])}, duration_ms, source
 
         return compute
 
@@ -143,7 +115,7 @@ class KpiService:
             spans = [(w.start, w.end, w.as_of(now)) for w in windows]
             rows, duration_ms, source = self._kpi_rows("history", spans, query.aged_days)
             series = [
-                {"start": first.isoformat(), "end": last.isoformat(), "metrics": _validated(row)}
+                {"start": first.isoformat(), "end": last.isoformat(), "metrics": validated(row)}
                 for (first, last), row in zip(days, rows, strict=True)
             ]
             return {"series": series}, duration_ms, source
@@ -159,12 +131,12 @@ class KpiService:
 
     def _serve(self, kind: str, query: KpiQuery, compute: Compute) -> Served:
         key = cache_key(kind, query)
-        recent = self._recent.get(key)
+        recent = self.recent.get(key)
         if recent is not None and time.time() < recent.fresh_until:
             return recent
         entry = self.cache.get(key)
         if entry is not None and entry.fresh:
-            return self._remember(key, _hit(entry))
+            return self.recent.remember(key, hit(entry))
         # While the database fails, any earlier value is served at once (and refreshed in the
         # background, which finds out when the database is back): a request must not wait for a
         # connection that is not coming just to be given the same stale value.
@@ -172,30 +144,14 @@ class KpiService:
         if entry is not None and (failing or time.time() < entry.fresh_until + self.cache.ttl):
             self._refresh_in_background(key, kind, query, compute)
             # While the database fails, the previous value is what meta.stale flags.
-            flagged = _with_flags(entry.body, cached=True, stale=failing)
+            flagged = with_flags(entry.body, cached=True, stale=failing)
             return Served(flagged, "stale" if failing else "refresh", entry.fresh_until)
         try:
             return self._flights.do(key, lambda: self._compute_once(key, kind, query, compute), self.wait_seconds)
         except (DatabaseUnavailable, TimeoutError) as error:
             if entry is not None:
-                return Served(_with_flags(entry.body, cached=True, stale=True), "stale", entry.fresh_until)
-            raise _unavailable(error) from None
-
-    def _remember(self, key: str, served: Served) -> Served:
-        if not key.startswith(_KPI_KEYS):
-            return served  # history bodies run to hundreds of KB: they stay in Redis only
-        if len(self._recent) >= self._prune_at:
-            # Entries past their freshness are never served from here again: drop them, so the
-            # memo holds about the windows polled within a TTL rather than every window ever
-            # asked for. Amortized O(1): the next prune waits until the memo has doubled.
-            now = time.time()
-            live = {k: v for k, v in list(self._recent.items()) if v.fresh_until > now}
-            if len(live) > _MAX_RECENT:
-                live.clear()  # rare: very many windows fresh at once
-            self._recent = live
-            self._prune_at = max(256, 2 * len(live))
-        self._recent[key] = served
-        return served
+                return Served(with_flags(entry.body, cached=True, stale=True), "stale", entry.fresh_until)
+            raise unavailable(error) from None
 
     def _compute_once(
         self, key: str, kind: str, query: KpiQuery, compute: Compute, good: Callable[[Entry], bool] = _is_fresh
@@ -210,14 +166,14 @@ class KpiService:
                     # Another process may have stored it between our read and our lock.
                     entry = self._good_or_none(key, good)
                     if entry is not None:
-                        return self._remember(key, _hit(entry))
+                        return self.recent.remember(key, hit(entry))
                     return self._compute_and_store(key, kind, query, compute)
                 finally:
                     self.cache.release(lock)
             metrics.SINGLEFLIGHT_WAITS.inc()
             entry = self._wait_for_other(key, deadline, good)
             if entry is not None:
-                return self._remember(key, _hit(entry))
+                return self.recent.remember(key, hit(entry))
             if time.monotonic() >= deadline:
                 raise TimeoutError
 
@@ -240,13 +196,11 @@ class KpiService:
         return entry if entry is not None and good(entry) else None
 
     def _refresh_in_background(self, key: str, kind: str, query: KpiQuery, compute: Compute) -> None:
-        with self._refreshing_lock:
-            if key in self._refreshing:
-                return
-            self._refreshing.add(key)
+        if not self.refresher.claim(key):
+            return
         lock = self.cache.try_lock(key)
         if lock is None:  # another process is refreshing it
-            self._done_refreshing(key)
+            self.refresher.release(key)
             return
 
         def refresh() -> None:
@@ -260,17 +214,9 @@ class KpiService:
                 log.exception("background refresh of %s failed", key)
             finally:
                 self.cache.release(lock)
-                self._done_refreshing(key)
 
-        try:
-            self._refresher.submit(refresh)
-        except RuntimeError:  # shutting down: leave the refresh to another process
+        if not self.refresher.run(key, refresh):  # shutting down: leave it to another process
             self.cache.release(lock)
-            self._done_refreshing(key)
-
-    def _done_refreshing(self, key: str) -> None:
-        with self._refreshing_lock:
-            self._refreshing.discard(key)
 
     def _compute_and_store(self, key: str, kind: str, query: KpiQuery, compute: Compute) -> Served:
         now = datetime.now(UTC)
@@ -316,50 +262,8 @@ class KpiService:
             # computations overlapped: a lock lost in a failover, or expired): this value is
             # its requester's answer, but the newer stored one is what everyone else gets.
             return Served(body, "miss", time.time() + self.cache.ttl, duration_ms)
-        self._remember(key, _hit(entry))
+        self.recent.remember(key, hit(entry))
         return Served(body, "miss", entry.fresh_until, duration_ms)
 
     def close(self) -> None:
-        self._refresher.shutdown(wait=True)
-
-
-# Seconds a client should wait before asking again when every connection was in use: about
-# what a few cache misses take.
-BUSY_RETRY_AFTER_S = 1
-
-
-def _unavailable(error: Exception) -> ApiError:
-    """The 503 of a window with nothing cached, saying why."""
-    if isinstance(error, TimeoutError):
-        return ApiError(503, "Timed out waiting for the computation of this window.")
-    if isinstance(error, DatabaseBusy):
-        return ApiError(
-            503,
-            "The database is busy: every connection of this instance is computing other windows. Retry shortly.",
-            retry_after=BUSY_RETRY_AFTER_S,
-        )
-    if isinstance(error, SchemaMissing):
-        return ApiError(503, f"The service is not initialized: its database has no KPI schema ({INIT_HINT}).")
-    return ApiError(503, "The database is unavailable and no earlier result for this window is cached.")
-
-
-def _hit(entry: Entry) -> Served:
-    return Served(_with_flags(entry.body, cached=True, stale=False), "hit", entry.fresh_until)
-
-
-def _computed(entry: Entry) -> float:
-    """When an entry's SQL ran, as unix time."""
-    return datetime.fromisoformat(entry.body["meta"]["computed_at"].replace("Z", "+00:00")).timestamp()
-
-
-def _validated(row: dict[str, Any]) -> dict[str, Any]:
-    try:
-        return _metrics_schema.load(row)
-    except ValidationError as error:
-        # A row outside the definitions (docs/kpis.md) means a bug or corrupt data: never pass it on.
-        log.error("KPI row failed validation: %s", error.messages)
-        raise ApiError(500, "The computed metrics failed validation.") from None
-
-
-def _with_flags(body: dict[str, Any], *, cached: bool, stale: bool) -> dict[str, Any]:
-    return {**body, "meta": {**body["meta"], "cached": cached, "stale": stale}}
+        self.refresher.close()

@@ -8,7 +8,7 @@ from flask import Blueprint, Response, current_app, request
 from marshmallow import Schema, ValidationError
 
 from kpi_service.serving.query import KpiQuery
-from kpi_service.serving.service import Served
+from kpi_service.serving.responses import Served
 from kpi_service.web.auth import token_required
 from kpi_service.web.request_hooks import scope
 

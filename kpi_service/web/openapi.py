@@ -11,14 +11,8 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Response, jsonify
 
 from kpi_service.config import Settings
-from kpi_service.serving.query import (
-    ErrorSchema,
-    HistoryQuerySchema,
-    HistoryResponseSchema,
-    KpiQuerySchema,
-    KpiResponseSchema,
-    StreamTicketSchema,
-)
+from kpi_service.serving.query import HistoryQuerySchema, KpiQuerySchema
+from kpi_service.web.openapi_schemas import ErrorSchema, HistoryResponseSchema, KpiResponseSchema, StreamTicketSchema
 
 OPENAPI_VERSION = "3.0.3"
 BEARER = "bearerAuth"

@@ -20,7 +20,7 @@ from flask import Flask, Response, g, request
 
 from kpi_service.config import Settings
 from kpi_service.ops import metrics
-from kpi_service.serving.service import Served
+from kpi_service.serving.responses import Served
 from kpi_service.web import request_log, server_timing
 
 REQUEST_ID_HEADER = "X-Request-ID"

@@ -12,7 +12,7 @@ import logging
 
 from flask import Request
 
-from kpi_service.serving.service import Served
+from kpi_service.serving.responses import Served
 
 log = logging.getLogger("kpi_service.request")
 

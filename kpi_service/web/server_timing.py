@@ -3,7 +3,7 @@ developer tools and for anyone comparing the dashboard's latency with the servic
 
 from __future__ import annotations
 
-from kpi_service.serving.service import Served
+from kpi_service.serving.responses import Served
 
 
 def header_value(served: Served, total_ms: float) -> str:
