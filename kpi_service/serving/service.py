@@ -7,6 +7,9 @@ The rules, for many pollers across many workers and instances sharing one Redis:
 - missing: exactly one computation runs across all processes (a Redis lock, and in-process
   single-flight when Redis is down); the others wait for its result ("miss");
 - database failing: the last good value ("stale"), or a 503 when there is none.
+
+A little over 250 lines: the five cases share one cross-process lock protocol (_compute_once,
+_wait_for_other) and one probe of a failing database (_compute_and_store), kept together.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The response bodies as marshmallow schemas, for the OpenAPI document only (the service builds
-its bodies in serving/responses.py; tests/test_openapi_conformance.py checks real ones against these)."""
+"""For the OpenAPI document only: the response bodies as marshmallow schemas, and the security
+schemes and errors every path shares. The service builds its bodies in serving/responses.py;
+tests/test_openapi_conformance.py checks real ones against these."""
 
 from __future__ import annotations
 
@@ -7,6 +8,23 @@ from marshmallow import Schema, fields, validate
 
 from kpi_service.serving.responses import KpiValuesSchema
 from kpi_service.serving.windows import INTERVALS
+
+BEARER = "bearerAuth"
+TICKET = "streamTicket"
+
+# The error responses every path shares: status -> (component name, description).
+ERRORS = {
+    "400": ("BadRequest", "Bad parameters: unknown, repeated or malformed, `from` after `to`, unknown zone."),
+    "401": ("Unauthorized", "Missing, malformed, expired or badly signed token."),
+    "404": ("NotFound", "Unknown route."),
+    "500": ("InternalError", "Unexpected failure; never a stack trace."),
+    "503": (
+        "Unavailable",
+        "Nothing is cached for the window and the database cannot compute it: unreachable, busy (every "
+        "pooled connection in use; `Retry-After` says when to ask again) or not initialized (no KPI schema). "
+        "The dashboard then falls back to its own calculation.",
+    ),
+}
 
 
 class WindowSchema(Schema):
