@@ -74,7 +74,7 @@ def apply_command(environ: Mapping[str, str], *, once: bool, out: TextIO | None 
     # The applier serves nothing: it needs the database settings, not the token secret.
     settings = Settings.from_env(environ, jwt_secret_key="unused by the applier", env="development")
     db = Database(settings)
-    # With Redis, the instances' live updates hear of each batch (hub.py), as from their own applier.
+    # With Redis, the instances' live updates hear of each batch (live/hub.py), as from their own applier.
     on_changed = (
         Cache(connect(settings), settings.cache_ttl, settings.stale_ttl, 1).announce_change
         if settings.uses_redis

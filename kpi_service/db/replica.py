@@ -5,7 +5,7 @@ nothing, so `now() - pg_last_xact_replay_timestamp()` grows on a replica that ha
 Positions of the primary become known two ways: the monitor thread of every process reads
 the primary's (`pg_current_wal_lsn()`) every CHECK_EVERY_S, and the applier stores the one
 after each batch it commits in Redis, which every computation reads before its SQL
-(kpis.py). The replica lags by the age of the oldest known position it has not replayed
+(serving/service.py). The replica lags by the age of the oldest known position it has not replayed
 (`pg_last_wal_replay_lsn()`); with nothing unreplayed its lag is 0, however old its last
 transaction.
 

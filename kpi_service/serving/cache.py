@@ -149,7 +149,7 @@ class Cache:
             seq = self.client.incr(CHANGE_SEQ)
             self.client.publish(CHANGES_CHANNEL, json.dumps({**changed, "seq": seq}, separators=(",", ":")))
 
-        with contextlib.suppress(_Unavailable):  # streams then refresh by their TTL (hub.py)
+        with contextlib.suppress(_Unavailable):  # streams then refresh by their TTL (live/hub.py)
             self._call("announce", write)
 
     def try_lock(self, key: str) -> Lock | object | None:

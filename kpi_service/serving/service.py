@@ -68,7 +68,7 @@ class KpiService:
     def current_after(self, query: KpiQuery, seq: int, not_before: float) -> Served:
         """The window's value for a live update: the stored one if it includes change batch `seq`
         and was computed at or after `not_before` (unix time), else computed once across all
-        processes, the others waiting for that result (hub.py)."""
+        processes, the others waiting for that result (live/hub.py)."""
         key = cache_key("kpi", query)
         # In whole milliseconds, as computed_at is written: a value computed from not_before on
         # must never look older than it.
