@@ -43,10 +43,10 @@ preload_app = False
 # gunicorn >= 25.1 opens a control socket under $HOME by default: one path shared by every
 # instance on the host, and the container's user has no home. Older versions ignore this name.
 control_socket_disable = True
-# The app writes one JSON line per request (kpi_service.request_log): no second, plain access log.
+# The app writes one JSON line per request (kpi_service.web.request_log): no second, plain access log.
 accesslog = None
 errorlog = "-"
-# gunicorn's own messages in the same JSON shape as the app's (kpi_service.logs.JSON_FORMAT).
+# gunicorn's own messages in the same JSON shape as the app's (kpi_service.ops.logs.JSON_FORMAT).
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -86,10 +86,10 @@ def on_starting(server: Arbiter) -> None:
 def when_ready(server: Arbiter) -> None:
     """KPI_METRICS=port:NNNN: one listener for the whole server, in the master, which outlives
     every worker and reads all their files; workers never bind it (they would race for it)."""
-    from kpi_service.config import metrics_exposure
-    from kpi_service.metrics import start_exporter
+    from kpi_service.config import parse_metrics_exposure
+    from kpi_service.ops.metrics import start_exporter
 
-    mode, port = metrics_exposure(os.environ.get("KPI_METRICS") or "on")
+    mode, port = parse_metrics_exposure(os.environ.get("KPI_METRICS") or "on")
     if mode == "port" and port is not None:
         start_exporter(port)
         server.log.info("metrics listener on port %d", port)
@@ -106,7 +106,7 @@ def post_worker_init(worker: Worker) -> None:
         previous = signal.getsignal(signum)
 
         def stop_streams(number: int, frame: object) -> None:
-            from kpi_service.hub import close_all
+            from kpi_service.live.hub import close_all
 
             close_all()  # only sets flags and wakes the stream threads
             if callable(previous):

@@ -4,7 +4,7 @@
 
 For each size, a database kpi_bench_<size> on the server holds the seeder's data (built once:
 reused while its parameters, recorded in the table bench_meta, are the same). Then, warm
-(one untimed run first), the median of --runs runs of sql/kpi.sql for four cases: all time,
+(one untimed run first), the median of --runs runs of sql/runtime/kpi.sql for four cases: all time,
 the last 365 days, the last 30 days and a 365-bucket daily history; and in the same run two
 baselines on the same data: ten queries (one per metric, bench/per_metric.sql) and the
 frontend's old way (fetch the rows, compute in Python: bench/python_baseline.py).
@@ -37,8 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import python_baseline
 
-from kpi_service.db import MODE, SESSION_OPTIONS, apply_schema, kpi_statement_rows
-from kpi_service.seed import seed
+from kpi_service.cli.seed import seed
+from kpi_service.db.database import SESSION_OPTIONS
+from kpi_service.db.schema import apply_schema
+from kpi_service.db.sql import MODE, kpi_statement_rows
 
 UNTIL = datetime(2026, 11, 25, tzinfo=UTC)
 SEED = 1
@@ -114,7 +116,7 @@ def timed(action: Callable[[], Any], runs: int, budget: float) -> tuple[float, i
 
 
 def mode(conn: psycopg.Connection) -> str:
-    """ "summaries" or "raw": which statement the service runs on this database (kpi_service/db.py
+    """ "summaries" or "raw": which statement the service runs on this database (kpi_service/db/database.py
     MODE), looked up once per connection, as the service does not look it up per request."""
     if conn not in _modes:
         (_modes[conn],) = conn.execute(MODE).fetchone().values()
@@ -122,7 +124,7 @@ def mode(conn: psycopg.Connection) -> str:
 
 
 def statement(conn: psycopg.Connection, windows: list[Window]) -> list[Any]:
-    """sql/kpi.sql as Database.kpi_rows (kpi_service/db.py) runs it (the other benches call this)."""
+    """sql/runtime/kpi.sql as Database.kpi_rows (kpi_service/db/database.py) runs it (the other benches call this)."""
     return kpi_statement_rows(conn, mode(conn), windows, AGED_DAYS)
 
 

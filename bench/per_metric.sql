@@ -1,5 +1,5 @@
 -- Baseline (a) of bench/kpi_scale.py: one simple query per metric, ten round trips per window,
--- as a client asking for each KPI on its own would do. Same definitions as sql/kpi.sql;
+-- as a client asking for each KPI on its own would do. Same definitions as sql/runtime/kpi.sql;
 -- :lo and :hi are the window (NULL: open side), :as_of its as-of instant.
 
 -- name: total_listings(lo, hi)$

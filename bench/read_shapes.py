@@ -1,4 +1,4 @@
-"""Cache-miss reads (one execution of sql/kpi.sql) across data shapes: right after init-db, and
+"""Cache-miss reads (one execution of sql/runtime/kpi.sql) across data shapes: right after init-db, and
 while the application writes.
 
     .venv/bin/python bench/read_shapes.py [--listings 1000000] [--runs 7] [--rate 100] \

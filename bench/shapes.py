@@ -4,7 +4,7 @@
         [--server postgresql://postgres@127.0.0.1:5432/postgres]
 
 Creates database NAME with the four application tables exactly as the application has them (the
-CREATE TABLE statements of sql/schema.sql, read at run time; none of the service's indexes,
+CREATE TABLE statements of sql/schema/schema.sql, read at run time; none of the service's indexes,
 summaries or triggers) and fills them in SQL:
 
 - `--listings` listings spread uniformly over `--years` years ending at UNTIL (2026-11-25T00:00Z),
@@ -42,7 +42,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "sql" / "schema.sql"
+SCHEMA = ROOT / "sql" / "schema" / "schema.sql"
 SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 UNTIL = datetime(2026, 11, 25, tzinfo=UTC)
 TABLES = ("buyers", "listings", "leads", "purchases")
@@ -53,7 +53,7 @@ WITHDRAWN = 0.05
 
 
 def table_ddl() -> str:
-    """The four CREATE TABLE statements of sql/schema.sql, as they are there (not copied here, so
+    """The four CREATE TABLE statements of sql/schema/schema.sql, as they are there (not copied here, so
     that a change of the tables reaches the benches)."""
     text = SCHEMA.read_text(encoding="utf-8")
     # Everything after the first index is the service's own; the tables come before it.

@@ -46,8 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT))
 
-from kpi_service.db import apply_schema  # noqa: E402
-from kpi_service.seed import has_rows  # noqa: E402
+from kpi_service.cli.seed import has_rows  # noqa: E402
+from kpi_service.db.schema import apply_schema  # noqa: E402
 
 
 def free_port() -> int:

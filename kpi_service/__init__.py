@@ -7,15 +7,18 @@ from dataclasses import dataclass, field
 import redis
 from flask import Flask
 
-from kpi_service import api, auth, dashboard, errors, health, metrics, openapi, request_hooks, stream, websocket
-from kpi_service.applier import Applier
-from kpi_service.cache import Cache, connect
 from kpi_service.config import ConfigError, Settings
-from kpi_service.db import Database
-from kpi_service.kpis import KpiService
-from kpi_service.logs import configure_logging
-from kpi_service.replica import Replica
-from kpi_service.schemas import HistoryQuerySchema, KpiQuerySchema
+from kpi_service.db.applier import Applier
+from kpi_service.db.database import Database
+from kpi_service.db.replica import Replica
+from kpi_service.live import stream, websocket
+from kpi_service.ops import health, metrics
+from kpi_service.ops.logs import configure_logging
+from kpi_service.serving.cache import Cache
+from kpi_service.serving.connection import connect
+from kpi_service.serving.query import HistoryQuerySchema, KpiQuerySchema
+from kpi_service.serving.service import KpiService
+from kpi_service.web import api, auth, dashboard, errors, openapi, request_hooks
 
 __all__ = ["ConfigError", "Settings", "create_app"]
 

@@ -8,7 +8,7 @@
     ...
     stop()
 
-It reads the value the service stored in Redis (the key layout of kpi_service/cache.py) and
+It reads the value the service stored in Redis (the key layout of kpi_service/serving/keys.py) and
 computes nothing: when the value is missing or no longer fresh it asks the service's HTTP API
 with its token, which computes it once for everyone and stores it. `tz` and `aged_days` must be
 given as the service would fill them in (its KPI_TIMEZONE and KPI_AGED_DAYS default to UTC and
@@ -28,10 +28,11 @@ from typing import Any
 
 import redis
 
-from kpi_service.cache import ANNOUNCE_CHANNEL, cache_key, close_quietly, redis_client
 from kpi_service.config import parse_sentinels
-from kpi_service.schemas import KpiQuery
-from kpi_service.windows import canonical_zone
+from kpi_service.serving.connection import close_quietly, redis_client
+from kpi_service.serving.keys import ANNOUNCE_CHANNEL, cache_key
+from kpi_service.serving.query import KpiQuery
+from kpi_service.serving.windows import canonical_zone
 
 
 class KpiClient:

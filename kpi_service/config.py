@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from kpi_service.windows import canonical_zone
+from kpi_service.serving.windows import canonical_zone
 
 MIN_SECRET_BYTES = 32
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -44,7 +44,7 @@ class Settings:
     env: str = "production"
     log_level: str = "INFO"
     access_log: str = "errors"
-    metrics: str = "on"
+    metrics_exposure: str = "on"  # KPI_METRICS: off, on or port:NNNN
     metrics_token: str | None = None
     max_streams: int = 16
     stream_heartbeat: int = 15
@@ -81,7 +81,7 @@ class Settings:
             "env": env.get("KPI_ENV") or "production",
             "log_level": (env.get("KPI_LOG_LEVEL") or "INFO").upper(),
             "access_log": (env.get("KPI_ACCESS_LOG") or "errors").strip().lower(),
-            "metrics": (env.get("KPI_METRICS") or "on").strip().lower(),
+            "metrics_exposure": (env.get("KPI_METRICS") or "on").strip().lower(),
             "metrics_token": env.get("KPI_METRICS_TOKEN") or None,
             "max_streams": _int(env, "KPI_MAX_STREAMS", 16, low=1),
             "stream_heartbeat": _int(env, "KPI_STREAM_HEARTBEAT", 15, low=1),
@@ -116,7 +116,7 @@ class Settings:
         if self.access_log not in ACCESS_LOGS:
             raise ConfigError(f"KPI_ACCESS_LOG must be one of {', '.join(ACCESS_LOGS)}, not {self.access_log!r}")
         self._validate_redis()
-        mode, _ = metrics_exposure(self.metrics)
+        mode, _ = parse_metrics_exposure(self.metrics_exposure)
         if self.metrics_token is not None and mode != "on":
             # The separate port is served by prometheus_client's own server, which has no
             # authentication: it is meant for a private network, so a token there would be a
@@ -145,10 +145,10 @@ class Settings:
     @property
     def metrics_port(self) -> int | None:
         """The port of the separate metrics listener when KPI_METRICS=port:NNNN."""
-        return metrics_exposure(self.metrics)[1]
+        return parse_metrics_exposure(self.metrics_exposure)[1]
 
 
-def metrics_exposure(value: str) -> tuple[str, int | None]:
+def parse_metrics_exposure(value: str) -> tuple[str, int | None]:
     """KPI_METRICS parsed: ("off", None), ("on", None) or ("port", NNNN)."""
     value = value.strip().lower()
     if value in ("off", "on"):

@@ -10,45 +10,24 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
-import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import jwt
 import psycopg
 import pytest
-import redis
 from flask import Flask
 from flask.testing import FlaskClient
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from kpi_service import Settings, create_app
-from kpi_service.db import Database, apply_schema
-from kpi_service.logs import HOST_HANDLER, ROOT_LOGGER
+from kpi_service import create_app
+from kpi_service.db.database import Database
+from kpi_service.db.schema import apply_schema
+from kpi_service.ops.logs import HOST_HANDLER, ROOT_LOGGER
 from tests.dataset import catch_up
-
-SECRET = "test-secret-that-is-at-least-32-bytes-long"
-# The browser tests drive Debian's Chromium through Playwright (no browser download).
-CHROMIUM = os.environ.get("KPI_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-needs_chromium = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium; .ci/run does)"
-)
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS, RedisServer, make_settings, token
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -131,12 +110,6 @@ def database(database_url: str) -> Iterator[Database]:
     db.close()
 
 
-def make_settings(database_url: str, **overrides: object) -> Settings:
-    values: dict[str, object] = {"jwt_secret_key": SECRET, "database_url": database_url}
-    values.update(overrides)
-    return Settings.from_env({}, **values)
-
-
 @pytest.fixture
 def app(database_url: str, conn: psycopg.Connection) -> Iterator[Flask]:
     application = create_app(make_settings(database_url))
@@ -166,65 +139,9 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
-def token(secret: str = SECRET, **claims: object) -> str:
-    """A token as any standard JWT library makes it: sub and exp, HS256."""
-    payload: dict[str, object] = {"sub": "dashboard", "exp": datetime.now(UTC) + timedelta(minutes=5)}
-    payload.update(claims)
-    return jwt.encode({k: v for k, v in payload.items() if v is not None}, secret, algorithm="HS256")
-
-
 @pytest.fixture
 def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {token()}"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until(ready: Callable[[], bool], seconds: float = 15.0) -> None:
-    """Poll `ready` until it holds; fail after `seconds`."""
-    deadline = time.monotonic() + seconds
-    while not ready():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached in time")
-        time.sleep(0.02)
-
-
-class RedisServer:
-    """A redis-server of the test's own on a free loopback port, which the test may kill;
-    `args` are more of its options (e.g. --replicaof)."""
-
-    def __init__(self, *args: str) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.args = args
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server is not installed"
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *self.args],
-            stdout=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port)
-        wait_until(lambda: _answers(client))
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
-
-
-def _answers(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
 
 
 @pytest.fixture

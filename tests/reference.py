@@ -1,6 +1,6 @@
 """The ten KPI definitions of docs/kpis.md, in plain Python, to check the SQL against.
 
-Written from that page's words, not from sql/kpi.sql: exact fractions throughout and one
+Written from that page's words, not from sql/runtime/kpi.sql: exact fractions throughout and one
 rounding, half away from zero, at the end.
 """
 

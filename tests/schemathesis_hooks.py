@@ -12,8 +12,8 @@ from typing import Any
 
 import schemathesis
 
-from kpi_service.schemas import DATE_PATTERN
-from kpi_service.windows import INTERVALS, bucket_count
+from kpi_service.serving.query import DATE_PATTERN
+from kpi_service.serving.windows import INTERVALS, bucket_count
 
 MAX_BUCKETS = 400
 

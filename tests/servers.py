@@ -27,7 +27,7 @@ from pathlib import Path
 import psycopg
 import redis
 
-from tests.conftest import RedisServer, free_port, wait_until
+from tests.helpers import RedisServer, free_port, wait_until
 
 ROOT = Path(__file__).parents[1]
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))

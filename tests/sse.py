@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from flask import Flask
 from werkzeug.serving import ThreadedWSGIServer
 
-from kpi_service.demo import RequestHandler
+from kpi_service.cli.demo import RequestHandler
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication

@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from hypothesis import strategies as st
 
-from kpi_service.windows import Window, midnight
+from kpi_service.serving.windows import Window, midnight
 from tests.dataset import Dataset, Lead, Listing, Purchase
 
 ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 
 import jwt
 import psycopg
@@ -12,9 +11,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from kpi_service import create_app
-from kpi_service.db import DatabaseUnavailable
-from tests.conftest import SECRET, make_settings, token
-from tests.dataset import Dataset, Listing, catch_up
+from kpi_service.db.errors import DatabaseUnavailable
+from tests.dataset import catch_up
+from tests.helpers import SECRET, make_settings, token, two_listings
 
 METRICS = {
     "average_profit_per_unit",
@@ -28,15 +27,6 @@ METRICS = {
     "scoring_rate",
     "average_score",
 }
-
-
-def two_listings(conn: psycopg.Connection) -> None:
-    Dataset(
-        listings=[
-            Listing(1, Decimal("100.00"), "active", datetime(2026, 3, 1, tzinfo=UTC)),
-            Listing(2, Decimal("300.00"), "active", datetime(2026, 3, 2, tzinfo=UTC)),
-        ]
-    ).insert(conn)
 
 
 def test_seed_format_with_meta(client: FlaskClient, auth: dict[str, str], conn: psycopg.Connection) -> None:

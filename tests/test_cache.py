@@ -15,11 +15,11 @@ import pytest
 import redis
 from flask import Flask
 
-from kpi_service import create_app, metrics
-from kpi_service.cache import ANNOUNCE_CHANNEL, lock_key
-from tests.conftest import make_settings
+from kpi_service import create_app
+from kpi_service.ops import metrics
+from kpi_service.serving.keys import ANNOUNCE_CHANNEL, lock_key
 from tests.dataset import catch_up
-from tests.test_api import two_listings
+from tests.helpers import make_settings, two_listings
 
 
 def count_queries(app: Flask, monkeypatch: pytest.MonkeyPatch, delay: float = 0.0) -> list[int]:
@@ -72,7 +72,7 @@ def test_expired_entry_is_served_at_once_and_refreshed_in_background(
     stored = json.loads(state.cache.client.get(key))
     stored["fresh_until"] = time.time() - 1
     state.cache.client.set(key, json.dumps(stored))
-    state.service._recent.clear()
+    state.service.recent.clear()
     calls = count_queries(app, monkeypatch)
 
     response = client.get("/api/kpi", headers=auth)
@@ -83,7 +83,7 @@ def test_expired_entry_is_served_at_once_and_refreshed_in_background(
     assert "cache;desc=refresh" in response.headers["Server-Timing"]
     state.service.close()  # waits for the background refresh
     assert calls == [1]
-    assert not state.service._refreshing and not state.cache.locked(key.decode())
+    assert not state.service.refresher._running and not state.cache.locked(key.decode())
     assert client.get("/api/kpi", headers=auth).get_json()["metrics"]["total_listings"] == 1
 
 
@@ -170,7 +170,7 @@ def test_redis_down_is_answered_from_the_database_and_logged_once(
 ) -> None:
     two_listings(conn)
     client = app_without_redis.test_client()
-    with caplog.at_level(logging.WARNING, logger="kpi_service.cache"):
+    with caplog.at_level(logging.WARNING, logger="kpi_service.serving.breaker"):
         bodies = [client.get(f"/api/kpi?aged_days={n}", headers=auth).get_json() for n in range(1, 21)]
     assert all(b["metrics"]["total_listings"] == 2 for b in bodies)
     assert [r.message for r in caplog.records].count(

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from kpi_service import cli
-from tests.conftest import SECRET
+from tests.helpers import SECRET
 
 TABLES = ("buyers", "listings", "leads", "purchases")
 
@@ -62,7 +62,7 @@ def test_init_db_is_idempotent(
     assert cli.main(["init-db"]) == 0
     with psycopg.connect(empty_database) as conn:
         tables = {row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-        # The sales tables, and the service's summaries (sql/summary.sql).
+        # The sales tables, and the service's summaries (sql/schema/summary.sql).
         assert tables == {
             *TABLES,
             "kpi_sums",

@@ -16,9 +16,8 @@ import pytest
 
 from kpi_service import create_app
 from kpi_service.client import KpiClient
-from tests.conftest import RedisServer, make_settings, token
+from tests.helpers import RedisServer, make_settings, token, two_listings
 from tests.sse import serving
-from tests.test_api import two_listings
 
 ROOT = Path(__file__).parents[1]
 READER = """

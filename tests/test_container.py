@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from kpi_service.config import Settings
-from tests.conftest import SECRET, free_port
+from tests.helpers import SECRET, free_port
 
 ROOT = Path(__file__).parents[1]
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
@@ -127,7 +127,7 @@ def test_compose_services_and_order() -> None:
     seed_command = " ".join(services["seed"]["command"])
     assert seed_command.index("kpi-service init-db") < seed_command.index("kpi-service seed --listings 100000")
     assert services["roles"]["depends_on"] == {"seed": {"condition": "service_completed_successfully"}}
-    assert "/sql/roles.sql" in services["roles"]["command"][-1]
+    assert "/sql/ops/roles.sql" in services["roles"]["command"][-1]
     assert services["kpi"]["depends_on"] == {
         "roles": {"condition": "service_completed_successfully"},
         "redis": {"condition": "service_healthy"},

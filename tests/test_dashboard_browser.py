@@ -16,9 +16,9 @@ import pytest
 from flask import Flask
 
 from kpi_service import create_app
-from kpi_service.seed import seed
-from kpi_service.windows import bucket_count
-from tests.conftest import make_settings, needs_chromium, token
+from kpi_service.cli.seed import seed
+from kpi_service.serving.windows import bucket_count
+from tests.helpers import make_settings, needs_chromium, token
 from tests.sse import serving
 
 # The picture goes to the test's temporary directory, so that a test run leaves the checkout as it
@@ -192,7 +192,7 @@ def test_without_the_stream_the_page_polls(app: Flask, browser, conn: psycopg.Co
 def test_stale_figures_are_marked(app: Flask, conn: psycopg.Connection, browser) -> None:
     from playwright.sync_api import expect
 
-    from kpi_service.db import DatabaseUnavailable
+    from kpi_service.db.errors import DatabaseUnavailable
 
     expect.set_options(timeout=20_000)
     with serving(app) as base:

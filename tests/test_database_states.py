@@ -12,9 +12,8 @@ import pytest
 from flask import Flask
 
 from kpi_service import create_app
-from kpi_service.db import apply_schema
-from tests.conftest import make_settings, wait_until
-from tests.test_api import two_listings
+from kpi_service.db.schema import apply_schema
+from tests.helpers import make_settings, two_listings, wait_until
 
 MISSING = "missing: run kpi-service init-db"
 

@@ -19,10 +19,9 @@ import pytest
 import redis
 from psycopg.conninfo import make_conninfo
 
-from kpi_service.db import apply_schema
-from tests.conftest import SECRET, RedisServer, token, wait_until
+from kpi_service.db.schema import apply_schema
+from tests.helpers import SECRET, RedisServer, token, two_listings, wait_until
 from tests.servers import Load, PostgresServer, Sample, fetch, gunicorn, summary
-from tests.test_api import two_listings
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
 

@@ -15,8 +15,8 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from kpi_service import create_app
-from kpi_service.schemas import HistoryQuerySchema, KpiQuery, KpiQuerySchema
-from tests.conftest import make_settings, token
+from kpi_service.serving.query import HistoryQuerySchema, KpiQuery, KpiQuerySchema
+from tests.helpers import make_settings, token
 
 # Bounded so the whole file runs in CI in well under a minute; the derandomized run explores
 # the same examples every time (a failure here is reproducible, not flaky).

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from flask import Flask
 
 from kpi_service import create_app
-from tests.conftest import SECRET, RedisServer, free_port, make_settings
+from tests.helpers import SECRET, RedisServer, free_port, make_settings
 
 DOWN_DATABASE = "postgresql://postgres:hunter2@127.0.0.1:1/none"
 

@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kpi_service.windows import INTERVALS, buckets, midnight
+from kpi_service.serving.windows import INTERVALS, buckets, midnight
 from tests.strategies import ZONES, datasets, days
 
 
@@ -70,7 +70,7 @@ def test_each_bucket_equals_the_single_window_answer(
     ]
     data.draw(datasets(edges)).insert(conn)
     app.extensions["kpi"].cache.client.flushall()  # the stand-in is this app's own
-    app.extensions["kpi"].service._recent.clear()  # and so is the in-process memo of hits
+    app.extensions["kpi"].service.recent.clear()  # and so is the in-process memo of hits
     client = app.test_client()
     common = f"tz={zone}&aged_days={aged_days}"
     history = client.get(f"/api/kpi/history?from={first}&to={last}&interval={interval}&{common}", headers=auth)

@@ -1,5 +1,5 @@
 """SQL metacharacters and oversized values in every parameter: a 400 or a 200, never a 500, and
-whatever reaches PostgreSQL is the one constant statement of sql/kpi.sql with typed values bound
+whatever reaches PostgreSQL is the one constant statement of sql/runtime/kpi.sql with typed values bound
 separately (psycopg's server-side binding: the text and the values travel in different protocol
 messages, so no value is ever parsed as SQL)."""
 
@@ -14,7 +14,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from kpi_service.db import APPLY, APPLY_BATCH, MODE, queries
+from kpi_service.db.sql import APPLY, APPLY_BATCH, MODE, queries
 
 PAYLOADS = [
     "'",
@@ -93,7 +93,7 @@ def test_payloads_reach_the_database_only_as_bound_values(
 
     statements = [(text, params) for text, params in traced if text.strip()]  # "" is the pool's check
     assert statements, "no statement ran"
-    # Constant texts only: the statement of sql/kpi.sql, and the summaries' applier and mode
+    # Constant texts only: the statement of sql/runtime/kpi.sql, and the summaries' applier and mode
     # look-up, which take no values from a request; never anything built from input.
     assert {text for text, params in statements if params is None} <= {*APPLY[:2], MODE}
     assert all(params == [APPLY_BATCH] for text, params in statements if text == APPLY[2])

@@ -16,8 +16,8 @@ import pytest
 from flask import Flask
 
 from kpi_service import create_app
-from kpi_service.db import DatabaseUnavailable
-from tests.conftest import free_port, make_settings, needs_chromium, token
+from kpi_service.db.errors import DatabaseUnavailable
+from tests.helpers import free_port, make_settings, needs_chromium, token
 from tests.sse import serving
 
 pytestmark = [pytest.mark.slow, needs_chromium]

@@ -1,4 +1,4 @@
-"""sql/kpi.sql against a real PostgreSQL and the pure-Python reference of docs/kpis.md."""
+"""sql/runtime/kpi.sql against a real PostgreSQL and the pure-Python reference of docs/kpis.md."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kpi_service.db import Database
-from kpi_service.schemas import MetricsSchema
-from kpi_service.windows import Window
+from kpi_service.db.database import Database
+from kpi_service.serving.responses import KpiValuesSchema
+from kpi_service.serving.windows import Window
 from tests import reference
 from tests.dataset import Dataset, Lead, Listing, Purchase
 from tests.strategies import datasets, instants, windows
@@ -23,7 +23,7 @@ NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
 
 def compute(db: Database, window: Window, aged_days: int = 60, now: datetime = NOW) -> dict[str, Any]:
     rows, *_ = db.kpi_rows([(window.start, window.end, window.as_of(now))], aged_days)
-    return MetricsSchema().load(rows[0])
+    return KpiValuesSchema().load(rows[0])
 
 
 def expected(data: Dataset, window: Window, aged_days: int = 60, now: datetime = NOW) -> dict[str, Any]:

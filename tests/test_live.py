@@ -8,20 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
 
 import psycopg
 import pytest
 from flask import Flask
 
 from kpi_service import create_app
-from kpi_service.hub import affected
-from kpi_service.schemas import KpiQuery
-from tests.conftest import RedisServer, make_settings
+from kpi_service.live.changes import affected
+from kpi_service.serving.query import KpiQuery
+from tests.helpers import HOUR, RedisServer, counted, insert_listing, make_settings, ticket, today_window
 from tests.sse import Sse, serving
-from tests.test_stream import counted, ticket
-
-HOUR = 3600
 
 
 @pytest.fixture
@@ -37,17 +33,6 @@ def live_app(database_url: str, conn: psycopg.Connection) -> Iterator[Callable[.
     for app in apps:
         app.extensions["kpi_stream"].hub.close()
         app.extensions["kpi"].close()
-
-
-def insert_listing(conn: psycopg.Connection, listed_at: datetime, price: str = "1000.00") -> int:
-    return conn.execute(
-        "INSERT INTO listings (price, status, listed_at) VALUES (%s, 'active', %s) RETURNING id",
-        (Decimal(price), listed_at),
-    ).fetchone()[0]
-
-
-def today_window() -> str:
-    return f"from={(date.today() - timedelta(days=1)).isoformat()}&tz=UTC"
 
 
 def test_a_new_listing_reaches_an_open_stream_without_a_poll_or_a_ttl(live_app, conn) -> None:

@@ -22,12 +22,9 @@ import psycopg
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import SECRET, RedisServer, token, wait_until
+from tests.helpers import SECRET, RedisServer, insert_listing, open_ws, post_ticket, token, wait_until, ws_url
 from tests.servers import gunicorn
 from tests.sse import Sse
-from tests.test_live import insert_listing
-from tests.test_stream import post_ticket
-from tests.test_websocket import open_ws, ws_url
 
 pytestmark = pytest.mark.slow
 

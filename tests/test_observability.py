@@ -16,9 +16,8 @@ from flask import Flask
 from prometheus_client import REGISTRY
 
 from kpi_service import ConfigError, Settings, create_app
-from kpi_service.logs import json_formatter
-from tests.conftest import SECRET, make_settings, token
-from tests.test_api import two_listings
+from kpi_service.ops.logs import json_formatter
+from tests.helpers import SECRET, make_settings, token, two_listings
 
 ROOT = Path(__file__).parents[1]
 
@@ -132,7 +131,7 @@ def test_access_log_setting_is_validated() -> None:
 
 
 def test_request_ids_are_unique_and_differ_in_a_forked_child() -> None:
-    from kpi_service.request_hooks import _ids
+    from kpi_service.web.request_hooks import _ids
 
     ids = {_ids.next() for _ in range(1000)}
     assert len(ids) == 1000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
@@ -203,7 +202,7 @@ def test_metrics_token(make_app) -> None:
 
 @pytest.mark.parametrize("exposure", ["off", "port:9464"])
 def test_no_metrics_route_unless_on(make_app, exposure: str) -> None:
-    response = make_app(metrics=exposure).test_client().get("/metrics")
+    response = make_app(metrics_exposure=exposure).test_client().get("/metrics")
     assert response.status_code == 404 and response.get_json()["success"] is False
 
 
@@ -225,7 +224,7 @@ def test_bad_observability_settings_stop_the_start(env: dict[str, str], reason: 
 def test_observability_settings() -> None:
     base = {"JWT_SECRET_KEY": SECRET, "DATABASE_URL": "postgresql://x"}
     default = Settings.from_env(base)
-    assert (default.metrics, default.metrics_token, default.log_level) == ("on", None, "INFO")
+    assert (default.metrics_exposure, default.metrics_token, default.log_level) == ("on", None, "INFO")
     custom = Settings.from_env({**base, "KPI_METRICS": "Port:9464", "KPI_LOG_LEVEL": "debug"})
     assert custom.metrics_port == 9464 and custom.log_level == "DEBUG"
 

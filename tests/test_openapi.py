@@ -10,8 +10,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT4
 
 from kpi_service import create_app
-from tests.conftest import make_settings
-from tests.test_api import two_listings
+from tests.helpers import make_settings, two_listings
 
 
 @pytest.fixture

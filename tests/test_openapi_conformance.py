@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from kpi_service import create_app
-from tests.conftest import make_settings, token
+from tests.helpers import make_settings, token
 from tests.sse import serving
 
 ROOT = Path(__file__).parents[1]

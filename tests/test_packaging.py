@@ -16,10 +16,11 @@ PROBE = """
 import sys
 from datetime import datetime, timezone
 from kpi_service.config import Settings
-from kpi_service.db import Database, sql_text
+from kpi_service.db.database import Database
+from kpi_service.db.sql import sql_text
 import kpi_service
 assert "site-packages" in kpi_service.__file__, kpi_service.__file__
-assert "CREATE TABLE IF NOT EXISTS listings" in sql_text("schema.sql")
+assert "CREATE TABLE IF NOT EXISTS listings" in sql_text("schema/schema.sql")
 from pathlib import Path
 static = Path(kpi_service.__file__).parent / "static"
 shipped = {"index.html", "dashboard.js", "kpi-client.js", "dashboard.css"}

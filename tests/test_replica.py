@@ -19,12 +19,13 @@ from flask.testing import FlaskClient
 from psycopg.conninfo import make_conninfo
 
 from kpi_service import create_app
-from kpi_service.db import APPLIER_LOCK, APPLY, CHANGED, MODE, WAL_POSITION, Database, apply_schema
-from kpi_service.replica import Positions, Replica
-from tests.conftest import SECRET, RedisServer, make_settings, token, wait_until
+from kpi_service.db.database import Database
+from kpi_service.db.replica import Positions, Replica
+from kpi_service.db.schema import apply_schema
+from kpi_service.db.sql import APPLIER_LOCK, APPLY, CHANGED, MODE, WAL_POSITION
+from tests.helpers import SECRET, RedisServer, make_settings, token, two_listings, wait_until
 from tests.servers import Load, PostgresServer, fetch, gunicorn, replicated, summary
 from tests.sse import Sse, serving
-from tests.test_api import two_listings
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
 
@@ -45,8 +46,8 @@ def server_side(statement: str) -> str:
 
 MAINTENANCE = {server_side(s) for s in (*APPLY, CHANGED, APPLIER_LOCK, MODE, WAL_POSITION)}
 MAINTENANCE |= {"", "BEGIN", "COMMIT", "ROLLBACK"}
-KPI_STATEMENT = "FROM unnest("  # sql/kpi.sql, kpi_windows
-AGING_STATEMENT = "min(listed_at) + make_interval"  # sql/kpi.sql, next_aging
+KPI_STATEMENT = "FROM unnest("  # sql/runtime/kpi.sql, kpi_windows
+AGING_STATEMENT = "min(listed_at) + make_interval"  # sql/runtime/kpi.sql, next_aging
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""sql/roles.sql: a member of kpi_reader runs the KPI query and cannot write."""
+"""sql/ops/roles.sql: a member of kpi_reader runs the KPI query and cannot write."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from kpi_service.db import Database, sql_text
-from tests.conftest import make_settings
-from tests.test_api import two_listings
+from kpi_service.db.database import Database
+from kpi_service.db.sql import sql_text
+from tests.helpers import make_settings, two_listings
 
 
 @pytest.fixture
 def reader_url(database_url: str, conn: psycopg.Connection):
     """A LOGIN user in kpi_reader, as the README shows; dropped afterwards (roles are per cluster)."""
     for _ in range(2):  # idempotent
-        conn.execute(sql_text("roles.sql"))
+        conn.execute(sql_text("ops/roles.sql"))
     name, password = f"kpi_test_reader_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
     conn.execute(
         sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE kpi_reader").format(

@@ -8,8 +8,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from kpi_service import seed as seeding
-from kpi_service.seed import NotEmpty, seed
+from kpi_service.cli import seed as seeding
+from kpi_service.cli.seed import NotEmpty, seed
 
 UNTIL = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
 LISTINGS = 3000

@@ -25,13 +25,13 @@ import redis
 from redis.sentinel import SentinelConnectionPool
 
 from kpi_service import create_app
-from kpi_service.cache import ANNOUNCE_CHANNEL, cache_key, connect, lock_key
 from kpi_service.client import KpiClient
-from kpi_service.schemas import KpiQuery
-from tests.conftest import SECRET, RedisServer, make_settings, token, wait_until
+from kpi_service.serving.connection import connect
+from kpi_service.serving.keys import ANNOUNCE_CHANNEL, cache_key, lock_key
+from kpi_service.serving.query import KpiQuery
+from tests.helpers import SECRET, RedisServer, insert_listing, make_settings, token, wait_until
 from tests.servers import Load, RedisSentinels, fetch, gunicorn, summary
 from tests.sse import Sse
-from tests.test_live import insert_listing
 
 CACHED = ["/api/kpi", "/api/kpi?from=2026-03-01&to=2026-03-31", "/api/kpi?tz=Europe/Berlin"]
 

@@ -13,10 +13,10 @@ import psycopg
 import pytest
 import redis
 
-from kpi_service import create_app, metrics
-from tests.conftest import SECRET, RedisServer, make_settings, token, wait_until
+from kpi_service import create_app
+from kpi_service.ops import metrics
+from tests.helpers import SECRET, RedisServer, make_settings, token, two_listings, wait_until
 from tests.servers import fetch, gunicorn
-from tests.test_api import two_listings
 
 COUNTER = "kpi-test:statements"
 

@@ -4,7 +4,6 @@ another instance through a real Redis, Last-Event-ID, heartbeats, the refresher 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import signal
 import time
@@ -17,45 +16,11 @@ from decimal import Decimal
 import psycopg
 import pytest
 import redis
-from flask import Flask
 
-from tests.conftest import SECRET, RedisServer, token, wait_until
 from tests.dataset import Dataset, Listing, catch_up
+from tests.helpers import SECRET, WINDOW, RedisServer, counted, post_ticket, ticket, token, two_listings, wait_until
 from tests.servers import start_gunicorn
 from tests.sse import Sse, serving
-from tests.test_api import two_listings
-
-WINDOW = "from=2026-03-01&to=2026-03-31&tz=UTC"
-
-
-def post_ticket(base: str, bearer: str | None = None) -> tuple[int, dict]:
-    headers = {} if bearer is None else {"Authorization": f"Bearer {bearer}"}
-    request = urllib.request.Request(f"{base}/api/kpi/stream-ticket", method="POST", headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
-def ticket(base: str) -> str:
-    status, body = post_ticket(base, token())
-    assert status == 200, body
-    return body["ticket"]
-
-
-def counted(app: Flask) -> list[int]:
-    """Counts the executions of the KPI statement by this app."""
-    calls = [0]
-    db = app.extensions["kpi"].db
-    original = db.kpi_rows
-
-    def kpi_rows(*args: object, **kwargs: object):
-        calls[0] += 1
-        return original(*args, **kwargs)
-
-    db.kpi_rows = kpi_rows
-    return calls
 
 
 def add_listing(conn: psycopg.Connection, listing_id: int, when: datetime) -> None:
@@ -327,7 +292,7 @@ def test_stale_values_are_pushed_as_stale(make_app, conn) -> None:
         first = stream.next_event()
         assert first.json()["meta"]["stale"] is False
 
-        from kpi_service.db import DatabaseUnavailable
+        from kpi_service.db.errors import DatabaseUnavailable
 
         def down(*args: object, **kwargs: object):
             raise DatabaseUnavailable("down")

@@ -1,4 +1,4 @@
-"""The summaries of sql/summary.sql: what the applier makes of the change log equals a rebuild
+"""The summaries of sql/schema/summary.sql: what the applier makes of the change log equals a rebuild
 from the sales tables, however late, partial, repeated, interrupted or concurrent its runs; the
 application's transactions wait for nothing new; and windows off the 15-minute grid (read from
 the raw rows) agree with the reference."""
@@ -18,12 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kpi_service import create_app
-from kpi_service.db import Database
-from kpi_service.windows import Window
-from tests.conftest import make_settings, wait_until
+from kpi_service.db.database import Database
+from kpi_service.serving.windows import Window
 from tests.dataset import Dataset, Lead, Listing, Purchase, catch_up
+from tests.helpers import apply_change, computed, expected, make_settings, wait_until
 from tests.strategies import datasets, instants, windows
-from tests.test_kpi_changes import apply_change, computed, expected
 
 SUMS = "SELECT * FROM kpi_sums ORDER BY grain, bucket"
 BUYERS = "SELECT buyer_id, bucket, prev_bucket FROM kpi_buyer_buckets ORDER BY 1, 2"

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask.testing import FlaskClient
 
-from tests.conftest import SECRET, token, wait_until
+from tests.helpers import SECRET, token, wait_until
 from tests.servers import gunicorn
 
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -16,35 +16,35 @@ import psycopg
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.http11 import Response
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import ClientConnection
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
-from kpi_service.errors import ApiError
-from kpi_service.hub import Event
-from kpi_service.kpis import Served
-from kpi_service.websocket import origin_allowed
-from tests.conftest import SECRET, token, wait_until
+from kpi_service.live.events import Event
+from kpi_service.live.websocket import origin_allowed
+from kpi_service.serving.responses import Served
+from kpi_service.web.errors import ApiError
+from tests.helpers import (
+    HOUR,
+    SECRET,
+    WINDOW,
+    insert_listing,
+    open_ws,
+    ticket,
+    today_window,
+    token,
+    two_listings,
+    wait_until,
+    ws_url,
+)
 from tests.servers import start_gunicorn
 from tests.sse import Sse, serving
-from tests.test_api import two_listings
-from tests.test_live import HOUR, insert_listing, today_window
-from tests.test_stream import WINDOW, ticket
 
 BEARER = "Authorization"
 
 
-def ws_url(base: str, query: str = "") -> str:
-    return base.replace("http://", "ws://", 1) + "/api/kpi/ws" + (f"?{query}" if query else "")
-
-
 def bearer(value: str | None = None) -> dict[str, str]:
     return {BEARER: f"Bearer {value or token()}"}
-
-
-def open_ws(url: str, headers: dict[str, str] | None = None, origin: str | None = None) -> ClientConnection:
-    # proxy=None: an HTTP(S)_PROXY of the machine must not sit between the test and its server.
-    return connect(url, additional_headers=headers, origin=origin, proxy=None, open_timeout=10)
 
 
 def refused(url: str, headers: dict[str, str] | None = None, origin: str | None = None) -> Response:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kpi_service.windows import INTERVALS, Window, bucket_count, buckets, canonical_zone
+from kpi_service.serving.windows import INTERVALS, Window, bucket_count, buckets, canonical_zone
 
 
 @pytest.mark.parametrize(

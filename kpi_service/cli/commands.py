@@ -1,0 +1,103 @@
+"""The small commands: seed, token and init-db (demo has its own module)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import TextIO
+
+from flask import Flask
+from psycopg.conninfo import conninfo_to_dict
+
+from kpi_service.cli.database import database
+from kpi_service.cli.seed import default_until, seed
+from kpi_service.config import ConfigError, Settings
+from kpi_service.db.applier import Applier
+from kpi_service.db.database import Database
+from kpi_service.db.schema import apply_schema
+from kpi_service.serving.cache import Cache
+from kpi_service.serving.connection import connect
+from kpi_service.web import auth
+
+
+def seed_command(
+    environ: Mapping[str, str],
+    *,
+    listings: int,
+    seed_value: int,
+    until: datetime | None,
+    truncate: bool,
+    data_dir: Path,
+    out: TextIO | None = None,
+) -> None:
+    out = out or sys.stdout
+    until = until or default_until()
+    with database(environ, data_dir) as (url, embedded):
+        where = f"the embedded database in {data_dir}" if embedded else _describe(url)
+        print(f"seeding {listings:,} listings (seed {seed_value}, until {until.isoformat()}) into {where}", file=out)
+        # The demo database may be new; another database gets its tables from init-db.
+        if embedded:
+            apply_schema(url)
+
+        def progress(step: str, rows: int, seconds: float) -> None:
+            count = f"{rows:>11,} rows" if rows else " " * 16
+            print(f"  {step:<10}{count}  {seconds:6.2f} s", file=out, flush=True)
+
+        done = seed(url, listings, seed=seed_value, until=until, truncate=truncate, progress=progress)
+        print(f"done in {done.seconds:.1f} s", file=out)
+
+
+def token_command(environ: Mapping[str, str], *, subject: str, ttl: int, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
+    secret = environ.get("JWT_SECRET_KEY")
+    if not secret:
+        raise ConfigError("JWT_SECRET_KEY is not set")
+    app = Flask("kpi_service.token")
+    auth.init_app(app, secret)
+    print(auth.mint_token(app, subject, ttl), file=out)
+
+
+def init_db_command(environ: Mapping[str, str], *, summaries: bool = True, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
+    url = environ.get("DATABASE_URL")
+    if not url:
+        raise ConfigError("DATABASE_URL is not set")
+    apply_schema(url, summaries=summaries)
+    what = "schema and summaries" if summaries else "schema (no summaries: the service reads the raw rows)"
+    print(f"{what} applied to {_describe(url)}", file=out)
+
+
+def apply_command(environ: Mapping[str, str], *, once: bool, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
+    # The applier serves nothing: it needs the database settings, not the token secret.
+    settings = Settings.from_env(environ, jwt_secret_key="unused by the applier", env="development")
+    db = Database(settings)
+    # With Redis, the instances' live updates hear of each batch (live/hub.py), as from their own applier.
+    on_changed = (
+        Cache(connect(settings), settings.cache_ttl, settings.stale_ttl, 1).announce_change
+        if settings.uses_redis
+        else None
+    )
+    try:
+        if once:
+            total = 0
+            while taken := db.apply_changes(wait=True, on_changed=on_changed):
+                total += taken
+            print(f"{total} change rows applied to {_describe(settings.database_url or '')}", file=out)
+            return
+        interval = settings.apply_interval or Settings.apply_interval
+        where = _describe(settings.database_url or "")
+        print(f"applying changes to {where} every {interval:g} s", file=out, flush=True)
+        Applier(db, interval, settings.apply_busy_share, on_changed=on_changed).run_forever()
+    finally:
+        db.close()
+
+
+def _describe(url: str) -> str:
+    # Never the password.
+    parts = conninfo_to_dict(url)
+    host = parts.get("host") or "the local socket"
+    port = f":{parts['port']}" if parts.get("port") else ""
+    return f"database {parts.get('dbname') or '(default)'} on {host}{port}"

@@ -1,0 +1,107 @@
+"""The summaries' applier: turns the change log into current sums, in the background.
+
+The application's writes only append their rows' images to kpi_changes (sql/schema/summary.sql); this
+loop, in every instance, calls kpi_apply_changes() every KPI_APPLY_INTERVAL_MS. Across instances one applies
+at a time (the function's try-lock); the others find the lock taken and wait for the next tick.
+A committed change therefore reaches the summaries within about one interval plus one apply
+(docs/design.md, "Freshness"). While a backlog remains (after downtime: a full batch was
+taken) it goes on without waiting. It also notices when the summaries appear or disappear
+(init-db run later, a trigger disabled), so that Database.kpi_rows picks the right statement.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from kpi_service.db.database import Database
+from kpi_service.db.errors import DatabaseUnavailable
+from kpi_service.db.sql import APPLY_BATCH
+from kpi_service.ops import metrics
+
+log = logging.getLogger(__name__)
+
+# How often the mode (summaries or raw) is looked up again.
+MODE_EVERY_S = 30.0
+MIN_BATCH = 500
+
+
+class Applier:
+    def __init__(
+        self,
+        db: Database,
+        interval: float,
+        busy_share: float = 1.0,
+        on_changed: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.interval = interval
+        self.busy_share = busy_share  # KPI_APPLY_BUSY_PERCENT: the pacing of sql/schema/summary.sql
+        self.on_changed = on_changed  # told what each batch changed, after its commit (live updates)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failing = False
+        # Halved after a batch ran into the statement timeout, doubled back after a success: a
+        # backlog is worked off in what fits, instead of retrying a batch that cannot.
+        self.batch = APPLY_BATCH
+
+    def start(self) -> None:
+        """Start the loop in a daemon thread (nothing when the interval is 0: applied elsewhere)."""
+        if self.interval > 0 and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="kpi-applier", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def run_forever(self) -> None:
+        """The loop in the calling thread, until stop() (`kpi-service apply`)."""
+        self._run()
+
+    def apply_once(self) -> int | None:
+        """One call of the applier: log rows applied, None when another session is applying or
+        the database failed (logged once per outage; the next tick tries again)."""
+        try:
+            started = time.perf_counter()
+            taken = self.db.apply_changes(self.batch, busy_share=self.busy_share, on_changed=self.on_changed)
+        except DatabaseUnavailable as error:
+            if isinstance(error.__cause__, psycopg.errors.QueryCanceled):
+                self.batch = max(MIN_BATCH, self.batch // 2)
+            self._failed(error)
+            return None
+        if self._failing:
+            log.info("summaries applied again")
+        self._failing = False
+        if taken is not None:
+            self.batch = min(APPLY_BATCH, self.batch * 2)
+        if taken:
+            metrics.CHANGES_APPLIED.inc(taken)
+            metrics.APPLY_DURATION.observe(time.perf_counter() - started)
+        return taken
+
+    def _failed(self, error: DatabaseUnavailable) -> None:
+        if not self._failing:
+            log.warning("summaries not applied: %s", error)
+        self._failing = True
+
+    def _run(self) -> None:
+        checked = -MODE_EVERY_S
+        while not self._stop.is_set():
+            now = time.monotonic()
+            try:
+                mode = self.db.mode(refresh=now - checked >= MODE_EVERY_S, quiet=True, primary=True)
+                checked = now
+            except DatabaseUnavailable as error:
+                self._failed(error)
+                mode = None
+            batch = self.batch
+            taken = self.apply_once() if mode == "summaries" else None
+            if taken != batch:  # a full batch: more is waiting, go on at once
+                self._stop.wait(self.interval)

@@ -1,0 +1,299 @@
+"""The one connection pool of the service, and the statements it runs on it (their text: sql.py).
+
+Over 250 lines because Database is one object: every statement goes through its `connection()`,
+which maps psycopg's failures to db/errors.py and counts them, and through its replica routing."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from kpi_service.config import Settings
+from kpi_service.db.errors import INIT_HINT, DatabaseBusy, DatabaseUnavailable, SchemaMissing
+from kpi_service.db.sql import (
+    APPLIER_LOCK,
+    APPLY,
+    APPLY_BATCH,
+    CHANGED,
+    MODE,
+    PENDING,
+    WAL_POSITION,
+    kpi_statement_rows,
+    queries,
+)
+from kpi_service.ops import metrics
+
+if TYPE_CHECKING:
+    from kpi_service.db.replica import Replica
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+RECONNECT_TIMEOUT_S = 5.0
+# Read-only, and no JIT: the KPI statement's estimates include the raw-row branch it rarely
+# runs, which makes PostgreSQL spend more time compiling it (~0.6 s) than running it (ms).
+SESSION_OPTIONS = "-c default_transaction_read_only=on -c jit=off"
+
+
+# The errors of a statement naming a table or function that is not there.
+_UNDEFINED = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction)
+
+
+class Database:
+    """Owns the pool. Connections are read-only, bounded in time, and checked on checkout so
+    that a restarted server is noticed on the first request after it instead of failing one.
+
+    The KPI reads (kpi_rows, next_aging, mode) go to `replica` while it keeps up, when one is
+    attached (replica.py); everything else, the applier's maintenance included, stays here."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        url: str | None = None,
+        application_name: str = "kpi-service",
+        pool_timeout: float | None = None,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._opened = False
+        self._mode: str | None = None
+        self._schema_missing = False
+        self.replica: Replica | None = None
+        self.max_connections = settings.db_pool_size
+        self._in_use = 0  # connections handed out through this class, see saturated()
+        self.pool = ConnectionPool(
+            url or settings.database_url,
+            min_size=1,
+            max_size=settings.db_pool_size,
+            timeout=settings.db_pool_timeout if pool_timeout is None else pool_timeout,
+            open=False,
+            check=ConnectionPool.check_connection,
+            # psycopg_pool retries a lost connection with a doubling delay (1, 2, 4, 8 ... s) and
+            # no cap until reconnect_timeout (5 min by default), so after an outage of a minute
+            # the next attempt could be a minute after the server is back. Giving up after a few
+            # seconds ends that series; the next request then starts a new one at once.
+            reconnect_timeout=RECONNECT_TIMEOUT_S,
+            name="kpi",
+            kwargs={
+                "row_factory": dict_row,
+                "connect_timeout": settings.db_connect_timeout,
+                # statement_timeout is the server's: a server that hangs or a network that drops
+                # packets is noticed by TCP keepalives and the user timeout instead.
+                "keepalives": 1,
+                "keepalives_idle": 5,
+                "keepalives_interval": 2,
+                "keepalives_count": 2,
+                "tcp_user_timeout": 10_000,
+                "application_name": application_name,
+                "options": f"{SESSION_OPTIONS} -c statement_timeout={settings.statement_timeout_ms}",
+            },
+        )
+
+    def _ensure_open(self) -> None:
+        # Opened on first use, not in create_app: the pool's worker threads must start in the
+        # process that serves (after gunicorn forks), and a database that is down at start must
+        # not stop the service from starting.
+        if not self._opened:
+            with self._lock:
+                if not self._opened:
+                    self.pool.open(wait=False)
+                    self._opened = True
+
+    def mode(self, *, refresh: bool = False, quiet: bool = False, primary: bool = False) -> str:
+        """Where the KPIs come from, "summaries" or "raw" (see MODE): looked up once, and again
+        when asked to refresh; on the replica like the KPI reads, unless asked for the primary's
+        (the applier: whether there is a change log to apply there)."""
+        if self._mode is not None and not refresh:
+            return self._mode
+        if primary:
+            with self.connection("mode", quiet=quiet) as conn:
+                return self._look_up_mode(conn)
+        return self._read("mode", self._look_up_mode, quiet=quiet)[0]
+
+    def _look_up_mode(self, conn: psycopg.Connection) -> str:
+        found = conn.execute(MODE).fetchone()["source"]
+        if found != self._mode:
+            log.info(
+                "KPI statement reads %s",
+                "the summaries (sql/schema/summary.sql)"
+                if found == "summaries"
+                else "the raw rows: summaries not installed or not built (kpi-service init-db), or a trigger disabled",
+            )
+        self._mode = found
+        return found
+
+    def kpi_rows(
+        self,
+        windows: Sequence[tuple[datetime | None, datetime | None, datetime]],
+        aged_days: int,
+    ) -> tuple[list[dict[str, Any]], float, str | None]:
+        """One execution of sql/runtime/kpi.sql: a row per (start, end, as_of) window, its duration in ms,
+        and which database answered ("replica" or "primary"; None when no replica is attached)."""
+
+        def run(conn: psycopg.Connection) -> tuple[list[dict[str, Any]], float]:
+            mode = self._mode or self._look_up_mode(conn)
+            started = time.perf_counter()
+            rows = kpi_statement_rows(conn, mode, windows, aged_days)
+            return rows, (time.perf_counter() - started) * 1000
+
+        (rows, duration_ms), source = self._read("query", run)
+        return rows, duration_ms, source
+
+    def _read(
+        self, operation: str, run: Callable[[psycopg.Connection], T], *, quiet: bool = False
+    ) -> tuple[T, str | None]:
+        """`run` on the replica while it keeps up, else here: its result and where it ran."""
+        if self.replica is not None:
+            answered = self.replica.run(operation, run)
+            if answered is not None:
+                return answered[0], "replica"
+        with self.connection(operation, quiet=quiet) as conn:
+            return run(conn), None if self.replica is None else "primary"
+
+    def observe_position(self, position: int) -> None:
+        """A WAL position of the primary that KPI reads must include (the latest applied batch's,
+        from Redis): a replica read waits until it has replayed it (replica.py)."""
+        if self.replica is not None and position:
+            self.replica.positions.observe(position)
+
+    def wal_position(self) -> int:
+        """Where the primary has written its WAL to (quiet: the replica's monitor asks every
+        250 ms, and the applier logs an outage of the primary)."""
+        with self.connection("position", quiet=True) as conn:
+            return conn.execute(WAL_POSITION).fetchone()["position"]
+
+    def apply_changes(
+        self,
+        max_rows: int = APPLY_BATCH,
+        *,
+        busy_share: float = 1.0,
+        wait: bool = False,
+        on_changed: Callable[[dict[str, Any]], None] | None = None,
+    ) -> int | None:
+        """Bring the summaries up to date with the change log (sql/schema/summary.sql): the number of log
+        rows applied, None when another session is applying (unless told to wait for it) or
+        the applier rests (`busy_share` below 1: sql/schema/summary.sql, "Pacing").
+        kpi_apply_changes runs as its owner and writes only the service's tables, so the
+        read-only role needs nothing more than the right to call it. `on_changed` gets what a
+        batch changed, once it is committed (so that whoever it tells reads the change)."""
+        changed = position = None
+        # Quiet: the applier runs every half second, and logs an outage once itself.
+        with self.connection("apply", quiet=True) as conn:
+            if wait:
+                conn.execute(APPLIER_LOCK, [True])
+                conn.commit()
+            try:
+                with conn.transaction():
+                    for statement in APPLY[:2]:
+                        conn.execute(statement)
+                    taken = conn.execute(APPLY[2], [max_rows, busy_share]).fetchone()["taken"]
+                    if taken and on_changed is not None:
+                        changed = conn.execute(CHANGED).fetchone()["changed"]
+            finally:
+                if wait:
+                    conn.execute(APPLIER_LOCK, [False])
+                    conn.commit()
+            if changed and self.replica is not None:
+                # After the commit: a replica that has replayed this far has the batch.
+                position = conn.execute(WAL_POSITION).fetchone()["position"]
+        if changed and on_changed is not None:
+            batch = json.loads(changed)
+            if position is not None:
+                batch["position"] = position
+            on_changed(batch)
+        return taken
+
+    def next_aging(self, as_of: datetime, aged_days: int) -> datetime | None:
+        """When aged_inventory at "now" next grows without a write (sql/runtime/kpi.sql, next_aging)."""
+        return self._read("aging", lambda conn: queries.next_aging(conn, as_of=as_of, aged_days=aged_days))[0]
+
+    def pending_changes(self) -> int:
+        """Rows in the change log that the applier has not taken yet."""
+        with self.connection("pending") as conn:
+            return conn.execute(PENDING).fetchone()["pending"]
+
+    @contextlib.contextmanager
+    def connection(self, operation: str, *, quiet: bool = False) -> Iterator[psycopg.Connection]:
+        """A pooled connection; any database error becomes DatabaseUnavailable, counted and
+        (unless quiet) logged; DatabaseBusy and SchemaMissing say what else it may be."""
+        self._ensure_open()
+        try:
+            with self.pool.connection() as conn, self._held():
+                yield conn
+        except _UNDEFINED as error:
+            self._schema_is_missing(error)
+            raise SchemaMissing(f"the database has no KPI schema: {INIT_HINT}") from error
+        except PoolTimeout as error:
+            if self.saturated():
+                metrics.POOL_BUSY.labels(operation=operation).inc()
+                raise DatabaseBusy(f"all {self.max_connections} connections of the pool are in use") from error
+            self._failed(operation, error, quiet)
+        except psycopg.Error as error:
+            self._failed(operation, error, quiet)
+        if self._schema_missing:
+            self._schema_missing = False
+            log.info("the KPI schema is there now")
+
+    def _failed(self, operation: str, error: psycopg.Error, quiet: bool) -> None:
+        metrics.DATABASE_ERRORS.labels(operation=operation).inc()
+        if not quiet:
+            log.warning("database unavailable: %s", error.__class__.__name__)
+        raise DatabaseUnavailable(str(error)) from error
+
+    def _schema_is_missing(self, error: psycopg.Error) -> None:
+        # Once per detection, whatever the caller: the applier's first tick finds it at startup,
+        # then a request, after a schema that was there has gone.
+        if not self._schema_missing:
+            self._schema_missing = True
+            log.error("the database has no KPI schema (%s): %s", error.__class__.__name__, INIT_HINT)
+
+    @contextlib.contextmanager
+    def _held(self) -> Iterator[None]:
+        with self._lock:
+            self._in_use += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_use -= 1
+
+    def saturated(self) -> bool:
+        """Every connection the pool may open is handed out: a wait for one was a wait for
+        running statements, not for a server that does not answer (then the pool's own
+        connection attempts fail, and no connection is handed out)."""
+        return self._in_use >= self.max_connections
+
+    def ping(self, timeout: float) -> str:
+        """`SELECT 1` through the pool, waiting at most `timeout` seconds for a connection: "ok",
+        "busy" (every connection in use all that time) or "down"."""
+        self._ensure_open()
+        try:
+            with self.pool.connection(timeout=timeout) as conn, self._held():
+                conn.execute("SELECT 1")
+            return "ok"
+        except PoolTimeout:
+            if self.saturated():
+                return "busy"
+            metrics.DATABASE_ERRORS.labels(operation="ping").inc()
+            log.warning("database ping failed: PoolTimeout")
+            return "down"
+        except psycopg.Error as error:
+            metrics.DATABASE_ERRORS.labels(operation="ping").inc()
+            log.warning("database ping failed: %s", error.__class__.__name__)
+            return "down"
+
+    def close(self) -> None:
+        if self.replica is not None:
+            self.replica.close()
+        self.pool.close()

@@ -1,0 +1,32 @@
+"""Which streamed windows a batch of the applier's changes (kpi:v1:changed) can change."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from kpi_service.serving.query import KpiQuery
+
+
+def affected(query: KpiQuery, changed: dict[str, Any], now: datetime) -> bool:
+    """Whether a batch of changes (serving/keys.py, kpi:v1:changed) can change the window's numbers:
+    a changed bucket inside [start, end), or a listing whose stock changed and that
+    aged_inventory at T = min(end, now) counts once older than aged_days."""
+    if changed.get("all"):
+        return True
+    window = query.window
+    first, last, stock = (_instant(changed.get(name)) for name in ("from", "to", "stock_from"))
+    inside = (
+        first is not None
+        and last is not None
+        and (window.end is None or first < window.end)
+        and (window.start is None or last >= window.start)
+    )
+    return inside or (stock is not None and (window.as_of(now) - stock).total_seconds() > query.aged_days * 86400)
+
+
+def _instant(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None

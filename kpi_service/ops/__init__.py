@@ -1,0 +1,1 @@
+"""Operations: Prometheus metrics, the health probes, the JSON log and stop signals."""

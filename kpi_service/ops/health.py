@@ -1,0 +1,74 @@
+"""Liveness and readiness probes. No token, and nothing about the configuration in the answers."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from flask import Blueprint, Response, current_app, jsonify
+
+from kpi_service.db.errors import INIT_HINT, DatabaseUnavailable, SchemaMissing
+from kpi_service.ops import metrics
+from kpi_service.web.errors import envelope
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("health", __name__)
+
+# A probe must answer well within the orchestrator's own probe timeout (typically 1 s or more),
+# and a database that cannot hand out a connection this fast is not one to send traffic to.
+DATABASE_TIMEOUT_S = 0.8
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """The process serves requests. Touches nothing, so a database outage never restarts it."""
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    """Ready when PostgreSQL answers and has the KPI schema; Redis is reported but optional
+    (without it every request computes from the database, slower but correct). A pool whose
+    connections are all in use is ready: the database answers, the requests wait their turn."""
+    state = current_app.extensions["kpi"]
+    checks: dict[str, object] = {
+        "database": state.db.ping(DATABASE_TIMEOUT_S),
+        "redis": _redis_state(state.redis, in_process=not state.settings.uses_redis),
+    }
+    if state.db.replica is not None:
+        # Never unready for it: the primary answers the reads meanwhile.
+        checks["replica"] = state.db.replica.state
+        checks["replica_lag_ms"] = state.db.replica.lag_ms
+    if checks["database"] == "down":
+        return envelope(
+            503, "Not ready: the database is unreachable.", extra={"status": "unavailable", "checks": checks}
+        )
+    try:
+        mode = state.db.mode(refresh=True)
+        checks["schema"] = "ok"
+        checks["kpi_source"] = mode
+        if mode == "summaries":
+            checks["pending_changes"] = state.db.pending_changes()
+    except SchemaMissing:
+        checks["schema"] = f"missing: {INIT_HINT}"
+        return envelope(
+            503,
+            f"Not ready: the database has no KPI schema; {INIT_HINT}.",
+            extra={"status": "uninitialized", "checks": checks},
+        )
+    except DatabaseUnavailable:
+        checks["kpi_source"] = "unknown"  # busy, or gone since the ping: the next probe tells
+    return jsonify(status="ready", checks=checks)
+
+
+def _redis_state(client: redis.Redis, *, in_process: bool) -> str:
+    if in_process:
+        return "in-process"
+    try:
+        client.ping()
+        return "ok"
+    except redis.RedisError as error:
+        metrics.REDIS_ERRORS.labels(operation="ping").inc()
+        log.warning("redis ping failed: %s", error.__class__.__name__)
+        return "down"

@@ -1,0 +1,180 @@
+"""Computed KPI responses in Redis, shared by every worker and instance: read, written with
+their announcement, locked for single-flight, behind a circuit breaker. The key layout is keys.py."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from redis.lock import Lock
+
+from kpi_service.ops import metrics
+from kpi_service.serving.breaker import Breaker
+from kpi_service.serving.keys import ANNOUNCE_CHANNEL, CHANGE_POSITION, CHANGE_SEQ, CHANGES_CHANNEL, lock_key
+
+log = logging.getLogger(__name__)
+
+# try_lock's answer when Redis cannot be asked: go ahead, guarded only in-process.
+NO_REDIS = object()
+# KEYS[1] the value's key; ARGV: value, its computed_at, seconds to keep it, channel, announcement.
+# The stored value's computed_at is the first one in its JSON (the body's meta: the metrics and
+# series before it hold numbers and dates only); the canonical spelling orders as strings.
+_PUT_NEWER = """
+local stored = redis.call('GET', KEYS[1])
+if stored then
+  local computed_at = string.match(stored, '"computed_at":"([^"]*)"')
+  if computed_at and computed_at > ARGV[2] then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    body: dict[str, Any]
+    fresh_until: float
+    seq: int = 0  # the change batch it includes (kpi:v1:change_seq when its SQL ran)
+
+    @property
+    def fresh(self) -> bool:
+        return time.time() < self.fresh_until
+
+
+class Cache:
+    """Redis behind a circuit breaker: a failing or slow Redis costs one timeout, then is skipped
+    for `retry_after` seconds. No method raises on a Redis failure."""
+
+    def __init__(self, client: redis.Redis, ttl: int, stale_ttl: int, lock_seconds: float, retry_after: float = 5.0):
+        self.client = client
+        self.ttl = ttl
+        self.stale_ttl = max(stale_ttl, ttl)
+        self.lock_seconds = lock_seconds
+        self.breaker = Breaker(retry_after)
+        # SET and PUBLISH in one script: a reader never sees a value without its announcement.
+        self._put_newer = client.register_script(_PUT_NEWER)
+
+    @property
+    def available(self) -> bool:
+        return self.breaker.closed
+
+    def _call(self, operation: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """fn's result; raises _Unavailable when Redis failed or the breaker is open."""
+        if not self.breaker.allow():
+            raise _Unavailable
+        try:
+            result = fn(*args, **kwargs)
+        except redis.RedisError as error:
+            metrics.REDIS_ERRORS.labels(operation=operation).inc()
+            self.breaker.failed()
+            raise _Unavailable from error
+        self.breaker.succeeded()
+        return result
+
+    def get(self, key: str) -> Entry | None:
+        try:
+            raw = self._call("get", self.client.get, key)
+        except _Unavailable:
+            return None
+        if raw is None:
+            return None
+        try:
+            stored = json.loads(raw)
+            return Entry(body=stored["body"], fresh_until=float(stored["fresh_until"]), seq=int(stored.get("seq", 0)))
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring malformed cache entry %s", key)
+            return None
+
+    def put(self, key: str, kind: str, body: dict[str, Any], seq: int = 0) -> Entry | None:
+        """Store a fresh body and announce it, unless the stored value was computed later: then
+        nothing is written or announced and the answer is None. Returns the entry when Redis is
+        down (it is still served from this process).
+
+        Two computations of one window can overlap (a lock lost in a failover or expired under a
+        slow statement, docs/reliability.md): whichever finishes last, the stored value is the
+        one computed last."""
+        entry = Entry(body=body, fresh_until=time.time() + self.ttl, seq=seq)
+        value = json.dumps({"fresh_until": entry.fresh_until, "seq": seq, "body": body}, separators=(",", ":"))
+        announcement = json.dumps(
+            {
+                "key": key,
+                "kind": kind,
+                "window": body["meta"]["window"],
+                "computed_at": body["meta"]["computed_at"],
+                "fresh_until": entry.fresh_until,
+            },
+            separators=(",", ":"),
+        )
+
+        try:
+            written = self._call(
+                "set",
+                self._put_newer,
+                keys=[key],
+                args=[value, body["meta"]["computed_at"], self.stale_ttl, ANNOUNCE_CHANNEL, announcement],
+                client=self.client,
+            )
+        except _Unavailable:
+            return entry  # still served from this process
+        return entry if written else None
+
+    def change_seq(self) -> int:
+        """The latest applied change batch announced (0: none, or Redis unavailable)."""
+        return self.latest_change()[0]
+
+    def latest_change(self) -> tuple[int, int]:
+        """The latest applied change batch announced and the primary's WAL position after it
+        (0 for what is unknown: none yet, no replica, or Redis unavailable)."""
+        try:
+            seq, position = self._call("get", self.client.mget, CHANGE_SEQ, CHANGE_POSITION)
+        except _Unavailable:
+            return 0, 0
+        return int(seq or 0), int(position or 0)
+
+    def announce_change(self, changed: dict[str, Any]) -> None:
+        """Number a committed batch of the applier and tell every instance what it changed."""
+
+        def write() -> None:
+            if "position" in changed:
+                # Before the number: whoever reads the number reads this position or a later one.
+                self.client.set(CHANGE_POSITION, changed["position"])
+            seq = self.client.incr(CHANGE_SEQ)
+            self.client.publish(CHANGES_CHANNEL, json.dumps({**changed, "seq": seq}, separators=(",", ":")))
+
+        with contextlib.suppress(_Unavailable):  # streams then refresh by their TTL (live/hub.py)
+            self._call("announce", write)
+
+    def try_lock(self, key: str) -> Lock | object | None:
+        """The single-flight lock of `key`: a held Lock, None when another process holds it, or
+        NO_REDIS when Redis cannot be asked (the caller then relies on in-process single-flight)."""
+        # thread_local=False: a background refresh releases the lock its request thread took.
+        lock = self.client.lock(lock_key(key), timeout=self.lock_seconds, blocking=False, thread_local=False)
+        try:
+            return lock if self._call("lock", lock.acquire) else None
+        except _Unavailable:
+            return NO_REDIS
+
+    def release(self, lock: Lock | object) -> None:
+        if isinstance(lock, Lock):
+            # Only if still ours (redis-py compares the token in a script); if it expired or Redis is
+            # gone, the key's expiry frees it either way.
+            with contextlib.suppress(redis.RedisError):
+                lock.release()
+
+    def locked(self, key: str) -> bool:
+        try:
+            return bool(self._call("exists", self.client.exists, lock_key(key)))
+        except _Unavailable:
+            return False
+
+
+class _Unavailable(Exception):
+    pass

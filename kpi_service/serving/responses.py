@@ -1,0 +1,121 @@
+"""What a window's request gets back: the ten KPIs validated, the body's flags, the 503 that says
+why there is no value, and Served, a body with how it was obtained (for headers, logs, metrics)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+from kpi_service.db.errors import INIT_HINT, DatabaseBusy, SchemaMissing
+from kpi_service.serving.cache import Entry
+from kpi_service.web.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+
+def _count(summary: str) -> fields.Integer:
+    return fields.Integer(
+        required=True,
+        strict=True,
+        validate=validate.Range(min=0),
+        metadata={"description": f"{summary} Exact definition: docs/kpis.md."},
+    )
+
+
+def _number(summary: str, **bounds: float) -> fields.Float:
+    return fields.Float(
+        required=True,
+        allow_nan=False,
+        validate=validate.Range(**bounds) if bounds else None,
+        metadata={"description": f"{summary} Exact definition: docs/kpis.md."},
+    )
+
+
+class KpiValuesSchema(Schema):
+    """The ten KPIs (defined in docs/kpis.md). Loading a database row validates it; a row that
+    fails is never served."""
+
+    class Meta:
+        unknown = RAISE
+
+    average_profit_per_unit = _number("Mean sale price minus cost, sales of the window.")
+    lead_to_purchase_time = _number("Mean days from lead to sale, sales of the window.")
+    aged_inventory = _count("Listings in stock at the window's end (or now) older than aged_days.")
+    total_listings = _count("Listings listed in the window.")
+    active_buyers = _count("Distinct buyers with a lead or a purchase in the window.")
+    conversion_rate = _number("Percent of the window's leads that became a sale.", min=0, max=100)
+    average_price = _number("Mean asking price of the window's listings.", min=0)
+    total_value = _number("Sum of the asking prices of the window's listings.", min=0)
+    scoring_rate = _number("Percent of the window's listings that have a score.", min=0, max=100)
+    average_score = _number("Mean score of the window's scored listings.", min=0, max=100)
+
+
+_kpi_values = KpiValuesSchema()
+
+
+@dataclass(frozen=True)
+class Served:
+    """A response body and how it was obtained, for headers, logs and metrics."""
+
+    body: dict[str, Any]
+    outcome: str  # "hit", "refresh" (previous value while refreshing), "miss" or "stale"
+    fresh_until: float  # unix time until which the body is fresh
+    db_ms: float | None = None  # duration of the SQL when it ran for this request
+
+    @cached_property
+    def payload(self) -> bytes:
+        """The serialized body: computed once per Served, which hits share in-process."""
+        return json.dumps(self.body, separators=(",", ":")).encode()
+
+    @cached_property
+    def etag(self) -> str:
+        return hashlib.blake2b(self.payload, digest_size=16).hexdigest()
+
+
+# Seconds a client should wait before asking again when every connection was in use: about
+# what a few cache misses take.
+BUSY_RETRY_AFTER_S = 1
+
+
+def unavailable(error: Exception) -> ApiError:
+    """The 503 of a window with nothing cached, saying why."""
+    if isinstance(error, TimeoutError):
+        return ApiError(503, "Timed out waiting for the computation of this window.")
+    if isinstance(error, DatabaseBusy):
+        return ApiError(
+            503,
+            "The database is busy: every connection of this instance is computing other windows. Retry shortly.",
+            retry_after=BUSY_RETRY_AFTER_S,
+        )
+    if isinstance(error, SchemaMissing):
+        return ApiError(503, f"The service is not initialized: its database has no KPI schema ({INIT_HINT}).")
+    return ApiError(503, "The database is unavailable and no earlier result for this window is cached.")
+
+
+def hit(entry: Entry) -> Served:
+    return Served(with_flags(entry.body, cached=True, stale=False), "hit", entry.fresh_until)
+
+
+def computed_at(entry: Entry) -> float:
+    """When an entry's SQL ran, as unix time."""
+    return datetime.fromisoformat(entry.body["meta"]["computed_at"].replace("Z", "+00:00")).timestamp()
+
+
+def validated(row: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return _kpi_values.load(row)
+    except ValidationError as error:
+        # A row outside the definitions (docs/kpis.md) means a bug or corrupt data: never pass it on.
+        log.error("KPI row failed validation: %s", error.messages)
+        raise ApiError(500, "The computed KPIs failed validation.") from None
+
+
+def with_flags(body: dict[str, Any], *, cached: bool, stale: bool) -> dict[str, Any]:
+    return {**body, "meta": {**body["meta"], "cached": cached, "stale": stale}}

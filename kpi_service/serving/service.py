@@ -1,0 +1,272 @@
+"""KPI results for a query: from the cache while fresh, else computed once by sql/runtime/kpi.sql.
+
+The rules, for many pollers across many workers and instances sharing one Redis:
+- fresh in this process's memory or in Redis: served as is ("hit");
+- expired less than a TTL ago: the previous value is served at once while one refresh runs
+  in the background ("refresh"), so a polling dashboard never waits when the TTL ends;
+- missing: exactly one computation runs across all processes (a Redis lock, and in-process
+  single-flight when Redis is down); the others wait for its result ("miss");
+- database failing: the last good value ("stale"), or a 503 when there is none.
+
+A little over 250 lines: the five cases share one cross-process lock protocol (_compute_once,
+_wait_for_other) and one probe of a failing database (_compute_and_store), kept together.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from kpi_service.db.database import Database
+from kpi_service.db.errors import DatabaseBusy, DatabaseUnavailable, SchemaMissing
+from kpi_service.ops import metrics
+from kpi_service.serving.cache import Cache, Entry
+from kpi_service.serving.keys import cache_key
+from kpi_service.serving.query import KpiQuery
+from kpi_service.serving.recent import Recent
+from kpi_service.serving.refresher import Refresher
+from kpi_service.serving.responses import Served, computed_at, hit, unavailable, validated, with_flags
+from kpi_service.serving.singleflight import SingleFlight
+from kpi_service.serving.windows import Window, buckets
+from kpi_service.web.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+# A computation at `now`: the body's data, the SQL's duration in ms, and which database answered.
+Compute = Callable[[datetime], tuple[dict[str, Any], float, str | None]]
+
+
+def _is_fresh(entry: Entry) -> bool:
+    return entry.fresh
+
+
+class KpiService:
+    def __init__(self, db: Database, cache: Cache, wait_seconds: float) -> None:
+        self.db = db
+        self.cache = cache
+        self.wait_seconds = wait_seconds
+        self._flights = SingleFlight()
+        # Shared with the stream hub: one pool of refresh threads per process.
+        self.refresher = Refresher()
+        self.recent = Recent()
+        # Set when the database server failed (not one statement's timeout), until a
+        # computation succeeds again.
+        self._db_unreachable = False
+        self._probe = threading.Lock()
+
+    def current(self, query: KpiQuery) -> Served:
+        """GET /api/kpi for this query."""
+        return self._serve("kpi", query, self._current_compute(query))
+
+    def current_after(self, query: KpiQuery, seq: int, not_before: float) -> Served:
+        """The window's value for a live update: the stored one if it includes change batch `seq`
+        and was computed at or after `not_before` (unix time), else computed once across all
+        processes, the others waiting for that result (live/hub.py)."""
+        key = cache_key("kpi", query)
+        # In whole milliseconds, as computed_at is written: a value computed from not_before on
+        # must never look older than it.
+        not_before = math.floor(not_before * 1000) / 1000
+
+        def current(entry: Entry) -> bool:
+            return entry.seq >= seq and computed_at(entry) >= not_before
+
+        entry = self.cache.get(key)
+        if entry is not None and current(entry):
+            return self.recent.remember(key, hit(entry))
+        compute = self._current_compute(query)
+        # A flight of its own: joining a computation of the same window that began before this
+        # batch (a poller's, a new stream's) would hand back the numbers without it.
+        flight = f"{key}#{seq}#{not_before}"
+        return self._flights.do(
+            flight, lambda: self._compute_once(key, "kpi", query, compute, current), self.wait_seconds
+        )
+
+    def last_known(self, query: KpiQuery) -> Served | None:
+        """The window's stored value flagged stale: what a stream shows while its recompute fails."""
+        key = cache_key("kpi", query)
+        entry = self.cache.get(key)
+        recent = self.recent.get(key)
+        body = entry.body if entry is not None else recent.body if recent is not None else None
+        if body is None:
+            return None
+        return Served(with_flags(body, cached=True, stale=True), "stale", time.time())
+
+    def _current_compute(self, query: KpiQuery) -> Compute:
+        def compute(now: datetime) -> tuple[dict[str, Any], float, str | None]:
+            window = query.window
+            rows, duration_ms, source = self._kpi_rows(
+                "kpi", [(window.start, window.end, window.as_of(now))], query.aged_days
+            )
+            return {"metrics": validated(rows[0])}, duration_ms, source
+
+        return compute
+
+    def history(self, query: KpiQuery) -> Served:
+        """GET /api/kpi/history: every bucket in one execution of the same statement."""
+        assert query.date_from is not None and query.date_to is not None and query.interval is not None
+        days = buckets(query.date_from, query.date_to, query.interval)
+
+        def compute(now: datetime) -> tuple[dict[str, Any], float, str | None]:
+            windows = [Window.of_dates(first, last, query.tz) for first, last in days]
+            spans = [(w.start, w.end, w.as_of(now)) for w in windows]
+            rows, duration_ms, source = self._kpi_rows("history", spans, query.aged_days)
+            series = [
+                {"start": first.isoformat(), "end": last.isoformat(), "metrics": validated(row)}
+                for (first, last), row in zip(days, rows, strict=True)
+            ]
+            return {"series": series}, duration_ms, source
+
+        return self._serve("history", query, compute)
+
+    def _kpi_rows(
+        self, endpoint: str, spans: list[tuple[datetime | None, datetime | None, datetime]], aged_days: int
+    ) -> tuple[list[dict[str, Any]], float, str | None]:
+        # Counted here, whoever asked (a request, a refresh, a stream): what the database pays.
+        metrics.KPI_STATEMENTS.labels(endpoint=endpoint).inc()
+        return self.db.kpi_rows(spans, aged_days)
+
+    def _serve(self, kind: str, query: KpiQuery, compute: Compute) -> Served:
+        key = cache_key(kind, query)
+        recent = self.recent.get(key)
+        if recent is not None and time.time() < recent.fresh_until:
+            return recent
+        entry = self.cache.get(key)
+        if entry is not None and entry.fresh:
+            return self.recent.remember(key, hit(entry))
+        # While the database fails, any earlier value is served at once (and refreshed in the
+        # background, which finds out when the database is back): a request must not wait for a
+        # connection that is not coming just to be given the same stale value.
+        failing = self._db_unreachable
+        if entry is not None and (failing or time.time() < entry.fresh_until + self.cache.ttl):
+            self._refresh_in_background(key, kind, query, compute)
+            # While the database fails, the previous value is what meta.stale flags.
+            flagged = with_flags(entry.body, cached=True, stale=failing)
+            return Served(flagged, "stale" if failing else "refresh", entry.fresh_until)
+        try:
+            return self._flights.do(key, lambda: self._compute_once(key, kind, query, compute), self.wait_seconds)
+        except (DatabaseUnavailable, TimeoutError) as error:
+            if entry is not None:
+                return Served(with_flags(entry.body, cached=True, stale=True), "stale", entry.fresh_until)
+            raise unavailable(error) from None
+
+    def _compute_once(
+        self, key: str, kind: str, query: KpiQuery, compute: Compute, good: Callable[[Entry], bool] = _is_fresh
+    ) -> Served:
+        """Compute under the cross-process lock, or wait for the process that holds it. `good`:
+        what a stored entry must be to be served instead (fresh, unless a live update asks more)."""
+        deadline = time.monotonic() + self.wait_seconds
+        while True:
+            lock = self.cache.try_lock(key)
+            if lock is not None:
+                try:
+                    # Another process may have stored it between our read and our lock.
+                    entry = self._good_or_none(key, good)
+                    if entry is not None:
+                        return self.recent.remember(key, hit(entry))
+                    return self._compute_and_store(key, kind, query, compute)
+                finally:
+                    self.cache.release(lock)
+            metrics.SINGLEFLIGHT_WAITS.inc()
+            entry = self._wait_for_other(key, deadline, good)
+            if entry is not None:
+                return self.recent.remember(key, hit(entry))
+            if time.monotonic() >= deadline:
+                raise TimeoutError
+
+    def _wait_for_other(self, key: str, deadline: float, good: Callable[[Entry], bool]) -> Entry | None:
+        """The entry another process is computing; None once its lock is gone without one (it
+        failed or died: the caller then tries the lock itself) or the deadline passed."""
+        pause = 0.005
+        while time.monotonic() < deadline:
+            time.sleep(pause)
+            entry = self._good_or_none(key, good)
+            if entry is not None:
+                return entry
+            if not self.cache.locked(key):
+                return self._good_or_none(key, good)
+            pause = min(pause * 2, 0.05)
+        return None
+
+    def _good_or_none(self, key: str, good: Callable[[Entry], bool]) -> Entry | None:
+        entry = self.cache.get(key)
+        return entry if entry is not None and good(entry) else None
+
+    def _refresh_in_background(self, key: str, kind: str, query: KpiQuery, compute: Compute) -> None:
+        if not self.refresher.claim(key):
+            return
+        lock = self.cache.try_lock(key)
+        if lock is None:  # another process is refreshing it
+            self.refresher.release(key)
+            return
+
+        def refresh() -> None:
+            try:
+                # The refresh another process just finished may have released this lock.
+                if self._good_or_none(key, _is_fresh) is None:
+                    self._compute_and_store(key, kind, query, compute)
+            except (DatabaseUnavailable, ApiError) as error:
+                log.warning("background refresh of %s failed: %s", key, error.__class__.__name__)
+            except Exception:
+                log.exception("background refresh of %s failed", key)
+            finally:
+                self.cache.release(lock)
+
+        if not self.refresher.run(key, refresh):  # shutting down: leave it to another process
+            self.cache.release(lock)
+
+    def _compute_and_store(self, key: str, kind: str, query: KpiQuery, compute: Compute) -> Served:
+        now = datetime.now(UTC)
+        # While the database is unreachable, one computation at a time in this process finds out
+        # whether it is back; the others fail at once instead of each waiting the pool timeout
+        # for a connection (a worker's threads would all be waiting, and the requests queued
+        # behind them, cached windows and health probes included, with them).
+        probing = self._db_unreachable
+        if probing and not self._probe.acquire(blocking=False):
+            raise DatabaseUnavailable("the database is unreachable; another request is checking it")
+        # Read before the SQL runs: the value then includes at least that batch of changes (on a
+        # replica too, which is read once it has replayed the batch's position).
+        seq, position = self.cache.latest_change()
+        self.db.observe_position(position)
+        try:
+            data, duration_ms, source = compute(now)
+        except DatabaseUnavailable as error:
+            if not isinstance(error, DatabaseBusy | SchemaMissing) and not isinstance(
+                error.__cause__, psycopg.errors.QueryCanceled
+            ):
+                # The server itself, not one statement's own slowness (statement_timeout), a
+                # full pool or a missing schema, none of which may mark every other window's
+                # cached value as stale.
+                self._db_unreachable = True
+            raise
+        finally:
+            if probing:
+                self._probe.release()
+        self._db_unreachable = False
+        meta = {
+            "computed_at": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "cached": False,
+            "stale": False,
+            "duration_ms": round(duration_ms, 2),
+            "window": query.describe(),
+        }
+        if source is not None:  # a replica is configured: say which database answered
+            meta["source"] = source
+        body = {**data, "success": True, "message": None, "meta": meta}
+        entry = self.cache.put(key, kind, body, seq)
+        if entry is None:
+            # Another process computed the window later and stored it while this ran (two
+            # computations overlapped: a lock lost in a failover, or expired): this value is
+            # its requester's answer, but the newer stored one is what everyone else gets.
+            return Served(body, "miss", time.time() + self.cache.ttl, duration_ms)
+        self.recent.remember(key, hit(entry))
+        return Served(body, "miss", entry.fresh_until, duration_ms)
+
+    def close(self) -> None:
+        self.refresher.close()

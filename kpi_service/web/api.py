@@ -1,0 +1,60 @@
+"""The /api blueprint: parameters in, KPI bodies out, with ETags for pollers."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, Response, current_app, request
+from marshmallow import Schema, ValidationError
+
+from kpi_service.serving.query import KpiQuery
+from kpi_service.serving.responses import Served
+from kpi_service.web.auth import token_required
+from kpi_service.web.request_hooks import scope
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+_MAX_PARSED = 1024
+
+
+def _parse(kind: str, schema: Schema) -> KpiQuery:
+    """The validated query, remembered by its raw query string: pollers repeat theirs."""
+    parsed: dict[tuple[str, str], KpiQuery] = current_app.extensions["kpi"].parsed
+    memo_key = (kind, request.environ.get("QUERY_STRING", ""))
+    query = parsed.get(memo_key)
+    if query is None:
+        args = request.args
+        repeated = {name: ["Given more than once."] for name in args if len(args.getlist(name)) > 1}
+        if repeated:
+            raise ValidationError(repeated)
+        query = schema.load(args.to_dict())
+        if len(parsed) >= _MAX_PARSED:
+            parsed.clear()
+        parsed[memo_key] = query
+    return query
+
+
+def _respond(served: Served) -> Response:
+    scope().served = served  # for Server-Timing, the metrics and the request log
+    fresh_for = max(0, int(served.fresh_until - time.time()))
+    response = Response(
+        served.payload,
+        mimetype="application/json",
+        headers=(("ETag", f'"{served.etag}"'), ("Cache-Control", f"private, max-age={fresh_for}")),
+    )
+    if "HTTP_IF_NONE_MATCH" in request.environ:
+        return response.make_conditional(request)
+    return response
+
+
+@bp.get("/kpi")
+@token_required
+def kpi() -> Response:
+    state = current_app.extensions["kpi"]
+    return _respond(state.service.current(_parse("kpi", state.kpi_schema)))
+
+
+@bp.get("/kpi/history")
+@token_required
+def history() -> Response:
+    state = current_app.extensions["kpi"]
+    return _respond(state.service.history(_parse("history", state.history_schema)))

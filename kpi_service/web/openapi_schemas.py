@@ -1,0 +1,94 @@
+"""For the OpenAPI document only: the response bodies as marshmallow schemas, and the security
+schemes and errors every path shares. The service builds its bodies in serving/responses.py;
+tests/test_openapi_conformance.py checks real ones against these."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+from kpi_service.serving.responses import KpiValuesSchema
+from kpi_service.serving.windows import INTERVALS
+
+BEARER = "bearerAuth"
+TICKET = "streamTicket"
+
+# The error responses every path shares: status -> (component name, description).
+ERRORS = {
+    "400": ("BadRequest", "Bad parameters: unknown, repeated or malformed, `from` after `to`, unknown zone."),
+    "401": ("Unauthorized", "Missing, malformed, expired or badly signed token."),
+    "404": ("NotFound", "Unknown route."),
+    "500": ("InternalError", "Unexpected failure; never a stack trace."),
+    "503": (
+        "Unavailable",
+        "Nothing is cached for the window and the database cannot compute it: unreachable, busy (every "
+        "pooled connection in use; `Retry-After` says when to ask again) or not initialized (no KPI schema). "
+        "The dashboard then falls back to its own calculation.",
+    ),
+}
+
+
+class WindowSchema(Schema):
+    from_ = fields.Date(data_key="from", required=True, allow_none=True)
+    to = fields.Date(required=True, allow_none=True)
+    tz = fields.String(required=True)
+    aged_days = fields.Integer(required=True)
+    interval = fields.String(validate=validate.OneOf(INTERVALS), metadata={"description": "History only."})
+
+
+# The response schemas document the bodies (OpenAPI); every key the service always sends is
+# required so that a conformance check of real responses means something.
+class MetaSchema(Schema):
+    computed_at = fields.DateTime(required=True, metadata={"description": "When the SQL ran (UTC)."})
+    cached = fields.Boolean(required=True, metadata={"description": "The response came from the cache."})
+    stale = fields.Boolean(
+        required=True, metadata={"description": "Older than the TTL; served because the database failed."}
+    )
+    duration_ms = fields.Float(required=True, metadata={"description": "How long the SQL took."})
+    window = fields.Nested(WindowSchema, required=True)
+    source = fields.String(
+        validate=validate.OneOf(("replica", "primary")),
+        metadata={
+            "description": "Which database computed the value; only when a read replica is configured "
+            "(DATABASE_READ_URL): `primary` while the replica is down or lags."
+        },
+    )
+
+
+class KpiResponseSchema(Schema):
+    metrics = fields.Nested(KpiValuesSchema, required=True)
+    success = fields.Boolean(required=True)
+    message = fields.String(required=True, allow_none=True)
+    meta = fields.Nested(MetaSchema, required=True)
+
+
+class BucketSchema(Schema):
+    start = fields.Date(required=True, metadata={"description": "First day of the bucket (inclusive)."})
+    end = fields.Date(required=True, metadata={"description": "Last day of the bucket (inclusive)."})
+    metrics = fields.Nested(KpiValuesSchema, required=True)
+
+
+class HistoryResponseSchema(Schema):
+    series = fields.List(fields.Nested(BucketSchema), required=True)
+    success = fields.Boolean(required=True)
+    message = fields.String(required=True, allow_none=True)
+    meta = fields.Nested(MetaSchema, required=True)
+
+
+class ErrorSchema(Schema):
+    metrics = fields.Raw(required=True, allow_none=True, metadata={"description": "Always null."})
+    success = fields.Boolean(required=True, metadata={"description": "Always false."})
+    message = fields.String(required=True, metadata={"description": "Human-readable reason."})
+    errors = fields.Dict(
+        keys=fields.String(),
+        values=fields.List(fields.String()),
+        metadata={"description": "Per-parameter problems, only where there are any."},
+    )
+
+
+class StreamTicketSchema(Schema):
+    ticket = fields.String(
+        required=True, metadata={"description": "Opaque; opens one GET /api/kpi/stream as its `ticket` parameter."}
+    )
+    expires_in = fields.Integer(
+        required=True, metadata={"description": "Seconds the ticket is valid: 30, less when the token expires sooner."}
+    )

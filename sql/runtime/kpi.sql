@@ -1,0 +1,149 @@
+-- name: kpi_windows(starts, ends, as_ofs, aged_days)
+-- The ten KPIs of docs/kpis.md for a set of windows, one row per window in the order given,
+-- from the summaries of sql/schema/summary.sql. Window i is [starts[i], ends[i]) with as-of instant
+-- as_ofs[i]; a NULL start or end leaves that side open. /api/kpi passes one window and
+-- /api/kpi/history one per bucket, so the two agree by construction.
+--
+-- A window whose edges are 15-minute edges (every window in a zone's standard time, which is
+-- every window since local mean time ended) is summed from kpi_sums: its whole UTC days at day
+-- grain, the rest at 15 minutes (kpi_range), a few hundred rows whatever the window. Other
+-- windows read the raw rows (kpi_raw). Both give the same numbers: docs/design.md, and the
+-- tests compare both with the reference.
+WITH windows AS (
+    SELECT w.ord, e.lo, e.hi, w.as_of, e.aged_before,
+           date_bin('15 minutes', e.lo, timestamptz 'epoch') = e.lo
+           AND date_bin('15 minutes', e.hi, timestamptz 'epoch') = e.hi AS aligned,
+           -- aged_inventory counts below this 15-minute edge from the summaries, and the
+           -- listings in [aged_edge, aged_before) from the raw rows.
+           date_bin('15 minutes', e.aged_before, timestamptz 'epoch') AS aged_edge
+    FROM unnest(:starts::timestamptz[], :ends::timestamptz[], :as_ofs::timestamptz[])
+         WITH ORDINALITY AS w (start_at, end_at, as_of, ord)
+    CROSS JOIN LATERAL (
+        -- aged_days in seconds, so that the session time zone cannot shift it.
+        SELECT coalesce(w.start_at, '-infinity') AS lo, coalesce(w.end_at, 'infinity') AS hi,
+               w.as_of - make_interval(secs => :aged_days * 86400) AS aged_before
+    ) e
+),
+summed AS (
+    SELECT w.ord, w.as_of, w.aged_edge, w.aged_before, k.listings, k.price_sum, k.scored, k.score_sum, k.leads, k.converted, k.costed,
+           k.profit_sum, k.led, k.lead_seconds,
+           -- active_buyers: each active buyer has one run of consecutive buckets inside the
+           -- window, so it is the buckets in the window, less the links between two of them
+           -- (a link is counted at its earlier bucket: all links from inside the window, less
+           -- those that leave it).
+           k.buyer_buckets - k.buyer_links + x.leaving AS buyers
+    FROM windows w
+    CROSS JOIN LATERAL kpi_range(w.lo, w.hi) k
+    CROSS JOIN LATERAL (
+        -- Links that leave the window: from a bucket inside it to one at or after its end. A
+        -- window of a day or less (a history's day) counts the links inside it instead, which
+        -- are short: the few in kpi_buyer_buckets_short_idx, not every buyer active that day.
+        -- Otherwise either index finds them; the one with fewer rows to read is, for evenly
+        -- spread data, the later-bucket index when less time follows the window than it spans.
+        -- (CASE, not OR: it fixes the order, and an infinite edge cannot be subtracted.)
+        SELECT CASE
+            WHEN w.hi = 'infinity' THEN 0
+            WHEN w.lo = '-infinity' THEN (
+                SELECT count(*) FROM kpi_buyer_buckets b  -- kpi_buyer_buckets_bucket_idx
+                WHERE b.bucket >= w.hi AND b.prev_bucket < w.hi)
+            WHEN w.hi - w.lo <= interval '26 hours' THEN k.buyer_links - (
+                SELECT count(*) FROM kpi_buyer_buckets b  -- kpi_buyer_buckets_short_idx
+                WHERE b.bucket - b.prev_bucket < interval '26 hours'
+                  AND b.bucket >= w.lo AND b.bucket < w.hi AND b.prev_bucket >= w.lo)
+            WHEN w.hi - w.lo > statement_timestamp() - w.hi THEN (
+                SELECT count(*) FROM kpi_buyer_buckets b  -- kpi_buyer_buckets_bucket_idx
+                WHERE b.bucket >= w.hi AND tstzrange(w.lo, w.hi) @> b.prev_bucket)
+            ELSE (
+                SELECT count(*) FROM kpi_buyer_buckets b  -- kpi_buyer_buckets_prev_idx
+                WHERE b.prev_bucket >= w.lo AND b.prev_bucket < w.hi AND b.bucket >= w.hi)
+        END AS leaving
+    ) x
+    WHERE w.aligned
+),
+totals AS (
+    SELECT * FROM summed
+    UNION ALL
+    SELECT w.ord, w.as_of, w.aged_edge, w.aged_before, r.*
+    FROM windows w
+    CROSS JOIN LATERAL kpi_raw(w.lo, w.hi) r
+    WHERE NOT w.aligned
+),
+-- aged_inventory: in stock at as_of and listed more than aged_days 24-hour days before it,
+-- whatever the window's start. Below the window's aged_edge b, that is the listings never sold
+-- (kpi_sums.unsold, by listing bucket) plus those sold after as_of (kpi_sales): neither costs
+-- time in proportion to the stock. The window with the latest as_of counts directly; each
+-- earlier one (in as_of order) is the next one's count less what changed between them, so a
+-- year of daily buckets reads that year's sales once instead of every later sale per bucket:
+--   count(b_i, T_i) = count(b_j, T_j) - unsold listed in [b_i, b_j)
+--                     + sold in (T_i, T_j] and listed before b_i
+--                     - sold after T_j and listed in [b_i, b_j).
+-- (The range operators keep the planner on the index named beside each count: it cannot know
+-- which condition is selective, and the other index would read every sale.)
+ordered AS (
+    SELECT w.ord, w.as_of, w.aged_edge,
+           lead(w.as_of) OVER later AS next_as_of, lead(w.aged_edge) OVER later AS next_edge,
+           row_number() OVER later AS position
+    FROM windows w
+    WINDOW later AS (ORDER BY w.as_of, w.ord)
+),
+aged_steps AS (
+    SELECT o.ord, o.position,
+        CASE WHEN o.next_as_of IS NULL THEN (
+            SELECT unsold FROM kpi_range('-infinity', o.aged_edge)
+        ) + (
+            SELECT count(*) FROM kpi_sales  -- kpi_sales_sold_at_idx: at as_of = now, about none
+            WHERE sold_at > o.as_of AND tstzrange(NULL, o.aged_edge) @> listed_at
+        )
+        ELSE (
+            SELECT -unsold FROM kpi_range(o.aged_edge, o.next_edge)
+        ) + (
+            SELECT count(*) FROM kpi_sales  -- kpi_sales_sold_at_idx
+            WHERE sold_at > o.as_of AND sold_at <= o.next_as_of AND tstzrange(NULL, o.aged_edge) @> listed_at
+        ) - (
+            SELECT count(*) FROM kpi_sales  -- kpi_sales_listed_at_idx
+            WHERE listed_at >= o.aged_edge AND listed_at < o.next_edge AND tstzrange(o.next_as_of, NULL, '()') @> sold_at
+        )
+        END AS step
+    FROM ordered o
+),
+aged AS (
+    SELECT s.ord, sum(s.step) OVER (ORDER BY s.position DESC) AS n
+    FROM aged_steps s
+)
+-- The aged counts by position in one array, computed once: a join on ord, with the planner's
+-- estimate of one window for unnest(), became a nested loop comparing every pair of windows.
+SELECT m.*
+FROM totals t
+CROSS JOIN LATERAL kpi_metrics(
+    t.listings, t.price_sum, t.scored, t.score_sum, t.leads, t.converted, t.costed, t.profit_sum, t.led,
+    t.lead_seconds, t.buyers,
+    ((SELECT array_agg(a.n ORDER BY a.ord) FROM aged a)[t.ord] + kpi_raw_stock(t.aged_edge, t.aged_before, t.as_of))::bigint
+) m
+ORDER BY t.ord;
+
+
+-- name: kpi_windows_raw(starts, ends, as_ofs, aged_days)
+-- The same rows as kpi_windows from the raw rows alone, for a database without the summaries
+-- (an owner who allows the service no triggers): correct, and slower in proportion to the rows
+-- of each window and to the listings before each as-of instant.
+SELECT m.*
+FROM unnest(:starts::timestamptz[], :ends::timestamptz[], :as_ofs::timestamptz[])
+     WITH ORDINALITY AS w (start_at, end_at, as_of, ord)
+CROSS JOIN LATERAL kpi_raw(coalesce(w.start_at, '-infinity'), coalesce(w.end_at, 'infinity')) t
+CROSS JOIN LATERAL kpi_metrics(
+    t.listings, t.price_sum, t.scored, t.score_sum, t.leads, t.converted, t.costed, t.profit_sum, t.led,
+    t.lead_seconds, t.buyers,
+    kpi_raw_stock('-infinity', w.as_of - make_interval(secs => :aged_days * 86400), w.as_of)
+) m
+ORDER BY w.ord;
+
+
+-- name: next_aging(as_of, aged_days)$
+-- The next instant after as_of at which aged_inventory of a window whose as-of instant is now
+-- grows without a write: when the oldest listing in stock not yet aged passes aged_days 24-hour
+-- days (docs/kpis.md). NULL when no listing in stock is younger than that. Live updates schedule
+-- the window's recompute then (kpi_service/live/hub.py).
+SELECT min(listed_at) + make_interval(secs => :aged_days * 86400) AS at
+FROM listings
+WHERE listed_at >= :as_of::timestamptz - make_interval(secs => :aged_days * 86400)
+  AND status <> 'withdrawn' AND (sold_at IS NULL OR sold_at > :as_of::timestamptz);

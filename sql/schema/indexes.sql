@@ -1,0 +1,27 @@
+-- The service's indexes on the application's tables, built CONCURRENTLY by `kpi-service
+-- init-db` so that the application keeps writing meanwhile. One statement per line ending in
+-- ";" (they run one at a time, outside a transaction). Safe to run again.
+--
+-- Each index is paid on every INSERT the application makes, and an index on a column the
+-- application UPDATEs turns those updates from HOT (heap only) into ones that write every
+-- index of the table. So: one plain index per table, on the instant that places a row in a
+-- bucket, and none on a column the application updates (price, score, status, sold_at,
+-- acquisition_cost). The summaries' applier (sql/schema/summary.sql) reads a changed 15-minute bucket
+-- through these; so do windows off the 15-minute grid and the raw mode. (purchases.lead_id and
+-- purchases.listing_id are indexed by their UNIQUE keys.)
+CREATE INDEX CONCURRENTLY IF NOT EXISTS kpi_listings_listed_at_idx ON listings (listed_at);
+CREATE INDEX CONCURRENTLY IF NOT EXISTS kpi_leads_created_at_idx ON leads (created_at) INCLUDE (buyer_id);
+CREATE INDEX CONCURRENTLY IF NOT EXISTS kpi_purchases_purchased_at_idx ON purchases (purchased_at);
+
+-- Earlier versions made these wider and more numerous indexes; they cost the application's
+-- writes far more than they saved the service's reads (docs/design.md).
+DROP INDEX CONCURRENTLY IF EXISTS listings_listed_at_idx;
+DROP INDEX CONCURRENTLY IF EXISTS leads_created_at_idx;
+DROP INDEX CONCURRENTLY IF EXISTS leads_created_at_id_idx;
+DROP INDEX CONCURRENTLY IF EXISTS purchases_purchased_at_idx;
+DROP INDEX CONCURRENTLY IF EXISTS listings_unsold_idx;
+DROP INDEX CONCURRENTLY IF EXISTS listings_sold_at_idx;
+DROP INDEX CONCURRENTLY IF EXISTS listings_cost_idx;
+DROP INDEX CONCURRENTLY IF EXISTS listings_stock_idx;
+DROP INDEX CONCURRENTLY IF EXISTS leads_buyer_idx;
+DROP INDEX CONCURRENTLY IF EXISTS purchases_buyer_idx;

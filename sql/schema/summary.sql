@@ -1,0 +1,712 @@
+-- Pre-aggregated sums of the KPI service (docs/design.md), applied after schema.sql by
+-- `kpi-service init-db`, as the tables' owner. Safe to run again.
+--
+-- The application's transactions pay for almost nothing here: a statement on listings, leads
+-- or purchases appends its rows' old and new images to kpi_changes, one INSERT from its
+-- transition table, with no read of another table and no lock but its new rows. The service's
+-- applier (kpi_apply_changes, one session at a time across all instances) later turns them
+-- into differences of the sums, in work proportional to the rows changed.
+--
+-- kpi_sums       per bucket at two UTC grains, 15 minutes (every UTC offset in use is a
+--                multiple of it, so every window edge is a bucket edge) and the day (so a long
+--                window reads a few hundred rows); the day row is the sum of its 15-minute rows.
+-- kpi_buyer_buckets  per buyer, each 15-minute bucket with a lead or purchase of that buyer and
+--                the buyer's previous such bucket: active_buyers is not additive, and these rows
+--                make it a sum plus a short correction (sql/runtime/kpi.sql).
+-- kpi_sales      the listings sold and not withdrawn, with both instants: aged_inventory's
+--                sold part, on the service's own table and indexes.
+
+-- The functions below run as the owner with this search path (SET search_path FROM CURRENT):
+-- the schema of the tables, then pg_temp last, so that a session's temporary tables can never
+-- stand in for them.
+SELECT set_config('search_path', quote_ident(current_schema()) || ', pg_temp', true);
+
+-- Earlier versions (the sums kept inside the application's transactions, then a first log of
+-- keys) had other tables and functions: drop them, the build below makes everything anew.
+DO $$
+BEGIN
+    IF to_regclass('kpi_sums') IS NOT NULL
+       AND NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('kpi_changes') AND attname = 'withdrawn')
+    THEN
+        DROP FUNCTION IF EXISTS kpi_changed(), kpi_truncated() CASCADE;  -- and their triggers
+        DROP TABLE IF EXISTS kpi_sums, kpi_buyer_buckets, kpi_purchase_facts, kpi_summary_state, kpi_sales,
+            kpi_changes, kpi_conversions CASCADE;
+        DROP FUNCTION IF EXISTS kpi_rebuild(), kpi_compact(), kpi_buyers_refresh(bigint[]),
+            kpi_purchases_refresh(bigint[]), kpi_difference(text, text, text),
+            kpi_listings_apply(listings[], listings[]), kpi_leads_apply(leads[], leads[]);
+        DROP TYPE IF EXISTS kpi_delta CASCADE;
+    END IF;
+END
+$$;
+
+-- Tables the applier rewrites all the time: vacuumed (and their visibility maps kept, for
+-- index-only scans) after a fixed number of changed rows, not a fraction of the table, and
+-- with room on each page for HOT updates of kpi_sums.
+CREATE TABLE IF NOT EXISTS kpi_sums (
+    grain         integer NOT NULL CHECK (grain IN (900, 86400)),  -- seconds
+    bucket        timestamptz NOT NULL,  -- start: a multiple of grain since the Unix epoch
+    listings      bigint NOT NULL,       -- listings by listed_at
+    price_sum     numeric NOT NULL,
+    scored        bigint NOT NULL,
+    score_sum     numeric NOT NULL,
+    unsold        bigint NOT NULL,       -- ... not withdrawn and never sold (aged_inventory)
+    leads         bigint NOT NULL,       -- leads by created_at
+    converted     bigint NOT NULL,       -- ... referenced by a purchase
+    costed        bigint NOT NULL,       -- purchases by purchased_at whose listing has a cost
+    profit_sum    numeric NOT NULL,
+    led           bigint NOT NULL,       -- purchases by purchased_at that have a lead
+    lead_seconds  numeric NOT NULL,
+    buyer_buckets bigint NOT NULL,       -- kpi_buyer_buckets rows by bucket
+    buyer_links   bigint NOT NULL,       -- kpi_buyer_buckets rows by prev_bucket
+    PRIMARY KEY (grain, bucket)
+) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000,
+        autovacuum_analyze_scale_factor = 0.05);
+
+CREATE TABLE IF NOT EXISTS kpi_buyer_buckets (
+    buyer_id    bigint NOT NULL,
+    bucket      timestamptz NOT NULL,
+    prev_bucket timestamptz,  -- NULL for the buyer's first bucket
+    PRIMARY KEY (buyer_id, bucket)
+) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000,
+        autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 20000,
+        autovacuum_analyze_scale_factor = 0.05);
+CREATE INDEX IF NOT EXISTS kpi_buyer_buckets_bucket_idx ON kpi_buyer_buckets (bucket) INCLUDE (prev_bucket);
+CREATE INDEX IF NOT EXISTS kpi_buyer_buckets_prev_idx ON kpi_buyer_buckets (prev_bucket) INCLUDE (bucket);
+-- The links inside a window of a day or less (a history's day, 25 hours on a DST day) are this
+-- short: a few per day, where the links leaving the day are about every buyer active in it.
+CREATE INDEX IF NOT EXISTS kpi_buyer_buckets_short_idx ON kpi_buyer_buckets (bucket) INCLUDE (prev_bucket)
+    WHERE bucket - prev_bucket < interval '26 hours';
+
+CREATE TABLE IF NOT EXISTS kpi_sales (
+    listing_id bigint PRIMARY KEY,
+    listed_at  timestamptz NOT NULL,
+    sold_at    timestamptz NOT NULL
+) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000,
+        autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 20000,
+        autovacuum_analyze_scale_factor = 0.05);
+CREATE INDEX IF NOT EXISTS kpi_sales_sold_at_idx ON kpi_sales (sold_at) INCLUDE (listed_at);
+CREATE INDEX IF NOT EXISTS kpi_sales_listed_at_idx ON kpi_sales (listed_at) INCLUDE (sold_at);
+
+-- What each purchase adds to kpi_sums, with the values it took from its listing and lead, and
+-- each converted lead's bucket: the applier compares them with what the sales tables say now
+-- and adds the difference, so a change anywhere (a listing's cost, a lead's instant, a purchase
+-- relinked) is applied exactly, whatever else changed in the same batch.
+CREATE TABLE IF NOT EXISTS kpi_purchase_facts (
+    purchase_id  bigint PRIMARY KEY,
+    bucket       timestamptz NOT NULL,  -- of purchased_at
+    costed       integer NOT NULL,      -- 1: the listing's cost is known
+    profit       numeric NOT NULL,      -- sale_price - cost, or 0
+    led          integer NOT NULL,      -- 1: it has a lead
+    lead_seconds numeric NOT NULL       -- purchased_at - the lead's created_at, or 0
+) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000,
+        autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 20000);
+
+CREATE TABLE IF NOT EXISTS kpi_conversions (
+    lead_id bigint PRIMARY KEY,
+    bucket  timestamptz NOT NULL  -- of the lead's created_at
+) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000,
+        autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 20000);
+
+-- The change log. No index, no key, no default: an insert into it is a heap append, and the
+-- applier takes it in batches, oldest pages first. A row per changed row, its old image (sign -1) and its new
+-- one (+1): its table ('l' listings, 'd' leads, 'p' purchases), the instant that places it in
+-- a bucket, its id, and the columns of its own that the sums read; 't' alone: a TRUNCATE.
+CREATE TABLE IF NOT EXISTS kpi_changes (
+    tbl       "char",
+    sign      smallint,
+    at        timestamptz,
+    id        bigint,
+    buyer_id  bigint,       -- leads, purchases
+    lead_id   bigint,       -- purchases
+    cost      numeric,      -- listings: acquisition_cost
+    price     numeric,      -- listings
+    score     numeric,      -- listings
+    sold_at   timestamptz,  -- listings
+    withdrawn boolean       -- listings
+) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
+        autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 1000);
+
+-- Which version of the functions below built the rows; another version rebuilds them.
+CREATE TABLE IF NOT EXISTS kpi_summary_state (version integer NOT NULL);
+
+-- The trigger functions: one INSERT per transition table, nothing else. They run as their owner
+-- (who applied this file), so the application's roles need no rights on kpi_changes. They run
+-- at every write of the application, so they carry no SET clause (its save and restore of the
+-- settings at each call cost about 4% of the write mix at saturation): the log is named with
+-- its schema instead, so that a session's temporary table cannot stand in for it.
+DO $do$
+DECLARE
+    log text := quote_ident(current_schema()) || '.kpi_changes';
+BEGIN
+    EXECUTE format($f$
+        CREATE OR REPLACE FUNCTION kpi_listings_changed() RETURNS trigger
+        LANGUAGE plpgsql SECURITY DEFINER AS $fn$
+        BEGIN
+            IF TG_OP <> 'INSERT' THEN
+                INSERT INTO %1$s (tbl, sign, at, id, cost, price, score, sold_at, withdrawn)
+                SELECT 'l', -1, listed_at, id, acquisition_cost, price, score, sold_at, status = 'withdrawn'
+                FROM old_rows;
+            END IF;
+            IF TG_OP <> 'DELETE' THEN
+                INSERT INTO %1$s (tbl, sign, at, id, cost, price, score, sold_at, withdrawn)
+                SELECT 'l', 1, listed_at, id, acquisition_cost, price, score, sold_at, status = 'withdrawn'
+                FROM new_rows;
+            END IF;
+            RETURN NULL;
+        END
+        $fn$;
+
+        CREATE OR REPLACE FUNCTION kpi_leads_changed() RETURNS trigger
+        LANGUAGE plpgsql SECURITY DEFINER AS $fn$
+        BEGIN
+            IF TG_OP <> 'INSERT' THEN
+                INSERT INTO %1$s (tbl, sign, at, id, buyer_id) SELECT 'd', -1, created_at, id, buyer_id FROM old_rows;
+            END IF;
+            IF TG_OP <> 'DELETE' THEN
+                INSERT INTO %1$s (tbl, sign, at, id, buyer_id) SELECT 'd', 1, created_at, id, buyer_id FROM new_rows;
+            END IF;
+            RETURN NULL;
+        END
+        $fn$;
+
+        CREATE OR REPLACE FUNCTION kpi_purchases_changed() RETURNS trigger
+        LANGUAGE plpgsql SECURITY DEFINER AS $fn$
+        BEGIN
+            IF TG_OP <> 'INSERT' THEN
+                INSERT INTO %1$s (tbl, sign, at, id, buyer_id, lead_id)
+                SELECT 'p', -1, purchased_at, id, buyer_id, lead_id FROM old_rows;
+            END IF;
+            IF TG_OP <> 'DELETE' THEN
+                INSERT INTO %1$s (tbl, sign, at, id, buyer_id, lead_id)
+                SELECT 'p', 1, purchased_at, id, buyer_id, lead_id FROM new_rows;
+            END IF;
+            RETURN NULL;
+        END
+        $fn$;
+
+        ALTER FUNCTION kpi_listings_changed() RESET ALL;
+        ALTER FUNCTION kpi_leads_changed() RESET ALL;
+        ALTER FUNCTION kpi_purchases_changed() RESET ALL;
+    $f$, log);
+END
+$do$;
+
+CREATE OR REPLACE FUNCTION kpi_truncated() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
+BEGIN
+    INSERT INTO kpi_changes (tbl) VALUES ('t');
+    RETURN NULL;
+END
+$fn$;
+
+-- Adds differences to kpi_sums, each at its instant (the delta rows' bucket), at both grains;
+-- a row that comes to 0 in every column goes. (Every column: between two batches a bucket may
+-- hold a lead's conversion before the lead's own count, both right once all is applied.)
+CREATE OR REPLACE FUNCTION kpi_add(deltas kpi_sums[]) RETURNS void
+LANGUAGE sql AS $fn$
+    INSERT INTO kpi_sums
+    SELECT g.grain, date_bin(g.stride, d.bucket, timestamptz 'epoch'),
+           sum(d.listings), sum(d.price_sum), sum(d.scored), sum(d.score_sum), sum(d.unsold), sum(d.leads),
+           sum(d.converted), sum(d.costed), sum(d.profit_sum), sum(d.led), sum(d.lead_seconds),
+           sum(d.buyer_buckets), sum(d.buyer_links)
+    FROM (
+        -- Per 15-minute bucket first: a batch holds thousands of rows for a few hundred buckets.
+        SELECT date_bin('15 minutes', d.bucket, timestamptz 'epoch') AS bucket,
+               sum(d.listings) AS listings, sum(d.price_sum) AS price_sum, sum(d.scored) AS scored,
+               sum(d.score_sum) AS score_sum, sum(d.unsold) AS unsold, sum(d.leads) AS leads,
+               sum(d.converted) AS converted, sum(d.costed) AS costed, sum(d.profit_sum) AS profit_sum,
+               sum(d.led) AS led, sum(d.lead_seconds) AS lead_seconds, sum(d.buyer_buckets) AS buyer_buckets,
+               sum(d.buyer_links) AS buyer_links
+        FROM unnest(deltas) AS d
+        GROUP BY 1
+    ) AS d
+    CROSS JOIN (VALUES (900, interval '15 minutes'), (86400, interval '1 day')) AS g (grain, stride)
+    GROUP BY 1, 2
+    HAVING (sum(d.listings), sum(d.price_sum), sum(d.scored), sum(d.score_sum), sum(d.unsold), sum(d.leads),
+            sum(d.converted), sum(d.costed), sum(d.profit_sum), sum(d.led), sum(d.lead_seconds),
+            sum(d.buyer_buckets), sum(d.buyer_links)) <> (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    ON CONFLICT (grain, bucket) DO UPDATE SET
+        listings = kpi_sums.listings + excluded.listings, price_sum = kpi_sums.price_sum + excluded.price_sum,
+        scored = kpi_sums.scored + excluded.scored, score_sum = kpi_sums.score_sum + excluded.score_sum,
+        unsold = kpi_sums.unsold + excluded.unsold, leads = kpi_sums.leads + excluded.leads,
+        converted = kpi_sums.converted + excluded.converted, costed = kpi_sums.costed + excluded.costed,
+        profit_sum = kpi_sums.profit_sum + excluded.profit_sum, led = kpi_sums.led + excluded.led,
+        lead_seconds = kpi_sums.lead_seconds + excluded.lead_seconds,
+        buyer_buckets = kpi_sums.buyer_buckets + excluded.buyer_buckets,
+        buyer_links = kpi_sums.buyer_links + excluded.buyer_links;
+    DELETE FROM kpi_sums s
+    USING (SELECT DISTINCT date_bin('15 minutes', d.bucket, timestamptz 'epoch') AS q,
+                           date_bin('1 day', d.bucket, timestamptz 'epoch') AS day
+           FROM unnest(deltas) AS d) AS t
+    WHERE s.bucket IN (t.q, t.day)
+      AND (s.listings, s.price_sum, s.scored, s.score_sum, s.unsold, s.leads, s.converted, s.costed, s.profit_sum,
+           s.led, s.lead_seconds, s.buyer_buckets, s.buyer_links) = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+$fn$;
+
+-- The facts of these purchases as the sales tables say now (a purchase that is gone has none).
+-- Lookups by key, not joins: a hash join on lead_id (NULL for a fifth of the purchases) cannot
+-- split that one value across batches, and in a rebuild kept doubling its batches for minutes.
+CREATE OR REPLACE FUNCTION kpi_current_facts(ids bigint[]) RETURNS SETOF kpi_purchase_facts
+LANGUAGE sql STABLE AS $fn$
+    SELECT f.id, date_bin('15 minutes', f.purchased_at, timestamptz 'epoch'),
+           (f.cost IS NOT NULL)::integer, coalesce(f.sale_price - f.cost, 0),
+           (f.lead_at IS NOT NULL)::integer,
+           coalesce(extract(epoch FROM f.purchased_at) - extract(epoch FROM f.lead_at), 0)
+    FROM (
+        SELECT p.id, p.purchased_at, p.sale_price,
+               (SELECT li.acquisition_cost FROM listings li WHERE li.id = p.listing_id) AS cost,
+               (SELECT ld.created_at FROM leads ld WHERE ld.id = p.lead_id) AS lead_at
+        FROM (SELECT DISTINCT u.id FROM unnest(ids) AS u (id)) AS k
+        JOIN purchases p ON p.id = k.id
+    ) AS f
+$fn$;
+
+-- The leads among these that a purchase references now, with their bucket.
+CREATE OR REPLACE FUNCTION kpi_current_conversions(ids bigint[]) RETURNS SETOF kpi_conversions
+LANGUAGE sql STABLE AS $fn$
+    SELECT ld.id, date_bin('15 minutes', ld.created_at, timestamptz 'epoch')
+    FROM (SELECT DISTINCT u.id FROM unnest(ids) AS u (id)) AS k
+    JOIN leads ld ON ld.id = k.id
+    WHERE EXISTS (SELECT FROM purchases p WHERE p.lead_id = ld.id)
+$fn$;
+
+-- Brings the facts and conversions of these purchases and leads in line with the sales tables,
+-- returning what that adds to kpi_sums: the stored rows that differ from now are taken back,
+-- the rows of now that differ are added.
+CREATE OR REPLACE FUNCTION kpi_sync_facts(purchase_ids bigint[], lead_ids bigint[]) RETURNS kpi_sums[]
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    now_facts kpi_purchase_facts[] := ARRAY(SELECT f FROM kpi_current_facts(purchase_ids) f);
+    had_facts kpi_purchase_facts[] := ARRAY(
+        SELECT f FROM (SELECT DISTINCT u.id FROM unnest(purchase_ids) AS u (id)) k
+        JOIN kpi_purchase_facts f ON f.purchase_id = k.id
+    );
+    now_conv kpi_conversions[] := ARRAY(SELECT c FROM kpi_current_conversions(lead_ids) c);
+    had_conv kpi_conversions[] := ARRAY(
+        SELECT c FROM (SELECT DISTINCT u.id FROM unnest(lead_ids) AS u (id)) k
+        JOIN kpi_conversions c ON c.lead_id = k.id
+    );
+    old_facts kpi_purchase_facts[] := ARRAY(SELECT x::kpi_purchase_facts FROM (SELECT * FROM unnest(had_facts) EXCEPT SELECT * FROM unnest(now_facts)) x);
+    new_facts kpi_purchase_facts[] := ARRAY(SELECT x::kpi_purchase_facts FROM (SELECT * FROM unnest(now_facts) EXCEPT SELECT * FROM unnest(had_facts)) x);
+    old_conv kpi_conversions[] := ARRAY(SELECT x::kpi_conversions FROM (SELECT * FROM unnest(had_conv) EXCEPT SELECT * FROM unnest(now_conv)) x);
+    new_conv kpi_conversions[] := ARRAY(SELECT x::kpi_conversions FROM (SELECT * FROM unnest(now_conv) EXCEPT SELECT * FROM unnest(had_conv)) x);
+BEGIN
+    DELETE FROM kpi_purchase_facts f USING unnest(old_facts) AS o WHERE f.purchase_id = o.purchase_id;
+    INSERT INTO kpi_purchase_facts SELECT * FROM unnest(new_facts);
+    DELETE FROM kpi_conversions c USING unnest(old_conv) AS o WHERE c.lead_id = o.lead_id;
+    INSERT INTO kpi_conversions SELECT * FROM unnest(new_conv);
+    RETURN ARRAY(
+        SELECT ROW(0, e.bucket, 0, 0, 0, 0, 0, 0, e.converted, e.costed, e.profit, e.led, e.seconds, 0, 0)::kpi_sums
+        FROM (
+            SELECT bucket, 0 AS converted, -costed AS costed, -profit AS profit, -led AS led,
+                   -lead_seconds AS seconds
+            FROM unnest(old_facts)
+            UNION ALL
+            SELECT bucket, 0, costed, profit, led, lead_seconds FROM unnest(new_facts)
+            UNION ALL
+            SELECT bucket, -1, 0, 0, 0, 0 FROM unnest(old_conv)
+            UNION ALL
+            SELECT bucket, 1, 0, 0, 0, 0 FROM unnest(new_conv)
+        ) AS e
+    );
+END
+$fn$;
+
+-- The applier's lock: one applier, or rebuild, at a time across all instances. The applier
+-- and the rebuild take it for their transaction, without waiting (false: another session has
+-- it). Whoever must wait for it takes it for the session first, outside the transaction
+-- (kpi_applier_session_lock(true), then false to let it go): a REPEATABLE READ transaction
+-- that waited inside would apply with a snapshot from before the other applier's commit.
+CREATE OR REPLACE FUNCTION kpi_applier_lock() RETURNS boolean
+LANGUAGE sql AS $fn$
+    SELECT pg_try_advisory_xact_lock(4946157313062342)
+$fn$;
+
+CREATE OR REPLACE FUNCTION kpi_applier_session_lock(take boolean) RETURNS boolean
+LANGUAGE sql AS $fn$
+    SELECT CASE WHEN take THEN pg_advisory_lock(4946157313062342) IS NOT NULL
+                ELSE pg_advisory_unlock(4946157313062342) END
+$fn$;
+
+-- The applier's differences from the log's images are right only if what it reads from the
+-- sales tables is what the log rows it took describe: one snapshot for both.
+CREATE OR REPLACE FUNCTION kpi_require_one_snapshot() RETURNS void
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF current_setting('transaction_isolation') = 'read committed' THEN
+        RAISE EXCEPTION 'the KPI summaries are applied and rebuilt in one snapshot'
+            USING HINT = 'BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT kpi_rebuild(); COMMIT;';
+    END IF;
+END
+$fn$;
+
+-- Everything again from the sales tables (init-db, a TRUNCATE of a sales table, a repair).
+CREATE OR REPLACE FUNCTION kpi_rebuild() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
+BEGIN
+    PERFORM kpi_require_one_snapshot();
+    IF NOT kpi_applier_lock() THEN
+        RAISE EXCEPTION 'an applier is running' USING HINT = 'SELECT kpi_applier_session_lock(true) first';
+    END IF;
+    -- What the log holds is in this snapshot's rows: taken with them.
+    DELETE FROM kpi_changes;
+    TRUNCATE kpi_sums, kpi_buyer_buckets, kpi_sales, kpi_purchase_facts, kpi_conversions;
+    INSERT INTO kpi_sales
+    SELECT id, listed_at, sold_at FROM listings WHERE status <> 'withdrawn' AND sold_at IS NOT NULL;
+    INSERT INTO kpi_buyer_buckets (buyer_id, bucket, prev_bucket)
+    SELECT e.buyer_id, e.bucket, lag(e.bucket) OVER (PARTITION BY e.buyer_id ORDER BY e.bucket)
+    FROM (
+        SELECT buyer_id, date_bin('15 minutes', created_at, timestamptz 'epoch') FROM leads
+        UNION
+        SELECT buyer_id, date_bin('15 minutes', purchased_at, timestamptz 'epoch') FROM purchases
+    ) AS e (buyer_id, bucket);
+    INSERT INTO kpi_purchase_facts SELECT * FROM kpi_current_facts(ARRAY(SELECT id FROM purchases));
+    INSERT INTO kpi_conversions
+    SELECT * FROM kpi_current_conversions(ARRAY(SELECT lead_id FROM purchases WHERE lead_id IS NOT NULL));
+    PERFORM kpi_add(ARRAY(
+        SELECT ROW(0, bucket, n, price, scored, score, unsold, 0, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
+        FROM (
+            SELECT date_bin('15 minutes', listed_at, timestamptz 'epoch') AS bucket, count(*) AS n,
+                   sum(price) AS price, count(score) AS scored, coalesce(sum(score), 0) AS score,
+                   count(*) FILTER (WHERE status <> 'withdrawn' AND sold_at IS NULL) AS unsold
+            FROM listings GROUP BY 1
+        ) AS l
+        UNION ALL
+        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, n, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
+        FROM (SELECT date_bin('15 minutes', created_at, timestamptz 'epoch') AS bucket, count(*) AS n
+              FROM leads GROUP BY 1) AS d
+        UNION ALL
+        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, 0, n, 0, 0, 0, 0, 0, 0)::kpi_sums
+        FROM (SELECT bucket, count(*) AS n FROM kpi_conversions GROUP BY 1) AS c
+        UNION ALL
+        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, 0, 0, costed, profit, led, seconds, 0, 0)::kpi_sums
+        FROM (SELECT bucket, sum(costed) AS costed, sum(profit) AS profit, sum(led) AS led,
+                     sum(lead_seconds) AS seconds
+              FROM kpi_purchase_facts GROUP BY 1) AS p
+        UNION ALL
+        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, n, 0)::kpi_sums
+        FROM (SELECT bucket, count(*) AS n FROM kpi_buyer_buckets GROUP BY 1) AS b
+        UNION ALL
+        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, n)::kpi_sums
+        FROM (SELECT prev_bucket AS bucket, count(*) AS n FROM kpi_buyer_buckets
+              WHERE prev_bucket IS NOT NULL GROUP BY 1) AS k
+    ));
+END
+$fn$;
+
+-- The applier: takes up to max_rows rows of the change log and applies them, in the caller's
+-- REPEATABLE READ transaction. Returns how many rows it took; NULL when another session is
+-- applying (one at a time: the differences it adds must each be added once). A crash rolls
+-- back the taking of the rows with their application.
+-- Its work is proportional to the rows changed, never to a bucket's size:
+-- - the rows' own columns (listings' counts, prices, scores and stock; leads' count) come from
+--   their old and new images in the log: the old subtracted, the new added, in any order;
+-- - what depends on other rows (a purchase's profit and lead time, a lead's conversion, a
+--   buyer's buckets, a sold listing) is looked up now for the purchases, leads, buyers and
+--   listings named, compared with the service's stored copy, and the difference added; a change
+--   whose log rows a batch limit leaves for later is already seen by these lookups, and when its
+--   rows come the comparison finds nothing left to add.
+-- Pacing, as autovacuum's cost delay paces vacuum: with busy_share below 1, a batch that found
+-- the application's sessions at work (in this database) is followed by a rest of its own duration times
+-- (1 / busy_share - 1), for every instance's applier alike (the rest is kept here, under the
+-- applier lock). On a server whose cores the application's writes keep busy, the applier then
+-- takes at most that share of a core from them, and a backlog waits for a quieter moment. A
+-- rest ends early when the application is found idle: a backlog left by a burst is then
+-- applied at once, batch after batch. Whose sessions are at work is read
+-- from pg_stat_activity, as the summaries' owner: an owner who may not see other roles' sessions
+-- (neither superuser nor pg_read_all_stats) sees none at work, and the applier never rests.
+CREATE TABLE IF NOT EXISTS kpi_applier_rest (until timestamptz NOT NULL);
+INSERT INTO kpi_applier_rest SELECT '-infinity' WHERE NOT EXISTS (SELECT FROM kpi_applier_rest);
+
+-- Whether another session of the application (not of this service) is running a statement in
+-- this database now.
+CREATE OR REPLACE FUNCTION kpi_application_at_work() RETURNS boolean
+LANGUAGE sql AS $fn$
+    SELECT EXISTS (
+        SELECT FROM pg_stat_activity
+        WHERE datname = current_database() AND state = 'active' AND backend_type = 'client backend'
+          AND pid <> pg_backend_pid() AND application_name IS DISTINCT FROM current_setting('application_name'))
+$fn$;
+
+CREATE OR REPLACE FUNCTION kpi_applier_rests(started timestamptz, busy_share double precision) RETURNS void
+LANGUAGE sql AS $fn$
+    UPDATE kpi_applier_rest SET until = CASE
+        WHEN busy_share < 1 AND kpi_application_at_work()
+        THEN clock_timestamp() + (clock_timestamp() - started) * (1 / busy_share - 1)
+        ELSE '-infinity' END
+$fn$;
+
+-- The one-argument form of earlier versions (grants name a function by its arguments).
+DROP FUNCTION IF EXISTS kpi_apply_changes(integer);
+CREATE OR REPLACE FUNCTION kpi_apply_changes(max_rows integer DEFAULT 50000, busy_share double precision DEFAULT 1)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
+DECLARE
+    started timestamptz := clock_timestamp();
+    changes kpi_changes[];
+    listing_ids bigint[];
+    buyer_ids bigint[];
+    deltas kpi_sums[];
+    buyer_deltas kpi_sums[];
+BEGIN
+    PERFORM kpi_require_one_snapshot();
+    IF NOT kpi_applier_lock() THEN
+        RETURN NULL;
+    END IF;
+    IF busy_share < 1 AND (SELECT until FROM kpi_applier_rest) > started AND kpi_application_at_work() THEN
+        RETURN NULL;  -- resting: as if another session were applying
+    END IF;
+    WITH taken AS (
+        DELETE FROM kpi_changes WHERE ctid = ANY (ARRAY(SELECT ctid FROM kpi_changes LIMIT max_rows))
+        RETURNING *
+    )
+    SELECT coalesce(array_agg(t), '{}') INTO changes FROM taken t;
+    IF cardinality(changes) = 0 THEN
+        RETURN 0;
+    END IF;
+    IF EXISTS (SELECT FROM unnest(changes) c WHERE c.tbl = 't') THEN
+        PERFORM kpi_rebuild();
+        PERFORM set_config('kpi.changed', '{"all": true}', true);
+        PERFORM kpi_applier_rests(started, busy_share);
+        RETURN cardinality(changes);
+    END IF;
+
+    deltas := ARRAY(
+        SELECT ROW(0, c.at, c.sign, c.sign * c.price, c.sign * (c.score IS NOT NULL)::integer,
+                   c.sign * coalesce(c.score, 0), c.sign * (NOT c.withdrawn AND c.sold_at IS NULL)::integer,
+                   0, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
+        FROM unnest(changes) c WHERE c.tbl = 'l'
+        UNION ALL
+        SELECT ROW(0, c.at, 0, 0, 0, 0, 0, c.sign, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
+        FROM unnest(changes) c WHERE c.tbl = 'd'
+    );
+
+    -- The sold listings of aged_inventory, for the listings whose instants or withdrawal may
+    -- have changed (logged once, or with two values): a rescore leaves kpi_sales alone.
+    listing_ids := ARRAY(
+        SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'l'
+        GROUP BY c.id HAVING count(*) = 1 OR count(DISTINCT (c.at, c.sold_at, c.withdrawn)) > 1
+    );
+    WITH wanted AS (
+        SELECT li.id, li.listed_at, li.sold_at
+        FROM unnest(listing_ids) AS k (id)
+        JOIN listings li ON li.id = k.id
+        WHERE li.status <> 'withdrawn' AND li.sold_at IS NOT NULL
+    ),
+    stale AS (
+        SELECT s.* FROM unnest(listing_ids) AS k (id) JOIN kpi_sales s ON s.listing_id = k.id
+        EXCEPT
+        SELECT * FROM wanted
+    ),
+    removed AS (
+        DELETE FROM kpi_sales s USING stale WHERE s.listing_id = stale.listing_id RETURNING s.listing_id
+    )
+    INSERT INTO kpi_sales
+    SELECT w.* FROM wanted w
+    WHERE NOT EXISTS (
+        SELECT FROM kpi_sales s
+        WHERE s.listing_id = w.id AND (s.listed_at, s.sold_at) = (w.listed_at, w.sold_at)
+    )
+    ON CONFLICT (listing_id) DO UPDATE SET listed_at = excluded.listed_at, sold_at = excluded.sold_at;
+
+    -- Purchases' facts and leads' conversions: the purchases logged, those of a listing whose
+    -- cost changed and of a lead whose instant changed (an id logged once, or with two values:
+    -- an insert, a delete, or an update of that value); the leads logged, and those of the
+    -- purchases logged.
+    deltas := deltas || kpi_sync_facts(
+        ARRAY(
+            SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'p'
+            UNION
+            SELECT x.id
+            FROM (
+                SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'l'
+                GROUP BY c.id HAVING count(*) = 1 OR count(DISTINCT c.cost) + max((c.cost IS NULL)::integer) > 1
+            ) k
+            JOIN purchases x ON x.listing_id = k.id
+            UNION
+            SELECT x.id
+            FROM (
+                SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'd'
+                GROUP BY c.id HAVING count(*) = 1 OR count(DISTINCT c.at) > 1
+            ) k
+            JOIN purchases x ON x.lead_id = k.id
+        ),
+        -- (A lead only inserted has no purchase yet: a purchase of it is logged itself.)
+        ARRAY(
+            SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'd'
+            GROUP BY c.id HAVING count(DISTINCT c.at) > 1 OR min(c.sign) < 0
+            UNION
+            SELECT c.lead_id FROM unnest(changes) c WHERE c.tbl = 'p' AND c.lead_id IS NOT NULL
+        )
+    );
+
+    -- The buyers' buckets. A (buyer, bucket) that only gained rows holds; one that lost a row
+    -- holds if that buyer still has a lead or purchase in that bucket (read for those alone).
+    WITH pairs AS (
+        SELECT c.buyer_id, date_bin('15 minutes', c.at, timestamptz 'epoch') AS bucket, bool_or(c.sign < 0) AS lost
+        FROM unnest(changes) c
+        WHERE c.tbl IN ('d', 'p')
+        GROUP BY 1, 2
+    ),
+    truth AS (
+        SELECT p.buyer_id, p.bucket,
+               NOT p.lost
+               OR EXISTS (SELECT FROM leads x WHERE x.created_at >= p.bucket
+                                                AND x.created_at < p.bucket + interval '15 minutes'
+                                                AND x.buyer_id = p.buyer_id)
+               OR EXISTS (SELECT FROM purchases x WHERE x.purchased_at >= p.bucket
+                                                    AND x.purchased_at < p.bucket + interval '15 minutes'
+                                                    AND x.buyer_id = p.buyer_id) AS holds
+        FROM pairs p
+    ),
+    removed AS (
+        DELETE FROM kpi_buyer_buckets b USING truth t
+        WHERE NOT t.holds AND b.buyer_id = t.buyer_id AND b.bucket = t.bucket
+        RETURNING b.buyer_id, b.bucket, b.prev_bucket
+    ),
+    added AS (
+        INSERT INTO kpi_buyer_buckets (buyer_id, bucket)
+        SELECT t.buyer_id, t.bucket FROM truth t
+        WHERE t.holds
+          AND NOT EXISTS (SELECT FROM kpi_buyer_buckets b WHERE b.buyer_id = t.buyer_id AND b.bucket = t.bucket)
+        ON CONFLICT DO NOTHING
+        RETURNING buyer_id, bucket
+    )
+    SELECT ARRAY(SELECT buyer_id FROM removed UNION SELECT buyer_id FROM added),
+           ARRAY(
+               SELECT ROW(0, e.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, e.buckets, e.links)::kpi_sums
+               FROM (
+                   SELECT bucket AS at, -1 AS buckets, 0 AS links FROM removed
+                   UNION ALL
+                   SELECT prev_bucket, 0, -1 FROM removed WHERE prev_bucket IS NOT NULL
+                   UNION ALL
+                   SELECT bucket, 1, 0 FROM added
+               ) AS e
+           )
+    INTO buyer_ids, buyer_deltas;
+
+    -- Their links to their previous bucket, where those changed (a statement of its own: the
+    -- one above cannot see its own DELETE and INSERT).
+    WITH linked AS (
+        SELECT b.buyer_id, b.bucket, b.prev_bucket AS old_prev,
+               lag(b.bucket) OVER (PARTITION BY b.buyer_id ORDER BY b.bucket) AS new_prev
+        FROM unnest(buyer_ids) AS k (id)
+        JOIN kpi_buyer_buckets b ON b.buyer_id = k.id
+    ),
+    relinked AS (
+        UPDATE kpi_buyer_buckets b SET prev_bucket = l.new_prev
+        FROM linked l
+        WHERE b.buyer_id = l.buyer_id AND b.bucket = l.bucket AND l.old_prev IS DISTINCT FROM l.new_prev
+        RETURNING l.old_prev, l.new_prev
+    )
+    SELECT buyer_deltas || ARRAY(
+        SELECT ROW(0, e.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, e.links)::kpi_sums
+        FROM (
+            SELECT old_prev AS at, -1 AS links FROM relinked WHERE old_prev IS NOT NULL
+            UNION ALL
+            SELECT new_prev, 1 FROM relinked WHERE new_prev IS NOT NULL
+        ) AS e
+    )
+    INTO buyer_deltas;
+
+    PERFORM kpi_add(deltas || buyer_deltas);
+
+    -- What this batch changed, for the service's live updates (kpi_service/live/hub.py), left in a
+    -- setting of this transaction for the caller to read before it commits (the function's
+    -- result stays a count, so that the service role's right to call it survives upgrades):
+    -- the first and last instant of a bucket it added to, and the earliest listed_at of a
+    -- listing whose stock status or instants changed (aged_inventory at an instant T changes
+    -- only where T is later than that plus aged_days).
+    PERFORM set_config('kpi.changed', json_build_object(
+        'from', (SELECT min(d.bucket) FROM unnest(deltas || buyer_deltas) d),
+        'to', (SELECT max(d.bucket) FROM unnest(deltas || buyer_deltas) d),
+        'stock_from', (SELECT min(c.at) FROM unnest(changes) c WHERE c.tbl = 'l' AND c.id = ANY (listing_ids))
+    )::text, true);
+    PERFORM kpi_applier_rests(started, busy_share);
+    RETURN cardinality(changes);
+END
+$fn$;
+
+-- The sums of kpi_sums over [lo, hi), both 15-minute edges: the whole UTC days at day grain,
+-- the 15-minute buckets before and after them (a window without a whole day: all at 15 minutes).
+CREATE OR REPLACE FUNCTION kpi_range(lo timestamptz, hi timestamptz)
+RETURNS TABLE (listings bigint, price_sum numeric, scored bigint, score_sum numeric, unsold bigint,
+               leads bigint, converted bigint, costed bigint, profit_sum numeric, led bigint,
+               lead_seconds numeric, buyer_buckets bigint, buyer_links bigint)
+LANGUAGE sql STABLE AS $fn$
+    SELECT coalesce(sum(r.listings), 0)::bigint, coalesce(sum(r.price_sum), 0), coalesce(sum(r.scored), 0)::bigint,
+           coalesce(sum(r.score_sum), 0), coalesce(sum(r.unsold), 0)::bigint, coalesce(sum(r.leads), 0)::bigint,
+           coalesce(sum(r.converted), 0)::bigint, coalesce(sum(r.costed), 0)::bigint, coalesce(sum(r.profit_sum), 0),
+           coalesce(sum(r.led), 0)::bigint, coalesce(sum(r.lead_seconds), 0),
+           coalesce(sum(r.buyer_buckets), 0)::bigint, coalesce(sum(r.buyer_links), 0)::bigint
+    FROM (
+        SELECT CASE WHEN d.first < d.last THEN d.first ELSE hi END AS day_lo,
+               CASE WHEN d.first < d.last THEN d.last ELSE hi END AS day_hi
+        FROM (
+            SELECT CASE WHEN date_bin('1 day', lo, timestamptz 'epoch') = lo THEN lo
+                        ELSE date_bin('1 day', lo, timestamptz 'epoch') + interval '1 day' END AS first,
+                   date_bin('1 day', hi, timestamptz 'epoch') AS last
+        ) d
+    ) s
+    CROSS JOIN LATERAL (
+        SELECT * FROM kpi_sums WHERE grain = 900 AND bucket >= lo AND bucket < s.day_lo
+        UNION ALL
+        SELECT * FROM kpi_sums WHERE grain = 86400 AND bucket >= s.day_lo AND bucket < s.day_hi
+        UNION ALL
+        SELECT * FROM kpi_sums WHERE grain = 900 AND bucket >= s.day_hi AND bucket < hi
+    ) r
+$fn$;
+
+-- How far behind the applier is: the rows waiting (for /readyz and the service's metrics).
+CREATE OR REPLACE FUNCTION kpi_pending_changes() RETURNS bigint
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
+    SELECT count(*) FROM kpi_changes
+$fn$;
+
+-- Statement-level, ALWAYS: bulk loads that run with session_replication_role = replica (the
+-- seeder does) must log their changes too. Only ALTER TABLE ... DISABLE TRIGGER stops them,
+-- and a logical-replication subscriber fires none (its apply process runs row triggers only):
+-- afterwards, `SELECT kpi_rebuild()`. (An UPDATE of a column no KPI reads, a lead's status, is
+-- logged too: PostgreSQL allows no column list on a trigger with transition tables, and the
+-- applier finds nothing changed in that bucket.)
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['listings', 'leads', 'purchases'] LOOP
+        EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER INSERT ON %I REFERENCING NEW TABLE AS new_rows'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION %I()', 'kpi_' || t || '_insert', t, 'kpi_' || t || '_changed');
+        EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER UPDATE ON %I REFERENCING OLD TABLE AS old_rows'
+                       ' NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION %I()',
+                       'kpi_' || t || '_update', t, 'kpi_' || t || '_changed');
+        EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER DELETE ON %I REFERENCING OLD TABLE AS old_rows'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION %I()', 'kpi_' || t || '_delete', t, 'kpi_' || t || '_changed');
+        EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER TRUNCATE ON %I'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION kpi_truncated()', 'kpi_' || t || '_truncate', t);
+        EXECUTE format('ALTER TABLE %1$I ENABLE ALWAYS TRIGGER %2$I, ENABLE ALWAYS TRIGGER %3$I,'
+                       ' ENABLE ALWAYS TRIGGER %4$I, ENABLE ALWAYS TRIGGER %5$I', t, 'kpi_' || t || '_insert',
+                       'kpi_' || t || '_update', 'kpi_' || t || '_delete', 'kpi_' || t || '_truncate');
+    END LOOP;
+END
+$$;
+
+-- Built once per version of the functions above, by kpi_build() (kpi-service init-db runs it in
+-- a transaction of its own after this file: the triggers are then already logging, and the
+-- build's snapshot is later than their creation, so nothing falls between the two). Until then
+-- kpi_source() says 'raw', and the service reads the raw rows.
+DELETE FROM kpi_summary_state WHERE version <> 4;
+
+CREATE OR REPLACE FUNCTION kpi_build() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
+BEGIN
+    IF NOT EXISTS (SELECT FROM kpi_summary_state) THEN
+        PERFORM kpi_rebuild();
+        INSERT INTO kpi_summary_state VALUES (4);
+    END IF;
+END
+$fn$;
+
+-- Functions are executable by everyone by default; these run as the tables' owner. sql/ops/roles.sql
+-- grants the applier and the backlog count to the service's role.
+REVOKE EXECUTE ON FUNCTION kpi_rebuild(), kpi_build(), kpi_apply_changes(integer, double precision), kpi_pending_changes(),
+    kpi_applier_session_lock(boolean) FROM PUBLIC;
