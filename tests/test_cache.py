@@ -39,10 +39,12 @@ def count_queries(app: Flask, monkeypatch: pytest.MonkeyPatch, delay: float = 0.
 
 def test_etag_and_304(client: object, auth: dict[str, str], conn: psycopg.Connection) -> None:
     two_listings(conn)
-    client.get("/api/kpi", headers=auth)  # computed
+    computed = client.get("/api/kpi", headers=auth)
     first = client.get("/api/kpi", headers=auth)  # the hit every later poll repeats
+    assert (computed.get_json()["meta"]["cached"], first.get_json()["meta"]["cached"]) == (False, True)
     etag = first.headers["ETag"]
-    assert etag.startswith('"') and not etag.startswith("W/")
+    # Weak: the two bodies differ only in meta.cached, and are the same value.
+    assert etag.startswith('W/"') and computed.headers["ETag"] == etag
     cache_control = first.headers["Cache-Control"]
     assert cache_control.startswith("private, max-age=")
     assert 0 < int(cache_control.rsplit("=", 1)[1]) <= 30

@@ -227,8 +227,8 @@ def test_a_503_gives_way_to_the_fallback_until_the_database_answers(
 
 
 def test_get_kpi_metrics_revalidates_with_the_etag(app: Flask, browser) -> None:
-    # Computed once before: a computation's own answer says cached: false, so the hits after it
-    # have another ETag; from the first hit on, the ETag holds while the value is fresh.
+    # Computed once before, so that both calls below are served from the cache (the ETag is the
+    # same for the computing answer and the hits: test_cache.py).
     assert app.test_client().get("/api/kpi?tz=UTC", headers={"Authorization": f"Bearer {token()}"}).status_code == 200
     with serving(app, site(app)) as base:
         page, errors = open_page(browser, base, start=False)

@@ -76,7 +76,12 @@ class Served:
 
     @cached_property
     def etag(self) -> str:
-        return hashlib.blake2b(self.payload, digest_size=16).hexdigest()
+        """A weak ETag's value: the answer that computed a value says `cached: false` and the hits
+        after it `true`, the same value otherwise, so the flag is left out and a poller that got
+        the computing answer gets its 304 from the first hit on (If-None-Match compares weakly)."""
+        meta = {name: value for name, value in self.body["meta"].items() if name != "cached"}
+        identity = json.dumps({**self.body, "meta": meta}, separators=(",", ":")).encode()
+        return hashlib.blake2b(identity, digest_size=16).hexdigest()
 
 
 # Seconds a client should wait before asking again when every connection was in use: about

@@ -39,7 +39,7 @@ def _respond(served: Served) -> Response:
     response = Response(
         served.payload,
         mimetype="application/json",
-        headers=(("ETag", f'"{served.etag}"'), ("Cache-Control", f"private, max-age={fresh_for}")),
+        headers=(("ETag", f'W/"{served.etag}"'), ("Cache-Control", f"private, max-age={fresh_for}")),
     )
     if "HTTP_IF_NONE_MATCH" in request.environ:
         return response.make_conditional(request)
