@@ -75,6 +75,17 @@ def total_listings(body: dict) -> int:
 
 @pytest.mark.fault
 @pytest.mark.slow
+def arrivals(streams: list, listings: int) -> list[float]:
+    """When each stream got the numbers of `listings` listings (monotonic), read side by side."""
+
+    def arrival(stream) -> float:
+        stream.until(lambda body: total_listings(body) == listings, 30)
+        return time.monotonic()
+
+    with ThreadPoolExecutor(len(streams)) as readers:
+        return list(readers.map(arrival, streams))
+
+
 def test_a_failover_under_load_fails_no_request_and_streams_go_on(
     database_url: str, conn: psycopg.Connection, sentinels: RedisSentinels
 ) -> None:
@@ -117,10 +128,7 @@ def test_a_failover_under_load_fails_no_request_and_streams_go_on(
             # A write right after the failover: each stream gets the new numbers.
             insert_listing(conn, datetime.now(UTC))
             written_at = time.monotonic()
-            with ThreadPoolExecutor(2) as readers:
-                arrived = list(
-                    readers.map(lambda s: (s.until(lambda b: total_listings(b) == 2, 30), time.monotonic())[1], streams)
-                )
+            arrived = arrivals(streams, 2)
 
             def service_writes_to_new_primary() -> bool:
                 # A value both computed and stored after the kill (the load's new windows).
@@ -135,10 +143,7 @@ def test_a_failover_under_load_fails_no_request_and_streams_go_on(
             # alone (the TTL is an hour), and the internal client too.
             insert_listing(conn, datetime.now(UTC))
             settled_write_at = time.monotonic()
-            with ThreadPoolExecutor(2) as readers:
-                settled = list(
-                    readers.map(lambda s: (s.until(lambda b: total_listings(b) == 3, 30), time.monotonic())[1], streams)
-                )
+            settled = arrivals(streams, 3)
             wait_until(lambda: any(total_listings(body) == 3 for _, body in updates), seconds=30)
             client_heard_at = min(at for at, body in updates if total_listings(body) == 3)
             settle = time.monotonic() + 2  # a little more load on the new primary
