@@ -24,6 +24,7 @@ from kpi_service.config import Settings
 from kpi_service.live.events import Closed, Subscriber, format_event_id
 from kpi_service.live.hub import Full, Hub
 from kpi_service.live.tickets import Grant, TicketStore, TicketsUnavailable
+from kpi_service.serving.query import repeated
 from kpi_service.serving.responses import Served
 from kpi_service.web.errors import ApiError
 
@@ -96,9 +97,9 @@ def open_subscription() -> Subscriber:
     value. Raises what the error handlers answer (401, 400, 503); the caller unsubscribes."""
     state = _state()
     args = request.args
-    repeated = {name: ["Given more than once."] for name in args if len(args.getlist(name)) > 1}
+    twice = repeated(args)
     if TICKET_PARAM in args:
-        if TICKET_PARAM in repeated:
+        if TICKET_PARAM in twice:
             raise ApiError(401, BAD_TICKET)
         try:
             grant = state.tickets.redeem(args[TICKET_PARAM])
@@ -108,8 +109,8 @@ def open_subscription() -> Subscriber:
             raise ApiError(401, BAD_TICKET)
     else:
         grant = _bearer_grant()
-    if repeated:
-        raise ValidationError(repeated)
+    if twice:
+        raise ValidationError(twice)
     window_args = {k: v for k, v in args.items() if k not in (TICKET_PARAM, LAST_EVENT_PARAM)}
     query = current_app.extensions["kpi"].kpi_schema.load(window_args)
     last_event_id = format_event_id(request.headers.get("Last-Event-ID") or args.get(LAST_EVENT_PARAM))

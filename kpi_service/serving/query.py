@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from kpi_service.serving.windows import INTERVALS, Window, bucket_count, canonical_zone
+
+if TYPE_CHECKING:
+    from werkzeug.datastructures import MultiDict
 
 # Dates outside this range are refused rather than risking overflow at either end of the
 # calendar once converted to UTC instants.
@@ -18,6 +21,12 @@ MAX_DATE = date(9998, 12, 31)
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 # The same rule for the OpenAPI document: YYYY-MM-DD with a year from 1900 to 9998.
 DATE_PATTERN = r"^(19[0-9]{2}|[2-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])-[0-9]{2}-[0-9]{2}$"
+
+
+def repeated(args: MultiDict[str, str]) -> dict[str, list[str]]:
+    """The parameters given more than once, as a ValidationError's messages: a window has one
+    value of each, and which of two would win is not for the service to guess."""
+    return {name: ["Given more than once."] for name in args if len(args.getlist(name)) > 1}
 
 
 class IsoDate(fields.Date):

@@ -7,7 +7,7 @@ import time
 from flask import Blueprint, Response, current_app, request
 from marshmallow import Schema, ValidationError
 
-from kpi_service.serving.query import KpiQuery
+from kpi_service.serving.query import KpiQuery, repeated
 from kpi_service.serving.responses import Served
 from kpi_service.web.auth import token_required
 from kpi_service.web.request_hooks import scope
@@ -22,11 +22,10 @@ def _parse(kind: str, schema: Schema) -> KpiQuery:
     memo_key = (kind, request.environ.get("QUERY_STRING", ""))
     query = parsed.get(memo_key)
     if query is None:
-        args = request.args
-        repeated = {name: ["Given more than once."] for name in args if len(args.getlist(name)) > 1}
-        if repeated:
-            raise ValidationError(repeated)
-        query = schema.load(args.to_dict())
+        twice = repeated(request.args)
+        if twice:
+            raise ValidationError(twice)
+        query = schema.load(request.args.to_dict())
         if len(parsed) >= _MAX_PARSED:
             parsed.clear()
         parsed[memo_key] = query
