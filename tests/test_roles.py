@@ -11,6 +11,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from kpi_service.db.database import Database
+from kpi_service.db.schema import apply_schema
 from kpi_service.db.sql import sql_text
 from tests.helpers import make_settings, two_listings
 
@@ -71,3 +72,24 @@ def test_reader_applies_the_summaries_but_cannot_change_them(reader_url: str, co
             reader.execute("INSERT INTO kpi_changes DEFAULT VALUES")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             reader.execute("SELECT kpi_rebuild()")
+
+
+def test_an_upgrade_by_init_db_keeps_the_readers_right_to_apply(
+    reader_url: str, database_url: str, conn: psycopg.Connection
+) -> None:
+    """Versions before the applier's pacing had kpi_apply_changes(integer), granted to kpi_reader by
+    the owner's DBA: init-db replaces it and passes the grant on, with no second run of roles.sql."""
+    conn.execute("REVOKE EXECUTE ON FUNCTION kpi_apply_changes(integer, double precision) FROM kpi_reader")
+    conn.execute(
+        "CREATE FUNCTION kpi_apply_changes(max_rows integer) RETURNS bigint LANGUAGE sql AS 'SELECT 0::bigint'"
+    )
+    conn.execute("GRANT EXECUTE ON FUNCTION kpi_apply_changes(integer) TO kpi_reader")
+    apply_schema(database_url)
+    assert conn.execute("SELECT to_regprocedure('kpi_apply_changes(integer)')").fetchone() == (None,)
+    two_listings(conn)
+    conn.execute("UPDATE listings SET price = price + 1")  # logs the old and new rows of both
+    db = Database(make_settings(reader_url))
+    try:
+        assert db.apply_changes(wait=True) == 4
+    finally:
+        db.close()

@@ -436,8 +436,6 @@ LANGUAGE sql AS $fn$
         ELSE '-infinity' END
 $fn$;
 
--- The one-argument form of earlier versions (grants name a function by its arguments).
-DROP FUNCTION IF EXISTS kpi_apply_changes(integer);
 CREATE OR REPLACE FUNCTION kpi_apply_changes(max_rows integer DEFAULT 50000, busy_share double precision DEFAULT 1)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
@@ -626,6 +624,27 @@ BEGIN
     RETURN cardinality(changes);
 END
 $fn$;
+
+-- Earlier versions had a one-argument form. A grant names a function by its arguments, so the
+-- roles that could run that one (sql/ops/roles.sql, run by the owner's DBA) may run this one,
+-- before it goes: an upgrade by init-db alone leaves the service able to apply.
+DO $$
+DECLARE
+    role_name name;
+BEGIN
+    IF to_regprocedure('kpi_apply_changes(integer)') IS NOT NULL THEN
+        FOR role_name IN
+            SELECT r.rolname
+            FROM pg_proc p CROSS JOIN LATERAL aclexplode(p.proacl) a JOIN pg_roles r ON r.oid = a.grantee
+            WHERE p.oid = 'kpi_apply_changes(integer)'::regprocedure AND a.privilege_type = 'EXECUTE'
+              AND a.grantee <> p.proowner
+        LOOP
+            EXECUTE format('GRANT EXECUTE ON FUNCTION kpi_apply_changes(integer, double precision) TO %I', role_name);
+        END LOOP;
+        DROP FUNCTION kpi_apply_changes(integer);
+    END IF;
+END
+$$;
 
 -- The sums of kpi_sums over [lo, hi), both 15-minute edges: the whole UTC days at day grain,
 -- the 15-minute buckets before and after them (a window without a whole day: all at 15 minutes).
