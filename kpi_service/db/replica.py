@@ -149,7 +149,9 @@ class Replica:
         lag = self.positions.lag_ms(replayed)
         self.lag_ms = round(lag or 0.0, 1)
         if self.positions.latest == 0:
-            return  # no position of the primary known yet: how far behind it is, is not known
+            # The primary down since this process started: the replica is all there is.
+            self._set("ok", "the primary's position is not known")
+            return
         self._set("ok" if lag is None or lag <= self.max_lag_ms else "lagging", f"{self.lag_ms} ms behind")
 
     def _set(self, state: str, reason: str) -> None:

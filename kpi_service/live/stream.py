@@ -128,10 +128,10 @@ def open_subscription() -> Subscriber:
         # The current value, as GET /api/kpi would answer (computing it if nobody has): sent at
         # once unless the client's Last-Event-ID says it has it already.
         served: Served = current_app.extensions["kpi"].service.current(query)
+        state.hub.deliver(subscriber.key, served)
     except BaseException:
         state.hub.unsubscribe(subscriber)
         raise
-    state.hub.deliver(subscriber.key, served)
     return subscriber
 
 

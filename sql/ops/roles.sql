@@ -25,11 +25,18 @@ GRANT SELECT ON buyers, listings, leads, purchases TO kpi_reader;
 -- to date through kpi_apply_changes(), which runs as their owner and writes only the service's
 -- own tables.
 DO $$
+DECLARE
+    applier regprocedure;
 BEGIN
     IF to_regclass('kpi_summary_state') IS NOT NULL THEN
         GRANT SELECT ON kpi_sums, kpi_buyer_buckets, kpi_sales, kpi_summary_state TO kpi_reader;
-        GRANT EXECUTE ON FUNCTION kpi_apply_changes(integer, double precision), kpi_pending_changes(), kpi_applier_session_lock(boolean)
-            TO kpi_reader;
+        GRANT EXECUTE ON FUNCTION kpi_pending_changes(), kpi_applier_session_lock(boolean) TO kpi_reader;
+        -- Whichever form the installed version has (before and after init-db's upgrade).
+        FOR applier IN SELECT oid::regprocedure FROM pg_proc WHERE proname = 'kpi_apply_changes'
+                       AND pronamespace = 'public'::regnamespace
+        LOOP
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO kpi_reader', applier);
+        END LOOP;
     END IF;
 END
 $$;

@@ -408,7 +408,8 @@ $fn$;
 --   rows come the comparison finds nothing left to add.
 -- Pacing, as autovacuum's cost delay paces vacuum: with busy_share below 1, a batch that found
 -- the application's sessions at work (in this database) is followed by a rest of its own duration times
--- (1 / busy_share - 1), for every instance's applier alike (the rest is kept here, under the
+-- (1 / busy_share - 1), at most 5 s (after a rebuild or a batch that took a minute, a backlog
+-- must not wait for many minutes), for every instance's applier alike (the rest is kept here, under the
 -- applier lock). On a server whose cores the application's writes keep busy, the applier then
 -- takes at most that share of a core from them, and a backlog waits for a quieter moment. A
 -- rest ends early when the application is found idle: a backlog left by a burst is then
@@ -422,6 +423,9 @@ INSERT INTO kpi_applier_rest SELECT '-infinity' WHERE NOT EXISTS (SELECT FROM kp
 -- this database now.
 CREATE OR REPLACE FUNCTION kpi_application_at_work() RETURNS boolean
 LANGUAGE sql AS $fn$
+    -- pg_stat_activity is read once per transaction and kept: asked again at a batch's end, it
+    -- would answer what it answered at its start.
+    SELECT pg_stat_clear_snapshot();
     SELECT EXISTS (
         SELECT FROM pg_stat_activity
         WHERE datname = current_database() AND state = 'active' AND backend_type = 'client backend'
@@ -432,7 +436,7 @@ CREATE OR REPLACE FUNCTION kpi_applier_rests(started timestamptz, busy_share dou
 LANGUAGE sql AS $fn$
     UPDATE kpi_applier_rest SET until = CASE
         WHEN busy_share < 1 AND kpi_application_at_work()
-        THEN clock_timestamp() + (clock_timestamp() - started) * (1 / busy_share - 1)
+        THEN clock_timestamp() + least((clock_timestamp() - started) * (1 / busy_share - 1), interval '5 seconds')
         ELSE '-infinity' END
 $fn$;
 
@@ -451,7 +455,7 @@ BEGIN
     IF NOT kpi_applier_lock() THEN
         RETURN NULL;
     END IF;
-    IF busy_share < 1 AND (SELECT until FROM kpi_applier_rest) > started AND kpi_application_at_work() THEN
+    IF busy_share < 1 AND (SELECT max(until) FROM kpi_applier_rest) > started AND kpi_application_at_work() THEN
         RETURN NULL;  -- resting: as if another session were applying
     END IF;
     WITH taken AS (
