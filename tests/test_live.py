@@ -6,33 +6,26 @@ announcement is what is tested. The cache TTL is an hour, so no update can come 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 
-import psycopg
 import pytest
 from flask import Flask
 
-from kpi_service import create_app
 from kpi_service.live.changes import affected
 from kpi_service.serving.query import KpiQuery
-from tests.helpers import HOUR, RedisServer, counted, insert_listing, make_settings, ticket, today_window
+from tests.helpers import HOUR, RedisServer, counted, insert_listing, ticket, today_window
 from tests.sse import Sse, serving
 
 
 @pytest.fixture
-def live_app(database_url: str, conn: psycopg.Connection) -> Iterator[Callable[..., Flask]]:
-    apps: list[Flask] = []
+def live_app(make_app: Callable[..., Flask]) -> Callable[..., Flask]:
+    """make_app with the live tests' settings: no TTL in sight, a quick applier, 1 s heartbeats."""
 
     def make(**overrides: object) -> Flask:
-        settings = {"cache_ttl": HOUR, "apply_interval": 0.05, "stream_heartbeat": 1, **overrides}
-        apps.append(create_app(make_settings(database_url, **settings)))
-        return apps[-1]
+        return make_app(**{"cache_ttl": HOUR, "apply_interval": 0.05, "stream_heartbeat": 1, **overrides})
 
-    yield make
-    for app in apps:
-        app.extensions["kpi_stream"].hub.close()
-        app.extensions["kpi"].close()
+    return make
 
 
 def test_a_new_listing_reaches_an_open_stream_without_a_poll_or_a_ttl(live_app, conn) -> None:
