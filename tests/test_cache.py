@@ -202,3 +202,30 @@ def test_redis_errors_never_reach_the_client(app: Flask, auth: dict[str, str], m
 
     monkeypatch.setattr(app.extensions["kpi"].cache.client, "get", broken)
     assert app.test_client().get("/api/kpi", headers=auth).status_code == 200
+
+
+def test_a_batch_announced_while_redis_is_down_is_announced_when_it_is_back() -> None:
+    import fakeredis
+
+    from kpi_service.serving.cache import Cache
+    from kpi_service.serving.keys import CHANGES_CHANNEL
+
+    server = fakeredis.FakeServer()
+    cache = Cache(fakeredis.FakeRedis(server=server), ttl=60, stale_ttl=60, lock_seconds=1, retry_after=0.05)
+    changes = fakeredis.FakeRedis(server=server).pubsub()
+    changes.subscribe(CHANGES_CHANNEL)
+    assert changes.get_message(timeout=1)["type"] == "subscribe"
+    server.connected = False
+    cache.announce_change({"from": "2026-01-01T00:00:00+00:00", "to": "2026-01-01T00:15:00+00:00"})
+    assert not cache.available
+    server.connected = True
+    # Retried by the cache itself, widened to every window: which ones the lost batch touched
+    # no longer matters, that every stream hears of it does.
+    message = changes.get_message(timeout=5)
+    assert message is not None and json.loads(message["data"]) == {
+        "from": "2026-01-01T00:00:00+00:00",
+        "to": "2026-01-01T00:15:00+00:00",
+        "all": True,
+        "seq": 1,
+    }
+    assert changes.get_message(timeout=0.2) is None  # once

@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 
 # Longest the listener blocks on Redis before it looks at due refreshes and its stop flag.
 _TICK = 1.0
+# The longest wait between two attempts to subscribe again: the cache's breaker retries as often.
+_RECONNECT_MAX = 5.0
 # After a refresh that found the previous value still being recomputed elsewhere, look again
 # this soon (doubling up to the TTL): the announcement usually arrives first anyway.
 _FIRST_RETRY = 0.25
@@ -202,7 +204,7 @@ class Hub:
                 else:
                     # Without announcements the refreshes still run: wait for the next one due.
                     self._stopped.wait(min(self._until_due(), backoff))
-                    backoff = min(backoff * 2, 30.0)
+                    backoff = min(backoff * 2, _RECONNECT_MAX)
             except redis.RedisError:
                 pubsub = self._lost(pubsub)
             except Exception:  # never let the thread die: streams would go silent

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +62,8 @@ class Cache:
         self.breaker = Breaker(retry_after)
         # SET and PUBLISH in one script: a reader never sees a value without its announcement.
         self._put_newer = client.register_script(_PUT_NEWER)
+        self._unannounced: dict[str, Any] | None = None  # a batch Redis has not heard of yet
+        self._announcing = threading.Lock()
 
     @property
     def available(self) -> bool:
@@ -140,17 +143,37 @@ class Cache:
         return int(seq or 0), int(position or 0)
 
     def announce_change(self, changed: dict[str, Any]) -> None:
-        """Number a committed batch of the applier and tell every instance what it changed."""
+        """Number a committed batch of the applier and tell every instance what it changed.
 
-        def write() -> None:
-            if "position" in changed:
-                # Before the number: whoever reads the number reads this position or a later one.
-                self.client.set(CHANGE_POSITION, changed["position"])
-            seq = self.client.incr(CHANGE_SEQ)
-            self.client.publish(CHANGES_CHANNEL, json.dumps({**changed, "seq": seq}, separators=(",", ":")))
+        A batch Redis cannot hear of now is told later, every `retry_after` seconds until Redis
+        answers, as a change of everything: the streams that missed it would otherwise show
+        its numbers only after their TTL (live/hub.py)."""
+        with self._announcing:
+            if self._unannounced is not None:
+                changed = {**changed, "all": True}
+            try:
+                self._call("announce", self._announce, changed)
+            except _Unavailable:
+                if self._unannounced is None:
+                    retry = threading.Timer(self.breaker.retry_after, self._announce_later)
+                    retry.daemon = True
+                    retry.start()
+                self._unannounced = {**changed, "all": True}
+            else:
+                self._unannounced = None
 
-        with contextlib.suppress(_Unavailable):  # streams then refresh by their TTL (live/hub.py)
-            self._call("announce", write)
+    def _announce(self, changed: dict[str, Any]) -> None:
+        if "position" in changed:
+            # Before the number: whoever reads the number reads this position or a later one.
+            self.client.set(CHANGE_POSITION, changed["position"])
+        seq = self.client.incr(CHANGE_SEQ)
+        self.client.publish(CHANGES_CHANNEL, json.dumps({**changed, "seq": seq}, separators=(",", ":")))
+
+    def _announce_later(self) -> None:
+        with self._announcing:
+            pending, self._unannounced = self._unannounced, None
+        if pending is not None:
+            self.announce_change(pending)
 
     def try_lock(self, key: str) -> Lock | object | None:
         """The single-flight lock of `key`: a held Lock, None when another process holds it, or
