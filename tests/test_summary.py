@@ -18,7 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kpi_service import create_app
+from kpi_service.db.applier import MIN_BATCH, paced_batch
 from kpi_service.db.database import Database
+from kpi_service.db.sql import APPLY_BATCH
 from kpi_service.serving.windows import Window
 from tests.dataset import Dataset, Lead, Listing, Purchase, catch_up
 from tests.helpers import apply_change, computed, expected, make_settings, wait_until
@@ -176,6 +178,14 @@ def test_the_applier_rests_while_the_application_works(database_url: str, conn: 
         db.close()
     applied, rebuilt = applied_and_rebuilt(conn)
     assert applied == rebuilt
+
+
+def test_a_paced_batch_is_short_enough_for_its_rest() -> None:
+    """A rest is at most 5 s, so a paced batch must be short for the applier to keep to its share:
+    the next batch is sized to last PACED_BATCH_S at the last one's rate."""
+    assert paced_batch(30_000, 3.0) == 2_500  # 10,000 rows/s: a quarter of a second
+    assert paced_batch(100_000, 0.1) == APPLY_BATCH  # no more than an unpaced batch
+    assert paced_batch(100, 10.0) == MIN_BATCH  # a slow server still makes progress
 
 
 def test_a_truncate_rebuilds_the_summaries(conn: psycopg.Connection) -> None:

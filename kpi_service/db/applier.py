@@ -29,6 +29,14 @@ log = logging.getLogger(__name__)
 # How often the mode (summaries or raw) is looked up again.
 MODE_EVERY_S = 30.0
 MIN_BATCH = 500
+# How long a paced batch lasts: its rest (sql/schema/summary.sql, "Pacing") is at most 5 s, so a
+# batch of more than half a second would take more than a tenth of the time.
+PACED_BATCH_S = 0.25
+
+
+def paced_batch(taken: int, seconds: float) -> int:
+    """The batch that lasts about PACED_BATCH_S at the rate of the last one."""
+    return int(min(APPLY_BATCH, max(MIN_BATCH, taken / max(seconds, 1e-3) * PACED_BATCH_S)))
 
 
 class Applier:
@@ -79,11 +87,14 @@ class Applier:
         if self._failing:
             log.info("summaries applied again")
         self._failing = False
-        if taken is not None:
+        elapsed = time.perf_counter() - started
+        if taken and self.busy_share < 1:
+            self.batch = paced_batch(taken, elapsed)
+        elif taken is not None:
             self.batch = min(APPLY_BATCH, self.batch * 2)
         if taken:
             metrics.CHANGES_APPLIED.inc(taken)
-            metrics.APPLY_DURATION.observe(time.perf_counter() - started)
+            metrics.APPLY_DURATION.observe(elapsed)
         return taken
 
     def _failed(self, error: DatabaseUnavailable) -> None:
