@@ -112,10 +112,7 @@ def measure(url: str, ids: dict[str, int], seconds: float) -> tuple[float, float
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--listings", type=int, default=1_000_000)
-    parser.add_argument("--stock", type=float, default=0.35)
-    parser.add_argument("--years", type=int, default=2)
-    parser.add_argument("--order", choices=shapes.ORDERS, default="random")
+    shapes.add_arguments(parser)
     parser.add_argument("--seconds", type=float, default=10, help="length of each run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--server", default=shapes.SERVER)

@@ -83,10 +83,7 @@ def percentile(values: list[float], q: float) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--server", default=shapes.SERVER)
-    parser.add_argument("--listings", type=int, default=1_000_000)
-    parser.add_argument("--stock", type=float, default=0.35)
-    parser.add_argument("--years", type=int, default=2)
-    parser.add_argument("--order", choices=("time", "random"), default="random")
+    shapes.add_arguments(parser)
     parser.add_argument("--rate", type=float, default=100.0, help="the application's writes, transactions/s")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--probes", type=int, default=200)

@@ -351,12 +351,17 @@ def clone(server: str, template_name: str, new_name: str) -> str:
     return url_for(server, new_name)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose a shape (every bench that builds one takes them)."""
     parser.add_argument("--listings", type=int, default=1_000_000)
     parser.add_argument("--stock", type=float, default=0.35, help="fraction of listings still in stock")
     parser.add_argument("--years", type=int, default=2, help="years of history ending at 2026-11-25T00:00Z")
     parser.add_argument("--order", choices=ORDERS, default="random", help="physical order of the rows")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
     parser.add_argument("--db", help="database name (default: shape_<listings>_s<stock%%>_y<years>_<order>)")
     parser.add_argument("--server", default=SERVER, help="a URL of the server (its database is not used)")
     args = parser.parse_args()

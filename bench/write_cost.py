@@ -543,10 +543,7 @@ def measure_round(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--listings", type=int, default=1_000_000)
-    parser.add_argument("--stock", type=float, default=0.35)
-    parser.add_argument("--years", type=int, default=2)
-    parser.add_argument("--order", choices=shapes.ORDERS, default="random")
+    shapes.add_arguments(parser)
     parser.add_argument("--clients", type=int, default=4, help="clients of the mixed run")
     parser.add_argument("--seconds", type=float, default=20, help="length of the mixed and two-buyer runs")
     parser.add_argument(
