@@ -229,3 +229,24 @@ def test_a_batch_announced_while_redis_is_down_is_announced_when_it_is_back() ->
         "seq": 1,
     }
     assert changes.get_message(timeout=0.2) is None  # once
+
+
+def test_a_value_after_a_later_change_batch_wins_whatever_the_clocks() -> None:
+    import fakeredis
+
+    from kpi_service.serving.cache import Cache
+
+    cache = Cache(fakeredis.FakeRedis(), ttl=60, stale_ttl=60, lock_seconds=1)
+
+    def body(computed_at: str) -> dict:
+        return {"metrics": {}, "meta": {"window": {}, "computed_at": computed_at}}
+
+    # An instance whose clock runs ahead computed before batch 6 was applied ...
+    assert cache.put("k", "kpi", body("2026-03-01T12:00:09+00:00"), seq=5) is not None
+    # ... another, after it: newer, though its clock says earlier.
+    assert cache.put("k", "kpi", body("2026-03-01T12:00:01+00:00"), seq=6) is not None
+    assert cache.put("k", "kpi", body("2026-03-01T12:00:30+00:00"), seq=5) is None
+    # Within one batch, the later computation.
+    assert cache.put("k", "kpi", body("2026-03-01T12:00:00+00:00"), seq=6) is None
+    assert cache.put("k", "kpi", body("2026-03-01T12:00:02+00:00"), seq=6) is not None
+    assert cache.get("k").body["meta"]["computed_at"] == "2026-03-01T12:00:02+00:00"

@@ -22,14 +22,24 @@ log = logging.getLogger(__name__)
 
 # try_lock's answer when Redis cannot be asked: go ahead, guarded only in-process.
 NO_REDIS = object()
-# KEYS[1] the value's key; ARGV: value, its computed_at, seconds to keep it, channel, announcement.
-# The stored value's computed_at is the first one in its JSON (the body's meta: the metrics and
+# KEYS[1] the value's key; ARGV: value, its computed_at, seconds to keep it, channel,
+# announcement, its change batch (seq). A value computed after a later change batch was
+# announced is the newer one, whatever the clocks of the instances that computed the two; for
+# the same batch, the later computed_at. The stored value's seq is the first in its JSON (its
+# top level, before the body) and so is its computed_at (the body's meta: the metrics and
 # series before it hold numbers and dates only); the canonical spelling orders as strings.
+# (Replication keeps the order of writes: after a failover, every stored value's seq is at
+# most the change_seq the new primary has, so new values are never refused for a lost seq.)
 _PUT_NEWER = """
 local stored = redis.call('GET', KEYS[1])
 if stored then
+  local seq = tonumber(string.match(stored, '"seq":(%d+)')) or 0
+  local new_seq = tonumber(ARGV[6])
+  if seq > new_seq then
+    return 0
+  end
   local computed_at = string.match(stored, '"computed_at":"([^"]*)"')
-  if computed_at and computed_at > ARGV[2] then
+  if seq == new_seq and computed_at and computed_at > ARGV[2] then
     return 0
   end
 end
@@ -97,13 +107,14 @@ class Cache:
             return None
 
     def put(self, key: str, kind: str, body: dict[str, Any], seq: int = 0) -> Entry | None:
-        """Store a fresh body and announce it, unless the stored value was computed later: then
-        nothing is written or announced and the answer is None. Returns the entry when Redis is
-        down (it is still served from this process).
+        """Store a fresh body and announce it, unless the stored value is newer (after a later
+        change batch, or the same one and computed later): then nothing is written or announced
+        and the answer is None. Returns the entry when Redis is down (it is still served from
+        this process).
 
         Two computations of one window can overlap (a lock lost in a failover or expired under a
         slow statement, docs/reliability.md): whichever finishes last, the stored value is the
-        one computed last."""
+        newest."""
         entry = Entry(body=body, fresh_until=time.time() + self.ttl, seq=seq)
         value = json.dumps({"fresh_until": entry.fresh_until, "seq": seq, "body": body}, separators=(",", ":"))
         announcement = json.dumps(
@@ -122,7 +133,7 @@ class Cache:
                 "set",
                 self._put_newer,
                 keys=[key],
-                args=[value, body["meta"]["computed_at"], self.stale_ttl, ANNOUNCE_CHANNEL, announcement],
+                args=[value, body["meta"]["computed_at"], self.stale_ttl, ANNOUNCE_CHANNEL, announcement, seq],
                 client=self.client,
             )
         except _Unavailable:
