@@ -2,7 +2,7 @@
 copies of the same data, one as the application has it and one with the service installed.
 
     .venv/bin/python bench/write_cost.py [--listings 1000000] [--stock 0.35] [--years 2] \
-        [--order random] [--clients 4] [--seconds 20] [--rounds 3] [--rev REV]
+        [--order random] [--clients 4] [--seconds 20] [--rounds 3] [--rev REV] [--autovacuum on]
 
 The data is a shape of bench/shapes.py (built once, reused), cloned afresh into <shape>_bare
 (the application's tables only) and <shape>_kpi (after `kpi-service init-db`, timed). On each,
@@ -22,6 +22,10 @@ leaves carries into the next run, and the report says when it did not catch up. 
 service has no `apply` command (the trigger design, where the writers' own transactions do
 the work) the bench says so and runs without it.
 A CHECKPOINT precedes each run, so that no run pays for a checkpoint of the one before.
+
+--autovacuum on (or off) sets the server's autovacuum for the run and puts it back afterwards:
+a production server runs it (PostgreSQL's default), and its work on both copies, the
+application's tables and the service's, then counts; a development server may have it off.
 
 --rev REV runs init-db and apply from that git revision of the service (its kpi_service/ and
 sql/), not from the working tree: e.g. --rev HEAD measures the committed design while a new one
@@ -250,6 +254,40 @@ def applier(
             and not line.startswith(("applying changes", "kpi-service: stopped"))
             and not line.startswith(("CONTEXT:", "PL/pgSQL", "SQL statement", "LINE", "DETAIL:", "HINT:", ")"))
         ][:20]
+
+
+@contextlib.contextmanager
+def server_autovacuum(server: str, setting: str | None) -> Iterator[None]:
+    """The server's autovacuum 'on' or 'off' for the block (ALTER SYSTEM and a reload, put back
+    as it was afterwards); None leaves it as it is. autovacuum is a server-wide setting: a
+    database or table cannot turn it on where the server has it off."""
+    if setting is None:
+        yield
+        return
+
+    def configure(statement: str) -> None:
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(statement)
+            conn.execute("SELECT pg_reload_conf()")
+        # The reload reaches the server's processes asynchronously: wait until a session sees it.
+        for _ in range(50):
+            with psycopg.connect(server, autocommit=True) as conn:
+                if conn.execute("SHOW autovacuum").fetchone()[0] == wanted:
+                    return
+            time.sleep(0.1)
+        raise SystemExit(f"the server's autovacuum did not become {wanted}")
+
+    with psycopg.connect(server, autocommit=True) as conn:
+        before, source = conn.execute(
+            "SELECT setting, sourcefile LIKE '%postgresql.auto.conf' FROM pg_settings WHERE name = 'autovacuum'"
+        ).fetchone()
+    wanted = setting
+    configure(f"ALTER SYSTEM SET autovacuum = {'on' if setting == 'on' else 'off'}")
+    try:
+        yield
+    finally:
+        wanted = before
+        configure(f"ALTER SYSTEM SET autovacuum = {before}" if source else "ALTER SYSTEM RESET autovacuum")
 
 
 # --- pgbench ---------------------------------------------------------------------------------
@@ -553,6 +591,11 @@ def main() -> int:
     parser.add_argument("--rev", help="run init-db and apply from this git revision (default: the working tree)")
     parser.add_argument("--keep", action="store_true", help="keep the _bare and _kpi databases afterwards")
     parser.add_argument("--server", default=shapes.SERVER)
+    parser.add_argument(
+        "--autovacuum",
+        choices=("on", "off"),
+        help="the server's autovacuum during the run, put back afterwards (default: as the server has it)",
+    )
     args = parser.parse_args()
     # SIGTERM as Ctrl-C: the finally blocks stop pgbench and the applier, which would outlive us.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -564,7 +607,9 @@ def main() -> int:
     log_path = RESULTS / f"write_cost-{stamp}-apply.log"
 
     service = Service(args.rev)
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(service.close)
+        stack.enter_context(server_autovacuum(args.server, args.autovacuum))
         name = shapes.default_name(args.listings, args.stock, args.years, args.order)
         shapes.ensure(args.server, name, args.listings, args.stock, args.years, args.order)
         urls = {
@@ -584,8 +629,6 @@ def main() -> int:
         if not args.keep:
             for url_name in (f"{name}_bare", f"{name}_kpi"):
                 shapes.drop(args.server, url_name)
-    finally:
-        service.close()
 
     applier_note = (
         "`kpi-service apply` ran on the kpi database during every measured run."
