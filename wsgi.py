@@ -2,7 +2,8 @@
 
 import sys
 
-from kpi_service import ConfigError, create_app
+from kpi_service.app import create_app
+from kpi_service.config import ConfigError
 
 try:
     app = create_app()

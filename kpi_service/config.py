@@ -109,6 +109,8 @@ class Settings:
             raise ConfigError("DATABASE_URL is not set")
         if self.database_read_url is not None and self.database_read_url == self.database_url:
             raise ConfigError("DATABASE_READ_URL is DATABASE_URL: leave it unset to read from the primary")
+        for name, url in (("DATABASE_URL", self.database_url), ("DATABASE_READ_URL", self.database_read_url)):
+            _check_session_attrs(name, url)
         if canonical_zone(self.timezone) != self.timezone:
             raise ConfigError(f"KPI_TIMEZONE {self.timezone!r} is not a known IANA time zone name")
         if self.log_level not in LOG_LEVELS:
@@ -128,6 +130,13 @@ class Settings:
                 raise ConfigError(f"KPI_WS_ALLOWED_ORIGINS: {origin!r} is not written as {canonical_origin(origin)!r}")
 
     def _validate_redis(self) -> None:
+        if not self.uses_redis and self.env != "development":
+            # Each process would keep its own cache, locks and stream tickets: a ticket issued by
+            # one gunicorn worker would be refused by the next, and instances would share nothing.
+            raise ConfigError(
+                "REDIS_URL is not set: production needs a shared Redis"
+                " (set REDIS_URL or REDIS_SENTINELS, or KPI_ENV=development for an in-process stand-in)"
+            )
         if bool(self.redis_sentinels) != bool(self.redis_sentinel_service):
             raise ConfigError("REDIS_SENTINELS and REDIS_SENTINEL_SERVICE go together: set both or neither")
         if self.redis_sentinel_password and not self.redis_sentinels:
@@ -146,6 +155,24 @@ class Settings:
     def metrics_port(self) -> int | None:
         """The port of the separate metrics listener when KPI_METRICS=port:NNNN."""
         return parse_metrics_exposure(self.metrics_exposure)[1]
+
+
+def _check_session_attrs(name: str, url: str | None) -> None:
+    """The service's sessions are read-only (default_transaction_read_only), so libpq's
+    read-write probe would reject every host: `primary` finds the primary of a multi-host URL."""
+    if url is None:
+        return
+    from psycopg.conninfo import conninfo_to_dict  # here: kpi_service.client imports this module without psycopg
+
+    try:
+        attrs = conninfo_to_dict(url).get("target_session_attrs")
+    except Exception as error:  # psycopg.ProgrammingError; psycopg is not imported at module level
+        raise ConfigError(f"{name} is not a valid connection string: {error}") from None
+    if attrs == "read-write":
+        raise ConfigError(
+            f"{name}: target_session_attrs=read-write never connects, the service's sessions being read-only;"
+            " use target_session_attrs=primary to find the primary of several hosts"
+        )
 
 
 def parse_metrics_exposure(value: str) -> tuple[str, int | None]:

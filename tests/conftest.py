@@ -22,7 +22,7 @@ from flask.testing import FlaskClient
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from kpi_service import create_app
+from kpi_service.app import create_app
 from kpi_service.db.database import Database
 from kpi_service.db.schema import apply_schema
 from kpi_service.ops.logs import HOST_HANDLER, ROOT_LOGGER

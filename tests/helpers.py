@@ -26,7 +26,7 @@ from flask import Flask
 from hypothesis import strategies as st
 from websockets.sync.client import ClientConnection, connect
 
-from kpi_service import Settings
+from kpi_service.config import Settings
 from kpi_service.db.database import Database
 from kpi_service.serving.responses import KpiValuesSchema
 from kpi_service.serving.windows import Window
@@ -59,7 +59,8 @@ needs_chromium = pytest.mark.skipif(
 
 
 def make_settings(database_url: str, **overrides: object) -> Settings:
-    values: dict[str, object] = {"jwt_secret_key": SECRET, "database_url": database_url}
+    # development: the in-process Redis stand-in unless a test gives redis_url
+    values: dict[str, object] = {"jwt_secret_key": SECRET, "database_url": database_url, "env": "development"}
     values.update(overrides)
     return Settings.from_env({}, **values)
 

@@ -6,7 +6,7 @@ import os
 
 import redis
 
-from kpi_service import create_app
+from kpi_service.app import create_app
 
 app = create_app()
 _counter = redis.Redis.from_url(os.environ["REDIS_URL"])

@@ -179,7 +179,9 @@ def start_gunicorn(env: dict[str, str], app: str = "wsgi:app") -> tuple[subproce
     """The service under gunicorn.conf.py on a free port, answering /healthz: its process and
     base URL (for a test that signals the server itself; others use `gunicorn`)."""
     port = free_port()
-    full = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "KPI_METRICS": "off", **env}
+    # development: the in-process Redis stand-in where `env` names no Redis
+    path = str(Path(sys.executable).parent) + ":/usr/bin:/bin"
+    full = {"PATH": path, "KPI_METRICS": "off", "KPI_ENV": "development", **env}
     server = subprocess.Popen(
         [GUNICORN, "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", app],
         cwd=ROOT,

@@ -10,7 +10,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from kpi_service import create_app
+from kpi_service.app import create_app
 from kpi_service.db.errors import DatabaseUnavailable
 from tests.dataset import catch_up
 from tests.helpers import SECRET, make_settings, token, two_listings

@@ -15,7 +15,7 @@ import pytest
 import redis
 from flask import Flask
 
-from kpi_service import create_app
+from kpi_service.app import create_app
 from kpi_service.ops import metrics
 from kpi_service.serving.keys import ANNOUNCE_CHANNEL, lock_key
 from tests.dataset import catch_up

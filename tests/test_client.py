@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from kpi_service import create_app
+from kpi_service.app import create_app
 from kpi_service.client import KpiClient
 from tests.helpers import RedisServer, make_settings, token, two_listings
 from tests.sse import serving
@@ -93,3 +93,15 @@ def test_an_unknown_zone_is_refused_before_any_call() -> None:
     client = KpiClient("redis://127.0.0.1:1/0", "http://127.0.0.1:1", "t")
     with pytest.raises(ValueError, match="unknown time zone"):
         client.get(tz="Mars/Olympus")
+
+
+def test_the_client_imports_neither_flask_nor_psycopg() -> None:
+    """It is meant for processes without the service: nothing of the service's stack is loaded."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, kpi_service.client; print(' '.join(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert "kpi_service.client" in loaded
+    assert not {"flask", "psycopg", "psycopg_pool", "apispec", "fakeredis"} & set(loaded)

@@ -11,14 +11,18 @@ import pytest
 
 from kpi_service.config import ConfigError, Settings
 
-GOOD = {"JWT_SECRET_KEY": "s" * 32, "DATABASE_URL": "postgresql://localhost/kpi"}
+GOOD = {
+    "JWT_SECRET_KEY": "s" * 32,
+    "DATABASE_URL": "postgresql://localhost/kpi",
+    "REDIS_URL": "redis://localhost:6379/0",
+}
 
 
 def test_defaults() -> None:
     settings = Settings.from_env(GOOD)
     assert (settings.cache_ttl, settings.aged_days, settings.timezone) == (30, 60, "UTC")
     assert settings.statement_timeout_ms == 5000 and settings.max_buckets == 400
-    assert settings.redis_url is None
+    assert settings.redis_url == "redis://localhost:6379/0"
     assert Settings.from_env(GOOD | {"KPI_APPLY_BUSY_PERCENT": "25"}).apply_busy_share == 0.25
     assert settings.database_read_url is None and settings.replica_max_lag_ms == 1000
 
@@ -50,6 +54,16 @@ def test_a_read_replica() -> None:
         ({"KPI_WS_ALLOWED_ORIGINS": "null"}, "is not an origin"),
         ({"KPI_WS_IDLE_TIMEOUT": "0"}, "KPI_WS_IDLE_TIMEOUT must be at least 1"),
         ({"KPI_WS_MAX_MESSAGE": "4k"}, "KPI_WS_MAX_MESSAGE must be an integer"),
+        ({"REDIS_URL": ""}, "REDIS_URL is not set: production needs a shared Redis"),
+        (
+            {"DATABASE_URL": "postgresql://db1,db2/kpi?target_session_attrs=read-write"},
+            "DATABASE_URL: target_session_attrs=read-write never connects",
+        ),
+        (
+            {"DATABASE_READ_URL": "host=r1,r2 dbname=kpi target_session_attrs=read-write"},
+            "use target_session_attrs=primary",
+        ),
+        ({"DATABASE_URL": "host=db dbname"}, "DATABASE_URL is not a valid connection string"),
     ],
 )
 def test_bad_values_stop_the_start(env: dict[str, str], reason: str) -> None:
@@ -65,8 +79,8 @@ def test_sentinels_name_the_primary() -> None:
     assert settings.redis_sentinels == (("10.0.0.1", 26379), ("redis-s2", 26380), ("::1", 26381))
     assert (settings.redis_sentinel_service, settings.redis_sentinel_password) == ("kpi", "pw")
     assert settings.uses_redis
-    assert Settings.from_env(GOOD | SENTINELS).redis_url is None  # REDIS_URL is optional with sentinels
-    assert not Settings.from_env(GOOD).uses_redis and Settings.from_env(GOOD).redis_sentinels == ()
+    assert Settings.from_env(GOOD | SENTINELS | {"REDIS_URL": ""}).redis_url is None  # optional with sentinels
+    assert Settings.from_env(GOOD).redis_sentinels == ()
 
 
 @pytest.mark.parametrize(
@@ -106,6 +120,15 @@ def test_websocket_settings() -> None:
         Settings.from_env(GOOD, ws_allowed_origins=("https://Dash.example.com",))
 
 
+def test_several_hosts_find_the_primary() -> None:
+    url = "postgresql://db1:5432,db2:5432/kpi?target_session_attrs=primary"
+    assert Settings.from_env(GOOD | {"DATABASE_URL": url}).database_url == url
+
+
+def test_development_may_run_on_the_in_process_redis() -> None:
+    assert not Settings.from_env(GOOD | {"REDIS_URL": "", "KPI_ENV": "development"}).uses_redis
+
+
 def test_a_short_secret_is_allowed_in_development() -> None:
     assert Settings.from_env(GOOD | {"JWT_SECRET_KEY": "dev", "KPI_ENV": "development"}).jwt_secret_key == "dev"
 
@@ -121,3 +144,19 @@ def test_wsgi_exits_with_a_one_line_reason() -> None:
     )
     assert result.returncode == 1
     assert result.stderr.strip() == "kpi-service: JWT_SECRET_KEY is not set"
+
+
+def test_production_without_redis_exits_with_a_one_line_reason() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", "import wsgi"],
+        env={"PATH": "/usr/bin:/bin", "DATABASE_URL": "postgresql://localhost/kpi", "JWT_SECRET_KEY": "s" * 32},
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "kpi-service: REDIS_URL is not set: production needs a shared Redis"
+        " (set REDIS_URL or REDIS_SENTINELS, or KPI_ENV=development for an in-process stand-in)"
+    )

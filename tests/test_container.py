@@ -26,7 +26,8 @@ GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
 
 def service_env(database_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KPI_", "GUNICORN_", "PROMETHEUS_"))}
-    env.update(JWT_SECRET_KEY=SECRET, DATABASE_URL=database_url, **extra)
+    # development: the in-process Redis stand-in unless `extra` names a Redis
+    env.update(JWT_SECRET_KEY=SECRET, DATABASE_URL=database_url, KPI_ENV="development", **extra)
     return env
 
 

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from flask import Flask
 
-from kpi_service import create_app
+from kpi_service.app import create_app
 from kpi_service.cli.seed import seed
 from kpi_service.serving.windows import bucket_count
 from tests.helpers import make_settings, needs_chromium, token

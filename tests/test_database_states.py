@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from flask import Flask
 
-from kpi_service import create_app
+from kpi_service.app import create_app
 from kpi_service.db.schema import apply_schema
 from tests.helpers import make_settings, two_listings, wait_until
 

@@ -14,7 +14,7 @@ from marshmallow import ValidationError
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from kpi_service import create_app
+from kpi_service.app import create_app
 from kpi_service.serving.query import HistoryQuerySchema, KpiQuery, KpiQuerySchema
 from tests.helpers import make_settings, token
 

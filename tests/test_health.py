@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 from flask import Flask
 
-from kpi_service import create_app
+from kpi_service.app import create_app
 from tests.helpers import SECRET, RedisServer, free_port, make_settings
 
 DOWN_DATABASE = "postgresql://postgres:hunter2@127.0.0.1:1/none"

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from flask import Flask
 
-from kpi_service import create_app
+from kpi_service.app import create_app
 from kpi_service.db.errors import DatabaseUnavailable
 from tests.helpers import free_port, make_settings, needs_chromium, token
 from tests.sse import serving

@@ -15,7 +15,8 @@ import pytest
 from flask import Flask
 from prometheus_client import REGISTRY
 
-from kpi_service import ConfigError, Settings, create_app
+from kpi_service.app import create_app
+from kpi_service.config import ConfigError, Settings
 from kpi_service.ops.logs import json_formatter
 from tests.helpers import SECRET, make_settings, token, two_listings
 
@@ -127,7 +128,8 @@ def test_unmatched_paths_are_one_route(client, request_log: Lines) -> None:
 
 def test_access_log_setting_is_validated() -> None:
     with pytest.raises(ConfigError, match="KPI_ACCESS_LOG"):
-        Settings.from_env({"JWT_SECRET_KEY": SECRET, "DATABASE_URL": "postgresql://x", "KPI_ACCESS_LOG": "some"})
+        env = {"JWT_SECRET_KEY": SECRET, "DATABASE_URL": "postgresql://x", "KPI_ENV": "development"}
+        Settings.from_env(env | {"KPI_ACCESS_LOG": "some"})
 
 
 def test_request_ids_are_unique_and_differ_in_a_forked_child() -> None:
@@ -218,11 +220,11 @@ def test_no_metrics_route_unless_on(make_app, exposure: str) -> None:
 )
 def test_bad_observability_settings_stop_the_start(env: dict[str, str], reason: str) -> None:
     with pytest.raises(ConfigError, match=reason):
-        Settings.from_env({"JWT_SECRET_KEY": SECRET, "DATABASE_URL": "postgresql://x", **env})
+        Settings.from_env({"JWT_SECRET_KEY": SECRET, "DATABASE_URL": "postgresql://x", "KPI_ENV": "development", **env})
 
 
 def test_observability_settings() -> None:
-    base = {"JWT_SECRET_KEY": SECRET, "DATABASE_URL": "postgresql://x"}
+    base = {"JWT_SECRET_KEY": SECRET, "DATABASE_URL": "postgresql://x", "KPI_ENV": "development"}
     default = Settings.from_env(base)
     assert (default.metrics_exposure, default.metrics_token, default.log_level) == ("on", None, "INFO")
     custom = Settings.from_env({**base, "KPI_METRICS": "Port:9464", "KPI_LOG_LEVEL": "debug"})
@@ -230,11 +232,14 @@ def test_observability_settings() -> None:
 
 
 QUIET_CHECK = """
-from kpi_service import Settings, create_app
+from kpi_service.app import create_app
+from kpi_service.config import Settings
 
 
 def make():
-    settings = Settings.from_env({}, jwt_secret_key="k" * 32, database_url="postgresql://h:1/x", apply_interval=0)
+    settings = Settings.from_env(
+        {}, jwt_secret_key="k" * 32, database_url="postgresql://h:1/x", apply_interval=0, env="development"
+    )
     return create_app(settings).test_client()
 
 

@@ -9,7 +9,7 @@ from openapi_spec_validator import validate
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT4
 
-from kpi_service import create_app
+from kpi_service.app import create_app
 from tests.helpers import make_settings, two_listings
 
 

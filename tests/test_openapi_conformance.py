@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from kpi_service import create_app
+from kpi_service.app import create_app
 from tests.helpers import make_settings, token
 from tests.sse import serving
 

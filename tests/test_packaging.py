@@ -25,7 +25,9 @@ from pathlib import Path
 static = Path(kpi_service.__file__).parent / "static"
 shipped = {"index.html", "dashboard.js", "kpi-client.js", "dashboard.css"}
 assert shipped <= {p.name for p in static.iterdir()}, list(static.iterdir())
-db = Database(Settings.from_env({}, jwt_secret_key="x" * 32, database_url=sys.argv[1]))
+# installed without fakeredis: only the demo's and the tests' extras have it
+settings = Settings.from_env({}, jwt_secret_key="x" * 32, database_url=sys.argv[1], redis_url="redis://127.0.0.1")
+db = Database(settings)
 rows, *_ = db.kpi_rows([(None, None, datetime.now(timezone.utc))], 60)
 db.close()
 print(rows[0]["total_listings"])

@@ -18,7 +18,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from psycopg.conninfo import make_conninfo
 
-from kpi_service import create_app
+from kpi_service.app import create_app
 from kpi_service.db.database import Database
 from kpi_service.db.replica import Positions, Replica
 from kpi_service.db.schema import apply_schema

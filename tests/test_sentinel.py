@@ -24,7 +24,7 @@ import pytest
 import redis
 from redis.sentinel import SentinelConnectionPool
 
-from kpi_service import create_app
+from kpi_service.app import create_app
 from kpi_service.client import KpiClient
 from kpi_service.serving.connection import connect
 from kpi_service.serving.keys import ANNOUNCE_CHANNEL, cache_key, lock_key

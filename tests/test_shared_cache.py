@@ -13,7 +13,7 @@ import psycopg
 import pytest
 import redis
 
-from kpi_service import create_app
+from kpi_service.app import create_app
 from kpi_service.ops import metrics
 from tests.helpers import SECRET, RedisServer, make_settings, token, two_listings, wait_until
 from tests.servers import fetch, gunicorn

@@ -17,7 +17,7 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kpi_service import create_app
+from kpi_service.app import create_app
 from kpi_service.db.applier import MIN_BATCH, paced_batch
 from kpi_service.db.database import Database
 from kpi_service.db.sql import APPLY_BATCH

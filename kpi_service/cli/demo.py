@@ -12,7 +12,7 @@ from typing import TextIO
 
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from kpi_service import create_app
+from kpi_service.app import create_app
 from kpi_service.cli.database import database
 from kpi_service.cli.seed import has_rows, seed
 from kpi_service.config import Settings
@@ -61,7 +61,7 @@ def run(
         if not secret:
             secret = secrets.token_urlsafe(32)
             say(f"secret    JWT_SECRET_KEY not set: generated one for this run: {secret}")
-        settings = Settings.from_env(environ, database_url=url, jwt_secret_key=secret)
+        settings = Settings.from_env(environ, database_url=url, jwt_secret_key=secret, env="development")
         app = create_app(settings)
         try:
             # Bound before the token is printed: whoever reads the token can call at once.

@@ -5,8 +5,9 @@ loop, in every instance, calls kpi_apply_changes() every KPI_APPLY_INTERVAL_MS. 
 at a time (the function's try-lock); the others find the lock taken and wait for the next tick.
 A committed change therefore reaches the summaries within about one interval plus one apply
 (docs/design.md, "Freshness"). While a backlog remains (after downtime: a full batch was
-taken) it goes on without waiting. It also notices when the summaries appear or disappear
-(init-db run later, a trigger disabled), so that Database.kpi_rows picks the right statement.
+taken) it goes on without waiting. Through Database.mode it notices within MODE_EVERY_S when
+the summaries appear or disappear (init-db run later, a trigger disabled), so that
+Database.kpi_rows picks the right statement.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ from kpi_service.ops import metrics
 
 log = logging.getLogger(__name__)
 
-# How often the mode (summaries or raw) is looked up again.
-MODE_EVERY_S = 30.0
 MIN_BATCH = 500
 # How long a paced batch lasts: its rest (sql/schema/summary.sql, "Pacing") is at most 5 s, so a
 # batch of more than half a second would take more than a tenth of the time.
@@ -103,12 +102,9 @@ class Applier:
         self._failing = True
 
     def _run(self) -> None:
-        checked = -MODE_EVERY_S
         while not self._stop.is_set():
-            now = time.monotonic()
             try:
-                mode = self.db.mode(refresh=now - checked >= MODE_EVERY_S, quiet=True, primary=True)
-                checked = now
+                mode = self.db.mode(quiet=True, primary=True)
             except DatabaseUnavailable as error:
                 self._failed(error)
                 mode = None

@@ -41,6 +41,8 @@ T = TypeVar("T")
 
 
 RECONNECT_TIMEOUT_S = 5.0
+# How often the mode (summaries or raw) is looked up again.
+MODE_EVERY_S = 30.0
 # Read-only, and no JIT: the KPI statement's estimates include the raw-row branch it rarely
 # runs, which makes PostgreSQL spend more time compiling it (~0.6 s) than running it (ms).
 SESSION_OPTIONS = "-c default_transaction_read_only=on -c jit=off"
@@ -68,6 +70,9 @@ class Database:
         self._lock = threading.Lock()
         self._opened = False
         self._mode: str | None = None
+        self._mode_at = 0.0
+        # A trigger disabled, or the summaries installed, while the service runs: noticed within this.
+        self.mode_every = MODE_EVERY_S
         self._schema_missing = False
         self.replica: Replica | None = None
         self.max_connections = settings.db_pool_size
@@ -111,11 +116,11 @@ class Database:
                     self._opened = True
 
     def mode(self, *, refresh: bool = False, quiet: bool = False, primary: bool = False) -> str:
-        """Where the KPIs come from, "summaries" or "raw" (see MODE): looked up once, and again
-        when asked to refresh; on the replica like the KPI reads, unless asked for the primary's
-        (the applier: whether there is a change log to apply there)."""
-        if self._mode is not None and not refresh:
-            return self._mode
+        """Where the KPIs come from, "summaries" or "raw" (see MODE): looked up again every
+        mode_every seconds, or when asked to refresh; on the replica like the KPI reads, unless
+        asked for the primary's (the applier: whether there is a change log to apply there)."""
+        if not refresh and not self._mode_due():
+            return self._mode  # type: ignore[return-value]
         if primary:
             with self.connection("mode", quiet=quiet) as conn:
                 return self._look_up_mode(conn)
@@ -131,7 +136,11 @@ class Database:
                 else "the raw rows: summaries not installed or not built (kpi-service init-db), or a trigger disabled",
             )
         self._mode = found
+        self._mode_at = time.monotonic()
         return found
+
+    def _mode_due(self) -> bool:
+        return self._mode is None or time.monotonic() - self._mode_at >= self.mode_every
 
     def kpi_rows(
         self,
@@ -142,7 +151,7 @@ class Database:
         and which database answered ("replica" or "primary"; None when no replica is attached)."""
 
         def run(conn: psycopg.Connection) -> tuple[list[dict[str, Any]], float]:
-            mode = self._mode or self._look_up_mode(conn)
+            mode = self._look_up_mode(conn) if self._mode_due() else self._mode
             started = time.perf_counter()
             rows = kpi_statement_rows(conn, mode, windows, aged_days)
             return rows, (time.perf_counter() - started) * 1000

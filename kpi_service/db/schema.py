@@ -10,7 +10,7 @@ SERVICE_TABLES = "kpi_sums, kpi_buyer_buckets, kpi_sales, kpi_purchase_facts, kp
 
 
 def apply_schema(conninfo: str, *, summaries: bool = True) -> None:
-    """Apply sql/schema/schema.sql, indexes.sql and (unless told not to) summary.sql, then build
+    """Apply sql/schema/schema.sql, (unless told not to) summary.sql, manifest.sql and indexes.sql, then build
     the summaries from the rows already there. Idempotent. The application keeps writing
     meanwhile: the tables, functions and triggers go in one short transaction, the indexes are
     built CONCURRENTLY, and the build only reads the sales tables. Then what it built is
@@ -21,6 +21,10 @@ def apply_schema(conninfo: str, *, summaries: bool = True) -> None:
             conn.execute(sql_text("schema/schema.sql"))
             if summaries:
                 conn.execute(sql_text("schema/summary.sql"))
+            conn.execute(sql_text("schema/manifest.sql"))
+            # The service's role keeps its grants through an upgrade (new functions, new forms).
+            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'kpi_reader'").fetchone():
+                conn.execute(sql_text("ops/roles.sql"))
         for statement in _statements(sql_text("schema/indexes.sql")):
             conn.execute(statement)
         if summaries:

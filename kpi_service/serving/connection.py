@@ -6,7 +6,6 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-import fakeredis
 import redis
 from redis.backoff import NoBackoff
 from redis.connection import parse_url
@@ -19,6 +18,8 @@ from kpi_service.config import Settings
 def connect(settings: Settings) -> redis.Redis:
     """The configured Redis, or an in-process stand-in when neither REDIS_URL nor REDIS_SENTINELS is set."""
     if not settings.uses_redis:
+        import fakeredis  # only the demo and KPI_ENV=development have it (the embedded extra)
+
         return fakeredis.FakeRedis()
     timeout = settings.redis_timeout_ms / 1000
     return redis_client(

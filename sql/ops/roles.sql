@@ -1,14 +1,17 @@
 -- The read-only group role of the KPI service. Safe to run again (also concurrently) in the
--- database that holds the four tables, as their owner or a superuser:
+-- database that holds the four tables, as their owner or a superuser, after `kpi-service init-db`:
 --   psql -v ON_ERROR_STOP=1 -d sales -f sql/ops/roles.sql
 -- The service logs in as a member of it (see the README, "Read-only database role"), so a bug
--- or a stolen credential can read the sales tables but never change them.
+-- or a stolen credential can read the sales tables but never change them. init-db runs the file
+-- again whenever the role exists, so that an upgrade keeps the role's grants.
 
 DO $$
 BEGIN
-    CREATE ROLE kpi_reader NOLOGIN;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'kpi_reader') THEN
+        CREATE ROLE kpi_reader NOLOGIN;
+    END IF;
 EXCEPTION
-    -- Already there (roles are per cluster, so another database may have made it).
+    -- Made meanwhile (roles are per cluster, so another database may have made it).
     WHEN duplicate_object THEN NULL;
 END
 $$;
@@ -21,22 +24,19 @@ $$;
 
 GRANT USAGE ON SCHEMA public TO kpi_reader;
 GRANT SELECT ON buyers, listings, leads, purchases TO kpi_reader;
--- The service's summaries (sql/schema/summary.sql), where installed: it reads them, and brings them up
--- to date through kpi_apply_changes(), which runs as their owner and writes only the service's
--- own tables.
+-- What of the service's own objects it reads and runs (sql/schema/manifest.sql, callers 'reader'):
+-- the summaries, the KPI statement's functions, and the applier, which runs as the summaries'
+-- owner and writes only the service's own tables.
 DO $$
 DECLARE
-    applier regprocedure;
+    object record;
 BEGIN
-    IF to_regclass('kpi_summary_state') IS NOT NULL THEN
-        GRANT SELECT ON kpi_sums, kpi_buyer_buckets, kpi_sales, kpi_summary_state TO kpi_reader;
-        GRANT EXECUTE ON FUNCTION kpi_pending_changes(), kpi_applier_session_lock(boolean) TO kpi_reader;
-        -- Whichever form the installed version has (before and after init-db's upgrade).
-        FOR applier IN SELECT oid::regprocedure FROM pg_proc WHERE proname = 'kpi_apply_changes'
-                       AND pronamespace = 'public'::regnamespace
-        LOOP
-            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO kpi_reader', applier);
-        END LOOP;
-    END IF;
+    FOR object IN SELECT kind, name FROM kpi_manifest WHERE callers = 'reader' AND installed LOOP
+        IF object.kind = 'function' THEN
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO kpi_reader', to_regprocedure(object.name));
+        ELSE
+            EXECUTE format('GRANT SELECT ON %s TO kpi_reader', to_regclass(object.name));
+        END IF;
+    END LOOP;
 END
 $$;

@@ -337,6 +337,9 @@ BEGIN
     END IF;
     -- What the log holds is in this snapshot's rows: taken with them.
     DELETE FROM kpi_changes;
+    -- Built by this version (kpi_build): kpi_source() says 'summaries' from the commit on.
+    DELETE FROM kpi_summary_state;
+    INSERT INTO kpi_summary_state VALUES (4);
     TRUNCATE kpi_sums, kpi_buyer_buckets, kpi_sales, kpi_purchase_facts, kpi_conversions;
     INSERT INTO kpi_sales
     SELECT id, listed_at, sold_at FROM listings WHERE status <> 'withdrawn' AND sold_at IS NOT NULL;
@@ -441,6 +444,13 @@ BEGIN
     PERFORM kpi_require_one_snapshot();
     IF NOT kpi_applier_lock() THEN
         RETURN NULL;
+    END IF;
+    IF kpi_source() = 'raw' THEN
+        -- A trigger is disabled (ALTER TABLE ... DISABLE TRIGGER, pg_restore --disable-triggers):
+        -- writes go past the log, so the summaries are wrong from now on, also once it is enabled
+        -- again. They stay unused (kpi_source() says 'raw') until init-db builds them anew.
+        DELETE FROM kpi_summary_state;
+        RETURN 0;
     END IF;
     IF busy_share < 1 AND (SELECT max(until) FROM kpi_applier_rest) > started AND kpi_application_at_work() THEN
         RETURN NULL;  -- resting: as if another session were applying
@@ -673,6 +683,9 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
     SELECT count(*) FROM kpi_changes
 $fn$;
 
+-- A trigger found disabled let writes past the log: the summaries are built anew (kpi_build).
+DELETE FROM kpi_summary_state WHERE kpi_source() = 'raw';
+
 -- Statement-level, ALWAYS: bulk loads that run with session_replication_role = replica (the
 -- seeder does) must log their changes too. Only ALTER TABLE ... DISABLE TRIGGER stops them,
 -- and a logical-replication subscriber fires none (its apply process runs row triggers only):
@@ -711,12 +724,6 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 BEGIN
     IF NOT EXISTS (SELECT FROM kpi_summary_state) THEN
         PERFORM kpi_rebuild();
-        INSERT INTO kpi_summary_state VALUES (4);
     END IF;
 END
 $fn$;
-
--- Functions are executable by everyone by default; these run as the tables' owner. sql/ops/roles.sql
--- grants the applier and the backlog count to the service's role.
-REVOKE EXECUTE ON FUNCTION kpi_rebuild(), kpi_build(), kpi_apply_changes(integer, double precision), kpi_pending_changes(),
-    kpi_applier_session_lock(boolean) FROM PUBLIC;

@@ -1,0 +1,88 @@
+"""The app factory: the settings, pools, cache, applier and blueprints of one process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import redis
+from flask import Flask
+
+from kpi_service.config import Settings
+from kpi_service.db.applier import Applier
+from kpi_service.db.database import Database
+from kpi_service.db.replica import Replica
+from kpi_service.live import stream, websocket
+from kpi_service.ops import health, metrics
+from kpi_service.ops.logs import configure_logging
+from kpi_service.serving.cache import Cache
+from kpi_service.serving.connection import connect
+from kpi_service.serving.query import HistoryQuerySchema, KpiQuerySchema
+from kpi_service.serving.service import KpiService
+from kpi_service.web import api, auth, dashboard, errors, openapi, request_hooks
+
+
+@dataclass
+class State:
+    """What the app owns, kept in app.extensions["kpi"]."""
+
+    settings: Settings
+    db: Database
+    redis: redis.Redis  # the cache's client, also pinged by /readyz
+    cache: Cache
+    service: KpiService
+    applier: Applier
+    kpi_schema: KpiQuerySchema
+    history_schema: HistoryQuerySchema
+    parsed: dict = field(default_factory=dict)  # raw query string -> KpiQuery, see api._parse
+
+    def close(self) -> None:
+        """Stop the applier, finish background refreshes, then close the pools."""
+        self.applier.stop()
+        self.service.close()
+        self.db.close()
+
+
+def create_app(config: Settings | None = None) -> Flask:
+    """The application; settings come from the environment unless given (and are validated)."""
+    settings = config if config is not None else Settings.from_env()
+    configure_logging(settings.log_level)
+    app = Flask(__name__)
+    app.json.sort_keys = False
+    # First: its before_request starts the clock, and its after_request runs last, on the
+    # response as finally sent.
+    request_hooks.init_app(app, settings)
+    metrics.init_app(app, settings)
+    errors.init_app(app)
+    auth.init_app(app, settings.jwt_secret_key)
+
+    db = Database(settings)
+    if settings.database_read_url:
+        db.replica = Replica(settings, db)
+    client = connect(settings)
+    # A computation can take a pool wait, a connect and the statement: the single-flight lock
+    # must outlive that, and a waiter must wait a little longer than a dead owner's lock lives.
+    lock_seconds = settings.db_pool_timeout + settings.db_connect_timeout + settings.statement_timeout_ms / 1000 + 1
+    cache = Cache(client, settings.cache_ttl, settings.stale_ttl, lock_seconds)
+    defaults = {"default_tz": settings.timezone, "default_aged_days": settings.aged_days}
+    app.extensions["kpi"] = State(
+        settings=settings,
+        db=db,
+        redis=client,
+        cache=cache,
+        service=KpiService(db, cache, wait_seconds=lock_seconds + 1),
+        applier=Applier(db, settings.apply_interval, settings.apply_busy_share, on_changed=cache.announce_change),
+        kpi_schema=KpiQuerySchema(**defaults),
+        history_schema=HistoryQuerySchema(max_buckets=settings.max_buckets, **defaults),
+    )
+    app.register_blueprint(api.bp)
+    stream.init_app(app, settings)
+    websocket.init_app(app, settings)
+    app.register_blueprint(dashboard.bp)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(openapi.blueprint(settings))
+    # Here, not at import: gunicorn forks its workers before loading the app (no preload), so
+    # each worker runs its own; the function's try-lock lets one apply at a time.
+    app.extensions["kpi"].applier.start()
+    if db.replica is not None:
+        db.replica.start()
+    return app
