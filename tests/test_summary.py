@@ -29,10 +29,11 @@ from tests.strategies import datasets, instants, windows
 SUMS = "SELECT * FROM kpi_sums ORDER BY grain, bucket"
 BUYERS = "SELECT buyer_id, bucket, prev_bucket FROM kpi_buyer_buckets ORDER BY 1, 2"
 SALES = "SELECT * FROM kpi_sales ORDER BY listing_id"
+LINKS = "SELECT * FROM kpi_buyer_days ORDER BY day, gap"
 
 
-def summaries(conn: psycopg.Connection) -> tuple[list, list, list]:
-    return conn.execute(SUMS).fetchall(), conn.execute(BUYERS).fetchall(), conn.execute(SALES).fetchall()
+def summaries(conn: psycopg.Connection) -> tuple[list, ...]:
+    return tuple(conn.execute(query).fetchall() for query in (SUMS, BUYERS, SALES, LINKS))
 
 
 def applied_and_rebuilt(conn: psycopg.Connection) -> tuple[tuple, tuple]:
@@ -77,6 +78,39 @@ def test_the_applier_keeps_what_a_rebuild_makes(conn: psycopg.Connection, data: 
     conn.execute("UPDATE leads SET buyer_id = buyer_id")
     conn.execute("UPDATE purchases SET sale_price = sale_price")
     assert applied_and_rebuilt(conn)[0] == applied
+
+
+def test_active_buyers_across_the_edges_of_a_window_of_whole_days(database: Database, conn: psycopg.Connection) -> None:
+    """A window longer than a day counts the links inside its whole UTC days from kpi_buyer_days
+    and those from or to its partial days from kpi_buyer_buckets: a buyer's buckets placed in the
+    head, the whole days, the tail, before and after a Berlin window (its edges are 23:00 UTC)."""
+    utc = datetime(2026, 3, 9, 23, tzinfo=UTC)  # Berlin's 2026-03-10 00:00; the head is one hour
+    hour, day = timedelta(hours=1), timedelta(days=1)
+    places = {
+        1: [utc + 10 * hour, utc + 3 * day - hour],  # whole day, then tail
+        2: [utc + 15 * hour, utc + 2 * day, utc + 3 * day + hour],  # whole days, then after
+        3: [utc - day, utc + timedelta(minutes=5)],  # before, then head
+        4: [utc + 30 * timedelta(minutes=1), utc + 3 * day - 2 * hour],  # head, then tail
+        5: [utc + 30 * timedelta(minutes=1), utc + 45 * timedelta(minutes=1)],  # head twice
+        6: [utc + 3 * day - 3 * hour, utc + 3 * day - 2 * hour],  # tail twice
+        7: [utc - 2 * day, utc + 5 * day],  # across the window, never in it
+        8: [utc + day + hour, utc + day + 2 * hour, utc + 2 * day + hour],  # whole days, same and next
+        # Back after the window: the leaving links outnumber the window's days, so that its
+        # whole days are read from kpi_buyer_days rather than an index of kpi_buyer_buckets.
+        **{b: [utc + day + b * hour, utc + 10 * day] for b in range(9, 19)},
+    }
+    leads = [Lead(i, buyer, at) for i, (buyer, at) in enumerate(((b, t) for b, ts in places.items() for t in ts), 1)]
+    data = Dataset(buyers=list(places), leads=leads)
+    data.insert(conn)
+    shown = [
+        Window.of_dates(date(2026, 3, 10), date(2026, 3, 12), "Europe/Berlin"),
+        Window.of_dates(date(2026, 3, 10), date(2026, 3, 12), "UTC"),
+        Window.of_dates(date(2026, 3, 10), date(2026, 3, 11), "America/New_York"),
+        Window.of_dates(date(2026, 3, 1), date(2026, 3, 31), "Asia/Kolkata"),
+    ]
+    now = datetime(2026, 4, 1, tzinfo=UTC)
+    assert computed(database, shown, 60, now) == expected(data, shown, 60, now)
+    assert [m["active_buyers"] for m in computed(database, shown[:1], 60, now)] == [17]
 
 
 def test_an_applier_that_dies_half_way_loses_nothing(database_url: str, conn: psycopg.Connection) -> None:
@@ -196,7 +230,7 @@ def test_a_truncate_rebuilds_the_summaries(conn: psycopg.Connection) -> None:
     assert conn.execute("SELECT count(*) FROM kpi_buyer_buckets").fetchone() == (1,)
     conn.execute("TRUNCATE purchases, leads, listings, buyers")
     catch_up(conn)
-    assert summaries(conn) == ([], [], [])
+    assert summaries(conn) == ([], [], [], [])
 
 
 def test_one_statement_that_changes_two_tables(conn: psycopg.Connection) -> None:
@@ -214,7 +248,7 @@ def test_one_statement_that_changes_two_tables(conn: psycopg.Connection) -> None
     )
     conn.execute("DELETE FROM listings WHERE id = 1")
     applied, rebuilt = applied_and_rebuilt(conn)
-    assert applied == rebuilt == ([], [], [])
+    assert applied == rebuilt == ([], [], [], [])
 
 
 def test_the_application_waits_for_nothing_new(database_url: str, conn: psycopg.Connection) -> None:

@@ -11,6 +11,11 @@
 -- tests compare both with the reference.
 WITH windows AS (
     SELECT w.ord, e.lo, e.hi, w.as_of, e.aged_before,
+           -- The whole UTC days inside the window, for active_buyers (below).
+           CASE WHEN w.start_at IS NULL THEN NULL
+                WHEN date_bin('1 day', w.start_at, timestamptz 'epoch') = w.start_at THEN w.start_at
+                ELSE date_bin('1 day', w.start_at, timestamptz 'epoch') + interval '24 hours' END AS first_day,
+           CASE WHEN w.end_at IS NOT NULL THEN date_bin('1 day', w.end_at, timestamptz 'epoch') END AS last_day,
            date_bin('15 minutes', e.lo, timestamptz 'epoch') = e.lo
            AND date_bin('15 minutes', e.hi, timestamptz 'epoch') = e.hi AS aligned,
            -- aged_inventory counts below this 15-minute edge from the summaries, and the
@@ -35,11 +40,24 @@ summed AS (
     FROM windows w
     CROSS JOIN LATERAL kpi_range(w.lo, w.hi) k
     CROSS JOIN LATERAL (
-        -- Links that leave the window: from a bucket inside it to one at or after its end. A
-        -- window of a day or less (a history's day) counts the links inside it instead, which
-        -- are short: the few in kpi_buyer_buckets_short_idx, not every buyer active that day.
-        -- Otherwise either index finds them; the one with fewer rows to read is, for evenly
-        -- spread data, the later-bucket index when less time follows the window than it spans.
+        -- The buyers' buckets after the window: how many rows the later-bucket index would read.
+        SELECT CASE WHEN w.lo > '-infinity' AND w.hi < 'infinity' AND w.hi - w.lo > interval '26 hours'
+                    THEN (SELECT r.buyer_buckets FROM kpi_range(w.hi, 'infinity') r) END AS after
+    ) a
+    CROSS JOIN LATERAL (
+        -- Links that leave the window: from a bucket inside it to one at or after its end, that
+        -- is the links from inside it less those inside it. A window of a day or less (a
+        -- history's day) counts the links inside it, which are short: the few in
+        -- kpi_buyer_buckets_short_idx, not every buyer active that day. A longer one with
+        -- whole UTC days [first_day, last_day) counts those inside its whole days from
+        -- kpi_buyer_days, day by day the gaps that stay inside (n(n+1)/2 rows at most), and
+        -- those from or to its partial days at the edges from kpi_buyer_buckets: the rows
+        -- whose previous bucket is in the head [lo, first_day), and the rows in the tail
+        -- [last_day, hi) whose previous bucket is in the window's whole days or tail. That
+        -- is taken where it reads fewer rows than an index of kpi_buyer_buckets would (a long
+        -- window with little after it, the last 365 days, leaves few links); otherwise the
+        -- index with fewer rows to read finds the leaving links: the later-bucket one reads
+        -- the buckets after the window, the previous-bucket one the links from inside it.
         -- (CASE, not OR: it fixes the order, and an infinite edge cannot be subtracted.)
         SELECT CASE
             WHEN w.hi = 'infinity' THEN 0
@@ -50,7 +68,23 @@ summed AS (
                 SELECT count(*) FROM kpi_buyer_buckets b  -- kpi_buyer_buckets_short_idx
                 WHERE b.bucket - b.prev_bucket < interval '26 hours'
                   AND b.bucket >= w.lo AND b.bucket < w.hi AND b.prev_bucket >= w.lo)
-            WHEN w.hi - w.lo > statement_timestamp() - w.hi THEN (
+            WHEN w.first_day < w.last_day
+                 AND (extract(epoch FROM w.last_day - w.first_day) / 86400) ^ 2 / 2 < least(k.buyer_links, a.after)
+            THEN k.buyer_links - (
+                SELECT coalesce(sum(x.n), 0)::bigint
+                FROM generate_series(w.first_day, w.last_day - interval '24 hours', interval '24 hours') AS g (day)
+                CROSS JOIN LATERAL (
+                    SELECT sum(d.n) AS n FROM kpi_buyer_days d  -- its key
+                    WHERE d.day = g.day AND d.gap <= extract(epoch FROM g.day - w.first_day)::integer / 86400
+                ) x
+            ) - (
+                SELECT count(*) FROM kpi_buyer_buckets b  -- kpi_buyer_buckets_prev_idx
+                WHERE b.prev_bucket >= w.lo AND b.prev_bucket < w.first_day AND b.bucket < w.hi
+            ) - (
+                SELECT count(*) FROM kpi_buyer_buckets b  -- kpi_buyer_buckets_bucket_idx
+                WHERE b.bucket >= w.last_day AND b.bucket < w.hi AND b.prev_bucket >= w.first_day
+            )
+            WHEN a.after < k.buyer_links THEN (
                 SELECT count(*) FROM kpi_buyer_buckets b  -- kpi_buyer_buckets_bucket_idx
                 WHERE b.bucket >= w.hi AND tstzrange(w.lo, w.hi) @> b.prev_bucket)
             ELSE (

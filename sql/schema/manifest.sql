@@ -29,6 +29,7 @@ FROM (VALUES
     ('function', 'kpi_raw_stock(timestamptz, timestamptz, timestamptz)', 'reader', NULL),
     ('function', 'kpi_metrics(bigint, numeric, bigint, numeric, bigint, bigint, bigint, numeric, bigint, numeric, bigint, bigint)', 'reader', NULL),
     ('function', 'kpi_source()', 'reader', NULL),
+    ('function', 'kpi_capturing()', 'reader', NULL),
     ('view', 'kpi_manifest', 'owner', NULL),
     -- sql/schema/indexes.sql: on the application's tables
     ('index', 'kpi_listings_listed_at_idx', NULL, 'listings'),
@@ -37,6 +38,7 @@ FROM (VALUES
     -- sql/schema/summary.sql: the summaries
     ('table', 'kpi_sums', 'reader', NULL),
     ('table', 'kpi_buyer_buckets', 'reader', NULL),
+    ('table', 'kpi_buyer_days', 'reader', NULL),
     ('table', 'kpi_sales', 'reader', NULL),
     ('table', 'kpi_summary_state', 'reader', NULL),
     ('table', 'kpi_purchase_facts', 'owner', NULL),
@@ -83,6 +85,10 @@ FROM (VALUES
     ('function', 'kpi_apply_changes(integer, double precision)', 'reader', NULL),
     ('function', 'kpi_range(timestamptz, timestamptz)', 'reader', NULL),
     ('function', 'kpi_pending_changes()', 'reader', NULL),
+    ('function', 'kpi_buyer_link(timestamptz, timestamptz, bigint)', 'owner', NULL),
+    ('function', 'kpi_add_links(kpi_buyer_days[])', 'owner', NULL),
+    ('function', 'kpi_count_links()', 'owner', NULL),
+    ('function', 'kpi_summary_version()', 'reader', NULL),
     ('function', 'kpi_build()', 'owner', NULL)
 ) AS m (kind, name, callers, on_table);
 

@@ -122,20 +122,26 @@ LANGUAGE sql IMMUTABLE AS $fn$
            buyers
 $fn$;
 
--- Where sql/runtime/kpi.sql takes the KPIs from: 'summaries' once sql/schema/summary.sql has built them and
--- all twelve of its triggers are enabled; 'raw' otherwise (not installed, not built yet, or a
--- trigger disabled, after which the change log would miss changes).
+-- Whether all twelve triggers of sql/schema/summary.sql are there and enabled: the change log
+-- then sees every write of the sales tables.
+CREATE OR REPLACE FUNCTION kpi_capturing() RETURNS boolean
+LANGUAGE sql STABLE AS $fn$
+    SELECT count(*) = 12 FROM pg_trigger
+    WHERE tgname LIKE 'kpi\_%' AND tgenabled <> 'D' AND NOT tgisinternal
+      AND tgrelid IN ('listings'::regclass, 'leads'::regclass, 'purchases'::regclass)
+$fn$;
+
+-- Where sql/runtime/kpi.sql takes the KPIs from: 'summaries' once sql/schema/summary.sql has
+-- built them (by its version) and all twelve of its triggers are enabled; 'raw' otherwise (not
+-- installed, not built yet, or a trigger disabled, after which the change log would miss changes).
 CREATE OR REPLACE FUNCTION kpi_source() RETURNS text
 LANGUAGE plpgsql STABLE AS $fn$
 BEGIN
-    IF to_regclass('kpi_summary_state') IS NULL OR (
-        SELECT count(*) FROM pg_trigger
-        WHERE tgname LIKE 'kpi\_%' AND tgenabled <> 'D' AND NOT tgisinternal
-          AND tgrelid IN ('listings'::regclass, 'leads'::regclass, 'purchases'::regclass)
-    ) <> 12 THEN
+    IF to_regclass('kpi_summary_state') IS NULL OR NOT kpi_capturing() THEN
         RETURN 'raw';
     END IF;
     -- Planned only here, where the table exists.
-    RETURN CASE WHEN EXISTS (SELECT FROM kpi_summary_state) THEN 'summaries' ELSE 'raw' END;
+    RETURN CASE WHEN EXISTS (SELECT FROM kpi_summary_state WHERE version = kpi_summary_version())
+                THEN 'summaries' ELSE 'raw' END;
 END
 $fn$;

@@ -13,6 +13,10 @@
 -- kpi_buyer_buckets  per buyer, each 15-minute bucket with a lead or purchase of that buyer and
 --                the buyer's previous such bucket: active_buyers is not additive, and these rows
 --                make it a sum plus a short correction (sql/runtime/kpi.sql).
+-- kpi_buyer_days the kpi_buyer_buckets rows that have a previous bucket, counted by their UTC
+--                day and the whole days back to their previous bucket's day: the links inside
+--                a window of whole days, read gap by gap, cost what its days cost (at most
+--                n(n+1)/2 rows for n days) rather than what its buyers do.
 -- kpi_sales      the listings sold and not withdrawn, with both instants: aged_inventory's
 --                sold part, on the service's own table and indexes.
 
@@ -77,6 +81,33 @@ CREATE INDEX IF NOT EXISTS kpi_buyer_buckets_prev_idx ON kpi_buyer_buckets (prev
 CREATE INDEX IF NOT EXISTS kpi_buyer_buckets_short_idx ON kpi_buyer_buckets (bucket) INCLUDE (prev_bucket)
     WHERE bucket - prev_bucket < interval '26 hours';
 
+CREATE TABLE IF NOT EXISTS kpi_buyer_days (
+    day timestamptz NOT NULL,  -- of the bucket, UTC
+    gap integer NOT NULL,      -- whole UTC days from the previous bucket's day to it
+    n   bigint NOT NULL,
+    PRIMARY KEY (day, gap)
+) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000,
+        autovacuum_analyze_scale_factor = 0.05);
+
+-- The kpi_buyer_days row of a link from prev to bucket, counted n times.
+CREATE OR REPLACE FUNCTION kpi_buyer_link(bucket timestamptz, prev timestamptz, n bigint) RETURNS kpi_buyer_days
+LANGUAGE sql IMMUTABLE AS $fn$
+    SELECT ROW(date_bin('1 day', bucket, timestamptz 'epoch'),
+               extract(epoch FROM date_bin('1 day', bucket, timestamptz 'epoch')
+                                  - date_bin('1 day', prev, timestamptz 'epoch'))::integer / 86400,
+               n)::kpi_buyer_days
+$fn$;
+
+-- Adds links to kpi_buyer_days; a row that comes to 0 goes.
+CREATE OR REPLACE FUNCTION kpi_add_links(links kpi_buyer_days[]) RETURNS void
+LANGUAGE sql AS $fn$
+    INSERT INTO kpi_buyer_days
+    SELECT l.day, l.gap, sum(l.n) FROM unnest(links) l GROUP BY 1, 2 HAVING sum(l.n) <> 0
+    ON CONFLICT (day, gap) DO UPDATE SET n = kpi_buyer_days.n + excluded.n;
+    DELETE FROM kpi_buyer_days d USING (SELECT DISTINCT l.day, l.gap FROM unnest(links) l) k
+    WHERE d.day = k.day AND d.gap = k.gap AND d.n = 0;
+$fn$;
+
 CREATE TABLE IF NOT EXISTS kpi_sales (
     listing_id bigint PRIMARY KEY,
     listed_at  timestamptz NOT NULL,
@@ -128,6 +159,10 @@ CREATE TABLE IF NOT EXISTS kpi_changes (
 
 -- Which version of the functions below built the rows; another version rebuilds them.
 CREATE TABLE IF NOT EXISTS kpi_summary_state (version integer NOT NULL);
+-- This file's version. 5 added kpi_buyer_days to 4: kpi_build() counts it from
+-- kpi_buyer_buckets, with no rebuild. Until then kpi_source() says 'raw'.
+CREATE OR REPLACE FUNCTION kpi_summary_version() RETURNS integer
+LANGUAGE sql IMMUTABLE AS 'SELECT 5';
 
 -- The trigger functions: one INSERT per statement, nothing else (an UPDATE's old and new rows
 -- in the same one). One function per table and event, made here from each table's columns.
@@ -327,6 +362,18 @@ BEGIN
 END
 $fn$;
 
+-- kpi_buyer_days anew from kpi_buyer_buckets (a rebuild, and the upgrade from version 4, which
+-- had no kpi_buyer_days).
+CREATE OR REPLACE FUNCTION kpi_count_links() RETURNS void
+LANGUAGE sql AS $fn$
+    TRUNCATE kpi_buyer_days;
+    INSERT INTO kpi_buyer_days
+    SELECT l.day, l.gap, sum(l.n)
+    FROM kpi_buyer_buckets b CROSS JOIN LATERAL kpi_buyer_link(b.bucket, b.prev_bucket, 1) l
+    WHERE b.prev_bucket IS NOT NULL
+    GROUP BY 1, 2;
+$fn$;
+
 -- Everything again from the sales tables (init-db, a TRUNCATE of a sales table, a repair).
 CREATE OR REPLACE FUNCTION kpi_rebuild() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
@@ -339,8 +386,8 @@ BEGIN
     DELETE FROM kpi_changes;
     -- Built by this version (kpi_build): kpi_source() says 'summaries' from the commit on.
     DELETE FROM kpi_summary_state;
-    INSERT INTO kpi_summary_state VALUES (4);
-    TRUNCATE kpi_sums, kpi_buyer_buckets, kpi_sales, kpi_purchase_facts, kpi_conversions;
+    INSERT INTO kpi_summary_state VALUES (kpi_summary_version());
+    TRUNCATE kpi_sums, kpi_buyer_buckets, kpi_buyer_days, kpi_sales, kpi_purchase_facts, kpi_conversions;
     INSERT INTO kpi_sales
     SELECT id, listed_at, sold_at FROM listings WHERE status <> 'withdrawn' AND sold_at IS NOT NULL;
     INSERT INTO kpi_buyer_buckets (buyer_id, bucket, prev_bucket)
@@ -350,6 +397,7 @@ BEGIN
         UNION
         SELECT buyer_id, date_bin('15 minutes', purchased_at, timestamptz 'epoch') FROM purchases
     ) AS e (buyer_id, bucket);
+    PERFORM kpi_count_links();
     INSERT INTO kpi_purchase_facts SELECT * FROM kpi_current_facts(ARRAY(SELECT id FROM purchases));
     INSERT INTO kpi_conversions
     SELECT * FROM kpi_current_conversions(ARRAY(SELECT lead_id FROM purchases WHERE lead_id IS NOT NULL));
@@ -440,12 +488,13 @@ DECLARE
     buyer_ids bigint[];
     deltas kpi_sums[];
     buyer_deltas kpi_sums[];
+    link_deltas kpi_buyer_days[];
 BEGIN
     PERFORM kpi_require_one_snapshot();
     IF NOT kpi_applier_lock() THEN
         RETURN NULL;
     END IF;
-    IF kpi_source() = 'raw' THEN
+    IF NOT kpi_capturing() THEN
         -- A trigger is disabled (ALTER TABLE ... DISABLE TRIGGER, pg_restore --disable-triggers):
         -- writes go past the log, so the summaries are wrong from now on, also once it is enabled
         -- again. They stay unused (kpi_source() says 'raw') until init-db builds them anew.
@@ -581,8 +630,9 @@ BEGIN
                    UNION ALL
                    SELECT bucket, 1, 0 FROM added
                ) AS e
-           )
-    INTO buyer_ids, buyer_deltas;
+           ),
+           ARRAY(SELECT kpi_buyer_link(bucket, prev_bucket, -1) FROM removed WHERE prev_bucket IS NOT NULL)
+    INTO buyer_ids, buyer_deltas, link_deltas;
 
     -- Their links to their previous bucket, where those changed (a statement of its own: the
     -- one above cannot see its own DELETE and INSERT).
@@ -596,7 +646,7 @@ BEGIN
         UPDATE kpi_buyer_buckets b SET prev_bucket = l.new_prev
         FROM linked l
         WHERE b.buyer_id = l.buyer_id AND b.bucket = l.bucket AND l.old_prev IS DISTINCT FROM l.new_prev
-        RETURNING l.old_prev, l.new_prev
+        RETURNING b.bucket, l.old_prev, l.new_prev
     )
     SELECT buyer_deltas || ARRAY(
         SELECT ROW(0, e.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, e.links)::kpi_sums
@@ -605,10 +655,16 @@ BEGIN
             UNION ALL
             SELECT new_prev, 1 FROM relinked WHERE new_prev IS NOT NULL
         ) AS e
+    ),
+    link_deltas || ARRAY(
+        SELECT kpi_buyer_link(bucket, old_prev, -1) FROM relinked WHERE old_prev IS NOT NULL
+        UNION ALL
+        SELECT kpi_buyer_link(bucket, new_prev, 1) FROM relinked WHERE new_prev IS NOT NULL
     )
-    INTO buyer_deltas;
+    INTO buyer_deltas, link_deltas;
 
     PERFORM kpi_add(deltas || buyer_deltas);
+    PERFORM kpi_add_links(link_deltas);
 
     -- What this batch changed, for the service's live updates (kpi_service/live/hub.py), left in a
     -- setting of this transaction for the caller to read before it commits (the function's
@@ -684,7 +740,7 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 $fn$;
 
 -- A trigger found disabled let writes past the log: the summaries are built anew (kpi_build).
-DELETE FROM kpi_summary_state WHERE kpi_source() = 'raw';
+DELETE FROM kpi_summary_state WHERE NOT kpi_capturing();
 
 -- Statement-level, ALWAYS: bulk loads that run with session_replication_role = replica (the
 -- seeder does) must log their changes too. Only ALTER TABLE ... DISABLE TRIGGER stops them,
@@ -717,13 +773,16 @@ $$;
 -- a transaction of its own after this file: the triggers are then already logging, and the
 -- build's snapshot is later than their creation, so nothing falls between the two). Until then
 -- kpi_source() says 'raw', and the service reads the raw rows.
-DELETE FROM kpi_summary_state WHERE version <> 4;
+DELETE FROM kpi_summary_state WHERE version NOT IN (4, kpi_summary_version());
 
 CREATE OR REPLACE FUNCTION kpi_build() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 BEGIN
     IF NOT EXISTS (SELECT FROM kpi_summary_state) THEN
         PERFORM kpi_rebuild();
+    ELSIF (SELECT version FROM kpi_summary_state) = 4 THEN
+        PERFORM kpi_count_links();
+        UPDATE kpi_summary_state SET version = kpi_summary_version();
     END IF;
 END
 $fn$;
