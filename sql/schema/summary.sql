@@ -489,6 +489,7 @@ DECLARE
     deltas kpi_sums[];
     buyer_deltas kpi_sums[];
     link_deltas kpi_buyer_days[];
+    new_buckets kpi_buyer_buckets[];
 BEGIN
     PERFORM kpi_require_one_snapshot();
     IF NOT kpi_applier_lock() THEN
@@ -535,19 +536,25 @@ BEGIN
         SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'l'
         GROUP BY c.id HAVING count(*) = 1 OR count(DISTINCT (c.at, c.sold_at, c.withdrawn)) > 1
     );
+    -- Lookups by key (OFFSET 0 keeps each a subquery of its own): joined with the ids, the
+    -- listings and kpi_sales were read whole, for a hash join, in every batch at a million listings.
     WITH wanted AS (
-        SELECT li.id, li.listed_at, li.sold_at
+        SELECT li.*
         FROM unnest(listing_ids) AS k (id)
-        JOIN listings li ON li.id = k.id
-        WHERE li.status <> 'withdrawn' AND li.sold_at IS NOT NULL
+        CROSS JOIN LATERAL (
+            SELECT x.id, x.listed_at, x.sold_at FROM listings x
+            WHERE x.id = k.id AND x.status <> 'withdrawn' AND x.sold_at IS NOT NULL OFFSET 0
+        ) li
     ),
     stale AS (
-        SELECT s.* FROM unnest(listing_ids) AS k (id) JOIN kpi_sales s ON s.listing_id = k.id
+        SELECT s.*
+        FROM unnest(listing_ids) AS k (id)
+        CROSS JOIN LATERAL (SELECT x.* FROM kpi_sales x WHERE x.listing_id = k.id OFFSET 0) s
         EXCEPT
         SELECT * FROM wanted
     ),
     removed AS (
-        DELETE FROM kpi_sales s USING stale WHERE s.listing_id = stale.listing_id RETURNING s.listing_id
+        DELETE FROM kpi_sales s WHERE s.listing_id = ANY (ARRAY(SELECT listing_id FROM stale)) RETURNING s.listing_id
     )
     INSERT INTO kpi_sales
     SELECT w.* FROM wanted w
@@ -590,6 +597,8 @@ BEGIN
 
     -- The buyers' buckets. A (buyer, bucket) that only gained rows holds; one that lost a row
     -- holds if that buyer still has a lead or purchase in that bucket (read for those alone).
+    -- The ones that no longer hold go; the new ones are inserted by the next statement, with
+    -- their previous bucket (inserting them without and linking them after wrote each twice).
     WITH pairs AS (
         SELECT c.buyer_id, date_bin('15 minutes', c.at, timestamptz 'epoch') AS bucket, bool_or(c.sign < 0) AS lost
         FROM unnest(changes) c
@@ -612,51 +621,63 @@ BEGIN
         WHERE NOT t.holds AND b.buyer_id = t.buyer_id AND b.bucket = t.bucket
         RETURNING b.buyer_id, b.bucket, b.prev_bucket
     ),
-    added AS (
-        INSERT INTO kpi_buyer_buckets (buyer_id, bucket)
+    new AS (
         SELECT t.buyer_id, t.bucket FROM truth t
         WHERE t.holds
           AND NOT EXISTS (SELECT FROM kpi_buyer_buckets b WHERE b.buyer_id = t.buyer_id AND b.bucket = t.bucket)
-        ON CONFLICT DO NOTHING
-        RETURNING buyer_id, bucket
     )
-    SELECT ARRAY(SELECT buyer_id FROM removed UNION SELECT buyer_id FROM added),
+    SELECT ARRAY(SELECT buyer_id FROM removed UNION SELECT buyer_id FROM new),
+           ARRAY(SELECT ROW(n.buyer_id, n.bucket, NULL)::kpi_buyer_buckets FROM new n),
            ARRAY(
                SELECT ROW(0, e.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, e.buckets, e.links)::kpi_sums
                FROM (
                    SELECT bucket AS at, -1 AS buckets, 0 AS links FROM removed
                    UNION ALL
                    SELECT prev_bucket, 0, -1 FROM removed WHERE prev_bucket IS NOT NULL
-                   UNION ALL
-                   SELECT bucket, 1, 0 FROM added
                ) AS e
            ),
            ARRAY(SELECT kpi_buyer_link(bucket, prev_bucket, -1) FROM removed WHERE prev_bucket IS NOT NULL)
-    INTO buyer_ids, buyer_deltas, link_deltas;
+    INTO buyer_ids, new_buckets, buyer_deltas, link_deltas;
 
-    -- Their links to their previous bucket, where those changed (a statement of its own: the
-    -- one above cannot see its own DELETE and INSERT).
-    WITH linked AS (
-        SELECT b.buyer_id, b.bucket, b.prev_bucket AS old_prev,
-               lag(b.bucket) OVER (PARTITION BY b.buyer_id ORDER BY b.bucket) AS new_prev
+    -- These buyers' buckets in order, the new ones among them: each new one inserted with its
+    -- previous bucket, and each other one whose previous bucket changed (after a new or a
+    -- removed one) relinked.
+    WITH buckets AS (
+        SELECT b.buyer_id, b.bucket, b.prev_bucket AS old_prev, false AS new
         FROM unnest(buyer_ids) AS k (id)
         JOIN kpi_buyer_buckets b ON b.buyer_id = k.id
+        UNION ALL
+        SELECT n.buyer_id, n.bucket, NULL, true FROM unnest(new_buckets) n
+    ),
+    linked AS (
+        SELECT b.*, lag(b.bucket) OVER (PARTITION BY b.buyer_id ORDER BY b.bucket) AS new_prev FROM buckets b
+    ),
+    added AS (
+        INSERT INTO kpi_buyer_buckets (buyer_id, bucket, prev_bucket)
+        SELECT l.buyer_id, l.bucket, l.new_prev FROM linked l WHERE l.new
+        RETURNING bucket, prev_bucket
     ),
     relinked AS (
         UPDATE kpi_buyer_buckets b SET prev_bucket = l.new_prev
         FROM linked l
-        WHERE b.buyer_id = l.buyer_id AND b.bucket = l.bucket AND l.old_prev IS DISTINCT FROM l.new_prev
+        WHERE NOT l.new AND b.buyer_id = l.buyer_id AND b.bucket = l.bucket AND l.old_prev IS DISTINCT FROM l.new_prev
         RETURNING b.bucket, l.old_prev, l.new_prev
     )
     SELECT buyer_deltas || ARRAY(
-        SELECT ROW(0, e.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, e.links)::kpi_sums
+        SELECT ROW(0, e.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, e.buckets, e.links)::kpi_sums
         FROM (
-            SELECT old_prev AS at, -1 AS links FROM relinked WHERE old_prev IS NOT NULL
+            SELECT bucket AS at, 1 AS buckets, 0 AS links FROM added
             UNION ALL
-            SELECT new_prev, 1 FROM relinked WHERE new_prev IS NOT NULL
+            SELECT prev_bucket, 0, 1 FROM added WHERE prev_bucket IS NOT NULL
+            UNION ALL
+            SELECT old_prev, 0, -1 FROM relinked WHERE old_prev IS NOT NULL
+            UNION ALL
+            SELECT new_prev, 0, 1 FROM relinked WHERE new_prev IS NOT NULL
         ) AS e
     ),
     link_deltas || ARRAY(
+        SELECT kpi_buyer_link(bucket, prev_bucket, 1) FROM added WHERE prev_bucket IS NOT NULL
+        UNION ALL
         SELECT kpi_buyer_link(bucket, old_prev, -1) FROM relinked WHERE old_prev IS NOT NULL
         UNION ALL
         SELECT kpi_buyer_link(bucket, new_prev, 1) FROM relinked WHERE new_prev IS NOT NULL
