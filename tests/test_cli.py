@@ -62,9 +62,10 @@ def test_init_db_is_idempotent(
     assert cli.main(["init-db"]) == 0
     with psycopg.connect(empty_database) as conn:
         tables = {row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-        # The sales tables, and the service's summaries (sql/schema/summary.sql).
+        # The sales tables, the schema's version, and the service's summaries (sql/schema/summary.sql).
         assert tables == {
             *TABLES,
+            "kpi_schema",
             "kpi_sums",
             "kpi_buyer_buckets",
             "kpi_sales",

@@ -14,6 +14,7 @@ import psycopg
 from kpi_service.cli.embedded import DEFAULT_DIR, EmbeddedError
 from kpi_service.cli.seed import NotEmpty
 from kpi_service.config import ConfigError
+from kpi_service.db.errors import SchemaMismatch
 from kpi_service.ops.lifecycle import Stopped, stop_on_signals
 
 DEMO_LISTINGS = 20_000
@@ -42,6 +43,7 @@ def _instant(text: str) -> datetime:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="kpi-service", description="Dashboard KPIs of the dealership application.")
+    top.add_argument("--version", action="version", version=_version())
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     data_dir = {
         "type": Path,
@@ -82,6 +84,12 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _version() -> str:
+    from kpi_service.db.schema import SCHEMA_VERSION, service_version
+
+    return f"kpi-service {service_version()} (schema version {SCHEMA_VERSION})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     # Imported here: `kpi-service token` should not pay for the web app and the pool.
@@ -113,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"kpi-service: {error}", file=sys.stderr)
         return 2
-    except (EmbeddedError, NotEmpty, OSError, psycopg.Error) as error:
+    except (EmbeddedError, NotEmpty, OSError, psycopg.Error, SchemaMismatch) as error:
         print(f"kpi-service: {_first_line(error)}", file=sys.stderr)
         return 1
     return 0

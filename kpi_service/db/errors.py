@@ -17,4 +17,10 @@ class SchemaMissing(DatabaseUnavailable):
     on it (or ran on another database). Not an outage either."""
 
 
+class SchemaMismatch(SchemaMissing):
+    """The database holds the KPI schema of another version of the service than this one reads
+    (kpi_service/db/schema.py, SCHEMA_VERSION): older (`kpi-service init-db` upgrades it) or newer
+    (this instance is the one to upgrade). Computing from it could give wrong numbers."""
+
+
 INIT_HINT = "run kpi-service init-db"

@@ -30,6 +30,7 @@ FROM (VALUES
     ('function', 'kpi_metrics(bigint, numeric, bigint, numeric, bigint, bigint, bigint, numeric, bigint, numeric, bigint, bigint)', 'reader', NULL),
     ('function', 'kpi_source()', 'reader', NULL),
     ('view', 'kpi_manifest', 'owner', NULL),
+    ('table', 'kpi_schema', 'reader', NULL),
     -- sql/schema/indexes.sql: on the application's tables
     ('index', 'kpi_listings_listed_at_idx', NULL, 'listings'),
     ('index', 'kpi_leads_created_at_idx', NULL, 'leads'),
