@@ -23,4 +23,9 @@ class SchemaMismatch(SchemaMissing):
     (this instance is the one to upgrade). Computing from it could give wrong numbers."""
 
 
+class LockNotGranted(Exception):
+    """`kpi-service uninstall` found a lock it needs taken at every try (db/uninstall.py): the
+    application was never quiet enough. Nothing is half-done; running it again goes on."""
+
+
 INIT_HINT = "run kpi-service init-db"
