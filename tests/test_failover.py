@@ -34,8 +34,8 @@ CACHED = {
     "A": (date(2026, 3, 1), date(2026, 3, 31)),
     "B": (date(2026, 10, 1), date(2026, 10, 20)),
 }
-# The writer before the failover writes here, into no window the load asks for.
-WRITER_DAY = datetime(2026, 6, 15, 12, tzinfo=UTC)
+# The writer before the failover writes here: in no window the load asks for, nor aged at its end.
+WRITER_DAY = datetime(2026, 10, 25, 12, tzinfo=UTC)  # after B: neither in it nor aged by its end
 AGED_DAYS = 60
 
 
@@ -110,7 +110,10 @@ class Writer:
             return  # the primary went
 
 
-def test_the_primary_fails_over_to_its_promoted_standby_under_load(redis_server: RedisServer) -> None:
+@pytest.mark.parametrize("read_url", [False, True], ids=["primary-only", "with-read-url"])
+def test_the_primary_fails_over_to_its_promoted_standby_under_load(redis_server: RedisServer, read_url: bool) -> None:
+    """With a read URL too (the same two hosts, prefer-standby), the KPI reads go to the standby
+    until it is promoted, then to it as the primary."""
     with replicated() as (primary, standby):
         with psycopg.connect(primary.url, autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {DBNAME}")
@@ -124,11 +127,17 @@ def test_the_primary_fails_over_to_its_promoted_standby_under_load(redis_server:
             "GUNICORN_WORKERS": "2",
             "KPI_CACHE_TTL": "1",  # stale within a second: the failover is served from stale values
         }
+        if read_url:
+            reads = f"postgresql://postgres@127.0.0.1:{standby.port},127.0.0.1:{primary.port}/{DBNAME}"
+            env["DATABASE_READ_URL"] = f"{reads}?target_session_attrs=prefer-standby&connect_timeout=2"
         before = {name: reference(primary, *days) for name, days in CACHED.items()}
         bearer = token()
         counter = itertools.count()
         with gunicorn(env) as one, gunicorn(env) as two:
             bases = (one, two)
+            if read_url:
+                for base in bases:
+                    wait_until(lambda base=base: fetch(f"{base}/readyz", None)[1]["checks"].get("replica") == "ok")
             for base in bases:
                 for name, days in CACHED.items():
                     status, body = fetch(base + path(*days), bearer)
@@ -146,14 +155,18 @@ def test_the_primary_fails_over_to_its_promoted_standby_under_load(redis_server:
                 stopped_at = time.monotonic()
                 primary.stop()
                 # No primary until the standby is promoted (a failover manager's detection time):
-                # cached windows are served stale meanwhile, a window never computed is a 503.
-                wait_until(lambda: load.any(lambda s: s.sent > stopped_at and s.stale), seconds=10)
-                wait_until(lambda: load.any(lambda s: s.sent > stopped_at and s.status == 503), seconds=10)
+                # cached windows are served stale meanwhile, a window never computed is a 503;
+                # with the read URL the standby answers both, fresh (it has every write there was).
+                if read_url:
+                    wait_until(lambda: sum(s.sent > stopped_at for s in load.snapshot()) >= 40)
+                else:
+                    wait_until(lambda: load.any(lambda s: s.sent > stopped_at and s.stale), seconds=10)
+                    wait_until(lambda: load.any(lambda s: s.sent > stopped_at and s.status == 503), seconds=10)
                 standby.promote()
                 promoted_at = time.monotonic()
                 new_primary = standby
                 # The application writes to the new primary; the service's applier takes it in there.
-                with psycopg.connect(url(new_primary), autocommit=True) as conn:
+                with psycopg.connect(url(new_primary)) as conn:  # one transaction: one new value of B
                     conn.execute(
                         "INSERT INTO listings (price, status, listed_at) VALUES (777, 'active', '2026-10-05T09:00Z')"
                     )
@@ -174,7 +187,8 @@ def test_the_primary_fails_over_to_its_promoted_standby_under_load(redis_server:
         cached = [s for s in samples if s.kind in CACHED]
         during = [s for s in samples if stopped_at <= s.sent < settled_at]
         figures = summary(
-            "primary stopped, standby promoted, under 2 gunicorn instances x 2 workers, 8 client threads",
+            "primary stopped, standby promoted, under 2 gunicorn instances x 2 workers, 8 client threads"
+            + (", reads from the standby (DATABASE_READ_URL)" if read_url else ""),
             samples,
             during_failover=len(during),
             without_primary_s=round(promoted_at - stopped_at, 2),
@@ -185,9 +199,13 @@ def test_the_primary_fails_over_to_its_promoted_standby_under_load(redis_server:
         # Every window computed before is answered throughout, and only with right numbers:
         # A's never changed, B's are those before the writes to the new primary or after them.
         assert during and all(s.status == 200 for s in cached), figures
-        assert figures["stale_serves"] > 0
+        if read_url:
+            assert all(s.status == 200 for s in samples)
+        else:
+            assert figures["stale_serves"] > 0
         assert all(s.body["metrics"] == before["A"] for s in cached if s.kind == "A")
-        assert all(s.body["metrics"] in (before["B"], after) for s in cached if s.kind == "B")
+        seen_b = [s.body["metrics"] for s in cached if s.kind == "B"]
+        assert all(m in (before["B"], after) for m in seen_b), [m for m in seen_b if m not in (before["B"], after)]
         # A window never computed is answered, or a clean 503 envelope while no primary answers.
         assert all(s.status == 200 or (s.status == 503 and s.is_envelope) for s in samples if s.kind == "new")
         # Neither the writes made before the failover nor those after it were applied twice or lost.
