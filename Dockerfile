@@ -12,10 +12,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PROMETHEUS_MULTIPROC_DIR=/tmp/kpi-metrics
 
 WORKDIR /app
+# The runtime dependencies exactly as requirements.lock pins them, each file checked against its
+# hashes (make lock compiles it from setup.cfg; tests/test_lock.py keeps the two in step), then the
+# package itself with nothing more.
+COPY requirements.lock ./
+RUN pip install --require-hashes -r requirements.lock
 COPY pyproject.toml setup.cfg README.md ./
 COPY kpi_service ./kpi_service
 COPY sql ./sql
-RUN pip install . \
+RUN pip install --no-deps . \
     && rm -rf /root/.cache \
     && useradd --system --uid 10001 --no-create-home kpi
 # Only what gunicorn loads from the working directory; the package itself is installed.

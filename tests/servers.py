@@ -137,6 +137,12 @@ class PostgresServer:
             self.process.wait(timeout=30)
             self.process = None
 
+    def promote(self) -> None:
+        """A standby made the primary (`pg_ctl promote`, as Patroni or pg_auto_failover do);
+        returns once it accepts writes."""
+        command = [str(self.bindir / "pg_ctl"), "promote", "-w", "-D", str(self.data)]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, user=self.user)
+
     def destroy(self) -> None:
         if self.process is not None:
             self.process.terminate()

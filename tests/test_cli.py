@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -64,7 +66,7 @@ def test_init_db_is_idempotent(
         tables = {row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
         # The sales tables, and the service's summaries (sql/schema/manifest.sql lists them).
         listed = conn.execute("SELECT name FROM kpi_manifest WHERE kind = 'table' AND installed").fetchall()
-        assert len(listed) == 9 and tables == {*TABLES, *(name for (name,) in listed)}
+        assert len(listed) == 10 and tables == {*TABLES, *(name for (name,) in listed)}
         assert conn.execute("SELECT name FROM buyers").fetchall() == [("kept",)]
     assert "schema and summaries applied" in capsys.readouterr().out
 
@@ -220,3 +222,24 @@ def test_demo_on_database_url(tmp_path: Path, empty_database: str) -> None:
     finally:
         assert demo.stop() == 0, demo.output
     assert not (tmp_path / ".kpi-demo").exists()
+
+
+def test_uninstall_asks_and_drops_nothing_unconfirmed(
+    environ: pytest.MonkeyPatch, empty_database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """(Confirmed removal: tests/test_uninstall.py, on a server of its own.)"""
+    environ.setenv("DATABASE_URL", empty_database)
+    assert cli.main(["init-db"]) == 0
+    environ.setattr("sys.stdin", io.StringIO(""))  # no terminal: no answer
+    assert cli.main(["uninstall"]) == 1
+    out = capsys.readouterr().out
+    assert "trigger  kpi_listings_insert on listings" in out and out.endswith("nothing dropped\n")
+    with psycopg.connect(empty_database) as conn:
+        assert conn.execute("SELECT count(*) FROM kpi_manifest WHERE NOT installed").fetchone() == (0,)
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0
+    assert re.fullmatch(r"kpi-service \S+ \(schema version \d+\)\n", capsys.readouterr().out)

@@ -37,3 +37,16 @@ def test_no_document_points_outside_the_repository(document: Path) -> None:
 
 def test_the_readme_links_the_definitions() -> None:
     assert "(docs/kpis.md)" in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_readme_lists_every_object_the_service_installs() -> None:
+    """The section for the database's owner names each object of sql/schema/manifest.sql."""
+    from kpi_service.db.sql import sql_text
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### For the database's owner") :]
+    manifest = sql_text("schema/manifest.sql")
+    names = re.findall(r"\('(?:function|view|table|index|trigger)', '([^']+)'", manifest)
+    assert len(names) > 50
+    missing = [name for name in names if f"`{name}`" not in section]
+    assert not missing, f"README.md, For the database's owner, does not list {missing}"

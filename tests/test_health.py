@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from flask import Flask
 
 from kpi_service.app import create_app
+from kpi_service.db.schema import SCHEMA_VERSION, service_version
 from tests.helpers import SECRET, RedisServer, free_port, make_settings
 
 DOWN_DATABASE = "postgresql://postgres:hunter2@127.0.0.1:1/none"
@@ -44,6 +45,7 @@ def test_ready_with_database_and_in_process_cache(client) -> None:
     assert body == {
         "status": "ready",
         "checks": {"database": "ok", "redis": "in-process", "schema": "ok", "kpi_source": "summaries"},
+        "version": {"service": service_version(), "schema": SCHEMA_VERSION, "database_schema": SCHEMA_VERSION},
     }
     assert_no_configuration(response.get_data(as_text=True))
 

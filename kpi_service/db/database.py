@@ -19,12 +19,14 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from kpi_service.config import Settings
-from kpi_service.db.errors import INIT_HINT, DatabaseBusy, DatabaseUnavailable, SchemaMissing
+from kpi_service.db.errors import INIT_HINT, DatabaseBusy, DatabaseUnavailable, SchemaMismatch, SchemaMissing
+from kpi_service.db.schema import compatibility
 from kpi_service.db.sql import (
     APPLIER_LOCK,
     APPLY,
     APPLY_BATCH,
     CHANGED,
+    LEGACY_MODE,
     MODE,
     PENDING,
     WAL_POSITION,
@@ -74,6 +76,10 @@ class Database:
         # A trigger disabled, or the summaries installed, while the service runs: noticed within this.
         self.mode_every = MODE_EVERY_S
         self._schema_missing = False
+        # The database's schema version, last looked up with the mode (for /readyz), and why this
+        # service may not serve from it (None: it may).
+        self.schema_version: int | None = None
+        self._mismatch: str | None = None
         self.replica: Replica | None = None
         self.max_connections = settings.db_pool_size
         self._in_use = 0  # connections handed out through this class, see saturated()
@@ -127,7 +133,31 @@ class Database:
         return self._read("mode", self._look_up_mode, quiet=quiet)[0]
 
     def _look_up_mode(self, conn: psycopg.Connection) -> str:
-        found = conn.execute(MODE).fetchone()["source"]
+        """The mode, once the database's schema version is one this service reads right: else
+        SchemaMismatch, for every read and the applier alike, until a lookup finds it right."""
+        try:
+            row = conn.execute(MODE).fetchone()
+        except psycopg.errors.UndefinedTable:
+            conn.rollback()
+            # Installed before schema versions were recorded (version 1), or not at all
+            # (kpi_source is missing too: SchemaMissing).
+            row = {**conn.execute(LEGACY_MODE).fetchone(), "version": 1, "oldest_service": 1}
+        if row is None:
+            self.schema_version = None
+            problem: str | None = f"the database's KPI schema has no version recorded: {INIT_HINT}"
+        else:
+            self.schema_version = row["version"]
+            problem = compatibility(row["version"], row["oldest_service"])
+        if problem != self._mismatch:
+            if problem:
+                log.error("not serving: %s", problem)
+            else:
+                log.info("the database's KPI schema (version %s) is one this service reads", self.schema_version)
+            self._mismatch = problem
+        if problem:
+            self._mode = None  # looked up again on every read until it is right
+            raise SchemaMismatch(problem)
+        found = row["source"]
         if found != self._mode:
             log.info(
                 "KPI statement reads %s",

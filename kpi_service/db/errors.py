@@ -17,4 +17,15 @@ class SchemaMissing(DatabaseUnavailable):
     on it (or ran on another database). Not an outage either."""
 
 
+class SchemaMismatch(SchemaMissing):
+    """The database holds the KPI schema of another version of the service than this one reads
+    (kpi_service/db/schema.py, SCHEMA_VERSION): older (`kpi-service init-db` upgrades it) or newer
+    (this instance is the one to upgrade). Computing from it could give wrong numbers."""
+
+
+class LockNotGranted(Exception):
+    """`kpi-service uninstall` found a lock it needs taken at every try (db/uninstall.py): the
+    application was never quiet enough. Nothing is half-done; running it again goes on."""
+
+
 INIT_HINT = "run kpi-service init-db"

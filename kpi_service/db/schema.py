@@ -2,9 +2,48 @@
 
 from __future__ import annotations
 
+from importlib import metadata
+
 import psycopg
 
+from kpi_service.db.errors import SchemaMismatch
 from kpi_service.db.sql import APPLIER_LOCK, sql_text
+
+# The version of what sql/schema/ installs, recorded in the database's kpi_schema row. Raised
+# with every release that changes those objects; version 1 is the releases before the row existed.
+# (The summaries' own build version, kpi_summary_state in sql/schema/summary.sql, is another
+# number: it changes only when the summaries' rows change shape, and only then does init-db
+# rebuild them. Most schema versions leave it alone.)
+# 2: the manifest and its privileges; 3: kpi_buyer_days, which this service's statement reads.
+SCHEMA_VERSION = 3
+# The oldest database schema this service computes right numbers from.
+OLDEST_DATABASE = 3
+# The oldest service this version's objects are right for, recorded with them: raised to
+# SCHEMA_VERSION when an older service would misread them (a column's meaning changed, a function
+# it calls changed its result), left as it is when the change only adds.
+OLDEST_SERVICE = 2
+
+
+def service_version() -> str:
+    """This kpi-service release (setup.cfg)."""
+    return metadata.version("kpi-service")
+
+
+def compatibility(version: int, oldest_service: int) -> str | None:
+    """Why this service may not serve from a database holding schema `version` (None: it may)."""
+    if version < OLDEST_DATABASE:
+        return (
+            f"the database holds KPI schema version {version}, older than this service reads"
+            f" ({OLDEST_DATABASE} to {SCHEMA_VERSION}): run kpi-service init-db to upgrade it"
+        )
+    if oldest_service > SCHEMA_VERSION:
+        return (
+            f"the database holds KPI schema version {version}, made for services of schema version"
+            f" {oldest_service} or later, and this service is {service_version()} (schema version"
+            f" {SCHEMA_VERSION}): upgrade this service"
+        )
+    return None
+
 
 SERVICE_TABLES = "kpi_sums, kpi_buyer_buckets, kpi_sales, kpi_purchase_facts, kpi_conversions, kpi_changes"
 
@@ -18,10 +57,16 @@ def apply_schema(conninfo: str, *, summaries: bool = True) -> None:
     without waiting for autovacuum."""
     with psycopg.connect(conninfo, autocommit=True) as conn:
         with conn.transaction():
+            _refuse_downgrade(conn)
             conn.execute(sql_text("schema/schema.sql"))
             if summaries:
                 conn.execute(sql_text("schema/summary.sql"))
             conn.execute(sql_text("schema/manifest.sql"))
+            conn.execute("DELETE FROM kpi_schema")
+            conn.execute(
+                "INSERT INTO kpi_schema VALUES (%s, %s, %s, now())",
+                [SCHEMA_VERSION, OLDEST_SERVICE, service_version()],
+            )
             # The service's role keeps its grants through an upgrade (new functions, new forms).
             if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'kpi_reader'").fetchone():
                 conn.execute(sql_text("ops/roles.sql"))
@@ -37,6 +82,17 @@ def apply_schema(conninfo: str, *, summaries: bool = True) -> None:
             conn.execute(APPLIER_LOCK, [False])
             conn.execute(f"VACUUM (ANALYZE) {SERVICE_TABLES}")
         conn.execute("ANALYZE buyers, listings, leads, purchases")
+
+
+def _refuse_downgrade(conn: psycopg.Connection) -> None:
+    """A newer release's objects are not replaced by this one's: its instances would stop serving."""
+    if conn.execute("SELECT to_regclass('kpi_schema') IS NOT NULL").fetchone()[0]:
+        row = conn.execute("SELECT version, service FROM kpi_schema").fetchone()
+        if row and row[0] > SCHEMA_VERSION:
+            raise SchemaMismatch(
+                f"the database holds KPI schema version {row[0]} (kpi-service {row[1]}), newer than this"
+                f" kpi-service {service_version()} installs ({SCHEMA_VERSION}): run the newer release's init-db"
+            )
 
 
 def _statements(text: str) -> list[str]:

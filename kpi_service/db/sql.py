@@ -32,8 +32,10 @@ APPLY = (
 CHANGED = "SELECT current_setting('kpi.changed', true) AS changed"
 # Waiting for another applier happens before that snapshot is taken.
 APPLIER_LOCK = "SELECT kpi_applier_session_lock(%s)"
-# "summaries" or "raw" (sql/schema/schema.sql, kpi_source).
-MODE = "SELECT kpi_source() AS source"
+# "summaries" or "raw" (sql/schema/schema.sql, kpi_source), and the version of the schema
+# (kpi_schema: no row, or no table before schema version 2).
+MODE = "SELECT kpi_source() AS source, version, oldest_service FROM kpi_schema"
+LEGACY_MODE = "SELECT kpi_source() AS source"
 PENDING = "SELECT kpi_pending_changes() AS pending"
 # Positions in the WAL as byte offsets, comparable across a primary and its streaming replicas
 # (replica.py): where the primary has written to, and what a replica has replayed (NULL when

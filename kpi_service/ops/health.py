@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import redis
 from flask import Blueprint, Response, current_app, jsonify
 
-from kpi_service.db.errors import INIT_HINT, DatabaseUnavailable, SchemaMissing
+from kpi_service.db.errors import INIT_HINT, DatabaseUnavailable, SchemaMismatch, SchemaMissing
+from kpi_service.db.schema import SCHEMA_VERSION, service_version
 from kpi_service.ops import metrics
 from kpi_service.web.errors import envelope
+
+if TYPE_CHECKING:
+    from kpi_service.db.database import Database
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,13 @@ def readyz() -> Response:
         checks["kpi_source"] = mode
         if mode == "summaries":
             checks["pending_changes"] = state.db.pending_changes()
+    except SchemaMismatch as error:
+        checks["schema"] = f"incompatible: {error}"
+        return envelope(
+            503,
+            f"Not ready: {error}.",
+            extra={"status": "incompatible", "checks": checks, "version": _versions(state.db)},
+        )
     except SchemaMissing:
         checks["schema"] = f"missing: {INIT_HINT}"
         return envelope(
@@ -59,7 +71,12 @@ def readyz() -> Response:
         )
     except DatabaseUnavailable:
         checks["kpi_source"] = "unknown"  # busy, or gone since the ping: the next probe tells
-    return jsonify(status="ready", checks=checks)
+    return jsonify(status="ready", checks=checks, version=_versions(state.db))
+
+
+def _versions(db: Database) -> dict[str, object]:
+    """This release, the schema version it installs, and the one the database holds (None: not known yet)."""
+    return {"service": service_version(), "schema": SCHEMA_VERSION, "database_schema": db.schema_version}
 
 
 def _redis_state(client: redis.Redis, *, in_process: bool) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from kpi_service.db.errors import INIT_HINT, DatabaseBusy, SchemaMissing
+from kpi_service.db.errors import INIT_HINT, DatabaseBusy, SchemaMismatch, SchemaMissing
 from kpi_service.serving.cache import Entry
 from kpi_service.web.errors import ApiError
 
@@ -99,6 +99,8 @@ def unavailable(error: Exception) -> ApiError:
             "The database is busy: every connection of this instance is computing other windows. Retry shortly.",
             retry_after=BUSY_RETRY_AFTER_S,
         )
+    if isinstance(error, SchemaMismatch):
+        return ApiError(503, f"The service cannot compute from its database: {error}.")
     if isinstance(error, SchemaMissing):
         return ApiError(503, f"The service is not initialized: its database has no KPI schema ({INIT_HINT}).")
     return ApiError(503, "The database is unavailable and no earlier result for this window is cached.")

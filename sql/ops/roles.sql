@@ -9,6 +9,8 @@ DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'kpi_reader') THEN
         CREATE ROLE kpi_reader NOLOGIN;
+        -- The mark `kpi-service uninstall` drops a role by: made here, not found already there.
+        COMMENT ON ROLE kpi_reader IS 'kpi-service: made by sql/ops/roles.sql';
     END IF;
 EXCEPTION
     -- Made meanwhile (roles are per cluster, so another database may have made it).

@@ -31,6 +31,7 @@ FROM (VALUES
     ('function', 'kpi_source()', 'reader', NULL),
     ('function', 'kpi_capturing()', 'reader', NULL),
     ('view', 'kpi_manifest', 'owner', NULL),
+    ('table', 'kpi_schema', 'reader', NULL),
     -- sql/schema/indexes.sql: on the application's tables
     ('index', 'kpi_listings_listed_at_idx', NULL, 'listings'),
     ('index', 'kpi_leads_created_at_idx', NULL, 'leads'),

@@ -145,3 +145,14 @@ BEGIN
                 THEN 'summaries' ELSE 'raw' END;
 END
 $fn$;
+
+-- Which version of the service's objects this database holds (kpi_service/db/schema.py,
+-- SCHEMA_VERSION), written by `kpi-service init-db` in the transaction that installs them, with
+-- the oldest version of the service that still computes right numbers from them. A service
+-- whose version is outside what this row allows refuses to serve (its /readyz says why).
+CREATE TABLE IF NOT EXISTS kpi_schema (
+    version        integer NOT NULL,
+    oldest_service integer NOT NULL,
+    service        text NOT NULL,  -- the kpi-service release that installed them
+    installed_at   timestamptz NOT NULL
+);

@@ -1,0 +1,211 @@
+"""`kpi-service uninstall`: every object the service installed (sql/schema/manifest.sql) dropped
+from the application's database, and the service's roles where it can prove it made them.
+
+Safe on a live database. Each step that needs a lock the application's writes also take runs with
+a short lock_timeout and is retried until it gets the lock at a quiet moment: while a DDL statement
+waits for its lock, every write queued behind it waits too, so the wait is cut at LOCK_TIMEOUT_MS
+instead of lasting as long as the application's longest transaction.
+- the triggers first (the application's writes stop logging), a table's four in one short
+  transaction (DROP TRIGGER locks the table ACCESS EXCLUSIVE);
+- then the service's own view, functions and tables, in one transaction (nothing of the
+  application's takes their locks once the triggers are gone);
+- the indexes on the application's tables DROP INDEX CONCURRENTLY (a lock writes do not wait for);
+- the roles last.
+Each step is idempotent, so a removal stopped half-way is finished by running it again."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import psycopg
+from psycopg import sql
+
+from kpi_service.db.errors import LockNotGranted
+from kpi_service.db.sql import sql_text
+
+T = TypeVar("T")
+
+LOCK_TIMEOUT_MS = 50
+# How long a step keeps retrying for its lock before giving up (nothing half-done: run it again).
+RETRY_FOR_S = 120.0
+# (role, the mark sql/ops/ put on it when it made it): dropped only with that mark. A member first.
+ROLES = (
+    ("kpi", "kpi-service: made by sql/ops/service_login.sql"),
+    ("kpi_reader", "kpi-service: made by sql/ops/roles.sql"),
+)
+APPLICATION_TABLES = ("buyers", "listings", "leads", "purchases")
+
+
+@dataclass
+class Plan:
+    """What is there to drop, in the order it goes."""
+
+    triggers: list[tuple[str, str]] = field(default_factory=list)  # (trigger, table)
+    functions: list[str] = field(default_factory=list)  # signatures
+    tables: list[str] = field(default_factory=list)
+    views: list[str] = field(default_factory=list)
+    indexes: list[tuple[str, str]] = field(default_factory=list)  # (index, table) on the application's tables
+    roles: list[str] = field(default_factory=list)  # made by the service: dropped
+    kept_roles: list[str] = field(default_factory=list)  # found there before it: their grants here revoked
+
+    @property
+    def empty(self) -> bool:
+        return not (self.triggers or self.functions or self.tables or self.views or self.indexes or self.roles)
+
+    def lines(self) -> list[str]:
+        return [
+            *(f"trigger  {name} on {table}" for name, table in self.triggers),
+            *(f"function {name}" for name in self.functions),
+            *(f"table    {name}" for name in self.tables),
+            *(f"view     {name}" for name in self.views),
+            *(f"index    {name} on {table}" for name, table in self.indexes),
+            *(f"role     {name}" for name in self.roles),
+            *(f"(role {name} stays: not made by kpi-service; its grants here are revoked)" for name in self.kept_roles),
+        ]
+
+
+def manifest_query() -> str:
+    """The query of the kpi_manifest view, read from the package rather than the database: a
+    removal stopped after the view went still knows what remains."""
+    text = sql_text("schema/manifest.sql")
+    start = text.index("SELECT", text.index("CREATE OR REPLACE VIEW kpi_manifest AS"))
+    end = text.index(";", text.index(") AS m (kind, name, callers, on_table)"))
+    return text[start:end]
+
+
+def plan(conn: psycopg.Connection) -> Plan:
+    found = Plan()
+    rows = conn.execute(
+        f"SELECT kind, name, on_table FROM ({manifest_query()}) AS m WHERE installed"  # noqa: S608 - the package's own text
+    ).fetchall()
+    for kind, name, on_table in rows:
+        if kind == "trigger":
+            found.triggers.append((name, on_table))
+        elif kind == "function":
+            found.functions.append(name)
+        elif kind == "table":
+            found.tables.append(name)
+        elif kind == "view":
+            found.views.append(name)
+        elif kind == "index" and on_table in APPLICATION_TABLES:
+            found.indexes.append((name, on_table))
+        # (the service's indexes on its own tables go with them)
+    for role, mark in ROLES:
+        row = conn.execute(
+            "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s", [role]
+        ).fetchone()
+        if row is None:
+            continue
+        if row[0] == mark:
+            found.roles.append(role)
+        elif role == "kpi_reader" and _has_grants_here(conn, role):
+            found.kept_roles.append(role)
+    return found
+
+
+def _has_grants_here(conn: psycopg.Connection, role: str) -> bool:
+    """Whether the role holds a grant of its own on the application's tables, their schema or the database."""
+    return conn.execute(
+        """
+        SELECT EXISTS (SELECT FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
+                       WHERE c.relname = ANY (%s) AND c.relnamespace = current_schema()::regnamespace
+                         AND a.grantee = r.oid)
+            OR EXISTS (SELECT FROM pg_namespace n CROSS JOIN LATERAL aclexplode(n.nspacl) a
+                       WHERE n.nspname = current_schema() AND a.grantee = r.oid)
+            OR EXISTS (SELECT FROM pg_database d CROSS JOIN LATERAL aclexplode(d.datacl) a
+                       WHERE d.datname = current_database() AND a.grantee = r.oid)
+        FROM pg_roles r WHERE r.rolname = %s
+        """,
+        [list(APPLICATION_TABLES), role],
+    ).fetchone()[0]
+
+
+def remove(conn: psycopg.Connection, found: Plan, say: Callable[[str], None]) -> None:
+    """Drop what `found` lists, on an autocommit connection (DROP INDEX CONCURRENTLY needs one)."""
+    conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{LOCK_TIMEOUT_MS}ms")))
+    by_table: dict[str, list[str]] = {}
+    for name, table in found.triggers:
+        by_table.setdefault(table, []).append(name)
+    for table, names in by_table.items():
+        _retried(conn, [_drop_trigger(name, table) for name in names], f"the triggers on {table}")
+        say(f"dropped the triggers on {table}")
+    own = [
+        *(sql.SQL("DROP VIEW IF EXISTS {}").format(sql.Identifier(name)) for name in found.views),
+        # (A signature from the package's manifest, not from anyone's input.)
+        *(sql.SQL("DROP FUNCTION IF EXISTS {}").format(sql.SQL(name)) for name in found.functions),
+        *(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)) for name in found.tables),
+    ]
+    if own:
+        _retried(conn, own, "the service's own tables, functions and view")
+        say("dropped the service's own tables, functions and view")
+    for name, _table in found.indexes:
+        _retried(
+            conn,
+            [sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(name))],
+            f"index {name}",
+            transaction=False,
+        )
+        say(f"dropped index {name}")
+    for role in (*found.roles, *found.kept_roles):
+        _revoke_here(conn, role)
+    for role in found.roles:
+        try:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+            say(f"dropped role {role}")
+        except psycopg.errors.DependentObjectsStillExist as error:
+            # Roles belong to the whole server: another database still grants it something.
+            say(f"kept role {role}: {error.diag.message_primary} ({error.diag.message_detail or ''})".strip())
+
+
+def _drop_trigger(name: str, table: str) -> sql.Composable:
+    return sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(name), sql.Identifier(table))
+
+
+def _revoke_here(conn: psycopg.Connection, role: str) -> None:
+    """What sql/ops/ granted the role in this database (the service's own objects are gone)."""
+    who = sql.Identifier(role)
+    conn.execute(
+        sql.SQL("REVOKE ALL ON {} FROM {}").format(sql.SQL(", ").join(map(sql.Identifier, APPLICATION_TABLES)), who)
+    )
+    conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM {}").format(sql.Identifier(_schema(conn)), who))
+    conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(sql.Identifier(_database(conn)), who))
+
+
+def _schema(conn: psycopg.Connection) -> str:
+    return conn.execute("SELECT current_schema()").fetchone()[0]
+
+
+def _database(conn: psycopg.Connection) -> str:
+    return conn.execute("SELECT current_database()").fetchone()[0]
+
+
+def _retried(
+    conn: psycopg.Connection, statements: Iterable[sql.Composable], what: str, *, transaction: bool = True
+) -> None:
+    """The statements (in one transaction unless told not), again after a short random pause
+    whenever one of them waited LOCK_TIMEOUT_MS for its lock."""
+    statements = list(statements)
+    deadline = time.monotonic() + RETRY_FOR_S
+    pause = 0.01
+    while True:
+        try:
+            if transaction:
+                with conn.transaction():
+                    for statement in statements:
+                        conn.execute(statement)
+            else:
+                for statement in statements:
+                    conn.execute(statement)
+            return
+        except psycopg.errors.LockNotAvailable:
+            if time.monotonic() > deadline:
+                raise LockNotGranted(
+                    f"{what}: the application held a conflicting lock at every try for {RETRY_FOR_S:g} s;"
+                    " nothing half-done, run kpi-service uninstall again at a quieter time"
+                ) from None
+            time.sleep(pause * (0.5 + random.random()))
+            pause = min(pause * 2, 1.0)

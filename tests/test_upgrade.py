@@ -1,0 +1,181 @@
+"""Upgrades in place: a database installed by the previous release (its SQL kept under
+tests/fixtures/release_9a1bd6c, the commit before the manifest and schema versions) brought to
+this one by init-db, with its numbers, its summaries and its service role's grants kept; and a
+service refusing a database of a schema version it does not read."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiosql
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+from psycopg.rows import dict_row
+
+from kpi_service.app import create_app
+from kpi_service.cli.seed import seed
+from kpi_service.db.database import Database
+from kpi_service.db.errors import SchemaMismatch
+from kpi_service.db.schema import SCHEMA_VERSION, apply_schema, service_version
+from kpi_service.db.sql import APPLIER_LOCK, kpi_statement_rows
+from tests.helpers import make_settings
+
+RELEASE = Path(__file__).parent / "fixtures" / "release_9a1bd6c"
+UNTIL = datetime(2026, 11, 1, tzinfo=UTC)
+WINDOWS = [
+    (None, None, UNTIL),
+    (UNTIL - timedelta(days=30), UNTIL, UNTIL),
+    (UNTIL - timedelta(days=400), UNTIL - timedelta(days=100), UNTIL - timedelta(days=100)),
+    (datetime(2026, 3, 1, 10, 7, tzinfo=UTC), datetime(2026, 6, 1, 3, tzinfo=UTC), UNTIL),  # off the grid
+]
+
+
+def install_previous_release(url: str) -> None:
+    """What that release's `kpi-service init-db` and sql/ops/roles.sql did."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        with conn.transaction():
+            conn.execute((RELEASE / "schema.sql").read_text())
+            conn.execute((RELEASE / "summary.sql").read_text())
+        for line in (RELEASE / "indexes.sql").read_text().splitlines():
+            if line.startswith(("CREATE INDEX", "DROP INDEX")):
+                conn.execute(line)
+        conn.execute(APPLIER_LOCK, [True])
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            conn.execute("SELECT kpi_build()")
+        conn.execute(APPLIER_LOCK, [False])
+        conn.execute((RELEASE / "roles.sql").read_text())
+
+
+def kpis(url: str, mode: str) -> list[dict]:
+    with psycopg.connect(url, row_factory=dict_row) as conn:
+        return kpi_statement_rows(conn, mode, WINDOWS, 60)
+
+
+def previous_kpis(url: str) -> list[dict]:
+    """The summaries' numbers as that release's own statement read them (this one's reads
+    kpi_buyer_days, which it did not have)."""
+    statement = aiosql.from_path(RELEASE / "kpi.sql", "psycopg").kpi_windows
+    with psycopg.connect(url, row_factory=dict_row) as conn:
+        return list(
+            statement(
+                conn,
+                starts=[w[0] for w in WINDOWS],
+                ends=[w[1] for w in WINDOWS],
+                as_ofs=[w[2] for w in WINDOWS],
+                aged_days=60,
+            )
+        )
+
+
+@pytest.fixture
+def service_login(empty_database: str) -> Iterator[str]:
+    """A login of the service's role (kpi_reader), for the database: its URL."""
+    name = f"kpi_test_service_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+    yield make_conninfo(empty_database, user=name)
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+def test_init_db_upgrades_the_previous_release_in_place(empty_database: str, service_login: str) -> None:
+    install_previous_release(empty_database)
+    seed(empty_database, 400, seed=7, until=UNTIL)
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        conn.execute(sql.SQL("GRANT kpi_reader TO {}").format(sql.Identifier(conninfo_user(service_login))))
+        # Applied, then changes the summaries have not taken in yet.
+        conn.execute("SELECT kpi_applier_session_lock(true)")
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            conn.execute("SELECT kpi_apply_changes()")
+        conn.execute("SELECT kpi_applier_session_lock(false)")
+        conn.execute("UPDATE listings SET price = price + 10 WHERE id % 7 = 0")
+        conn.execute("DELETE FROM purchases WHERE id % 11 = 0")
+        conn.execute("UPDATE leads SET created_at = created_at - interval '3 days' WHERE id % 13 = 0")
+        pending = conn.execute("SELECT count(*) FROM kpi_changes").fetchone()[0]
+        sums = conn.execute("SELECT ctid, xmin::text FROM kpi_sums ORDER BY 1").fetchall()
+        assert pending > 0 and sums
+        before = previous_kpis(empty_database)
+
+    # The service of this release refuses the old schema rather than guess.
+    db = Database(make_settings(service_login))
+    try:
+        with pytest.raises(SchemaMismatch, match=r"schema version 1, older.*init-db"):
+            db.kpi_rows(WINDOWS, 60)
+    finally:
+        db.close()
+
+    apply_schema(empty_database)
+
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        # Not rebuilt: a rebuild empties the change log and rewrites every row of the sums.
+        assert conn.execute("SELECT count(*) FROM kpi_changes").fetchone()[0] == pending
+        assert conn.execute("SELECT ctid, xmin::text FROM kpi_sums ORDER BY 1").fetchall() == sums
+        assert conn.execute("SELECT version, service FROM kpi_schema").fetchall() == [
+            (SCHEMA_VERSION, service_version())
+        ]
+    # The numbers the summaries held are the ones they hold now (kpi_buyer_days counted from
+    # kpi_buyer_buckets, nothing rebuilt).
+    assert kpis(empty_database, "summaries") == before
+
+    # The service's role still reads and applies; then the numbers are those of the raw rows.
+    db = Database(make_settings(service_login))
+    try:
+        assert db.mode(refresh=True) == "summaries"
+        assert db.apply_changes(wait=True) == pending
+        rows, *_ = db.kpi_rows(WINDOWS, 60)
+    finally:
+        db.close()
+    assert rows == kpis(empty_database, "raw")
+    assert rows != before  # (the writes changed something the windows see)
+
+
+def conninfo_user(url: str) -> str:
+    return psycopg.conninfo.conninfo_to_dict(url)["user"]
+
+
+def test_a_service_refuses_a_newer_schema_and_readyz_says_why(empty_database: str) -> None:
+    apply_schema(empty_database)
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        conn.execute("UPDATE kpi_schema SET version = %s, oldest_service = %s", [SCHEMA_VERSION + 1] * 2)
+    app = create_app(make_settings(empty_database))
+    try:
+        response = app.test_client().get("/readyz")
+        assert response.status_code == 503
+        body = response.get_json()
+        assert body["status"] == "incompatible"
+        assert f"schema version {SCHEMA_VERSION + 1}" in body["message"] and "upgrade this service" in body["message"]
+        assert body["version"] == {
+            "service": service_version(),
+            "schema": SCHEMA_VERSION,
+            "database_schema": SCHEMA_VERSION + 1,
+        }
+        # Nor does it apply: an older applier could write what the newer schema reads wrong.
+        with pytest.raises(SchemaMismatch):
+            app.extensions["kpi"].db.mode(refresh=True, primary=True)
+    finally:
+        app.extensions["kpi"].close()
+
+    # A newer schema that older services read right (it only added) is served.
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        conn.execute("UPDATE kpi_schema SET oldest_service = %s", [SCHEMA_VERSION])
+    app = create_app(make_settings(empty_database))
+    try:
+        assert app.test_client().get("/readyz").status_code == 200
+    finally:
+        app.extensions["kpi"].close()
+
+
+def test_init_db_does_not_downgrade(empty_database: str) -> None:
+    apply_schema(empty_database)
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        conn.execute("UPDATE kpi_schema SET version = %s", [SCHEMA_VERSION + 1])
+    with pytest.raises(SchemaMismatch, match="newer than this"):
+        apply_schema(empty_database)
