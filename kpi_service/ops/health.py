@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import redis
 from flask import Blueprint, Response, current_app, jsonify
@@ -49,7 +50,13 @@ def readyz() -> Response:
         checks["schema"] = "ok"
         checks["kpi_source"] = mode
         if mode == "summaries":
-            checks["pending_changes"] = state.db.pending_changes()
+            # The time first: a batch that empties the log in between then cannot make a lag
+            # of rows that are gone look older than it is.
+            caught_up = state.cache.caught_up_at()
+            pending = checks["pending_changes"] = state.db.pending_changes()
+            # Seconds since an applier last found the log empty while rows wait (no write older
+            # than that is missing from the KPIs); null while no applier has reported one.
+            checks["applier_lag_s"] = 0 if pending == 0 else _since(caught_up)
     except SchemaMissing:
         checks["schema"] = f"missing: {INIT_HINT}"
         return envelope(
@@ -60,6 +67,10 @@ def readyz() -> Response:
     except DatabaseUnavailable:
         checks["kpi_source"] = "unknown"  # busy, or gone since the ping: the next probe tells
     return jsonify(status="ready", checks=checks)
+
+
+def _since(at: float | None) -> float | None:
+    return None if at is None else round(max(0.0, time.time() - at), 3)
 
 
 def _redis_state(client: redis.Redis, *, in_process: bool) -> str:

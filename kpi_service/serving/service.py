@@ -39,8 +39,9 @@ from kpi_service.web.errors import ApiError
 
 log = logging.getLogger(__name__)
 
-# A computation at `now`: the body's data, the SQL's duration in ms, and which database answered.
-Compute = Callable[[datetime], tuple[dict[str, Any], float, str | None]]
+# A computation at `now`: the body's data, the SQL's duration in ms, which database answered,
+# and the change-log rows not in its numbers yet (Database.kpi_rows).
+Compute = Callable[[datetime], tuple[dict[str, Any], float, str | None, int]]
 
 
 def _is_fresh(entry: Entry) -> bool:
@@ -48,10 +49,13 @@ def _is_fresh(entry: Entry) -> bool:
 
 
 class KpiService:
-    def __init__(self, db: Database, cache: Cache, wait_seconds: float) -> None:
+    def __init__(self, db: Database, cache: Cache, wait_seconds: float, pending_ttl: float = 1.0) -> None:
         self.db = db
         self.cache = cache
         self.wait_seconds = wait_seconds
+        # How long a value computed while the applier was behind stays fresh: about one of its
+        # intervals, so that the value after its next batch replaces it.
+        self.pending_ttl = min(pending_ttl, cache.ttl)
         self._flights = SingleFlight()
         # Shared with the stream hub: one pool of refresh threads per process.
         self.refresher = Refresher()
@@ -99,12 +103,12 @@ class KpiService:
         return Served(with_flags(body, cached=True, stale=True), "stale", time.time())
 
     def _current_compute(self, query: KpiQuery) -> Compute:
-        def compute(now: datetime) -> tuple[dict[str, Any], float, str | None]:
+        def compute(now: datetime) -> tuple[dict[str, Any], float, str | None, int]:
             window = query.window
-            rows, duration_ms, source = self._kpi_rows(
+            rows, duration_ms, source, pending = self._kpi_rows(
                 "kpi", [(window.start, window.end, window.as_of(now))], query.aged_days
             )
-            return {"metrics": validated(rows[0])}, duration_ms, source
+            return {"metrics": validated(rows[0])}, duration_ms, source, pending
 
         return compute
 
@@ -113,21 +117,21 @@ class KpiService:
         assert query.date_from is not None and query.date_to is not None and query.interval is not None
         days = buckets(query.date_from, query.date_to, query.interval)
 
-        def compute(now: datetime) -> tuple[dict[str, Any], float, str | None]:
+        def compute(now: datetime) -> tuple[dict[str, Any], float, str | None, int]:
             windows = [Window.of_dates(first, last, query.tz) for first, last in days]
             spans = [(w.start, w.end, w.as_of(now)) for w in windows]
-            rows, duration_ms, source = self._kpi_rows("history", spans, query.aged_days)
+            rows, duration_ms, source, pending = self._kpi_rows("history", spans, query.aged_days)
             series = [
                 {"start": first.isoformat(), "end": last.isoformat(), "metrics": validated(row)}
                 for (first, last), row in zip(days, rows, strict=True)
             ]
-            return {"series": series}, duration_ms, source
+            return {"series": series}, duration_ms, source, pending
 
         return self._serve("history", query, compute)
 
     def _kpi_rows(
         self, endpoint: str, spans: list[tuple[datetime | None, datetime | None, datetime]], aged_days: int
-    ) -> tuple[list[dict[str, Any]], float, str | None]:
+    ) -> tuple[list[dict[str, Any]], float, str | None, int]:
         # Counted here, whoever asked (a request, a refresh, a stream): what the database pays.
         metrics.KPI_STATEMENTS.labels(endpoint=endpoint).inc()
         return self.db.kpi_rows(spans, aged_days)
@@ -232,10 +236,10 @@ class KpiService:
             raise DatabaseUnavailable("the database is unreachable; another request is checking it")
         # Read before the SQL runs: the value then includes at least that batch of changes (on a
         # replica too, which is read once it has replayed the batch's position).
-        seq, position = self.cache.latest_change()
+        seq, position, caught_up = self.cache.latest_change()
         self.db.observe_position(position)
         try:
-            data, duration_ms, source = compute(now)
+            data, duration_ms, source, pending = compute(now)
         except DatabaseUnavailable as error:
             if not isinstance(error, DatabaseBusy | SchemaMissing) and not isinstance(
                 error.__cause__, psycopg.errors.QueryCanceled
@@ -249,24 +253,38 @@ class KpiService:
             if probing:
                 self._probe.release()
         self._db_unreachable = False
+        # Every write committed before this instant is in the numbers: the computation's start
+        # when nothing was pending, else the last time an applier found the log empty (read
+        # before the SQL ran, so that batch was committed before its snapshot; None: unknown).
+        covered = now if pending == 0 else None
+        if pending and caught_up is not None:
+            covered = min(datetime.fromtimestamp(caught_up, UTC), now)
         meta = {
-            "computed_at": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "computed_at": _instant(now),
             "cached": False,
             "stale": False,
             "duration_ms": round(duration_ms, 2),
             "window": query.describe(),
+            "pending_changes": pending,
+            "includes_commits_before": None if covered is None else _instant(covered),
         }
         if source is not None:  # a replica is configured: say which database answered
             meta["source"] = source
         body = {**data, "success": True, "message": None, "meta": meta}
-        entry = self.cache.put(key, kind, body, seq)
+        # Behind the applier: fresh only until about its next batch, whose value replaces it.
+        entry = self.cache.put(key, kind, body, seq, ttl=self.pending_ttl if pending else None)
         if entry is None:
             # Another process computed the window later and stored it while this ran (two
             # computations overlapped: a lock lost in a failover, or expired): this value is
             # its requester's answer, but the newer stored one is what everyone else gets.
-            return Served(body, "miss", time.time() + self.cache.ttl, duration_ms)
+            return Served(body, "miss", time.time() + (self.pending_ttl if pending else self.cache.ttl), duration_ms)
         self.recent.remember(key, hit(entry))
         return Served(body, "miss", entry.fresh_until, duration_ms)
 
     def close(self) -> None:
         self.refresher.close()
+
+
+def _instant(at: datetime) -> str:
+    """An instant as the bodies spell it: ISO 8601 in UTC, whole milliseconds, Z."""
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
