@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import psycopg
 from flask import Flask
 
 from kpi_service.ops import metrics
-from tests.helpers import insert_listing, wait_until
+from kpi_service.serving.freshness import Changes
+from kpi_service.serving.query import KpiQuery
+from tests.helpers import counted, insert_listing, wait_until
 
 
 def two_listings(conn: psycopg.Connection) -> None:
@@ -85,3 +87,70 @@ def test_readiness_and_metrics_give_the_applier_lag(make_app: Callable[..., Flas
     assert applier.apply_once() == 1  # the last row, and the log empty again
     assert metrics.APPLIER_LAG._value.get() == 0
     assert client.get("/readyz").get_json()["checks"] == {**checks, "pending_changes": 0, "applier_lag_s": 0}
+
+
+# --- change-driven freshness ------------------------------------------------------------------
+
+MARCH = "from=2026-03-01&to=2026-03-31&tz=UTC"
+OLD = "from=2020-01-01&to=2020-01-31&tz=UTC"
+
+
+def test_a_batch_refreshes_the_polled_windows_it_changes_once_and_no_other(
+    make_app: Callable[..., Flask], auth: dict[str, str], conn: psycopg.Connection
+) -> None:
+    app = make_app(apply_interval=0, cache_ttl=300)
+    client = app.test_client()
+    state = app.extensions["kpi"]
+    two_listings(conn)
+    assert state.applier.apply_once() == 2
+    first = {w: client.get(f"/api/kpi?{w}", headers=auth) for w in (MARCH, OLD)}
+    assert first[MARCH].get_json()["metrics"]["total_listings"] == 2
+    wait_until(lambda: state.service.changes.live)  # the listener, started by the first request
+    calls = counted(app)
+
+    insert_listing(conn, datetime(2026, 3, 5, tzinfo=UTC))
+    assert state.applier.apply_once() == 1
+    seq = state.cache.change_seq()
+    key = next(k for k in state.service.requested._windows if "2026-03-01" in k)
+    wait_until(lambda: (entry := state.cache.get(key)) is not None and entry.seq >= seq)
+    assert calls == [1]  # the changed window, once; the 2020 one not at all
+
+    after = client.get(f"/api/kpi?{MARCH}", headers={**auth, "If-None-Match": first[MARCH].headers["ETag"]})
+    assert after.status_code == 200 and after.get_json()["metrics"]["total_listings"] == 3
+    assert after.get_json()["meta"]["cached"] is True  # the refreshed value, not one computed for the poll
+    unchanged = client.get(f"/api/kpi?{OLD}", headers={**auth, "If-None-Match": first[OLD].headers["ETag"]})
+    assert unchanged.status_code == 304
+    assert calls == [1]
+
+
+def test_a_value_is_not_served_past_a_change_its_process_did_not_refresh(
+    make_app: Callable[..., Flask], auth: dict[str, str], conn: psycopg.Connection
+) -> None:
+    app = make_app(apply_interval=0, cache_ttl=300)
+    client = app.test_client()
+    state = app.extensions["kpi"]
+    client.get(f"/api/kpi?{MARCH}", headers=auth)
+    wait_until(lambda: state.service.changes.live)
+    state.service.requested._windows.clear()  # as if requested longer ago than the TTL
+    two_listings(conn)
+    assert state.applier.apply_once() == 2
+    wait_until(lambda: state.service.changes.latest == state.cache.change_seq())
+    assert client.get(f"/api/kpi?{MARCH}", headers=auth).get_json()["metrics"]["total_listings"] == 2
+
+
+def test_a_batch_before_the_process_listened_counts_as_a_change() -> None:
+    changes = Changes()
+    query = KpiQuery(date(2026, 3, 1), date(2026, 3, 31), "UTC", 60)
+    inside = {"from": "2026-03-05T00:00:00+00:00", "to": "2026-03-05T00:00:00+00:00", "stock_from": None}
+    outside = {"from": "2020-01-05T00:00:00+00:00", "to": "2020-01-05T00:00:00+00:00", "stock_from": None}
+    changes.heard(1, inside)
+    assert changes.needed(query, 0) == 0  # not listening: the TTL alone
+    changes.subscribed(3)  # batches 2 and 3 were not heard
+    assert changes.needed(query, 3) == 3
+    assert changes.needed(query, 1) == 3
+    changes.heard(4, outside)
+    assert changes.needed(query, 3) == 3  # batch 4 does not touch March
+    changes.heard(5, inside)
+    assert changes.needed(query, 4) == 5
+    changes.heard(6, {"all": True})
+    assert changes.needed(query, 5) == 6

@@ -14,6 +14,7 @@ _wait_for_other) and one probe of a failing database (_compute_and_store), kept 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -28,6 +29,7 @@ from kpi_service.db.database import Database
 from kpi_service.db.errors import DatabaseBusy, DatabaseUnavailable, SchemaMissing
 from kpi_service.ops import metrics
 from kpi_service.serving.cache import Cache, Entry
+from kpi_service.serving.freshness import Changes, Requested
 from kpi_service.serving.keys import cache_key
 from kpi_service.serving.query import KpiQuery
 from kpi_service.serving.recent import Recent
@@ -60,6 +62,13 @@ class KpiService:
         # Shared with the stream hub: one pool of refresh threads per process.
         self.refresher = Refresher()
         self.recent = Recent()
+        # Change-driven freshness (freshness.py): the batches heard, fed by the stream hub's
+        # listener, which `listen` starts on the first request (stream.init_app sets it).
+        self.changes = Changes()
+        self.requested = Requested(within=cache.ttl)
+        self.listen: Callable[[], None] | None = None
+        self._listening = False
+        self._wanted: dict[str, int] = {}
         # Set when the database server failed (not one statement's timeout), until a
         # computation succeeds again.
         self._db_unreachable = False
@@ -114,6 +123,9 @@ class KpiService:
 
     def history(self, query: KpiQuery) -> Served:
         """GET /api/kpi/history: every bucket in one execution of the same statement."""
+        return self._serve("history", query, self._history_compute(query))
+
+    def _history_compute(self, query: KpiQuery) -> Compute:
         assert query.date_from is not None and query.date_to is not None and query.interval is not None
         days = buckets(query.date_from, query.date_to, query.interval)
 
@@ -127,7 +139,7 @@ class KpiService:
             ]
             return {"series": series}, duration_ms, source, pending
 
-        return self._serve("history", query, compute)
+        return compute
 
     def _kpi_rows(
         self, endpoint: str, spans: list[tuple[datetime | None, datetime | None, datetime]], aged_days: int
@@ -138,12 +150,32 @@ class KpiService:
 
     def _serve(self, kind: str, query: KpiQuery, compute: Compute) -> Served:
         key = cache_key(kind, query)
+        if not self._listening and self.listen is not None:
+            self._listening = True
+            self.listen()
+        self.requested.saw(key, kind, query)
+        # Kept in-process only until the next batch is heard: then the stored value is
+        # looked at again, and whether that batch changes it.
+        heard = self.changes.latest
         recent = self.recent.get(key)
-        if recent is not None and time.time() < recent.fresh_until:
+        if recent is not None and time.time() < recent.fresh_until and self.recent.heard(key) == heard:
             return recent
         entry = self.cache.get(key)
+        needed = 0 if entry is None else self.changes.needed(query, entry.seq)
+        if entry is not None and needed > entry.seq:
+            # A batch after it changes the window: never served as current. Computed once across
+            # processes (usually the refresh of that batch has begun already: this waits for it).
+            def current(stored: Entry) -> bool:
+                return stored.seq >= needed and stored.fresh
+
+            try:
+                return self._flights.do(
+                    f"{key}#{needed}", lambda: self._compute_once(key, kind, query, compute, current), self.wait_seconds
+                )
+            except (DatabaseUnavailable, TimeoutError):
+                return Served(with_flags(entry.body, cached=True, stale=True), "stale", entry.fresh_until)
         if entry is not None and entry.fresh:
-            return self.recent.remember(key, hit(entry))
+            return self.recent.remember(key, hit(entry), heard)
         # While the database fails, any earlier value is served at once (and refreshed in the
         # background, which finds out when the database is back): a request must not wait for a
         # connection that is not coming just to be given the same stale value.
@@ -280,6 +312,30 @@ class KpiService:
             return Served(body, "miss", time.time() + (self.pending_ttl if pending else self.cache.ttl), duration_ms)
         self.recent.remember(key, hit(entry))
         return Served(body, "miss", entry.fresh_until, duration_ms)
+
+    def changed(self, seq: int, changed: dict[str, Any]) -> None:
+        """A batch was applied (the hub's listener heard it): the windows requested lately that it
+        can change are refreshed in the background, each until its value includes the batch."""
+        self.changes.heard(seq, changed)
+        for key, kind, query in self.requested.changed_by(changed):
+            self._wanted[key] = max(self._wanted.get(key, 0), seq)
+            claim = ("changed", key)
+            if self.refresher.claim(claim):
+                compute = self._current_compute(query) if kind == "kpi" else self._history_compute(query)
+                self.refresher.run(claim, functools.partial(self._refresh_changed, key, kind, query, compute))
+
+    def _refresh_changed(self, key: str, kind: str, query: KpiQuery, compute: Compute) -> None:
+        done = 0
+        while (wanted := self._wanted.get(key, 0)) > done:
+            try:
+                self._compute_once(key, kind, query, compute, lambda entry, want=wanted: entry.seq >= want)
+            except (DatabaseUnavailable, ApiError, TimeoutError) as error:
+                log.warning("refresh of %s after a change failed: %s", key, error.__class__.__name__)
+                return  # its next request computes it
+            except Exception:
+                log.exception("refresh of %s after a change failed", key)
+                return
+            done = wanted
 
     def close(self) -> None:
         self.refresher.close()
