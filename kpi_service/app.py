@@ -69,8 +69,15 @@ def create_app(config: Settings | None = None) -> Flask:
         db=db,
         redis=client,
         cache=cache,
-        service=KpiService(db, cache, wait_seconds=lock_seconds + 1),
-        applier=Applier(db, settings.apply_interval, settings.apply_busy_share, on_changed=cache.announce_change),
+        service=KpiService(db, cache, wait_seconds=lock_seconds + 1, pending_ttl=max(settings.apply_interval, 0.5)),
+        applier=Applier(
+            db,
+            settings.apply_interval,
+            settings.apply_busy_share,
+            on_changed=cache.announce_change,
+            on_caught_up=cache.caught_up,
+            caught_up_at=cache.caught_up_at,
+        ),
         kpi_schema=KpiQuerySchema(**defaults),
         history_schema=HistoryQuerySchema(max_buckets=settings.max_buckets, **defaults),
     )

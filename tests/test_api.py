@@ -206,7 +206,7 @@ def test_stopped_database_answers_503_quickly(conn: psycopg.Connection, auth: di
 
 def test_an_invalid_row_is_never_served(app: Flask, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     bad = dict.fromkeys(METRICS, 0) | {"conversion_rate": 150}
-    monkeypatch.setattr(app.extensions["kpi"].db, "kpi_rows", lambda *a, **k: ([bad], 1.0, None))
+    monkeypatch.setattr(app.extensions["kpi"].db, "kpi_rows", lambda *a, **k: ([bad], 1.0, None, 0))
     response = app.test_client().get("/api/kpi", headers=auth)
     assert response.status_code == 500
     assert response.get_json()["metrics"] is None

@@ -42,6 +42,8 @@ def test_ready_with_database_and_in_process_cache(client) -> None:
     body = response.get_json()
     pending = body["checks"].pop("pending_changes")
     assert isinstance(pending, int) and pending >= 0
+    lag = body["checks"].pop("applier_lag_s")
+    assert lag == 0 if pending == 0 else lag is None or lag >= 0
     assert body == {
         "status": "ready",
         "checks": {"database": "ok", "redis": "in-process", "schema": "ok", "kpi_source": "summaries"},

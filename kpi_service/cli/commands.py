@@ -114,11 +114,8 @@ def apply_command(environ: Mapping[str, str], *, once: bool, out: TextIO | None 
     settings = Settings.from_env(environ, jwt_secret_key="unused by the applier", env="development")
     db = Database(settings)
     # With Redis, the instances' live updates hear of each batch (live/hub.py), as from their own applier.
-    on_changed = (
-        Cache(connect(settings), settings.cache_ttl, settings.stale_ttl, 1).announce_change
-        if settings.uses_redis
-        else None
-    )
+    cache = Cache(connect(settings), settings.cache_ttl, settings.stale_ttl, 1) if settings.uses_redis else None
+    on_changed = cache.announce_change if cache is not None else None
     try:
         if once:
             total = 0
@@ -129,7 +126,14 @@ def apply_command(environ: Mapping[str, str], *, once: bool, out: TextIO | None 
         interval = settings.apply_interval or Settings.apply_interval
         where = _describe(settings.database_url or "")
         print(f"applying changes to {where} every {interval:g} s", file=out, flush=True)
-        Applier(db, interval, settings.apply_busy_share, on_changed=on_changed).run_forever()
+        Applier(
+            db,
+            interval,
+            settings.apply_busy_share,
+            on_changed=on_changed,
+            on_caught_up=cache.caught_up if cache is not None else None,
+            caught_up_at=cache.caught_up_at if cache is not None else None,
+        ).run_forever()
     finally:
         db.close()
 

@@ -45,11 +45,17 @@ class Applier:
         interval: float,
         busy_share: float = 1.0,
         on_changed: Callable[[dict[str, Any]], None] | None = None,
+        on_caught_up: Callable[[float], None] | None = None,
+        caught_up_at: Callable[[], float | None] | None = None,
     ) -> None:
         self.db = db
         self.interval = interval
         self.busy_share = busy_share  # KPI_APPLY_BUSY_PERCENT: the pacing of sql/schema/summary.sql
         self.on_changed = on_changed  # told what each batch changed, after its commit (live updates)
+        # Told when a call found the log empty (or emptied it), and asked when one last did,
+        # whichever instance's applier that was (Redis): the applier's lag, for the metrics.
+        self.on_caught_up = on_caught_up
+        self.caught_up_at = caught_up_at
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False
@@ -75,9 +81,12 @@ class Applier:
     def apply_once(self) -> int | None:
         """One call of the applier: log rows applied, None when another session is applying or
         the database failed (logged once per outage; the next tick tries again)."""
+        batch = self.batch
         try:
+            # Before the batch's snapshot: every write committed before it is in that snapshot.
+            began = time.time()
             started = time.perf_counter()
-            taken = self.db.apply_changes(self.batch, busy_share=self.busy_share, on_changed=self.on_changed)
+            taken = self.db.apply_changes(batch, busy_share=self.busy_share, on_changed=self.on_changed)
         except DatabaseUnavailable as error:
             if isinstance(error.__cause__, psycopg.errors.QueryCanceled):
                 self.batch = max(MIN_BATCH, self.batch // 2)
@@ -94,7 +103,21 @@ class Applier:
         if taken:
             metrics.CHANGES_APPLIED.inc(taken)
             metrics.APPLY_DURATION.observe(elapsed)
+        if taken is not None:
+            self._observe_lag(began, caught_up=taken < batch)
         return taken
+
+    def _observe_lag(self, began: float, *, caught_up: bool) -> None:
+        """A batch smaller than asked for took every row there was: the log was empty at its
+        snapshot. Otherwise rows remain, committed after the last time it was found empty."""
+        if caught_up:
+            if self.on_caught_up is not None:
+                self.on_caught_up(began)
+            metrics.APPLIER_LAG.set(0)
+            return
+        since = self.caught_up_at() if self.caught_up_at is not None else None
+        if since is not None:
+            metrics.APPLIER_LAG.set(max(0.0, time.time() - since))
 
     def _failed(self, error: DatabaseUnavailable) -> None:
         if not self._failing:

@@ -176,18 +176,25 @@ class Database:
         self,
         windows: Sequence[tuple[datetime | None, datetime | None, datetime]],
         aged_days: int,
-    ) -> tuple[list[dict[str, Any]], float, str | None]:
+    ) -> tuple[list[dict[str, Any]], float, str | None, int]:
         """One execution of sql/runtime/kpi.sql: a row per (start, end, as_of) window, its duration in ms,
-        and which database answered ("replica" or "primary"; None when no replica is attached)."""
+        which database answered ("replica" or "primary"; None when no replica is attached), and
+        the change-log rows the summaries did not include yet (0 in raw mode, which reads the
+        tables themselves).
 
-        def run(conn: psycopg.Connection) -> tuple[list[dict[str, Any]], float]:
+        The log is counted first, on the same connection: the KPIs' snapshot is then as late
+        or later, so 0 means that every write committed before the computation began is in
+        the numbers (a batch applied in between only makes the count too high)."""
+
+        def run(conn: psycopg.Connection) -> tuple[list[dict[str, Any]], float, int]:
             mode = self._look_up_mode(conn) if self._mode_due() else self._mode
+            pending = conn.execute(PENDING).fetchone()["pending"] if mode == "summaries" else 0
             started = time.perf_counter()
             rows = kpi_statement_rows(conn, mode, windows, aged_days)
-            return rows, (time.perf_counter() - started) * 1000
+            return rows, (time.perf_counter() - started) * 1000, pending
 
-        (rows, duration_ms), source = self._read("query", run)
-        return rows, duration_ms, source
+        (rows, duration_ms, pending), source = self._read("query", run)
+        return rows, duration_ms, source, pending
 
     def _read(
         self, operation: str, run: Callable[[psycopg.Connection], T], *, quiet: bool = False

@@ -120,15 +120,25 @@ class Hub:
             if watched is None:
                 watched = self._watched[key] = _Watched(query)
             watched.subscribers.add(subscriber)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._listen, name="kpi-stream-listener", daemon=True)
-                self._thread.start()
+            self._start()
         # Read once the window is registered: a batch announced from now on reaches it, and its
         # first live refresh asks for every batch before.
         seq = self.cache.change_seq()
         with self._lock:
             watched.seq = max(watched.seq, seq)
         return subscriber
+
+    def listen(self) -> None:
+        """Start the listener without a stream: the service's change-driven freshness of polled
+        windows hears the applier's batches through it (serving/freshness.py)."""
+        with self._lock:
+            if not self._stopped.is_set():
+                self._start()
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._listen, name="kpi-stream-listener", daemon=True)
+            self._thread.start()
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         subscriber.close()
@@ -189,7 +199,9 @@ class Hub:
                     if self._redis_down:
                         log.warning("stream listener: subscribed to announcements again")
                     self._redis_down = False
-                    self._caught_up(self.cache.change_seq())
+                    seq = self.cache.change_seq()
+                    self.service.changes.subscribed(seq)
+                    self._caught_up(seq)
                     backoff = _TICK
                 except redis.RedisError:
                     pubsub = self._lost(pubsub)
@@ -216,6 +228,7 @@ class Hub:
         if not self._redis_down:
             log.warning("stream listener: redis unavailable; refreshing windows without announcements")
             self._redis_down = True
+        self.service.changes.lost()
         close_quietly(pubsub)
         return None
 
@@ -253,6 +266,7 @@ class Hub:
             seq = int(changed["seq"])
         except (ValueError, KeyError, TypeError):
             return
+        self.service.changed(seq, changed)
         now = datetime.now(UTC)
         with self._lock:
             for watched in self._watched.values():

@@ -56,6 +56,7 @@ def init_app(app: Flask, settings: Settings) -> StreamState:
         heartbeat=settings.stream_heartbeat,
     )
     app.extensions[EXTENSION] = state
+    kpi.service.listen = state.hub.listen  # polled windows hear the applier's batches through it too
     app.register_blueprint(bp)
     return state
 

@@ -18,6 +18,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -87,6 +88,12 @@ APPLY_DURATION = Histogram(
     "kpi_summary_apply_duration_seconds",
     "Time one call of the summaries' applier took, when it applied something.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+APPLIER_LAG = Gauge(
+    "kpi_summary_applier_lag_seconds",
+    "Seconds since the summaries' applier last found the change log empty, while rows remain in it "
+    "(0 when caught up): no write older than that is missing from the KPIs. Set by the applier that ran last.",
+    multiprocess_mode="mostrecent",
 )
 
 # Endpoint names of the api blueprint -> the `endpoint` label of the KPI metrics.

@@ -16,7 +16,14 @@ from redis.lock import Lock
 
 from kpi_service.ops import metrics
 from kpi_service.serving.breaker import Breaker
-from kpi_service.serving.keys import ANNOUNCE_CHANNEL, CHANGE_POSITION, CHANGE_SEQ, CHANGES_CHANNEL, lock_key
+from kpi_service.serving.keys import (
+    ANNOUNCE_CHANNEL,
+    CAUGHT_UP,
+    CHANGE_POSITION,
+    CHANGE_SEQ,
+    CHANGES_CHANNEL,
+    lock_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +80,9 @@ class Cache:
         # SET and PUBLISH in one script: a reader never sees a value without its announcement.
         self._put_newer = client.register_script(_PUT_NEWER)
         self._unannounced: dict[str, Any] | None = None  # a batch Redis has not heard of yet
+        # When this process's applier last found the change log empty: the answer while Redis,
+        # where every instance's applier writes it, cannot be asked.
+        self._caught_up_here: float | None = None
         self._announcing = threading.Lock()
 
     @property
@@ -106,16 +116,16 @@ class Cache:
             log.warning("ignoring malformed cache entry %s", key)
             return None
 
-    def put(self, key: str, kind: str, body: dict[str, Any], seq: int = 0) -> Entry | None:
-        """Store a fresh body and announce it, unless the stored value is newer (after a later
-        change batch, or the same one and computed later): then nothing is written or announced
-        and the answer is None. Returns the entry when Redis is down (it is still served from
-        this process).
+    def put(self, key: str, kind: str, body: dict[str, Any], seq: int = 0, ttl: float | None = None) -> Entry | None:
+        """Store a body, fresh for `ttl` seconds (the cache's TTL unless given), and announce it,
+        unless the stored value is newer (after a later change batch, or the same one and
+        computed later): then nothing is written or announced and the answer is None. Returns
+        the entry when Redis is down (it is still served from this process).
 
         Two computations of one window can overlap (a lock lost in a failover or expired under a
         slow statement, docs/reliability.md): whichever finishes last, the stored value is the
         newest."""
-        entry = Entry(body=body, fresh_until=time.time() + self.ttl, seq=seq)
+        entry = Entry(body=body, fresh_until=time.time() + (self.ttl if ttl is None else ttl), seq=seq)
         value = json.dumps({"fresh_until": entry.fresh_until, "seq": seq, "body": body}, separators=(",", ":"))
         announcement = json.dumps(
             {
@@ -144,14 +154,25 @@ class Cache:
         """The latest applied change batch announced (0: none, or Redis unavailable)."""
         return self.latest_change()[0]
 
-    def latest_change(self) -> tuple[int, int]:
-        """The latest applied change batch announced and the primary's WAL position after it
-        (0 for what is unknown: none yet, no replica, or Redis unavailable)."""
+    def latest_change(self) -> tuple[int, int, float | None]:
+        """The latest applied change batch announced, the primary's WAL position after it (0 for
+        what is unknown: none yet, no replica, or Redis unavailable), and when an applier last
+        found the change log empty (None: not known)."""
         try:
-            seq, position = self._call("get", self.client.mget, CHANGE_SEQ, CHANGE_POSITION)
+            seq, position, caught_up = self._call("get", self.client.mget, CHANGE_SEQ, CHANGE_POSITION, CAUGHT_UP)
         except _Unavailable:
-            return 0, 0
-        return int(seq or 0), int(position or 0)
+            return 0, 0, self._caught_up_here
+        return int(seq or 0), int(position or 0), _later(caught_up, self._caught_up_here)
+
+    def caught_up_at(self) -> float | None:
+        """When an applier (of any instance) last found the change log empty; None: not known."""
+        return self.latest_change()[2]
+
+    def caught_up(self, at: float) -> None:
+        """An applier found the change log empty at `at` (unix time, taken before its batch began)."""
+        self._caught_up_here = at
+        with contextlib.suppress(_Unavailable):
+            self._call("set", self.client.set, CAUGHT_UP, repr(at))
 
     def announce_change(self, changed: dict[str, Any]) -> None:
         """Number a committed batch of the applier and tell every instance what it changed.
@@ -208,6 +229,15 @@ class Cache:
             return bool(self._call("exists", self.client.exists, lock_key(key)))
         except _Unavailable:
             return False
+
+
+def _later(stored: bytes | None, here: float | None) -> float | None:
+    try:
+        shared = float(stored) if stored is not None else None
+    except ValueError:
+        shared = None
+    known = [at for at in (shared, here) if at is not None]
+    return max(known) if known else None
 
 
 class _Unavailable(Exception):

@@ -14,6 +14,10 @@
   kpi:v1:change_position
       With a read replica (DATABASE_READ_URL): the primary's WAL position (bytes) after that
       batch's commit, set before the INCR; a read on the replica waits until it has replayed it.
+  kpi:v1:caught_up_at
+      Unix time at which an applier last found the change log empty (set on every such tick): while
+      rows are pending, every write committed before it is in the summaries, and the applier's
+      lag is the time since (meta.includes_commits_before, /readyz, the metrics).
   kpi:v1:changed (pub/sub channel)
       JSON {"seq", "from", "to", "stock_from"} (instants, ISO 8601; or {"seq", "all": true})
       after each applied batch: what it changed, for live updates (live/hub.py).
@@ -34,6 +38,7 @@ ANNOUNCE_CHANNEL = f"{KEY_PREFIX}:announce"
 CHANGES_CHANNEL = f"{KEY_PREFIX}:changed"
 CHANGE_SEQ = f"{KEY_PREFIX}:change_seq"
 CHANGE_POSITION = f"{KEY_PREFIX}:change_position"
+CAUGHT_UP = f"{KEY_PREFIX}:caught_up_at"
 
 
 @functools.lru_cache(maxsize=4096)

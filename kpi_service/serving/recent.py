@@ -16,6 +16,9 @@ _KPI_KEYS = f"{KEY_PREFIX}:kpi:"
 class Recent:
     def __init__(self) -> None:
         self._served: dict[str, Served] = {}
+        # The latest change batch the process had heard of when each was read from Redis
+        # (service.py serves one only while no later batch has been heard; -1: never).
+        self._heard: dict[str, int] = {}
         self._prune_at = 256
 
     def get(self, key: str) -> Served | None:
@@ -26,7 +29,10 @@ class Recent:
         served = self._served.get(key)
         return served if served is not None and time.time() < served.fresh_until else None
 
-    def remember(self, key: str, served: Served) -> Served:
+    def heard(self, key: str) -> int:
+        return self._heard.get(key, -1)
+
+    def remember(self, key: str, served: Served, heard: int = -1) -> Served:
         if not key.startswith(_KPI_KEYS):
             return served  # history bodies run to hundreds of KB: they stay in Redis only
         if len(self._served) >= self._prune_at:
@@ -38,9 +44,12 @@ class Recent:
             if len(live) > _MAX_RECENT:
                 live.clear()  # rare: very many windows fresh at once
             self._served = live
+            self._heard = {k: v for k, v in self._heard.items() if k in live}
             self._prune_at = max(256, 2 * len(live))
         self._served[key] = served
+        self._heard[key] = heard
         return served
 
     def clear(self) -> None:
         self._served.clear()
+        self._heard.clear()

@@ -14,6 +14,7 @@ _wait_for_other) and one probe of a failing database (_compute_and_store), kept 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -28,6 +29,7 @@ from kpi_service.db.database import Database
 from kpi_service.db.errors import DatabaseBusy, DatabaseUnavailable, SchemaMissing
 from kpi_service.ops import metrics
 from kpi_service.serving.cache import Cache, Entry
+from kpi_service.serving.freshness import Changes, Requested
 from kpi_service.serving.keys import cache_key
 from kpi_service.serving.query import KpiQuery
 from kpi_service.serving.recent import Recent
@@ -39,8 +41,9 @@ from kpi_service.web.errors import ApiError
 
 log = logging.getLogger(__name__)
 
-# A computation at `now`: the body's data, the SQL's duration in ms, and which database answered.
-Compute = Callable[[datetime], tuple[dict[str, Any], float, str | None]]
+# A computation at `now`: the body's data, the SQL's duration in ms, which database answered,
+# and the change-log rows not in its numbers yet (Database.kpi_rows).
+Compute = Callable[[datetime], tuple[dict[str, Any], float, str | None, int]]
 
 
 def _is_fresh(entry: Entry) -> bool:
@@ -48,14 +51,24 @@ def _is_fresh(entry: Entry) -> bool:
 
 
 class KpiService:
-    def __init__(self, db: Database, cache: Cache, wait_seconds: float) -> None:
+    def __init__(self, db: Database, cache: Cache, wait_seconds: float, pending_ttl: float = 1.0) -> None:
         self.db = db
         self.cache = cache
         self.wait_seconds = wait_seconds
+        # How long a value computed while the applier was behind stays fresh: about one of its
+        # intervals, so that the value after its next batch replaces it.
+        self.pending_ttl = min(pending_ttl, cache.ttl)
         self._flights = SingleFlight()
         # Shared with the stream hub: one pool of refresh threads per process.
         self.refresher = Refresher()
         self.recent = Recent()
+        # Change-driven freshness (freshness.py): the batches heard, fed by the stream hub's
+        # listener, which `listen` starts on the first request (stream.init_app sets it).
+        self.changes = Changes()
+        self.requested = Requested(within=cache.ttl)
+        self.listen: Callable[[], None] | None = None
+        self._listening = False
+        self._wanted: dict[str, int] = {}
         # Set when the database server failed (not one statement's timeout), until a
         # computation succeeds again.
         self._db_unreachable = False
@@ -99,47 +112,70 @@ class KpiService:
         return Served(with_flags(body, cached=True, stale=True), "stale", time.time())
 
     def _current_compute(self, query: KpiQuery) -> Compute:
-        def compute(now: datetime) -> tuple[dict[str, Any], float, str | None]:
+        def compute(now: datetime) -> tuple[dict[str, Any], float, str | None, int]:
             window = query.window
-            rows, duration_ms, source = self._kpi_rows(
+            rows, duration_ms, source, pending = self._kpi_rows(
                 "kpi", [(window.start, window.end, window.as_of(now))], query.aged_days
             )
-            return {"metrics": validated(rows[0])}, duration_ms, source
+            return {"metrics": validated(rows[0])}, duration_ms, source, pending
 
         return compute
 
     def history(self, query: KpiQuery) -> Served:
         """GET /api/kpi/history: every bucket in one execution of the same statement."""
+        return self._serve("history", query, self._history_compute(query))
+
+    def _history_compute(self, query: KpiQuery) -> Compute:
         assert query.date_from is not None and query.date_to is not None and query.interval is not None
         days = buckets(query.date_from, query.date_to, query.interval)
 
-        def compute(now: datetime) -> tuple[dict[str, Any], float, str | None]:
+        def compute(now: datetime) -> tuple[dict[str, Any], float, str | None, int]:
             windows = [Window.of_dates(first, last, query.tz) for first, last in days]
             spans = [(w.start, w.end, w.as_of(now)) for w in windows]
-            rows, duration_ms, source = self._kpi_rows("history", spans, query.aged_days)
+            rows, duration_ms, source, pending = self._kpi_rows("history", spans, query.aged_days)
             series = [
                 {"start": first.isoformat(), "end": last.isoformat(), "metrics": validated(row)}
                 for (first, last), row in zip(days, rows, strict=True)
             ]
-            return {"series": series}, duration_ms, source
+            return {"series": series}, duration_ms, source, pending
 
-        return self._serve("history", query, compute)
+        return compute
 
     def _kpi_rows(
         self, endpoint: str, spans: list[tuple[datetime | None, datetime | None, datetime]], aged_days: int
-    ) -> tuple[list[dict[str, Any]], float, str | None]:
+    ) -> tuple[list[dict[str, Any]], float, str | None, int]:
         # Counted here, whoever asked (a request, a refresh, a stream): what the database pays.
         metrics.KPI_STATEMENTS.labels(endpoint=endpoint).inc()
         return self.db.kpi_rows(spans, aged_days)
 
     def _serve(self, kind: str, query: KpiQuery, compute: Compute) -> Served:
         key = cache_key(kind, query)
+        if not self._listening and self.listen is not None:
+            self._listening = True
+            self.listen()
+        self.requested.saw(key, kind, query)
+        # Kept in-process only until the next batch is heard: then the stored value is
+        # looked at again, and whether that batch changes it.
+        heard = self.changes.latest
         recent = self.recent.get(key)
-        if recent is not None and time.time() < recent.fresh_until:
+        if recent is not None and time.time() < recent.fresh_until and self.recent.heard(key) == heard:
             return recent
         entry = self.cache.get(key)
+        needed = 0 if entry is None else self.changes.needed(query, entry.seq)
+        if entry is not None and needed > entry.seq:
+            # A batch after it changes the window: never served as current. Computed once across
+            # processes (usually the refresh of that batch has begun already: this waits for it).
+            def current(stored: Entry) -> bool:
+                return stored.seq >= needed and stored.fresh
+
+            try:
+                return self._flights.do(
+                    f"{key}#{needed}", lambda: self._compute_once(key, kind, query, compute, current), self.wait_seconds
+                )
+            except (DatabaseUnavailable, TimeoutError):
+                return Served(with_flags(entry.body, cached=True, stale=True), "stale", entry.fresh_until)
         if entry is not None and entry.fresh:
-            return self.recent.remember(key, hit(entry))
+            return self.recent.remember(key, hit(entry), heard)
         # While the database fails, any earlier value is served at once (and refreshed in the
         # background, which finds out when the database is back): a request must not wait for a
         # connection that is not coming just to be given the same stale value.
@@ -232,10 +268,10 @@ class KpiService:
             raise DatabaseUnavailable("the database is unreachable; another request is checking it")
         # Read before the SQL runs: the value then includes at least that batch of changes (on a
         # replica too, which is read once it has replayed the batch's position).
-        seq, position = self.cache.latest_change()
+        seq, position, caught_up = self.cache.latest_change()
         self.db.observe_position(position)
         try:
-            data, duration_ms, source = compute(now)
+            data, duration_ms, source, pending = compute(now)
         except DatabaseUnavailable as error:
             if not isinstance(error, DatabaseBusy | SchemaMissing) and not isinstance(
                 error.__cause__, psycopg.errors.QueryCanceled
@@ -249,24 +285,62 @@ class KpiService:
             if probing:
                 self._probe.release()
         self._db_unreachable = False
+        # Every write committed before this instant is in the numbers: the computation's start
+        # when nothing was pending, else the last time an applier found the log empty (read
+        # before the SQL ran, so that batch was committed before its snapshot; None: unknown).
+        covered = now if pending == 0 else None
+        if pending and caught_up is not None:
+            covered = min(datetime.fromtimestamp(caught_up, UTC), now)
         meta = {
-            "computed_at": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "computed_at": _instant(now),
             "cached": False,
             "stale": False,
             "duration_ms": round(duration_ms, 2),
             "window": query.describe(),
+            "pending_changes": pending,
+            "includes_commits_before": None if covered is None else _instant(covered),
         }
         if source is not None:  # a replica is configured: say which database answered
             meta["source"] = source
         body = {**data, "success": True, "message": None, "meta": meta}
-        entry = self.cache.put(key, kind, body, seq)
+        # Behind the applier: fresh only until about its next batch, whose value replaces it.
+        entry = self.cache.put(key, kind, body, seq, ttl=self.pending_ttl if pending else None)
         if entry is None:
             # Another process computed the window later and stored it while this ran (two
             # computations overlapped: a lock lost in a failover, or expired): this value is
             # its requester's answer, but the newer stored one is what everyone else gets.
-            return Served(body, "miss", time.time() + self.cache.ttl, duration_ms)
+            return Served(body, "miss", time.time() + (self.pending_ttl if pending else self.cache.ttl), duration_ms)
         self.recent.remember(key, hit(entry))
         return Served(body, "miss", entry.fresh_until, duration_ms)
 
+    def changed(self, seq: int, changed: dict[str, Any]) -> None:
+        """A batch was applied (the hub's listener heard it): the windows requested lately that it
+        can change are refreshed in the background, each until its value includes the batch."""
+        self.changes.heard(seq, changed)
+        for key, kind, query in self.requested.changed_by(changed):
+            self._wanted[key] = max(self._wanted.get(key, 0), seq)
+            claim = ("changed", key)
+            if self.refresher.claim(claim):
+                compute = self._current_compute(query) if kind == "kpi" else self._history_compute(query)
+                self.refresher.run(claim, functools.partial(self._refresh_changed, key, kind, query, compute))
+
+    def _refresh_changed(self, key: str, kind: str, query: KpiQuery, compute: Compute) -> None:
+        done = 0
+        while (wanted := self._wanted.get(key, 0)) > done:
+            try:
+                self._compute_once(key, kind, query, compute, lambda entry, want=wanted: entry.seq >= want)
+            except (DatabaseUnavailable, ApiError, TimeoutError) as error:
+                log.warning("refresh of %s after a change failed: %s", key, error.__class__.__name__)
+                return  # its next request computes it
+            except Exception:
+                log.exception("refresh of %s after a change failed", key)
+                return
+            done = wanted
+
     def close(self) -> None:
         self.refresher.close()
+
+
+def _instant(at: datetime) -> str:
+    """An instant as the bodies spell it: ISO 8601 in UTC, whole milliseconds, Z."""
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")

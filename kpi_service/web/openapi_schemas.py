@@ -45,6 +45,24 @@ class MetaSchema(Schema):
     )
     duration_ms = fields.Float(required=True, metadata={"description": "How long the SQL took."})
     window = fields.Nested(WindowSchema, required=True)
+    pending_changes = fields.Integer(
+        required=True,
+        validate=validate.Range(min=0),
+        metadata={
+            "description": "Rows of the database's change log that the summaries had not taken in when the "
+            "value was computed: 0 when it includes every write committed before `computed_at`. A value "
+            "with rows pending is fresh for about one applier interval, and replaced once they are applied."
+        },
+    )
+    includes_commits_before = fields.DateTime(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "Every write committed before this instant (UTC) is in the numbers: `computed_at` "
+            "when nothing was pending, else when the applier last found the change log empty; null while that "
+            "is not known (no applier has reported since Redis was emptied or the process started)."
+        },
+    )
     source = fields.String(
         validate=validate.OneOf(("replica", "primary")),
         metadata={

@@ -1,0 +1,99 @@
+"""Change-driven freshness of the cached windows (with the summaries and Redis): which applied
+batches of changes this process has heard of (kpi:v1:changed, through the stream hub's
+listener, live/hub.py), whether a stored value is still current, and which windows were
+requested recently enough to be refreshed when a batch changes them.
+
+- A stored value includes the batches up to its `seq`. It is current while no batch after it
+  can change its window (live/changes.py, the rule the streams use). A batch this process has
+  not heard of (before it subscribed, lost in a reconnect, or more than MAX_BATCHES back)
+  counts as one that changes it: the value is computed again rather than served past a change.
+- "Recently requested": a window this process answered within the last KPI_CACHE_TTL seconds
+  (at most MAX_REQUESTED windows). When a batch changes one, it is refreshed in the background,
+  once across all instances (the cache's lock; an instance that finds the value computed by
+  another takes it), so a poller's next request finds the new value and a new ETag. Windows
+  not requested lately cost nothing per batch: their next request computes them.
+- Without the listener (Redis down, or not subscribed yet) nothing here applies: values are
+  fresh for their TTL, as in raw mode, where no batch is ever announced.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from datetime import UTC, datetime
+from typing import Any
+
+from kpi_service.live.changes import affected
+from kpi_service.serving.query import KpiQuery
+
+# Batches remembered: at two a second, over half an hour. A value older than that is recomputed.
+MAX_BATCHES = 4096
+MAX_REQUESTED = 1024
+
+
+class Changes:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._batches: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self.latest = 0
+        self.live = False  # subscribed: every batch from here on is heard
+
+    def subscribed(self, seq: int) -> None:
+        """The listener (re)subscribed when the latest batch was `seq`: those before it that were
+        not heard stay unknown, so values that predate them are recomputed."""
+        with self._lock:
+            self.latest = max(self.latest, seq)
+            self.live = True
+
+    def lost(self) -> None:
+        with self._lock:
+            self.live = False
+
+    def heard(self, seq: int, changed: dict[str, Any]) -> None:
+        with self._lock:
+            self._batches[seq] = changed
+            self.latest = max(self.latest, seq)
+            while len(self._batches) > MAX_BATCHES:
+                self._batches.popitem(last=False)
+
+    def needed(self, query: KpiQuery, seq: int) -> int:
+        """The batch a value of `query` that includes batches up to `seq` must include to be
+        current: `seq` itself when no later batch can change it (or while not live)."""
+        with self._lock:
+            if not self.live or seq >= self.latest:
+                return seq
+            latest = self.latest
+            if latest - seq > MAX_BATCHES:
+                return latest
+            batches = [self._batches.get(s) for s in range(seq + 1, latest + 1)]
+        now = datetime.now(UTC)
+        if any(batch is None or affected(query, batch, now) for batch in batches):
+            return latest
+        return seq
+
+
+class Requested:
+    """The windows this process answered lately: key -> (kind, query, when)."""
+
+    def __init__(self, within: float) -> None:
+        self.within = within
+        self._windows: dict[str, tuple[str, KpiQuery, float]] = {}
+
+    def saw(self, key: str, kind: str, query: KpiQuery) -> None:
+        if len(self._windows) >= MAX_REQUESTED and key not in self._windows:
+            cutoff = time.time() - self.within
+            self._windows = {k: v for k, v in list(self._windows.items()) if v[2] > cutoff}
+            if len(self._windows) >= MAX_REQUESTED:
+                return  # very many windows at once: the rest are computed on request
+        self._windows[key] = (kind, query, time.time())
+
+    def changed_by(self, changed: dict[str, Any]) -> list[tuple[str, str, KpiQuery]]:
+        """The windows requested lately whose numbers the batch can change."""
+        cutoff = time.time() - self.within
+        now = datetime.now(UTC)
+        return [
+            (key, kind, query)
+            for key, (kind, query, at) in list(self._windows.items())
+            if at > cutoff and affected(query, changed, now)
+        ]
