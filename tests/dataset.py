@@ -48,7 +48,7 @@ class Dataset:
 
     def insert(self, conn: psycopg.Connection) -> None:
         """Replace the tables' contents with this dataset."""
-        conn.execute("TRUNCATE purchases, leads, listings, buyers RESTART IDENTITY CASCADE")
+        retrying_deadlocks(conn, "TRUNCATE purchases, leads, listings, buyers RESTART IDENTITY CASCADE")
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO buyers (id, name) VALUES (%s, %s)", [(b, f"buyer {b}") for b in self.buyers])
             cur.executemany(
@@ -75,8 +75,21 @@ def catch_up(conn: psycopg.Connection) -> None:
     if conn.execute("SELECT to_regprocedure('kpi_apply_changes(integer, double precision)')").fetchone()[0]:
         conn.execute("SELECT kpi_applier_session_lock(true)")
         try:
-            with conn.transaction():
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                conn.execute("SELECT kpi_apply_changes()")
+            retrying_deadlocks(conn, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", "SELECT kpi_apply_changes()")
         finally:
             conn.execute("SELECT kpi_applier_session_lock(false)")
+
+
+def retrying_deadlocks(conn: psycopg.Connection, *statements: str) -> None:
+    """The statements in one transaction, again if the deadlock detector cancelled it. A service
+    under test may read the tables in the background (a window refreshed after an applied batch),
+    and a TRUNCATE here, or the rebuild it makes the applier run, takes its locks in another order."""
+    for attempt in range(5):
+        try:
+            with conn.transaction():
+                for statement in statements:
+                    conn.execute(statement)
+            return
+        except psycopg.errors.DeadlockDetected:
+            if attempt == 4:
+                raise
