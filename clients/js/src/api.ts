@@ -130,7 +130,13 @@ function describe(status: number, body: KpiErrorEnvelope | null): string {
 export function createKpiApi(options: KpiApiOptions): KpiApi {
   const root = String(options.baseUrl);
   const base = new URL(root.endsWith("/") ? root : `${root}/`, globalThis.location?.href);
-  const o = { timeoutMs: 10000, pollMs: 10000, minDelayMs: 1000, maxDelayMs: 30000, ...options };
+  const o = {
+    getToken: options.getToken,
+    timeoutMs: options.timeoutMs ?? 10000, // a request answered later counts as a failure of the service
+    pollMs: options.pollMs ?? 10000, // the server's cache makes faster polling pointless
+    minDelayMs: options.minDelayMs ?? 1000,
+    maxDelayMs: options.maxDelayMs ?? 30000,
+  };
   const kept = options.etags ?? new Map<string, { etag: string; body: unknown }>();
   const url = (path: string) => new URL(path, base).href;
 
