@@ -60,33 +60,38 @@ def vector(
             "now": _instant(now),
         },
         "instants": {"start": _instant(window.start), "end": _instant(window.end), "as_of": _instant(as_of)},
-        "rows": {
-            "listings": [
-                {
-                    "id": x.id,
-                    "price": _decimal(x.price),
-                    "acquisition_cost": _decimal(x.acquisition_cost),
-                    "status": x.status,
-                    "listed_at": _instant(x.listed_at),
-                    "sold_at": _instant(x.sold_at),
-                    "score": _decimal(x.score),
-                }
-                for x in data.listings
-            ],
-            "leads": [{"id": x.id, "buyer_id": x.buyer_id, "created_at": _instant(x.created_at)} for x in data.leads],
-            "purchases": [
-                {
-                    "id": p.id,
-                    "listing_id": p.listing_id,
-                    "buyer_id": p.buyer_id,
-                    "lead_id": p.lead_id,
-                    "sale_price": _decimal(p.sale_price),
-                    "purchased_at": _instant(p.purchased_at),
-                }
-                for p in data.purchases
-            ],
-        },
+        "rows": rows_of(data),
         "metrics": reference.kpis(data, window.start, window.end, as_of, aged_days),
+    }
+
+
+def rows_of(data: Dataset) -> dict[str, list[dict[str, Any]]]:
+    """The rows as JSON, as a frontend holds them: money as decimal strings, instants in ISO 8601."""
+    return {
+        "listings": [
+            {
+                "id": x.id,
+                "price": _decimal(x.price),
+                "acquisition_cost": _decimal(x.acquisition_cost),
+                "status": x.status,
+                "listed_at": _instant(x.listed_at),
+                "sold_at": _instant(x.sold_at),
+                "score": _decimal(x.score),
+            }
+            for x in data.listings
+        ],
+        "leads": [{"id": x.id, "buyer_id": x.buyer_id, "created_at": _instant(x.created_at)} for x in data.leads],
+        "purchases": [
+            {
+                "id": p.id,
+                "listing_id": p.listing_id,
+                "buyer_id": p.buyer_id,
+                "lead_id": p.lead_id,
+                "sale_price": _decimal(p.sale_price),
+                "purchased_at": _instant(p.purchased_at),
+            }
+            for p in data.purchases
+        ],
     }
 
 
