@@ -163,7 +163,8 @@ const DAY_US = 86_400_000_000n;
 /** The ten KPIs of the window over the given rows, as the service computes them. */
 export function computeKpis(rows: KpiRows, window: KpiWindow = {}): KpiMetrics {
   const { start, end, asOf } = windowInstants(window);
-  const agedDays = BigInt(window.aged_days ?? 60);
+  // The service's defaults are its settings (KPI_AGED_DAYS, KPI_TIMEZONE): 60 and UTC unless set.
+  const agedDays = BigInt(window.aged_days || 60);
   const inWindow = (at: Instant) => {
     const t = micros(at);
     return (start === null || t >= start) && (end === null || t < end);
