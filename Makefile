@@ -21,8 +21,15 @@ $(VENV)/.dev: setup.cfg pyproject.toml | $(BIN)/python
 demo: $(VENV)/.demo
 	$(BIN)/kpi-service demo $(ARGS)
 
-test: $(VENV)/.dev
+# The JS package's dependencies, exactly as locked, redone when the lock file changes.
+JS := clients/js
+$(JS)/node_modules/.installed: $(JS)/package-lock.json $(JS)/package.json
+	cd $(JS) && npm ci --no-audit --no-fund
+	touch $@
+
+test: $(VENV)/.dev $(JS)/node_modules/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	cd $(JS) && npm test
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
@@ -50,4 +57,4 @@ format: $(VENV)/.dev
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hypothesis $(JS)/node_modules $(JS)/dist

@@ -259,7 +259,7 @@ def test_get_kpi_metrics_revalidates_with_the_etag(app: Flask, browser) -> None:
         assert result["second"]["meta"] == result["first"]["meta"]  # the kept body, not a new computation
         assert [status for status, _ in answers] == [200, 304, 400]
         assert answers[0][1] is None and answers[1][1] is not None  # If-None-Match: the first answer's ETag
-        assert result["refused"]["name"] == "KpiError" and result["refused"]["status"] == 400
+        assert result["refused"]["name"] == "KpiApiError" and result["refused"]["status"] == 400
         assert "tz" in result["refused"]["message"]  # the field's problem, from the envelope
         assert result["local"]["source"] == "local" and result["local"]["metrics"] == {"total_listings": 1}
         assert errors == []

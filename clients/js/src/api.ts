@@ -1,0 +1,474 @@
+// The KPI service's HTTP API: GET /api/kpi and /api/kpi/history with ETags, and live figures over
+// a WebSocket, else server-sent events, else polling, with the application's own computation as a
+// last resort while the service fails. The browser's /static/kpi-client.js is built from this file.
+import type { components } from "./openapi.js";
+
+export type KpiMetrics = components["schemas"]["KpiValues"];
+export type KpiMeta = components["schemas"]["Meta"];
+export type KpiResponse = components["schemas"]["KpiResponse"];
+export type KpiHistoryResponse = components["schemas"]["HistoryResponse"];
+export type KpiErrorEnvelope = components["schemas"]["Error"];
+
+/** A window as the API takes it: `from`/`to` are ISO dates in `tz`, both included. */
+export interface KpiParams {
+  from?: string | null;
+  to?: string | null;
+  tz?: string | null;
+  aged_days?: number | string | null;
+}
+
+export interface KpiHistoryParams extends KpiParams {
+  interval: "day" | "week" | "month";
+}
+
+/** What the service answers for a window, or the application's own figures ("local"). */
+export interface KpiUpdate {
+  metrics: KpiMetrics;
+  meta: KpiMeta | LocalMeta;
+  source: "websocket" | "sse" | "poll" | "http" | "local";
+}
+
+export interface LocalMeta {
+  computed_at: string;
+  cached: false;
+  stale: false;
+  local: true;
+  duration_ms: number;
+  window: Record<string, string>;
+}
+
+/** The application's own computation, used while the service fails. */
+export type KpiFallback = (params: KpiParams, error: KpiApiError) => KpiMetrics | Promise<KpiMetrics>;
+
+export type KpiErrorKind = "unreachable" | "timeout" | "aborted" | "http";
+
+/**
+ * A failed request. `status` is the HTTP status, 0 when there was none (`kind` says why);
+ * `message` and `errors` are the error envelope's, when the service sent one.
+ */
+export class KpiApiError extends Error {
+  override readonly name = "KpiApiError";
+  constructor(
+    readonly kind: KpiErrorKind,
+    readonly status: number,
+    message: string,
+    readonly body: KpiErrorEnvelope | null = null,
+  ) {
+    super(message);
+  }
+
+  /** Per-parameter problems of a 400 ({from: ["Not a valid date."]}), else {}. */
+  get errors(): Record<string, string[]> {
+    return this.body?.errors ?? {};
+  }
+
+  /** The service failed (unreachable, timed out, 5xx), as opposed to refusing the request. */
+  get isOutage(): boolean {
+    return this.kind === "unreachable" || this.kind === "timeout" || this.status >= 500;
+  }
+}
+
+export interface KpiApiOptions {
+  /** The service's root URL ("https://kpi.example.com/"). */
+  baseUrl: string | URL;
+  /** The bearer token, asked for before each request (it may renew it). */
+  getToken?: () => string | null | undefined | Promise<string | null | undefined>;
+  /** A request answered later than this counts as a failure of the service. */
+  timeoutMs?: number;
+  /** Polling interval when no stream can be opened. */
+  pollMs?: number;
+  /** Reconnection back-off: the first delay, doubling up to maxDelayMs, each with jitter. */
+  minDelayMs?: number;
+  maxDelayMs?: number;
+  /** ETags and bodies kept for If-None-Match (by default, one store per API object). */
+  etags?: Map<string, { etag: string; body: unknown }>;
+}
+
+export interface RequestOptions {
+  signal?: AbortSignal;
+}
+
+export interface SubscribeOptions {
+  fallback?: KpiFallback;
+  /** Hears "websocket", "sse" or "poll" when the way in use changes. */
+  onStatus?: (transport: "websocket" | "sse" | "poll") => void;
+  /** Hears failures nothing else handles; a refusal (4xx) also ends the subscription. */
+  onError?: (error: KpiApiError) => void;
+}
+
+export interface KpiApi {
+  getKpiMetrics(params?: KpiParams, options?: RequestOptions): Promise<KpiResponse>;
+  getKpiHistory(params: KpiHistoryParams, options?: RequestOptions): Promise<KpiHistoryResponse>;
+  subscribe(params: KpiParams, onUpdate: (update: KpiUpdate) => void, options?: SubscribeOptions): { close(): void };
+  /** The application's figures shaped like the service's, or null without a fallback. */
+  local(params: KpiParams, error: KpiApiError, fallback?: KpiFallback): Promise<KpiUpdate | null>;
+}
+
+const WINDOW_PARAMS = ["from", "to", "tz", "aged_days"] as const;
+const KEPT_WINDOWS = 32;
+
+/** The window's parameters as the API takes them, in a fixed order (one ETag per window). */
+export function windowQuery(params: KpiParams = {}, extra: Record<string, string | null | undefined> = {}) {
+  const query = new URLSearchParams();
+  for (const name of WINDOW_PARAMS) {
+    const value = params[name];
+    if (value !== undefined && value !== null && value !== "") query.set(name, String(value));
+  }
+  for (const [name, value] of Object.entries(extra)) if (value) query.set(name, value);
+  return query;
+}
+
+function describe(status: number, body: KpiErrorEnvelope | null): string {
+  let message = body?.message || `The KPI service answered ${status}.`;
+  if (body?.errors) {
+    const problems = Object.entries(body.errors).map(([field, p]) => `${field}: ${([] as string[]).concat(p).join(" ")}`);
+    message += " " + problems.join("; ");
+  }
+  return message;
+}
+
+export function createKpiApi(options: KpiApiOptions): KpiApi {
+  const root = String(options.baseUrl);
+  const base = new URL(root.endsWith("/") ? root : `${root}/`, globalThis.location?.href);
+  const o = {
+    getToken: options.getToken,
+    timeoutMs: options.timeoutMs ?? 10000, // a request answered later counts as a failure of the service
+    pollMs: options.pollMs ?? 10000, // the server's cache makes faster polling pointless
+    minDelayMs: options.minDelayMs ?? 1000,
+    maxDelayMs: options.maxDelayMs ?? 30000,
+  };
+  const kept = options.etags ?? new Map<string, { etag: string; body: unknown }>();
+  const url = (path: string) => new URL(path, base).href;
+
+  async function request(
+    href: string,
+    { method = "GET", headers = {}, signal }: { method?: string; headers?: Record<string, string>; signal?: AbortSignal } = {},
+  ): Promise<{ response: Response; body: any }> {
+    const controller = new AbortController();
+    let timedOut = false;
+    const abort = () => controller.abort();
+    signal?.addEventListener("abort", abort);
+    const timer = setTimeout(() => {
+      timedOut = true;
+      controller.abort();
+    }, o.timeoutMs);
+    const gone = () =>
+      signal?.aborted
+        ? new KpiApiError("aborted", 0, "The request was cancelled.")
+        : timedOut
+          ? new KpiApiError("timeout", 0, "The KPI service did not answer in time.")
+          : new KpiApiError("unreachable", 0, "The KPI service cannot be reached.");
+    try {
+      const token = await o.getToken?.();
+      let response: Response;
+      try {
+        response = await fetch(href, {
+          method,
+          headers: { Accept: "application/json", ...(token ? { Authorization: `Bearer ${token}` } : {}), ...headers },
+          cache: "no-store", // the ETags are handled here, with the body they belong to
+          signal: controller.signal,
+        });
+      } catch {
+        throw gone();
+      }
+      if (response.status === 304) return { response, body: null };
+      let body: any = null;
+      try {
+        body = await response.json();
+      } catch {
+        if (controller.signal.aborted) throw gone();
+      }
+      if (!response.ok) throw new KpiApiError("http", response.status, describe(response.status, body), body);
+      return { response, body };
+    } finally {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", abort);
+    }
+  }
+
+  /** GET /api/kpi with If-None-Match: a 304 gives back the body kept with that ETag. */
+  async function getKpiMetrics(params: KpiParams = {}, { signal }: RequestOptions = {}): Promise<KpiResponse> {
+    const href = url(`api/kpi?${windowQuery(params)}`);
+    const last = kept.get(href);
+    const { response, body } = await request(href, { headers: last ? { "If-None-Match": last.etag } : {}, signal });
+    if (response.status === 304 && last) return last.body as KpiResponse;
+    if (!body) throw new KpiApiError("http", response.status, `The KPI service answered ${response.status} without a body.`);
+    const etag = response.headers.get("ETag");
+    kept.delete(href);
+    if (etag) kept.set(href, { etag, body });
+    if (kept.size > KEPT_WINDOWS) kept.delete(kept.keys().next().value!);
+    return body as KpiResponse;
+  }
+
+  async function getKpiHistory(params: KpiHistoryParams, { signal }: RequestOptions = {}): Promise<KpiHistoryResponse> {
+    const query = windowQuery(params, { interval: params.interval });
+    return (await request(url(`api/kpi/history?${query}`), { signal })).body as KpiHistoryResponse;
+  }
+
+  async function local(params: KpiParams, error: KpiApiError, fallback?: KpiFallback): Promise<KpiUpdate | null> {
+    if (typeof fallback !== "function") return null;
+    const started = performance.now();
+    const metrics = await fallback({ ...params }, error);
+    return {
+      metrics,
+      meta: {
+        computed_at: new Date().toISOString(),
+        cached: false,
+        stale: false,
+        local: true,
+        duration_ms: Math.round((performance.now() - started) * 100) / 100,
+        window: Object.fromEntries(windowQuery(params)),
+      },
+      source: "local",
+    };
+  }
+
+  function subscribe(
+    params: KpiParams,
+    onUpdate: (update: KpiUpdate) => void,
+    options: SubscribeOptions = {},
+  ): { close(): void } {
+    const given = { ...params };
+    const stopped = new AbortController();
+    let closed = false;
+    let stream: { close(): void } | null = null; // the open (or opening) WebSocket or EventSource
+    let transport: string | null = null; // what onStatus last heard
+    let reconnectTimer: ReturnType<typeof setTimeout> | null = null;
+    let pollTimer: ReturnType<typeof setTimeout> | null = null;
+    let polls = 0; // bumped when polling starts or stops: a poll of an earlier round ends there
+    let attempt = 0; // failed connections in a row: the back-off's exponent
+    let noWebSocket = false; // the server refused WebSockets by policy: SSE from now on
+    let lastEventId: string | null = null;
+    let shown: { body: { metrics: KpiMetrics; meta: KpiUpdate["meta"] }; source: KpiUpdate["source"] } | null = null;
+
+    const report = (error: KpiApiError) => {
+      if (!closed) options.onError?.(error);
+    };
+
+    function announce(next: "websocket" | "sse" | "poll") {
+      if (closed || transport === next) return;
+      transport = next;
+      options.onStatus?.(next);
+    }
+
+    function emit(body: { metrics: KpiMetrics; meta: KpiUpdate["meta"] }, source: KpiUpdate["source"]) {
+      if (closed) return;
+      if (source !== "local" && shown && shown.source !== "local") {
+        if (shown.body === body) return; // a poll's 304
+        // Never back in time (a poll answered before a newer streamed value, a stream reopening);
+        // the same instant again is a value turning stale.
+        if (body.meta.computed_at < shown.body.meta.computed_at) return;
+      }
+      shown = { body, source };
+      onUpdate({ metrics: body.metrics, meta: body.meta, source });
+    }
+
+    function fail(error: KpiApiError) {
+      // A refusal cannot be cured by retrying: a bad window (400) stays bad, a refused token (401)
+      // needs a new one from the application.
+      close();
+      options.onError?.(error);
+    }
+
+    /** The service failed; `current()` says, once the fallback answered, whether the failure
+     * still stands (no stream opened and no answer came meanwhile). */
+    async function outage(error: KpiApiError, current: () => boolean) {
+      let figures: KpiUpdate | null = null;
+      try {
+        figures = await local(given, error, options.fallback);
+      } catch {
+        figures = null; // a failing fallback is no reason to stop trying the service
+      }
+      if (!current()) return;
+      if (figures) emit(figures, "local");
+      else report(error);
+    }
+
+    function backoff() {
+      const cap = Math.min(o.maxDelayMs, o.minDelayMs * 2 ** attempt);
+      attempt += 1;
+      return cap / 2 + (Math.random() * cap) / 2; // "equal jitter": never zero, never above the cap
+    }
+
+    function reconnect(delay: number) {
+      if (reconnectTimer !== null) clearTimeout(reconnectTimer);
+      reconnectTimer = closed ? null : setTimeout(connect, delay);
+    }
+
+    // --- polling: while no stream is open --------------------------------------------------------
+
+    async function poll(round: number) {
+      try {
+        const body = await getKpiMetrics(given, { signal: stopped.signal });
+        if (round === polls) emit(body, "poll");
+      } catch (caught) {
+        const error = caught as KpiApiError;
+        if (closed || round !== polls) return;
+        if (error.status >= 400 && error.status < 500 && error.status !== 429) return fail(error);
+        await outage(error, () => round === polls);
+      }
+      if (round === polls && !closed) pollTimer = setTimeout(poll, o.pollMs, round);
+    }
+
+    function startPolling() {
+      if (closed || pollTimer !== null) return;
+      announce("poll");
+      polls += 1;
+      pollTimer = setTimeout(poll, 0, polls);
+    }
+
+    function stopPolling() {
+      polls += 1;
+      if (pollTimer !== null) clearTimeout(pollTimer);
+      pollTimer = null;
+    }
+
+    // --- streams ---------------------------------------------------------------------------------
+
+    async function ticket(): Promise<string> {
+      return (await request(url("api/kpi/stream-ticket"), { method: "POST", signal: stopped.signal })).body.ticket;
+    }
+
+    function streamUrl(path: string, value: string, websocket: boolean) {
+      // Local figures shown: no last_event_id, so that the stream starts with the service's value.
+      const resume = shown && shown.source !== "local" ? lastEventId : null;
+      const href = new URL(`${path}?${windowQuery(given, { ticket: value, last_event_id: resume })}`, base);
+      if (websocket) href.protocol = href.protocol === "https:" ? "wss:" : "ws:";
+      return href.href;
+    }
+
+    function opened(kind: "websocket" | "sse") {
+      attempt = 0;
+      stopPolling();
+      announce(kind);
+    }
+
+    function received(handle: object, kind: "websocket" | "sse", event: string, data: any, id?: string) {
+      if (event === "kpi") {
+        if (id) lastEventId = id;
+        emit(data, kind);
+      } else if (event === "unavailable") {
+        // The database is down and nothing is cached; the stream stays open for the next value.
+        const since = shown;
+        outage(new KpiApiError("http", 503, describe(503, data), data), () => stream === handle && shown === since);
+      }
+    }
+
+    function dropped() {
+      // Poll meanwhile (it also finds out whether the service is down), and try again later.
+      stream = null;
+      startPolling();
+      reconnect(backoff());
+    }
+
+    /** Resolves true once the socket is open, false if it failed before. */
+    function openWebSocket(value: string): Promise<boolean> {
+      return new Promise((resolve) => {
+        let socket: WebSocket;
+        try {
+          socket = new WebSocket(streamUrl("api/kpi/ws", value, true));
+        } catch {
+          resolve(false);
+          return;
+        }
+        const handle = { close: () => socket.close(1000) };
+        let openedAt: number | null = null;
+        stream = handle;
+        socket.addEventListener("open", () => {
+          if (stream !== handle) return socket.close(1000);
+          openedAt = performance.now();
+          opened("websocket");
+          resolve(true);
+        });
+        socket.addEventListener("message", (message) => {
+          if (stream !== handle) return;
+          let frame;
+          try {
+            frame = JSON.parse(message.data);
+          } catch {
+            return;
+          }
+          received(handle, "websocket", frame.event, frame.data, frame.id);
+        });
+        socket.addEventListener("close", (event) => {
+          if (stream !== handle) return;
+          stream = null;
+          if (openedAt === null) return resolve(false);
+          if (event.code === 1008 || event.code === 1009) {
+            noWebSocket = true; // the server will not have this socket: SSE, at once
+            reconnect(0);
+          } else if (event.code === 1000 && performance.now() - openedAt > o.minDelayMs) {
+            reconnect(0); // the grant expired: a new ticket, and on from the last event
+          } else {
+            dropped(); // going away (1001), the network, or a 1000 at once: back off
+          }
+        });
+      });
+    }
+
+    function openEventSource(value: string) {
+      const source = new EventSource(streamUrl("api/kpi/stream", value, false));
+      const handle = { close: () => source.close() };
+      let isOpen = false;
+      stream = handle;
+      source.addEventListener("open", () => {
+        if (stream !== handle) return;
+        isOpen = true;
+        opened("sse");
+      });
+      for (const name of ["kpi", "unavailable"]) {
+        source.addEventListener(name, (event) => {
+          const message = event as MessageEvent;
+          if (stream === handle) received(handle, "sse", name, JSON.parse(message.data), message.lastEventId);
+        });
+      }
+      source.addEventListener("error", () => {
+        if (stream !== handle) return;
+        // The ticket is spent: the browser's own reconnection would be refused.
+        source.close();
+        if (isOpen) dropped();
+        else {
+          stream = null;
+          startPolling();
+          reconnect(backoff());
+        }
+      });
+    }
+
+    async function connect() {
+      reconnectTimer = null;
+      if (closed) return;
+      try {
+        if (!noWebSocket && typeof WebSocket === "function") {
+          if (await openWebSocket(await ticket())) return;
+          if (closed) return;
+        }
+        if (typeof EventSource !== "function") throw new KpiApiError("unreachable", 0, "No EventSource here.");
+        openEventSource(await ticket()); // a new ticket: the failed socket may have spent the last
+      } catch (caught) {
+        if (closed) return;
+        if ((caught as KpiApiError).status === 401) return fail(caught as KpiApiError);
+        // No ticket (the service is down, or Redis is and so no stream can open): poll.
+        stream = null;
+        startPolling();
+        reconnect(backoff());
+      }
+    }
+
+    function close() {
+      if (closed) return;
+      closed = true;
+      stopped.abort();
+      if (reconnectTimer !== null) clearTimeout(reconnectTimer);
+      stopPolling();
+      const open = stream;
+      stream = null;
+      open?.close();
+    }
+
+    connect();
+    return { close };
+  }
+
+  return { getKpiMetrics, getKpiHistory, subscribe, local };
+}

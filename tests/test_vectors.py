@@ -1,0 +1,36 @@
+"""The shared KPI vectors (tests/vectors/kpis.json, made by tests/make_vectors.py from the
+reference): up to date, and the SQL computes every one of them. The JS package's suite checks its
+computeKpis against the same file."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+from typing import Any
+
+import psycopg
+import pytest
+
+from kpi_service.db.database import Database
+from kpi_service.serving.windows import Window
+from tests import make_vectors
+from tests.helpers import computed
+
+VECTORS: list[dict[str, Any]] = json.loads(make_vectors.PATH.read_text())
+
+
+def test_the_file_is_what_the_reference_gives() -> None:
+    assert make_vectors.PATH.read_text() == make_vectors.render(), "run: .venv/bin/python -m tests.make_vectors"
+
+
+def _day(text: str | None) -> date | None:
+    return None if text is None else date.fromisoformat(text)
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=[v["name"] for v in VECTORS])
+def test_sql_computes_the_vector(database: Database, conn: psycopg.Connection, vector: dict[str, Any]) -> None:
+    spec = vector["window"]
+    window = Window.of_dates(_day(spec["from"]), _day(spec["to"]), spec["tz"])
+    make_vectors.dataset_of(vector).insert(conn)
+    now = datetime.fromisoformat(spec["now"])
+    assert computed(database, [window], spec["aged_days"], now) == [vector["metrics"]]
