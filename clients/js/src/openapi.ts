@@ -407,6 +407,13 @@ export interface components {
             /** @description How long the SQL took. */
             duration_ms: number;
             /**
+             * Format: date-time
+             * @description Every write committed before this instant (UTC) is in the numbers: `computed_at` when nothing was pending, else when the applier last found the change log empty; null while that is not known (no applier has reported since Redis was emptied or the process started).
+             */
+            includes_commits_before: string | null;
+            /** @description Rows of the database's change log that the summaries had not taken in when the value was computed: 0 when it includes every write committed before `computed_at`. A value with rows pending is fresh for about one applier interval, and replaced once they are applied. */
+            pending_changes: number;
+            /**
              * @description Which database computed the value; only when a read replica is configured (DATABASE_READ_URL): `primary` while the replica is down or lags.
              * @enum {string}
              */
