@@ -22,7 +22,7 @@ from kpi_service.cli.seed import seed
 from kpi_service.db.database import Database
 from kpi_service.db.errors import SchemaMismatch
 from kpi_service.db.schema import SCHEMA_VERSION, apply_schema, service_version
-from kpi_service.db.sql import APPLIER_LOCK, kpi_statement_rows
+from kpi_service.db.sql import APPLIER_LOCK, kpi_statement_rows, windows_rows
 from tests.helpers import make_settings
 
 RELEASE = Path(__file__).parent / "fixtures" / "release_9a1bd6c"
@@ -62,15 +62,7 @@ def previous_kpis(url: str) -> list[dict]:
     kpi_buyer_days, which it did not have)."""
     statement = aiosql.from_path(RELEASE / "kpi.sql", "psycopg").kpi_windows
     with psycopg.connect(url, row_factory=dict_row) as conn:
-        return list(
-            statement(
-                conn,
-                starts=[w[0] for w in WINDOWS],
-                ends=[w[1] for w in WINDOWS],
-                as_ofs=[w[2] for w in WINDOWS],
-                aged_days=60,
-            )
-        )
+        return windows_rows(statement, conn, WINDOWS, 60)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ statements of the pool's maintenance."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from importlib import resources
 from typing import Any
@@ -54,6 +54,16 @@ def kpi_statement_rows(
     """sql/runtime/kpi.sql on a database whose KPIs come from `mode` ("summaries" or "raw"): the
     statement and parameters of every cache miss, which the benches time as they are."""
     statement = queries.kpi_windows if mode == "summaries" else queries.kpi_windows_raw
+    return windows_rows(statement, conn, windows, aged_days)
+
+
+def windows_rows(
+    statement: Callable[..., Any],
+    conn: psycopg.Connection,
+    windows: Sequence[tuple[datetime | None, datetime | None, datetime]],
+    aged_days: int,
+) -> list[dict[str, Any]]:
+    """An aiosql statement of kpi.sql's form (windows' starts, ends, as_ofs, aged_days) run on `windows`."""
     return list(
         statement(
             conn,
