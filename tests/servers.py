@@ -232,6 +232,17 @@ def fetch(url: str, bearer: str | None, timeout: float = 30) -> tuple[int, dict]
         return 0, {"error": repr(error)}
 
 
+def statements(bases: list[str]) -> float:
+    """KPI statements run so far by all the instances' workers together."""
+    total = 0.0
+    for base in bases:
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith("kpi_statements_total{"):
+                    total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 @dataclass
 class Sample:
     kind: str  # which family of windows: "cached" (warmed) or "new" (never asked before)

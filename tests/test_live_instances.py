@@ -16,14 +16,13 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
-from urllib.request import Request, urlopen
 
 import psycopg
 import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.helpers import SECRET, RedisServer, insert_listing, open_ws, post_ticket, token, wait_until, ws_url
-from tests.servers import gunicorn
+from tests.servers import gunicorn, statements
 from tests.sse import Sse
 
 pytestmark = pytest.mark.slow
@@ -83,17 +82,6 @@ class Reader:
     def close(self) -> None:
         self._closing.close()
         self._thread.join(timeout=10)
-
-
-def statements(bases: list[str]) -> float:
-    """KPI statements run so far by all the instances' workers together."""
-    total = 0.0
-    for base in bases:
-        with urlopen(Request(f"{base}/metrics"), timeout=10) as response:
-            for line in response.read().decode().splitlines():
-                if line.startswith("kpi_statements_total{"):
-                    total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def test_a_sale_reaches_every_touched_stream_of_two_instances_once(
