@@ -77,6 +77,7 @@ def create_app(config: Settings | None = None) -> Flask:
             on_changed=cache.announce_change,
             on_caught_up=cache.caught_up,
             caught_up_at=cache.caught_up_at,
+            turn=cache.applier_turn,
         ),
         kpi_schema=KpiQuerySchema(**defaults),
         history_schema=HistoryQuerySchema(max_buckets=settings.max_buckets, **defaults),

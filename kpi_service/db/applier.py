@@ -1,8 +1,9 @@
 """The summaries' applier: turns the change log into current sums, in the background.
 
 The application's writes only append their rows' images to kpi_changes (sql/schema/summary.sql); this
-loop, in every instance, calls kpi_apply_changes() every KPI_APPLY_INTERVAL_MS. Across instances one applies
-at a time (the function's try-lock); the others find the lock taken and wait for the next tick.
+loop, in every instance, calls kpi_apply_changes() every KPI_APPLY_INTERVAL_MS, and across instances
+once per interval (Cache.applier_turn; each call's batch costs a refresh of every polled window it
+changes). One applies at a time (the function's try-lock); the others wait for the next tick.
 A committed change therefore reaches the summaries within about one interval plus one apply
 (docs/design.md, "Freshness"). While a backlog remains (after downtime: a full batch was
 taken) it goes on without waiting. Through Database.mode it notices within MODE_EVERY_S when
@@ -47,6 +48,7 @@ class Applier:
         on_changed: Callable[[dict[str, Any]], None] | None = None,
         on_caught_up: Callable[[float], None] | None = None,
         caught_up_at: Callable[[], float | None] | None = None,
+        turn: Callable[[float], bool] | None = None,
     ) -> None:
         self.db = db
         self.interval = interval
@@ -56,6 +58,9 @@ class Applier:
         # whichever instance's applier that was (Redis): the applier's lag, for the metrics.
         self.on_caught_up = on_caught_up
         self.caught_up_at = caught_up_at
+        # Asked before each tick's call whether it is this instance's turn (Redis: one call per
+        # interval across instances); not asked while a backlog is worked off.
+        self.turn = turn
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False
@@ -125,6 +130,7 @@ class Applier:
         self._failing = True
 
     def _run(self) -> None:
+        backlog = False
         while not self._stop.is_set():
             try:
                 mode = self.db.mode(quiet=True, primary=True)
@@ -132,6 +138,9 @@ class Applier:
                 self._failed(error)
                 mode = None
             batch = self.batch
-            taken = self.apply_once() if mode == "summaries" else None
-            if taken != batch:  # a full batch: more is waiting, go on at once
+            taken = None
+            if mode == "summaries" and (backlog or self.turn is None or self.turn(self.interval)):
+                taken = self.apply_once()
+            backlog = taken == batch  # a full batch: more is waiting, go on at once
+            if not backlog:
                 self._stop.wait(self.interval)

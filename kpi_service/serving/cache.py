@@ -18,6 +18,7 @@ from kpi_service.ops import metrics
 from kpi_service.serving.breaker import Breaker
 from kpi_service.serving.keys import (
     ANNOUNCE_CHANNEL,
+    APPLIER_TURN,
     CAUGHT_UP,
     CHANGE_POSITION,
     CHANGE_SEQ,
@@ -173,6 +174,15 @@ class Cache:
         self._caught_up_here = at
         with contextlib.suppress(_Unavailable):
             self._call("set", self.client.set, CAUGHT_UP, repr(at))
+
+    def applier_turn(self, interval: float) -> bool:
+        """Whether this process's applier may call now: one call per `interval` across all
+        instances (and always while Redis cannot say). Every batch refreshes the windows it
+        changes, so the instances' ticks, added up, would multiply those statements."""
+        try:
+            return bool(self._call("set", self.client.set, APPLIER_TURN, "1", nx=True, px=max(1, int(interval * 1000))))
+        except _Unavailable:
+            return True
 
     def announce_change(self, changed: dict[str, Any]) -> None:
         """Number a committed batch of the applier and tell every instance what it changed.

@@ -18,6 +18,9 @@
       Unix time at which an applier last found the change log empty (set on every such tick): while
       rows are pending, every write committed before it is in the summaries, and the applier's
       lag is the time since (meta.includes_commits_before, /readyz, the metrics).
+  kpi:v1:applier_turn
+      SET NX PX KPI_APPLY_INTERVAL_MS by the applier that calls next: one call per interval
+      across all instances (a backlog's further batches do not wait for it).
   kpi:v1:changed (pub/sub channel)
       JSON {"seq", "from", "to", "stock_from"} (instants, ISO 8601; or {"seq", "all": true})
       after each applied batch: what it changed, for live updates (live/hub.py).
@@ -39,6 +42,7 @@ CHANGES_CHANNEL = f"{KEY_PREFIX}:changed"
 CHANGE_SEQ = f"{KEY_PREFIX}:change_seq"
 CHANGE_POSITION = f"{KEY_PREFIX}:change_position"
 CAUGHT_UP = f"{KEY_PREFIX}:caught_up_at"
+APPLIER_TURN = f"{KEY_PREFIX}:applier_turn"
 
 
 @functools.lru_cache(maxsize=4096)

@@ -1,0 +1,400 @@
+"""How fresh pollers are, and what their freshness costs, while the application writes.
+
+    .venv/bin/python bench/poll_freshness.py [--listings 1000000] [--rates 10,100] \
+        [--before 169087e^1] [--sweep 200,300,400,0] [--burst 12] [--seconds 60]
+
+On a clone of a bench/shapes.py shape after `kpi-service init-db`, the service runs as in
+production: gunicorn (2 workers, each with its applier at the default pace), one real Redis
+(127.0.0.1:6379, database 9, emptied first), KPI_METRICS on. 50 clients poll 10 windows (5
+each, every --poll s, with If-None-Match): a window of 1990 that only the probe writes, six
+that hold the present (all time, the last day, week and month, a New York month, a Tokyo
+day) and three in the past. Meanwhile the write mix of bench/write_cost.py runs at a rate
+(pgbench -R, 4 clients), and a probe commits, one at a time, a listing in 1990: the seconds
+from that commit to each poller of the 1990 window holding it is one sample of commit ->
+poller (so a sample includes up to one poll interval).
+
+- latency: for each of --rates, with this working tree and with --before (the release before
+  change-driven freshness, whose pollers wait for the cache TTL): commit -> poller p50/p95/p99,
+  and the KPI statements per minute all workers ran (kpi_statements_total), over --seconds;
+- sweep: this tree at each rate of --sweep (0: as fast as the 4 clients go) for --seconds / 2:
+  the rate the writes reached and the commit -> poller p99; freshness holds at a rate whose
+  p99 is at most 2 s;
+- burst: --burst seconds of the write mix as fast as it goes, then the backlog it left in the
+  change log and the seconds until it is below 100 rows, with the application idle and with
+  it still at work (the write mix at 10 tx/s and one client reading a month of listings in a
+  loop): the applier rests while the application's sessions are busy (KPI_APPLY_BUSY_PERCENT).
+
+Prints Markdown tables; writes bench/results/poll_freshness-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jwt
+import psycopg
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import shapes
+import write_cost
+
+ROOT = write_cost.ROOT
+GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
+REDIS_URL = "redis://127.0.0.1:6379/9"
+SECRET = "bench-secret-of-at-least-32-bytes-long!"
+PROBE_WINDOW = "from=1990-01-01&to=1990-12-31&tz=UTC"
+WINDOWS = [
+    PROBE_WINDOW,
+    "tz=UTC",
+    "from={utc_1}&tz=UTC",
+    "from={utc_7}&tz=UTC",
+    "from={utc_30}&tz=UTC",
+    "from={ny_30}&tz=America/New_York",
+    "from={tokyo_0}&tz=Asia/Tokyo",
+    "from=2026-03-01&to=2026-03-31&tz=UTC",
+    "from=2025-01-01&to=2025-12-31&tz=UTC",
+    "from=2026-01-05&to=2026-01-11&tz=Europe/Berlin",
+]
+READER = "SELECT count(*), avg(price) FROM listings WHERE listed_at >= now() - interval '30 days';\n"
+DRAINED = 100  # change-log rows: about a second of the light load's
+
+
+def windows() -> list[str]:
+    from zoneinfo import ZoneInfo
+
+    def since(days: int, tz: str) -> str:
+        return (datetime.now(ZoneInfo(tz)).date() - timedelta(days=days)).isoformat()
+
+    dates = {
+        "utc_1": since(1, "UTC"),
+        "utc_7": since(6, "UTC"),
+        "utc_30": since(29, "UTC"),
+        "ny_30": since(29, "America/New_York"),
+        "tokyo_0": since(0, "Asia/Tokyo"),
+    }
+    return [w.format(**dates) for w in WINDOWS]
+
+
+# --- the service under gunicorn ----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(service: write_cost.Service, url: str, ttl: int | None) -> Iterator[str]:
+    """The service of `service` (working tree or git revision) under its own gunicorn.conf.py."""
+    conf = ROOT / "gunicorn.conf.py"
+    if service.commit:
+        conf = Path(service.cwd, "gunicorn.conf.py")
+        shown = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{service.commit}:gunicorn.conf.py"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        conf.write_text(shown.stdout)
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    port = free_port()
+    env = {
+        **service.env,
+        "DATABASE_URL": url,
+        "REDIS_URL": REDIS_URL,
+        "JWT_SECRET_KEY": SECRET,
+        "GUNICORN_WORKERS": "2",
+        "KPI_METRICS": "on",
+    }
+    if ttl is not None:
+        env["KPI_CACHE_TTL"] = str(ttl)
+    log = open(write_cost.RESULTS / "poll_freshness-gunicorn.log", "ab")  # noqa: SIM115
+    process = subprocess.Popen(
+        [GUNICORN, "-c", str(conf), "--bind", f"127.0.0.1:{port}", "kpi_service.app:create_app()"],
+        cwd=service.cwd,
+        env=env,
+        stdout=log,
+        stderr=log,
+    )
+    log.close()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while get(f"{base}/healthz")[0] != 200:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the service did not start: see bench/results/poll_freshness-gunicorn.log")
+            time.sleep(0.2)
+        yield base
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any, str | None]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=30) as response:
+            return response.status, json.loads(response.read()), response.headers.get("ETag")
+    except urllib.error.HTTPError as error:
+        return error.code, None, None
+    except (OSError, ValueError):
+        return 0, None, None
+
+
+def statements(base: str) -> float:
+    with urllib.request.urlopen(f"{base}/metrics", timeout=30) as response:
+        lines = response.read().decode().splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("kpi_statements_total{"))
+
+
+class Poller(threading.Thread):
+    """A client polling one window with If-None-Match: when each value of total_listings first came."""
+
+    def __init__(self, base: str, window: str, bearer: str, every: float) -> None:
+        super().__init__(daemon=True)
+        self.url = f"{base}/api/kpi?{window}"
+        self.headers = {"Authorization": f"Bearer {bearer}"}
+        self.every = every
+        self.seen: dict[int, float] = {}
+        self.errors = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        etag = None
+        self.stop.wait(random.uniform(0, self.every))
+        while not self.stop.is_set():
+            status, body, tag = get(self.url, {**self.headers, **({"If-None-Match": etag} if etag else {})})
+            if status == 200:
+                etag = tag
+                self.seen.setdefault(body["metrics"]["total_listings"], time.monotonic())
+            elif status != 304:
+                self.errors += 1
+            self.stop.wait(self.every)
+
+
+@contextlib.contextmanager
+def pollers(base: str, count: int, every: float) -> Iterator[list[Poller]]:
+    bearer = jwt.encode({"sub": "bench", "exp": datetime.now(UTC) + timedelta(hours=6)}, SECRET, algorithm="HS256")
+    names = windows()
+    started = [Poller(base, names[n % len(names)], bearer, every) for n in range(count)]
+    for poller in started:
+        poller.start()
+    try:
+        yield started
+    finally:
+        for poller in started:
+            poller.stop.set()
+        for poller in started:
+            poller.join(timeout=30)
+
+
+# --- the application's side ---------------------------------------------------------------------
+
+
+class Writes:
+    """The write mix at `rate` tx/s (0: as fast as it goes) until the block ends; `tps(since)`:
+    the rate it reached from `since` (monotonic) on, from pgbench's progress lines."""
+
+    def __init__(self, url: str, rate: float, clients: int = 4) -> None:
+        ids = write_cost.id_ranges(url)
+        command = write_cost.pgbench_command(
+            url, write_cost.MIX, ids, clients, seconds=86400, rate=rate or None, progress=1
+        )
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - read and closed by the block
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=self.log, text=True)
+
+    def __enter__(self) -> Writes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        write_cost.stop_pgbench(self.process)
+        self.log.close()
+
+    def tps(self, since: float) -> float:
+        self.log.seek(0)
+        rates = [
+            float(m.group(2))
+            for m in re.finditer(r"^progress: ([\d.]+) s, ([\d.]+) tps", self.log.read(), flags=re.MULTILINE)
+            if self.started + float(m.group(1)) > since
+        ]
+        return statistics.fmean(rates) if rates else float("nan")
+
+
+@contextlib.contextmanager
+def reader(url: str) -> Iterator[None]:
+    """One client reading a month of listings in a loop, as a report of the application would."""
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
+        script.write(READER)
+    command = [write_cost.PGBENCH, "-n", "-c", "1", "-T", "86400", "-f", script.name, url]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        write_cost.stop_pgbench(process)
+        os.unlink(script.name)
+
+
+def probe(url: str, probes: list[Poller], seconds: float, timeout: float) -> list[float]:
+    """Listings committed in 1990 one at a time for `seconds`: the seconds from each commit to
+    each poller of the 1990 window holding it."""
+    samples: list[float] = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        have = conn.execute("SELECT count(*) FROM listings WHERE listed_at < '1991-01-01'").fetchone()[0]
+        ends = time.monotonic() + seconds
+        while time.monotonic() < ends:
+            have += 1
+            at = datetime(1990, 1, 1, tzinfo=UTC) + timedelta(minutes=15 * have)
+            conn.execute("INSERT INTO listings (price, status, listed_at) VALUES (1, 'active', %s)", [at])
+            committed = time.monotonic()
+            deadline = committed + timeout
+            while not all(have in p.seen for p in probes) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            samples += [(p.seen[have] - committed) if have in p.seen else timeout for p in probes]
+            time.sleep(random.uniform(0, 0.5))
+    return samples
+
+
+def quantile(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+def run_load(
+    service: write_cost.Service,
+    url: str,
+    rate: float,
+    seconds: float,
+    args: argparse.Namespace,
+    ttl: int | None = None,
+) -> dict[str, Any]:
+    """The service polled and written to at `rate` for `seconds`: commit -> poller and statements."""
+    with (
+        serve(service, url, ttl) as base,
+        pollers(base, args.pollers, args.poll) as polling,
+        Writes(url, rate) as written,
+    ):
+        time.sleep(5)  # the rate reached, every window computed once
+        before, started = statements(base), time.monotonic()
+        probes = [p for p in polling if p.url.endswith(PROBE_WINDOW)]
+        samples = probe(url, probes, seconds, timeout=args.timeout)
+        elapsed = time.monotonic() - started
+        per_minute = (statements(base) - before) * 60 / elapsed
+        reached = written.tps(started)
+        errors = sum(p.errors for p in polling)
+    return {
+        "service": service.describe(),
+        "rate": rate,
+        "reached_tps": round(reached, 1),
+        "samples": len(samples),
+        "p50_s": round(statistics.median(samples), 3),
+        "p95_s": round(quantile(samples, 95), 3),
+        "p99_s": round(quantile(samples, 99), 3),
+        "max_s": round(max(samples), 3),
+        "statements_per_min": round(per_minute, 1),
+        "poll_errors": errors,
+    }
+
+
+def burst(service: write_cost.Service, url: str, args: argparse.Namespace, busy: bool) -> dict[str, Any]:
+    """A saturating burst, then the backlog's drain (the application idle, or still at work)."""
+    with serve(service, url, None) as base, pollers(base, args.pollers, args.poll):
+        time.sleep(3)
+        with Writes(url, 0):
+            time.sleep(args.burst)
+        left = write_cost.pending_changes(url) or 0
+        started = time.monotonic()
+        with contextlib.ExitStack() as work:
+            if busy:
+                work.enter_context(Writes(url, 10))
+                work.enter_context(reader(url))
+            while (write_cost.pending_changes(url) or 0) >= DRAINED:
+                if time.monotonic() - started > 600:
+                    break
+                time.sleep(0.1)
+            drained = time.monotonic() - started
+    return {"application": "at work" if busy else "idle", "backlog_rows": left, "drain_s": round(drained, 1)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--server", default=shapes.SERVER)
+    shapes.add_arguments(parser)
+    parser.add_argument("--rates", default="10,100", help="write rates (tx/s) of the latency runs")
+    parser.add_argument("--before", default="169087e^1", help="the revision to compare with ('' for none)")
+    parser.add_argument("--sweep", default="200,300,400,0", help="write rates of the sweep (0: unthrottled)")
+    parser.add_argument("--burst", type=float, default=12.0, help="seconds of the saturating burst (0: none)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="probing time of each latency run")
+    parser.add_argument("--pollers", type=int, default=50)
+    parser.add_argument("--poll", type=float, default=0.5, help="seconds between a poller's requests")
+    parser.add_argument("--timeout", type=float, default=60.0, help="a probe not seen by then counts as this")
+    args = parser.parse_args()
+
+    random.seed(1)
+    write_cost.RESULTS.mkdir(exist_ok=True)
+    name = shapes.default_name(args.listings, args.stock, args.years, args.order)
+    shapes.ensure(args.server, name, args.listings, args.stock, args.years, args.order)
+    url = shapes.clone(args.server, name, f"{name}_poll")
+    current = write_cost.Service()
+    print(f"shape {name}: init-db {current.init_db(url):.1f} s", flush=True)
+    services = [current] + ([write_cost.Service(args.before)] if args.before else [])
+    results: dict[str, Any] = {"shape": name, "argv": sys.argv[1:], "latency": [], "sweep": [], "burst": []}
+    try:
+        for rate in [float(r) for r in args.rates.split(",") if r]:
+            for service in services:
+                results["latency"].append(run_load(service, url, rate, args.seconds, args))
+                print(json.dumps(results["latency"][-1]), flush=True)
+        for rate in [float(r) for r in args.sweep.split(",") if r]:
+            results["sweep"].append(run_load(current, url, rate, args.seconds / 2, args))
+            print(json.dumps(results["sweep"][-1]), flush=True)
+        if args.burst:
+            for busy in (False, True):
+                results["burst"].append(burst(current, url, args, busy))
+                print(json.dumps(results["burst"][-1]), flush=True)
+    finally:
+        for service in services:
+            service.close()
+        out = write_cost.RESULTS / f"poll_freshness-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
+        out.write_text(json.dumps(results, indent=2) + "\n")
+
+    print(f"\n{args.pollers} pollers over 10 windows, every {args.poll:g} s; shape {name}\n")
+    print("| service | writes (tx/s asked / reached) | commit -> poller p50 / p95 / p99 / max (s) | statements/min |")
+    print("|---|---:|---:|---:|")
+    for r in results["latency"] + results["sweep"]:
+        asked = f"{r['rate']:g}" if r["rate"] else "unthrottled"
+        print(
+            f"| {r['service']} | {asked} / {r['reached_tps']:g} | {r['p50_s']} / {r['p95_s']} / {r['p99_s']} / "
+            f"{r['max_s']} | {r['statements_per_min']:g} |"
+        )
+    if results["burst"]:
+        print(
+            f"\n| after a {args.burst:g} s burst, the application | backlog (rows) | below {DRAINED} rows after (s) |"
+        )
+        print("|---|---:|---:|")
+        for b in results["burst"]:
+            print(f"| {b['application']} | {b['backlog_rows']} | {b['drain_s']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
