@@ -16,6 +16,8 @@ poller (so a sample includes up to one poll interval).
 - latency: for each of --rates, with this working tree and with --before (the release before
   change-driven freshness, whose pollers wait for the cache TTL): commit -> poller p50/p95/p99,
   and the KPI statements per minute all workers ran (kpi_statements_total), over --seconds;
+- quiet: this tree with no write but the probe's, at each cache TTL of --quiet-ttls: what the
+  TTL alone costs in statements;
 - sweep: this tree at each rate of --sweep (0: as fast as the 4 clients go) for --seconds / 2:
   the rate the writes reached and the commit -> poller p99; freshness holds at a rate whose
   p99 is at most 2 s;
@@ -292,7 +294,7 @@ def run_load(
     with (
         serve(service, url, ttl) as base,
         pollers(base, args.pollers, args.poll) as polling,
-        Writes(url, rate) as written,
+        Writes(url, rate) if rate >= 0 else contextlib.nullcontext() as written,
     ):
         time.sleep(5)  # the rate reached, every window computed once
         before, started = statements(base), time.monotonic()
@@ -300,10 +302,10 @@ def run_load(
         samples = probe(url, probes, seconds, timeout=args.timeout)
         elapsed = time.monotonic() - started
         per_minute = (statements(base) - before) * 60 / elapsed
-        reached = written.tps(started)
+        reached = written.tps(started) if written is not None else 0.0
         errors = sum(p.errors for p in polling)
     return {
-        "service": service.describe(),
+        "service": service.describe() + (f", KPI_CACHE_TTL={ttl}" if ttl else ""),
         "rate": rate,
         "reached_tps": round(reached, 1),
         "samples": len(samples),
@@ -343,6 +345,7 @@ def main() -> int:
     parser.add_argument("--rates", default="10,100", help="write rates (tx/s) of the latency runs")
     parser.add_argument("--before", default="169087e^1", help="the revision to compare with ('' for none)")
     parser.add_argument("--sweep", default="200,300,400,0", help="write rates of the sweep (0: unthrottled)")
+    parser.add_argument("--quiet-ttls", default="30,300", help="cache TTLs of the runs without the write mix")
     parser.add_argument("--burst", type=float, default=12.0, help="seconds of the saturating burst (0: none)")
     parser.add_argument("--seconds", type=float, default=60.0, help="probing time of each latency run")
     parser.add_argument("--pollers", type=int, default=50)
@@ -364,6 +367,9 @@ def main() -> int:
             for service in services:
                 results["latency"].append(run_load(service, url, rate, args.seconds, args))
                 print(json.dumps(results["latency"][-1]), flush=True)
+        for ttl in [int(t) for t in args.quiet_ttls.split(",") if t]:
+            results["latency"].append(run_load(current, url, -1, args.seconds, args, ttl=ttl))
+            print(json.dumps(results["latency"][-1]), flush=True)
         for rate in [float(r) for r in args.sweep.split(",") if r]:
             results["sweep"].append(run_load(current, url, rate, args.seconds / 2, args))
             print(json.dumps(results["sweep"][-1]), flush=True)
@@ -381,7 +387,7 @@ def main() -> int:
     print("| service | writes (tx/s asked / reached) | commit -> poller p50 / p95 / p99 / max (s) | statements/min |")
     print("|---|---:|---:|---:|")
     for r in results["latency"] + results["sweep"]:
-        asked = f"{r['rate']:g}" if r["rate"] else "unthrottled"
+        asked = "none" if r["rate"] < 0 else f"{r['rate']:g}" if r["rate"] else "unthrottled"
         print(
             f"| {r['service']} | {asked} / {r['reached_tps']:g} | {r['p50_s']} / {r['p95_s']} / {r['p99_s']} / "
             f"{r['max_s']} | {r['statements_per_min']:g} |"

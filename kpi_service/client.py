@@ -9,8 +9,11 @@
     stop()
 
 It reads the value the service stored in Redis (the key layout of kpi_service/serving/keys.py) and
-computes nothing: when the value is missing or no longer fresh it asks the service's HTTP API
-with its token, which computes it once for everyone and stores it. `tz` and `aged_days` must be
+computes nothing: when the value is missing, no longer fresh, or older than a batch of the
+applier that can change it (heard on kpi:v1:changed, by the rule the service itself applies,
+serving/freshness.py), it asks the service's HTTP API with its token, which computes it once
+for everyone and stores it. A subscription's window is asked for likewise after such a batch,
+so its new value comes within about a second of the commit, as a poller's does. `tz` and `aged_days` must be
 given as the service would fill them in (its KPI_TIMEZONE and KPI_AGED_DAYS default to UTC and
 60): a window has one key, and the key names them.
 """
@@ -23,14 +26,16 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 import redis
 
 from kpi_service.config import parse_sentinels
+from kpi_service.live.changes import affected
 from kpi_service.serving.connection import close_quietly, redis_client
-from kpi_service.serving.keys import ANNOUNCE_CHANNEL, cache_key
+from kpi_service.serving.freshness import Changes
+from kpi_service.serving.keys import ANNOUNCE_CHANNEL, CHANGE_SEQ, CHANGES_CHANNEL, cache_key
 from kpi_service.serving.query import KpiQuery
 from kpi_service.serving.windows import canonical_zone
 
@@ -57,24 +62,73 @@ class KpiClient:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        # The applier's batches heard, and the subscriptions' windows to ask for after one.
+        self._changes = Changes()
+        self._watched: dict[str, KpiQuery] = {}
+        self._lock = threading.Lock()
+        self._listener: threading.Thread | None = None
 
     def get(
         self, *, date_from: str | None = None, date_to: str | None = None, tz: str = "UTC", aged_days: int = 60
     ) -> dict[str, Any]:
-        """The GET /api/kpi body of the window: the shared value while fresh, else the API's."""
-        key = _key(date_from, date_to, tz, aged_days)
-        raw = self.redis.get(key)
+        """The GET /api/kpi body of the window: the shared value while it is current, else the API's."""
+        query = _query(date_from, date_to, tz, aged_days)
+        self._listen_for_changes()
+        raw = self.redis.get(cache_key("kpi", query))
         if raw is not None:
             stored = json.loads(raw)
-            if time.time() < float(stored["fresh_until"]):
+            seq = int(stored.get("seq", 0))
+            if time.time() < float(stored["fresh_until"]) and self._changes.needed(query, seq) <= seq:
                 return _cached(stored["body"])
-        params = {"from": date_from, "to": date_to, "tz": tz, "aged_days": aged_days}
-        query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+        return self._ask(query)
+
+    def _ask(self, query: KpiQuery) -> dict[str, Any]:
+        """GET /api/kpi for the window, which the service computes (once for all) if it must."""
+        params = {
+            "from": query.date_from and query.date_from.isoformat(),
+            "to": query.date_to and query.date_to.isoformat(),
+            "tz": query.tz,
+            "aged_days": query.aged_days,
+        }
+        encoded = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
         request = urllib.request.Request(
-            f"{self.base_url}/api/kpi?{query}", headers={"Authorization": f"Bearer {self.token}"}
+            f"{self.base_url}/api/kpi?{encoded}", headers={"Authorization": f"Bearer {self.token}"}
         )
         with urllib.request.urlopen(request, timeout=self.timeout) as response:
             return json.loads(response.read())
+
+    def _listen_for_changes(self) -> None:
+        """Hear the applier's batches from now on, in a daemon thread (started once)."""
+        with self._lock:
+            if self._listener is not None:
+                return
+            self._listener = threading.Thread(target=self._hear_changes, name="kpi-client-changes", daemon=True)
+            self._listener.start()
+
+    def _hear_changes(self) -> None:
+        pubsub: Any = None
+        while True:
+            try:
+                if pubsub is None:
+                    pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+                    pubsub.subscribe(CHANGES_CHANNEL)
+                    self._changes.subscribed(int(self.redis.get(CHANGE_SEQ) or 0))
+                message = pubsub.get_message(timeout=1.0)
+                if message is not None:
+                    changed = json.loads(message["data"])
+                    self._changes.heard(int(changed["seq"]), changed)
+                    now = datetime.now(UTC)
+                    with self._lock:
+                        due = [q for q in self._watched.values() if affected(q, changed, now)]
+                    for query in due:  # computed and announced: the subscription hears it
+                        self._ask(query)
+            except (redis.RedisError, OSError, ValueError, KeyError) as error:
+                # OSError: the API did not answer; the window's next batch or poll asks again.
+                if isinstance(error, redis.RedisError):
+                    self._changes.lost()
+                    close_quietly(pubsub)
+                    pubsub = None
+                    time.sleep(1.0)
 
     def subscribe(
         self,
@@ -88,7 +142,8 @@ class KpiClient:
         """Call `on_update` with each new value of the window, whichever instance computed it,
         in a daemon thread; returns the function that stops it (and waits for the thread). While
         Redis is unreachable it tries again every second."""
-        key = _key(date_from, date_to, tz, aged_days)
+        query = _query(date_from, date_to, tz, aged_days)
+        key = cache_key("kpi", query)
         stopped = threading.Event()
         # Subscribed before this returns: no value computed afterwards is missed.
         pubsub: Any = self._announcements()
@@ -111,8 +166,13 @@ class KpiClient:
 
         thread = threading.Thread(target=listen, name="kpi-client", daemon=True)
         thread.start()
+        with self._lock:
+            self._watched[key] = query
+        self._listen_for_changes()
 
         def stop() -> None:
+            with self._lock:
+                self._watched.pop(key, None)
             stopped.set()
             thread.join()
 
@@ -124,13 +184,13 @@ class KpiClient:
         return pubsub
 
 
-def _key(date_from: str | None, date_to: str | None, tz: str, aged_days: int) -> str:
+def _query(date_from: str | None, date_to: str | None, tz: str, aged_days: int) -> KpiQuery:
     zone = canonical_zone(tz)
     if zone is None:
         raise ValueError(f"unknown time zone {tz!r}")
     first = None if date_from is None else date.fromisoformat(date_from)
     last = None if date_to is None else date.fromisoformat(date_to)
-    return cache_key("kpi", KpiQuery(first, last, zone, aged_days))
+    return KpiQuery(first, last, zone, aged_days)
 
 
 def _cached(body: dict[str, Any]) -> dict[str, Any]:

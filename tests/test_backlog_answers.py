@@ -4,6 +4,8 @@ of the committed rows or says how many changes it does not hold yet."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -38,6 +40,27 @@ FROM generate_series(3, 60000, 3) g;
 """
 
 
+class Drained(threading.Thread):
+    """When the change log was first seen empty, by a session polling it every 10 ms."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.at: float | None = None
+        self._stop = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while self.at is None and not self._stop.wait(0.01):
+                if conn.execute("SELECT kpi_pending_changes()").fetchone()[0] == 0:
+                    self.at = time.monotonic()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join()
+
+
 @pytest.mark.slow
 def test_answers_during_a_backlog_say_so_until_they_hold_every_commit(
     empty_database: str, make_app: Callable[..., Flask], auth: dict[str, str]
@@ -55,14 +78,23 @@ def test_answers_during_a_backlog_say_so_until_they_hold_every_commit(
     app = make_app(database_url=empty_database, apply_interval=0.05)
     client = app.test_client()
     answers: list[dict] = []
+    answered: list[float] = []
+    drained = Drained(empty_database)
 
     def current() -> bool:
         response = client.get("/api/kpi", headers=auth)
         assert response.status_code == 200, response.get_data(as_text=True)
         answers.append(response.get_json())
+        answered.append(time.monotonic())
         return answers[-1]["meta"]["pending_changes"] == 0
 
-    wait_until(current, seconds=120)
+    try:
+        wait_until(current, seconds=120)
+        drained.join(timeout=5)  # the log is empty now: seen within 10 ms
+    finally:
+        drained.stop()
+    # The first current answer within a second of the log's emptying (seen by a session of its own).
+    assert drained.at is not None and answered[-1] - drained.at <= 1.0, answered[-1] - (drained.at or 0)
     behind = [a for a in answers if a["meta"]["pending_changes"] > 0]
     assert behind, "the first answers came after the backlog was applied: nothing was tested"
     assert all(a["metrics"] == reference for a in answers if a["meta"]["pending_changes"] == 0)

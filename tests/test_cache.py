@@ -19,7 +19,7 @@ from kpi_service.app import create_app
 from kpi_service.ops import metrics
 from kpi_service.serving.keys import ANNOUNCE_CHANNEL, lock_key
 from tests.dataset import catch_up
-from tests.helpers import make_settings, two_listings
+from tests.helpers import make_settings, two_listings, wait_until
 
 
 def count_queries(app: Flask, monkeypatch: pytest.MonkeyPatch, delay: float = 0.0) -> list[int]:
@@ -250,3 +250,43 @@ def test_a_value_after_a_later_change_batch_wins_whatever_the_clocks() -> None:
     assert cache.put("k", "kpi", body("2026-03-01T12:00:00+00:00"), seq=6) is None
     assert cache.put("k", "kpi", body("2026-03-01T12:00:02+00:00"), seq=6) is not None
     assert cache.get("k").body["meta"]["computed_at"] == "2026-03-01T12:00:02+00:00"
+
+
+def test_one_applier_call_per_interval_across_instances() -> None:
+    import fakeredis
+
+    from kpi_service.serving.cache import Cache
+
+    server = fakeredis.FakeServer()
+    one, two = (Cache(fakeredis.FakeRedis(server=server), ttl=60, stale_ttl=60, lock_seconds=1) for _ in range(2))
+    assert one.applier_turn(0.2) is True
+    assert two.applier_turn(0.2) is False and one.applier_turn(0.2) is False
+    wait_until(lambda: two.applier_turn(0.2), seconds=2)  # the next interval's call
+    server.connected = False
+    assert one.applier_turn(0.2) is True  # without Redis, every tick calls (the try-lock still serializes)
+
+
+def test_the_applier_asks_for_its_turn_except_while_a_backlog_remains() -> None:
+    from kpi_service.db.applier import Applier
+
+    calls: list[str] = []
+    left = [2]  # full batches waiting, then a last small one
+
+    class Db:
+        def mode(self, **_: object) -> str:
+            return "summaries"
+
+        def apply_changes(self, batch: int, **_: object) -> int:
+            calls.append("apply")
+            left[0] -= 1
+            return batch if left[0] >= 0 else 3 if left[0] == -1 else 0
+
+    def turn(interval: float) -> bool:
+        calls.append("turn")
+        return calls.count("turn") != 2  # the second tick finds another instance's turn
+
+    applier = Applier(Db(), 0.01, turn=turn)  # type: ignore[arg-type]
+    applier.start()
+    wait_until(lambda: calls.count("turn") >= 3)
+    applier.stop()
+    assert calls[:7] == ["turn", "apply", "apply", "apply", "turn", "turn", "apply"]

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -16,7 +17,7 @@ import pytest
 
 from kpi_service.app import create_app
 from kpi_service.client import KpiClient
-from tests.helpers import RedisServer, make_settings, token, two_listings
+from tests.helpers import RedisServer, insert_listing, make_settings, token, two_listings, wait_until
 from tests.sse import serving
 
 ROOT = Path(__file__).parents[1]
@@ -105,3 +106,30 @@ def test_the_client_imports_neither_flask_nor_psycopg() -> None:
     ).stdout.split()
     assert "kpi_service.client" in loaded
     assert not {"flask", "psycopg", "psycopg_pool", "apispec", "fakeredis"} & set(loaded)
+
+
+def test_a_batch_that_changes_the_window_is_seen_by_get_and_subscribe_within_a_second(
+    database_url: str, conn: psycopg.Connection, redis_server: RedisServer
+) -> None:
+    """Even for a window the service no longer refreshes (requested longer ago than its TTL):
+    the client hears the applier's batch and asks the API, so the stored value, still fresh
+    by its TTL, is not what it answers."""
+    app = create_app(make_settings(database_url, redis_url=redis_server.url, apply_interval=0.05, cache_ttl=300))
+    heard: list[dict] = []
+    try:
+        with serving(app) as base:
+            client = KpiClient(redis_server.url, base, token())
+            stop = client.subscribe(heard.append, date_from="2026-03-02", date_to="2026-03-31")
+            try:
+                assert client.get(date_from="2026-03-02", date_to="2026-03-31")["metrics"]["total_listings"] == 0
+                wait_until(lambda: client._changes.live)
+                app.extensions["kpi"].service.requested._windows.clear()  # as if polled long ago
+
+                insert_listing(conn, datetime(2026, 3, 5, tzinfo=UTC))
+                wait_until(lambda: bool(heard) and heard[-1]["metrics"]["total_listings"] == 1, seconds=5)
+                body = client.get(date_from="2026-03-02", date_to="2026-03-31")
+                assert body["metrics"]["total_listings"] == 1
+            finally:
+                stop()
+    finally:
+        app.extensions["kpi"].close()
