@@ -15,7 +15,9 @@ poller (so a sample includes up to one poll interval).
 
 - latency: for each of --rates, with this working tree and with --before (the release before
   change-driven freshness, whose pollers wait for the cache TTL): commit -> poller p50/p95/p99,
-  and the KPI statements per minute all workers ran (kpi_statements_total), over --seconds;
+  the KPI statements per minute all workers ran (kpi_statements_total), and the CPU seconds per
+  minute of the service's database sessions (their backends' /proc/<pid>/stat: statements, the
+  applier and its pending counts together), over --seconds;
 - quiet: this tree with no write but the probe's, at each cache TTL of --quiet-ttls: what the
   TTL alone costs in statements;
 - sweep: this tree at each rate of --sweep (0: as fast as the 4 clients go) for --seconds / 2:
@@ -179,6 +181,7 @@ class Poller(threading.Thread):
         self.headers = {"Authorization": f"Bearer {bearer}"}
         self.every = every
         self.seen: dict[int, float] = {}
+        self.computed: dict[str, float] = {}  # computed_at: the statement's ms, of each value seen
         self.errors = 0
         self.stop = threading.Event()
 
@@ -190,6 +193,7 @@ class Poller(threading.Thread):
             if status == 200:
                 etag = tag
                 self.seen.setdefault(body["metrics"]["total_listings"], time.monotonic())
+                self.computed[body["meta"]["computed_at"]] = body["meta"]["duration_ms"]
             elif status != 304:
                 self.errors += 1
             self.stop.wait(self.every)
@@ -268,7 +272,9 @@ def probe(url: str, probes: list[Poller], seconds: float, timeout: float) -> lis
         while time.monotonic() < ends:
             have += 1
             at = datetime(1990, 1, 1, tzinfo=UTC) + timedelta(minutes=15 * have)
-            conn.execute("INSERT INTO listings (price, status, listed_at) VALUES (1, 'active', %s)", [at])
+            # Withdrawn: counted by total_listings, never in stock, so it changes the windows
+            # holding 1990 and no window's aged_inventory.
+            conn.execute("INSERT INTO listings (price, status, listed_at) VALUES (1, 'withdrawn', %s)", [at])
             committed = time.monotonic()
             deadline = committed + timeout
             while not all(have in p.seen for p in probes) and time.monotonic() < deadline:
@@ -276,6 +282,29 @@ def probe(url: str, probes: list[Poller], seconds: float, timeout: float) -> lis
             samples += [(p.seen[have] - committed) if have in p.seen else timeout for p in probes]
             time.sleep(random.uniform(0, 0.5))
     return samples
+
+
+def service_cpu(url: str) -> dict[int, int]:
+    """CPU clock ticks used so far by each backend of the service's sessions (statements, the
+    applier, the pending count): what the service costs the database server."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        pids = [
+            row[0]
+            for row in conn.execute(
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE datname = current_database() AND application_name = 'kpi-service'"
+            )
+        ]
+    ticks = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks[pid] = int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks
+
+
+def cpu_seconds(before: dict[int, int], after: dict[int, int]) -> float:
+    return sum(t - before.get(pid, 0) for pid, t in after.items()) / os.sysconf("SC_CLK_TCK")
 
 
 def quantile(values: list[float], q: int) -> float:
@@ -297,13 +326,15 @@ def run_load(
         Writes(url, rate) if rate >= 0 else contextlib.nullcontext() as written,
     ):
         time.sleep(5)  # the rate reached, every window computed once
-        before, started = statements(base), time.monotonic()
+        before, cpu, started = statements(base), service_cpu(url), time.monotonic()
         probes = [p for p in polling if p.url.endswith(PROBE_WINDOW)]
         samples = probe(url, probes, seconds, timeout=args.timeout)
         elapsed = time.monotonic() - started
         per_minute = (statements(base) - before) * 60 / elapsed
+        cpu_per_minute = cpu_seconds(cpu, service_cpu(url)) * 60 / elapsed
         reached = written.tps(started) if written is not None else 0.0
         errors = sum(p.errors for p in polling)
+        durations = [ms for p in polling for ms in p.computed.values()]
     return {
         "service": service.describe() + (f", KPI_CACHE_TTL={ttl}" if ttl else ""),
         "rate": rate,
@@ -314,6 +345,8 @@ def run_load(
         "p99_s": round(quantile(samples, 99), 3),
         "max_s": round(max(samples), 3),
         "statements_per_min": round(per_minute, 1),
+        "statement_ms_median": round(statistics.median(durations), 2),
+        "database_cpu_s_per_min": round(cpu_per_minute, 2),
         "poll_errors": errors,
     }
 
@@ -384,13 +417,16 @@ def main() -> int:
         out.write_text(json.dumps(results, indent=2) + "\n")
 
     print(f"\n{args.pollers} pollers over 10 windows, every {args.poll:g} s; shape {name}\n")
-    print("| service | writes (tx/s asked / reached) | commit -> poller p50 / p95 / p99 / max (s) | statements/min |")
-    print("|---|---:|---:|---:|")
+    print(
+        "| service | writes (tx/s asked / reached) | commit -> poller p50 / p95 / p99 / max (s) | statements/min"
+        " | the service's database CPU (s/min) |"
+    )
+    print("|---|---:|---:|---:|---:|")
     for r in results["latency"] + results["sweep"]:
         asked = "none" if r["rate"] < 0 else f"{r['rate']:g}" if r["rate"] else "unthrottled"
         print(
             f"| {r['service']} | {asked} / {r['reached_tps']:g} | {r['p50_s']} / {r['p95_s']} / {r['p99_s']} / "
-            f"{r['max_s']} | {r['statements_per_min']:g} |"
+            f"{r['max_s']} | {r['statements_per_min']:g} | {r['database_cpu_s_per_min']:g} |"
         )
     if results["burst"]:
         print(

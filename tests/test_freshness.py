@@ -12,7 +12,7 @@ import psycopg
 from flask import Flask
 
 from kpi_service.ops import metrics
-from kpi_service.serving.freshness import Changes
+from kpi_service.serving.freshness import Changes, Requested
 from kpi_service.serving.query import KpiQuery
 from tests.helpers import counted, insert_listing, wait_until
 
@@ -154,3 +154,14 @@ def test_a_batch_before_the_process_listened_counts_as_a_change() -> None:
     assert changes.needed(query, 4) == 5
     changes.heard(6, {"all": True})
     assert changes.needed(query, 5) == 6
+
+
+def test_a_window_is_refreshed_by_a_batch_only_if_requested_since_the_last_refresh() -> None:
+    requested = Requested(within=300)
+    query = KpiQuery(date(2026, 3, 1), date(2026, 3, 31), "UTC", 60)
+    inside = {"from": "2026-03-05T00:00:00+00:00", "to": "2026-03-05T00:00:00+00:00", "stock_from": None}
+    requested.saw("march", "kpi", query)
+    assert [key for key, _, _ in requested.changed_by(inside)] == ["march"]
+    assert requested.changed_by(inside) == []  # nobody read the refreshed value yet
+    requested.saw("march", "kpi", query)
+    assert [key for key, _, _ in requested.changed_by(inside)] == ["march"]

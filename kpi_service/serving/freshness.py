@@ -8,7 +8,9 @@ requested recently enough to be refreshed when a batch changes them.
   not heard of (before it subscribed, lost in a reconnect, or more than MAX_BATCHES back)
   counts as one that changes it: the value is computed again rather than served past a change.
 - "Recently requested": a window this process answered within the last KPI_CACHE_TTL seconds
-  (at most MAX_REQUESTED windows). When a batch changes one, it is refreshed in the background,
+  (at most MAX_REQUESTED windows), and since a batch last had it refreshed: a window polled
+  every 5 s pays at most one refresh per poll, however many batches come between. When a batch
+  changes one, it is refreshed in the background,
   once across all instances (the cache's lock; an instance that finds the value computed by
   another takes it), so a poller's next request finds the new value and a new ETag. Windows
   not requested lately cost nothing per batch: their next request computes them.
@@ -74,11 +76,12 @@ class Changes:
 
 
 class Requested:
-    """The windows this process answered lately: key -> (kind, query, when)."""
+    """The windows this process answered lately: key -> (kind, query, when, refreshed), where
+    `refreshed` is when a batch last had it refreshed."""
 
     def __init__(self, within: float) -> None:
         self.within = within
-        self._windows: dict[str, tuple[str, KpiQuery, float]] = {}
+        self._windows: dict[str, tuple[str, KpiQuery, float, float]] = {}
 
     def saw(self, key: str, kind: str, query: KpiQuery) -> None:
         if len(self._windows) >= MAX_REQUESTED and key not in self._windows:
@@ -86,14 +89,23 @@ class Requested:
             self._windows = {k: v for k, v in list(self._windows.items()) if v[2] > cutoff}
             if len(self._windows) >= MAX_REQUESTED:
                 return  # very many windows at once: the rest are computed on request
-        self._windows[key] = (kind, query, time.time())
+        refreshed = self._windows[key][3] if key in self._windows else 0.0
+        self._windows[key] = (kind, query, time.time(), refreshed)
 
     def changed_by(self, changed: dict[str, Any]) -> list[tuple[str, str, KpiQuery]]:
-        """The windows requested lately whose numbers the batch can change."""
-        cutoff = time.time() - self.within
+        """The windows requested lately whose numbers the batch can change, and that were
+        requested since a batch last had them refreshed: batches faster than a window's polls
+        would otherwise each pay a statement whose value nobody reads (its next request, after
+        a batch that was not refreshed, computes it, needed() says so)."""
+        started = time.time()
+        cutoff = started - self.within
         now = datetime.now(UTC)
-        return [
+        due = [
             (key, kind, query)
-            for key, (kind, query, at) in list(self._windows.items())
-            if at > cutoff and affected(query, changed, now)
+            for key, (kind, query, at, refreshed) in list(self._windows.items())
+            if at > cutoff and at > refreshed and affected(query, changed, now)
         ]
+        for key, kind, query in due:
+            at = self._windows.get(key, (kind, query, started, started))[2]
+            self._windows[key] = (kind, query, at, started)
+        return due
