@@ -18,8 +18,8 @@ poller (so a sample includes up to one poll interval).
   the KPI statements per minute all workers ran (kpi_statements_total), and the CPU seconds per
   minute of the service's database sessions (their backends' /proc/<pid>/stat: statements, the
   applier and its pending counts together), over --seconds;
-- quiet: this tree with no write but the probe's, at each cache TTL of --quiet-ttls: what the
-  TTL alone costs in statements;
+- quiet: this tree with no write at all (and no probe), at each cache TTL of --quiet-ttls: what
+  polling alone costs, the TTL's refreshes;
 - sweep: this tree at each rate of --sweep (0: as fast as the 4 clients go) for --seconds / 2:
   the rate the writes reached and the commit -> poller p99; freshness holds at a rate whose
   p99 is at most 2 s;
@@ -328,27 +328,33 @@ def run_load(
         time.sleep(5)  # the rate reached, every window computed once
         before, cpu, started = statements(base), service_cpu(url), time.monotonic()
         probes = [p for p in polling if p.url.endswith(PROBE_WINDOW)]
-        samples = probe(url, probes, seconds, timeout=args.timeout)
+        # Without the write mix, no probe either: what polling alone costs (the TTL's refreshes).
+        samples = probe(url, probes, seconds, timeout=args.timeout) if rate >= 0 else []
+        if not samples:
+            time.sleep(seconds)
         elapsed = time.monotonic() - started
         per_minute = (statements(base) - before) * 60 / elapsed
         cpu_per_minute = cpu_seconds(cpu, service_cpu(url)) * 60 / elapsed
         reached = written.tps(started) if written is not None else 0.0
         errors = sum(p.errors for p in polling)
         durations = [ms for p in polling for ms in p.computed.values()]
-    return {
+    figures = {
         "service": service.describe() + (f", KPI_CACHE_TTL={ttl}" if ttl else ""),
         "rate": rate,
         "reached_tps": round(reached, 1),
         "samples": len(samples),
-        "p50_s": round(statistics.median(samples), 3),
-        "p95_s": round(quantile(samples, 95), 3),
-        "p99_s": round(quantile(samples, 99), 3),
-        "max_s": round(max(samples), 3),
+        **{name: None for name in ("p50_s", "p95_s", "p99_s", "max_s")},
         "statements_per_min": round(per_minute, 1),
         "statement_ms_median": round(statistics.median(durations), 2),
         "database_cpu_s_per_min": round(cpu_per_minute, 2),
         "poll_errors": errors,
     }
+    if samples:
+        figures["p50_s"] = round(statistics.median(samples), 3)
+        figures["p95_s"] = round(quantile(samples, 95), 3)
+        figures["p99_s"] = round(quantile(samples, 99), 3)
+        figures["max_s"] = round(max(samples), 3)
+    return figures
 
 
 def burst(service: write_cost.Service, url: str, args: argparse.Namespace, busy: bool) -> dict[str, Any]:
@@ -426,7 +432,9 @@ def main() -> int:
         asked = "none" if r["rate"] < 0 else f"{r['rate']:g}" if r["rate"] else "unthrottled"
         print(
             f"| {r['service']} | {asked} / {r['reached_tps']:g} | {r['p50_s']} / {r['p95_s']} / {r['p99_s']} / "
-            f"{r['max_s']} | {r['statements_per_min']:g} | {r['database_cpu_s_per_min']:g} |"
+            f"{r['max_s']} | {r['statements_per_min']:g} | {r['database_cpu_s_per_min']:g} |".replace(
+                "None / " * 3 + "None", "-"
+            )
         )
     if results["burst"]:
         print(
