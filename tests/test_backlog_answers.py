@@ -47,17 +47,17 @@ class Drained(threading.Thread):
         super().__init__(daemon=True)
         self.url = url
         self.at: float | None = None
-        self._stop = threading.Event()
+        self._quit = threading.Event()
         self.start()
 
     def run(self) -> None:
         with psycopg.connect(self.url, autocommit=True) as conn:
-            while self.at is None and not self._stop.wait(0.01):
+            while self.at is None and not self._quit.wait(0.01):
                 if conn.execute("SELECT kpi_pending_changes()").fetchone()[0] == 0:
                     self.at = time.monotonic()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._quit.set()
         self.join()
 
 
