@@ -531,10 +531,12 @@ BEGIN
     );
 
     -- The sold listings of aged_inventory, for the listings whose instants or withdrawal may
-    -- have changed (logged once, or with two values): a rescore leaves kpi_sales alone.
+    -- have changed: inserted or deleted (the signs do not cancel), or logged with two values. A
+    -- rescore (its old and new image alike) leaves kpi_sales alone; a rescore and a delete in
+    -- one batch do not.
     listing_ids := ARRAY(
         SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'l'
-        GROUP BY c.id HAVING count(*) = 1 OR count(DISTINCT (c.at, c.sold_at, c.withdrawn)) > 1
+        GROUP BY c.id HAVING sum(c.sign) <> 0 OR count(DISTINCT (c.at, c.sold_at, c.withdrawn)) > 1
     );
     -- Lookups by key (OFFSET 0 keeps each a subquery of its own): joined with the ids, the
     -- listings and kpi_sales were read whole, for a hash join, in every batch at a million listings.
