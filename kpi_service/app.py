@@ -11,14 +11,14 @@ from kpi_service.config import Settings
 from kpi_service.db.applier import Applier
 from kpi_service.db.database import Database
 from kpi_service.db.replica import Replica
-from kpi_service.live import stream, websocket
-from kpi_service.ops import health, metrics
 from kpi_service.ops.logs import configure_logging
+from kpi_service.ops.memo import Memo
 from kpi_service.serving.cache import Cache
 from kpi_service.serving.connection import connect
 from kpi_service.serving.query import HistoryQuerySchema, KpiQuerySchema
 from kpi_service.serving.service import KpiService
-from kpi_service.web import api, auth, dashboard, errors, openapi, request_hooks
+from kpi_service.web import api, auth, dashboard, errors, health, openapi, request_hooks, stream, websocket
+from kpi_service.web import metrics as web_metrics
 
 
 @dataclass
@@ -33,7 +33,8 @@ class State:
     applier: Applier
     kpi_schema: KpiQuerySchema
     history_schema: HistoryQuerySchema
-    parsed: dict = field(default_factory=dict)  # raw query string -> KpiQuery, see api._parse
+    # (endpoint, raw query string) -> KpiQuery, see api._parse: pollers repeat their query strings
+    parsed: Memo = field(default_factory=lambda: Memo(1024))
 
     def close(self) -> None:
         """Stop the applier, finish background refreshes, then close the pools."""
@@ -51,7 +52,7 @@ def create_app(config: Settings | None = None) -> Flask:
     # First: its before_request starts the clock, and its after_request runs last, on the
     # response as finally sent.
     request_hooks.init_app(app, settings)
-    metrics.init_app(app, settings)
+    web_metrics.init_app(app, settings)
     errors.init_app(app)
     auth.init_app(app, settings.jwt_secret_key)
 

@@ -31,13 +31,13 @@ from typing import Any
 
 import redis
 
-from kpi_service.config import parse_sentinels
-from kpi_service.live.changes import affected
+from kpi_service.config import canonical_zone, parse_sentinels
+from kpi_service.serving.bodies import with_flags
+from kpi_service.serving.changes import affected
 from kpi_service.serving.connection import close_quietly, redis_client
 from kpi_service.serving.freshness import Changes
 from kpi_service.serving.keys import ANNOUNCE_CHANNEL, CHANGE_SEQ, CHANGES_CHANNEL, cache_key
 from kpi_service.serving.query import KpiQuery
-from kpi_service.serving.windows import canonical_zone
 
 
 class KpiClient:
@@ -79,7 +79,7 @@ class KpiClient:
             stored = json.loads(raw)
             seq = int(stored.get("seq", 0))
             if time.time() < float(stored["fresh_until"]) and self._changes.needed(query, seq) <= seq:
-                return _cached(stored["body"])
+                return with_flags(stored["body"], cached=True)
         return self._ask(query)
 
     def _ask(self, query: KpiQuery) -> dict[str, Any]:
@@ -157,7 +157,7 @@ class KpiClient:
                     if message is not None and json.loads(message["data"]).get("key") == key:
                         raw = self.redis.get(key)
                         if raw is not None:
-                            on_update(_cached(json.loads(raw)["body"]))
+                            on_update(with_flags(json.loads(raw)["body"], cached=True))
                 except redis.RedisError:
                     close_quietly(pubsub)
                     pubsub = None
@@ -191,7 +191,3 @@ def _query(date_from: str | None, date_to: str | None, tz: str, aged_days: int) 
     first = None if date_from is None else date.fromisoformat(date_from)
     last = None if date_to is None else date.fromisoformat(date_to)
     return KpiQuery(first, last, zone, aged_days)
-
-
-def _cached(body: dict[str, Any]) -> dict[str, Any]:
-    return {**body, "meta": {**body["meta"], "cached": True}}

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
-
-from kpi_service.serving.windows import canonical_zone
+from zoneinfo import available_timezones
 
 MIN_SECRET_BYTES = 32
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # The request log: a line for every response but a success or a 304, or for every response.
 ACCESS_LOGS = ("errors", "all")
+
+
+@functools.cache
+def _zones_by_folded_name() -> dict[str, str]:
+    return {name.casefold(): name for name in available_timezones()}
+
+
+def canonical_zone(name: str) -> str | None:
+    """The IANA spelling of a zone name given in any letter case, or None if unknown.
+
+    Case-insensitive so that `europe/berlin` and `Europe/Berlin` share one cache key.
+    """
+    return _zones_by_folded_name().get(name.casefold())
 
 
 class ConfigError(ValueError):
@@ -57,41 +70,44 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
-        """Build settings from environment variables; keyword overrides win (the demo uses them)."""
+        """Build settings from environment variables; keyword overrides win (the demo uses them).
+        An unset variable takes the field's default above: the one place defaults are written."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {
             "jwt_secret_key": env.get("JWT_SECRET_KEY", ""),
             "database_url": env.get("DATABASE_URL") or None,
             "database_read_url": env.get("DATABASE_READ_URL") or None,
-            "replica_max_lag_ms": _int(env, "KPI_REPLICA_MAX_LAG_MS", 1000, low=1, high=600_000),
+            "replica_max_lag_ms": _int(env, "KPI_REPLICA_MAX_LAG_MS", cls.replica_max_lag_ms, low=1, high=600_000),
             "redis_url": env.get("REDIS_URL") or None,
             "redis_sentinels": parse_sentinels(env.get("REDIS_SENTINELS") or ""),
             "redis_sentinel_service": env.get("REDIS_SENTINEL_SERVICE") or None,
             "redis_sentinel_password": env.get("REDIS_SENTINEL_PASSWORD") or None,
-            "cache_ttl": _int(env, "KPI_CACHE_TTL", 30, low=1),
-            "stale_ttl": _int(env, "KPI_STALE_TTL", 86400, low=1),
-            "aged_days": _int(env, "KPI_AGED_DAYS", 60, low=1, high=3650),
-            "timezone": env.get("KPI_TIMEZONE") or "UTC",
-            "statement_timeout_ms": _int(env, "KPI_STATEMENT_TIMEOUT_MS", 5000, low=1),
-            "db_connect_timeout": _int(env, "KPI_DB_CONNECT_TIMEOUT", 3, low=1),
-            "db_pool_size": _int(env, "KPI_DB_POOL_SIZE", 4, low=1),
-            "db_pool_timeout": _int(env, "KPI_DB_POOL_TIMEOUT_MS", 2000, low=1) / 1000,
-            "max_buckets": _int(env, "KPI_MAX_BUCKETS", 400, low=1),
-            "redis_timeout_ms": _int(env, "KPI_REDIS_TIMEOUT_MS", 250, low=1),
-            "env": env.get("KPI_ENV") or "production",
-            "log_level": (env.get("KPI_LOG_LEVEL") or "INFO").upper(),
-            "access_log": (env.get("KPI_ACCESS_LOG") or "errors").strip().lower(),
-            "metrics_exposure": (env.get("KPI_METRICS") or "on").strip().lower(),
+            "cache_ttl": _int(env, "KPI_CACHE_TTL", cls.cache_ttl, low=1),
+            "stale_ttl": _int(env, "KPI_STALE_TTL", cls.stale_ttl, low=1),
+            "aged_days": _int(env, "KPI_AGED_DAYS", cls.aged_days, low=1, high=3650),
+            "timezone": env.get("KPI_TIMEZONE") or cls.timezone,
+            "statement_timeout_ms": _int(env, "KPI_STATEMENT_TIMEOUT_MS", cls.statement_timeout_ms, low=1),
+            "db_connect_timeout": _int(env, "KPI_DB_CONNECT_TIMEOUT", cls.db_connect_timeout, low=1),
+            "db_pool_size": _int(env, "KPI_DB_POOL_SIZE", cls.db_pool_size, low=1),
+            "db_pool_timeout": _int(env, "KPI_DB_POOL_TIMEOUT_MS", round(cls.db_pool_timeout * 1000), low=1) / 1000,
+            "max_buckets": _int(env, "KPI_MAX_BUCKETS", cls.max_buckets, low=1),
+            "redis_timeout_ms": _int(env, "KPI_REDIS_TIMEOUT_MS", cls.redis_timeout_ms, low=1),
+            "env": env.get("KPI_ENV") or cls.env,
+            "log_level": (env.get("KPI_LOG_LEVEL") or cls.log_level).upper(),
+            "access_log": (env.get("KPI_ACCESS_LOG") or cls.access_log).strip().lower(),
+            "metrics_exposure": (env.get("KPI_METRICS") or cls.metrics_exposure).strip().lower(),
             "metrics_token": env.get("KPI_METRICS_TOKEN") or None,
-            "max_streams": _int(env, "KPI_MAX_STREAMS", 16, low=1),
-            "stream_heartbeat": _int(env, "KPI_STREAM_HEARTBEAT", 15, low=1),
-            "apply_interval": _int(env, "KPI_APPLY_INTERVAL_MS", 500, low=0, high=60_000) / 1000,
-            "apply_busy_share": _int(env, "KPI_APPLY_BUSY_PERCENT", 10, low=1, high=100) / 100,
+            "max_streams": _int(env, "KPI_MAX_STREAMS", cls.max_streams, low=1),
+            "stream_heartbeat": _int(env, "KPI_STREAM_HEARTBEAT", cls.stream_heartbeat, low=1),
+            "apply_interval": _int(env, "KPI_APPLY_INTERVAL_MS", round(cls.apply_interval * 1000), low=0, high=60_000)
+            / 1000,
+            "apply_busy_share": _int(env, "KPI_APPLY_BUSY_PERCENT", round(cls.apply_busy_share * 100), low=1, high=100)
+            / 100,
             "ws_allowed_origins": tuple(
                 canonical_origin(o) for o in (env.get("KPI_WS_ALLOWED_ORIGINS") or "").split(",") if o.strip()
             ),
-            "ws_idle_timeout": _int(env, "KPI_WS_IDLE_TIMEOUT", 30, low=1),
-            "ws_max_message": _int(env, "KPI_WS_MAX_MESSAGE", 4096, low=1),
+            "ws_idle_timeout": _int(env, "KPI_WS_IDLE_TIMEOUT", cls.ws_idle_timeout, low=1),
+            "ws_max_message": _int(env, "KPI_WS_MAX_MESSAGE", cls.ws_max_message, low=1),
         }
         values.update(overrides)
         settings = cls(**values)  # type: ignore[arg-type]

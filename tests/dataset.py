@@ -8,6 +8,8 @@ from decimal import Decimal
 
 import psycopg
 
+from kpi_service.db.sql import applier_lock
+
 
 @dataclass
 class Listing:
@@ -73,11 +75,8 @@ def catch_up(conn: psycopg.Connection) -> None:
     committed change (waiting for an applier that holds the lock, then applying what it left).
     Nothing to do in a database without the summaries."""
     if conn.execute("SELECT to_regprocedure('kpi_apply_changes(integer, double precision)')").fetchone()[0]:
-        conn.execute("SELECT kpi_applier_session_lock(true)")
-        try:
+        with applier_lock(conn):
             retrying_deadlocks(conn, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", "SELECT kpi_apply_changes()")
-        finally:
-            conn.execute("SELECT kpi_applier_session_lock(false)")
 
 
 def retrying_deadlocks(conn: psycopg.Connection, *statements: str) -> None:

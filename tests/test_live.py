@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from flask import Flask
 
-from kpi_service.live.changes import affected
+from kpi_service.serving.changes import affected
 from kpi_service.serving.query import KpiQuery
 from tests.helpers import HOUR, RedisServer, counted, insert_listing, ticket, today_window
 from tests.sse import Sse, serving

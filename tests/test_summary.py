@@ -377,3 +377,18 @@ def test_a_disabled_trigger_switches_to_the_raw_rows(database: Database, conn: p
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             conn.execute("SELECT kpi_rebuild()")
     assert database.mode(refresh=True) == "summaries"
+
+
+def test_a_rescore_and_a_delete_in_one_batch_remove_the_sale(conn: psycopg.Connection) -> None:
+    """Logged as old and new image of one value, then the old again: the batch must still see
+    that the listing went (found by the test above)."""
+    conn.execute(
+        "INSERT INTO listings (id, price, status, listed_at, sold_at) VALUES (1, 1, 'sold', %s, %s)",
+        [datetime(2026, 2, 28, 18, 30, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC)],
+    )
+    catch_up(conn)
+    assert conn.execute(SALES).fetchall() != []
+    conn.execute("UPDATE listings SET score = 5 WHERE id = 1")
+    conn.execute("DELETE FROM listings WHERE id = 1")
+    applied, rebuilt = applied_and_rebuilt(conn)
+    assert applied == rebuilt and applied[2] == []

@@ -22,7 +22,7 @@ from kpi_service.cli.seed import seed
 from kpi_service.db.database import Database
 from kpi_service.db.errors import SchemaMismatch
 from kpi_service.db.schema import SCHEMA_VERSION, apply_schema, service_version
-from kpi_service.db.sql import APPLIER_LOCK, kpi_statement_rows, windows_rows
+from kpi_service.db.sql import applier_lock, in_one_snapshot, kpi_statement_rows, windows_rows
 from tests.helpers import make_settings
 
 RELEASE = Path(__file__).parent / "fixtures" / "release_9a1bd6c"
@@ -44,11 +44,8 @@ def install_previous_release(url: str) -> None:
         for line in (RELEASE / "indexes.sql").read_text().splitlines():
             if line.startswith(("CREATE INDEX", "DROP INDEX")):
                 conn.execute(line)
-        conn.execute(APPLIER_LOCK, [True])
-        with conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            conn.execute("SELECT kpi_build()")
-        conn.execute(APPLIER_LOCK, [False])
+        with applier_lock(conn):
+            in_one_snapshot(conn, "SELECT kpi_build()")
         conn.execute((RELEASE / "roles.sql").read_text())
 
 
@@ -83,11 +80,8 @@ def test_init_db_upgrades_the_previous_release_in_place(empty_database: str, ser
     with psycopg.connect(empty_database, autocommit=True) as conn:
         conn.execute(sql.SQL("GRANT kpi_reader TO {}").format(sql.Identifier(conninfo_user(service_login))))
         # Applied, then changes the summaries have not taken in yet.
-        conn.execute("SELECT kpi_applier_session_lock(true)")
-        with conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            conn.execute("SELECT kpi_apply_changes()")
-        conn.execute("SELECT kpi_applier_session_lock(false)")
+        with applier_lock(conn):
+            in_one_snapshot(conn, "SELECT kpi_apply_changes()")
         conn.execute("UPDATE listings SET price = price + 10 WHERE id % 7 = 0")
         conn.execute("DELETE FROM purchases WHERE id % 11 = 0")
         conn.execute("UPDATE leads SET created_at = created_at - interval '3 days' WHERE id % 13 = 0")

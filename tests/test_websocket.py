@@ -21,9 +21,8 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from kpi_service.live.events import Event
-from kpi_service.live.websocket import origin_allowed
 from kpi_service.serving.responses import Served
-from kpi_service.web.errors import ApiError
+from kpi_service.web.websocket import origin_allowed
 from tests.helpers import (
     HOUR,
     SECRET,
@@ -309,7 +308,7 @@ def test_frames_are_the_events_as_json() -> None:
     }
     served = Served(body, "miss", time.time() + 30)
     assert json.loads(Event.of(served).frame()) == {"event": "kpi", "id": "X", "data": body}
-    unavailable = Event.unavailable(ApiError(503, "down"), "X")
+    unavailable = Event.unavailable("down", "X")
     assert json.loads(unavailable.frame()) == {
         "event": "unavailable",
         "data": {"metrics": None, "success": False, "message": "down"},

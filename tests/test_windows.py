@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kpi_service.serving.windows import INTERVALS, Window, bucket_count, buckets, canonical_zone
+from kpi_service.config import canonical_zone
+from kpi_service.serving.windows import INTERVALS, Window, bucket_count, buckets
 
 
 @pytest.mark.parametrize(

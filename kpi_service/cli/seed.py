@@ -12,7 +12,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from kpi_service.db.schema import SERVICE_TABLES
-from kpi_service.db.sql import sql_text
+from kpi_service.db.sql import APPLIER_LOCK, sql_text
 
 TABLES = ("buyers", "listings", "leads", "purchases")
 
@@ -69,7 +69,7 @@ def seed(
         if summaries:
             # Held until the connection closes, taken before the snapshot below: no applier
             # runs between the load and the summaries' rebuild at its end.
-            conn.execute("SELECT kpi_applier_session_lock(true)")
+            conn.execute(APPLIER_LOCK, [True])
         conn.commit()
         # One snapshot, so that the rebuild takes exactly the change log of the rows it reads.
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")

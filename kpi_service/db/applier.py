@@ -19,10 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import psycopg
-
 from kpi_service.db.database import Database
-from kpi_service.db.errors import DatabaseUnavailable
+from kpi_service.db.errors import DatabaseUnavailable, StatementTimeout
 from kpi_service.db.sql import APPLY_BATCH
 from kpi_service.ops import metrics
 
@@ -93,7 +91,7 @@ class Applier:
             started = time.perf_counter()
             taken = self.db.apply_changes(batch, busy_share=self.busy_share, on_changed=self.on_changed)
         except DatabaseUnavailable as error:
-            if isinstance(error.__cause__, psycopg.errors.QueryCanceled):
+            if isinstance(error, StatementTimeout):
                 self.batch = max(MIN_BATCH, self.batch // 2)
             self._failed(error)
             return None

@@ -12,17 +12,23 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from kpi_service.config import Settings
-from kpi_service.db.errors import INIT_HINT, DatabaseBusy, DatabaseUnavailable, SchemaMismatch, SchemaMissing
+from kpi_service.db.errors import (
+    INIT_HINT,
+    DatabaseBusy,
+    DatabaseUnavailable,
+    SchemaMismatch,
+    SchemaMissing,
+    StatementTimeout,
+)
 from kpi_service.db.schema import compatibility
 from kpi_service.db.sql import (
-    APPLIER_LOCK,
     APPLY,
     APPLY_BATCH,
     CHANGED,
@@ -30,16 +36,24 @@ from kpi_service.db.sql import (
     MODE,
     PENDING,
     WAL_POSITION,
+    applier_lock,
     kpi_statement_rows,
     queries,
 )
 from kpi_service.ops import metrics
 
-if TYPE_CHECKING:
-    from kpi_service.db.replica import Replica
-
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class ReadRouter(Protocol):
+    """Where KPI reads go while it keeps up: a streaming replica (replica.py)."""
+
+    def run(self, operation: str, read: Callable[[psycopg.Connection], T]) -> tuple[T] | None: ...
+
+    def observe(self, position: int) -> None: ...
+
+    def close(self) -> None: ...
 
 
 RECONNECT_TIMEOUT_S = 5.0
@@ -80,7 +94,7 @@ class Database:
         # service may not serve from it (None: it may).
         self.schema_version: int | None = None
         self._mismatch: str | None = None
-        self.replica: Replica | None = None
+        self.replica: ReadRouter | None = None
         self.max_connections = settings.db_pool_size
         self._in_use = 0  # connections handed out through this class, see saturated()
         self.pool = ConnectionPool(
@@ -211,7 +225,7 @@ class Database:
         """A WAL position of the primary that KPI reads must include (the latest applied batch's,
         from Redis): a replica read waits until it has replayed it (replica.py)."""
         if self.replica is not None and position:
-            self.replica.positions.observe(position)
+            self.replica.observe(position)
 
     def wal_position(self) -> int:
         """Where the primary has written its WAL to (quiet: the replica's monitor asks every
@@ -236,20 +250,12 @@ class Database:
         changed = position = None
         # Quiet: the applier runs every half second, and logs an outage once itself.
         with self.connection("apply", quiet=True) as conn:
-            if wait:
-                conn.execute(APPLIER_LOCK, [True])
-                conn.commit()
-            try:
-                with conn.transaction():
-                    for statement in APPLY[:2]:
-                        conn.execute(statement)
-                    taken = conn.execute(APPLY[2], [max_rows, busy_share]).fetchone()["taken"]
-                    if taken and on_changed is not None:
-                        changed = conn.execute(CHANGED).fetchone()["changed"]
-            finally:
-                if wait:
-                    conn.execute(APPLIER_LOCK, [False])
-                    conn.commit()
+            with applier_lock(conn) if wait else contextlib.nullcontext(), conn.transaction():
+                for statement in APPLY[:2]:
+                    conn.execute(statement)
+                taken = conn.execute(APPLY[2], [max_rows, busy_share]).fetchone()["taken"]
+                if taken and on_changed is not None:
+                    changed = conn.execute(CHANGED).fetchone()["changed"]
             if changed and self.replica is not None:
                 # After the commit: a replica that has replayed this far has the batch.
                 position = conn.execute(WAL_POSITION).fetchone()["position"]
@@ -295,7 +301,8 @@ class Database:
         metrics.DATABASE_ERRORS.labels(operation=operation).inc()
         if not quiet:
             log.warning("database unavailable: %s", error.__class__.__name__)
-        raise DatabaseUnavailable(str(error)) from error
+        timed_out = isinstance(error, psycopg.errors.QueryCanceled)
+        raise (StatementTimeout if timed_out else DatabaseUnavailable)(str(error)) from error
 
     def _schema_is_missing(self, error: psycopg.Error) -> None:
         # Once per detection, whatever the caller: the applier's first tick finds it at startup,

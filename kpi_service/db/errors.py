@@ -7,6 +7,11 @@ class DatabaseUnavailable(Exception):
     """PostgreSQL could not answer in time: down, unreachable, pool exhausted or timed out."""
 
 
+class StatementTimeout(DatabaseUnavailable):
+    """A statement ran into its statement_timeout (or was canceled): its own slowness, not an
+    outage of the server; another window's statement, or a smaller batch, may well succeed."""
+
+
 class DatabaseBusy(DatabaseUnavailable):
     """Every connection of the pool stayed in use for the pool timeout: the database answers,
     this instance has more concurrent computations than connections. Not an outage."""

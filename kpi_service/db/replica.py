@@ -33,7 +33,7 @@ import psycopg
 
 from kpi_service.config import Settings
 from kpi_service.db.database import Database
-from kpi_service.db.errors import DatabaseBusy, DatabaseUnavailable, SchemaMissing
+from kpi_service.db.errors import DatabaseBusy, DatabaseUnavailable, SchemaMissing, StatementTimeout
 from kpi_service.db.sql import REPLAY_POSITION
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,10 @@ class Replica:
             self._thread.join()
         self.db.close()
 
+    def observe(self, position: int) -> None:
+        """A position of the primary's WAL that reads from now on must include."""
+        self.positions.observe(position)
+
     def run(self, operation: str, read: Callable[[psycopg.Connection], T]) -> tuple[T] | None:
         """`read` on the replica once it has caught up; None when the primary must answer."""
         if self.state != "ok":
@@ -113,9 +117,9 @@ class Replica:
                 return (read(conn),)
         except (DatabaseBusy, SchemaMissing):
             return None  # a state of this read, not of the replica: the primary answers it
+        except StatementTimeout:
+            raise  # the statement's own slowness: it would be as slow on the primary
         except DatabaseUnavailable as error:
-            if isinstance(error.__cause__, psycopg.errors.QueryCanceled):
-                raise  # the statement's own slowness (statement_timeout): it would be as slow there
             self._set("down", type(error.__cause__ or error).__name__)
             return None
 

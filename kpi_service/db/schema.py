@@ -7,7 +7,7 @@ from importlib import metadata
 import psycopg
 
 from kpi_service.db.errors import SchemaMismatch
-from kpi_service.db.sql import APPLIER_LOCK, sql_text
+from kpi_service.db.sql import applier_lock, in_one_snapshot, sql_text
 
 # The version of what sql/schema/ installs, recorded in the database's kpi_schema row. Raised
 # with every release that changes those objects; version 1 is the releases before the row existed.
@@ -75,11 +75,8 @@ def apply_schema(conninfo: str, *, summaries: bool = True) -> None:
         if summaries:
             # Waiting for a running applier (an upgrade beside live instances) before the
             # build's snapshot is taken.
-            conn.execute(APPLIER_LOCK, [True])
-            with conn.transaction():
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                conn.execute("SELECT kpi_build()")
-            conn.execute(APPLIER_LOCK, [False])
+            with applier_lock(conn):
+                in_one_snapshot(conn, "SELECT kpi_build()")
             conn.execute(f"VACUUM (ANALYZE) {SERVICE_TABLES}")
         conn.execute("ANALYZE buyers, listings, leads, purchases")
 

@@ -4,7 +4,8 @@ statements of the pool's maintenance."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from importlib import resources
 from typing import Any
@@ -30,7 +31,6 @@ APPLY = (
 )
 # What the batch changed (sql/schema/summary.sql leaves it in a setting of its transaction).
 CHANGED = "SELECT current_setting('kpi.changed', true) AS changed"
-# Waiting for another applier happens before that snapshot is taken.
 APPLIER_LOCK = "SELECT kpi_applier_session_lock(%s)"
 # "summaries" or "raw" (sql/schema/schema.sql, kpi_source), and the version of the schema
 # (kpi_schema: no row, or no table before schema version 2).
@@ -73,3 +73,26 @@ def windows_rows(
             aged_days=aged_days,
         )
     )
+
+
+@contextlib.contextmanager
+def applier_lock(conn: psycopg.Connection) -> Iterator[None]:
+    """The summaries' applier lock, held by this session for the block: whoever applies, builds
+    or rebuilds inside waits here for a running applier, before its snapshot is taken, so that
+    it never works from a snapshot older than that applier's commit."""
+    conn.execute(APPLIER_LOCK, [True])
+    conn.commit()  # the snapshot comes later, in a transaction of its own (a no-op in autocommit)
+    try:
+        yield
+    finally:
+        conn.execute(APPLIER_LOCK, [False])
+        conn.commit()
+
+
+def in_one_snapshot(conn: psycopg.Connection, *statements: str) -> None:
+    """The statements in one REPEATABLE READ transaction: the summaries' build, rebuild and
+    applier read the change log and the rows it names from one snapshot (sql/schema/summary.sql)."""
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        for statement in statements:
+            conn.execute(statement)

@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
-from datetime import datetime
 
+from kpi_service.serving.bodies import format_instant, parse_instant
 from kpi_service.serving.responses import Served
-from kpi_service.web.errors import ApiError
 
 
 class Closed(Exception):
@@ -19,15 +18,8 @@ class Closed(Exception):
 def format_event_id(value: str | None) -> str | None:
     """An event id (a `computed_at`) in its canonical spelling, or None when it is not one.
     Canonical ids have a fixed width, so they order as strings in time order."""
-    if not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        return None
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    moment = parse_instant(value) if value else None
+    return format_instant(moment) if moment is not None else None
 
 
 @dataclass(frozen=True)
@@ -47,8 +39,8 @@ class Event:
         return cls("kpi", served.body["meta"]["computed_at"], "stale" if stale else "fresh", served.payload, numbers)
 
     @classmethod
-    def unavailable(cls, error: ApiError, computed_at: str) -> Event:
-        body = {"metrics": None, "success": False, "message": error.message}
+    def unavailable(cls, message: str, computed_at: str) -> Event:
+        body = {"metrics": None, "success": False, "message": message}
         return cls("unavailable", computed_at, "unavailable", json.dumps(body, separators=(",", ":")).encode())
 
     def newer_than(self, other: tuple[str, str] | None) -> bool:

@@ -42,15 +42,15 @@ from typing import Any
 import redis
 
 from kpi_service.db.errors import DatabaseUnavailable
-from kpi_service.live.changes import affected
 from kpi_service.live.events import Closed, Event, Subscriber
 from kpi_service.serving.cache import Cache
+from kpi_service.serving.changes import affected
 from kpi_service.serving.connection import close_quietly
+from kpi_service.serving.errors import InvalidKpis, WindowUnavailable
 from kpi_service.serving.keys import ANNOUNCE_CHANNEL, CHANGES_CHANNEL, cache_key
 from kpi_service.serving.query import KpiQuery
-from kpi_service.serving.responses import Served
+from kpi_service.serving.responses import Served, hit
 from kpi_service.serving.service import KpiService
-from kpi_service.web.errors import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -291,8 +291,7 @@ class Hub:
         entry = self.cache.get(key)
         if entry is None or entry.body["meta"]["computed_at"] < computed_at:
             return  # overwritten or gone already; the refresh will find the current value
-        body = {**entry.body, "meta": {**entry.body["meta"], "cached": True, "stale": False}}
-        self.deliver(key, Served(body, "hit", entry.fresh_until))
+        self.deliver(key, hit(entry))
 
     def _refresh_due(self) -> None:
         live = self._live()
@@ -331,7 +330,7 @@ class Hub:
             served = self.service.current_after(watched.query, seq, not_before)
             self.deliver(key, served)
             aging = self._next_aging(watched.query)
-        except (ApiError, DatabaseUnavailable, TimeoutError) as error:
+        except (WindowUnavailable, InvalidKpis, DatabaseUnavailable, TimeoutError) as error:
             # The numbers changed and cannot be recomputed: the last value, flagged stale (or an
             # unavailable event), and another try in a TTL, still asking for this batch.
             self._tell_failed(key, watched, error)
@@ -352,8 +351,8 @@ class Hub:
         if last is not None:
             self.deliver(key, last)
             return
-        message = error.message if isinstance(error, ApiError) else "The database is unavailable."
-        event = Event.unavailable(ApiError(503, message), watched.latest[0] if watched.latest else "")
+        message = error.message if isinstance(error, WindowUnavailable) else "The database is unavailable."
+        event = Event.unavailable(message, watched.latest[0] if watched.latest else "")
         with self._lock:
             subscribers = list(watched.subscribers)
         for subscriber in subscribers:
@@ -374,10 +373,11 @@ class Hub:
         """GET /api/kpi for the window, as a poller would: computes once when it expired."""
         try:
             served = self.service.current(watched.query)
-        except ApiError as error:
+        except (WindowUnavailable, InvalidKpis) as error:
             # Nothing cached and the database failing: tell the subscribers, try again in a TTL.
             computed_at = watched.latest[0] if watched.latest else ""
-            event = Event.unavailable(error, computed_at)
+            message = error.message if isinstance(error, WindowUnavailable) else "The computed KPIs failed validation."
+            event = Event.unavailable(message, computed_at)
             with self._lock:
                 watched.due = time.time() + self.cache.ttl
                 subscribers = list(watched.subscribers)

@@ -1,4 +1,5 @@
-"""Prometheus metrics of the service, and their exposure (KPI_METRICS).
+"""Prometheus metrics of the service, and the registry a scrape reads (KPI_METRICS; the /metrics
+route itself is web/metrics.py).
 
 With PROMETHEUS_MULTIPROC_DIR set (gunicorn.conf.py sets it), every worker writes its samples
 to files in that directory and a scrape merges them, so the numbers cover all workers whichever
@@ -8,29 +9,21 @@ one answers. Without it, the process's own registry is served.
 from __future__ import annotations
 
 import functools
-import hmac
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from flask import Blueprint, Flask, Response, request
 from prometheus_client import (
-    CONTENT_TYPE_PLAIN_0_0_4,
     REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
     multiprocess,
     start_http_server,
 )
 from prometheus_client.registry import Collector
 
 from kpi_service.config import Settings, parse_metrics_exposure
-from kpi_service.web.errors import envelope
-
-if TYPE_CHECKING:  # kpis counts into this module's metrics
-    from kpi_service.serving.responses import Served
 
 REQUESTS = Counter(
     "kpi_http_requests_total",
@@ -130,53 +123,31 @@ def _kpi_series(endpoint: str, outcome: str) -> tuple[Any, Any]:
     return CACHE_OUTCOMES.labels(endpoint=endpoint, outcome=outcome), COMPUTATION_DURATION.labels(endpoint=endpoint)
 
 
-def observe(method: str, route: str, endpoint: str | None, status: int, seconds: float, served: Served | None) -> None:
-    """Count one answered request (kpi_service.web.request_hooks calls this for every request)."""
+def observe(
+    method: str,
+    route: str,
+    endpoint: str | None,
+    status: int,
+    seconds: float,
+    outcome: str | None = None,
+    db_ms: float | None = None,
+) -> None:
+    """Count one answered request (kpi_service.web.request_hooks calls this for every request);
+    for a KPI body, how it was obtained (`outcome`) and the SQL's milliseconds when it ran."""
     requests, duration = _request_series(method, route, status)
     requests.inc()
     duration.observe(seconds)
     kpi_endpoint = _KPI_ENDPOINTS.get(endpoint or "")
-    if served is not None and kpi_endpoint is not None:
-        outcomes, computation = _kpi_series(kpi_endpoint, served.outcome)
+    if outcome is not None and kpi_endpoint is not None:
+        outcomes, computation = _kpi_series(kpi_endpoint, outcome)
         outcomes.inc()
-        if served.db_ms is not None:
-            computation.observe(served.db_ms / 1000)
-
-
-def _authorized(expected: str) -> bool:
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    # compare_digest: the time taken must not tell how much of a guess was right.
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected.encode())
-
-
-def blueprint(token: str | None) -> Blueprint:
-    """GET /metrics, behind `Authorization: Bearer <KPI_METRICS_TOKEN>` when a token is set."""
-    bp = Blueprint("metrics", __name__)
-
-    @bp.get("/metrics")
-    def scrape() -> Response:
-        if token is not None and not _authorized(token):
-            response = envelope(401, "The metrics token is missing or wrong.")
-            response.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
-            return response
-        return Response(generate_latest(registry()), mimetype=None, content_type=CONTENT_TYPE_PLAIN_0_0_4)
-
-    return bp
+        if db_ms is not None:
+            computation.observe(db_ms / 1000)
 
 
 def counting(settings: Settings) -> bool:
     """Whether requests are counted: unless KPI_METRICS=off."""
     return parse_metrics_exposure(settings.metrics_exposure)[0] != "off"
-
-
-def init_app(app: Flask, settings: Settings) -> None:
-    """Serve /metrics on the app's port when KPI_METRICS is `on`.
-
-    With `port:NNNN` the app only counts: the listener is started once per server by
-    `start_exporter` (gunicorn.conf.py calls it in the master), not per app or worker.
-    """
-    if parse_metrics_exposure(settings.metrics_exposure)[0] == "on":
-        app.register_blueprint(blueprint(settings.metrics_token))
 
 
 def start_exporter(port: int, addr: str = "0.0.0.0") -> None:

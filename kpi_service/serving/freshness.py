@@ -4,7 +4,7 @@ listener, live/hub.py), whether a stored value is still current, and which windo
 requested recently enough to be refreshed when a batch changes them.
 
 - A stored value includes the batches up to its `seq`. It is current while no batch after it
-  can change its window (live/changes.py, the rule the streams use). A batch this process has
+  can change its window (serving/changes.py, the rule the streams use). A batch this process has
   not heard of (before it subscribed, lost in a reconnect, or more than MAX_BATCHES back)
   counts as one that changes it: the value is computed again rather than served past a change.
 - "Recently requested": a window this process answered within the last KPI_CACHE_TTL seconds
@@ -26,7 +26,7 @@ from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
-from kpi_service.live.changes import affected
+from kpi_service.serving.changes import affected
 from kpi_service.serving.query import KpiQuery
 
 # Batches remembered: at two a second, over half an hour. A value older than that is recomputed.

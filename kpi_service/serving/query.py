@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
-from kpi_service.serving.windows import INTERVALS, Window, bucket_count, canonical_zone
+from kpi_service.config import canonical_zone
+from kpi_service.serving.windows import INTERVALS, Window, bucket_count
 
 if TYPE_CHECKING:
     from werkzeug.datastructures import MultiDict

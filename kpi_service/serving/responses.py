@@ -1,5 +1,5 @@
-"""What a window's request gets back: the ten KPIs validated, the body's flags, the 503 that says
-why there is no value, and Served, a body with how it was obtained (for headers, logs, metrics)."""
+"""What a window's request gets back: the ten KPIs validated, the body's flags, and Served, a body
+with how it was obtained (for headers, logs, metrics)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,14 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from datetime import datetime
 from functools import cached_property
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from kpi_service.db.errors import INIT_HINT, DatabaseBusy, SchemaMismatch, SchemaMissing
+from kpi_service.serving.bodies import parse_instant, with_flags
 from kpi_service.serving.cache import Entry
-from kpi_service.web.errors import ApiError
+from kpi_service.serving.errors import InvalidKpis
 
 log = logging.getLogger(__name__)
 
@@ -84,35 +83,15 @@ class Served:
         return hashlib.blake2b(identity, digest_size=16).hexdigest()
 
 
-# Seconds a client should wait before asking again when every connection was in use: about
-# what a few cache misses take.
-BUSY_RETRY_AFTER_S = 1
-
-
-def unavailable(error: Exception) -> ApiError:
-    """The 503 of a window with nothing cached, saying why."""
-    if isinstance(error, TimeoutError):
-        return ApiError(503, "Timed out waiting for the computation of this window.")
-    if isinstance(error, DatabaseBusy):
-        return ApiError(
-            503,
-            "The database is busy: every connection of this instance is computing other windows. Retry shortly.",
-            retry_after=BUSY_RETRY_AFTER_S,
-        )
-    if isinstance(error, SchemaMismatch):
-        return ApiError(503, f"The service cannot compute from its database: {error}.")
-    if isinstance(error, SchemaMissing):
-        return ApiError(503, f"The service is not initialized: its database has no KPI schema ({INIT_HINT}).")
-    return ApiError(503, "The database is unavailable and no earlier result for this window is cached.")
-
-
 def hit(entry: Entry) -> Served:
     return Served(with_flags(entry.body, cached=True, stale=False), "hit", entry.fresh_until)
 
 
 def computed_at(entry: Entry) -> float:
     """When an entry's SQL ran, as unix time."""
-    return datetime.fromisoformat(entry.body["meta"]["computed_at"].replace("Z", "+00:00")).timestamp()
+    moment = parse_instant(entry.body["meta"]["computed_at"])
+    assert moment is not None, "a stored body's computed_at is written by format_instant"
+    return moment.timestamp()
 
 
 def validated(row: dict[str, Any]) -> dict[str, Any]:
@@ -121,8 +100,4 @@ def validated(row: dict[str, Any]) -> dict[str, Any]:
     except ValidationError as error:
         # A row outside the definitions (docs/kpis.md) means a bug or corrupt data: never pass it on.
         log.error("KPI row failed validation: %s", error.messages)
-        raise ApiError(500, "The computed KPIs failed validation.") from None
-
-
-def with_flags(body: dict[str, Any], *, cached: bool, stale: bool) -> dict[str, Any]:
-    return {**body, "meta": {**body["meta"], "cached": cached, "stale": stale}}
+        raise InvalidKpis from None

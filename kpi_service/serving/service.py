@@ -23,21 +23,20 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
-
 from kpi_service.db.database import Database
-from kpi_service.db.errors import DatabaseBusy, DatabaseUnavailable, SchemaMissing
+from kpi_service.db.errors import DatabaseBusy, DatabaseUnavailable, SchemaMissing, StatementTimeout
 from kpi_service.ops import metrics
+from kpi_service.serving.bodies import format_instant, with_flags
 from kpi_service.serving.cache import Cache, Entry
+from kpi_service.serving.errors import InvalidKpis, WindowUnavailable
 from kpi_service.serving.freshness import Changes, Requested
 from kpi_service.serving.keys import cache_key
 from kpi_service.serving.query import KpiQuery
 from kpi_service.serving.recent import Recent
 from kpi_service.serving.refresher import Refresher
-from kpi_service.serving.responses import Served, computed_at, hit, unavailable, validated, with_flags
+from kpi_service.serving.responses import Served, computed_at, hit, validated
 from kpi_service.serving.singleflight import SingleFlight
 from kpi_service.serving.windows import Window, buckets
-from kpi_service.web.errors import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +189,7 @@ class KpiService:
         except (DatabaseUnavailable, TimeoutError) as error:
             if entry is not None:
                 return Served(with_flags(entry.body, cached=True, stale=True), "stale", entry.fresh_until)
-            raise unavailable(error) from None
+            raise WindowUnavailable(error) from None
 
     def _compute_once(
         self, key: str, kind: str, query: KpiQuery, compute: Compute, good: Callable[[Entry], bool] = _is_fresh
@@ -247,7 +246,7 @@ class KpiService:
                 # The refresh another process just finished may have released this lock.
                 if self._good_or_none(key, _is_fresh) is None:
                     self._compute_and_store(key, kind, query, compute)
-            except (DatabaseUnavailable, ApiError) as error:
+            except (DatabaseUnavailable, InvalidKpis) as error:
                 log.warning("background refresh of %s failed: %s", key, error.__class__.__name__)
             except Exception:
                 log.exception("background refresh of %s failed", key)
@@ -273,9 +272,7 @@ class KpiService:
         try:
             data, duration_ms, source, pending = compute(now)
         except DatabaseUnavailable as error:
-            if not isinstance(error, DatabaseBusy | SchemaMissing) and not isinstance(
-                error.__cause__, psycopg.errors.QueryCanceled
-            ):
+            if not isinstance(error, DatabaseBusy | SchemaMissing | StatementTimeout):
                 # The server itself, not one statement's own slowness (statement_timeout), a
                 # full pool or a missing schema, none of which may mark every other window's
                 # cached value as stale.
@@ -292,13 +289,13 @@ class KpiService:
         if pending and caught_up is not None:
             covered = min(datetime.fromtimestamp(caught_up, UTC), now)
         meta = {
-            "computed_at": _instant(now),
+            "computed_at": format_instant(now),
             "cached": False,
             "stale": False,
             "duration_ms": round(duration_ms, 2),
             "window": query.describe(),
             "pending_changes": pending,
-            "includes_commits_before": None if covered is None else _instant(covered),
+            "includes_commits_before": None if covered is None else format_instant(covered),
         }
         if source is not None:  # a replica is configured: say which database answered
             meta["source"] = source
@@ -329,7 +326,7 @@ class KpiService:
         while (wanted := self._wanted.get(key, 0)) > done:
             try:
                 self._compute_once(key, kind, query, compute, lambda entry, want=wanted: entry.seq >= want)
-            except (DatabaseUnavailable, ApiError, TimeoutError) as error:
+            except (DatabaseUnavailable, InvalidKpis, TimeoutError) as error:
                 log.warning("refresh of %s after a change failed: %s", key, error.__class__.__name__)
                 return  # its next request computes it
             except Exception:
@@ -339,8 +336,3 @@ class KpiService:
 
     def close(self) -> None:
         self.refresher.close()
-
-
-def _instant(at: datetime) -> str:
-    """An instant as the bodies spell it: ISO 8601 in UTC, whole milliseconds, Z."""
-    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")

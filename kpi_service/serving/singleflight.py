@@ -36,6 +36,3 @@ class SingleFlight:
         finally:
             with self._lock:
                 del self._calls[key]
-
-    def running(self, key: str) -> bool:
-        return key in self._calls

@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from zoneinfo import ZoneInfo, available_timezones
+from zoneinfo import ZoneInfo
 
 INTERVALS = ("day", "week", "month")
-
-
-@functools.cache
-def _zones_by_folded_name() -> dict[str, str]:
-    return {name.casefold(): name for name in available_timezones()}
-
-
-def canonical_zone(name: str) -> str | None:
-    """The IANA spelling of a zone name given in any letter case, or None if unknown.
-
-    Case-insensitive so that `europe/berlin` and `Europe/Berlin` share one cache key.
-    """
-    return _zones_by_folded_name().get(name.casefold())
 
 
 def midnight(day: date, zone: str) -> datetime:

@@ -7,28 +7,25 @@ import time
 from flask import Blueprint, Response, current_app, request
 from marshmallow import Schema, ValidationError
 
+from kpi_service.ops.memo import Memo
 from kpi_service.serving.query import KpiQuery, repeated
 from kpi_service.serving.responses import Served
 from kpi_service.web.auth import token_required
 from kpi_service.web.request_hooks import scope
 
 bp = Blueprint("api", __name__, url_prefix="/api")
-_MAX_PARSED = 1024
 
 
 def _parse(kind: str, schema: Schema) -> KpiQuery:
     """The validated query, remembered by its raw query string: pollers repeat theirs."""
-    parsed: dict[tuple[str, str], KpiQuery] = current_app.extensions["kpi"].parsed
+    parsed: Memo[tuple[str, str], KpiQuery] = current_app.extensions["kpi"].parsed
     memo_key = (kind, request.environ.get("QUERY_STRING", ""))
     query = parsed.get(memo_key)
     if query is None:
         twice = repeated(request.args)
         if twice:
             raise ValidationError(twice)
-        query = schema.load(request.args.to_dict())
-        if len(parsed) >= _MAX_PARSED:
-            parsed.clear()
-        parsed[memo_key] = query
+        query = parsed.put(memo_key, schema.load(request.args.to_dict()))
     return query
 
 

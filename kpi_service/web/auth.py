@@ -12,6 +12,7 @@ from flask import Flask, Response, current_app, request
 from flask_jwt_extended import JWTManager, create_access_token, get_jwt, verify_jwt_in_request
 from flask_jwt_extended.exceptions import JWTDecodeError, NoAuthorizationError
 
+from kpi_service.ops.memo import Memo
 from kpi_service.web.errors import WWW_AUTHENTICATE, envelope
 
 
@@ -25,7 +26,8 @@ def init_app(app: Flask, secret: str) -> JWTManager:
         JWT_ERROR_MESSAGE_KEY="message",
     )
     jwt = JWTManager(app)
-    app.extensions[_VERIFIED] = {}
+    # Kept while unexpired; the rest dropped when it fills.
+    app.extensions[_VERIFIED] = Memo(_MAX_VERIFIED, keep=lambda expires: time.time() < expires)
 
     def reject(reason: str) -> Response:
         response = envelope(401, reason)
@@ -43,14 +45,6 @@ def init_app(app: Flask, secret: str) -> JWTManager:
     @jwt.expired_token_loader
     def _expired(header: dict[str, Any], payload: dict[str, Any]) -> Response:
         return reject("Token has expired.")
-
-    @jwt.revoked_token_loader
-    def _revoked(header: dict[str, Any], payload: dict[str, Any]) -> Response:
-        return reject("Token has been revoked.")
-
-    @jwt.needs_fresh_token_loader
-    def _not_fresh(header: dict[str, Any], payload: dict[str, Any]) -> Response:
-        return reject("Fresh token required.")
 
     return jwt
 
@@ -70,22 +64,26 @@ def token_required(view: View) -> View:
 
     @functools.wraps(view)
     def guarded(*args: Any, **kwargs: Any) -> Any:
-        verified: dict[str, float] = current_app.extensions[_VERIFIED]
+        verified: Memo[str, float] = current_app.extensions[_VERIFIED]
         header = request.environ.get("HTTP_AUTHORIZATION", "")  # the header, read as Headers.get would
         if len(header) > MAX_AUTHORIZATION_BYTES:
             raise NoAuthorizationError(f"longer than {MAX_AUTHORIZATION_BYTES} bytes")
         expires = verified.get(header)
         if expires is None or time.time() >= expires:
-            verify_jwt_in_request()  # raises, and flask-jwt-extended answers through the loaders above
-            claims = get_jwt()
-            if "exp" not in claims:
-                raise JWTDecodeError("Missing claim: exp")
-            if len(verified) >= _MAX_VERIFIED:
-                verified.clear()
-            verified[header] = float(claims["exp"])
+            verified.put(header, float(verified_claims()["exp"]))
         return view(*args, **kwargs)
 
     return guarded  # type: ignore[return-value]
+
+
+def verified_claims() -> dict[str, Any]:
+    """The request's token, verified, with its `exp` (which flask-jwt-extended leaves optional);
+    raises, and flask-jwt-extended answers through the loaders of init_app."""
+    verify_jwt_in_request()
+    claims = get_jwt()
+    if "exp" not in claims:
+        raise JWTDecodeError("Missing claim: exp")
+    return claims
 
 
 def mint_token(app: Flask, subject: str, ttl_seconds: int) -> str:

@@ -9,6 +9,8 @@ from flask import Flask, Response, json
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from kpi_service.serving.errors import InvalidKpis, WindowUnavailable
+
 log = logging.getLogger(__name__)
 
 # Sent with every 401 (RFC 9110 requires a challenge): the scheme the service takes.
@@ -56,6 +58,14 @@ def init_app(app: Flask) -> None:
         if error.retry_after is not None:
             response.headers["Retry-After"] = str(error.retry_after)
         return response
+
+    @app.errorhandler(WindowUnavailable)
+    def _no_value(error: WindowUnavailable) -> Response:
+        return _api_error(ApiError(503, error.message, retry_after=error.retry_after))
+
+    @app.errorhandler(InvalidKpis)
+    def _invalid_kpis(error: InvalidKpis) -> Response:
+        return envelope(500, "The computed KPIs failed validation.")
 
     @app.errorhandler(ValidationError)
     def _invalid(error: ValidationError) -> Response:

@@ -87,7 +87,15 @@ def init_app(app: Flask, settings: Settings) -> None:
         rule = req.url_rule
         route = rule.rule if rule is not None else "unmatched"
         if count:
-            metrics.observe(req.method, route, req.endpoint, status, elapsed, served)
+            metrics.observe(
+                req.method,
+                route,
+                req.endpoint,
+                status,
+                elapsed,
+                served.outcome if served is not None else None,
+                served.db_ms if served is not None else None,
+            )
         if log_all or request_log.worth_a_line(status):
             request_log.write(req, route, status, elapsed, served, current.request_id)
         return response

@@ -1,5 +1,5 @@
 """GET /api/kpi/stream (server-sent events), POST /api/kpi/stream-ticket, and what opening a
-stream is whatever its transport (open_subscription; the WebSocket is kpi_service/live/websocket.py).
+stream is whatever its transport (open_subscription; the WebSocket is kpi_service/web/websocket.py).
 
 A stream holds one server thread for as long as it is open (gunicorn's gthread workers, see
 gunicorn.conf.py), so each process serves at most KPI_MAX_STREAMS of them, server-sent and
@@ -16,8 +16,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
-from flask_jwt_extended import get_jwt, verify_jwt_in_request
-from flask_jwt_extended.exceptions import JWTDecodeError
 from marshmallow import ValidationError
 
 from kpi_service.config import Settings
@@ -26,6 +24,7 @@ from kpi_service.live.hub import Full, Hub
 from kpi_service.live.tickets import Grant, TicketStore, TicketsUnavailable
 from kpi_service.serving.query import repeated
 from kpi_service.serving.responses import Served
+from kpi_service.web.auth import verified_claims
 from kpi_service.web.errors import ApiError
 
 bp = Blueprint("stream", __name__, url_prefix="/api/kpi")
@@ -67,10 +66,7 @@ def _state() -> StreamState:
 
 def _bearer_grant() -> Grant:
     """The verified Authorization header's subject and expiry; 401 through flask-jwt-extended."""
-    verify_jwt_in_request()
-    claims = get_jwt()
-    if "exp" not in claims:
-        raise JWTDecodeError("Missing claim: exp")
+    claims = verified_claims()
     return Grant(subject=str(claims.get("sub")), expires_at=float(claims["exp"]))
 
 

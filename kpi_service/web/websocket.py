@@ -37,8 +37,8 @@ from wsproto.utilities import LocalProtocolError
 
 from kpi_service.config import ConfigError, Settings, canonical_origin
 from kpi_service.live.events import Closed, Subscriber
-from kpi_service.live.stream import EXTENSION, StreamState, open_subscription
 from kpi_service.web.errors import ApiError, envelope
+from kpi_service.web.stream import EXTENSION, StreamState, open_subscription
 
 bp = Blueprint("websocket", __name__, url_prefix="/api/kpi")
 sock = Sock()
