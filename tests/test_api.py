@@ -140,9 +140,11 @@ def test_unknown_routes_and_methods_are_json(client: FlaskClient, method: str, p
 
 def test_second_request_is_a_cache_hit(client: FlaskClient, auth: dict[str, str], conn: psycopg.Connection) -> None:
     two_listings(conn)
+    catch_up(conn)  # current, so cached for the TTL (a value with changes pending is not)
     first = client.get("/api/kpi?from=2026-03-01", headers=auth).get_json()
-    conn.execute("DELETE FROM listings")
+    # The same window spelled out: the same stored value, not a second computation.
     second = client.get("/api/kpi?tz=UTC&from=2026-03-01&aged_days=60", headers=auth).get_json()
+    assert first["meta"]["cached"] is False and first["meta"]["pending_changes"] == 0
     assert second["meta"]["cached"] is True and second["meta"]["stale"] is False
     assert second["metrics"] == first["metrics"]
     assert second["meta"]["computed_at"] == first["meta"]["computed_at"]
