@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector
 from kpi_service.config import Settings, parse_metrics_exposure
 from kpi_service.web.errors import envelope
 
-if TYPE_CHECKING:  # kpis counts into this module's metrics
+if TYPE_CHECKING:  # observe() reads the Served that serving/ returns; no import at run time
     from kpi_service.serving.responses import Served
 
 REQUESTS = Counter(
@@ -57,12 +57,12 @@ KPI_STATEMENTS = Counter(
 )
 CACHE_OUTCOMES = Counter(
     "kpi_cache_outcomes_total",
-    "KPI responses by how they were obtained (hit, miss, stale) and endpoint (kpi, history).",
+    "KPI responses by how they were obtained (hit, refresh, miss, stale: docs/clients.md) and endpoint (kpi, history).",
     ["endpoint", "outcome"],
 )
 DATABASE_ERRORS = Counter(
     "kpi_database_errors_total",
-    "PostgreSQL failures (unreachable, pool timeout, statement error), by operation (query, ping).",
+    "PostgreSQL failures (unreachable, pool timeout, statement error), by operation (query, ping, apply, ...).",
     ["operation"],
 )
 POOL_BUSY = Counter(
