@@ -197,3 +197,10 @@ def test_a_list_of_cache_outcomes_is_the_whole_list(document: Path) -> None:
         names = set(re.findall(r"`(\w+)`", run))
         if len(names & code) >= 2:
             assert code <= names, f"{document.name} lists cache outcomes {sorted(names)}, not {sorted(code)}: {run}"
+
+
+def test_the_openapi_text_names_every_cache_outcome() -> None:
+    """The Server-Timing header's description in the OpenAPI document spells the outcomes out."""
+    text = (PACKAGE / "web" / "openapi.py").read_text(encoding="utf-8")
+    named = set(re.search(r"cache;desc=([\w|]+)", text).group(1).split("|"))
+    assert named == cache_outcomes(), f"kpi_service/web/openapi.py names {sorted(named)}"
