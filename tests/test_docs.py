@@ -204,3 +204,19 @@ def test_the_openapi_text_names_every_cache_outcome() -> None:
     text = (PACKAGE / "web" / "openapi.py").read_text(encoding="utf-8")
     named = set(re.search(r"cache;desc=([\w|]+)", text).group(1).split("|"))
     assert named == cache_outcomes(), f"kpi_service/web/openapi.py names {sorted(named)}"
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's anchors of a document's headings: lower case, punctuation dropped, spaces to hyphens."""
+    headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.name)
+def test_every_link_to_a_section_finds_it(document: Path) -> None:
+    broken = []
+    for target, anchor in re.findall(r"\]\(([^)#\s]*)#([^)\s]+)\)", document.read_text(encoding="utf-8")):
+        path = document if not target else document.parent / target
+        if anchor not in _anchors(path):
+            broken.append(f"{target}#{anchor}")
+    assert not broken, f"{document.name} links to sections that do not exist: {broken}"
