@@ -220,3 +220,12 @@ def test_every_link_to_a_section_finds_it(document: Path) -> None:
         if anchor not in _anchors(path):
             broken.append(f"{target}#{anchor}")
     assert not broken, f"{document.name} links to sections that do not exist: {broken}"
+
+
+def test_every_document_the_code_points_to_exists() -> None:
+    """Comments, docstrings and the OpenAPI text link to a document instead of restating it."""
+    sources = [*PACKAGE.rglob("*.py"), ROOT / "gunicorn.conf.py", *(ROOT / "sql").rglob("*.sql")]
+    named = {(p.name, d) for p in sources for d in re.findall(r"\bdocs/[\w-]+\.md", p.read_text(encoding="utf-8"))}
+    assert named  # the scan works
+    missing = sorted((source, doc) for source, doc in named if not (ROOT / doc).is_file())
+    assert not missing, f"code points to documents the repository lacks: {missing}"
