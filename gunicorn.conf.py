@@ -1,9 +1,9 @@
 """gunicorn settings of the container: gunicorn -c gunicorn.conf.py wsgi:app
 
-Environment: PORT (8000), GUNICORN_WORKERS (2), GUNICORN_THREADS (4 + KPI_MAX_STREAMS, so 20),
-GUNICORN_TIMEOUT (30), GUNICORN_GRACEFUL_TIMEOUT (20). Prometheus runs in multiprocess mode: every worker writes its
-samples under PROMETHEUS_MULTIPROC_DIR and a scrape of any worker (or of the master's listener
-for KPI_METRICS=port:NNNN) merges them.
+The settings read here (PORT, GUNICORN_*, KPI_MAX_STREAMS, KPI_METRICS, PROMETHEUS_MULTIPROC_DIR)
+are in docs/configuration.md, the threads a worker runs in docs/operations.md. Prometheus runs in
+multiprocess mode: every worker writes its samples under PROMETHEUS_MULTIPROC_DIR and a scrape of
+any worker (or of the master's listener for KPI_METRICS=port:NNNN) merges them.
 
 The master imports neither kpi_service nor prometheus_client before on_starting has prepared
 that directory: a metric created before then would be a plain in-memory one, and the forked
@@ -30,7 +30,7 @@ workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
 # KPI_MAX_STREAMS of both per worker (16; a 503 with Retry-After beyond), so the threads are that
 # many for streams plus 4 for ordinary requests, as many as the database pool has connections (KPI_DB_POOL_SIZE):
 # a full house of streams leaves the polling API as fast as before. Streams cost no connection:
-# their refreshes run on the app's own two refresher threads.
+# their refreshes run on the app's own refresher pool (4 threads, serving/refresher.py).
 _max_streams = int(os.environ.get("KPI_MAX_STREAMS") or "16")
 threads = int(os.environ.get("GUNICORN_THREADS") or str(4 + _max_streams))
 worker_class = "gthread"

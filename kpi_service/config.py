@@ -1,4 +1,5 @@
-"""Settings, read from the environment once at start and validated there."""
+"""Settings, read from the environment once at start and validated there. What each means and
+its default: docs/configuration.md (tests/test_docs.py checks that every name read here is there)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ class Settings:
     database_read_url: str | None = None
     replica_max_lag_ms: int = 1000
     redis_url: str | None = None
-    # With sentinels, the Redis primary is the one they name for the service (cache.redis_client).
+    # With sentinels, the Redis primary is the one they name for the service (serving/connection.py, redis_client).
     redis_sentinels: tuple[tuple[str, int], ...] = ()
     redis_sentinel_service: str | None = None
     redis_sentinel_password: str | None = None

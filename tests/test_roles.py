@@ -18,7 +18,7 @@ from tests.helpers import make_settings, two_listings
 
 @pytest.fixture
 def reader_url(database_url: str, conn: psycopg.Connection):
-    """A LOGIN user in kpi_reader, as the README shows; dropped afterwards (roles are per cluster)."""
+    """A LOGIN user in kpi_reader, as docs/operations.md shows; dropped afterwards (roles are per cluster)."""
     for _ in range(2):  # idempotent
         conn.execute(sql_text("ops/roles.sql"))
     name, password = f"kpi_test_reader_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex

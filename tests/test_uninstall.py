@@ -76,7 +76,7 @@ def database(server: PostgresServer, name: str) -> str:
 
 
 def install(server: PostgresServer, url: str) -> None:
-    """init-db, then the owner's two role scripts (README, "Read-only database role")."""
+    """init-db, then the owner's two role scripts (docs/operations.md, "Read-only database role")."""
     apply_schema(url)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(sql_text("ops/roles.sql"))

@@ -4,19 +4,12 @@ and one refresher per window, however many streams of that window the process se
 - Every process runs one listener thread subscribed to `kpi:v1:announce` and `kpi:v1:changed`
   (serving/keys.py). When any worker or instance computes a window that this process has subscribers
   for, the listener reads the stored value once and offers it to each of them.
-- **Live (the summaries, with Redis): windows are recomputed when their numbers change, not on a
-  timer.** The applier announces what each committed batch changed (`kpi:v1:changed`: the
-  instants of the buckets it added to, and the earliest listing whose stock changed). A window
-  whose period holds such an instant, or whose aged_inventory at its T can see that listing, is
-  recomputed through `KpiService.current_after`: once across all processes (the service's Redis
-  lock; the others wait for a value that includes that batch), and its new value reaches every
-  process through the announcement. The one change without a write, a listing in stock passing
-  aged_days while T is now, is scheduled for its instant (sql/runtime/kpi.sql, next_aging). With no
-  writes and nothing aging, a stream gets heartbeats and no statement runs.
-- **Otherwise (raw mode, where every write changes the numbers and nothing announces it, or
-  Redis down)** each subscribed window has a due time, its value's `fresh_until`. When it
-  passes, the listener has one refresh run through `KpiService.current`: one per window per
-  process, and the service's Redis lock makes it one across processes.
+- When a window is recomputed (the stream rules: docs/api.md, "GET /api/kpi/stream"): with the
+  summaries and Redis, after an applier batch that changes it (`kpi:v1:changed`, matched to the
+  window by changes.py), through `KpiService.current_after`, whose Redis lock makes it once across
+  processes; a listing in stock passing aged_days is scheduled for its instant (next_aging). In raw
+  mode or with Redis down, at its value's `fresh_until`, through `KpiService.current`: one refresh
+  per window per process, one across processes.
 - A subscriber is a mailbox holding only the newest event not yet sent: a slow client skips
   intermediate values instead of queueing them, since only the latest KPIs matter. An event
   with the same numbers and state as the one before is not sent.

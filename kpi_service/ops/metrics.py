@@ -50,12 +50,12 @@ KPI_STATEMENTS = Counter(
 )
 CACHE_OUTCOMES = Counter(
     "kpi_cache_outcomes_total",
-    "KPI responses by how they were obtained (hit, miss, stale) and endpoint (kpi, history).",
+    "KPI responses by how they were obtained (hit, refresh, miss, stale: docs/clients.md) and endpoint (kpi, history).",
     ["endpoint", "outcome"],
 )
 DATABASE_ERRORS = Counter(
     "kpi_database_errors_total",
-    "PostgreSQL failures (unreachable, pool timeout, statement error), by operation (query, ping).",
+    "PostgreSQL failures (unreachable, pool timeout, statement error), by operation (query, ping, apply, ...).",
     ["operation"],
 )
 POOL_BUSY = Counter(

@@ -24,7 +24,8 @@ from kpi_service.web.openapi_schemas import (
 OPENAPI_VERSION = "3.0.3"
 _HEADERS = {
     "Server-Timing": {
-        "description": "`db;dur=<ms>` when the SQL ran, `cache;desc=hit|miss|stale`, `app;dur=<ms>`.",
+        "description": "`db;dur=<ms>` when the SQL ran, `cache;desc=hit|refresh|miss|stale` (the cache outcome, "
+        "docs/clients.md), `app;dur=<ms>`.",
         "schema": {"type": "string"},
     },
     "X-Request-ID": {

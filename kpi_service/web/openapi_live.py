@@ -29,12 +29,9 @@ _STREAM_EVENTS = """Server-sent events, one per new result of the window:
     data: <the body GET /api/kpi answers, on one line>
 
 The current value is sent at once, unless `Last-Event-ID` (or `last_event_id`) is not older than
-it. A `: heartbeat` comment follows every KPI_STREAM_HEARTBEAT seconds (15) of silence. While the
-database fails and nothing is cached, `event: unavailable` carries an error envelope. The window is
-recomputed when the application's writes change its numbers, or when a listing in stock ages past
-`aged_days` (without the summaries, or with Redis down: when its cached value expires); an event
-never repeats the numbers of the one before. The stream ends when the token it was opened with
-expires."""
+it; `: heartbeat` comments fill silences, and `event: unavailable` carries an error envelope. When
+the window is recomputed, and when the stream ends: docs/api.md, "GET /api/kpi/stream", in the
+service's repository."""
 
 
 # Any string: a browser sends back whatever id it last saw, and a stream must not fail for it.
@@ -132,12 +129,9 @@ JSON object (schema `WebSocketFrame`):
     {"event": "heartbeat"}
 
 The first frame is the current value, unless `Last-Event-ID` (or `last_event_id`) is not older
-than it; a heartbeat follows every KPI_STREAM_HEARTBEAT seconds (15) of silence. Messages from
-the client are read and ignored: the window is fixed per connection. The server closes with
-1000 when the token the socket was opened with expires (get a new ticket and reconnect with
-`last_event_id`), 1001 when the server shuts down, 1008 when a ping stayed unanswered for
-KPI_WS_IDLE_TIMEOUT seconds (30), 1009 when the client sent a message over KPI_WS_MAX_MESSAGE
-bytes (4096)."""
+than it. Messages from the client are read and ignored: the window is fixed per connection. The
+close codes (1000, 1001, 1008, 1009) and what a client does on each: docs/api.md,
+"GET /api/kpi/ws", in the service's repository."""
 
 _WS_FRAME = {
     "type": "object",

@@ -7,14 +7,9 @@ fails before the upgrade is answered as plain HTTP with the JSON envelope, as th
 plus a 400 for a request that is no WebSocket handshake and a 403 for a browser page of another
 origin (cross-site WebSocket hijacking: a browser sends a WebSocket's Origin but enforces no
 same-origin rule on it). After the upgrade the server sends text frames, one JSON object each
-(hub.Event.frame, HEARTBEAT), and closes with
-
-- 1000 when the token the connection was opened with expires (the client gets a new ticket and
-  reconnects with last_event_id),
-- 1001 when the worker shuts down,
-- 1009 when the client sends a message over KPI_WS_MAX_MESSAGE bytes,
-- 1008 when the client leaves a ping unanswered for KPI_WS_IDLE_TIMEOUT seconds (a peer gone
-  without closing: a write to it would succeed for minutes).
+(events.Event.frame, HEARTBEAT). The close codes and when each is sent: docs/api.md,
+"GET /api/kpi/ws" (TOKEN_EXPIRED and GOING_AWAY here; 1008 and 1009 by simple-websocket). The
+idle ping matters because a write to a peer gone without closing would succeed for minutes.
 
 Client messages are otherwise read and dropped: the window is fixed per connection. Each
 connection holds a server thread, like a stream, and simple-websocket's reader thread.

@@ -1,7 +1,7 @@
 -- The read-only group role of the KPI service. Safe to run again (also concurrently) in the
 -- database that holds the four tables, as their owner or a superuser, after `kpi-service init-db`:
 --   psql -v ON_ERROR_STOP=1 -d sales -f sql/ops/roles.sql
--- The service logs in as a member of it (see the README, "Read-only database role"), so a bug
+-- The service logs in as a member of it (see docs/operations.md, "Read-only database role"), so a bug
 -- or a stolen credential can read the sales tables but never change them. init-db runs the file
 -- again whenever the role exists, so that an upgrade keeps the role's grants.
 
