@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import shapes
 import write_cost as wc
 
-from kpi_service.db.database import SESSION_OPTIONS
+from kpi_service.db.connections import SESSION_OPTIONS
 from kpi_service.db.sql import APPLY, APPLY_BATCH
 
 

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import python_baseline
 
 from kpi_service.cli.seed import seed
-from kpi_service.db.database import SESSION_OPTIONS
+from kpi_service.db.connections import SESSION_OPTIONS
 from kpi_service.db.schema import apply_schema
 from kpi_service.db.sql import MODE, kpi_statement_rows
 
@@ -120,7 +120,7 @@ def timed(action: Callable[[], Any], runs: int, budget: float) -> tuple[float, i
 
 
 def mode(conn: psycopg.Connection) -> str:
-    """ "summaries" or "raw": which statement the service runs on this database (kpi_service/db/database.py
+    """ "summaries" or "raw": which statement the service runs on this database (kpi_service/db/connections.py
     MODE), looked up once per connection, as the service does not look it up per request."""
     if conn not in _modes:
         (_modes[conn],) = conn.execute(MODE).fetchone().values()
@@ -128,7 +128,7 @@ def mode(conn: psycopg.Connection) -> str:
 
 
 def statement(conn: psycopg.Connection, windows: list[Window]) -> list[Any]:
-    """sql/runtime/kpi.sql as Database.kpi_rows (kpi_service/db/database.py) runs it (the other benches call this)."""
+    """sql/runtime/kpi.sql as Database.kpi_rows (db/connections.py) runs it (the other benches call this)."""
     return kpi_statement_rows(conn, mode(conn), windows, AGED_DAYS)
 
 

@@ -9,7 +9,7 @@ from flask import Flask
 
 from kpi_service.config import Settings
 from kpi_service.db.applier import Applier
-from kpi_service.db.database import Database
+from kpi_service.db.connections import Database
 from kpi_service.db.replica import Replica
 from kpi_service.ops.logs import configure_logging
 from kpi_service.ops.memo import Memo

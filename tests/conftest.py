@@ -23,7 +23,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from kpi_service.app import create_app
-from kpi_service.db.database import Database
+from kpi_service.db.connections import Database
 from kpi_service.db.schema import apply_schema
 from kpi_service.ops.logs import HOST_HANDLER, ROOT_LOGGER
 from tests.dataset import catch_up

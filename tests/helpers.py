@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from websockets.sync.client import ClientConnection, connect
 
 from kpi_service.config import Settings
-from kpi_service.db.database import Database
+from kpi_service.db.connections import Database
 from kpi_service.serving.responses import KpiValuesSchema
 from kpi_service.serving.windows import Window
 from tests import reference

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kpi_service.cli.seed import seed
-from kpi_service.db.database import Database
+from kpi_service.db.connections import Database
 from kpi_service.serving.windows import Window
 from tests.dataset import Dataset, Lead, Listing, Purchase
 from tests.helpers import apply_change, computed, expected

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kpi_service.db.database import Database
+from kpi_service.db.connections import Database
 from kpi_service.serving.responses import KpiValuesSchema
 from kpi_service.serving.windows import Window
 from tests import reference

@@ -16,7 +16,7 @@ PROBE = """
 import sys
 from datetime import datetime, timezone
 from kpi_service.config import Settings
-from kpi_service.db.database import Database
+from kpi_service.db.connections import Database
 from kpi_service.db.sql import sql_text
 import kpi_service
 assert "site-packages" in kpi_service.__file__, kpi_service.__file__

@@ -19,7 +19,7 @@ from flask.testing import FlaskClient
 from psycopg.conninfo import make_conninfo
 
 from kpi_service.app import create_app
-from kpi_service.db.database import Database
+from kpi_service.db.connections import Database
 from kpi_service.db.replica import Positions, Replica
 from kpi_service.db.schema import apply_schema
 from kpi_service.db.sql import APPLIER_LOCK, APPLY, CHANGED, MODE, WAL_POSITION

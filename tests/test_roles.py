@@ -10,7 +10,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from kpi_service.db.database import Database
+from kpi_service.db.connections import Database
 from kpi_service.db.schema import apply_schema
 from kpi_service.db.sql import sql_text
 from tests.helpers import make_settings, two_listings

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from kpi_service.app import create_app
 from kpi_service.db.applier import MIN_BATCH, paced_batch
-from kpi_service.db.database import Database
+from kpi_service.db.connections import Database
 from kpi_service.db.sql import APPLY_BATCH
 from kpi_service.serving.windows import Window
 from tests.dataset import Dataset, Lead, Listing, Purchase, catch_up

@@ -19,7 +19,7 @@ from psycopg.rows import dict_row
 
 from kpi_service.app import create_app
 from kpi_service.cli.seed import seed
-from kpi_service.db.database import Database
+from kpi_service.db.connections import Database
 from kpi_service.db.errors import SchemaMismatch
 from kpi_service.db.schema import SCHEMA_VERSION, apply_schema, service_version
 from kpi_service.db.sql import applier_lock, in_one_snapshot, kpi_statement_rows, windows_rows

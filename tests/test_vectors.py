@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from kpi_service.db.database import Database
+from kpi_service.db.connections import Database
 from kpi_service.serving.windows import Window
 from tests import make_vectors
 from tests.helpers import computed

@@ -12,11 +12,11 @@ import psycopg
 from flask import Flask
 from psycopg.conninfo import conninfo_to_dict
 
-from kpi_service.cli.database import database
 from kpi_service.cli.seed import default_until, seed
+from kpi_service.cli.target import target_database
 from kpi_service.config import ConfigError, Settings
 from kpi_service.db.applier import Applier
-from kpi_service.db.database import Database
+from kpi_service.db.connections import Database
 from kpi_service.db.schema import apply_schema
 from kpi_service.db.uninstall import plan, remove
 from kpi_service.serving.cache import Cache
@@ -36,7 +36,7 @@ def seed_command(
 ) -> None:
     out = out or sys.stdout
     until = until or default_until()
-    with database(environ, data_dir) as (url, embedded):
+    with target_database(environ, data_dir) as (url, embedded):
         where = f"the embedded database in {data_dir}" if embedded else _describe(url)
         print(f"seeding {listings:,} listings (seed {seed_value}, until {until.isoformat()}) into {where}", file=out)
         # The demo database may be new; another database gets its tables from init-db.

@@ -13,8 +13,8 @@ from typing import TextIO
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from kpi_service.app import create_app
-from kpi_service.cli.database import database
 from kpi_service.cli.seed import has_rows, seed
+from kpi_service.cli.target import target_database
 from kpi_service.config import Settings
 from kpi_service.db.schema import apply_schema
 from kpi_service.live.hub import close_all
@@ -39,7 +39,7 @@ def run(
     def say(line: str = "") -> None:
         print(line, file=out or sys.stdout, flush=True)
 
-    with database(environ, data_dir, reset=reset) as (url, embedded):
+    with target_database(environ, data_dir, reset=reset) as (url, embedded):
         if embedded:
             pgdata = Path(data_dir).absolute() / "pgdata"
             say(f"database  embedded PostgreSQL in {pgdata} (kept; --reset starts afresh)")

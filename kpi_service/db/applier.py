@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kpi_service.db.database import Database
+from kpi_service.db.connections import Database
 from kpi_service.db.errors import DatabaseUnavailable, StatementTimeout
 from kpi_service.db.sql import APPLY_BATCH
 from kpi_service.ops import metrics

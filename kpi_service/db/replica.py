@@ -32,7 +32,7 @@ from typing import TypeVar
 import psycopg
 
 from kpi_service.config import Settings
-from kpi_service.db.database import Database
+from kpi_service.db.connections import Database
 from kpi_service.db.errors import DatabaseBusy, DatabaseUnavailable, SchemaMissing, StatementTimeout
 from kpi_service.db.sql import REPLAY_POSITION
 

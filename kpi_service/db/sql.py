@@ -32,10 +32,11 @@ APPLY = (
 # What the batch changed (sql/schema/summary.sql leaves it in a setting of its transaction).
 CHANGED = "SELECT current_setting('kpi.changed', true) AS changed"
 APPLIER_LOCK = "SELECT kpi_applier_session_lock(%s)"
-# "summaries" or "raw" (sql/schema/schema.sql, kpi_source), and the version of the schema
+# The mode, "summaries" or "raw" (sql/schema/schema.sql, kpi_source(): the name /readyz shows
+# it under; meta.source is another thing, which database answered), and the version of the schema
 # (kpi_schema: no row, or no table before schema version 2).
-MODE = "SELECT kpi_source() AS source, version, oldest_service FROM kpi_schema"
-LEGACY_MODE = "SELECT kpi_source() AS source"
+MODE = "SELECT kpi_source() AS mode, version, oldest_service FROM kpi_schema"
+LEGACY_MODE = "SELECT kpi_source() AS mode"
 PENDING = "SELECT kpi_pending_changes() AS pending"
 # Positions in the WAL as byte offsets, comparable across a primary and its streaming replicas
 # (replica.py): where the primary has written to, and what a replica has replayed (NULL when

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from kpi_service.db.database import Database
+from kpi_service.db.connections import Database
 from kpi_service.db.errors import DatabaseBusy, DatabaseUnavailable, SchemaMissing, StatementTimeout
 from kpi_service.ops import metrics
 from kpi_service.serving.bodies import format_instant, with_flags
@@ -113,10 +113,10 @@ class KpiService:
     def _current_compute(self, query: KpiQuery) -> Compute:
         def compute(now: datetime) -> tuple[dict[str, Any], float, str | None, int]:
             window = query.window
-            rows, duration_ms, source, pending = self._kpi_rows(
+            rows, duration_ms, answered_by, pending = self._kpi_rows(
                 "kpi", [(window.start, window.end, window.as_of(now))], query.aged_days
             )
-            return {"metrics": validated(rows[0])}, duration_ms, source, pending
+            return {"metrics": validated(rows[0])}, duration_ms, answered_by, pending
 
         return compute
 
@@ -131,12 +131,12 @@ class KpiService:
         def compute(now: datetime) -> tuple[dict[str, Any], float, str | None, int]:
             windows = [Window.of_dates(first, last, query.tz) for first, last in days]
             spans = [(w.start, w.end, w.as_of(now)) for w in windows]
-            rows, duration_ms, source, pending = self._kpi_rows("history", spans, query.aged_days)
+            rows, duration_ms, answered_by, pending = self._kpi_rows("history", spans, query.aged_days)
             series = [
                 {"start": first.isoformat(), "end": last.isoformat(), "metrics": validated(row)}
                 for (first, last), row in zip(days, rows, strict=True)
             ]
-            return {"series": series}, duration_ms, source, pending
+            return {"series": series}, duration_ms, answered_by, pending
 
         return compute
 
@@ -270,7 +270,7 @@ class KpiService:
         seq, position, caught_up = self.cache.latest_change()
         self.db.observe_position(position)
         try:
-            data, duration_ms, source, pending = compute(now)
+            data, duration_ms, answered_by, pending = compute(now)
         except DatabaseUnavailable as error:
             if not isinstance(error, DatabaseBusy | SchemaMissing | StatementTimeout):
                 # The server itself, not one statement's own slowness (statement_timeout), a
@@ -297,8 +297,8 @@ class KpiService:
             "pending_changes": pending,
             "includes_commits_before": None if covered is None else format_instant(covered),
         }
-        if source is not None:  # a replica is configured: say which database answered
-            meta["source"] = source
+        if answered_by is not None:  # a replica is configured: say which database answered
+            meta["source"] = answered_by
         body = {**data, "success": True, "message": None, "meta": meta}
         # Behind the applier: fresh only until about its next batch, whose value replaces it.
         entry = self.cache.put(key, kind, body, seq, ttl=self.pending_ttl if pending else None)

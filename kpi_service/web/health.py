@@ -15,7 +15,7 @@ from kpi_service.ops import metrics
 from kpi_service.web.errors import envelope
 
 if TYPE_CHECKING:
-    from kpi_service.db.database import Database
+    from kpi_service.db.connections import Database
 
 log = logging.getLogger(__name__)
 

@@ -171,7 +171,7 @@ class Database:
         if problem:
             self._mode = None  # looked up again on every read until it is right
             raise SchemaMismatch(problem)
-        found = row["source"]
+        found = row["mode"]
         if found != self._mode:
             log.info(
                 "KPI statement reads %s",
@@ -207,8 +207,8 @@ class Database:
             rows = kpi_statement_rows(conn, mode, windows, aged_days)
             return rows, (time.perf_counter() - started) * 1000, pending
 
-        (rows, duration_ms, pending), source = self._read("query", run)
-        return rows, duration_ms, source, pending
+        (rows, duration_ms, pending), answered_by = self._read("query", run)
+        return rows, duration_ms, answered_by, pending
 
     def _read(
         self, operation: str, run: Callable[[psycopg.Connection], T], *, quiet: bool = False

@@ -12,7 +12,7 @@ from kpi_service.ops.lifecycle import signals_deferred
 
 
 @contextmanager
-def database(environ: Mapping[str, str], data_dir: Path, *, reset: bool = False) -> Iterator[tuple[str, bool]]:
+def target_database(environ: Mapping[str, str], data_dir: Path, *, reset: bool = False) -> Iterator[tuple[str, bool]]:
     """DATABASE_URL, or the embedded demo server in data_dir for the block: (conninfo, embedded)."""
     url = environ.get("DATABASE_URL")
     if url:
