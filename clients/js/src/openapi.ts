@@ -30,7 +30,7 @@ export interface paths {
                 /** @description The KPIs. */
                 200: {
                     headers: {
-                        /** @description `db;dur=<ms>` when the SQL ran, `cache;desc=hit|miss|stale`, `app;dur=<ms>`. */
+                        /** @description `db;dur=<ms>` when the SQL ran, `cache;desc=hit|refresh|miss|stale` (the cache outcome, docs/clients.md), `app;dur=<ms>`. */
                         "Server-Timing"?: string;
                         /** @description The caller's X-Request-ID when it is 1-64 of `A-Za-z0-9._:-`, else a generated one. */
                         "X-Request-ID"?: string;
@@ -86,7 +86,7 @@ export interface paths {
                 /** @description The KPIs. */
                 200: {
                     headers: {
-                        /** @description `db;dur=<ms>` when the SQL ran, `cache;desc=hit|miss|stale`, `app;dur=<ms>`. */
+                        /** @description `db;dur=<ms>` when the SQL ran, `cache;desc=hit|refresh|miss|stale` (the cache outcome, docs/clients.md), `app;dur=<ms>`. */
                         "Server-Timing"?: string;
                         /** @description The caller's X-Request-ID when it is 1-64 of `A-Za-z0-9._:-`, else a generated one. */
                         "X-Request-ID"?: string;
@@ -150,12 +150,9 @@ export interface paths {
                  *         data: <the body GET /api/kpi answers, on one line>
                  *
                  *     The current value is sent at once, unless `Last-Event-ID` (or `last_event_id`) is not older than
-                 *     it. A `: heartbeat` comment follows every KPI_STREAM_HEARTBEAT seconds (15) of silence. While the
-                 *     database fails and nothing is cached, `event: unavailable` carries an error envelope. The window is
-                 *     recomputed when the application's writes change its numbers, or when a listing in stock ages past
-                 *     `aged_days` (without the summaries, or with Redis down: when its cached value expires); an event
-                 *     never repeats the numbers of the one before. The stream ends when the token it was opened with
-                 *     expires.
+                 *     it; `: heartbeat` comments fill silences, and `event: unavailable` carries an error envelope. When
+                 *     the window is recomputed, and when the stream ends: docs/api.md, "GET /api/kpi/stream", in the
+                 *     service's repository.
                  */
                 200: {
                     headers: {
@@ -279,12 +276,9 @@ export interface paths {
                  *         {"event": "heartbeat"}
                  *
                  *     The first frame is the current value, unless `Last-Event-ID` (or `last_event_id`) is not older
-                 *     than it; a heartbeat follows every KPI_STREAM_HEARTBEAT seconds (15) of silence. Messages from
-                 *     the client are read and ignored: the window is fixed per connection. The server closes with
-                 *     1000 when the token the socket was opened with expires (get a new ticket and reconnect with
-                 *     `last_event_id`), 1001 when the server shuts down, 1008 when a ping stayed unanswered for
-                 *     KPI_WS_IDLE_TIMEOUT seconds (30), 1009 when the client sent a message over KPI_WS_MAX_MESSAGE
-                 *     bytes (4096).
+                 *     than it. Messages from the client are read and ignored: the window is fixed per connection. The
+                 *     close codes (1000, 1001, 1008, 1009) and what a client does on each: docs/api.md,
+                 *     "GET /api/kpi/ws", in the service's repository.
                  */
                 101: {
                     headers: {
