@@ -392,3 +392,20 @@ def test_a_rescore_and_a_delete_in_one_batch_remove_the_sale(conn: psycopg.Conne
     conn.execute("DELETE FROM listings WHERE id = 1")
     applied, rebuilt = applied_and_rebuilt(conn)
     assert applied == rebuilt and applied[2] == []
+
+
+def test_a_sale_looked_up_by_a_partial_batch_then_deleted_is_removed(conn: psycopg.Connection) -> None:
+    """A batch cut short looks the sale up (the listing is sold by then) while the sale's new
+    image stays in the log; deleted afterwards, the rows left cancel out: still removed."""
+    conn.execute(
+        "INSERT INTO listings (id, price, status, listed_at) VALUES (1, 1, 'active', %s)",
+        [datetime(2026, 2, 28, 18, 30, tzinfo=UTC)],
+    )
+    catch_up(conn)
+    conn.execute("UPDATE listings SET status = 'sold', sold_at = listed_at + interval '1 day' WHERE id = 1")
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        conn.execute("SELECT kpi_apply_changes(max_rows => 1)")
+    conn.execute("DELETE FROM listings WHERE id = 1")
+    applied, rebuilt = applied_and_rebuilt(conn)
+    assert applied == rebuilt and applied[2] == []

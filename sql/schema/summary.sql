@@ -485,6 +485,7 @@ DECLARE
     started timestamptz := clock_timestamp();
     changes kpi_changes[];
     listing_ids bigint[];
+    stock_ids bigint[];
     buyer_ids bigint[];
     deltas kpi_sums[];
     buyer_deltas kpi_sums[];
@@ -530,14 +531,11 @@ BEGIN
         FROM unnest(changes) c WHERE c.tbl = 'd'
     );
 
-    -- The sold listings of aged_inventory, for the listings whose instants or withdrawal may
-    -- have changed: inserted or deleted (the signs do not cancel), or logged with two values. A
-    -- rescore (its old and new image alike) leaves kpi_sales alone; a rescore and a delete in
-    -- one batch do not.
-    listing_ids := ARRAY(
-        SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'l'
-        GROUP BY c.id HAVING sum(c.sign) <> 0 OR count(DISTINCT (c.at, c.sold_at, c.withdrawn)) > 1
-    );
+    -- The sold listings of aged_inventory, looked up for every listing the batch names. Not only
+    -- for those whose logged values differ: a listing's rows can cancel (the new image of a sale
+    -- and the old image of its deletion) while an earlier, partial batch already looked up the
+    -- sale, and the log keeps no order to tell that from a rescore. A lookup is two index probes.
+    listing_ids := ARRAY(SELECT DISTINCT c.id FROM unnest(changes) c WHERE c.tbl = 'l');
     -- Lookups by key (OFFSET 0 keeps each a subquery of its own): joined with the ids, the
     -- listings and kpi_sales were read whole, for a hash join, in every batch at a million listings.
     WITH wanted AS (
@@ -557,14 +555,25 @@ BEGIN
     ),
     removed AS (
         DELETE FROM kpi_sales s WHERE s.listing_id = ANY (ARRAY(SELECT listing_id FROM stale)) RETURNING s.listing_id
+    ),
+    added AS (
+        INSERT INTO kpi_sales
+        SELECT w.* FROM wanted w
+        WHERE NOT EXISTS (
+            SELECT FROM kpi_sales s
+            WHERE s.listing_id = w.id AND (s.listed_at, s.sold_at) = (w.listed_at, w.sold_at)
+        )
+        ON CONFLICT (listing_id) DO UPDATE SET listed_at = excluded.listed_at, sold_at = excluded.sold_at
+        RETURNING listing_id
     )
-    INSERT INTO kpi_sales
-    SELECT w.* FROM wanted w
-    WHERE NOT EXISTS (
-        SELECT FROM kpi_sales s
-        WHERE s.listing_id = w.id AND (s.listed_at, s.sold_at) = (w.listed_at, w.sold_at)
-    )
-    ON CONFLICT (listing_id) DO UPDATE SET listed_at = excluded.listed_at, sold_at = excluded.sold_at;
+    -- The listings whose stock at some instant changed: their values in the log differ (an
+    -- insert, a delete, a sale), or their sale was found changed just now.
+    SELECT ARRAY(
+        SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'l'
+        GROUP BY c.id HAVING sum(c.sign) <> 0 OR count(DISTINCT (c.at, c.sold_at, c.withdrawn)) > 1
+        UNION SELECT listing_id FROM removed
+        UNION SELECT listing_id FROM added
+    ) INTO stock_ids;
 
     -- Purchases' facts and leads' conversions: the purchases logged, those of a listing whose
     -- cost changed and of a lead whose instant changed (an id logged once, or with two values:
@@ -698,7 +707,7 @@ BEGIN
     PERFORM set_config('kpi.changed', json_build_object(
         'from', (SELECT min(d.bucket) FROM unnest(deltas || buyer_deltas) d),
         'to', (SELECT max(d.bucket) FROM unnest(deltas || buyer_deltas) d),
-        'stock_from', (SELECT min(c.at) FROM unnest(changes) c WHERE c.tbl = 'l' AND c.id = ANY (listing_ids))
+        'stock_from', (SELECT min(c.at) FROM unnest(changes) c WHERE c.tbl = 'l' AND c.id = ANY (stock_ids))
     )::text, true);
     PERFORM kpi_applier_rests(started, busy_share);
     RETURN cardinality(changes);
