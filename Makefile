@@ -42,7 +42,8 @@ lock: $(VENV)/.dev
 	$(BIN)/uv pip compile setup.cfg --generate-hashes --python-version 3.11 --universal --quiet -o requirements.lock
 
 # What the Dockerfile does, in a fresh venv: the lock with --require-hashes, the package with
-# --no-deps, then every module the image runs imported.
+# --no-deps (not editable), then every module the image runs imported, and from outside the
+# checkout every SQL and dashboard file found in the installed package (.ci/installed_probe.py).
 LOCK_VENV := $(shell mktemp -u /tmp/kpi-lock-check.XXXXXX)
 lock-check:
 	$(PYTHON) -m venv $(LOCK_VENV)
@@ -50,6 +51,7 @@ lock-check:
 	$(LOCK_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps .
 	cd /tmp && $(LOCK_VENV)/bin/kpi-service --version
 	cd /tmp && $(LOCK_VENV)/bin/python -c "import kpi_service.app, kpi_service.cli.commands, gunicorn.app.wsgiapp; print('lock-check: the image installs and imports')"
+	cd /tmp && $(LOCK_VENV)/bin/python $(CURDIR)/.ci/installed_probe.py
 	rm -rf $(LOCK_VENV)
 
 format: $(VENV)/.dev

@@ -77,8 +77,8 @@ def test_no_writes_no_statements_and_no_event_that_repeats_numbers(live_app, con
 
 
 def test_aged_inventory_grows_the_moment_a_listing_ages(live_app, conn) -> None:
-    # Listed one day ago less eight seconds: aged (aged_days=1) eight seconds from now, no write.
-    ages_at = datetime.now(UTC) + timedelta(seconds=8)
+    # Listed one day ago less three seconds: aged (aged_days=1) three seconds from now, no write.
+    ages_at = datetime.now(UTC) + timedelta(seconds=3)
     insert_listing(conn, ages_at - timedelta(days=1))
     app = live_app()
     with serving(app) as base, Sse(f"{base}/api/kpi/stream?aged_days=1&ticket={ticket(base)}") as stream:
