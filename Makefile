@@ -27,8 +27,9 @@ $(JS)/node_modules/.installed: $(JS)/package-lock.json $(JS)/package.json
 	cd $(JS) && npm ci --no-audit --no-fund
 	touch $@
 
+# -n auto: one pytest worker per core (pytest-xdist); each has its own databases and servers.
 test: $(VENV)/.dev $(JS)/node_modules/.installed
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto $(PYTEST_ARGS)
 	cd $(JS) && npm test
 
 lint: $(VENV)/.dev
