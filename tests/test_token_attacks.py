@@ -86,16 +86,35 @@ def assert_401_envelope(response) -> None:  # werkzeug TestResponse
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
 
-@pytest.mark.parametrize("bearer", ATTACKS.values(), ids=ATTACKS.keys())
-def test_forged_or_invalid_tokens_are_401(client: FlaskClient, bearer: str) -> None:
-    assert_401_envelope(client.get("/api/kpi", headers={"Authorization": f"Bearer {bearer}"}))
-    assert_401_envelope(client.get("/api/kpi/history?from=2026-01-01&to=2026-01-31&interval=week",
-                                   headers={"Authorization": f"Bearer {bearer}"}))  # fmt: skip
+# Every operation the OpenAPI document protects with the bearer token, as a request: the stream
+# with its first parameters (its ticket-or-token rule is tests/test_stream.py's), the 304 path
+# of a poller's If-None-Match too.
+PROTECTED = [
+    ("GET", "/api/kpi", {}),
+    ("GET", "/api/kpi", {"If-None-Match": 'W/"x"'}),
+    ("GET", "/api/kpi/history?from=2026-01-01&to=2026-01-31&interval=week", {}),
+    ("POST", "/api/kpi/stream-ticket", {}),
+    ("GET", "/api/kpi/stream", {}),
+]
+REFUSED = {
+    "missing": {},
+    **{f"header-{name}": {"Authorization": header} for name, header in MALFORMED_HEADERS.items()},
+    **{name: {"Authorization": f"Bearer {bearer}"} for name, bearer in ATTACKS.items()},
+}
 
 
-@pytest.mark.parametrize("header", MALFORMED_HEADERS.values(), ids=MALFORMED_HEADERS.keys())
-def test_malformed_authorization_headers_are_401(client: FlaskClient, header: str) -> None:
-    assert_401_envelope(client.get("/api/kpi", headers={"Authorization": header}))
+def test_every_protected_operation_refuses_every_bad_or_missing_token(client: FlaskClient) -> None:
+    spec = client.get("/api/openapi.json").get_json()
+    protected = {(m.upper(), p) for p, ops in spec["paths"].items() for m, op in ops.items() if op.get("security")}
+    # The list above covers what the document protects (the WebSocket is tests/test_websocket.py's).
+    assert {(m, p.split("?")[0]) for m, p, _ in PROTECTED} == protected - {("GET", "/api/kpi/ws")}
+    for name, headers in REFUSED.items():
+        for method, path, extra in PROTECTED:
+            response = client.open(path, method=method, headers={**headers, **extra})
+            try:
+                assert_401_envelope(response)
+            except AssertionError as error:
+                raise AssertionError(f"{name}: {method} {path}") from error
 
 
 def test_the_genuine_token_of_the_same_shape_works(client: FlaskClient) -> None:
