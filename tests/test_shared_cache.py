@@ -13,9 +13,7 @@ import psycopg
 import pytest
 import redis
 
-from kpi_service.app import create_app
-from kpi_service.ops import metrics
-from tests.helpers import SECRET, RedisServer, make_settings, token, two_listings, wait_until
+from tests.helpers import SECRET, RedisServer, token, two_listings, wait_until
 from tests.servers import fetch, gunicorn
 
 COUNTER = "kpi-test:statements"
@@ -76,36 +74,3 @@ def test_an_expiring_key_is_refreshed_once_and_nobody_waits(
     assert storm(urls, bearer) == [200] * 120
     wait_until(lambda: json.loads(counter.get("kpi:v1:kpi:-:-:Europe/Berlin:60"))["fresh_until"] > time.time())
     assert int(counter.get(COUNTER)) == 2  # the first computation and exactly one refresh
-
-
-def test_redis_killed_and_restarted_fails_no_request(
-    database_url: str, redis_server: RedisServer, conn: psycopg.Connection
-) -> None:
-    two_listings(conn)
-    app = create_app(make_settings(database_url, redis_url=redis_server.url, cache_ttl=1))
-    state = app.extensions["kpi"]
-    state.cache.breaker.retry_after = 0.2  # retry Redis soon, so the test sees it come back
-    client = app.test_client()
-    headers = {"Authorization": f"Bearer {token()}"}
-    statuses: list[int] = []
-
-    def poll(rounds: int) -> None:
-        for n in range(rounds):
-            statuses.append(client.get(f"/api/kpi?aged_days={1 + n % 5}", headers=headers).status_code)
-
-    errors = metrics.REDIS_ERRORS.labels(operation="get")
-    try:
-        poll(20)
-        before = errors._value.get()
-        redis_server.stop()
-        wait_until(lambda: (poll(1), errors._value.get() > before)[1])  # it noticed the outage
-        poll(20)
-        redis_server.start()
-        fresh = redis.Redis.from_url(redis_server.url)
-        # Back by itself: results are written to the restarted (empty) server again.
-        wait_until(lambda: (poll(1), bool(fresh.keys("kpi:v1:kpi:*")))[1])
-        poll(20)
-    finally:
-        state.close()
-    assert set(statuses) == {200}
-    assert len(statuses) >= 62
