@@ -27,7 +27,7 @@ from pathlib import Path
 import psycopg
 import redis
 
-from tests.helpers import RedisServer, free_port, wait_until
+from tests.helpers import SECRET, RedisServer, free_port, wait_until
 
 ROOT = Path(__file__).parents[1]
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
@@ -230,6 +230,20 @@ def fetch(url: str, bearer: str | None, timeout: float = 30) -> tuple[int, dict]
             return error.code, {"raw": raw[:200].decode(errors="replace")}
     except (OSError, ValueError) as error:
         return 0, {"error": repr(error)}
+
+
+def shared_env(database_url: str, redis_url: str, **settings: str) -> dict[str, str]:
+    """A service instance of several on one Redis (two workers each), counting its statements
+    (/metrics), whose numbers never come from a TTL: every refresh is a change's."""
+    return {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "JWT_SECRET_KEY": SECRET,
+        "GUNICORN_WORKERS": "2",
+        "KPI_CACHE_TTL": "3600",
+        "KPI_METRICS": "on",
+        **settings,
+    }
 
 
 def statements(bases: list[str]) -> float:

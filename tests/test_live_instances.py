@@ -21,8 +21,8 @@ import psycopg
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.helpers import SECRET, RedisServer, insert_listing, open_ws, post_ticket, token, wait_until, ws_url
-from tests.servers import gunicorn, statements
+from tests.helpers import RedisServer, insert_listing, open_ws, post_ticket, token, wait_until, ws_url
+from tests.servers import gunicorn, shared_env, statements
 from tests.sse import Sse
 
 pytestmark = pytest.mark.slow
@@ -87,16 +87,7 @@ class Reader:
 def test_a_sale_reaches_every_touched_stream_of_two_instances_once(
     database_url: str, conn: psycopg.Connection, redis_server: RedisServer
 ) -> None:
-    env = {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_server.url,
-        "JWT_SECRET_KEY": SECRET,
-        "GUNICORN_WORKERS": "2",
-        "KPI_CACHE_TTL": "3600",  # nothing may come from a TTL
-        "KPI_APPLY_INTERVAL_MS": "100",
-        "KPI_STREAM_HEARTBEAT": str(HEARTBEAT_S),
-        "KPI_METRICS": "on",
-    }
+    env = shared_env(database_url, redis_server.url, KPI_APPLY_INTERVAL_MS="100", KPI_STREAM_HEARTBEAT=str(HEARTBEAT_S))
     names = [*TOUCHED, *UNTOUCHED]
     with gunicorn(env) as one, gunicorn(env) as two:
         bases = [one, two]

@@ -21,8 +21,8 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 
-from tests.helpers import SECRET, RedisServer, insert_listing, token, wait_until
-from tests.servers import gunicorn, statements
+from tests.helpers import RedisServer, insert_listing, token, wait_until
+from tests.servers import gunicorn, shared_env, statements
 
 pytestmark = pytest.mark.slow
 
@@ -103,14 +103,7 @@ class Poller:
 def test_a_write_reaches_the_pollers_of_the_windows_it_changes_within_a_second(
     database_url: str, conn: psycopg.Connection, redis_server: RedisServer
 ) -> None:
-    env = {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_server.url,
-        "JWT_SECRET_KEY": SECRET,
-        "GUNICORN_WORKERS": "2",
-        "KPI_CACHE_TTL": "3600",  # nothing may come from a TTL
-        "KPI_METRICS": "on",
-    }
+    env = shared_env(database_url, redis_server.url)
     bearer = token(exp=datetime.now(UTC) + timedelta(hours=1))
     windows = CHANGED + UNCHANGED
     with gunicorn(env) as one, gunicorn(env) as two:

@@ -349,5 +349,4 @@ def test_without_redis_the_stream_still_refreshes(make_app, conn, redis_server: 
         assert stream.next_event().json()["metrics"]["total_listings"] == 2
         redis_server.stop()  # no announcements, no shared cache: the refresher alone keeps it live
         add_listing(conn, 3, datetime(2026, 3, 3, tzinfo=UTC))
-        while stream.next_event().json()["metrics"]["total_listings"] != 3:
-            pass
+        stream.until(lambda body: body["metrics"]["total_listings"] == 3, seconds=30)

@@ -95,6 +95,10 @@ class Hub:
         self.refresher = service.refresher
         self._redis_down = False
         self._was_live = True
+        # Raised by every switch between live and TTL mode: a refresh that began before one
+        # must not schedule its window by the rules of the mode it began in (a live refresh
+        # finishing after the switch to TTL mode would leave its window due never).
+        self._mode_epoch = 0
         _hubs.add(self)
 
     # --- subscribers ---------------------------------------------------------------------------
@@ -238,6 +242,7 @@ class Hub:
 
     def _resync(self, not_before: float) -> None:
         with self._lock:
+            self._mode_epoch += 1
             for watched in self._watched.values():
                 watched.scheduled = False
                 watched.not_before = max(watched.not_before, not_before)
@@ -317,7 +322,7 @@ class Hub:
     def _refresh_live(self, key: str, watched: _Watched) -> None:
         """The window's value including every change announced for it, then its next aging."""
         with self._lock:
-            seq, not_before = watched.seq, watched.not_before
+            seq, not_before, epoch = watched.seq, watched.not_before, self._mode_epoch
         aging, retry = math.inf, None
         try:
             served = self.service.current_after(watched.query, seq, not_before)
@@ -335,8 +340,12 @@ class Hub:
             watched.scheduled = True
             if math.isfinite(aging):
                 watched.not_before = max(watched.not_before, aging)
-            # A change announced while this ran asks for another round at once.
-            watched.due = time.time() if watched.seq > seq else retry if retry is not None else aging
+            # A change announced while this ran asks for another round at once, and so does a
+            # switch of mode (the window is then scheduled by the new mode's rules).
+            if watched.seq > seq or self._mode_epoch != epoch:
+                watched.due = time.time()
+            else:
+                watched.due = retry if retry is not None else aging
             watched.refreshing = False
 
     def _tell_failed(self, key: str, watched: _Watched, error: Exception) -> None:
@@ -364,6 +373,8 @@ class Hub:
 
     def _refresh_by_ttl(self, key: str, watched: _Watched) -> None:
         """GET /api/kpi for the window, as a poller would: computes once when it expired."""
+        with self._lock:
+            epoch = self._mode_epoch
         try:
             served = self.service.current(watched.query)
         except (WindowUnavailable, InvalidKpis) as error:
@@ -391,6 +402,8 @@ class Hub:
             self.deliver(key, served)
         finally:
             with self._lock:
+                if self._mode_epoch != epoch:
+                    watched.due = time.time()
                 watched.refreshing = False
 
 
