@@ -59,10 +59,12 @@ def table_ddl() -> str:
     # Everything after the first index is the service's own; the tables come before it.
     head = text.split("CREATE INDEX", 1)[0]
     statements = re.findall(r"^CREATE TABLE\b.*?^\);", head, flags=re.DOTALL | re.MULTILINE)
-    found = [re.search(r"CREATE TABLE\s+(?:IF NOT EXISTS\s+)?(\w+)", s).group(1) for s in statements]
-    if sorted(found) != sorted(TABLES):
-        raise SystemExit(f"shapes: expected CREATE TABLE of {', '.join(TABLES)} in {SCHEMA}, found {found}")
-    return "\n\n".join(statements)
+    named = {re.search(r"CREATE TABLE\s+(?:IF NOT EXISTS\s+)?(\w+)", s).group(1): s for s in statements}
+    # The service's own tables (kpi_schema) may come before the first index too: only the
+    # application's are wanted.
+    if not set(TABLES) <= set(named):
+        raise SystemExit(f"shapes: expected CREATE TABLE of {', '.join(TABLES)} in {SCHEMA}, found {list(named)}")
+    return "\n\n".join(named[t] for t in TABLES)
 
 
 def url_for(server: str, name: str) -> str:
