@@ -57,10 +57,11 @@ def cases(now: datetime) -> dict[str, list[Window]]:
         "all time": [(None, None, now)],
         "last 365 days": [(now - 365 * day, now, now)],
         "last 30 days": [(now - 30 * day, now, now)],
-        # A window in the past: most of its buyers come back after it (the links leaving it).
-        "30 days a year ago": [(now - 395 * day, now - 365 * day, now)],
+        # A window in the past: most of its buyers come back after it (the links leaving it). As
+        # of its end, as the service asks (min(end, now)): aged_inventory then, not now.
+        "30 days a year ago": [(now - 395 * day, now - 365 * day, now - 365 * day)],
         # The same in Europe/Berlin's winter: its edges are 23:00 UTC, inside UTC days.
-        "30 days a year ago, UTC+1": [(now - 395 * day - hour, now - 365 * day - hour, now)],
+        "30 days a year ago, UTC+1": [(now - 395 * day - hour, now - 365 * day - hour, now - 365 * day - hour)],
         "365-day daily history": [(first + i * day, first + (i + 1) * day, first + (i + 1) * day) for i in range(365)],
     }
 
