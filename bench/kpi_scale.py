@@ -40,7 +40,7 @@ import python_baseline
 from kpi_service.cli.seed import seed
 from kpi_service.db.database import SESSION_OPTIONS
 from kpi_service.db.schema import apply_schema
-from kpi_service.db.sql import MODE, kpi_statement_rows
+from kpi_service.db.sql import LEGACY_MODE, kpi_statement_rows
 
 UNTIL = datetime(2026, 11, 25, tzinfo=UTC)
 SEED = 1
@@ -124,7 +124,8 @@ def mode(conn: psycopg.Connection) -> str:
     """ "summaries" or "raw": which statement the service runs on this database (kpi_service/db/database.py
     MODE), looked up once per connection, as the service does not look it up per request."""
     if conn not in _modes:
-        (_modes[conn],) = conn.execute(MODE).fetchone().values()
+        # (MODE reads the schema version too: only the source is wanted here.)
+        (_modes[conn],) = conn.execute(LEGACY_MODE).fetchone().values()
     return _modes[conn]
 
 
