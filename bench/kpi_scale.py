@@ -40,7 +40,7 @@ import python_baseline
 from kpi_service.cli.seed import seed
 from kpi_service.db.connections import SESSION_OPTIONS
 from kpi_service.db.schema import apply_schema
-from kpi_service.db.sql import MODE, kpi_statement_rows
+from kpi_service.db.sql import LEGACY_MODE, kpi_statement_rows
 
 UNTIL = datetime(2026, 11, 25, tzinfo=UTC)
 SEED = 1
@@ -57,10 +57,11 @@ def cases(now: datetime) -> dict[str, list[Window]]:
         "all time": [(None, None, now)],
         "last 365 days": [(now - 365 * day, now, now)],
         "last 30 days": [(now - 30 * day, now, now)],
-        # A window in the past: most of its buyers come back after it (the links leaving it).
-        "30 days a year ago": [(now - 395 * day, now - 365 * day, now)],
+        # A window in the past: most of its buyers come back after it (the links leaving it). As
+        # of its end, as the service asks (min(end, now)): aged_inventory then, not now.
+        "30 days a year ago": [(now - 395 * day, now - 365 * day, now - 365 * day)],
         # The same in Europe/Berlin's winter: its edges are 23:00 UTC, inside UTC days.
-        "30 days a year ago, UTC+1": [(now - 395 * day - hour, now - 365 * day - hour, now)],
+        "30 days a year ago, UTC+1": [(now - 395 * day - hour, now - 365 * day - hour, now - 365 * day - hour)],
         "365-day daily history": [(first + i * day, first + (i + 1) * day, first + (i + 1) * day) for i in range(365)],
     }
 
@@ -120,10 +121,11 @@ def timed(action: Callable[[], Any], runs: int, budget: float) -> tuple[float, i
 
 
 def mode(conn: psycopg.Connection) -> str:
-    """ "summaries" or "raw": which statement the service runs on this database (kpi_service/db/connections.py
+    """ "summaries" or "raw": which statement the service runs on this database (db/connections.py
     MODE), looked up once per connection, as the service does not look it up per request."""
     if conn not in _modes:
-        (_modes[conn],) = conn.execute(MODE).fetchone().values()
+        # (MODE reads the schema version too: only the mode is wanted here.)
+        (_modes[conn],) = conn.execute(LEGACY_MODE).fetchone().values()
     return _modes[conn]
 
 

@@ -162,6 +162,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds of writes before phase b's reads")
     parser.add_argument("--budget", type=float, default=60.0, help="seconds per case before stopping early")
     parser.add_argument("--keep", action="store_true", help="keep the _read databases afterwards")
+    parser.add_argument(
+        "--reuse", action="store_true", help="time on a _read database an earlier --keep run left (no init-db)"
+    )
     parser.add_argument("--server", default=shapes.SERVER)
     args = parser.parse_args()
     # SIGTERM as Ctrl-C: the finally blocks stop pgbench and the applier, which would outlive us.
@@ -183,9 +186,13 @@ def main() -> int:
     for stock, years, order in sweep:
         name = shapes.default_name(args.listings, stock, years, order)
         shapes.ensure(args.server, name, args.listings, stock, years, order)
-        url = shapes.clone(args.server, name, f"{name}_read")
-        init_seconds = service.init_db(url)
-        print(f"{name}_read: init-db {init_seconds:.1f} s", flush=True)
+        if args.reuse:
+            url, init_seconds = shapes.url_for(args.server, f"{name}_read"), float("nan")
+            print(f"{name}_read: reused, as an earlier run's init-db left it", flush=True)
+        else:
+            url = shapes.clone(args.server, name, f"{name}_read")
+            init_seconds = service.init_db(url)
+            print(f"{name}_read: init-db {init_seconds:.1f} s", flush=True)
         after = time_cases(url, args.runs, args.budget)
         timings, writes = under_writes(service, url, args, log_path)
         for phase, found in zip(PHASES, (after, timings), strict=True):

@@ -85,7 +85,7 @@ class Settings:
             "redis_sentinel_password": env.get("REDIS_SENTINEL_PASSWORD") or None,
             "cache_ttl": _int(env, "KPI_CACHE_TTL", cls.cache_ttl, low=1),
             "stale_ttl": _int(env, "KPI_STALE_TTL", cls.stale_ttl, low=1),
-            "aged_days": _int(env, "KPI_AGED_DAYS", cls.aged_days, low=1, high=3650),
+            "aged_days": aged_days_setting(env),
             "timezone": env.get("KPI_TIMEZONE") or cls.timezone,
             "statement_timeout_ms": _int(env, "KPI_STATEMENT_TIMEOUT_MS", cls.statement_timeout_ms, low=1),
             "db_connect_timeout": _int(env, "KPI_DB_CONNECT_TIMEOUT", cls.db_connect_timeout, low=1),
@@ -239,6 +239,12 @@ def canonical_origin(value: str) -> str:
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     default = 443 if parts.scheme == "https" else 80
     return f"{parts.scheme}://{host}" + (f":{port}" if port is not None and port != default else "")
+
+
+def aged_days_setting(env: Mapping[str, str]) -> int:
+    """KPI_AGED_DAYS: the service's default aged_days, and init-db's for the summaries (which
+    need none of the other settings)."""
+    return _int(env, "KPI_AGED_DAYS", Settings.aged_days, low=1, high=3650)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int | None = None) -> int:

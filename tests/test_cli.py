@@ -71,6 +71,19 @@ def test_init_db_is_idempotent(
     assert "schema and summaries applied" in capsys.readouterr().out
 
 
+def test_init_db_records_kpi_aged_days(environ: pytest.MonkeyPatch, empty_database: str) -> None:
+    """The summaries count long sales for KPI_AGED_DAYS; init-db with another one counts them anew."""
+    environ.setenv("DATABASE_URL", empty_database)
+    environ.delenv("KPI_AGED_DAYS", raising=False)
+    assert cli.main(["init-db"]) == 0
+    environ.setenv("KPI_AGED_DAYS", "30")
+    assert cli.main(["init-db"]) == 0
+    with psycopg.connect(empty_database) as conn:
+        assert conn.execute("SELECT version = kpi_summary_version(), aged_days FROM kpi_summary_state").fetchall() == [
+            (True, 30)
+        ]
+
+
 def test_apply_once_takes_in_the_change_log(
     environ: pytest.MonkeyPatch, empty_database: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

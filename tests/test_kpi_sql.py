@@ -16,7 +16,7 @@ from kpi_service.serving.responses import KpiValuesSchema
 from kpi_service.serving.windows import Window
 from tests import reference
 from tests.dataset import Dataset, Lead, Listing, Purchase
-from tests.strategies import datasets, instants, windows
+from tests.strategies import aged_days_choices, datasets, instants, windows
 
 NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
 
@@ -204,7 +204,7 @@ def test_unknown_costs_and_missing_leads_are_left_out(database: Database, conn: 
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(window=windows(), aged_days=st.integers(1, 30), now=instants(), data=st.data())
+@given(window=windows(), aged_days=aged_days_choices, now=instants(), data=st.data())
 def test_sql_matches_the_reference(
     database: Database, conn: psycopg.Connection, window: Window, aged_days: int, now: datetime, data: st.DataObject
 ) -> None:

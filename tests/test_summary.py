@@ -20,11 +20,11 @@ from hypothesis import strategies as st
 from kpi_service.app import create_app
 from kpi_service.db.applier import MIN_BATCH, paced_batch
 from kpi_service.db.connections import Database
-from kpi_service.db.sql import APPLY_BATCH
+from kpi_service.db.sql import APPLIER_LOCK, APPLY_BATCH
 from kpi_service.serving.windows import Window
 from tests.dataset import Dataset, Lead, Listing, Purchase, catch_up
 from tests.helpers import apply_change, computed, expected, make_settings, wait_until
-from tests.strategies import datasets, instants, windows
+from tests.strategies import aged_days_choices, datasets, instants, windows
 
 SUMS = "SELECT * FROM kpi_sums ORDER BY grain, bucket"
 BUYERS = "SELECT buyer_id, bucket, prev_bucket FROM kpi_buyer_buckets ORDER BY 1, 2"
@@ -307,7 +307,7 @@ def off_grid_windows(draw: st.DrawFn) -> Window:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.data(), aged_days=st.integers(1, 30), now=instants())
+@given(data=st.data(), aged_days=aged_days_choices, now=instants())
 def test_windows_off_the_grid_read_the_raw_rows_and_agree(
     database: Database, conn: psycopg.Connection, data: st.DataObject, aged_days: int, now: datetime
 ) -> None:
@@ -316,6 +316,71 @@ def test_windows_off_the_grid_read_the_raw_rows_and_agree(
     # Mixed with windows on the grid, as one statement would get them.
     shown = data.draw(st.lists(st.one_of(off_grid_windows(), windows()), min_size=1, max_size=5))
     assert computed(database, shown, aged_days, now) == expected(dataset, shown, aged_days, now)
+
+
+def build_for(conn: psycopg.Connection, aged_days: int) -> None:
+    """What init-db does with KPI_AGED_DAYS = aged_days (kpi_build)."""
+    conn.execute(APPLIER_LOCK, [True])
+    try:
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            conn.execute("SELECT kpi_build(%s)", [aged_days])
+    finally:
+        conn.execute(APPLIER_LOCK, [False])
+
+
+def test_a_daily_history_counts_aged_inventory_exactly_at_its_edges(
+    database: Database, conn: psycopg.Connection
+) -> None:
+    """aged_inventory of a daily history across a DST day, with the aged_days the summaries count
+    long sales for (60: from buckets alone) and with another (7: from the sales), each day with
+    listings a microsecond either side of T - aged_days and of a long sale's edge: sold exactly at
+    T, and sold exactly aged_days after listing. Then again after init-db with KPI_AGED_DAYS = 7
+    counts the long sales anew for 7, and after changes the applier takes in."""
+    zone = "Europe/Berlin"  # 2026-03-29 has 23 hours
+    shown = [Window.of_dates(date(2026, 3, 24) + timedelta(days=k), date(2026, 3, 24) + timedelta(days=k), zone)
+             for k in range(10)]  # fmt: skip
+    now = datetime(2026, 4, 2, 9, 7, 5, 123456, tzinfo=UTC)  # inside the last day: its T is now, off the grid
+    us = timedelta(microseconds=1)
+    edges = []  # (listed_at, sold_at or None)
+    for at in [w.as_of(now) for w in shown]:
+        for days in (60, 7):
+            span = timedelta(days=days)
+            before = at - span
+            edges += [
+                (before, None), (before - us, None), (before + us, None),  # listed at the edge
+                (before - us, at), (before - us, at + us), (before - us, at - us),  # sold at T, just after, before
+                (before, at),  # sold exactly aged_days after listing, at T
+                (before - timedelta(hours=5), at - timedelta(hours=5)),  # exactly aged_days: short, before T
+                (before - timedelta(hours=5), at - timedelta(hours=5) + us),  # a microsecond longer: long
+                (before + timedelta(hours=3), at + timedelta(hours=3)),  # exactly aged_days, after T
+            ]  # fmt: skip
+    listings = [
+        Listing(i, Decimal("10.00"), "sold" if sold else ("withdrawn" if i % 13 == 0 else "active"), listed, None, sold)
+        for i, (listed, sold) in enumerate(edges, 1)
+    ]
+    data = Dataset([1], listings, [], [])
+    data.insert(conn)
+    try:
+        for recorded in (60, 7):
+            if recorded != 60:
+                build_for(conn, recorded)
+            assert conn.execute("SELECT aged_days FROM kpi_summary_state").fetchone() == (recorded,)
+            for aged_days in (60, 7):
+                assert computed(database, shown, aged_days, now) == expected(data, shown, aged_days, now)
+        # Sales moved by a microsecond across the edges, and unsold: the applier's differences.
+        for listing in data.listings[::3]:
+            if listing.sold_at is not None:
+                listing.sold_at += us
+                conn.execute("UPDATE listings SET sold_at = %s WHERE id = %s", [listing.sold_at, listing.id])
+        for listing in data.listings[1::7]:
+            listing.status, listing.sold_at = "active", None
+            conn.execute("UPDATE listings SET status = 'active', sold_at = NULL WHERE id = %s", [listing.id])
+        for aged_days in (60, 7):
+            assert computed(database, shown, aged_days, now) == expected(data, shown, aged_days, now)
+        assert [m["aged_inventory"] for m in computed(database, shown, 7, now)] != [0] * len(shown)
+    finally:
+        build_for(conn, 60)
 
 
 def test_a_day_in_local_mean_time(database: Database, conn: psycopg.Connection) -> None:
@@ -338,7 +403,7 @@ def raw_database(raw_database_url: str) -> Iterator[Database]:
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.data(), aged_days=st.integers(1, 30), now=instants())
+@given(data=st.data(), aged_days=aged_days_choices, now=instants())
 def test_without_summaries_the_raw_rows_give_the_same_numbers(
     raw_database: Database, raw_database_url: str, data: st.DataObject, aged_days: int, now: datetime
 ) -> None:

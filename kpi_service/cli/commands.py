@@ -14,7 +14,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from kpi_service.cli.seed import default_until, seed
 from kpi_service.cli.target import target_database
-from kpi_service.config import ConfigError, Settings
+from kpi_service.config import ConfigError, Settings, aged_days_setting
 from kpi_service.db.applier import Applier
 from kpi_service.db.connections import Database
 from kpi_service.db.schema import apply_schema
@@ -66,7 +66,7 @@ def init_db_command(environ: Mapping[str, str], *, summaries: bool = True, out: 
     url = environ.get("DATABASE_URL")
     if not url:
         raise ConfigError("DATABASE_URL is not set")
-    apply_schema(url, summaries=summaries)
+    apply_schema(url, summaries=summaries, aged_days=aged_days_setting(environ))
     what = "schema and summaries" if summaries else "schema (no summaries: the service reads the raw rows)"
     print(f"{what} applied to {_describe(url)}", file=out)
 

@@ -14,10 +14,11 @@ from kpi_service.db.sql import applier_lock, in_one_snapshot, sql_text
 # (The summaries' own build version, kpi_summary_state in sql/schema/summary.sql, is another
 # number: it changes only when the summaries' rows change shape, and only then does init-db
 # rebuild them. Most schema versions leave it alone.)
-# 2: the manifest and its privileges; 3: kpi_buyer_days, which this service's statement reads.
-SCHEMA_VERSION = 3
+# 2: the manifest and its privileges; 3: kpi_buyer_days, which this service's statement reads;
+# 4: kpi_sums.long_listed and long_sold with kpi_summary_state.aged_days, which it reads too.
+SCHEMA_VERSION = 4
 # The oldest database schema this service computes right numbers from.
-OLDEST_DATABASE = 3
+OLDEST_DATABASE = 4
 # The oldest service this version's objects are right for, recorded with them: raised to
 # SCHEMA_VERSION when an older service would misread them (a column's meaning changed, a function
 # it calls changed its result), left as it is when the change only adds.
@@ -48,9 +49,10 @@ def compatibility(version: int, oldest_service: int) -> str | None:
 SERVICE_TABLES = "kpi_sums, kpi_buyer_buckets, kpi_sales, kpi_purchase_facts, kpi_conversions, kpi_changes"
 
 
-def apply_schema(conninfo: str, *, summaries: bool = True) -> None:
+def apply_schema(conninfo: str, *, summaries: bool = True, aged_days: int = 60) -> None:
     """Apply sql/schema/schema.sql, (unless told not to) summary.sql, manifest.sql and indexes.sql, then build
-    the summaries from the rows already there. Idempotent. The application keeps writing
+    the summaries from the rows already there, with aged_inventory's fast path for `aged_days`
+    (KPI_AGED_DAYS: another value is answered exactly too, from the sales). Idempotent. The application keeps writing
     meanwhile: the tables, functions and triggers go in one short transaction, the indexes are
     built CONCURRENTLY, and the build only reads the sales tables. Then what it built is
     vacuumed and analyzed, so that the first reads have index-only scans and statistics
@@ -76,7 +78,7 @@ def apply_schema(conninfo: str, *, summaries: bool = True) -> None:
             # Waiting for a running applier (an upgrade beside live instances) before the
             # build's snapshot is taken.
             with applier_lock(conn):
-                in_one_snapshot(conn, "SELECT kpi_build()")
+                in_one_snapshot(conn, "SELECT kpi_build(%s)", [aged_days])
             conn.execute(f"VACUUM (ANALYZE) {SERVICE_TABLES}")
         conn.execute("ANALYZE buyers, listings, leads, purchases")
 

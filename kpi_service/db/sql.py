@@ -90,10 +90,9 @@ def applier_lock(conn: psycopg.Connection) -> Iterator[None]:
         conn.commit()
 
 
-def in_one_snapshot(conn: psycopg.Connection, *statements: str) -> None:
-    """The statements in one REPEATABLE READ transaction: the summaries' build, rebuild and
-    applier read the change log and the rows it names from one snapshot (sql/schema/summary.sql)."""
+def in_one_snapshot(conn: psycopg.Connection, statement: str, params: Sequence[Any] = ()) -> None:
+    """The statement in a REPEATABLE READ transaction of its own: the summaries' build, rebuild
+    and applier read the change log and the rows it names from one snapshot (sql/schema/summary.sql)."""
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        for statement in statements:
-            conn.execute(statement)
+        conn.execute(statement, params)

@@ -20,7 +20,11 @@ WITH windows AS (
            AND date_bin('15 minutes', e.hi, timestamptz 'epoch') = e.hi AS aligned,
            -- aged_inventory counts below this 15-minute edge from the summaries, and the
            -- listings in [aged_edge, aged_before) from the raw rows.
-           date_bin('15 minutes', e.aged_before, timestamptz 'epoch') AS aged_edge
+           date_bin('15 minutes', e.aged_before, timestamptz 'epoch') AS aged_edge,
+           -- With as_of a 15-minute edge (then so is aged_before) and the aged_days the summaries
+           -- count long sales for, aged_inventory is sums of buckets alone (aged_steps).
+           date_bin('15 minutes', w.as_of, timestamptz 'epoch') = w.as_of
+           AND coalesce((SELECT s.aged_days = :aged_days FROM kpi_summary_state s), false) AS aged_bucketed
     FROM unnest(:starts::timestamptz[], :ends::timestamptz[], :as_ofs::timestamptz[])
          WITH ORDINALITY AS w (start_at, end_at, as_of, ord)
     CROSS JOIN LATERAL (
@@ -111,22 +115,39 @@ totals AS (
 --   count(b_i, T_i) = count(b_j, T_j) - unsold listed in [b_i, b_j)
 --                     + sold in (T_i, T_j] and listed before b_i
 --                     - sold after T_j and listed in [b_i, b_j).
+-- A window that is aged_bucketed (b = as_of - aged_days, both 15-minute edges) counts from
+-- buckets alone, reading no sale: unsold + long_listed below b - long_sold below as_of
+-- (kpi_long_sale in sql/schema/summary.sql), and a step between two such windows is the
+-- difference of those sums, two bucket ranges (a daily history's days, whose edges are
+-- 15-minute edges in every zone in use). Other windows (as_of now, another aged_days) and
+-- steps to or from one take the sales.
 -- (The range operators keep the planner on the index named beside each count: it cannot know
 -- which condition is selective, and the other index would read every sale.)
 ordered AS (
-    SELECT w.ord, w.as_of, w.aged_edge,
+    SELECT w.ord, w.as_of, w.aged_edge, w.aged_bucketed,
            lead(w.as_of) OVER later AS next_as_of, lead(w.aged_edge) OVER later AS next_edge,
+           lead(w.aged_bucketed) OVER later AS next_bucketed,
            row_number() OVER later AS position
     FROM windows w
     WINDOW later AS (ORDER BY w.as_of, w.ord)
 ),
 aged_steps AS (
     SELECT o.ord, o.position,
-        CASE WHEN o.next_as_of IS NULL THEN (
+        CASE WHEN o.next_as_of IS NULL AND o.aged_bucketed THEN (
+            SELECT unsold + long_listed FROM kpi_range('-infinity', o.aged_edge)
+        ) - (
+            SELECT long_sold FROM kpi_range('-infinity', o.as_of)
+        )
+        WHEN o.next_as_of IS NULL THEN (
             SELECT unsold FROM kpi_range('-infinity', o.aged_edge)
         ) + (
             SELECT count(*) FROM kpi_sales  -- kpi_sales_sold_at_idx: at as_of = now, about none
             WHERE sold_at > o.as_of AND tstzrange(NULL, o.aged_edge) @> listed_at
+        )
+        WHEN o.aged_bucketed AND o.next_bucketed THEN (
+            SELECT -unsold - long_listed FROM kpi_range(o.aged_edge, o.next_edge)
+        ) + (
+            SELECT long_sold FROM kpi_range(o.as_of, o.next_as_of)
         )
         ELSE (
             SELECT -unsold FROM kpi_range(o.aged_edge, o.next_edge)

@@ -80,7 +80,11 @@ FROM (VALUES
     ('function', 'kpi_applier_lock()', 'owner', NULL),
     ('function', 'kpi_applier_session_lock(boolean)', 'reader', NULL),
     ('function', 'kpi_require_one_snapshot()', 'owner', NULL),
+    ('function', 'kpi_long_sale(timestamptz, timestamptz, integer, bigint)', 'owner', NULL),
+    ('function', 'kpi_long_sales(integer)', 'owner', NULL),
+    ('function', 'kpi_count_long(integer)', 'owner', NULL),
     ('function', 'kpi_rebuild()', 'owner', NULL),
+    ('function', 'kpi_rebuild(integer)', 'owner', NULL),
     ('function', 'kpi_application_at_work()', 'owner', NULL),
     ('function', 'kpi_applier_rests(timestamptz, double precision)', 'owner', NULL),
     ('function', 'kpi_apply_changes(integer, double precision)', 'reader', NULL),
@@ -90,7 +94,7 @@ FROM (VALUES
     ('function', 'kpi_add_links(kpi_buyer_days[])', 'owner', NULL),
     ('function', 'kpi_count_links()', 'owner', NULL),
     ('function', 'kpi_summary_version()', 'reader', NULL),
-    ('function', 'kpi_build()', 'owner', NULL)
+    ('function', 'kpi_build(integer)', 'owner', NULL)
 ) AS m (kind, name, callers, on_table);
 
 REVOKE ALL ON kpi_manifest FROM PUBLIC;

@@ -62,9 +62,17 @@ CREATE TABLE IF NOT EXISTS kpi_sums (
     lead_seconds  numeric NOT NULL,
     buyer_buckets bigint NOT NULL,       -- kpi_buyer_buckets rows by bucket
     buyer_links   bigint NOT NULL,       -- kpi_buyer_buckets rows by prev_bucket
+    -- aged_inventory's sold listings with the recorded aged_days D (kpi_summary_state): the
+    -- kpi_sales rows sold more than D after listing, by listed_at, and by sold_at less 1
+    -- microsecond (so that a bucket range [.., T) holds those sold at or before T).
+    long_listed   bigint NOT NULL DEFAULT 0,
+    long_sold     bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (grain, bucket)
 ) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000,
         autovacuum_analyze_scale_factor = 0.05);
+-- (Version 5 had no long_listed, long_sold: kpi_build() counts them.)
+ALTER TABLE kpi_sums ADD COLUMN IF NOT EXISTS long_listed bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS long_sold bigint NOT NULL DEFAULT 0;
 
 CREATE TABLE IF NOT EXISTS kpi_buyer_buckets (
     buyer_id    bigint NOT NULL,
@@ -157,12 +165,31 @@ CREATE TABLE IF NOT EXISTS kpi_changes (
 ) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
         autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 1000);
 
--- Which version of the functions below built the rows; another version rebuilds them.
+-- Which version of the functions below built the rows; another version rebuilds them. And the
+-- aged_days whose sold listings kpi_sums.long_listed and long_sold count (init-db's KPI_AGED_DAYS).
 CREATE TABLE IF NOT EXISTS kpi_summary_state (version integer NOT NULL);
+ALTER TABLE kpi_summary_state ADD COLUMN IF NOT EXISTS aged_days integer;
 -- This file's version. 5 added kpi_buyer_days to 4: kpi_build() counts it from
--- kpi_buyer_buckets, with no rebuild. Until then kpi_source() says 'raw'.
+-- kpi_buyer_buckets, with no rebuild; 6 added kpi_sums.long_listed and long_sold, which it counts
+-- from kpi_sales, with no rebuild either. Until then kpi_source() says 'raw'.
 CREATE OR REPLACE FUNCTION kpi_summary_version() RETURNS integer
-LANGUAGE sql IMMUTABLE AS 'SELECT 5';
+LANGUAGE sql IMMUTABLE AS 'SELECT 6';
+
+-- What a kpi_sales row adds to kpi_sums.long_listed and long_sold (n times) for aged_days: two
+-- rows when it was sold more than aged_days 24-hour days after listing, none otherwise. With T a
+-- 15-minute edge and B = T - aged_days, aged_inventory at T is the listings not withdrawn and
+-- listed before B less those of them sold at or before T, and a sale at or before T listed before
+-- B is either sold more than aged_days after listing (then listed before B whenever sold at or
+-- before T: long_sold below T) or within them (then sold before T whenever listed before B: not
+-- long, listed before B). So aged_inventory at T = unsold + long_listed below B - long_sold below
+-- T: sums of buckets. (Seconds, not days, as kpi.sql takes aged_days: a DST day changes nothing.)
+CREATE OR REPLACE FUNCTION kpi_long_sale(listed_at timestamptz, sold_at timestamptz, aged_days integer, n bigint)
+RETURNS SETOF kpi_sums
+LANGUAGE sql IMMUTABLE AS $fn$
+    SELECT ROW(0, e.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, e.listed, e.sold)::kpi_sums
+    FROM (VALUES (listed_at, n, 0::bigint), (sold_at - interval '1 microsecond', 0, n)) AS e (at, listed, sold)
+    WHERE sold_at > listed_at + make_interval(secs => aged_days * 86400)
+$fn$;
 
 -- The trigger functions: one INSERT per statement, nothing else (an UPDATE's old and new rows
 -- in the same one). One function per table and event, made here from each table's columns.
@@ -230,7 +257,7 @@ LANGUAGE sql AS $fn$
     SELECT g.grain, date_bin(g.stride, d.bucket, timestamptz 'epoch'),
            sum(d.listings), sum(d.price_sum), sum(d.scored), sum(d.score_sum), sum(d.unsold), sum(d.leads),
            sum(d.converted), sum(d.costed), sum(d.profit_sum), sum(d.led), sum(d.lead_seconds),
-           sum(d.buyer_buckets), sum(d.buyer_links)
+           sum(d.buyer_buckets), sum(d.buyer_links), sum(d.long_listed), sum(d.long_sold)
     FROM (
         -- Per 15-minute bucket first: a batch holds thousands of rows for a few hundred buckets.
         SELECT date_bin('15 minutes', d.bucket, timestamptz 'epoch') AS bucket,
@@ -238,7 +265,7 @@ LANGUAGE sql AS $fn$
                sum(d.score_sum) AS score_sum, sum(d.unsold) AS unsold, sum(d.leads) AS leads,
                sum(d.converted) AS converted, sum(d.costed) AS costed, sum(d.profit_sum) AS profit_sum,
                sum(d.led) AS led, sum(d.lead_seconds) AS lead_seconds, sum(d.buyer_buckets) AS buyer_buckets,
-               sum(d.buyer_links) AS buyer_links
+               sum(d.buyer_links) AS buyer_links, sum(d.long_listed) AS long_listed, sum(d.long_sold) AS long_sold
         FROM unnest(deltas) AS d
         GROUP BY 1
     ) AS d
@@ -246,7 +273,8 @@ LANGUAGE sql AS $fn$
     GROUP BY 1, 2
     HAVING (sum(d.listings), sum(d.price_sum), sum(d.scored), sum(d.score_sum), sum(d.unsold), sum(d.leads),
             sum(d.converted), sum(d.costed), sum(d.profit_sum), sum(d.led), sum(d.lead_seconds),
-            sum(d.buyer_buckets), sum(d.buyer_links)) <> (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+            sum(d.buyer_buckets), sum(d.buyer_links), sum(d.long_listed), sum(d.long_sold))
+           <> (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
     ON CONFLICT (grain, bucket) DO UPDATE SET
         listings = kpi_sums.listings + excluded.listings, price_sum = kpi_sums.price_sum + excluded.price_sum,
         scored = kpi_sums.scored + excluded.scored, score_sum = kpi_sums.score_sum + excluded.score_sum,
@@ -255,14 +283,16 @@ LANGUAGE sql AS $fn$
         profit_sum = kpi_sums.profit_sum + excluded.profit_sum, led = kpi_sums.led + excluded.led,
         lead_seconds = kpi_sums.lead_seconds + excluded.lead_seconds,
         buyer_buckets = kpi_sums.buyer_buckets + excluded.buyer_buckets,
-        buyer_links = kpi_sums.buyer_links + excluded.buyer_links;
+        buyer_links = kpi_sums.buyer_links + excluded.buyer_links,
+        long_listed = kpi_sums.long_listed + excluded.long_listed, long_sold = kpi_sums.long_sold + excluded.long_sold;
     DELETE FROM kpi_sums s
     USING (SELECT DISTINCT date_bin('15 minutes', d.bucket, timestamptz 'epoch') AS q,
                            date_bin('1 day', d.bucket, timestamptz 'epoch') AS day
            FROM unnest(deltas) AS d) AS t
     WHERE s.bucket IN (t.q, t.day)
       AND (s.listings, s.price_sum, s.scored, s.score_sum, s.unsold, s.leads, s.converted, s.costed, s.profit_sum,
-           s.led, s.lead_seconds, s.buyer_buckets, s.buyer_links) = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+           s.led, s.lead_seconds, s.buyer_buckets, s.buyer_links, s.long_listed, s.long_sold)
+          = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
 $fn$;
 
 -- The facts of these purchases as the sales tables say now (a purchase that is gone has none).
@@ -318,7 +348,7 @@ BEGIN
     DELETE FROM kpi_conversions c USING unnest(old_conv) AS o WHERE c.lead_id = o.lead_id;
     INSERT INTO kpi_conversions SELECT * FROM unnest(new_conv);
     RETURN ARRAY(
-        SELECT ROW(0, e.bucket, 0, 0, 0, 0, 0, 0, e.converted, e.costed, e.profit, e.led, e.seconds, 0, 0)::kpi_sums
+        SELECT ROW(0, e.bucket, 0, 0, 0, 0, 0, 0, e.converted, e.costed, e.profit, e.led, e.seconds, 0, 0, 0, 0)::kpi_sums
         FROM (
             SELECT bucket, 0 AS converted, -costed AS costed, -profit AS profit, -led AS led,
                    -lead_seconds AS seconds
@@ -374,8 +404,44 @@ LANGUAGE sql AS $fn$
     GROUP BY 1, 2;
 $fn$;
 
--- Everything again from the sales tables (init-db, a TRUNCATE of a sales table, a repair).
+-- kpi_sums.long_listed and long_sold of kpi_sales for aged_days, as kpi_add deltas (one per
+-- 15-minute bucket).
+CREATE OR REPLACE FUNCTION kpi_long_sales(aged_days integer) RETURNS kpi_sums[]
+LANGUAGE sql STABLE AS $fn$
+    SELECT ARRAY(
+        SELECT ROW(0, l.bucket, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, sum(l.long_listed), sum(l.long_sold))::kpi_sums
+        FROM (
+            SELECT date_bin('15 minutes', x.bucket, timestamptz 'epoch') AS bucket, x.long_listed, x.long_sold
+            FROM kpi_sales s CROSS JOIN LATERAL kpi_long_sale(s.listed_at, s.sold_at, aged_days, 1) x
+        ) AS l
+        GROUP BY l.bucket
+    )
+$fn$;
+
+-- long_listed and long_sold counted anew for another aged_days (init-db with another
+-- KPI_AGED_DAYS, and the upgrade from versions 4 and 5, which had neither).
+CREATE OR REPLACE FUNCTION kpi_count_long(aged_days integer) RETURNS void
+LANGUAGE sql AS $fn$
+    UPDATE kpi_sums SET long_listed = 0, long_sold = 0 WHERE long_listed <> 0 OR long_sold <> 0;
+    SELECT kpi_add(kpi_long_sales(aged_days));
+    -- The rows that held nothing else (kpi_add drops only those of the buckets it added to).
+    DELETE FROM kpi_sums s
+    WHERE (s.listings, s.price_sum, s.scored, s.score_sum, s.unsold, s.leads, s.converted, s.costed, s.profit_sum,
+           s.led, s.lead_seconds, s.buyer_buckets, s.buyer_links, s.long_listed, s.long_sold)
+          = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    UPDATE kpi_summary_state SET aged_days = kpi_count_long.aged_days;
+$fn$;
+
+-- Everything again from the sales tables (init-db, a TRUNCATE of a sales table, a repair), for
+-- the aged_days recorded (60 if none is: init-db records KPI_AGED_DAYS).
 CREATE OR REPLACE FUNCTION kpi_rebuild() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
+BEGIN
+    PERFORM kpi_rebuild(coalesce((SELECT aged_days FROM kpi_summary_state), 60));
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION kpi_rebuild(aged_days integer) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 BEGIN
     PERFORM kpi_require_one_snapshot();
@@ -386,7 +452,7 @@ BEGIN
     DELETE FROM kpi_changes;
     -- Built by this version (kpi_build): kpi_source() says 'summaries' from the commit on.
     DELETE FROM kpi_summary_state;
-    INSERT INTO kpi_summary_state VALUES (kpi_summary_version());
+    INSERT INTO kpi_summary_state VALUES (kpi_summary_version(), aged_days);
     TRUNCATE kpi_sums, kpi_buyer_buckets, kpi_buyer_days, kpi_sales, kpi_purchase_facts, kpi_conversions;
     INSERT INTO kpi_sales
     SELECT id, listed_at, sold_at FROM listings WHERE status <> 'withdrawn' AND sold_at IS NOT NULL;
@@ -402,7 +468,7 @@ BEGIN
     INSERT INTO kpi_conversions
     SELECT * FROM kpi_current_conversions(ARRAY(SELECT lead_id FROM purchases WHERE lead_id IS NOT NULL));
     PERFORM kpi_add(ARRAY(
-        SELECT ROW(0, bucket, n, price, scored, score, unsold, 0, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
+        SELECT ROW(0, bucket, n, price, scored, score, unsold, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
         FROM (
             SELECT date_bin('15 minutes', listed_at, timestamptz 'epoch') AS bucket, count(*) AS n,
                    sum(price) AS price, count(score) AS scored, coalesce(sum(score), 0) AS score,
@@ -410,25 +476,25 @@ BEGIN
             FROM listings GROUP BY 1
         ) AS l
         UNION ALL
-        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, n, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
+        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, n, 0, 0, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
         FROM (SELECT date_bin('15 minutes', created_at, timestamptz 'epoch') AS bucket, count(*) AS n
               FROM leads GROUP BY 1) AS d
         UNION ALL
-        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, 0, n, 0, 0, 0, 0, 0, 0)::kpi_sums
+        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, 0, n, 0, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
         FROM (SELECT bucket, count(*) AS n FROM kpi_conversions GROUP BY 1) AS c
         UNION ALL
-        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, 0, 0, costed, profit, led, seconds, 0, 0)::kpi_sums
+        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, 0, 0, costed, profit, led, seconds, 0, 0, 0, 0)::kpi_sums
         FROM (SELECT bucket, sum(costed) AS costed, sum(profit) AS profit, sum(led) AS led,
                      sum(lead_seconds) AS seconds
               FROM kpi_purchase_facts GROUP BY 1) AS p
         UNION ALL
-        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, n, 0)::kpi_sums
+        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, n, 0, 0, 0)::kpi_sums
         FROM (SELECT bucket, count(*) AS n FROM kpi_buyer_buckets GROUP BY 1) AS b
         UNION ALL
-        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, n)::kpi_sums
+        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, n, 0, 0)::kpi_sums
         FROM (SELECT prev_bucket AS bucket, count(*) AS n FROM kpi_buyer_buckets
               WHERE prev_bucket IS NOT NULL GROUP BY 1) AS k
-    ));
+    ) || kpi_long_sales(aged_days));
 END
 $fn$;
 
@@ -491,6 +557,9 @@ DECLARE
     buyer_deltas kpi_sums[];
     link_deltas kpi_buyer_days[];
     new_buckets kpi_buyer_buckets[];
+    sale_deltas kpi_sums[];
+    -- (NULL until the summaries are built: kpi_build counts long_listed and long_sold then.)
+    aged_days integer := (SELECT s.aged_days FROM kpi_summary_state s);
 BEGIN
     PERFORM kpi_require_one_snapshot();
     IF NOT kpi_applier_lock() THEN
@@ -524,10 +593,10 @@ BEGIN
     deltas := ARRAY(
         SELECT ROW(0, c.at, c.sign, c.sign * c.price, c.sign * (c.score IS NOT NULL)::integer,
                    c.sign * coalesce(c.score, 0), c.sign * (NOT c.withdrawn AND c.sold_at IS NULL)::integer,
-                   0, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
+                   0, 0, 0, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
         FROM unnest(changes) c WHERE c.tbl = 'l'
         UNION ALL
-        SELECT ROW(0, c.at, 0, 0, 0, 0, 0, c.sign, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
+        SELECT ROW(0, c.at, 0, 0, 0, 0, 0, c.sign, 0, 0, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
         FROM unnest(changes) c WHERE c.tbl = 'd'
     );
 
@@ -564,16 +633,24 @@ BEGIN
             WHERE s.listing_id = w.id AND (s.listed_at, s.sold_at) = (w.listed_at, w.sold_at)
         )
         ON CONFLICT (listing_id) DO UPDATE SET listed_at = excluded.listed_at, sold_at = excluded.sold_at
-        RETURNING listing_id
+        RETURNING kpi_sales.listing_id, kpi_sales.listed_at, kpi_sales.sold_at
     )
-    -- The listings whose stock at some instant changed: their values in the log differ (an
-    -- insert, a delete, a sale), or their sale was found changed just now.
-    SELECT ARRAY(
-        SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'l'
-        GROUP BY c.id HAVING sum(c.sign) <> 0 OR count(DISTINCT (c.at, c.sold_at, c.withdrawn)) > 1
-        UNION SELECT listing_id FROM removed
-        UNION SELECT listing_id FROM added
-    ) INTO stock_ids;
+    SELECT
+        -- The rows taken back and the rows put in, as aged_inventory's long sales.
+        ARRAY(
+            SELECT x FROM stale t CROSS JOIN LATERAL kpi_long_sale(t.listed_at, t.sold_at, aged_days, -1) x
+            UNION ALL
+            SELECT x FROM added a CROSS JOIN LATERAL kpi_long_sale(a.listed_at, a.sold_at, aged_days, 1) x
+        ),
+        -- The listings whose stock at some instant changed: their values in the log differ (an
+        -- insert, a delete, a sale), or their sale was found changed just now.
+        ARRAY(
+            SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'l'
+            GROUP BY c.id HAVING sum(c.sign) <> 0 OR count(DISTINCT (c.at, c.sold_at, c.withdrawn)) > 1
+            UNION SELECT listing_id FROM removed
+            UNION SELECT listing_id FROM added
+        )
+    INTO sale_deltas, stock_ids;
 
     -- Purchases' facts and leads' conversions: the purchases logged, those of a listing whose
     -- cost changed and of a lead whose instant changed (an id logged once, or with two values:
@@ -640,7 +717,7 @@ BEGIN
     SELECT ARRAY(SELECT buyer_id FROM removed UNION SELECT buyer_id FROM new),
            ARRAY(SELECT ROW(n.buyer_id, n.bucket, NULL)::kpi_buyer_buckets FROM new n),
            ARRAY(
-               SELECT ROW(0, e.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, e.buckets, e.links)::kpi_sums
+               SELECT ROW(0, e.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, e.buckets, e.links, 0, 0)::kpi_sums
                FROM (
                    SELECT bucket AS at, -1 AS buckets, 0 AS links FROM removed
                    UNION ALL
@@ -675,7 +752,7 @@ BEGIN
         RETURNING b.bucket, l.old_prev, l.new_prev
     )
     SELECT buyer_deltas || ARRAY(
-        SELECT ROW(0, e.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, e.buckets, e.links)::kpi_sums
+        SELECT ROW(0, e.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, e.buckets, e.links, 0, 0)::kpi_sums
         FROM (
             SELECT bucket AS at, 1 AS buckets, 0 AS links FROM added
             UNION ALL
@@ -695,7 +772,7 @@ BEGIN
     )
     INTO buyer_deltas, link_deltas;
 
-    PERFORM kpi_add(deltas || buyer_deltas);
+    PERFORM kpi_add(deltas || buyer_deltas || sale_deltas);
     PERFORM kpi_add_links(link_deltas);
 
     -- What this batch changed, for the service's live updates (kpi_service/live/hub.py), left in a
@@ -737,16 +814,26 @@ $$;
 
 -- The sums of kpi_sums over [lo, hi), both 15-minute edges: the whole UTC days at day grain,
 -- the 15-minute buckets before and after them (a window without a whole day: all at 15 minutes).
+-- (Its result gained columns in version 6: a function's result type is replaced only by a new one.)
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_proc WHERE oid = to_regprocedure('kpi_range(timestamptz, timestamptz)')
+                                     AND NOT 'long_sold' = ANY (proargnames)) THEN
+        DROP FUNCTION kpi_range(timestamptz, timestamptz);
+    END IF;
+END
+$$;
 CREATE OR REPLACE FUNCTION kpi_range(lo timestamptz, hi timestamptz)
 RETURNS TABLE (listings bigint, price_sum numeric, scored bigint, score_sum numeric, unsold bigint,
                leads bigint, converted bigint, costed bigint, profit_sum numeric, led bigint,
-               lead_seconds numeric, buyer_buckets bigint, buyer_links bigint)
+               lead_seconds numeric, buyer_buckets bigint, buyer_links bigint, long_listed bigint, long_sold bigint)
 LANGUAGE sql STABLE AS $fn$
     SELECT coalesce(sum(r.listings), 0)::bigint, coalesce(sum(r.price_sum), 0), coalesce(sum(r.scored), 0)::bigint,
            coalesce(sum(r.score_sum), 0), coalesce(sum(r.unsold), 0)::bigint, coalesce(sum(r.leads), 0)::bigint,
            coalesce(sum(r.converted), 0)::bigint, coalesce(sum(r.costed), 0)::bigint, coalesce(sum(r.profit_sum), 0),
            coalesce(sum(r.led), 0)::bigint, coalesce(sum(r.lead_seconds), 0),
-           coalesce(sum(r.buyer_buckets), 0)::bigint, coalesce(sum(r.buyer_links), 0)::bigint
+           coalesce(sum(r.buyer_buckets), 0)::bigint, coalesce(sum(r.buyer_links), 0)::bigint,
+           coalesce(sum(r.long_listed), 0)::bigint, coalesce(sum(r.long_sold), 0)::bigint
     FROM (
         SELECT CASE WHEN d.first < d.last THEN d.first ELSE hi END AS day_lo,
                CASE WHEN d.first < d.last THEN d.last ELSE hi END AS day_hi
@@ -805,16 +892,26 @@ $$;
 -- a transaction of its own after this file: the triggers are then already logging, and the
 -- build's snapshot is later than their creation, so nothing falls between the two). Until then
 -- kpi_source() says 'raw', and the service reads the raw rows.
-DELETE FROM kpi_summary_state WHERE version NOT IN (4, kpi_summary_version());
+DELETE FROM kpi_summary_state WHERE version NOT IN (4, 5, kpi_summary_version());
 
-CREATE OR REPLACE FUNCTION kpi_build() RETURNS void
+-- aged_days: KPI_AGED_DAYS, whose aged_inventory the summaries then count from buckets alone
+-- (kpi.sql); with another one init-db counts long_listed and long_sold anew.
+DROP FUNCTION IF EXISTS kpi_build();
+CREATE OR REPLACE FUNCTION kpi_build(aged_days integer) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
+DECLARE
+    built kpi_summary_state := (SELECT s FROM kpi_summary_state s);
 BEGIN
-    IF NOT EXISTS (SELECT FROM kpi_summary_state) THEN
-        PERFORM kpi_rebuild();
-    ELSIF (SELECT version FROM kpi_summary_state) = 4 THEN
-        PERFORM kpi_count_links();
-        UPDATE kpi_summary_state SET version = kpi_summary_version();
+    IF built IS NULL THEN
+        PERFORM kpi_rebuild(aged_days);
+        RETURN;
     END IF;
+    IF built.version = 4 THEN
+        PERFORM kpi_count_links();
+    END IF;
+    IF built.version < 6 OR built.aged_days IS DISTINCT FROM kpi_build.aged_days THEN
+        PERFORM kpi_count_long(aged_days);
+    END IF;
+    UPDATE kpi_summary_state SET version = kpi_summary_version();
 END
 $fn$;
