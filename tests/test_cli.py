@@ -59,6 +59,17 @@ def test_init_db_is_idempotent(
 ) -> None:
     environ.setenv("DATABASE_URL", empty_database)
     assert cli.main(["init-db"]) == 0
+    # Each step as it begins, with the seconds since the start: the build's own steps too.
+    first = [line.split(" s  ", 1)[-1] for line in capsys.readouterr().out.splitlines()]
+    assert first[1:4] == [
+        "tables, functions and triggers",
+        "indexes (built concurrently)",
+        "waiting for a running applier",
+    ]
+    assert (
+        "building the summaries: the sold listings" in first and "building the summaries: the sums by bucket" in first
+    )
+    assert first[-2:] == ["done", first[-1]] and first[-1].startswith("schema and summaries applied")
     with psycopg.connect(empty_database, autocommit=True) as conn:
         conn.execute("INSERT INTO buyers (name) VALUES ('kept')")
     assert cli.main(["init-db"]) == 0

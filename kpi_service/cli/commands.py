@@ -66,7 +66,13 @@ def init_db_command(environ: Mapping[str, str], *, summaries: bool = True, out: 
     url = environ.get("DATABASE_URL")
     if not url:
         raise ConfigError("DATABASE_URL is not set")
-    apply_schema(url, summaries=summaries, aged_days=aged_days_setting(environ))
+    print(f"init-db on {_describe(url)}", file=out, flush=True)
+    apply_schema(
+        url,
+        summaries=summaries,
+        aged_days=aged_days_setting(environ),
+        progress=lambda line: print(line, file=out, flush=True),
+    )
     what = "schema and summaries" if summaries else "schema (no summaries: the service reads the raw rows)"
     print(f"{what} applied to {_describe(url)}", file=out)
 

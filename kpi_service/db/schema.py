@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from importlib import metadata
 
 import psycopg
@@ -49,15 +51,33 @@ def compatibility(version: int, oldest_service: int) -> str | None:
 SERVICE_TABLES = "kpi_sums, kpi_buyer_buckets, kpi_sales, kpi_purchase_facts, kpi_conversions, kpi_changes"
 
 
-def apply_schema(conninfo: str, *, summaries: bool = True, aged_days: int = 60) -> None:
+def apply_schema(
+    conninfo: str, *, summaries: bool = True, aged_days: int = 60, progress: Callable[[str], None] | None = None
+) -> None:
     """Apply sql/schema/schema.sql, (unless told not to) summary.sql, manifest.sql and indexes.sql, then build
     the summaries from the rows already there, with aged_inventory's fast path for `aged_days`
     (KPI_AGED_DAYS: another value is answered exactly too, from the sales). Idempotent. The application keeps writing
     meanwhile: the tables, functions and triggers go in one short transaction, the indexes are
     built CONCURRENTLY, and the build only reads the sales tables. Then what it built is
     vacuumed and analyzed, so that the first reads have index-only scans and statistics
-    without waiting for autovacuum."""
+    without waiting for autovacuum. `progress` is told each step as it begins, with the seconds
+    since the start (init-db prints them: at ten million listings the build takes minutes)."""
+    started = time.monotonic()
+
+    def step(what: str) -> None:
+        if progress is not None:
+            progress(f"{time.monotonic() - started:7.1f} s  {what}")
+
     with psycopg.connect(conninfo, autocommit=True) as conn:
+        # The build's own steps (sql/schema/summary.sql raises them as notices).
+        conn.add_notice_handler(
+            lambda notice: (
+                step(notice.message_primary.removeprefix("kpi-service: "))
+                if (notice.message_primary or "").startswith("kpi-service: ")
+                else None
+            )
+        )
+        step("tables, functions and triggers")
         with conn.transaction():
             _refuse_downgrade(conn)
             conn.execute(sql_text("schema/schema.sql"))
@@ -72,15 +92,20 @@ def apply_schema(conninfo: str, *, summaries: bool = True, aged_days: int = 60) 
             # The service's role keeps its grants through an upgrade (new functions, new forms).
             if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'kpi_reader'").fetchone():
                 conn.execute(sql_text("ops/roles.sql"))
+        step("indexes (built concurrently)")
         for statement in _statements(sql_text("schema/indexes.sql")):
             conn.execute(statement)
         if summaries:
+            step("waiting for a running applier")
             # Waiting for a running applier (an upgrade beside live instances) before the
             # build's snapshot is taken.
             with applier_lock(conn):
                 in_one_snapshot(conn, "SELECT kpi_build(%s)", [aged_days])
+            step("vacuuming and analyzing the summaries")
             conn.execute(f"VACUUM (ANALYZE) {SERVICE_TABLES}")
+        step("analyzing the sales tables")
         conn.execute("ANALYZE buyers, listings, leads, purchases")
+        step("done")
 
 
 def _refuse_downgrade(conn: psycopg.Connection) -> None:

@@ -454,8 +454,12 @@ BEGIN
     DELETE FROM kpi_summary_state;
     INSERT INTO kpi_summary_state VALUES (kpi_summary_version(), aged_days);
     TRUNCATE kpi_sums, kpi_buyer_buckets, kpi_buyer_days, kpi_sales, kpi_purchase_facts, kpi_conversions;
+    -- Progress for init-db to print (kpi_service/db/schema.py): at ten million listings the
+    -- build takes minutes, in one transaction that shows nothing else meanwhile.
+    RAISE NOTICE 'kpi-service: building the summaries: the sold listings';
     INSERT INTO kpi_sales
     SELECT id, listed_at, sold_at FROM listings WHERE status <> 'withdrawn' AND sold_at IS NOT NULL;
+    RAISE NOTICE 'kpi-service: building the summaries: the buyers'' 15-minute buckets';
     INSERT INTO kpi_buyer_buckets (buyer_id, bucket, prev_bucket)
     SELECT e.buyer_id, e.bucket, lag(e.bucket) OVER (PARTITION BY e.buyer_id ORDER BY e.bucket)
     FROM (
@@ -463,10 +467,13 @@ BEGIN
         UNION
         SELECT buyer_id, date_bin('15 minutes', purchased_at, timestamptz 'epoch') FROM purchases
     ) AS e (buyer_id, bucket);
+    RAISE NOTICE 'kpi-service: building the summaries: the buyers'' links by day';
     PERFORM kpi_count_links();
+    RAISE NOTICE 'kpi-service: building the summaries: the purchases and conversions';
     INSERT INTO kpi_purchase_facts SELECT * FROM kpi_current_facts(ARRAY(SELECT id FROM purchases));
     INSERT INTO kpi_conversions
     SELECT * FROM kpi_current_conversions(ARRAY(SELECT lead_id FROM purchases WHERE lead_id IS NOT NULL));
+    RAISE NOTICE 'kpi-service: building the summaries: the sums by bucket';
     PERFORM kpi_add(ARRAY(
         SELECT ROW(0, bucket, n, price, scored, score, unsold, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
         FROM (
@@ -907,9 +914,11 @@ BEGIN
         RETURN;
     END IF;
     IF built.version = 4 THEN
+        RAISE NOTICE 'kpi-service: upgrading the summaries: the buyers'' links by day';
         PERFORM kpi_count_links();
     END IF;
     IF built.version < 6 OR built.aged_days IS DISTINCT FROM kpi_build.aged_days THEN
+        RAISE NOTICE 'kpi-service: upgrading the summaries: the long sales for aged_days %', aged_days;
         PERFORM kpi_count_long(aged_days);
     END IF;
     UPDATE kpi_summary_state SET version = kpi_summary_version();
