@@ -6,6 +6,7 @@ the raw rows) agree with the reference."""
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -474,3 +475,24 @@ def test_a_sale_looked_up_by_a_partial_batch_then_deleted_is_removed(conn: psyco
     conn.execute("DELETE FROM listings WHERE id = 1")
     applied, rebuilt = applied_and_rebuilt(conn)
     assert applied == rebuilt and applied[2] == []
+
+
+def test_a_batch_names_stock_changes_only_for_listings_that_can_be_in_stock(conn: psycopg.Connection) -> None:
+    """kpi.changed's stock_from (which windows' aged_inventory a batch can change, for the
+    freshness of every reader): an active listing inserted counts; a rescore and a withdrawn
+    listing inserted do not."""
+
+    def stock_from(statement: str) -> str | None:
+        conn.execute(statement)
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            conn.execute("SELECT kpi_apply_changes()")
+            changed = conn.execute("SELECT current_setting('kpi.changed', true)").fetchone()[0]
+        return json.loads(changed)["stock_from"]
+
+    active = "INSERT INTO listings (id, price, status, listed_at) VALUES (1, 1, 'active', '2026-02-28T18:30Z')"
+    assert stock_from(active).startswith("2026-02-28T18:30:00")
+    assert stock_from("UPDATE listings SET score = 5 WHERE id = 1") is None
+    withdrawn = "INSERT INTO listings (id, price, status, listed_at) VALUES (2, 1, 'withdrawn', '1990-01-01T00:00Z')"
+    assert stock_from(withdrawn) is None
+    assert stock_from("UPDATE listings SET status = 'active' WHERE id = 2").startswith("1990-01-01")

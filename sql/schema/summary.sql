@@ -650,10 +650,12 @@ BEGIN
             SELECT x FROM added a CROSS JOIN LATERAL kpi_long_sale(a.listed_at, a.sold_at, aged_days, 1) x
         ),
         -- The listings whose stock at some instant changed: their values in the log differ (an
-        -- insert, a delete, a sale), or their sale was found changed just now.
+        -- insert, a delete, a sale) and not all of them withdrawn (never in stock), or their sale
+        -- was found changed just now.
         ARRAY(
             SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'l'
-            GROUP BY c.id HAVING sum(c.sign) <> 0 OR count(DISTINCT (c.at, c.sold_at, c.withdrawn)) > 1
+            GROUP BY c.id
+            HAVING (sum(c.sign) <> 0 OR count(DISTINCT (c.at, c.sold_at, c.withdrawn)) > 1) AND bool_or(NOT c.withdrawn)
             UNION SELECT listing_id FROM removed
             UNION SELECT listing_id FROM added
         )
