@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from kpi_service.app import create_app
 from kpi_service.db.applier import MIN_BATCH, paced_batch
 from kpi_service.db.connections import Database
-from kpi_service.db.sql import APPLIER_LOCK, APPLY_BATCH
+from kpi_service.db.sql import APPLY_BATCH, applier_lock, in_one_snapshot
 from kpi_service.serving.windows import Window
 from tests.dataset import Dataset, Lead, Listing, Purchase, catch_up
 from tests.helpers import apply_change, computed, expected, make_settings, wait_until
@@ -69,9 +69,7 @@ def test_the_applier_keeps_what_a_rebuild_makes(conn: psycopg.Connection, data: 
         apply_change(conn, dataset, data.draw)
         if data.draw(st.booleans()):
             # Part of the log only, as a batch limit leaves it.
-            with conn.transaction():
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                conn.execute("SELECT kpi_apply_changes(max_rows => %s)", [data.draw(st.integers(1, 3))])
+            in_one_snapshot(conn, "SELECT kpi_apply_changes(max_rows => %s)", [data.draw(st.integers(1, 3))])
     applied, rebuilt = applied_and_rebuilt(conn)
     assert applied == rebuilt
     # Applying again, with the same rows logged again, changes nothing.
@@ -321,13 +319,8 @@ def test_windows_off_the_grid_read_the_raw_rows_and_agree(
 
 def build_for(conn: psycopg.Connection, aged_days: int) -> None:
     """What init-db does with KPI_AGED_DAYS = aged_days (kpi_build)."""
-    conn.execute(APPLIER_LOCK, [True])
-    try:
-        with conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            conn.execute("SELECT kpi_build(%s)", [aged_days])
-    finally:
-        conn.execute(APPLIER_LOCK, [False])
+    with applier_lock(conn):
+        in_one_snapshot(conn, "SELECT kpi_build(%s)", [aged_days])
 
 
 def test_a_daily_history_counts_aged_inventory_exactly_at_its_edges(
@@ -469,9 +462,7 @@ def test_a_sale_looked_up_by_a_partial_batch_then_deleted_is_removed(conn: psyco
     )
     catch_up(conn)
     conn.execute("UPDATE listings SET status = 'sold', sold_at = listed_at + interval '1 day' WHERE id = 1")
-    with conn.transaction():
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        conn.execute("SELECT kpi_apply_changes(max_rows => 1)")
+    in_one_snapshot(conn, "SELECT kpi_apply_changes(max_rows => 1)")
     conn.execute("DELETE FROM listings WHERE id = 1")
     applied, rebuilt = applied_and_rebuilt(conn)
     assert applied == rebuilt and applied[2] == []

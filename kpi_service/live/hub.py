@@ -353,7 +353,9 @@ class Hub:
         if last is not None:
             self.deliver(key, last)
             return
-        message = error.message if isinstance(error, WindowUnavailable) else "The database is unavailable."
+        message = (
+            error.message if isinstance(error, WindowUnavailable | InvalidKpis) else "The database is unavailable."
+        )
         event = Event.unavailable(message, watched.latest[0] if watched.latest else "")
         with self._lock:
             subscribers = list(watched.subscribers)
@@ -380,8 +382,7 @@ class Hub:
         except (WindowUnavailable, InvalidKpis) as error:
             # Nothing cached and the database failing: tell the subscribers, try again in a TTL.
             computed_at = watched.latest[0] if watched.latest else ""
-            message = error.message if isinstance(error, WindowUnavailable) else "The computed KPIs failed validation."
-            event = Event.unavailable(message, computed_at)
+            event = Event.unavailable(error.message, computed_at)
             with self._lock:
                 watched.due = time.time() + self.cache.ttl
                 subscribers = list(watched.subscribers)

@@ -35,3 +35,5 @@ class WindowUnavailable(Exception):
 
 class InvalidKpis(Exception):
     """A computed row outside the definitions (docs/kpis.md): a bug or corrupt data, never passed on."""
+
+    message = "The computed KPIs failed validation."

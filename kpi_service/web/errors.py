@@ -65,7 +65,7 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(InvalidKpis)
     def _invalid_kpis(error: InvalidKpis) -> Response:
-        return envelope(500, "The computed KPIs failed validation.")
+        return envelope(500, error.message)
 
     @app.errorhandler(ValidationError)
     def _invalid(error: ValidationError) -> Response:
