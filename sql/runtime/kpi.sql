@@ -141,7 +141,7 @@ aged_steps AS (
         WHEN o.next_as_of IS NULL THEN (
             SELECT unsold FROM kpi_range('-infinity', o.aged_edge)
         ) + (
-            SELECT count(*) FROM kpi_sales  -- kpi_sales_sold_at_idx: at as_of = now, about none
+            SELECT coalesce(sum(n), 0) FROM kpi_sales  -- kpi_sales_sold_at_idx: at as_of = now, about none
             WHERE sold_at > o.as_of AND tstzrange(NULL, o.aged_edge) @> listed_at
         )
         WHEN o.aged_bucketed AND o.next_bucketed THEN (
@@ -152,10 +152,10 @@ aged_steps AS (
         ELSE (
             SELECT -unsold FROM kpi_range(o.aged_edge, o.next_edge)
         ) + (
-            SELECT count(*) FROM kpi_sales  -- kpi_sales_sold_at_idx
+            SELECT coalesce(sum(n), 0) FROM kpi_sales  -- kpi_sales_sold_at_idx
             WHERE sold_at > o.as_of AND sold_at <= o.next_as_of AND tstzrange(NULL, o.aged_edge) @> listed_at
         ) - (
-            SELECT count(*) FROM kpi_sales  -- kpi_sales_listed_at_idx
+            SELECT coalesce(sum(n), 0) FROM kpi_sales  -- kpi_sales_listed_at_idx
             WHERE listed_at >= o.aged_edge AND listed_at < o.next_edge AND tstzrange(o.next_as_of, NULL, '()') @> sold_at
         )
         END AS step

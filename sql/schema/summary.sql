@@ -18,7 +18,9 @@
 --                a window of whole days, read gap by gap, cost what its days cost (at most
 --                n(n+1)/2 rows for n days) rather than what its buyers do.
 -- kpi_sales      the listings sold and not withdrawn, with both instants: aged_inventory's
---                sold part, on the service's own table and indexes.
+--                sold part, on the service's own table and indexes; kept from the log's images
+--                as the sums are, each image counted (n), so a listing's old image and its
+--                new one may be applied in either order, in any batches.
 
 -- The functions below run as the owner with this search path (SET search_path FROM CURRENT):
 -- the schema of the tables, then pg_temp last, so that a session's temporary tables can never
@@ -116,15 +118,31 @@ LANGUAGE sql AS $fn$
     WHERE d.day = k.day AND d.gap = k.gap AND d.n = 0;
 $fn$;
 
+-- A row per image of a sold listing the applied log rows leave: n is 1 once its log is applied
+-- (a row whose n comes to 0 goes); until then an image may count -1 or 2 (reads sum n).
 CREATE TABLE IF NOT EXISTS kpi_sales (
-    listing_id bigint PRIMARY KEY,
+    listing_id bigint NOT NULL,
     listed_at  timestamptz NOT NULL,
-    sold_at    timestamptz NOT NULL
+    sold_at    timestamptz NOT NULL,
+    n          integer NOT NULL,
+    PRIMARY KEY (listing_id, listed_at, sold_at)
 ) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000,
         autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 20000,
         autovacuum_analyze_scale_factor = 0.05);
-CREATE INDEX IF NOT EXISTS kpi_sales_sold_at_idx ON kpi_sales (sold_at) INCLUDE (listed_at);
-CREATE INDEX IF NOT EXISTS kpi_sales_listed_at_idx ON kpi_sales (listed_at) INCLUDE (sold_at);
+-- (Schema versions before 5 kept one row per listing, looked up in listings by the applier: the
+-- same rows, each counted once.)
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('kpi_sales') AND attname = 'n') THEN
+        ALTER TABLE kpi_sales ADD COLUMN n integer NOT NULL DEFAULT 1;
+        ALTER TABLE kpi_sales ALTER COLUMN n DROP DEFAULT;
+        ALTER TABLE kpi_sales DROP CONSTRAINT kpi_sales_pkey, ADD PRIMARY KEY (listing_id, listed_at, sold_at);
+        DROP INDEX IF EXISTS kpi_sales_sold_at_idx, kpi_sales_listed_at_idx;  -- made again below, with n
+    END IF;
+END
+$$;
+CREATE INDEX IF NOT EXISTS kpi_sales_sold_at_idx ON kpi_sales (sold_at) INCLUDE (listed_at, n);
+CREATE INDEX IF NOT EXISTS kpi_sales_listed_at_idx ON kpi_sales (listed_at) INCLUDE (sold_at, n);
 
 -- What each purchase adds to kpi_sums, with the values it took from its listing and lead, and
 -- each converted lead's bucket: the applier compares them with what the sales tables say now
@@ -186,7 +204,10 @@ LANGUAGE sql IMMUTABLE AS 'SELECT 6';
 CREATE OR REPLACE FUNCTION kpi_long_sale(listed_at timestamptz, sold_at timestamptz, aged_days integer, n bigint)
 RETURNS SETOF kpi_sums
 LANGUAGE sql IMMUTABLE AS $fn$
-    SELECT ROW(0, e.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, e.listed, e.sold)::kpi_sums
+    -- (Columns, not ROW(...)::kpi_sums: so the planner inlines it, where a call per row cost more
+    -- than the rest of the applier's work on sales.)
+    SELECT 0, e.at, 0::bigint, 0::numeric, 0::bigint, 0::numeric, 0::bigint, 0::bigint, 0::bigint, 0::bigint,
+           0::numeric, 0::bigint, 0::numeric, 0::bigint, 0::bigint, e.listed, e.sold
     FROM (VALUES (listed_at, n, 0::bigint), (sold_at - interval '1 microsecond', 0, n)) AS e (at, listed, sold)
     WHERE sold_at > listed_at + make_interval(secs => aged_days * 86400)
 $fn$;
@@ -253,24 +274,19 @@ $fn$;
 -- hold a lead's conversion before the lead's own count, both right once all is applied.)
 CREATE OR REPLACE FUNCTION kpi_add(deltas kpi_sums[]) RETURNS void
 LANGUAGE sql AS $fn$
+    -- Both grains in one pass over the deltas (a batch holds thousands of rows for a few hundred
+    -- buckets; summing the 15-minute sums again for the days summed numerics twice).
     INSERT INTO kpi_sums
-    SELECT g.grain, date_bin(g.stride, d.bucket, timestamptz 'epoch'),
+    SELECT CASE WHEN GROUPING(d.q) = 0 THEN 900 ELSE 86400 END, coalesce(d.q, d.day),
            sum(d.listings), sum(d.price_sum), sum(d.scored), sum(d.score_sum), sum(d.unsold), sum(d.leads),
            sum(d.converted), sum(d.costed), sum(d.profit_sum), sum(d.led), sum(d.lead_seconds),
            sum(d.buyer_buckets), sum(d.buyer_links), sum(d.long_listed), sum(d.long_sold)
     FROM (
-        -- Per 15-minute bucket first: a batch holds thousands of rows for a few hundred buckets.
-        SELECT date_bin('15 minutes', d.bucket, timestamptz 'epoch') AS bucket,
-               sum(d.listings) AS listings, sum(d.price_sum) AS price_sum, sum(d.scored) AS scored,
-               sum(d.score_sum) AS score_sum, sum(d.unsold) AS unsold, sum(d.leads) AS leads,
-               sum(d.converted) AS converted, sum(d.costed) AS costed, sum(d.profit_sum) AS profit_sum,
-               sum(d.led) AS led, sum(d.lead_seconds) AS lead_seconds, sum(d.buyer_buckets) AS buyer_buckets,
-               sum(d.buyer_links) AS buyer_links, sum(d.long_listed) AS long_listed, sum(d.long_sold) AS long_sold
+        SELECT date_bin('15 minutes', d.bucket, timestamptz 'epoch') AS q,
+               date_bin('1 day', d.bucket, timestamptz 'epoch') AS day, d.*
         FROM unnest(deltas) AS d
-        GROUP BY 1
     ) AS d
-    CROSS JOIN (VALUES (900, interval '15 minutes'), (86400, interval '1 day')) AS g (grain, stride)
-    GROUP BY 1, 2
+    GROUP BY GROUPING SETS ((d.q), (d.day))
     HAVING (sum(d.listings), sum(d.price_sum), sum(d.scored), sum(d.score_sum), sum(d.unsold), sum(d.leads),
             sum(d.converted), sum(d.costed), sum(d.profit_sum), sum(d.led), sum(d.lead_seconds),
             sum(d.buyer_buckets), sum(d.buyer_links), sum(d.long_listed), sum(d.long_sold))
@@ -412,7 +428,7 @@ LANGUAGE sql STABLE AS $fn$
         SELECT ROW(0, l.bucket, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, sum(l.long_listed), sum(l.long_sold))::kpi_sums
         FROM (
             SELECT date_bin('15 minutes', x.bucket, timestamptz 'epoch') AS bucket, x.long_listed, x.long_sold
-            FROM kpi_sales s CROSS JOIN LATERAL kpi_long_sale(s.listed_at, s.sold_at, aged_days, 1) x
+            FROM kpi_sales s CROSS JOIN LATERAL kpi_long_sale(s.listed_at, s.sold_at, aged_days, s.n) x
         ) AS l
         GROUP BY l.bucket
     )
@@ -458,7 +474,7 @@ BEGIN
     -- build takes minutes, in one transaction that shows nothing else meanwhile.
     RAISE NOTICE 'kpi-service: building the summaries: the sold listings';
     INSERT INTO kpi_sales
-    SELECT id, listed_at, sold_at FROM listings WHERE status <> 'withdrawn' AND sold_at IS NOT NULL;
+    SELECT id, listed_at, sold_at, 1 FROM listings WHERE status <> 'withdrawn' AND sold_at IS NOT NULL;
     RAISE NOTICE 'kpi-service: building the summaries: the buyers'' 15-minute buckets';
     INSERT INTO kpi_buyer_buckets (buyer_id, bucket, prev_bucket)
     SELECT e.buyer_id, e.bucket, lag(e.bucket) OVER (PARTITION BY e.buyer_id ORDER BY e.bucket)
@@ -512,8 +528,9 @@ $fn$;
 -- Its work is proportional to the rows changed, never to a bucket's size:
 -- - the rows' own columns (listings' counts, prices, scores and stock; leads' count) come from
 --   their old and new images in the log: the old subtracted, the new added, in any order;
+-- - so do the sold listings (kpi_sales), each image counted;
 -- - what depends on other rows (a purchase's profit and lead time, a lead's conversion, a
---   buyer's buckets, a sold listing) is looked up now for the purchases, leads, buyers and
+--   buyer's buckets) is looked up now for the purchases, leads, buyers and
 --   listings named, compared with the service's stored copy, and the difference added; a change
 --   whose log rows a batch limit leaves for later is already seen by these lookups, and when its
 --   rows come the comparison finds nothing left to add.
@@ -557,13 +574,13 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 DECLARE
     started timestamptz := clock_timestamp();
     changes kpi_changes[];
-    listing_ids bigint[];
-    stock_ids bigint[];
+    emptied bigint[];  -- kpi_sales rows whose count came to 0
     buyer_ids bigint[];
     deltas kpi_sums[];
     buyer_deltas kpi_sums[];
     link_deltas kpi_buyer_days[];
-    new_buckets kpi_buyer_buckets[];
+    holding kpi_buyer_buckets[];  -- the (buyer, bucket) pairs the batch names that hold
+    relinks kpi_buyer_buckets[];  -- with their new previous bucket
     sale_deltas kpi_sums[];
     -- (NULL until the summaries are built: kpi_build counts long_listed and long_sold then.)
     aged_days integer := (SELECT s.aged_days FROM kpi_summary_state s);
@@ -607,59 +624,25 @@ BEGIN
         FROM unnest(changes) c WHERE c.tbl = 'd'
     );
 
-    -- The sold listings of aged_inventory, looked up for every listing the batch names. Not only
-    -- for those whose logged values differ: a listing's rows can cancel (the new image of a sale
-    -- and the old image of its deletion) while an earlier, partial batch already looked up the
-    -- sale, and the log keeps no order to tell that from a rescore. A lookup is two index probes.
-    listing_ids := ARRAY(SELECT DISTINCT c.id FROM unnest(changes) c WHERE c.tbl = 'l');
-    -- Lookups by key (OFFSET 0 keeps each a subquery of its own): joined with the ids, the
-    -- listings and kpi_sales were read whole, for a hash join, in every batch at a million listings.
-    WITH wanted AS (
-        SELECT li.*
-        FROM unnest(listing_ids) AS k (id)
-        CROSS JOIN LATERAL (
-            SELECT x.id, x.listed_at, x.sold_at FROM listings x
-            WHERE x.id = k.id AND x.status <> 'withdrawn' AND x.sold_at IS NOT NULL OFFSET 0
-        ) li
+    -- The sold listings of aged_inventory: each image of a listing sold and not withdrawn, its
+    -- log rows' signs added to its count (an image a batch both adds and takes back, a rescore's,
+    -- changes nothing), and aged_inventory's long sales with them.
+    WITH images AS (
+        SELECT c.id, c.at, c.sold_at, sum(c.sign)::integer AS n
+        FROM unnest(changes) c
+        WHERE c.tbl = 'l' AND c.sold_at IS NOT NULL AND NOT c.withdrawn
+        GROUP BY 1, 2, 3
+        HAVING sum(c.sign) <> 0
     ),
-    stale AS (
-        SELECT s.*
-        FROM unnest(listing_ids) AS k (id)
-        CROSS JOIN LATERAL (SELECT x.* FROM kpi_sales x WHERE x.listing_id = k.id OFFSET 0) s
-        EXCEPT
-        SELECT * FROM wanted
-    ),
-    removed AS (
-        DELETE FROM kpi_sales s WHERE s.listing_id = ANY (ARRAY(SELECT listing_id FROM stale)) RETURNING s.listing_id
-    ),
-    added AS (
-        INSERT INTO kpi_sales
-        SELECT w.* FROM wanted w
-        WHERE NOT EXISTS (
-            SELECT FROM kpi_sales s
-            WHERE s.listing_id = w.id AND (s.listed_at, s.sold_at) = (w.listed_at, w.sold_at)
-        )
-        ON CONFLICT (listing_id) DO UPDATE SET listed_at = excluded.listed_at, sold_at = excluded.sold_at
-        RETURNING kpi_sales.listing_id, kpi_sales.listed_at, kpi_sales.sold_at
+    counted AS (
+        INSERT INTO kpi_sales AS s SELECT * FROM images
+        ON CONFLICT (listing_id, listed_at, sold_at) DO UPDATE SET n = s.n + excluded.n
+        RETURNING s.listing_id, s.n
     )
-    SELECT
-        -- The rows taken back and the rows put in, as aged_inventory's long sales.
-        ARRAY(
-            SELECT x FROM stale t CROSS JOIN LATERAL kpi_long_sale(t.listed_at, t.sold_at, aged_days, -1) x
-            UNION ALL
-            SELECT x FROM added a CROSS JOIN LATERAL kpi_long_sale(a.listed_at, a.sold_at, aged_days, 1) x
-        ),
-        -- The listings whose stock at some instant changed: their values in the log differ (an
-        -- insert, a delete, a sale) and not all of them withdrawn (never in stock), or their sale
-        -- was found changed just now.
-        ARRAY(
-            SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'l'
-            GROUP BY c.id
-            HAVING (sum(c.sign) <> 0 OR count(DISTINCT (c.at, c.sold_at, c.withdrawn)) > 1) AND bool_or(NOT c.withdrawn)
-            UNION SELECT listing_id FROM removed
-            UNION SELECT listing_id FROM added
-        )
-    INTO sale_deltas, stock_ids;
+    SELECT ARRAY(SELECT x FROM images i CROSS JOIN LATERAL kpi_long_sale(i.at, i.sold_at, aged_days, i.n) x),
+           ARRAY(SELECT listing_id FROM counted WHERE n = 0)
+    INTO sale_deltas, emptied;
+    DELETE FROM kpi_sales WHERE listing_id = ANY (emptied) AND n = 0;
 
     -- Purchases' facts and leads' conversions: the purchases logged, those of a listing whose
     -- cost changed and of a lead whose instant changed (an id logged once, or with two values:
@@ -694,8 +677,9 @@ BEGIN
 
     -- The buyers' buckets. A (buyer, bucket) that only gained rows holds; one that lost a row
     -- holds if that buyer still has a lead or purchase in that bucket (read for those alone).
-    -- The ones that no longer hold go; the new ones are inserted by the next statement, with
-    -- their previous bucket (inserting them without and linking them after wrote each twice).
+    -- The ones that no longer hold go; those that hold and are not there yet are inserted by the
+    -- next statement, with their previous bucket (inserting them without and linking them after
+    -- wrote each twice).
     WITH pairs AS (
         SELECT c.buyer_id, date_bin('15 minutes', c.at, timestamptz 'epoch') AS bucket, bool_or(c.sign < 0) AS lost
         FROM unnest(changes) c
@@ -718,13 +702,11 @@ BEGIN
         WHERE NOT t.holds AND b.buyer_id = t.buyer_id AND b.bucket = t.bucket
         RETURNING b.buyer_id, b.bucket, b.prev_bucket
     ),
-    new AS (
-        SELECT t.buyer_id, t.bucket FROM truth t
-        WHERE t.holds
-          AND NOT EXISTS (SELECT FROM kpi_buyer_buckets b WHERE b.buyer_id = t.buyer_id AND b.bucket = t.bucket)
+    held AS (
+        SELECT t.buyer_id, t.bucket FROM truth t WHERE t.holds
     )
-    SELECT ARRAY(SELECT buyer_id FROM removed UNION SELECT buyer_id FROM new),
-           ARRAY(SELECT ROW(n.buyer_id, n.bucket, NULL)::kpi_buyer_buckets FROM new n),
+    SELECT ARRAY(SELECT buyer_id FROM removed UNION SELECT buyer_id FROM held),
+           ARRAY(SELECT ROW(h.buyer_id, h.bucket, NULL)::kpi_buyer_buckets FROM held h),
            ARRAY(
                SELECT ROW(0, e.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, e.buckets, e.links, 0, 0)::kpi_sums
                FROM (
@@ -734,17 +716,23 @@ BEGIN
                ) AS e
            ),
            ARRAY(SELECT kpi_buyer_link(bucket, prev_bucket, -1) FROM removed WHERE prev_bucket IS NOT NULL)
-    INTO buyer_ids, new_buckets, buyer_deltas, link_deltas;
+    INTO buyer_ids, holding, buyer_deltas, link_deltas;
 
     -- These buyers' buckets in order, the new ones among them: each new one inserted with its
     -- previous bucket, and each other one whose previous bucket changed (after a new or a
-    -- removed one) relinked.
+    -- removed one) relinked by the next statement, by key (joined here, the few relinked rows
+    -- were matched by reading every bucket of every buyer for a hash join).
     WITH buckets AS (
-        SELECT b.buyer_id, b.bucket, b.prev_bucket AS old_prev, false AS new
-        FROM unnest(buyer_ids) AS k (id)
-        JOIN kpi_buyer_buckets b ON b.buyer_id = k.id
-        UNION ALL
-        SELECT n.buyer_id, n.bucket, NULL, true FROM unnest(new_buckets) n
+        -- A pair that holds and is stored already is its stored row (one sort for this and the lag).
+        SELECT DISTINCT ON (b.buyer_id, b.bucket) b.*
+        FROM (
+            SELECT b.buyer_id, b.bucket, b.prev_bucket AS old_prev, false AS new
+            FROM unnest(buyer_ids) AS k (id)
+            JOIN kpi_buyer_buckets b ON b.buyer_id = k.id
+            UNION ALL
+            SELECT h.buyer_id, h.bucket, NULL, true FROM unnest(holding) h
+        ) AS b
+        ORDER BY b.buyer_id, b.bucket, b.new
     ),
     linked AS (
         SELECT b.*, lag(b.bucket) OVER (PARTITION BY b.buyer_id ORDER BY b.bucket) AS new_prev FROM buckets b
@@ -755,12 +743,11 @@ BEGIN
         RETURNING bucket, prev_bucket
     ),
     relinked AS (
-        UPDATE kpi_buyer_buckets b SET prev_bucket = l.new_prev
-        FROM linked l
-        WHERE NOT l.new AND b.buyer_id = l.buyer_id AND b.bucket = l.bucket AND l.old_prev IS DISTINCT FROM l.new_prev
-        RETURNING b.bucket, l.old_prev, l.new_prev
+        SELECT l.buyer_id, l.bucket, l.old_prev, l.new_prev FROM linked l
+        WHERE NOT l.new AND l.old_prev IS DISTINCT FROM l.new_prev
     )
-    SELECT buyer_deltas || ARRAY(
+    SELECT ARRAY(SELECT ROW(buyer_id, bucket, new_prev)::kpi_buyer_buckets FROM relinked),
+    buyer_deltas || ARRAY(
         SELECT ROW(0, e.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, e.buckets, e.links, 0, 0)::kpi_sums
         FROM (
             SELECT bucket AS at, 1 AS buckets, 0 AS links FROM added
@@ -779,7 +766,10 @@ BEGIN
         UNION ALL
         SELECT kpi_buyer_link(bucket, new_prev, 1) FROM relinked WHERE new_prev IS NOT NULL
     )
-    INTO buyer_deltas, link_deltas;
+    INTO relinks, buyer_deltas, link_deltas;
+    UPDATE kpi_buyer_buckets b SET prev_bucket = r.prev_bucket
+    FROM unnest(relinks) r
+    WHERE b.buyer_id = r.buyer_id AND b.bucket = r.bucket;
 
     PERFORM kpi_add(deltas || buyer_deltas || sale_deltas);
     PERFORM kpi_add_links(link_deltas);
@@ -791,10 +781,19 @@ BEGIN
     -- listing whose stock status or instants changed (aged_inventory at an instant T changes
     -- only where T is later than that plus aged_days).
     PERFORM set_config('kpi.changed', json_build_object(
-        'from', (SELECT min(d.bucket) FROM unnest(deltas || buyer_deltas) d),
-        'to', (SELECT max(d.bucket) FROM unnest(deltas || buyer_deltas) d),
-        'stock_from', (SELECT min(c.at) FROM unnest(changes) c WHERE c.tbl = 'l' AND c.id = ANY (stock_ids))
-    )::text, true);
+        'from', r.first, 'to', r.last,
+        -- The listings whose stock at some instant changed: their images differ (an insert, a
+        -- delete, a sale) and not all of them are withdrawn (never in stock).
+        'stock_from', (
+            SELECT min(l.at)
+            FROM (
+                SELECT min(c.at) AS at FROM unnest(changes) c WHERE c.tbl = 'l'
+                GROUP BY c.id
+                HAVING (sum(c.sign) <> 0 OR count(DISTINCT (c.at, c.sold_at, c.withdrawn)) > 1) AND bool_or(NOT c.withdrawn)
+            ) l
+        )
+    )::text, true)
+    FROM (SELECT min(d.bucket) AS first, max(d.bucket) AS last FROM unnest(deltas || buyer_deltas) d) r;
     PERFORM kpi_applier_rests(started, busy_share);
     RETURN cardinality(changes);
 END
