@@ -468,6 +468,33 @@ def test_a_sale_looked_up_by_a_partial_batch_then_deleted_is_removed(conn: psyco
     assert applied == rebuilt and applied[2] == []
 
 
+@pytest.mark.parametrize("max_rows", [APPLY_BATCH, 1], ids=["one batch", "a row a batch"])
+def test_a_lead_moved_or_a_cost_changed_reaches_the_purchase(conn: psycopg.Connection, max_rows: int) -> None:
+    """The applier looks a purchase up again when a batch takes an old image of its listing or
+    lead with another cost or instant, whether the new image comes in the same batch or not (an
+    image taken alone with no old one is an insert, which has no purchase yet)."""
+    conn.execute("INSERT INTO buyers (id, name) VALUES (1, 'b')")
+    conn.execute(
+        "INSERT INTO listings (id, price, acquisition_cost, status, listed_at, sold_at)"
+        " VALUES (1, 100, 60, 'sold', '2026-02-01T10:00Z', '2026-03-01T10:00Z')"
+    )
+    conn.execute(
+        "INSERT INTO leads (id, buyer_id, listing_id, created_at, status)"
+        " VALUES (1, 1, 1, '2026-02-20T10:00Z', 'converted')"
+    )
+    conn.execute(
+        "INSERT INTO purchases (id, listing_id, buyer_id, lead_id, sale_price, purchased_at)"
+        " VALUES (1, 1, 1, 1, 90, '2026-03-01T10:00Z')"
+    )
+    catch_up(conn)
+    for change in ("UPDATE leads SET created_at = '2026-02-10T10:00Z'", "UPDATE listings SET acquisition_cost = 50"):
+        conn.execute(change + " WHERE id = 1")
+        while pending(conn):
+            in_one_snapshot(conn, "SELECT kpi_apply_changes(max_rows => %s)", [max_rows])
+        applied, rebuilt = applied_and_rebuilt(conn)
+        assert applied == rebuilt, change
+
+
 def test_a_batch_names_stock_changes_only_for_listings_that_can_be_in_stock(conn: psycopg.Connection) -> None:
     """kpi.changed's stock_from (which windows' aged_inventory a batch can change, for the
     freshness of every reader): an active listing inserted counts; a rescore and a withdrawn

@@ -580,6 +580,7 @@ DECLARE
     buyer_deltas kpi_sums[];
     link_deltas kpi_buyer_days[];
     holding kpi_buyer_buckets[];  -- the (buyer, bucket) pairs the batch names that hold
+    gone kpi_buyer_buckets[];  -- and those removed
     relinks kpi_buyer_buckets[];  -- with their new previous bucket
     sale_deltas kpi_sums[];
     -- (NULL until the summaries are built: kpi_build counts long_listed and long_sold then.)
@@ -645,9 +646,13 @@ BEGIN
     DELETE FROM kpi_sales WHERE listing_id = ANY (emptied) AND n = 0;
 
     -- Purchases' facts and leads' conversions: the purchases logged, those of a listing whose
-    -- cost changed and of a lead whose instant changed (an id logged once, or with two values:
-    -- an insert, a delete, or an update of that value); the leads logged, and those of the
-    -- purchases logged.
+    -- cost may have changed and of a lead whose instant may have changed; the leads logged, and
+    -- those of the purchases logged. "May have changed": the batch takes an old image of it (a
+    -- delete, or an update: alone, its new image may be in another batch, or with a new one of
+    -- another value). An image taken alone with no old one is an insert, or half of an update
+    -- whose old half another batch takes (and looks up then, in a snapshot with the update): a
+    -- listing or lead only inserted has no purchase yet (the foreign keys), and a purchase of
+    -- it is logged itself.
     deltas := deltas || kpi_sync_facts(
         ARRAY(
             SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'p'
@@ -655,18 +660,18 @@ BEGIN
             SELECT x.id
             FROM (
                 SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'l'
-                GROUP BY c.id HAVING count(*) = 1 OR count(DISTINCT c.cost) + max((c.cost IS NULL)::integer) > 1
+                GROUP BY c.id
+                HAVING min(c.sign) < 0 AND (count(*) = 1 OR count(DISTINCT c.cost) + max((c.cost IS NULL)::integer) > 1)
             ) k
             JOIN purchases x ON x.listing_id = k.id
             UNION
             SELECT x.id
             FROM (
                 SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'd'
-                GROUP BY c.id HAVING count(*) = 1 OR count(DISTINCT c.at) > 1
+                GROUP BY c.id HAVING min(c.sign) < 0 AND (count(*) = 1 OR count(DISTINCT c.at) > 1)
             ) k
             JOIN purchases x ON x.lead_id = k.id
         ),
-        -- (A lead only inserted has no purchase yet: a purchase of it is logged itself.)
         ARRAY(
             SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'd'
             GROUP BY c.id HAVING count(DISTINCT c.at) > 1 OR min(c.sign) < 0
@@ -707,6 +712,7 @@ BEGIN
     )
     SELECT ARRAY(SELECT buyer_id FROM removed UNION SELECT buyer_id FROM held),
            ARRAY(SELECT ROW(h.buyer_id, h.bucket, NULL)::kpi_buyer_buckets FROM held h),
+           ARRAY(SELECT ROW(r.buyer_id, r.bucket, NULL)::kpi_buyer_buckets FROM removed r),
            ARRAY(
                SELECT ROW(0, e.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, e.buckets, e.links, 0, 0)::kpi_sums
                FROM (
@@ -716,35 +722,48 @@ BEGIN
                ) AS e
            ),
            ARRAY(SELECT kpi_buyer_link(bucket, prev_bucket, -1) FROM removed WHERE prev_bucket IS NOT NULL)
-    INTO buyer_ids, holding, buyer_deltas, link_deltas;
+    INTO buyer_ids, holding, gone, buyer_deltas, link_deltas;
 
-    -- These buyers' buckets in order, the new ones among them: each new one inserted with its
-    -- previous bucket, and each other one whose previous bucket changed (after a new or a
-    -- removed one) relinked by the next statement, by key (joined here, the few relinked rows
-    -- were matched by reading every bucket of every buyer for a hash join).
+    -- These buyers' buckets in order, with the new ones and markers where removed ones were:
+    -- each new one is inserted with its previous bucket; a stored one right after a new or a
+    -- removed one has a new previous bucket, relinked by the next statement, by key (joined
+    -- here, the few relinked rows were matched by reading every bucket for a hash join). The
+    -- stored ones are read from the key's index alone: a buyer's buckets lie on as many pages.
     WITH buckets AS (
-        -- A pair that holds and is stored already is its stored row (one sort for this and the lag).
+        -- A pair that holds and is stored already is its stored row (one sort for this and the window).
         SELECT DISTINCT ON (b.buyer_id, b.bucket) b.*
         FROM (
-            SELECT b.buyer_id, b.bucket, b.prev_bucket AS old_prev, false AS new
+            SELECT b.buyer_id, b.bucket, 0 AS kind  -- stored
             FROM unnest(buyer_ids) AS k (id)
             JOIN kpi_buyer_buckets b ON b.buyer_id = k.id
             UNION ALL
-            SELECT h.buyer_id, h.bucket, NULL, true FROM unnest(holding) h
+            SELECT h.buyer_id, h.bucket, 1 FROM unnest(holding) h  -- new, unless stored
+            UNION ALL
+            SELECT g.buyer_id, g.bucket, 2 FROM unnest(gone) g  -- removed
         ) AS b
-        ORDER BY b.buyer_id, b.bucket, b.new
+        ORDER BY b.buyer_id, b.bucket, b.kind
     ),
     linked AS (
-        SELECT b.*, lag(b.bucket) OVER (PARTITION BY b.buyer_id ORDER BY b.bucket) AS new_prev FROM buckets b
+        SELECT b.buyer_id, b.bucket, b.kind,
+               max(b.bucket) FILTER (WHERE b.kind < 2) OVER before AS new_prev,
+               lag(b.kind) OVER (PARTITION BY b.buyer_id ORDER BY b.bucket) AS kind_before
+        FROM buckets b
+        WINDOW before AS (PARTITION BY b.buyer_id ORDER BY b.bucket ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
     ),
     added AS (
         INSERT INTO kpi_buyer_buckets (buyer_id, bucket, prev_bucket)
-        SELECT l.buyer_id, l.bucket, l.new_prev FROM linked l WHERE l.new
+        SELECT l.buyer_id, l.bucket, l.new_prev FROM linked l WHERE l.kind = 1
         RETURNING bucket, prev_bucket
     ),
     relinked AS (
-        SELECT l.buyer_id, l.bucket, l.old_prev, l.new_prev FROM linked l
-        WHERE NOT l.new AND l.old_prev IS DISTINCT FROM l.new_prev
+        SELECT l.buyer_id, l.bucket, b.old_prev, l.new_prev
+        FROM linked l
+        -- (OFFSET 0: a lookup by key per row, never a join that reads the table.)
+        CROSS JOIN LATERAL (
+            SELECT x.prev_bucket AS old_prev FROM kpi_buyer_buckets x
+            WHERE x.buyer_id = l.buyer_id AND x.bucket = l.bucket OFFSET 0
+        ) b
+        WHERE l.kind = 0 AND l.kind_before > 0
     )
     SELECT ARRAY(SELECT ROW(buyer_id, bucket, new_prev)::kpi_buyer_buckets FROM relinked),
     buyer_deltas || ARRAY(
