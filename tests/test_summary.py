@@ -495,6 +495,22 @@ def test_a_lead_moved_or_a_cost_changed_reaches_the_purchase(conn: psycopg.Conne
         assert applied == rebuilt, change
 
 
+def test_a_batch_names_the_whole_buckets_it_changed(conn: psycopg.Connection) -> None:
+    """kpi.changed's from and to span the 15-minute buckets the batch added to, edge to edge: a
+    window off the grid from 10:05 changes with a lead at 10:07 (and what a batch adds to a
+    bucket may have come from a row at another instant: a purchase's, for its listing's cost)."""
+    conn.execute("INSERT INTO buyers (id, name) VALUES (1, 'b')")
+    conn.execute("INSERT INTO leads (id, buyer_id, created_at, status) VALUES (1, 1, '2026-03-05T10:07Z', 'open')")
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        conn.execute("SELECT kpi_apply_changes()")
+        changed = json.loads(conn.execute("SELECT current_setting('kpi.changed', true)").fetchone()[0])
+    assert (datetime.fromisoformat(changed["from"]), datetime.fromisoformat(changed["to"])) == (
+        datetime(2026, 3, 5, 10, 0, tzinfo=UTC),
+        datetime(2026, 3, 5, 10, 14, 59, 999999, tzinfo=UTC),
+    )
+
+
 def test_a_batch_names_stock_changes_only_for_listings_that_can_be_in_stock(conn: psycopg.Connection) -> None:
     """kpi.changed's stock_from (which windows' aged_inventory a batch can change, for the
     freshness of every reader): an active listing inserted counts; a rescore and a withdrawn

@@ -18,15 +18,16 @@ from kpi_service.db.sql import applier_lock, in_one_snapshot, sql_text
 # rebuild them. Most schema versions leave it alone.)
 # 2: the manifest and its privileges; 3: kpi_buyer_days, which this service's statement reads;
 # 4: kpi_sums.long_listed and long_sold with kpi_summary_state.aged_days, which it reads too;
-# 5: kpi_sales counts each image (n), kept from the log's images without lookups, which both this
-# service's applier and its statement need, and an older applier cannot keep.
+# 5: kpi_sales counts each image (n), kept by the applier from the log's images, which this
+# service's statement sums. (An older service counts the rows: the same number once the log is
+# applied, so it may serve on until it is replaced.)
 SCHEMA_VERSION = 5
 # The oldest database schema this service computes right numbers from.
 OLDEST_DATABASE = 5
 # The oldest service this version's objects are right for, recorded with them: raised to
 # SCHEMA_VERSION when an older service would misread them (a column's meaning changed, a function
 # it calls changed its result), left as it is when the change only adds.
-OLDEST_SERVICE = 5
+OLDEST_SERVICE = 2
 
 
 def service_version() -> str:

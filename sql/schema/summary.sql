@@ -364,7 +364,8 @@ BEGIN
     DELETE FROM kpi_conversions c USING unnest(old_conv) AS o WHERE c.lead_id = o.lead_id;
     INSERT INTO kpi_conversions SELECT * FROM unnest(new_conv);
     RETURN ARRAY(
-        SELECT ROW(0, e.bucket, 0, 0, 0, 0, 0, 0, e.converted, e.costed, e.profit, e.led, e.seconds, 0, 0, 0, 0)::kpi_sums
+        SELECT ROW(0, e.bucket, 0, 0, 0, 0, 0, 0, sum(e.converted), sum(e.costed), sum(e.profit), sum(e.led),
+                   sum(e.seconds), 0, 0, 0, 0)::kpi_sums
         FROM (
             SELECT bucket, 0 AS converted, -costed AS costed, -profit AS profit, -led AS led,
                    -lead_seconds AS seconds
@@ -376,6 +377,7 @@ BEGIN
             UNION ALL
             SELECT bucket, 1, 0, 0, 0, 0 FROM unnest(new_conv)
         ) AS e
+        GROUP BY e.bucket
     );
 END
 $fn$;
@@ -615,14 +617,21 @@ BEGIN
         RETURN cardinality(changes);
     END IF;
 
+    -- (Summed per 15-minute bucket here, and so below: most of a batch's rows fall in a few
+    -- buckets, and kpi_add sums every column of every row it is given, for both grains.)
     deltas := ARRAY(
-        SELECT ROW(0, c.at, c.sign, c.sign * c.price, c.sign * (c.score IS NOT NULL)::integer,
-                   c.sign * coalesce(c.score, 0), c.sign * (NOT c.withdrawn AND c.sold_at IS NULL)::integer,
-                   0, 0, 0, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
-        FROM unnest(changes) c WHERE c.tbl = 'l'
-        UNION ALL
-        SELECT ROW(0, c.at, 0, 0, 0, 0, 0, c.sign, 0, 0, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
-        FROM unnest(changes) c WHERE c.tbl = 'd'
+        SELECT ROW(0, d.q, sum(d.n), sum(d.price), sum(d.scored), sum(d.score), sum(d.unsold), sum(d.leads),
+                   0, 0, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
+        FROM (
+            SELECT date_bin('15 minutes', c.at, timestamptz 'epoch') AS q, c.sign AS n, c.sign * c.price AS price,
+                   c.sign * (c.score IS NOT NULL)::integer AS scored, c.sign * coalesce(c.score, 0) AS score,
+                   c.sign * (NOT c.withdrawn AND c.sold_at IS NULL)::integer AS unsold, 0 AS leads
+            FROM unnest(changes) c WHERE c.tbl = 'l'
+            UNION ALL
+            SELECT date_bin('15 minutes', c.at, timestamptz 'epoch'), 0, 0, 0, 0, 0, c.sign
+            FROM unnest(changes) c WHERE c.tbl = 'd'
+        ) AS d
+        GROUP BY d.q
     );
 
     -- The sold listings of aged_inventory: each image of a listing sold and not withdrawn, its
@@ -767,7 +776,7 @@ BEGIN
     )
     SELECT ARRAY(SELECT ROW(buyer_id, bucket, new_prev)::kpi_buyer_buckets FROM relinked),
     buyer_deltas || ARRAY(
-        SELECT ROW(0, e.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, e.buckets, e.links, 0, 0)::kpi_sums
+        SELECT ROW(0, e.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, sum(e.buckets), sum(e.links), 0, 0)::kpi_sums
         FROM (
             SELECT bucket AS at, 1 AS buckets, 0 AS links FROM added
             UNION ALL
@@ -777,6 +786,7 @@ BEGIN
             UNION ALL
             SELECT new_prev, 0, 1 FROM relinked WHERE new_prev IS NOT NULL
         ) AS e
+        GROUP BY e.at
     ),
     link_deltas || ARRAY(
         SELECT kpi_buyer_link(bucket, prev_bucket, 1) FROM added WHERE prev_bucket IS NOT NULL
@@ -796,7 +806,9 @@ BEGIN
     -- What this batch changed, for the service's live updates (kpi_service/live/hub.py), left in a
     -- setting of this transaction for the caller to read before it commits (the function's
     -- result stays a count, so that the service role's right to call it survives upgrades):
-    -- the first and last instant of a bucket it added to, and the earliest listed_at of a
+    -- the first and the last instant of the 15-minute buckets it added to (a change inside a
+    -- bucket may be anywhere in it: a window from 10:05 changes with a sale at 10:07, whose
+    -- purchase adds to the bucket of 10:00), and the earliest listed_at of a
     -- listing whose stock status or instants changed (aged_inventory at an instant T changes
     -- only where T is later than that plus aged_days).
     PERFORM set_config('kpi.changed', json_build_object(
@@ -812,7 +824,11 @@ BEGIN
             ) l
         )
     )::text, true)
-    FROM (SELECT min(d.bucket) AS first, max(d.bucket) AS last FROM unnest(deltas || buyer_deltas) d) r;
+    FROM (
+        SELECT min(date_bin('15 minutes', d.bucket, timestamptz 'epoch')) AS first,
+               max(date_bin('15 minutes', d.bucket, timestamptz 'epoch')) + interval '15 minutes' - interval '1 microsecond' AS last
+        FROM unnest(deltas || buyer_deltas) d
+    ) r;
     PERFORM kpi_applier_rests(started, busy_share);
     RETURN cardinality(changes);
 END
