@@ -532,8 +532,9 @@ $fn$;
 --   their old and new images in the log: the old subtracted, the new added, in any order;
 -- - so do the sold listings (kpi_sales), each image counted;
 -- - what depends on other rows (a purchase's profit and lead time, a lead's conversion, a
---   buyer's buckets) is looked up now for the purchases, leads, buyers and
---   listings named, compared with the service's stored copy, and the difference added; a change
+--   buyer's buckets) is looked up now for the purchases, leads and buyers named (and the
+--   purchases of a listing or lead whose old image it takes), compared with the service's
+--   stored copy, and the difference added; a change
 --   whose log rows a batch limit leaves for later is already seen by these lookups, and when its
 --   rows come the comparison finds nothing left to add.
 -- Pacing, as autovacuum's cost delay paces vacuum: with busy_share below 1, a batch that found
