@@ -20,9 +20,9 @@ first run (the first read after init-db, in phase a), then the median and p95 of
 
 After phase a, each case's rows are compared with the naive statement's (kpi_windows_raw, the
 raw rows alone) in one snapshot; a difference stops the bench (a case whose raw statement runs
-past --naive-limit seconds is reported as not compared). A row whose p95 exceeds its
-target (all time 100 ms, 30 days 20 ms, daily history 250 ms) is
-flagged MISS. Prints a Markdown table and writes bench/results/read_shapes-<time>.json.
+past --naive-limit seconds is reported as not compared). A row whose p95 exceeds its target
+(all time 100 ms, 30 days 20 ms, daily history 250 ms) is flagged MISS. Prints a Markdown table
+and writes bench/results/read_shapes-<time>.json.
 """
 
 from __future__ import annotations
