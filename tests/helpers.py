@@ -58,9 +58,20 @@ needs_chromium = pytest.mark.skipif(
 )
 
 
+# The seconds between applier runs of a test app that should take in writes by itself. Other test
+# apps run none: its batches announce changes, and an announced change has a cached window
+# computed again, so a test that writes and then expects a cache hit would race it.
+APPLYING = 0.05
+
+
 def make_settings(database_url: str, **overrides: object) -> Settings:
     # development: the in-process Redis stand-in unless a test gives redis_url
-    values: dict[str, object] = {"jwt_secret_key": SECRET, "database_url": database_url, "env": "development"}
+    values: dict[str, object] = {
+        "jwt_secret_key": SECRET,
+        "database_url": database_url,
+        "env": "development",
+        "apply_interval": 0,
+    }
     values.update(overrides)
     return Settings.from_env({}, **values)
 

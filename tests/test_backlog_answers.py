@@ -17,7 +17,7 @@ from psycopg.rows import dict_row
 from kpi_service.db.schema import apply_schema
 from kpi_service.db.sql import kpi_statement_rows
 from kpi_service.serving.responses import KpiValuesSchema
-from tests.helpers import wait_until
+from tests.helpers import APPLYING, wait_until
 
 NOW = datetime.now(UTC)
 # Enough rows that the applier takes several batches of 50,000 log rows.
@@ -75,7 +75,7 @@ def test_answers_during_a_backlog_say_so_until_they_hold_every_commit(
     reference = KpiValuesSchema().load(row)
     assert backlog > 150_000 and reference["total_listings"] == 60_000
 
-    app = make_app(database_url=empty_database, apply_interval=0.05)
+    app = make_app(database_url=empty_database, apply_interval=APPLYING)
     client = app.test_client()
     answers: list[dict] = []
     answered: list[float] = []

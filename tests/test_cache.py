@@ -58,9 +58,7 @@ def test_etag_and_304(client: object, auth: dict[str, str], conn: psycopg.Connec
 def test_expired_entry_is_served_at_once_and_refreshed_in_background(
     make_app: Callable[..., Flask], auth: dict[str, str], conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # No applier of the app's own: had it taken the delete's log row before catch_up, its batch
-    # would tell the app that the stored value is outdated, and it would be recomputed, not served.
-    app = make_app(apply_interval=0)
+    app = make_app()
     state = app.extensions["kpi"]
     client = app.test_client()
     two_listings(conn)
@@ -109,13 +107,7 @@ def test_a_dead_owners_lock_expires_and_a_waiter_computes(
     database_url: str, auth: dict[str, str], conn: psycopg.Connection
 ) -> None:
     # A short statement timeout makes the lock short-lived, as it would be for a crashed owner.
-    # No applier of the app's own: its batch of the two listings would have the window refreshed
-    # in the background during the wait, and the waiter take that value.
-    app = create_app(
-        make_settings(
-            database_url, statement_timeout_ms=200, db_pool_timeout=0.2, db_connect_timeout=1, apply_interval=0
-        )
-    )
+    app = create_app(make_settings(database_url, statement_timeout_ms=200, db_pool_timeout=0.2, db_connect_timeout=1))
     try:
         state = app.extensions["kpi"]
         two_listings(conn)

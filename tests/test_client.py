@@ -17,7 +17,7 @@ import pytest
 
 from kpi_service.app import create_app
 from kpi_service.client import KpiClient
-from tests.helpers import RedisServer, insert_listing, make_settings, token, two_listings, wait_until
+from tests.helpers import APPLYING, RedisServer, insert_listing, make_settings, token, two_listings, wait_until
 from tests.sse import serving
 
 ROOT = Path(__file__).parents[1]
@@ -114,7 +114,7 @@ def test_a_batch_that_changes_the_window_is_seen_by_get_and_subscribe_within_a_s
     """Even for a window the service no longer refreshes (requested longer ago than its TTL):
     the client hears the applier's batch and asks the API, so the stored value, still fresh
     by its TTL, is not what it answers."""
-    app = create_app(make_settings(database_url, redis_url=redis_server.url, apply_interval=0.05, cache_ttl=300))
+    app = create_app(make_settings(database_url, redis_url=redis_server.url, apply_interval=APPLYING, cache_ttl=300))
     heard: list[dict] = []
     try:
         with serving(app) as base:

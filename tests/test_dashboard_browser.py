@@ -18,7 +18,7 @@ from flask import Flask
 from kpi_service.app import create_app
 from kpi_service.cli.seed import seed
 from kpi_service.serving.windows import bucket_count
-from tests.helpers import make_settings, needs_chromium, token
+from tests.helpers import APPLYING, make_settings, needs_chromium, token
 from tests.sse import serving
 
 # The picture goes to the test's temporary directory, so that a test run leaves the checkout as it
@@ -67,7 +67,7 @@ def test_shown_formats() -> None:
 def app(database_url: str, conn: psycopg.Connection) -> Iterator[Flask]:
     seed(database_url, 3000)
     # A short TTL: the stream refreshes its window every 2 s, polled or not.
-    application = create_app(make_settings(database_url, cache_ttl=2))
+    application = create_app(make_settings(database_url, cache_ttl=2, apply_interval=APPLYING))
     yield application
     application.extensions["kpi"].db.close()
 

@@ -13,7 +13,7 @@ from flask import Flask
 
 from kpi_service.app import create_app
 from kpi_service.db.schema import apply_schema
-from tests.helpers import make_settings, two_listings, wait_until
+from tests.helpers import APPLYING, make_settings, two_listings, wait_until
 
 MISSING = "missing: run kpi-service init-db"
 
@@ -21,7 +21,7 @@ MISSING = "missing: run kpi-service init-db"
 @pytest.fixture
 def small_pool_app(database_url: str, conn: psycopg.Connection) -> Iterator[Flask]:
     # One connection, given up on after 100 ms; no applier holding it.
-    app = create_app(make_settings(database_url, db_pool_size=1, db_pool_timeout=0.1, apply_interval=0))
+    app = create_app(make_settings(database_url, db_pool_size=1, db_pool_timeout=0.1))
     yield app
     app.extensions["kpi"].close()
 
@@ -48,9 +48,7 @@ def test_a_busy_pool_is_a_503_busy_with_retry_after_and_no_outage(
 
 def test_only_connection_errors_mark_the_database_unreachable(auth: dict[str, str]) -> None:
     # Nothing listens on port 1: the pool cannot open a connection, its size stays below the maximum.
-    app = create_app(
-        make_settings("postgresql://postgres@127.0.0.1:1/none", db_pool_size=1, db_pool_timeout=0.3, apply_interval=0)
-    )
+    app = create_app(make_settings("postgresql://postgres@127.0.0.1:1/none", db_pool_size=1, db_pool_timeout=0.3))
     try:
         response = app.test_client().get("/api/kpi", headers=auth)
         assert response.status_code == 503 and "Retry-After" not in response.headers
@@ -63,7 +61,7 @@ def test_only_connection_errors_mark_the_database_unreachable(auth: dict[str, st
 def test_a_missing_schema_is_named_logged_once_and_found_when_installed(
     empty_database: str, auth: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    app = create_app(make_settings(empty_database, apply_interval=0))
+    app = create_app(make_settings(empty_database))
     try:
         client = app.test_client()
         with caplog.at_level(logging.INFO, logger="kpi_service"):
@@ -89,7 +87,7 @@ def test_a_missing_schema_is_named_logged_once_and_found_when_installed(
 
 def test_the_applier_reports_a_missing_schema_at_startup(empty_database: str, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="kpi_service"):
-        app = create_app(make_settings(empty_database, apply_interval=0.05))
+        app = create_app(make_settings(empty_database, apply_interval=APPLYING))
         try:
             # No request: the applier's first tick, which looks the mode up, finds it.
             wait_until(lambda: "no KPI schema" in caplog.text, seconds=10)

@@ -23,14 +23,10 @@ def two_listings(conn: psycopg.Connection) -> None:
         insert_listing(conn, datetime(2026, 3, day, tzinfo=UTC))
 
 
-def _app(make_app: Callable[..., Flask]) -> Flask:
-    return make_app(apply_interval=0)  # no applier thread: the test applies
-
-
 def test_a_value_computed_behind_the_applier_says_so_and_is_replaced(
     make_app: Callable[..., Flask], auth: dict[str, str], conn: psycopg.Connection
 ) -> None:
-    app = _app(make_app)
+    app = make_app()
     client = app.test_client()
     two_listings(conn)
     behind = client.get("/api/kpi", headers=auth)
@@ -55,7 +51,7 @@ def test_a_value_computed_behind_the_applier_says_so_and_is_replaced(
 def test_while_rows_wait_the_body_names_when_the_log_was_last_empty(
     make_app: Callable[..., Flask], auth: dict[str, str], conn: psycopg.Connection
 ) -> None:
-    app = _app(make_app)
+    app = make_app()
     applier = app.extensions["kpi"].applier
     before = time.time()
     assert applier.apply_once() == 0  # the log empty: reported
@@ -68,7 +64,7 @@ def test_while_rows_wait_the_body_names_when_the_log_was_last_empty(
 
 
 def test_readiness_and_metrics_give_the_applier_lag(make_app: Callable[..., Flask], conn: psycopg.Connection) -> None:
-    app = _app(make_app)
+    app = make_app()
     client = app.test_client()
     applier = app.extensions["kpi"].applier
     assert applier.apply_once() == 0
@@ -98,7 +94,7 @@ OLD = "from=2020-01-01&to=2020-01-31&tz=UTC"
 def test_a_batch_refreshes_the_polled_windows_it_changes_once_and_no_other(
     make_app: Callable[..., Flask], auth: dict[str, str], conn: psycopg.Connection
 ) -> None:
-    app = make_app(apply_interval=0, cache_ttl=300)
+    app = make_app(cache_ttl=300)
     client = app.test_client()
     state = app.extensions["kpi"]
     two_listings(conn)
@@ -126,7 +122,7 @@ def test_a_batch_refreshes_the_polled_windows_it_changes_once_and_no_other(
 def test_a_value_is_not_served_past_a_change_its_process_did_not_refresh(
     make_app: Callable[..., Flask], auth: dict[str, str], conn: psycopg.Connection
 ) -> None:
-    app = make_app(apply_interval=0, cache_ttl=300)
+    app = make_app(cache_ttl=300)
     client = app.test_client()
     state = app.extensions["kpi"]
     client.get(f"/api/kpi?{MARCH}", headers=auth)

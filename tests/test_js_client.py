@@ -25,7 +25,7 @@ from kpi_service.app import create_app
 from kpi_service.serving.windows import Window
 from tests import make_vectors, reference
 from tests.dataset import Dataset, Lead, Listing, Purchase
-from tests.helpers import SECRET, make_settings, needs_chromium, token, two_listings
+from tests.helpers import APPLYING, SECRET, make_settings, needs_chromium, token, two_listings
 from tests.servers import gunicorn
 from tests.sse import serving
 
@@ -81,6 +81,12 @@ PAGE_DATA = Dataset(
     leads=[Lead(1, 1, datetime(2026, 3, 5, tzinfo=UTC)), Lead(2, 2, datetime(2026, 3, 6, tzinfo=UTC))],
     purchases=[Purchase(1, 2, 1, Decimal("290.00"), PAID, 1)],
 )
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask]) -> Flask:
+    """The app with its own applier, as it runs: the page sees the test's writes through it."""
+    return make_app(apply_interval=APPLYING)
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +159,7 @@ def test_a_vite_built_react_page_shows_the_service_live_and_computes_locally_whi
     # listing), and they are the reference's numbers.
     assert shown(page, "local", 2) == expected
     assert page.inner_text("#status") == "ready"
-    restarted = create_app(make_settings(database_url))
+    restarted = create_app(make_settings(database_url, apply_interval=APPLYING))
     try:
         with serving(restarted, with_page(restarted, vite_page, rows), port=urlsplit(base).port):
             shown(page, "service", 3)

@@ -17,10 +17,17 @@ from flask import Flask
 
 from kpi_service.app import create_app
 from kpi_service.db.errors import DatabaseUnavailable
-from tests.helpers import free_port, make_settings, needs_chromium, token
+from tests.helpers import APPLYING, free_port, make_settings, needs_chromium, token
 from tests.sse import serving
 
 pytestmark = [pytest.mark.slow, needs_chromium]
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask]) -> Flask:
+    """The app with its own applier, as it runs: the page sees the test's writes through it."""
+    return make_app(apply_interval=APPLYING)
+
 
 WAIT_MS = 20_000
 # What the page's fallback computes: numbers the service never answers for these tables.
@@ -187,7 +194,7 @@ def test_a_stopped_service_gives_way_to_the_fallback_until_it_is_back(
     assert page.evaluate("window.seen.fallbackErrors[0].status") == 0  # unreachable
 
     add_listing(conn)  # while the service was away
-    restarted = create_app(make_settings(database_url))  # a new process's worth of state
+    restarted = create_app(make_settings(database_url, apply_interval=APPLYING))  # a new process's worth of state
     try:
         with serving(restarted, site(restarted), port=urlsplit(base).port):  # at the same address
             back = wait_for_update(page, ("websocket", "sse"), 1)

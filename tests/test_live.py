@@ -14,7 +14,7 @@ from flask import Flask
 
 from kpi_service.serving.changes import affected
 from kpi_service.serving.query import KpiQuery
-from tests.helpers import HOUR, RedisServer, counted, insert_listing, ticket, today_window
+from tests.helpers import APPLYING, HOUR, RedisServer, counted, insert_listing, ticket, today_window
 from tests.sse import Sse, serving
 
 
@@ -23,7 +23,7 @@ def live_app(make_app: Callable[..., Flask]) -> Callable[..., Flask]:
     """make_app with the live tests' settings: no TTL in sight, a quick applier, 1 s heartbeats."""
 
     def make(**overrides: object) -> Flask:
-        return make_app(**{"cache_ttl": HOUR, "apply_interval": 0.05, "stream_heartbeat": 1, **overrides})
+        return make_app(**{"cache_ttl": HOUR, "apply_interval": APPLYING, "stream_heartbeat": 1, **overrides})
 
     return make
 

@@ -23,7 +23,7 @@ from kpi_service.db.connections import Database
 from kpi_service.db.replica import Positions, Replica
 from kpi_service.db.schema import apply_schema
 from kpi_service.db.sql import APPLIER_LOCK, APPLY, CHANGED, MODE, WAL_POSITION
-from tests.helpers import SECRET, RedisServer, make_settings, token, two_listings, wait_until
+from tests.helpers import APPLYING, SECRET, RedisServer, make_settings, token, two_listings, wait_until
 from tests.servers import Load, PostgresServer, fetch, gunicorn, replicated, summary
 from tests.sse import Sse, serving
 
@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.fault, pytest.mark.slow]
 DBNAME = "kpi"
 # Every statement in the servers' logs, with the application that ran it.
 LOGGING = {"log_statement": "all", "log_line_prefix": "%m [%a] "}
-ENTRY = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \S+ \[([^\]]*)\] ", re.M)
+ENTRY = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \S+ \[(.*?)\] ", re.M)  # %a is "[unknown]" before startup
 STATEMENT = re.compile(r"LOG:  (?:statement|execute [^:]*): (.*)", re.S)
 
 
@@ -147,7 +147,9 @@ def test_a_read_waits_for_the_positions_known_when_it_began_only() -> None:
 @pytest.fixture
 def app(servers: tuple[PostgresServer, PostgresServer]) -> Iterator[Flask]:
     primary, standby = servers
-    settings = make_settings(url(primary), database_read_url=url(standby), cache_ttl=1, replica_max_lag_ms=500)
+    settings = make_settings(
+        url(primary), database_read_url=url(standby), cache_ttl=1, replica_max_lag_ms=500, apply_interval=APPLYING
+    )
     application = create_app(settings)
     client = application.test_client()
     wait_until(lambda: client.get("/readyz").get_json()["checks"].get("replica") == "ok")

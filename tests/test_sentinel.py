@@ -209,9 +209,7 @@ def test_overlapping_computations_keep_the_value_computed_last(
 ) -> None:
     """The lock of a window held by one process vanishes (the replica promoted in a failover never
     had it), so a second process computes the window too, and the first finishes last."""
-    first, second = (
-        create_app(make_settings(database_url, redis_url=redis_server.url, apply_interval=0)) for _ in range(2)
-    )
+    first, second = (create_app(make_settings(database_url, redis_url=redis_server.url)) for _ in range(2))
     plain = redis.Redis.from_url(redis_server.url)
     announcements = plain.pubsub()
     announcements.subscribe(ANNOUNCE_CHANNEL)

@@ -18,7 +18,18 @@ import pytest
 import redis
 
 from tests.dataset import Dataset, Listing, catch_up
-from tests.helpers import SECRET, WINDOW, RedisServer, counted, post_ticket, ticket, token, two_listings, wait_until
+from tests.helpers import (
+    APPLYING,
+    SECRET,
+    WINDOW,
+    RedisServer,
+    counted,
+    post_ticket,
+    ticket,
+    token,
+    two_listings,
+    wait_until,
+)
 from tests.servers import start_gunicorn
 from tests.sse import Sse, serving
 
@@ -287,7 +298,7 @@ def test_the_database_down_with_nothing_cached_is_a_503(make_app) -> None:
 
 def test_stale_values_are_pushed_as_stale(make_app, conn) -> None:
     Dataset(listings=[Listing(1, Decimal("5.00"), "active", datetime(2026, 3, 1, tzinfo=UTC))]).insert(conn)
-    app = make_app(cache_ttl=1, apply_interval=0.05)
+    app = make_app(cache_ttl=1, apply_interval=APPLYING)
     with serving(app) as base, Sse(f"{base}/api/kpi/stream?{WINDOW}&ticket={ticket(base)}") as stream:
         first = stream.next_event()
         assert first.json()["meta"]["stale"] is False

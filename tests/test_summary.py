@@ -8,17 +8,18 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import psycopg
 import pytest
-from flask.testing import FlaskClient
+from flask import Flask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kpi_service.app import create_app
+from kpi_service.config import Settings
 from kpi_service.db.applier import MIN_BATCH, paced_batch
 from kpi_service.db.connections import Database
 from kpi_service.db.sql import APPLY_BATCH, applier_lock, in_one_snapshot
@@ -285,10 +286,11 @@ def test_the_application_waits_for_nothing_new(database_url: str, conn: psycopg.
 
 
 def test_the_service_applies_changes_by_itself(
-    client: FlaskClient, auth: dict[str, str], conn: psycopg.Connection
+    make_app: Callable[..., Flask], auth: dict[str, str], conn: psycopg.Connection
 ) -> None:
     """The app's own applier (KPI_APPLY_INTERVAL_MS, 500 ms by default) takes in a write that no
     one applied, and the next cache miss shows it."""
+    client = make_app(apply_interval=Settings.apply_interval).test_client()
     at = datetime(2026, 3, 1, 12, tzinfo=UTC)
     Dataset([1], [Listing(1, Decimal("100.00"), "active", at)], [], []).insert(conn)
     conn.execute("UPDATE listings SET price = 120")

@@ -24,6 +24,7 @@ from kpi_service.live.events import Event
 from kpi_service.serving.responses import Served
 from kpi_service.web.websocket import origin_allowed
 from tests.helpers import (
+    APPLYING,
     HOUR,
     SECRET,
     WINDOW,
@@ -220,7 +221,7 @@ def test_last_event_id_says_the_client_has_the_value(make_app, conn) -> None:
 
 def test_a_new_listing_reaches_an_open_socket(make_app, conn) -> None:
     # The write is left to the app's own applier; no update can come from the cache's TTL.
-    app = make_app(cache_ttl=HOUR, apply_interval=0.05)
+    app = make_app(cache_ttl=HOUR, apply_interval=APPLYING)
     with serving(app) as base, open_ws(ws_url(base, f"{today_window()}&ticket={ticket(base)}")) as ws:
         assert frame(ws)["data"]["metrics"]["total_listings"] == 0
         insert_listing(conn, datetime.now(UTC))  # applied and announced by the app's own applier
