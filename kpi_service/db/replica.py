@@ -134,6 +134,7 @@ class Replica:
             if replayed is None or replayed >= target or lag is None:
                 return True
             if lag > self.max_lag_ms:
+                self.lag_ms = round(lag, 1)  # /readyz shows the lag that made it "lagging"
                 return False
             time.sleep(WAIT_STEP_S)
 
