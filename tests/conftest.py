@@ -27,7 +27,7 @@ from kpi_service.db.connections import Database
 from kpi_service.db.schema import apply_schema
 from kpi_service.ops.logs import HOST_HANDLER, ROOT_LOGGER
 from tests.dataset import catch_up
-from tests.helpers import CHROMIUM, CHROMIUM_ARGS, RedisServer, make_settings, token
+from tests.helpers import APPLYING, CHROMIUM, CHROMIUM_ARGS, RedisServer, make_settings, token
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -111,8 +111,9 @@ def database(database_url: str) -> Iterator[Database]:
 
 
 @pytest.fixture
-def app(database_url: str, conn: psycopg.Connection) -> Iterator[Flask]:
-    application = create_app(make_settings(database_url))
+def app(request: pytest.FixtureRequest, database_url: str, conn: psycopg.Connection) -> Iterator[Flask]:
+    applying = request.node.get_closest_marker("applying") is not None
+    application = create_app(make_settings(database_url, apply_interval=APPLYING if applying else 0))
     yield application
     application.extensions["kpi"].close()
 

@@ -58,8 +58,9 @@ needs_chromium = pytest.mark.skipif(
 )
 
 
-# The seconds between applier runs of a test app that should take in writes by itself. Other test
-# apps run none: its batches announce changes, and an announced change has a cached window
+# The seconds between applier runs of a test app that should take in writes by itself
+# (make_app(apply_interval=APPLYING), or the conftest `app` of a test marked `applying`). Other
+# test apps run none: its batches announce changes, and an announced change has a cached window
 # computed again, so a test that writes and then expects a cache hit would race it.
 APPLYING = 0.05
 

@@ -83,12 +83,6 @@ PAGE_DATA = Dataset(
 )
 
 
-@pytest.fixture
-def app(make_app: Callable[..., Flask]) -> Flask:
-    """The app with its own applier, as it runs: the page sees the test's writes through it."""
-    return make_app(apply_interval=APPLYING)
-
-
 @pytest.fixture(scope="module")
 def vite_page(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """clients/js/example built with Vite, as an application builds its page."""
@@ -137,6 +131,7 @@ def shown(page, source: str, listings: int) -> dict[str, Any]:
 
 
 @pytest.mark.slow
+@pytest.mark.applying
 @needs_chromium
 def test_a_vite_built_react_page_shows_the_service_live_and_computes_locally_while_it_is_down(
     app: Flask, browser, conn: psycopg.Connection, database_url: str, vite_page: Path

@@ -20,13 +20,7 @@ from kpi_service.db.errors import DatabaseUnavailable
 from tests.helpers import APPLYING, free_port, make_settings, needs_chromium, token
 from tests.sse import serving
 
-pytestmark = [pytest.mark.slow, needs_chromium]
-
-
-@pytest.fixture
-def app(make_app: Callable[..., Flask]) -> Flask:
-    """The app with its own applier, as it runs: the page sees the test's writes through it."""
-    return make_app(apply_interval=APPLYING)
+pytestmark = [pytest.mark.slow, pytest.mark.applying, needs_chromium]
 
 
 WAIT_MS = 20_000
