@@ -19,11 +19,12 @@ from flask.testing import FlaskClient
 from psycopg.conninfo import make_conninfo
 
 from kpi_service.app import create_app
+from kpi_service.config import Settings
 from kpi_service.db.connections import Database
 from kpi_service.db.replica import Positions, Replica
 from kpi_service.db.schema import apply_schema
 from kpi_service.db.sql import APPLIER_LOCK, APPLY, CHANGED, MODE, WAL_POSITION
-from tests.helpers import APPLYING, SECRET, RedisServer, make_settings, token, two_listings, wait_until
+from tests.helpers import SECRET, RedisServer, make_settings, token, two_listings, wait_until
 from tests.servers import Load, PostgresServer, fetch, gunicorn, replicated, summary
 from tests.sse import Sse, serving
 
@@ -147,8 +148,13 @@ def test_a_read_waits_for_the_positions_known_when_it_began_only() -> None:
 @pytest.fixture
 def app(servers: tuple[PostgresServer, PostgresServer]) -> Iterator[Flask]:
     primary, standby = servers
+    # The applier at its default interval, as docs/reliability.md reports this setup.
     settings = make_settings(
-        url(primary), database_read_url=url(standby), cache_ttl=1, replica_max_lag_ms=500, apply_interval=APPLYING
+        url(primary),
+        database_read_url=url(standby),
+        cache_ttl=1,
+        replica_max_lag_ms=500,
+        apply_interval=Settings.apply_interval,
     )
     application = create_app(settings)
     client = application.test_client()
