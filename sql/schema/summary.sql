@@ -657,12 +657,14 @@ BEGIN
 
     -- Purchases' facts and leads' conversions: the purchases logged, those of a listing whose
     -- cost may have changed and of a lead whose instant may have changed; the leads logged, and
-    -- those of the purchases logged. "May have changed": the batch takes an old image of it (a
-    -- delete, or an update: alone, its new image may be in another batch, or with a new one of
-    -- another value). An image taken alone with no old one is an insert, or half of an update
-    -- whose old half another batch takes (and looks up then, in a snapshot with the update): a
-    -- listing or lead only inserted has no purchase yet (the foreign keys), and a purchase of
-    -- it is logged itself.
+    -- those of the purchases logged. Each is looked up in this batch's snapshot and compared with
+    -- the stored copy: that is right in any order and any batching only if every change is
+    -- followed by a lookup, so none is skipped on what the batch's images seem to say (images of
+    -- two transactions can cancel out within a batch: a no-op update's new image beside the old
+    -- image of the next update). "May have changed": the batch takes an old image of it, which
+    -- every update and delete logs, in the transaction that made it, so the batch's snapshot
+    -- holds that change. A listing or lead only inserted has no purchase yet (the foreign keys),
+    -- and a purchase of it is logged itself.
     deltas := deltas || kpi_sync_facts(
         ARRAY(
             SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'p'
@@ -671,40 +673,38 @@ BEGIN
             FROM (
                 SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'l'
                 GROUP BY c.id
-                HAVING min(c.sign) < 0 AND (count(*) = 1 OR count(DISTINCT c.cost) + max((c.cost IS NULL)::integer) > 1)
+                HAVING min(c.sign) < 0
             ) k
             JOIN purchases x ON x.listing_id = k.id
             UNION
             SELECT x.id
             FROM (
                 SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'd'
-                GROUP BY c.id HAVING min(c.sign) < 0 AND (count(*) = 1 OR count(DISTINCT c.at) > 1)
+                GROUP BY c.id HAVING min(c.sign) < 0
             ) k
             JOIN purchases x ON x.lead_id = k.id
         ),
         ARRAY(
             SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'd'
-            GROUP BY c.id HAVING count(DISTINCT c.at) > 1 OR min(c.sign) < 0
+            GROUP BY c.id HAVING min(c.sign) < 0
             UNION
             SELECT c.lead_id FROM unnest(changes) c WHERE c.tbl = 'p' AND c.lead_id IS NOT NULL
         )
     );
 
-    -- The buyers' buckets. A (buyer, bucket) that only gained rows holds; one that lost a row
-    -- holds if that buyer still has a lead or purchase in that bucket (read for those alone).
-    -- The ones that no longer hold go; those that hold and are not there yet are inserted by the
-    -- next statement, with their previous bucket (inserting them without and linking them after
-    -- wrote each twice).
+    -- The buyers' buckets. Every (buyer, bucket) the batch names holds if that buyer has a lead
+    -- or purchase in that bucket in this snapshot (never presumed from the images: once VACUUM
+    -- has freed log pages, a delete's row can be taken before its insert's). The ones that no
+    -- longer hold go; those that hold and are not there yet are inserted by the next statement,
+    -- with their previous bucket (inserting them without and linking them after wrote each twice).
     WITH pairs AS (
-        SELECT c.buyer_id, date_bin('15 minutes', c.at, timestamptz 'epoch') AS bucket, bool_or(c.sign < 0) AS lost
+        SELECT DISTINCT c.buyer_id, date_bin('15 minutes', c.at, timestamptz 'epoch') AS bucket
         FROM unnest(changes) c
         WHERE c.tbl IN ('d', 'p')
-        GROUP BY 1, 2
     ),
     truth AS (
         SELECT p.buyer_id, p.bucket,
-               NOT p.lost
-               OR EXISTS (SELECT FROM leads x WHERE x.created_at >= p.bucket
+               EXISTS (SELECT FROM leads x WHERE x.created_at >= p.bucket
                                                 AND x.created_at < p.bucket + interval '15 minutes'
                                                 AND x.buyer_id = p.buyer_id)
                OR EXISTS (SELECT FROM purchases x WHERE x.purchased_at >= p.bucket
@@ -883,7 +883,7 @@ LANGUAGE sql STABLE AS $fn$
                CASE WHEN d.first < d.last THEN d.last ELSE hi END AS day_hi
         FROM (
             SELECT CASE WHEN date_bin('1 day', lo, timestamptz 'epoch') = lo THEN lo
-                        ELSE date_bin('1 day', lo, timestamptz 'epoch') + interval '1 day' END AS first,
+                        ELSE date_bin('1 day', lo, timestamptz 'epoch') + interval '24 hours' END AS first,
                    date_bin('1 day', hi, timestamptz 'epoch') AS last
         ) d
     ) s
