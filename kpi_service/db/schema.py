@@ -96,8 +96,9 @@ def apply_schema(
             if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'kpi_reader'").fetchone():
                 conn.execute(sql_text("ops/roles.sql"))
         step("indexes (built concurrently)")
-        for statement in _statements(sql_text("schema/indexes.sql")):
-            conn.execute(statement)
+        for name in ("schema/indexes.sql", "schema/summary_indexes.sql") if summaries else ("schema/indexes.sql",):
+            for statement in _statements(sql_text(name)):
+                conn.execute(statement)
         if summaries:
             step("waiting for a running applier")
             # Waiting for a running applier (an upgrade beside live instances) before the

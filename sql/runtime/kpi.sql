@@ -52,7 +52,7 @@ summed AS (
         -- Links that leave the window: from a bucket inside it to one at or after its end, that
         -- is the links from inside it less those inside it. A window of a day or less (a
         -- history's day) counts the links inside it, which are short: the few in
-        -- kpi_buyer_buckets_short_idx, not every buyer active that day. A longer one with
+        -- kpi_buyer_buckets_near_idx, not every buyer active that day. A longer one with
         -- whole UTC days [first_day, last_day) counts those inside its whole days from
         -- kpi_buyer_days, day by day the gaps that stay inside (n(n+1)/2 rows at most), and
         -- those from or to its partial days at the edges from kpi_buyer_buckets: the rows
@@ -69,8 +69,9 @@ summed AS (
                 SELECT count(*) FROM kpi_buyer_buckets b  -- kpi_buyer_buckets_bucket_idx
                 WHERE b.bucket >= w.hi AND b.prev_bucket < w.hi)
             WHEN w.hi - w.lo <= interval '26 hours' THEN k.buyer_links - (
-                SELECT count(*) FROM kpi_buyer_buckets b  -- kpi_buyer_buckets_short_idx
-                WHERE b.bucket - b.prev_bucket < interval '26 hours'
+                SELECT count(*) FROM kpi_buyer_buckets b  -- kpi_buyer_buckets_near_idx
+                WHERE CASE WHEN isfinite(b.bucket) AND isfinite(b.prev_bucket)
+                           THEN b.bucket - b.prev_bucket < interval '26 hours' END
                   AND b.bucket >= w.lo AND b.bucket < w.hi AND b.prev_bucket >= w.lo)
             WHEN w.first_day < w.last_day
                  AND (extract(epoch FROM w.last_day - w.first_day) / 86400) ^ 2 / 2 < least(k.buyer_links, a.after)
@@ -198,7 +199,10 @@ ORDER BY w.ord;
 -- grows without a write: when the oldest listing in stock not yet aged passes aged_days 24-hour
 -- days (docs/kpis.md). NULL when no listing in stock is younger than that. Live updates schedule
 -- the window's recompute then (kpi_service/live/hub.py).
-SELECT min(listed_at) + make_interval(secs => :aged_days * 86400) AS at
+-- (At most the last instant Python holds: a listing at +infinity, or after 9999, never ages;
+-- NULL stays NULL, which least alone would skip.)
+SELECT CASE WHEN min(listed_at) IS NOT NULL
+            THEN least(min(listed_at) + make_interval(secs => :aged_days * 86400), '9999-12-31 23:59:59+00') END AS at
 FROM listings
 WHERE listed_at >= :as_of::timestamptz - make_interval(secs => :aged_days * 86400)
   AND status <> 'withdrawn' AND (sold_at IS NULL OR sold_at > :as_of::timestamptz);

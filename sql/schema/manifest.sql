@@ -48,7 +48,7 @@ FROM (VALUES
     ('table', 'kpi_applier_rest', 'owner', NULL),
     ('index', 'kpi_buyer_buckets_bucket_idx', NULL, 'kpi_buyer_buckets'),
     ('index', 'kpi_buyer_buckets_prev_idx', NULL, 'kpi_buyer_buckets'),
-    ('index', 'kpi_buyer_buckets_short_idx', NULL, 'kpi_buyer_buckets'),
+    ('index', 'kpi_buyer_buckets_near_idx', NULL, 'kpi_buyer_buckets'),
     ('index', 'kpi_sales_sold_at_idx', NULL, 'kpi_sales'),
     ('index', 'kpi_sales_listed_at_idx', NULL, 'kpi_sales'),
     ('function', 'kpi_listings_inserted()', 'trigger', NULL),

@@ -59,9 +59,11 @@ LANGUAGE sql STABLE AS $fn$
     ) l
     CROSS JOIN (
         SELECT count(li.acquisition_cost) AS costed,
-               coalesce(sum(p.sale_price - li.acquisition_cost), 0) AS profit_sum, count(ld.id) AS led,
-               coalesce(sum(extract(epoch FROM p.purchased_at) - extract(epoch FROM ld.created_at)), 0)
-                   AS lead_seconds
+               coalesce(sum(p.sale_price - li.acquisition_cost), 0) AS profit_sum,
+               -- A lead time from or to an infinite instant is no number of days: not averaged.
+               count(ld.id) FILTER (WHERE isfinite(ld.created_at) AND isfinite(p.purchased_at)) AS led,
+               coalesce(sum(extract(epoch FROM p.purchased_at) - extract(epoch FROM ld.created_at))
+                            FILTER (WHERE isfinite(ld.created_at) AND isfinite(p.purchased_at)), 0) AS lead_seconds
         FROM purchases p
         JOIN listings li ON li.id = p.listing_id
         LEFT JOIN leads ld ON ld.id = p.lead_id

@@ -86,10 +86,8 @@ CREATE TABLE IF NOT EXISTS kpi_buyer_buckets (
         autovacuum_analyze_scale_factor = 0.05);
 CREATE INDEX IF NOT EXISTS kpi_buyer_buckets_bucket_idx ON kpi_buyer_buckets (bucket) INCLUDE (prev_bucket);
 CREATE INDEX IF NOT EXISTS kpi_buyer_buckets_prev_idx ON kpi_buyer_buckets (prev_bucket) INCLUDE (bucket);
--- The links inside a window of a day or less (a history's day, 25 hours on a DST day) are this
--- short: a few per day, where the links leaving the day are about every buyer active in it.
-CREATE INDEX IF NOT EXISTS kpi_buyer_buckets_short_idx ON kpi_buyer_buckets (bucket) INCLUDE (prev_bucket)
-    WHERE bucket - prev_bucket < interval '26 hours';
+-- (kpi_buyer_buckets_near_idx, for the links inside a window of a day or less, is built
+-- concurrently by summary_indexes.sql.)
 
 CREATE TABLE IF NOT EXISTS kpi_buyer_days (
     day timestamptz NOT NULL,  -- of the bucket, UTC
@@ -99,12 +97,15 @@ CREATE TABLE IF NOT EXISTS kpi_buyer_days (
 ) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000,
         autovacuum_analyze_scale_factor = 0.05);
 
--- The kpi_buyer_days row of a link from prev to bucket, counted n times.
+-- The kpi_buyer_days row of a link from prev to bucket, counted n times. A link from or to an
+-- infinite instant (a lead at -infinity) has the largest gap: no window of whole days holds it.
 CREATE OR REPLACE FUNCTION kpi_buyer_link(bucket timestamptz, prev timestamptz, n bigint) RETURNS kpi_buyer_days
 LANGUAGE sql IMMUTABLE AS $fn$
     SELECT ROW(date_bin('1 day', bucket, timestamptz 'epoch'),
-               extract(epoch FROM date_bin('1 day', bucket, timestamptz 'epoch')
-                                  - date_bin('1 day', prev, timestamptz 'epoch'))::integer / 86400,
+               CASE WHEN isfinite(bucket) AND isfinite(prev)
+                    THEN extract(epoch FROM date_bin('1 day', bucket, timestamptz 'epoch')
+                                            - date_bin('1 day', prev, timestamptz 'epoch'))::integer / 86400
+                    ELSE 2147483647 END,
                n)::kpi_buyer_days
 $fn$;
 
@@ -318,8 +319,10 @@ CREATE OR REPLACE FUNCTION kpi_current_facts(ids bigint[]) RETURNS SETOF kpi_pur
 LANGUAGE sql STABLE AS $fn$
     SELECT f.id, date_bin('15 minutes', f.purchased_at, timestamptz 'epoch'),
            (f.cost IS NOT NULL)::integer, coalesce(f.sale_price - f.cost, 0),
-           (f.lead_at IS NOT NULL)::integer,
-           coalesce(extract(epoch FROM f.purchased_at) - extract(epoch FROM f.lead_at), 0)
+           -- A lead time from or to an infinite instant is no number of days: not averaged.
+           (f.lead_at IS NOT NULL AND isfinite(f.lead_at) AND isfinite(f.purchased_at))::integer,
+           CASE WHEN isfinite(f.lead_at) AND isfinite(f.purchased_at)
+                THEN extract(epoch FROM f.purchased_at) - extract(epoch FROM f.lead_at) ELSE 0 END
     FROM (
         SELECT p.id, p.purchased_at, p.sale_price,
                (SELECT li.acquisition_cost FROM listings li WHERE li.id = p.listing_id) AS cost,
@@ -698,17 +701,20 @@ BEGIN
     -- longer hold go; those that hold and are not there yet are inserted by the next statement,
     -- with their previous bucket (inserting them without and linking them after wrote each twice).
     WITH pairs AS (
-        SELECT DISTINCT c.buyer_id, date_bin('15 minutes', c.at, timestamptz 'epoch') AS bucket
-        FROM unnest(changes) c
-        WHERE c.tbl IN ('d', 'p')
+        -- (last: the bucket's last instant; an infinite bucket holds that instant alone.)
+        SELECT b.*, CASE WHEN isfinite(b.bucket) THEN b.bucket + interval '14 minutes 59.999999 seconds'
+                         ELSE b.bucket END AS last
+        FROM (
+            SELECT DISTINCT c.buyer_id, date_bin('15 minutes', c.at, timestamptz 'epoch') AS bucket
+            FROM unnest(changes) c
+            WHERE c.tbl IN ('d', 'p')
+        ) b
     ),
     truth AS (
         SELECT p.buyer_id, p.bucket,
-               EXISTS (SELECT FROM leads x WHERE x.created_at >= p.bucket
-                                                AND x.created_at < p.bucket + interval '15 minutes'
+               EXISTS (SELECT FROM leads x WHERE x.created_at BETWEEN p.bucket AND p.last
                                                 AND x.buyer_id = p.buyer_id)
-               OR EXISTS (SELECT FROM purchases x WHERE x.purchased_at >= p.bucket
-                                                    AND x.purchased_at < p.bucket + interval '15 minutes'
+               OR EXISTS (SELECT FROM purchases x WHERE x.purchased_at BETWEEN p.bucket AND p.last
                                                     AND x.buyer_id = p.buyer_id) AS holds
         FROM pairs p
     ),
@@ -812,12 +818,15 @@ BEGIN
     -- purchase adds to the bucket of 10:00), and the earliest listed_at of a
     -- listing whose stock status or instants changed (aged_inventory at an instant T changes
     -- only where T is later than that plus aged_days).
+    -- (Instants Python reads: an infinite or BC bucket as the first or last instant it holds;
+    -- greatest and least skip a NULL, kept NULL here: nothing changed.)
     PERFORM set_config('kpi.changed', json_build_object(
-        'from', r.first, 'to', r.last,
+        'from', CASE WHEN r.first IS NOT NULL THEN greatest(r.first, '0001-01-01 00:00+00') END,
+        'to', CASE WHEN r.last IS NOT NULL THEN least(r.last, '9999-12-31 23:59:59.999999+00') END,
         -- The listings whose stock at some instant changed: their images differ (an insert, a
         -- delete, a sale) and not all of them are withdrawn (never in stock).
         'stock_from', (
-            SELECT min(l.at)
+            SELECT CASE WHEN min(l.at) IS NOT NULL THEN greatest(min(l.at), '0001-01-01 00:00+00') END
             FROM (
                 SELECT min(c.at) AS at FROM unnest(changes) c WHERE c.tbl = 'l'
                 GROUP BY c.id
