@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kpi_service.db.connections import Database
-from kpi_service.db.errors import DatabaseUnavailable, StatementTimeout
+from kpi_service.db.errors import DatabaseUnavailable, SalesTablesChanged, StatementTimeout
 from kpi_service.db.sql import APPLY_BATCH
 from kpi_service.ops import metrics
 
@@ -132,12 +132,17 @@ class Applier:
         while not self._stop.is_set():
             try:
                 mode = self.db.mode(quiet=True, primary=True)
+            except SalesTablesChanged:
+                mode = "raw"  # no KPI can be read; the log is still emptied (and the summaries stopped)
             except DatabaseUnavailable as error:
                 self._failed(error)
                 mode = None
             batch = self.batch
             taken = None
-            if mode == "summaries" and (backlog or self.turn is None or self.turn(self.interval)):
+            # In the raw mode too, where there is a change log: the applier empties it (it is of
+            # no use until init-db builds the summaries, and must not grow meanwhile).
+            applying = mode == "summaries" or (mode == "raw" and self.db.logged)
+            if applying and (backlog or self.turn is None or self.turn(self.interval)):
                 taken = self.apply_once()
             backlog = taken == batch  # a full batch: more is waiting, go on at once
             if not backlog:

@@ -23,6 +23,7 @@ from kpi_service.db.errors import (
     INIT_HINT,
     DatabaseBusy,
     DatabaseUnavailable,
+    SalesTablesChanged,
     SchemaMismatch,
     SchemaMissing,
     StatementTimeout,
@@ -35,6 +36,7 @@ from kpi_service.db.sql import (
     LEGACY_MODE,
     MODE,
     PENDING,
+    SALES_TABLES,
     WAL_POSITION,
     applier_lock,
     kpi_statement_rows,
@@ -92,6 +94,8 @@ class Database:
         # A trigger disabled, or the summaries installed, while the service runs: noticed within this.
         self.mode_every = MODE_EVERY_S
         self._schema_missing = False
+        # Whether the database has a change log (the summaries installed), as of the last mode lookup.
+        self.logged = False
         # The database's schema version, last looked up with the mode (for /readyz), and why this
         # service may not serve from it (None: it may).
         self.schema_version: int | None = None
@@ -164,6 +168,16 @@ class Database:
         else:
             self.schema_version = row["version"]
             problem = compatibility(row["version"], row["oldest_service"])
+        changed = False
+        if problem is None:
+            tables = conn.execute(SALES_TABLES).fetchone()
+            self.logged = tables["logged"]
+            if tables["missing"]:
+                changed = True
+                problem = (
+                    f"the sales tables lack columns the KPIs read ({', '.join(tables['missing'])}): renamed or"
+                    " dropped; once they are back, run kpi-service init-db"
+                )
         if problem != self._mismatch:
             if problem:
                 log.error("not serving: %s", problem)
@@ -172,7 +186,7 @@ class Database:
             self._mismatch = problem
         if problem:
             self._mode = None  # looked up again on every read until it is right
-            raise SchemaMismatch(problem)
+            raise (SalesTablesChanged if changed else SchemaMismatch)(problem)
         found = row["mode"]
         if found != self._mode:
             log.info(
@@ -288,6 +302,14 @@ class Database:
         except _UNDEFINED as error:
             self._schema_is_missing(error)
             raise SchemaMissing(f"the database has no KPI schema: {INIT_HINT}") from error
+        except psycopg.errors.UndefinedColumn as error:
+            # A column of the sales tables renamed or dropped since the mode was looked up: the
+            # next lookup names them all (and the applier stops the summaries).
+            self._mode_at = 0.0
+            raise SalesTablesChanged(
+                f"the sales tables lack columns the KPIs read ({error.diag.message_primary}): renamed or dropped;"
+                " once they are back, run kpi-service init-db"
+            ) from error
         except PoolTimeout as error:
             if self.saturated():
                 metrics.POOL_BUSY.labels(operation=operation).inc()

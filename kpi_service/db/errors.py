@@ -28,6 +28,12 @@ class SchemaMismatch(SchemaMissing):
     (this instance is the one to upgrade). Computing from it could give wrong numbers."""
 
 
+class SalesTablesChanged(SchemaMismatch):
+    """The sales tables no longer have a column the KPIs read (renamed or dropped, which PostgreSQL
+    allows): no KPI can be computed until it is back and `kpi-service init-db` has run. The
+    application's writes go on; the applier empties the change log meanwhile."""
+
+
 class LockNotGranted(Exception):
     """`kpi-service uninstall` found a lock it needs taken at every try (db/uninstall.py): the
     application was never quiet enough. Nothing is half-done; running it again goes on."""

@@ -20,10 +20,11 @@ from kpi_service.db.sql import applier_lock, in_one_snapshot, sql_text
 # 4: kpi_sums.long_listed and long_sold with kpi_summary_state.aged_days, which it reads too;
 # 5: kpi_sales counts each image (n), kept by the applier from the log's images, which this
 # service's statement sums. (An older service counts the rows: the same number once the log is
-# applied, so it may serve on until it is replaced.)
-SCHEMA_VERSION = 5
+# applied, so it may serve on until it is replaced.) 6: the log's rows are jsonb images, the
+# triggers' state is recorded with the summaries, kpi_missing_columns(), which this service calls.
+SCHEMA_VERSION = 6
 # The oldest database schema this service computes right numbers from.
-OLDEST_DATABASE = 5
+OLDEST_DATABASE = 6
 # The oldest service this version's objects are right for, recorded with them: raised to
 # SCHEMA_VERSION when an older service would misread them (a column's meaning changed, a function
 # it calls changed its result), left as it is when the change only adds.

@@ -37,6 +37,9 @@ APPLIER_LOCK = "SELECT kpi_applier_session_lock(%s)"
 # (kpi_schema: no row, or no table before schema version 2).
 MODE = "SELECT kpi_source() AS mode, version, oldest_service FROM kpi_schema"
 LEGACY_MODE = "SELECT kpi_source() AS mode"
+# Whether the sales tables still have every column the KPIs read, and whether there is a change
+# log (the summaries installed): looked up with the mode, on a schema this service reads.
+SALES_TABLES = "SELECT kpi_missing_columns() AS missing, to_regclass('kpi_changes') IS NOT NULL AS logged"
 PENDING = "SELECT kpi_pending_changes() AS pending"
 # Positions in the WAL as byte offsets, comparable across a primary and its streaming replicas
 # (replica.py): where the primary has written to, and what a replica has replayed (NULL when

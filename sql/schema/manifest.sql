@@ -30,6 +30,9 @@ FROM (VALUES
     ('function', 'kpi_metrics(bigint, numeric, bigint, numeric, bigint, bigint, bigint, numeric, bigint, numeric, bigint, bigint)', 'reader', NULL),
     ('function', 'kpi_source()', 'reader', NULL),
     ('function', 'kpi_capturing()', 'reader', NULL),
+    ('function', 'kpi_trigger_state()', 'reader', NULL),
+    ('function', 'kpi_read_columns(text)', 'reader', NULL),
+    ('function', 'kpi_missing_columns()', 'reader', NULL),
     ('view', 'kpi_manifest', 'owner', NULL),
     ('table', 'kpi_schema', 'reader', NULL),
     -- sql/schema/indexes.sql: on the application's tables
@@ -73,6 +76,7 @@ FROM (VALUES
     ('trigger', 'kpi_purchases_update', NULL, 'purchases'),
     ('trigger', 'kpi_purchases_delete', NULL, 'purchases'),
     ('trigger', 'kpi_purchases_truncate', NULL, 'purchases'),
+    ('function', 'kpi_change_of(kpi_changes)', 'owner', NULL),
     ('function', 'kpi_add(kpi_sums[])', 'owner', NULL),
     ('function', 'kpi_current_facts(bigint[])', 'owner', NULL),
     ('function', 'kpi_current_conversions(bigint[])', 'owner', NULL),

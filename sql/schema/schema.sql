@@ -124,13 +124,55 @@ LANGUAGE sql IMMUTABLE AS $fn$
            buyers
 $fn$;
 
--- Whether all twelve triggers of sql/schema/summary.sql are there and enabled: the change log
--- then sees every write of the sales tables.
-CREATE OR REPLACE FUNCTION kpi_capturing() RETURNS boolean
+-- The columns of the sales tables the KPIs read: one list, for the check below and for the
+-- summaries' applier, which finds them in the row images the triggers log.
+CREATE OR REPLACE FUNCTION kpi_read_columns(tbl text) RETURNS text[]
+LANGUAGE sql IMMUTABLE AS $fn$
+    SELECT CASE tbl
+        WHEN 'listings' THEN ARRAY['id', 'price', 'acquisition_cost', 'status', 'listed_at', 'sold_at', 'score']
+        WHEN 'leads' THEN ARRAY['id', 'buyer_id', 'created_at']
+        WHEN 'purchases' THEN ARRAY['id', 'listing_id', 'buyer_id', 'lead_id', 'sale_price', 'purchased_at']
+    END
+$fn$;
+
+-- Those the sales tables no longer have, as table.column (a rename or a drop, which PostgreSQL
+-- allows: the KPIs cannot be computed until they are back, and the service says which).
+CREATE OR REPLACE FUNCTION kpi_missing_columns() RETURNS text[]
 LANGUAGE sql STABLE AS $fn$
-    SELECT count(*) = 12 FROM pg_trigger
-    WHERE tgname LIKE 'kpi\_%' AND tgenabled <> 'D' AND NOT tgisinternal
+    SELECT coalesce(array_agg(t.name || '.' || c.name ORDER BY t.name, c.ord), '{}')
+    FROM unnest(ARRAY['listings', 'leads', 'purchases']) AS t (name)
+    CROSS JOIN LATERAL unnest(kpi_read_columns(t.name)) WITH ORDINALITY AS c (name, ord)
+    WHERE NOT EXISTS (SELECT FROM pg_attribute a
+                      WHERE a.attrelid = to_regclass(t.name) AND a.attname = c.name AND NOT a.attisdropped)
+$fn$;
+
+-- The twelve triggers of sql/schema/summary.sql as they are now: each one's name, state and the
+-- transaction that last changed its catalog row. Any ALTER TABLE ... DISABLE or ENABLE TRIGGER
+-- changes that row, so a fingerprint recorded when the summaries were built tells whether the
+-- triggers were ever off since, even if they were enabled again in the same transaction.
+CREATE OR REPLACE FUNCTION kpi_trigger_state() RETURNS text
+LANGUAGE sql STABLE AS $fn$
+    SELECT string_agg(format('%s:%s:%s', tgname, tgenabled, xmin), ',' ORDER BY tgname) FROM pg_trigger
+    WHERE tgname LIKE 'kpi\_%' AND NOT tgisinternal
       AND tgrelid IN ('listings'::regclass, 'leads'::regclass, 'purchases'::regclass)
+$fn$;
+
+-- Whether all twelve triggers of sql/schema/summary.sql are there and enabled ALWAYS (so that
+-- loads under session_replication_role = replica are logged too), and, once the summaries are
+-- built, unchanged since: the change log then saw every write of the sales tables.
+CREATE OR REPLACE FUNCTION kpi_capturing() RETURNS boolean
+LANGUAGE plpgsql STABLE AS $fn$
+BEGIN
+    IF (SELECT count(*) FROM pg_trigger
+        WHERE tgname LIKE 'kpi\_%' AND tgenabled = 'A' AND NOT tgisinternal
+          AND tgrelid IN ('listings'::regclass, 'leads'::regclass, 'purchases'::regclass)) <> 12 THEN
+        RETURN false;
+    END IF;
+    -- (A state recorded by an earlier version has no fingerprint: the enabled state alone.)
+    RETURN to_regclass('kpi_summary_state') IS NULL
+        OR NOT EXISTS (SELECT FROM kpi_summary_state WHERE triggers IS DISTINCT FROM kpi_trigger_state()
+                                                        AND triggers IS NOT NULL);
+END
 $fn$;
 
 -- Where sql/runtime/kpi.sql takes the KPIs from: 'summaries' once sql/schema/summary.sql has

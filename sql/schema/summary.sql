@@ -166,12 +166,19 @@ CREATE TABLE IF NOT EXISTS kpi_conversions (
         autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 20000);
 
 -- The change log. No index, no key, no default: an insert into it is a heap append, and the
--- applier takes it in batches, oldest pages first. A row per changed row, its old image (sign -1) and its new
--- one (+1): its table ('l' listings, 'd' leads, 'p' purchases), the instant that places it in
--- a bucket, its id, and the columns of its own that the sums read; 't' alone: a TRUNCATE.
+-- applier takes it in batches, oldest pages first. A row per changed row, its old image (sign -1)
+-- and its new one (+1): its table ('l' listings, 'd' leads, 'p' purchases) and the whole row as
+-- jsonb (img); 't' alone: a TRUNCATE. The triggers name no column of the sales tables: a column
+-- renamed, dropped or retyped by the application can make no write of it fail (PostgreSQL
+-- records no dependency of a function's body on a column). The applier reads the columns the
+-- KPIs need from the images (kpi_change_of), and one it cannot read stops the summaries, never
+-- the application.
 CREATE TABLE IF NOT EXISTS kpi_changes (
     tbl       "char",
     sign      smallint,
+    -- The typed image of releases before schema version 6, which the applier reads once more
+    -- (writers still running the previous trigger bodies at the upgrade log these), and that
+    -- the applier's rows carry once read (kpi_change_of). Dropped in a later release.
     at        timestamptz,
     id        bigint,
     buyer_id  bigint,       -- leads, purchases
@@ -180,14 +187,39 @@ CREATE TABLE IF NOT EXISTS kpi_changes (
     price     numeric,      -- listings
     score     numeric,      -- listings
     sold_at   timestamptz,  -- listings
-    withdrawn boolean       -- listings
+    withdrawn boolean,      -- listings
+    img       jsonb
 ) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
         autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 1000);
+ALTER TABLE kpi_changes ADD COLUMN IF NOT EXISTS img jsonb;
+
+-- A log row with the columns the applier reads, from its image. An image without a column the
+-- KPIs read (renamed or dropped since it was logged) is NULL; one whose value does not cast (a
+-- retype) raises a data_exception: the applier stops the summaries on either.
+CREATE OR REPLACE FUNCTION kpi_change_of(c kpi_changes) RETURNS kpi_changes
+LANGUAGE sql IMMUTABLE AS $fn$
+    SELECT CASE
+        WHEN c.img IS NULL THEN c
+        WHEN NOT c.img ?& kpi_read_columns(CASE c.tbl WHEN 'l' THEN 'listings' WHEN 'd' THEN 'leads' ELSE 'purchases' END)
+        THEN NULL
+        WHEN c.tbl = 'l' THEN ROW(c.tbl, c.sign, (c.img->>'listed_at')::timestamptz, (c.img->>'id')::bigint, NULL, NULL,
+                                  (c.img->>'acquisition_cost')::numeric, (c.img->>'price')::numeric,
+                                  (c.img->>'score')::numeric, (c.img->>'sold_at')::timestamptz,
+                                  c.img->>'status' = 'withdrawn', NULL)::kpi_changes
+        WHEN c.tbl = 'd' THEN ROW(c.tbl, c.sign, (c.img->>'created_at')::timestamptz, (c.img->>'id')::bigint,
+                                  (c.img->>'buyer_id')::bigint, NULL, NULL, NULL, NULL, NULL, NULL, NULL)::kpi_changes
+        ELSE ROW(c.tbl, c.sign, (c.img->>'purchased_at')::timestamptz, (c.img->>'id')::bigint,
+                 (c.img->>'buyer_id')::bigint, (c.img->>'lead_id')::bigint, NULL, NULL, NULL, NULL, NULL, NULL)::kpi_changes
+    END
+$fn$;
 
 -- Which version of the functions below built the rows; another version rebuilds them. And the
 -- aged_days whose sold listings kpi_sums.long_listed and long_sold count (init-db's KPI_AGED_DAYS).
 CREATE TABLE IF NOT EXISTS kpi_summary_state (version integer NOT NULL);
 ALTER TABLE kpi_summary_state ADD COLUMN IF NOT EXISTS aged_days integer;
+-- The triggers' state when the summaries were built (kpi_trigger_state(), schema.sql): a trigger
+-- disabled since, even for one transaction, let writes past the log.
+ALTER TABLE kpi_summary_state ADD COLUMN IF NOT EXISTS triggers text;
 -- This file's version. 5 added kpi_buyer_days to 4: kpi_build() counts it from
 -- kpi_buyer_buckets, with no rebuild; 6 added kpi_sums.long_listed and long_sold, which it counts
 -- from kpi_sales, with no rebuild either. Until then kpi_source() says 'raw'.
@@ -214,50 +246,43 @@ LANGUAGE sql IMMUTABLE AS $fn$
 $fn$;
 
 -- The trigger functions: one INSERT per statement, nothing else (an UPDATE's old and new rows
--- in the same one). One function per table and event, made here from each table's columns.
--- They run as their owner (who applied this file), so the application's roles need no rights
--- on kpi_changes. They run at every write of the application, so they carry no SET clause (its
--- save and restore of the settings at each call cost about 4% of the write mix at saturation):
--- the log is named with its schema instead, so that a session's temporary table cannot stand
--- in for it.
+-- in the same one), each row whole as jsonb: they name no column of the table (kpi_changes).
+-- One function per table and event. They run as their owner (who applied this file), so the
+-- application's roles need no rights on kpi_changes. They run at every write of the
+-- application, so they carry no SET clause (its save and restore of the settings at each call
+-- cost about 4% of the write mix at saturation): the log is named with its schema instead, so
+-- that a session's temporary table cannot stand in for it.
 DROP FUNCTION IF EXISTS kpi_listings_changed(), kpi_leads_changed(), kpi_purchases_changed() CASCADE;
 DO $do$
 DECLARE
     log text := quote_ident(current_schema()) || '.kpi_changes';
     t record;
 BEGIN
-    FOR t IN
-        SELECT * FROM (VALUES
-            ('listings', 'l', 'at, id, cost, price, score, sold_at, withdrawn',
-             $$listed_at, id, acquisition_cost, price, score, sold_at, status = 'withdrawn'$$),
-            ('leads', 'd', 'at, id, buyer_id', 'created_at, id, buyer_id'),
-            ('purchases', 'p', 'at, id, buyer_id, lead_id', 'purchased_at, id, buyer_id, lead_id')
-        ) AS v (name, code, columns, image)
-    LOOP
+    FOR t IN SELECT * FROM (VALUES ('listings', 'l'), ('leads', 'd'), ('purchases', 'p')) AS v (name, code) LOOP
         EXECUTE format($f$
             CREATE OR REPLACE FUNCTION %1$I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $fn$
             BEGIN
-                INSERT INTO %4$s (tbl, sign, %6$s) SELECT %5$L, 1, %7$s FROM new_rows;
+                INSERT INTO %4$s (tbl, sign, img) SELECT %5$L, 1, to_jsonb(n) FROM new_rows n;
                 RETURN NULL;
             END
             $fn$;
 
             CREATE OR REPLACE FUNCTION %2$I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $fn$
             BEGIN
-                INSERT INTO %4$s (tbl, sign, %6$s)
-                SELECT %5$L, -1, %7$s FROM old_rows UNION ALL SELECT %5$L, 1, %7$s FROM new_rows;
+                INSERT INTO %4$s (tbl, sign, img)
+                SELECT %5$L, -1, to_jsonb(o) FROM old_rows o UNION ALL SELECT %5$L, 1, to_jsonb(n) FROM new_rows n;
                 RETURN NULL;
             END
             $fn$;
 
             CREATE OR REPLACE FUNCTION %3$I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $fn$
             BEGIN
-                INSERT INTO %4$s (tbl, sign, %6$s) SELECT %5$L, -1, %7$s FROM old_rows;
+                INSERT INTO %4$s (tbl, sign, img) SELECT %5$L, -1, to_jsonb(o) FROM old_rows o;
                 RETURN NULL;
             END
             $fn$;
         $f$, 'kpi_' || t.name || '_inserted', 'kpi_' || t.name || '_updated', 'kpi_' || t.name || '_deleted',
-             log, t.code, t.columns, t.image);
+             log, t.code);
     END LOOP;
 END
 $do$;
@@ -473,7 +498,7 @@ BEGIN
     DELETE FROM kpi_changes;
     -- Built by this version (kpi_build): kpi_source() says 'summaries' from the commit on.
     DELETE FROM kpi_summary_state;
-    INSERT INTO kpi_summary_state VALUES (kpi_summary_version(), aged_days);
+    INSERT INTO kpi_summary_state (version, aged_days, triggers) VALUES (kpi_summary_version(), aged_days, kpi_trigger_state());
     TRUNCATE kpi_sums, kpi_buyer_buckets, kpi_buyer_days, kpi_sales, kpi_purchase_facts, kpi_conversions;
     -- Progress for init-db to print (kpi_service/db/schema.py): at ten million listings the
     -- build takes minutes, in one transaction that shows nothing else meanwhile.
@@ -591,19 +616,30 @@ DECLARE
     sale_deltas kpi_sums[];
     -- (NULL until the summaries are built: kpi_build counts long_listed and long_sold then.)
     aged_days integer := (SELECT s.aged_days FROM kpi_summary_state s);
+    stopped text;  -- why the summaries stop
+    taken bigint;
 BEGIN
     PERFORM kpi_require_one_snapshot();
     IF NOT kpi_applier_lock() THEN
         RETURN NULL;
     END IF;
+    -- The summaries stop, and stay unused (kpi_source() says 'raw') until init-db builds them
+    -- anew, when writes went past the log: a trigger disabled (ALTER TABLE ... DISABLE TRIGGER,
+    -- pg_restore --disable-triggers), even if enabled again since; or when the log can no longer
+    -- be read: a column the KPIs read renamed, dropped or retyped. Never the application's
+    -- writes. The log is of no use then, nor while the summaries are not built: emptied, so that
+    -- it cannot grow without bound.
     IF NOT kpi_capturing() THEN
-        -- A trigger is disabled (ALTER TABLE ... DISABLE TRIGGER, pg_restore --disable-triggers):
-        -- writes go past the log, so the summaries are wrong from now on, also once it is enabled
-        -- again. They stay unused (kpi_source() says 'raw') until init-db builds them anew.
-        DELETE FROM kpi_summary_state;
-        RETURN 0;
+        stopped := 'a trigger of the change log was disabled';
+    ELSIF cardinality(kpi_missing_columns()) > 0 THEN
+        stopped := 'the sales tables lack ' || array_to_string(kpi_missing_columns(), ', ');
+    ELSIF NOT EXISTS (SELECT FROM kpi_summary_state) THEN
+        DELETE FROM kpi_changes;
+        GET DIAGNOSTICS taken = ROW_COUNT;
+        RETURN taken;
     END IF;
-    IF busy_share < 1 AND (SELECT max(until) FROM kpi_applier_rest) > started AND kpi_application_at_work() THEN
+    IF stopped IS NULL AND busy_share < 1 AND (SELECT max(until) FROM kpi_applier_rest) > started
+       AND kpi_application_at_work() THEN
         RETURN NULL;  -- resting: as if another session were applying
     END IF;
     WITH taken AS (
@@ -611,6 +647,23 @@ BEGIN
         RETURNING *
     )
     SELECT coalesce(array_agg(t), '{}') INTO changes FROM taken t;
+    IF stopped IS NULL THEN
+        BEGIN
+            changes := ARRAY(SELECT kpi_change_of(c) FROM unnest(changes) c);
+            IF array_position(changes, NULL) IS NOT NULL THEN
+                stopped := 'a row was logged without a column the KPIs read';
+            END IF;
+        EXCEPTION WHEN data_exception THEN
+            stopped := 'a column the KPIs read holds what they cannot read: ' || SQLERRM;
+        END;
+    END IF;
+    IF stopped IS NOT NULL THEN
+        RAISE WARNING 'kpi-service: the summaries stopped: %; kpi-service init-db builds them anew', stopped;
+        DELETE FROM kpi_summary_state;
+        DELETE FROM kpi_changes;
+        PERFORM set_config('kpi.changed', '{"all": true}', true);
+        RETURN cardinality(changes);
+    END IF;
     IF cardinality(changes) = 0 THEN
         RETURN 0;
     END IF;
@@ -940,6 +993,9 @@ BEGIN
     END LOOP;
 END
 $$;
+-- Made or enabled again just now, in this transaction, which holds the tables' locks: the
+-- summaries (if still built, above) have seen every write up to here.
+UPDATE kpi_summary_state SET triggers = kpi_trigger_state();
 
 -- Built once per version of the functions above, by kpi_build() (kpi-service init-db runs it in
 -- a transaction of its own after this file: the triggers are then already logging, and the
