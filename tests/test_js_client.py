@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
@@ -37,6 +38,55 @@ def node(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     return subprocess.run(
         args, cwd=PACKAGE, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300
     )
+
+
+CONSUMERS = PACKAGE / "test" / "consumers"
+
+
+def test_the_packed_tarball_installs_in_a_vite_react_app_and_a_node_cjs_script(tmp_path: Path) -> None:
+    """npm pack, then the tarball installed (from npm's cache where it can) into an application
+    of React 19 and TypeScript 5: type-checked under `bundler` and built with Vite; and required
+    by a CommonJS script type-checked under `node16`."""
+    packed = node("npm", "pack", "--json", "--pack-destination", str(tmp_path))
+    assert packed.returncode == 0, packed.stderr
+    tarball = tmp_path / json.loads(packed.stdout[packed.stdout.index("[") :])[0]["filename"]
+    wanted = json.loads((PACKAGE / "package.json").read_text())["devDependencies"]
+    app = tmp_path / "app"
+    shutil.copytree(CONSUMERS / "vite-react", app)
+    shutil.copy(CONSUMERS / "node-cjs" / "check.cts", app)
+    shutil.copy(CONSUMERS / "node-cjs" / "tsconfig.json", app / "tsconfig.cjs.json")
+    pick = ["react", "react-dom", "typescript", "vite", "@types/react", "@types/react-dom"]
+    (app / "package.json").write_text(
+        json.dumps(
+            {
+                "name": "consumer",
+                "private": True,
+                "type": "module",
+                "dependencies": {"@kpi-service/client": f"file:{tarball}", **{n: wanted[n] for n in pick}},
+            }
+        )
+    )
+
+    def run(*args: str) -> str:
+        done = subprocess.run(args, cwd=app, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{' '.join(args)}: {done.stdout}{done.stderr}"
+        return done.stdout
+
+    run("npm", "install", "--prefer-offline", "--no-audit", "--no-fund", "--ignore-scripts")
+    assert json.loads((app / "node_modules/typescript/package.json").read_text())["version"].startswith("5.")
+    assert json.loads((app / "node_modules/react/package.json").read_text())["version"].startswith("19.")
+    run("npx", "tsc", "-p", "tsconfig.json")
+    run("npx", "vite", "build", "--logLevel", "warn")
+    assert any(
+        "createKpiStore" in f.read_text() or "kpi-service" in f.read_text() for f in (app / "dist/assets").glob("*.js")
+    )
+    run("npx", "tsc", "-p", "tsconfig.cjs.json")
+    printed = json.loads(run("node", "check.cjs"))
+    assert printed["metrics"]["total_listings"] == 1 and printed["metrics"]["total_value"] == 10.01
+    assert printed["key"] == ["kpi-service", "http://kpi.test/", "tz=UTC"]
+    assert printed["auth"] == "auth" and printed["store"] == 0
+    # The CommonJS build, not the ES one, answered the require.
+    assert "/dist/cjs/" in run("node", "-p", "require.resolve('@kpi-service/client')")
 
 
 def test_api_client_suite_against_a_running_service(database_url: str, conn: psycopg.Connection) -> None:
@@ -85,7 +135,10 @@ PAGE_DATA = Dataset(
 
 @pytest.fixture(scope="module")
 def vite_page(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """clients/js/example built with Vite, as an application builds its page."""
+    """clients/js/example built with Vite, as an application builds its page, against the
+    package's build in dist/ (what is shipped), not its sources."""
+    built = node("npm", "run", "build")
+    assert built.returncode == 0, built.stderr + built.stdout
     out = tmp_path_factory.mktemp("vite-page")
     run = node("npx", "vite", "build", "--config", "example/vite.config.ts", "--outDir", str(out), "--logLevel", "warn")
     assert run.returncode == 0, run.stderr + run.stdout
