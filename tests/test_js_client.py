@@ -46,15 +46,15 @@ CONSUMERS = PACKAGE / "test" / "consumers"
 def test_the_packed_tarball_installs_in_a_vite_react_app_and_a_node_cjs_script(tmp_path: Path) -> None:
     """npm pack, then the tarball installed (from npm's cache where it can) into an application
     of React 19 and TypeScript 5: type-checked under `bundler` and built with Vite; and required
-    by a CommonJS script type-checked under `node16`."""
+    by a CommonJS script type-checked under `node16`, and imported by an ES module under `nodenext`."""
     packed = node("npm", "pack", "--json", "--pack-destination", str(tmp_path))
     assert packed.returncode == 0, packed.stderr
     tarball = tmp_path / json.loads(packed.stdout[packed.stdout.index("[") :])[0]["filename"]
     wanted = json.loads((PACKAGE / "package.json").read_text())["devDependencies"]
     app = tmp_path / "app"
     shutil.copytree(CONSUMERS / "vite-react", app)
-    shutil.copy(CONSUMERS / "node-cjs" / "check.cts", app)
-    shutil.copy(CONSUMERS / "node-cjs" / "tsconfig.json", app / "tsconfig.cjs.json")
+    for name in ("check.cts", "check.mts", "tsconfig.node16.json", "tsconfig.nodenext.json"):
+        shutil.copy(CONSUMERS / "node" / name, app)
     pick = ["react", "react-dom", "typescript", "vite", "@types/react", "@types/react-dom"]
     (app / "package.json").write_text(
         json.dumps(
@@ -80,13 +80,16 @@ def test_the_packed_tarball_installs_in_a_vite_react_app_and_a_node_cjs_script(t
     assert any(
         "createKpiStore" in f.read_text() or "kpi-service" in f.read_text() for f in (app / "dist/assets").glob("*.js")
     )
-    run("npx", "tsc", "-p", "tsconfig.cjs.json")
+    run("npx", "tsc", "-p", "tsconfig.node16.json")
     printed = json.loads(run("node", "check.cjs"))
     assert printed["metrics"]["total_listings"] == 1 and printed["metrics"]["total_value"] == 10.01
     assert printed["key"] == ["kpi-service", "http://kpi.test/", "tz=UTC"]
     assert printed["auth"] == "auth" and printed["store"] == 0
     # The CommonJS build, not the ES one, answered the require.
     assert "/dist/cjs/" in run("node", "-p", "require.resolve('@kpi-service/client')")
+    run("npx", "tsc", "-p", "tsconfig.nodenext.json")
+    from_esm = json.loads(run("node", "check.mjs"))
+    assert from_esm["metrics"]["total_listings"] == 0 and from_esm["key"] == printed["key"]
 
 
 def test_api_client_suite_against_a_running_service(database_url: str, conn: psycopg.Connection) -> None:
