@@ -203,6 +203,7 @@ def test_a_vite_built_react_page_shows_the_service_live_and_computes_locally_whi
         page.goto(f"{base}/app/#{token()}")
         assert shown(page, "service", 2) == expected
         assert page.inner_text("#status") == "ready"
+        assert page.inner_text("#transport") in ("websocket", "sse")
         # A committed write: the applier announces it and the service pushes the new value.
         conn.execute("INSERT INTO listings (id, price, status, listed_at) VALUES (4, 1000, 'active', '2026-03-15Z')")
         assert shown(page, "service", 3)["total_value"] == expected["total_value"] + 1000

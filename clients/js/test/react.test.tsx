@@ -3,6 +3,7 @@
 // deferred release, retries and gc run when the test advances the clock, never by waiting.
 import { act, render, renderHook } from "@testing-library/react";
 import { StrictMode, useEffect, useState, type ReactNode } from "react";
+import { hydrateRoot } from "react-dom/client";
 import { renderToString } from "react-dom/server";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import {
@@ -275,11 +276,20 @@ describe("useKpiMetrics, fetched", () => {
     );
     expect(html).toBe("<p>ready 9</p>");
     expect(calls).toHaveLength(0);
-    const { container } = render(
-      <KpiProvider store={store}>
-        <Cards />
-      </KpiProvider>,
-    );
+    // Hydrated over the server's HTML: the same text, so no mismatch is reported.
+    const container = document.createElement("div");
+    container.innerHTML = html;
+    const mismatches: unknown[] = [];
+    await act(async () => {
+      hydrateRoot(
+        container,
+        <KpiProvider store={store}>
+          <Cards />
+        </KpiProvider>,
+        { onRecoverableError: (error) => mismatches.push(error) },
+      );
+    });
+    expect(mismatches).toEqual([]);
     expect(container.textContent).toBe("ready 9");
     await advance(1000);
     expect(calls).toHaveLength(0); // younger than staleTime
