@@ -45,15 +45,23 @@ export interface UseKpiMetricsOptions {
   staleTime?: number;
   /** The window's figures known already, for example rendered on the server: no loading state. */
   initialData?: Pick<KpiResponse, "metrics" | "meta">;
+  /**
+   * true: while a new window loads, show the previous window's figures flagged as
+   * `isPlaceholderData` (status stays "loading"), as TanStack's `placeholderData:
+   * keepPreviousData` does. Default false: a new window starts with no figures.
+   */
+  keepPrevious?: boolean;
 }
 
 export interface KpiMetricsState extends KpiState {
+  /** true while `metrics` are another window's, kept by `keepPrevious` until this one's come. */
+  isPlaceholderData: boolean;
   /** Ask again now (a new request, or a new subscription). */
   refetch: () => void;
 }
 
 export function useKpiMetrics(params: KpiParams, options: UseKpiMetricsOptions): KpiMetricsState {
-  const { api, live = false, fallback, enabled = true, staleTime, initialData } = options;
+  const { api, live = false, fallback, enabled = true, staleTime, initialData, keepPrevious = false } = options;
   const store = useKpiStore();
   // Compared by value: a params object or api made anew each render is the same key.
   const key = kpiKey(api, params, live);
@@ -88,6 +96,19 @@ export function useKpiMetrics(params: KpiParams, options: UseKpiMetricsOptions):
     return store.observe(key, paramsRef.current, live, observer, staleTime);
   }, [store, key, live, enabled, staleTime, observer]);
 
+  // The last figures this component showed: the placeholder of keepPrevious.
+  const lastShown = useRef<KpiState | null>(null);
+  const placeholder = keepPrevious && state.metrics === null && state.status === "loading" ? lastShown.current : null;
+  useEffect(() => {
+    if (state.metrics !== null) lastShown.current = state;
+  }, [state]);
+
   const refetch = useCallback(() => store.refetch(key), [store, key]);
-  return useMemo(() => ({ ...state, refetch }), [state, refetch]);
+  return useMemo(
+    () =>
+      placeholder
+        ? { ...state, metrics: placeholder.metrics, meta: placeholder.meta, source: placeholder.source, isPlaceholderData: true, refetch }
+        : { ...state, isPlaceholderData: false, refetch },
+    [state, placeholder, refetch],
+  );
 }

@@ -153,6 +153,18 @@ describe("useKpiMetrics, fetched", () => {
     expect(store.peek(`${api.baseUrl} fetch from=2026-03-01&to=2026-03-31&tz=UTC`)?.metrics?.total_listings).toBe(3);
   });
 
+  it("keeps the previous window's figures only when asked, flagged as placeholder data", async () => {
+    const { api, calls } = fakeApi();
+    const { result, rerender } = mount(MARCH, { api, keepPrevious: true });
+    expect(result.current).toMatchObject({ status: "loading", metrics: null, isPlaceholderData: false });
+    await act(async () => calls[0].resolve(body(3)));
+    expect(result.current).toMatchObject({ status: "ready", isPlaceholderData: false });
+    rerender({ p: APRIL, o: { api, keepPrevious: true } });
+    expect(result.current).toMatchObject({ status: "loading", isPlaceholderData: true, metrics: { total_listings: 3 } });
+    await act(async () => calls[1].resolve(body(4)));
+    expect(result.current).toMatchObject({ status: "ready", isPlaceholderData: false, metrics: { total_listings: 4 } });
+  });
+
   it("shows a window's cached figures at once when it comes back, without a request within staleTime", async () => {
     const { api, calls } = fakeApi();
     const { result, rerender } = mount(MARCH, { api, staleTime: 60_000 });
