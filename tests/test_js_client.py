@@ -47,7 +47,18 @@ def test_the_packed_tarball_installs_in_a_vite_react_app_and_a_node_cjs_script(t
     """npm pack, then the tarball installed (from npm's cache where it can) into an application
     of React 19 and TypeScript 5: type-checked under `bundler` and built with Vite; and required
     by a CommonJS script type-checked under `node16`, and imported by an ES module under `nodenext`."""
-    packed = node("npm", "pack", "--json", "--pack-destination", str(tmp_path))
+    # Packed from a copy: its prepack build writes the copy's dist/, not the one the example page
+    # is built from, which another pytest worker may be reading meanwhile.
+    source = tmp_path / "package"
+    shutil.copytree(PACKAGE, source, ignore=shutil.ignore_patterns("node_modules", "dist", "test", "example"))
+    (source / "node_modules").symlink_to(PACKAGE / "node_modules")
+    packed = subprocess.run(
+        ["npm", "pack", "--json", "--pack-destination", str(tmp_path)],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert packed.returncode == 0, packed.stderr
     tarball = tmp_path / json.loads(packed.stdout[packed.stdout.index("[") :])[0]["filename"]
     wanted = json.loads((PACKAGE / "package.json").read_text())["devDependencies"]
