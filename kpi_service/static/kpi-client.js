@@ -193,13 +193,15 @@ function createKpiApi(options) {
       if (reconnectTimer !== null) clearTimeout(reconnectTimer);
       reconnectTimer = closed ? null : setTimeout(connect, delay);
     }
+    function unauthorised(error) {
+      if (error.kind !== "auth") return false;
+      stopPolling();
+      report(error);
+      reconnect(backoff());
+      return true;
+    }
     function refused(error) {
-      if (error.kind === "auth") {
-        stopPolling();
-        report(error);
-        reconnect(backoff());
-        return true;
-      }
+      if (unauthorised(error)) return true;
       if (error.status >= 400 && error.status < 500 && error.status !== 429) {
         fail(error);
         return true;
@@ -345,7 +347,7 @@ function createKpiApi(options) {
         openEventSource(value);
       } catch (caught) {
         if (closed) return;
-        if (refused(asKpiError(caught))) return;
+        if (unauthorised(asKpiError(caught))) return;
         stream = null;
         startPolling();
         reconnect(backoff());

@@ -319,14 +319,18 @@ export function createKpiApi(options: KpiApiOptions): KpiApi {
 
     // --- polling: while no stream is open --------------------------------------------------------
 
+    /** An auth failure: reported, and the stream tried again after the back-off with a new token. */
+    function unauthorised(error: KpiApiError): boolean {
+      if (error.kind !== "auth") return false;
+      stopPolling(); // polls would be refused as well
+      report(error);
+      reconnect(backoff());
+      return true;
+    }
+
     /** A failure that no retry cures ends the subscription; an auth failure waits for a new token. */
     function refused(error: KpiApiError): boolean {
-      if (error.kind === "auth") {
-        stopPolling(); // polls would be refused as well
-        report(error);
-        reconnect(backoff());
-        return true;
-      }
+      if (unauthorised(error)) return true;
       if (error.status >= 400 && error.status < 500 && error.status !== 429) {
         fail(error);
         return true;
@@ -491,7 +495,7 @@ export function createKpiApi(options: KpiApiOptions): KpiApi {
         openEventSource(value);
       } catch (caught) {
         if (closed) return;
-        if (refused(asKpiError(caught))) return;
+        if (unauthorised(asKpiError(caught))) return;
         // No ticket (the service is down, or Redis is and so no stream can open): poll.
         stream = null;
         startPolling();
