@@ -214,6 +214,17 @@ describe("subscribe", () => {
     expect(fallback).not.toHaveBeenCalled();
   });
 
+  it("polls when the ticket is refused otherwise than for the token (a service without streams)", async () => {
+    handle = (request) =>
+      request.method === "POST" ? json({ success: false, metrics: null, message: "Not found" }, 404) : json(body(2));
+    const seen = watch();
+    api().subscribe({ tz: "UTC" }, seen.onUpdate, seen.options);
+    await flush();
+    expect(seen.statuses).toEqual(["poll"]);
+    expect(seen.updates).toMatchObject([{ source: "poll", metrics: { total_listings: 2 } }]);
+    expect(seen.errors).toEqual([]);
+  });
+
   it("computes locally on an unavailable frame, and shows the service's figures again after", async () => {
     handle = () => ticket();
     const seen = watch();
