@@ -280,7 +280,8 @@ export class KpiStore {
     if (!observer) return;
     let lastError: KpiApiError | null = null;
     const fallback = this.fallback(entry);
-    this.set(entry, { isFetching: entry.state.metrics === null });
+    const waiting = entry.state.metrics === null;
+    this.set(entry, { isFetching: waiting, status: waiting && entry.state.status === "idle" ? "loading" : entry.state.status });
     const subscription = observer.api().subscribe(
       entry.params,
       (update) => {
@@ -335,7 +336,10 @@ export class KpiStore {
     const subscription = entry.subscription;
     entry.subscription = null;
     subscription?.close();
-    if (entry.state.isFetching) this.set(entry, { isFetching: false, status: entry.state.metrics ? entry.state.status : "loading" });
+    // Nothing is loading any more: a window left before its first figures is idle, not loading.
+    if (entry.state.isFetching || entry.state.status === "loading") {
+      this.set(entry, { isFetching: false, status: entry.state.status === "loading" ? "idle" : entry.state.status });
+    }
     entry.gcTimer = setTimeout(() => {
       if (entry.observers.size === 0 && this.entries.get(entry.key) === entry) this.entries.delete(entry.key);
     }, this.gcTime);

@@ -267,11 +267,18 @@ describe("useKpiMetrics, fetched", () => {
     expect(result.current).toMatchObject({ status: "idle", isFetching: false });
     expect(calls).toHaveLength(0);
     rerender({ p: MARCH, o: { api } });
-    await act(async () => calls[0].resolve(body(1)));
+    expect(result.current).toMatchObject({ status: "loading", isFetching: true });
+    rerender({ p: MARCH, o: { api, enabled: false } }); // disabled again before an answer
+    await advance();
+    expect(calls[0].signal?.aborted).toBe(true);
+    expect(result.current).toMatchObject({ status: "idle", isFetching: false });
+    rerender({ p: MARCH, o: { api } });
+    expect(result.current.status).toBe("loading");
+    await act(async () => calls[1].resolve(body(1)));
     act(() => result.current.refetch());
     expect(result.current.isFetching).toBe(true);
     expect(result.current.status).toBe("ready"); // the figures stay while they are fetched again
-    await act(async () => calls[1].resolve(body(2)));
+    await act(async () => calls[2].resolve(body(2)));
     expect(result.current.metrics?.total_listings).toBe(2);
   });
 
