@@ -405,6 +405,16 @@ describe("one store under the hook", () => {
 });
 
 describe("useKpiMetrics, live", () => {
+  it("keeps one subscription while the api and params are made anew on every render, and refetch resubscribes", async () => {
+    const { api, subscriptions } = fakeApi();
+    const { result, rerender } = mount({ ...MARCH }, { api: { ...api }, live: true });
+    for (let i = 0; i < 50; i += 1) rerender({ p: { ...MARCH }, o: { api: { ...api }, live: true } });
+    await advance(1000);
+    expect(subscriptions).toHaveLength(1);
+    act(() => result.current.refetch());
+    expect(subscriptions.map((s) => s.closed)).toEqual([true, false]);
+  });
+
   const update = (total: number, source: KpiUpdate["source"]): KpiUpdate => ({ ...body(total), source });
 
   it("shows each update and its transport, local ones as local with the outage", async () => {
