@@ -44,25 +44,32 @@ def vector(
     data: Dataset,
     first: date | None,
     last: date | None,
-    tz: str = "UTC",
-    aged_days: int = 60,
+    tz: str | None = "UTC",
+    aged_days: int | None = 60,
     now: datetime = NOW,
 ) -> dict[str, Any]:
-    window = Window.of_dates(first, last, tz)
+    """A case; `tz` or `aged_days` None leaves it out of the window (the defaults, UTC and 60,
+    apply). Rows naming a listing or lead they lack give `error` instead of `metrics`: the
+    reference raises, and computeKpis must refuse them too."""
+    window = Window.of_dates(first, last, tz or "UTC")
     as_of = window.as_of(now)
-    return {
+    spec: dict[str, Any] = {"from": first and first.isoformat(), "to": last and last.isoformat()}
+    if tz is not None:
+        spec["tz"] = tz
+    if aged_days is not None:
+        spec["aged_days"] = aged_days
+    spec["now"] = _instant(now)
+    case = {
         "name": name,
-        "window": {
-            "from": first and first.isoformat(),
-            "to": last and last.isoformat(),
-            "tz": tz,
-            "aged_days": aged_days,
-            "now": _instant(now),
-        },
+        "window": spec,
         "instants": {"start": _instant(window.start), "end": _instant(window.end), "as_of": _instant(as_of)},
         "rows": rows_of(data),
-        "metrics": reference.kpis(data, window.start, window.end, as_of, aged_days),
     }
+    try:
+        case["metrics"] = reference.kpis(data, window.start, window.end, as_of, 60 if aged_days is None else aged_days)
+    except KeyError as error:
+        case["error"] = f"dangling reference: {error}"
+    return case
 
 
 def rows_of(data: Dataset) -> dict[str, list[dict[str, Any]]]:
@@ -178,8 +185,27 @@ def hand_picked() -> list[dict[str, Any]]:
             Listing(7, d("1.00"), "pending", utc(2020, 1, 1)),
         ]
     )
+    # A lead recorded after the purchase it led to (a backfill): a negative lead time, kept.
+    late_lead = Dataset(
+        listings=[Listing(1, d("100.00"), "sold", utc(2026, 3, 2), d("80.00"), utc(2026, 3, 10))],
+        leads=[Lead(1, 1, utc(2026, 3, 12, 6))],
+        purchases=[Purchase(1, 1, 1, d("120.00"), utc(2026, 3, 10), 1)],
+    )
+    # A window's rows alone, as a frontend may hold them: the purchase's listing or lead is older.
+    no_listing = Dataset(
+        leads=[Lead(1, 1, utc(2026, 3, 5))],
+        purchases=[Purchase(1, 7, 1, d("120.00"), utc(2026, 3, 10), 1)],
+    )
+    no_lead = Dataset(
+        listings=[Listing(1, d("100.00"), "sold", utc(2026, 3, 2), d("80.00"), utc(2026, 3, 10))],
+        purchases=[Purchase(1, 1, 1, d("120.00"), utc(2026, 3, 10), 9)],
+    )
     cases = [
         vector("empty tables", Dataset(), *march),
+        vector("a lead after its purchase", late_lead, *march),
+        vector("tz and aged_days left out", aged, date(2026, 3, 1), date(2026, 3, 31), tz=None, aged_days=None),
+        vector("a purchase of a listing not in the rows", no_listing, *march),
+        vector("a purchase by a lead not in the rows", no_lead, *march),
         vector("empty tables, all time", Dataset(), None, None),
         vector("NULL scores, costs and leads", nulls, *march),
         vector("halves round away from zero", halves, *march),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
@@ -37,6 +38,69 @@ def node(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     return subprocess.run(
         args, cwd=PACKAGE, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300
     )
+
+
+CONSUMERS = PACKAGE / "test" / "consumers"
+
+
+def test_the_packed_tarball_installs_in_a_vite_react_app_and_a_node_cjs_script(tmp_path: Path) -> None:
+    """npm pack, then the tarball installed (from npm's cache where it can) into an application
+    of React 19 and TypeScript 5: type-checked under `bundler` and built with Vite; and required
+    by a CommonJS script type-checked under `node16`, and imported by an ES module under `nodenext`."""
+    # Packed from a copy: its prepack build writes the copy's dist/, not the one the example page
+    # is built from, which another pytest worker may be reading meanwhile.
+    source = tmp_path / "package"
+    shutil.copytree(PACKAGE, source, ignore=shutil.ignore_patterns("node_modules", "dist", "test", "example"))
+    (source / "node_modules").symlink_to(PACKAGE / "node_modules")
+    packed = subprocess.run(
+        ["npm", "pack", "--json", "--pack-destination", str(tmp_path)],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert packed.returncode == 0, packed.stderr
+    tarball = tmp_path / json.loads(packed.stdout[packed.stdout.index("[") :])[0]["filename"]
+    wanted = json.loads((PACKAGE / "package.json").read_text())["devDependencies"]
+    app = tmp_path / "app"
+    shutil.copytree(CONSUMERS / "vite-react", app)
+    for name in ("check.cts", "check.mts", "tsconfig.node16.json", "tsconfig.nodenext.json"):
+        shutil.copy(CONSUMERS / "node" / name, app)
+    pick = ["react", "react-dom", "typescript", "vite", "@types/react", "@types/react-dom"]
+    (app / "package.json").write_text(
+        json.dumps(
+            {
+                "name": "consumer",
+                "private": True,
+                "type": "module",
+                "dependencies": {"@kpi-service/client": f"file:{tarball}", **{n: wanted[n] for n in pick}},
+            }
+        )
+    )
+
+    def run(*args: str) -> str:
+        done = subprocess.run(args, cwd=app, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{' '.join(args)}: {done.stdout}{done.stderr}"
+        return done.stdout
+
+    run("npm", "install", "--prefer-offline", "--no-audit", "--no-fund", "--ignore-scripts")
+    assert json.loads((app / "node_modules/typescript/package.json").read_text())["version"].startswith("5.")
+    assert json.loads((app / "node_modules/react/package.json").read_text())["version"].startswith("19.")
+    run("npx", "tsc", "-p", "tsconfig.json")
+    run("npx", "vite", "build", "--logLevel", "warn")
+    assert any(
+        "createKpiStore" in f.read_text() or "kpi-service" in f.read_text() for f in (app / "dist/assets").glob("*.js")
+    )
+    run("npx", "tsc", "-p", "tsconfig.node16.json")
+    printed = json.loads(run("node", "check.cjs"))
+    assert printed["metrics"]["total_listings"] == 1 and printed["metrics"]["total_value"] == 10.01
+    assert printed["key"] == ["kpi-service", "http://kpi.test/", "tz=UTC"]
+    assert printed["auth"] == "auth" and printed["store"] == 0
+    # The CommonJS build, not the ES one, answered the require.
+    assert "/dist/cjs/" in run("node", "-p", "require.resolve('@kpi-service/client')")
+    run("npx", "tsc", "-p", "tsconfig.nodenext.json")
+    from_esm = json.loads(run("node", "check.mjs"))
+    assert from_esm["metrics"]["total_listings"] == 0 and from_esm["key"] == printed["key"]
 
 
 def test_api_client_suite_against_a_running_service(database_url: str, conn: psycopg.Connection) -> None:
@@ -85,7 +149,10 @@ PAGE_DATA = Dataset(
 
 @pytest.fixture(scope="module")
 def vite_page(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """clients/js/example built with Vite, as an application builds its page."""
+    """clients/js/example built with Vite, as an application builds its page, against the
+    package's build in dist/ (what is shipped), not its sources."""
+    built = node("npm", "run", "build")
+    assert built.returncode == 0, built.stderr + built.stdout
     out = tmp_path_factory.mktemp("vite-page")
     run = node("npx", "vite", "build", "--config", "example/vite.config.ts", "--outDir", str(out), "--logLevel", "warn")
     assert run.returncode == 0, run.stderr + run.stdout
@@ -147,6 +214,7 @@ def test_a_vite_built_react_page_shows_the_service_live_and_computes_locally_whi
         page.goto(f"{base}/app/#{token()}")
         assert shown(page, "service", 2) == expected
         assert page.inner_text("#status") == "ready"
+        assert page.inner_text("#transport") in ("websocket", "sse")
         # A committed write: the applier announces it and the service pushes the new value.
         conn.execute("INSERT INTO listings (id, price, status, listed_at) VALUES (4, 1000, 'active', '2026-03-15Z')")
         assert shown(page, "service", 3)["total_value"] == expected["total_value"] + 1000

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 from flask.testing import FlaskClient
 from openapi_schema_validator import OAS30Validator
@@ -10,6 +13,9 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT4
 
 from kpi_service.app import create_app
+from kpi_service.live.events import Event
+from kpi_service.serving.responses import Served
+from kpi_service.web.websocket import HEARTBEAT
 from tests.helpers import make_settings, two_listings
 
 
@@ -94,3 +100,22 @@ def test_unavailable_conforms(auth: dict[str, str], document: dict) -> None:
     finally:
         app.extensions["kpi"].close()
     conform(document, "/api/kpi", 503, response)
+
+
+def test_websocket_frames_conform_to_their_variant(
+    client: FlaskClient, auth: dict[str, str], conn, document: dict
+) -> None:
+    two_listings(conn)
+    body = client.get("/api/kpi?tz=UTC", headers=auth).get_json()
+    registry = Registry().with_resource("urn:doc", Resource.from_contents(document, default_specification=DRAFT4))
+    frame = OAS30Validator({"$ref": "urn:doc#/components/schemas/WebSocketFrame"}, registry=registry)
+    served = Served(body, "miss", time.time() + 30)
+    for sent in (Event.of(served).frame(), Event.unavailable("down", "X").frame(), HEARTBEAT):
+        assert not list(frame.iter_errors(json.loads(sent))), sent
+    # `data` is typed by `event`: an error envelope is no kpi frame, a kpi frame needs its id.
+    assert list(
+        frame.iter_errors(
+            {"event": "kpi", "id": "X", "data": json.loads(Event.unavailable("down", "X").frame())["data"]}
+        )
+    )
+    assert list(frame.iter_errors({"event": "kpi", "data": body}))

@@ -17,6 +17,8 @@ from tests import make_vectors
 from tests.helpers import computed
 
 VECTORS: list[dict[str, Any]] = json.loads(make_vectors.PATH.read_text())
+# Rows naming absent rows cannot be inserted (foreign keys): they check computeKpis' refusal.
+COMPUTABLE = [v for v in VECTORS if "metrics" in v]
 
 
 def test_the_file_is_what_the_reference_gives() -> None:
@@ -27,10 +29,10 @@ def _day(text: str | None) -> date | None:
     return None if text is None else date.fromisoformat(text)
 
 
-@pytest.mark.parametrize("vector", VECTORS, ids=[v["name"] for v in VECTORS])
+@pytest.mark.parametrize("vector", COMPUTABLE, ids=[v["name"] for v in COMPUTABLE])
 def test_sql_computes_the_vector(database: Database, conn: psycopg.Connection, vector: dict[str, Any]) -> None:
     spec = vector["window"]
-    window = Window.of_dates(_day(spec["from"]), _day(spec["to"]), spec["tz"])
+    window = Window.of_dates(_day(spec["from"]), _day(spec["to"]), spec.get("tz", "UTC"))
     make_vectors.dataset_of(vector).insert(conn)
     now = datetime.fromisoformat(spec["now"])
-    assert computed(database, [window], spec["aged_days"], now) == [vector["metrics"]]
+    assert computed(database, [window], spec.get("aged_days", 60), now) == [vector["metrics"]]

@@ -3,8 +3,8 @@
 
 // src/api.ts
 var KpiApiError = class extends Error {
-  constructor(kind, status, message, body = null) {
-    super(message);
+  constructor(kind, status, message, body = null, options) {
+    super(message, options);
     this.kind = kind;
     this.status = status;
     this.body = body;
@@ -56,6 +56,7 @@ function createKpiApi(options) {
   const kept = options.etags ?? /* @__PURE__ */ new Map();
   const url = (path) => new URL(path, base).href;
   async function request(href, { method = "GET", headers = {}, signal } = {}) {
+    if (signal?.aborted) throw new KpiApiError("aborted", 0, "The request was cancelled.");
     const controller = new AbortController();
     let timedOut = false;
     const abort = () => controller.abort();
@@ -66,7 +67,15 @@ function createKpiApi(options) {
     }, o.timeoutMs);
     const gone = () => signal?.aborted ? new KpiApiError("aborted", 0, "The request was cancelled.") : timedOut ? new KpiApiError("timeout", 0, "The KPI service did not answer in time.") : new KpiApiError("unreachable", 0, "The KPI service cannot be reached.");
     try {
-      const token = await o.getToken?.();
+      let token;
+      try {
+        token = await o.getToken?.();
+      } catch (cause) {
+        throw new KpiApiError("auth", 0, `No token: ${cause instanceof Error ? cause.message : String(cause)}`, null, {
+          cause
+        });
+      }
+      if (signal?.aborted) throw gone();
       let response;
       try {
         response = await fetch(href, {
@@ -86,7 +95,11 @@ function createKpiApi(options) {
       } catch {
         if (controller.signal.aborted) throw gone();
       }
-      if (!response.ok) throw new KpiApiError("http", response.status, describe(response.status, body), body);
+      if (!response.ok) {
+        const envelope = body;
+        const kind = response.status === 401 ? "auth" : "http";
+        throw new KpiApiError(kind, response.status, describe(response.status, envelope), envelope);
+      }
       return { response, body };
     } finally {
       clearTimeout(timer);
@@ -180,14 +193,29 @@ function createKpiApi(options) {
       if (reconnectTimer !== null) clearTimeout(reconnectTimer);
       reconnectTimer = closed ? null : setTimeout(connect, delay);
     }
+    function unauthorised(error) {
+      if (error.kind !== "auth") return false;
+      stopPolling();
+      report(error);
+      reconnect(backoff());
+      return true;
+    }
+    function refused(error) {
+      if (unauthorised(error)) return true;
+      if (error.status >= 400 && error.status < 500 && error.status !== 429) {
+        fail(error);
+        return true;
+      }
+      return false;
+    }
     async function poll(round) {
       try {
         const body = await getKpiMetrics2(given, { signal: stopped.signal });
         if (round === polls) emit(body, "poll");
       } catch (caught) {
-        const error = caught;
+        const error = asKpiError(caught);
         if (closed || round !== polls) return;
-        if (error.status >= 400 && error.status < 500 && error.status !== 429) return fail(error);
+        if (refused(error)) return;
         await outage(error, () => round === polls);
       }
       if (round === polls && !closed) pollTimer = setTimeout(poll, o.pollMs, round);
@@ -204,7 +232,8 @@ function createKpiApi(options) {
       pollTimer = null;
     }
     async function ticket() {
-      return (await request(url("api/kpi/stream-ticket"), { method: "POST", signal: stopped.signal })).body.ticket;
+      const { body } = await request(url("api/kpi/stream-ticket"), { method: "POST", signal: stopped.signal });
+      return body.ticket;
     }
     function streamUrl(path, value, websocket) {
       const resume = shown && shown.source !== "local" ? lastEventId : null;
@@ -217,13 +246,14 @@ function createKpiApi(options) {
       stopPolling();
       announce(kind);
     }
-    function received(handle, kind, event, data, id) {
-      if (event === "kpi") {
-        if (id) lastEventId = id;
-        emit(data, kind);
-      } else if (event === "unavailable") {
+    function received(handle, kind, frame) {
+      if (frame.event === "kpi") {
+        if (frame.id) lastEventId = frame.id;
+        emit(frame.data, kind);
+      } else if (frame.event === "unavailable") {
         const since = shown;
-        outage(new KpiApiError("http", 503, describe(503, data), data), () => stream === handle && shown === since);
+        const error = new KpiApiError("http", 503, describe(503, frame.data), frame.data);
+        outage(error, () => stream === handle && shown === since);
       }
     }
     function dropped() {
@@ -253,11 +283,11 @@ function createKpiApi(options) {
           if (stream !== handle) return;
           let frame;
           try {
-            frame = JSON.parse(message.data);
+            frame = JSON.parse(String(message.data));
           } catch {
             return;
           }
-          received(handle, "websocket", frame.event, frame.data, frame.id);
+          received(handle, "websocket", frame);
         });
         socket.addEventListener("close", (event) => {
           if (stream !== handle) return;
@@ -284,12 +314,12 @@ function createKpiApi(options) {
         isOpen = true;
         opened("sse");
       });
-      for (const name of ["kpi", "unavailable"]) {
-        source.addEventListener(name, (event) => {
-          const message = event;
-          if (stream === handle) received(handle, "sse", name, JSON.parse(message.data), message.lastEventId);
-        });
-      }
+      source.addEventListener("kpi", (message) => {
+        if (stream === handle) received(handle, "sse", { event: "kpi", id: message.lastEventId, data: JSON.parse(message.data) });
+      });
+      source.addEventListener("unavailable", (message) => {
+        if (stream === handle) received(handle, "sse", { event: "unavailable", data: JSON.parse(message.data) });
+      });
       source.addEventListener("error", () => {
         if (stream !== handle) return;
         source.close();
@@ -306,14 +336,18 @@ function createKpiApi(options) {
       if (closed) return;
       try {
         if (!noWebSocket && typeof WebSocket === "function") {
-          if (await openWebSocket(await ticket())) return;
+          const value2 = await ticket();
+          if (closed) return;
+          if (await openWebSocket(value2)) return;
           if (closed) return;
         }
         if (typeof EventSource !== "function") throw new KpiApiError("unreachable", 0, "No EventSource here.");
-        openEventSource(await ticket());
+        const value = await ticket();
+        if (closed) return;
+        openEventSource(value);
       } catch (caught) {
         if (closed) return;
-        if (caught.status === 401) return fail(caught);
+        if (unauthorised(asKpiError(caught))) return;
         stream = null;
         startPolling();
         reconnect(backoff());
@@ -332,7 +366,12 @@ function createKpiApi(options) {
     connect();
     return { close };
   }
-  return { getKpiMetrics: getKpiMetrics2, getKpiHistory: getKpiHistory2, subscribe: subscribe2, local };
+  return { baseUrl: base.href, getKpiMetrics: getKpiMetrics2, getKpiHistory: getKpiHistory2, subscribe: subscribe2, local };
+}
+function asKpiError(caught) {
+  if (caught instanceof KpiApiError) return caught;
+  const message = caught instanceof Error ? caught.message : String(caught);
+  return new KpiApiError("unreachable", 0, message, null, { cause: caught });
 }
 
 // src/browser.ts

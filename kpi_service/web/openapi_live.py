@@ -133,15 +133,34 @@ than it. Messages from the client are read and ignored: the window is fixed per 
 close codes (1000, 1001, 1008, 1009) and what a client does on each: docs/api.md,
 "GET /api/kpi/ws", in the service's repository."""
 
+# One variant per event, so that a generated client types `data` by `event` (a bare "object"
+# gives it no fields at all).
 _WS_FRAME = {
-    "type": "object",
     "description": "One text frame of GET /api/kpi/ws.",
-    "required": ["event"],
-    "properties": {
-        "event": {"type": "string", "enum": ["kpi", "unavailable", "heartbeat"]},
-        "id": {"type": "string", "description": "kpi only: the body's meta.computed_at, as SSE's `id:`."},
-        "data": {"type": "object", "description": "The /api/kpi body (kpi) or the error envelope (unavailable)."},
-    },
+    "oneOf": [
+        {
+            "type": "object",
+            "required": ["event", "id", "data"],
+            "properties": {
+                "event": {"type": "string", "enum": ["kpi"]},
+                "id": {"type": "string", "description": "The body's meta.computed_at, as SSE's `id:`."},
+                "data": {"$ref": "#/components/schemas/KpiResponse"},
+            },
+        },
+        {
+            "type": "object",
+            "required": ["event", "data"],
+            "properties": {
+                "event": {"type": "string", "enum": ["unavailable"]},
+                "data": {"$ref": "#/components/schemas/Error"},
+            },
+        },
+        {
+            "type": "object",
+            "required": ["event"],
+            "properties": {"event": {"type": "string", "enum": ["heartbeat"]}},
+        },
+    ],
 }
 
 

@@ -20,11 +20,12 @@ const VIEW: KpiParams = { from: "2026-03-01", to: "2026-03-31", tz: "UTC" };
 
 export function KpiCards({ view, rows }: { view: KpiParams; rows: KpiRows }) {
   const fallback = useMemo(() => (params: KpiParams) => computeKpis(rows, params), [rows]);
-  const { metrics, source, status, error } = useKpiMetrics(view, { api, live: true, fallback });
+  const { metrics, source, status, error, transport } = useKpiMetrics(view, { api, live: true, fallback });
   return (
     <section>
       <p>
-        <output id="source">{source ?? "-"}</output> <output id="status">{status}</output>
+        <output id="source">{source ?? "-"}</output> <output id="status">{status}</output>{" "}
+        <output id="transport">{transport ?? "-"}</output>
       </p>
       <pre id="metrics">{metrics ? JSON.stringify(metrics) : ""}</pre>
       {error && <p id="error">{error.message}</p>}

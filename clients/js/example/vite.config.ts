@@ -1,16 +1,17 @@
 import { fileURLToPath } from "node:url";
 import { defineConfig } from "vite";
 
-const source = (path: string) => fileURLToPath(new URL(`../src/${path}`, import.meta.url));
+const built = (path: string) => fileURLToPath(new URL(`../dist/${path}`, import.meta.url));
 
 export default defineConfig({
   root: fileURLToPath(new URL(".", import.meta.url)),
   base: "./", // served under any path
-  // The package by its name, from its sources (an application gets the same from dist/).
+  // The package by its name, as an application gets it: the build in dist/ (`npm run build`
+  // first), not the sources, so that the page tests what is shipped.
   resolve: {
     alias: [
-      { find: /^@kpi-service\/client\/react$/, replacement: source("react.ts") },
-      { find: /^@kpi-service\/client$/, replacement: source("index.ts") },
+      { find: /^@kpi-service\/client\/react$/, replacement: built("react.js") },
+      { find: /^@kpi-service\/client$/, replacement: built("index.js") },
     ],
   },
   esbuild: { jsx: "automatic" },

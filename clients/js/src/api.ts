@@ -1,25 +1,19 @@
 // The KPI service's HTTP API: GET /api/kpi and /api/kpi/history with ETags, and live figures over
 // a WebSocket, else server-sent events, else polling, with the application's own computation as a
 // last resort while the service fails. The browser's /static/kpi-client.js is built from this file.
-import type { components } from "./openapi.js";
+import type { components, paths } from "./openapi.js";
 
 export type KpiMetrics = components["schemas"]["KpiValues"];
 export type KpiMeta = components["schemas"]["Meta"];
 export type KpiResponse = components["schemas"]["KpiResponse"];
 export type KpiHistoryResponse = components["schemas"]["HistoryResponse"];
 export type KpiErrorEnvelope = components["schemas"]["Error"];
+export type WebSocketFrame = components["schemas"]["WebSocketFrame"];
 
-/** A window as the API takes it: `from`/`to` are ISO dates in `tz`, both included. */
-export interface KpiParams {
-  from?: string | null;
-  to?: string | null;
-  tz?: string | null;
-  aged_days?: number | string | null;
-}
-
-export interface KpiHistoryParams extends KpiParams {
-  interval: "day" | "week" | "month";
-}
+/** A window as GET /api/kpi takes it: `from`/`to` are ISO dates in `tz`, both included. */
+export type KpiParams = NonNullable<paths["/api/kpi"]["get"]["parameters"]["query"]>;
+/** A window and its interval, as GET /api/kpi/history takes them. */
+export type KpiHistoryParams = paths["/api/kpi/history"]["get"]["parameters"]["query"];
 
 /** What the service answers for a window, or the application's own figures ("local"). */
 export interface KpiUpdate {
@@ -40,7 +34,11 @@ export interface LocalMeta {
 /** The application's own computation, used while the service fails. */
 export type KpiFallback = (params: KpiParams, error: KpiApiError) => KpiMetrics | Promise<KpiMetrics>;
 
-export type KpiErrorKind = "unreachable" | "timeout" | "aborted" | "http";
+/**
+ * auth: no token (getToken threw, status 0) or a refused one (401); http: any other answer
+ * that is not a success; unreachable, timeout, aborted: no answer (status 0).
+ */
+export type KpiErrorKind = "auth" | "unreachable" | "timeout" | "aborted" | "http";
 
 /**
  * A failed request. `status` is the HTTP status, 0 when there was none (`kind` says why);
@@ -53,8 +51,9 @@ export class KpiApiError extends Error {
     readonly status: number,
     message: string,
     readonly body: KpiErrorEnvelope | null = null,
+    options?: { cause?: unknown },
   ) {
-    super(message);
+    super(message, options);
   }
 
   /** Per-parameter problems of a 400 ({from: ["Not a valid date."]}), else {}. */
@@ -92,11 +91,17 @@ export interface SubscribeOptions {
   fallback?: KpiFallback;
   /** Hears "websocket", "sse" or "poll" when the way in use changes. */
   onStatus?: (transport: "websocket" | "sse" | "poll") => void;
-  /** Hears failures nothing else handles; a refusal (4xx) also ends the subscription. */
+  /**
+   * Hears failures nothing else handles. A refusal (a 400: the window is bad) also ends the
+   * subscription; an auth failure does not: it tries again after the back-off, with the token
+   * getToken gives then, so a renewed token resumes it.
+   */
   onError?: (error: KpiApiError) => void;
 }
 
 export interface KpiApi {
+  /** The service's root URL, resolved: with the window, what identifies a value (caches key on it). */
+  readonly baseUrl: string;
   getKpiMetrics(params?: KpiParams, options?: RequestOptions): Promise<KpiResponse>;
   getKpiHistory(params: KpiHistoryParams, options?: RequestOptions): Promise<KpiHistoryResponse>;
   subscribe(params: KpiParams, onUpdate: (update: KpiUpdate) => void, options?: SubscribeOptions): { close(): void };
@@ -108,10 +113,13 @@ const WINDOW_PARAMS = ["from", "to", "tz", "aged_days"] as const;
 const KEPT_WINDOWS = 32;
 
 /** The window's parameters as the API takes them, in a fixed order (one ETag per window). */
-export function windowQuery(params: KpiParams = {}, extra: Record<string, string | null | undefined> = {}) {
+export function windowQuery(
+  params: KpiParams | Record<string, string | number | null | undefined> = {},
+  extra: Record<string, string | null | undefined> = {},
+) {
   const query = new URLSearchParams();
   for (const name of WINDOW_PARAMS) {
-    const value = params[name];
+    const value: string | number | null | undefined = params[name as keyof typeof params];
     if (value !== undefined && value !== null && value !== "") query.set(name, String(value));
   }
   for (const [name, value] of Object.entries(extra)) if (value) query.set(name, value);
@@ -143,7 +151,9 @@ export function createKpiApi(options: KpiApiOptions): KpiApi {
   async function request(
     href: string,
     { method = "GET", headers = {}, signal }: { method?: string; headers?: Record<string, string>; signal?: AbortSignal } = {},
-  ): Promise<{ response: Response; body: any }> {
+  ): Promise<{ response: Response; body: unknown }> {
+    // An already-aborted signal fires no "abort" event: without this the request would go out.
+    if (signal?.aborted) throw new KpiApiError("aborted", 0, "The request was cancelled.");
     const controller = new AbortController();
     let timedOut = false;
     const abort = () => controller.abort();
@@ -159,7 +169,16 @@ export function createKpiApi(options: KpiApiOptions): KpiApi {
           ? new KpiApiError("timeout", 0, "The KPI service did not answer in time.")
           : new KpiApiError("unreachable", 0, "The KPI service cannot be reached.");
     try {
-      const token = await o.getToken?.();
+      let token: string | null | undefined;
+      try {
+        token = await o.getToken?.();
+      } catch (cause) {
+        // Not the service's failure: no fallback, the application has to sign in again.
+        throw new KpiApiError("auth", 0, `No token: ${cause instanceof Error ? cause.message : String(cause)}`, null, {
+          cause,
+        });
+      }
+      if (signal?.aborted) throw gone();
       let response: Response;
       try {
         response = await fetch(href, {
@@ -172,13 +191,17 @@ export function createKpiApi(options: KpiApiOptions): KpiApi {
         throw gone();
       }
       if (response.status === 304) return { response, body: null };
-      let body: any = null;
+      let body: unknown = null;
       try {
         body = await response.json();
       } catch {
         if (controller.signal.aborted) throw gone();
       }
-      if (!response.ok) throw new KpiApiError("http", response.status, describe(response.status, body), body);
+      if (!response.ok) {
+        const envelope = body as KpiErrorEnvelope | null;
+        const kind = response.status === 401 ? "auth" : "http";
+        throw new KpiApiError(kind, response.status, describe(response.status, envelope), envelope);
+      }
       return { response, body };
     } finally {
       clearTimeout(timer);
@@ -264,8 +287,7 @@ export function createKpiApi(options: KpiApiOptions): KpiApi {
     }
 
     function fail(error: KpiApiError) {
-      // A refusal cannot be cured by retrying: a bad window (400) stays bad, a refused token (401)
-      // needs a new one from the application.
+      // A refusal cannot be cured by retrying: a bad window (400) stays bad.
       close();
       options.onError?.(error);
     }
@@ -297,14 +319,33 @@ export function createKpiApi(options: KpiApiOptions): KpiApi {
 
     // --- polling: while no stream is open --------------------------------------------------------
 
+    /** An auth failure: reported, and the stream tried again after the back-off with a new token. */
+    function unauthorised(error: KpiApiError): boolean {
+      if (error.kind !== "auth") return false;
+      stopPolling(); // polls would be refused as well
+      report(error);
+      reconnect(backoff());
+      return true;
+    }
+
+    /** A failure that no retry cures ends the subscription; an auth failure waits for a new token. */
+    function refused(error: KpiApiError): boolean {
+      if (unauthorised(error)) return true;
+      if (error.status >= 400 && error.status < 500 && error.status !== 429) {
+        fail(error);
+        return true;
+      }
+      return false;
+    }
+
     async function poll(round: number) {
       try {
         const body = await getKpiMetrics(given, { signal: stopped.signal });
         if (round === polls) emit(body, "poll");
       } catch (caught) {
-        const error = caught as KpiApiError;
+        const error = asKpiError(caught);
         if (closed || round !== polls) return;
-        if (error.status >= 400 && error.status < 500 && error.status !== 429) return fail(error);
+        if (refused(error)) return;
         await outage(error, () => round === polls);
       }
       if (round === polls && !closed) pollTimer = setTimeout(poll, o.pollMs, round);
@@ -326,7 +367,8 @@ export function createKpiApi(options: KpiApiOptions): KpiApi {
     // --- streams ---------------------------------------------------------------------------------
 
     async function ticket(): Promise<string> {
-      return (await request(url("api/kpi/stream-ticket"), { method: "POST", signal: stopped.signal })).body.ticket;
+      const { body } = await request(url("api/kpi/stream-ticket"), { method: "POST", signal: stopped.signal });
+      return (body as components["schemas"]["StreamTicket"]).ticket;
     }
 
     function streamUrl(path: string, value: string, websocket: boolean) {
@@ -343,14 +385,15 @@ export function createKpiApi(options: KpiApiOptions): KpiApi {
       announce(kind);
     }
 
-    function received(handle: object, kind: "websocket" | "sse", event: string, data: any, id?: string) {
-      if (event === "kpi") {
-        if (id) lastEventId = id;
-        emit(data, kind);
-      } else if (event === "unavailable") {
+    function received(handle: object, kind: "websocket" | "sse", frame: WebSocketFrame) {
+      if (frame.event === "kpi") {
+        if (frame.id) lastEventId = frame.id;
+        emit(frame.data, kind);
+      } else if (frame.event === "unavailable") {
         // The database is down and nothing is cached; the stream stays open for the next value.
         const since = shown;
-        outage(new KpiApiError("http", 503, describe(503, data), data), () => stream === handle && shown === since);
+        const error = new KpiApiError("http", 503, describe(503, frame.data), frame.data);
+        outage(error, () => stream === handle && shown === since);
       }
     }
 
@@ -382,13 +425,13 @@ export function createKpiApi(options: KpiApiOptions): KpiApi {
         });
         socket.addEventListener("message", (message) => {
           if (stream !== handle) return;
-          let frame;
+          let frame: WebSocketFrame;
           try {
-            frame = JSON.parse(message.data);
+            frame = JSON.parse(String(message.data));
           } catch {
             return;
           }
-          received(handle, "websocket", frame.event, frame.data, frame.id);
+          received(handle, "websocket", frame);
         });
         socket.addEventListener("close", (event) => {
           if (stream !== handle) return;
@@ -416,12 +459,12 @@ export function createKpiApi(options: KpiApiOptions): KpiApi {
         isOpen = true;
         opened("sse");
       });
-      for (const name of ["kpi", "unavailable"]) {
-        source.addEventListener(name, (event) => {
-          const message = event as MessageEvent;
-          if (stream === handle) received(handle, "sse", name, JSON.parse(message.data), message.lastEventId);
-        });
-      }
+      source.addEventListener("kpi", (message) => {
+        if (stream === handle) received(handle, "sse", { event: "kpi", id: message.lastEventId, data: JSON.parse(message.data) });
+      });
+      source.addEventListener("unavailable", (message) => {
+        if (stream === handle) received(handle, "sse", { event: "unavailable", data: JSON.parse(message.data) });
+      });
       source.addEventListener("error", () => {
         if (stream !== handle) return;
         // The ticket is spent: the browser's own reconnection would be refused.
@@ -439,15 +482,20 @@ export function createKpiApi(options: KpiApiOptions): KpiApi {
       reconnectTimer = null;
       if (closed) return;
       try {
+        // After each await: closed meanwhile (a fetch that ignored the abort) opens nothing.
         if (!noWebSocket && typeof WebSocket === "function") {
-          if (await openWebSocket(await ticket())) return;
+          const value = await ticket();
+          if (closed) return;
+          if (await openWebSocket(value)) return;
           if (closed) return;
         }
         if (typeof EventSource !== "function") throw new KpiApiError("unreachable", 0, "No EventSource here.");
-        openEventSource(await ticket()); // a new ticket: the failed socket may have spent the last
+        const value = await ticket(); // a new ticket: the failed socket may have spent the last
+        if (closed) return;
+        openEventSource(value);
       } catch (caught) {
         if (closed) return;
-        if ((caught as KpiApiError).status === 401) return fail(caught as KpiApiError);
+        if (unauthorised(asKpiError(caught))) return;
         // No ticket (the service is down, or Redis is and so no stream can open): poll.
         stream = null;
         startPolling();
@@ -470,5 +518,12 @@ export function createKpiApi(options: KpiApiOptions): KpiApi {
     return { close };
   }
 
-  return { getKpiMetrics, getKpiHistory, subscribe, local };
+  return { baseUrl: base.href, getKpiMetrics, getKpiHistory, subscribe, local };
+}
+
+/** Anything thrown, as a KpiApiError (a bug in a fallback or a fetch polyfill counts as unreachable). */
+export function asKpiError(caught: unknown): KpiApiError {
+  if (caught instanceof KpiApiError) return caught;
+  const message = caught instanceof Error ? caught.message : String(caught);
+  return new KpiApiError("unreachable", 0, message, null, { cause: caught });
 }

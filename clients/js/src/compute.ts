@@ -68,13 +68,21 @@ function numberText(value: number): string {
   return String(value);
 }
 
-/** Microseconds since the epoch: ISO strings keep their microseconds, Dates have milliseconds. */
+/**
+ * Microseconds since the epoch: ISO strings keep their microseconds, Dates have milliseconds.
+ * PostgreSQL's text form ("2026-03-01 10:00:00.5+00": a space, an hours-only offset) is taken as
+ * Python's datetime.fromisoformat takes it, since rows often come straight from a query.
+ */
 export function micros(value: Instant): bigint {
   if (value instanceof Date) return BigInt(value.getTime()) * 1000n;
-  const match = /^(.*T\d{2}:\d{2}(?::\d{2})?)(?:\.(\d+))?(Z|[+-]\d{2}:?\d{2})?$/i.exec(value.trim());
+  const match = /^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}(?::\d{2})?)(?:\.(\d+))?(Z|[+-]\d{2}(?::?\d{2})?)?$/i.exec(
+    value.trim(),
+  );
   if (!match) throw new TypeError(`not an ISO instant: ${value}`);
-  const [, head, fraction = "", zone = "Z"] = match;
-  const ms = Date.parse(head + zone);
+  const [, day, time, fraction = "", zone = "Z"] = match;
+  // Date.parse wants the offset as ±HH:MM.
+  const offset = zone.toUpperCase() === "Z" ? "Z" : `${zone.slice(0, 3)}:${zone.slice(3).replace(":", "") || "00"}`;
+  const ms = Date.parse(`${day}T${time}${offset}`);
   if (Number.isNaN(ms)) throw new TypeError(`not an ISO instant: ${value}`);
   return BigInt(ms) * 1000n + BigInt((fraction + "000000").slice(0, 6));
 }
@@ -85,7 +93,10 @@ export function roundHalfAway([numerator, denominator]: Q): number {
   const n = numerator < 0n ? -numerator : numerator;
   const d = denominator < 0n ? -denominator : denominator;
   const hundredths = (n * 200n + d) / (2n * d); // floor(|v| * 100 + 1/2)
-  const value = Number(hundredths) / 100;
+  // Through the decimal text: Number(hundredths) / 100 rounds twice above 2^53 hundredths (off
+  // by a cent), where parsing "h.hh" rounds once, as Python's float(Fraction(h, 100)) does.
+  const text = `${hundredths / 100n}.${String(hundredths % 100n).padStart(2, "0")}`;
+  const value = Number(text);
   return negative && hundredths !== 0n ? -value : value;
 }
 
@@ -164,7 +175,7 @@ const DAY_US = 86_400_000_000n;
 export function computeKpis(rows: KpiRows, window: KpiWindow = {}): KpiMetrics {
   const { start, end, asOf } = windowInstants(window);
   // The service's defaults are its settings (KPI_AGED_DAYS, KPI_TIMEZONE): 60 and UTC unless set.
-  const agedDays = BigInt(window.aged_days || 60);
+  const agedDays = BigInt(window.aged_days ?? 60); // 0 is a valid age: every listing in stock
   const inWindow = (at: Instant) => {
     const t = micros(at);
     return (start === null || t >= start) && (end === null || t < end);
@@ -175,6 +186,7 @@ export function computeKpis(rows: KpiRows, window: KpiWindow = {}): KpiMetrics {
   const leadsById = new Map(rows.leads.map((x) => [String(x.id), x]));
   const purchases = rows.purchases.filter((p) => inWindow(p.purchased_at));
   const leads = rows.leads.filter((x) => inWindow(x.created_at));
+  refuseDanglingReferences(rows, byListing, leadsById);
   const purchasedLeads = new Set(rows.purchases.filter((p) => p.lead_id != null).map((p) => String(p.lead_id)));
   const agedBefore = asOf - agedDays * DAY_US;
   const prices = listings.map((x) => decimal(x.price));
@@ -182,11 +194,11 @@ export function computeKpis(rows: KpiRows, window: KpiWindow = {}): KpiMetrics {
   const profits: Q[] = [];
   const leadTimes: Q[] = [];
   for (const p of purchases) {
-    const cost = byListing.get(String(p.listing_id))?.acquisition_cost;
+    const cost = byListing.get(String(p.listing_id))!.acquisition_cost;
     if (cost !== null && cost !== undefined) profits.push(sub(decimal(p.sale_price), decimal(cost)));
     if (p.lead_id != null) {
-      const lead = leadsById.get(String(p.lead_id));
-      if (lead) leadTimes.push([micros(p.purchased_at) - micros(lead.created_at), DAY_US]);
+      const lead = leadsById.get(String(p.lead_id))!;
+      leadTimes.push([micros(p.purchased_at) - micros(lead.created_at), DAY_US]);
     }
   }
 
@@ -207,4 +219,24 @@ export function computeKpis(rows: KpiRows, window: KpiWindow = {}): KpiMetrics {
     conversion_rate: ratio(leads.filter((x) => purchasedLeads.has(String(x.id))).length, leads.length),
     active_buyers: new Set([...leads.map((x) => String(x.buyer_id)), ...purchases.map((p) => String(p.buyer_id))]).size,
   };
+}
+
+/** Thrown when a purchase names a listing or lead that `rows` lacks. */
+export class DanglingReferenceError extends Error {
+  override readonly name = "DanglingReferenceError";
+}
+
+// Skipping such a purchase would quietly change the numbers (a window's rows alone lack the
+// earlier leads and listings its purchases name): the service reads whole tables, so must this.
+function refuseDanglingReferences(
+  rows: KpiRows,
+  listings: Map<string, ListingRow>,
+  leads: Map<string, LeadRow>,
+): void {
+  for (const p of rows.purchases) {
+    if (!listings.has(String(p.listing_id)))
+      throw new DanglingReferenceError(`purchase ${p.id} names listing ${p.listing_id}, which is not in rows.listings`);
+    if (p.lead_id != null && !leads.has(String(p.lead_id)))
+      throw new DanglingReferenceError(`purchase ${p.id} names lead ${p.lead_id}, which is not in rows.leads`);
+  }
 }

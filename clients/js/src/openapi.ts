@@ -426,12 +426,18 @@ export interface components {
         TimeZone: string;
         /** @description One text frame of GET /api/kpi/ws. */
         WebSocketFrame: {
-            /** @description The /api/kpi body (kpi) or the error envelope (unavailable). */
-            data?: Record<string, never>;
+            data: components["schemas"]["KpiResponse"];
             /** @enum {string} */
-            event: "kpi" | "unavailable" | "heartbeat";
-            /** @description kpi only: the body's meta.computed_at, as SSE's `id:`. */
-            id?: string;
+            event: "kpi";
+            /** @description The body's meta.computed_at, as SSE's `id:`. */
+            id: string;
+        } | {
+            data: components["schemas"]["Error"];
+            /** @enum {string} */
+            event: "unavailable";
+        } | {
+            /** @enum {string} */
+            event: "heartbeat";
         };
         Window: {
             aged_days: number;

@@ -66,7 +66,7 @@ describe.skipIf(!base || !token)("the API client against the service", () => {
   it("gives a 401 envelope as a typed error", async () => {
     const anonymous = createKpiApi({ baseUrl: base!, getToken: () => "not-a-token" });
     const error = await rejection(anonymous.getKpiMetrics(MARCH));
-    expect(error).toMatchObject({ kind: "http", status: 401, isOutage: false });
+    expect(error).toMatchObject({ kind: "auth", status: 401, isOutage: false });
     expect(error.body?.message).toBeTruthy();
   });
 
