@@ -410,6 +410,129 @@ BEGIN
 END
 $fn$;
 
+-- Brings the buyers' buckets of these (buyer, bucket) pairs in line with the sales tables, with
+-- their links, returning what that adds to kpi_sums and kpi_buyer_days. A pair holds if that
+-- buyer has a lead or purchase in that bucket in this snapshot (looked up for every pair named:
+-- never presumed from a batch's images, since once VACUUM has freed log pages a delete's row
+-- can be taken before its insert's). The applier passes the pairs its batch names, the audit
+-- those whose stored rows differ from the sales tables.
+CREATE OR REPLACE FUNCTION kpi_sync_buyers(pairs kpi_buyer_buckets[], OUT sums kpi_sums[], OUT links kpi_buyer_days[])
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    buyer_ids bigint[];
+    holding kpi_buyer_buckets[];  -- the pairs that hold
+    gone kpi_buyer_buckets[];  -- and those removed
+    relinks kpi_buyer_buckets[];  -- with their new previous bucket
+BEGIN
+    -- The ones that no longer hold go; those that hold and are not there yet are inserted by the
+    -- next statement, with their previous bucket (inserting them without and linking them after
+    -- wrote each twice).
+    WITH named AS (
+        -- (last: the bucket's last instant; an infinite bucket holds that instant alone.)
+        SELECT b.*, CASE WHEN isfinite(b.bucket) THEN b.bucket + interval '14 minutes 59.999999 seconds'
+                         ELSE b.bucket END AS last
+        FROM (SELECT DISTINCT p.buyer_id, p.bucket FROM unnest(pairs) p) b
+    ),
+    truth AS (
+        SELECT p.buyer_id, p.bucket,
+               EXISTS (SELECT FROM leads x WHERE x.created_at BETWEEN p.bucket AND p.last
+                                                AND x.buyer_id = p.buyer_id)
+               OR EXISTS (SELECT FROM purchases x WHERE x.purchased_at BETWEEN p.bucket AND p.last
+                                                    AND x.buyer_id = p.buyer_id) AS holds
+        FROM named p
+    ),
+    removed AS (
+        DELETE FROM kpi_buyer_buckets b USING truth t
+        WHERE NOT t.holds AND b.buyer_id = t.buyer_id AND b.bucket = t.bucket
+        RETURNING b.buyer_id, b.bucket, b.prev_bucket
+    ),
+    held AS (
+        SELECT t.buyer_id, t.bucket FROM truth t WHERE t.holds
+    )
+    SELECT ARRAY(SELECT buyer_id FROM removed UNION SELECT buyer_id FROM held),
+           ARRAY(SELECT ROW(h.buyer_id, h.bucket, NULL)::kpi_buyer_buckets FROM held h),
+           ARRAY(SELECT ROW(r.buyer_id, r.bucket, NULL)::kpi_buyer_buckets FROM removed r),
+           ARRAY(
+               SELECT ROW(0, e.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, e.buckets, e.links, 0, 0)::kpi_sums
+               FROM (
+                   SELECT bucket AS at, -1 AS buckets, 0 AS links FROM removed
+                   UNION ALL
+                   SELECT prev_bucket, 0, -1 FROM removed WHERE prev_bucket IS NOT NULL
+               ) AS e
+           ),
+           ARRAY(SELECT kpi_buyer_link(bucket, prev_bucket, -1) FROM removed WHERE prev_bucket IS NOT NULL)
+    INTO buyer_ids, holding, gone, sums, links;
+
+    -- These buyers' buckets in order, with the new ones and markers where removed ones were:
+    -- each new one is inserted with its previous bucket; a stored one right after a new or a
+    -- removed one has a new previous bucket, relinked by the next statement, by key (joined
+    -- here, the few relinked rows were matched by reading every bucket for a hash join). The
+    -- stored ones are read from the key's index alone: a buyer's buckets lie on as many pages.
+    WITH buckets AS (
+        -- A pair that holds and is stored already is its stored row (one sort for this and the window).
+        SELECT DISTINCT ON (b.buyer_id, b.bucket) b.*
+        FROM (
+            SELECT b.buyer_id, b.bucket, 0 AS kind  -- stored
+            FROM unnest(buyer_ids) AS k (id)
+            JOIN kpi_buyer_buckets b ON b.buyer_id = k.id
+            UNION ALL
+            SELECT h.buyer_id, h.bucket, 1 FROM unnest(holding) h  -- new, unless stored
+            UNION ALL
+            SELECT g.buyer_id, g.bucket, 2 FROM unnest(gone) g  -- removed
+        ) AS b
+        ORDER BY b.buyer_id, b.bucket, b.kind
+    ),
+    linked AS (
+        SELECT b.buyer_id, b.bucket, b.kind,
+               max(b.bucket) FILTER (WHERE b.kind < 2) OVER before AS new_prev,
+               lag(b.kind) OVER (PARTITION BY b.buyer_id ORDER BY b.bucket) AS kind_before
+        FROM buckets b
+        WINDOW before AS (PARTITION BY b.buyer_id ORDER BY b.bucket ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+    ),
+    added AS (
+        INSERT INTO kpi_buyer_buckets (buyer_id, bucket, prev_bucket)
+        SELECT l.buyer_id, l.bucket, l.new_prev FROM linked l WHERE l.kind = 1
+        RETURNING bucket, prev_bucket
+    ),
+    relinked AS (
+        SELECT l.buyer_id, l.bucket, b.old_prev, l.new_prev
+        FROM linked l
+        -- (OFFSET 0: a lookup by key per row, never a join that reads the table.)
+        CROSS JOIN LATERAL (
+            SELECT x.prev_bucket AS old_prev FROM kpi_buyer_buckets x
+            WHERE x.buyer_id = l.buyer_id AND x.bucket = l.bucket OFFSET 0
+        ) b
+        WHERE l.kind = 0 AND l.kind_before > 0
+    )
+    SELECT ARRAY(SELECT ROW(buyer_id, bucket, new_prev)::kpi_buyer_buckets FROM relinked),
+    sums || ARRAY(
+        SELECT ROW(0, e.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, sum(e.buckets), sum(e.links), 0, 0)::kpi_sums
+        FROM (
+            SELECT bucket AS at, 1 AS buckets, 0 AS links FROM added
+            UNION ALL
+            SELECT prev_bucket, 0, 1 FROM added WHERE prev_bucket IS NOT NULL
+            UNION ALL
+            SELECT old_prev, 0, -1 FROM relinked WHERE old_prev IS NOT NULL
+            UNION ALL
+            SELECT new_prev, 0, 1 FROM relinked WHERE new_prev IS NOT NULL
+        ) AS e
+        GROUP BY e.at
+    ),
+    links || ARRAY(
+        SELECT kpi_buyer_link(bucket, prev_bucket, 1) FROM added WHERE prev_bucket IS NOT NULL
+        UNION ALL
+        SELECT kpi_buyer_link(bucket, old_prev, -1) FROM relinked WHERE old_prev IS NOT NULL
+        UNION ALL
+        SELECT kpi_buyer_link(bucket, new_prev, 1) FROM relinked WHERE new_prev IS NOT NULL
+    )
+    INTO relinks, sums, links;
+    UPDATE kpi_buyer_buckets b SET prev_bucket = r.prev_bucket
+    FROM unnest(relinks) r
+    WHERE b.buyer_id = r.buyer_id AND b.bucket = r.bucket;
+
+END
+$fn$;
+
 -- The applier's lock: one applier, or rebuild, at a time across all instances. The applier
 -- and the rebuild take it for their transaction, without waiting (false: another session has
 -- it). Whoever must wait for it takes it for the session first, outside the transaction
@@ -606,13 +729,9 @@ DECLARE
     started timestamptz := clock_timestamp();
     changes kpi_changes[];
     emptied bigint[];  -- kpi_sales rows whose count came to 0
-    buyer_ids bigint[];
     deltas kpi_sums[];
     buyer_deltas kpi_sums[];
     link_deltas kpi_buyer_days[];
-    holding kpi_buyer_buckets[];  -- the (buyer, bucket) pairs the batch names that hold
-    gone kpi_buyer_buckets[];  -- and those removed
-    relinks kpi_buyer_buckets[];  -- with their new previous bucket
     sale_deltas kpi_sums[];
     -- (NULL until the summaries are built: kpi_build counts long_listed and long_sold then.)
     aged_days integer := (SELECT s.aged_days FROM kpi_summary_state s);
@@ -748,117 +867,13 @@ BEGIN
         )
     );
 
-    -- The buyers' buckets. Every (buyer, bucket) the batch names holds if that buyer has a lead
-    -- or purchase in that bucket in this snapshot (never presumed from the images: once VACUUM
-    -- has freed log pages, a delete's row can be taken before its insert's). The ones that no
-    -- longer hold go; those that hold and are not there yet are inserted by the next statement,
-    -- with their previous bucket (inserting them without and linking them after wrote each twice).
-    WITH pairs AS (
-        -- (last: the bucket's last instant; an infinite bucket holds that instant alone.)
-        SELECT b.*, CASE WHEN isfinite(b.bucket) THEN b.bucket + interval '14 minutes 59.999999 seconds'
-                         ELSE b.bucket END AS last
-        FROM (
-            SELECT DISTINCT c.buyer_id, date_bin('15 minutes', c.at, timestamptz 'epoch') AS bucket
-            FROM unnest(changes) c
-            WHERE c.tbl IN ('d', 'p')
-        ) b
-    ),
-    truth AS (
-        SELECT p.buyer_id, p.bucket,
-               EXISTS (SELECT FROM leads x WHERE x.created_at BETWEEN p.bucket AND p.last
-                                                AND x.buyer_id = p.buyer_id)
-               OR EXISTS (SELECT FROM purchases x WHERE x.purchased_at BETWEEN p.bucket AND p.last
-                                                    AND x.buyer_id = p.buyer_id) AS holds
-        FROM pairs p
-    ),
-    removed AS (
-        DELETE FROM kpi_buyer_buckets b USING truth t
-        WHERE NOT t.holds AND b.buyer_id = t.buyer_id AND b.bucket = t.bucket
-        RETURNING b.buyer_id, b.bucket, b.prev_bucket
-    ),
-    held AS (
-        SELECT t.buyer_id, t.bucket FROM truth t WHERE t.holds
-    )
-    SELECT ARRAY(SELECT buyer_id FROM removed UNION SELECT buyer_id FROM held),
-           ARRAY(SELECT ROW(h.buyer_id, h.bucket, NULL)::kpi_buyer_buckets FROM held h),
-           ARRAY(SELECT ROW(r.buyer_id, r.bucket, NULL)::kpi_buyer_buckets FROM removed r),
-           ARRAY(
-               SELECT ROW(0, e.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, e.buckets, e.links, 0, 0)::kpi_sums
-               FROM (
-                   SELECT bucket AS at, -1 AS buckets, 0 AS links FROM removed
-                   UNION ALL
-                   SELECT prev_bucket, 0, -1 FROM removed WHERE prev_bucket IS NOT NULL
-               ) AS e
-           ),
-           ARRAY(SELECT kpi_buyer_link(bucket, prev_bucket, -1) FROM removed WHERE prev_bucket IS NOT NULL)
-    INTO buyer_ids, holding, gone, buyer_deltas, link_deltas;
-
-    -- These buyers' buckets in order, with the new ones and markers where removed ones were:
-    -- each new one is inserted with its previous bucket; a stored one right after a new or a
-    -- removed one has a new previous bucket, relinked by the next statement, by key (joined
-    -- here, the few relinked rows were matched by reading every bucket for a hash join). The
-    -- stored ones are read from the key's index alone: a buyer's buckets lie on as many pages.
-    WITH buckets AS (
-        -- A pair that holds and is stored already is its stored row (one sort for this and the window).
-        SELECT DISTINCT ON (b.buyer_id, b.bucket) b.*
-        FROM (
-            SELECT b.buyer_id, b.bucket, 0 AS kind  -- stored
-            FROM unnest(buyer_ids) AS k (id)
-            JOIN kpi_buyer_buckets b ON b.buyer_id = k.id
-            UNION ALL
-            SELECT h.buyer_id, h.bucket, 1 FROM unnest(holding) h  -- new, unless stored
-            UNION ALL
-            SELECT g.buyer_id, g.bucket, 2 FROM unnest(gone) g  -- removed
-        ) AS b
-        ORDER BY b.buyer_id, b.bucket, b.kind
-    ),
-    linked AS (
-        SELECT b.buyer_id, b.bucket, b.kind,
-               max(b.bucket) FILTER (WHERE b.kind < 2) OVER before AS new_prev,
-               lag(b.kind) OVER (PARTITION BY b.buyer_id ORDER BY b.bucket) AS kind_before
-        FROM buckets b
-        WINDOW before AS (PARTITION BY b.buyer_id ORDER BY b.bucket ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
-    ),
-    added AS (
-        INSERT INTO kpi_buyer_buckets (buyer_id, bucket, prev_bucket)
-        SELECT l.buyer_id, l.bucket, l.new_prev FROM linked l WHERE l.kind = 1
-        RETURNING bucket, prev_bucket
-    ),
-    relinked AS (
-        SELECT l.buyer_id, l.bucket, b.old_prev, l.new_prev
-        FROM linked l
-        -- (OFFSET 0: a lookup by key per row, never a join that reads the table.)
-        CROSS JOIN LATERAL (
-            SELECT x.prev_bucket AS old_prev FROM kpi_buyer_buckets x
-            WHERE x.buyer_id = l.buyer_id AND x.bucket = l.bucket OFFSET 0
-        ) b
-        WHERE l.kind = 0 AND l.kind_before > 0
-    )
-    SELECT ARRAY(SELECT ROW(buyer_id, bucket, new_prev)::kpi_buyer_buckets FROM relinked),
-    buyer_deltas || ARRAY(
-        SELECT ROW(0, e.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, sum(e.buckets), sum(e.links), 0, 0)::kpi_sums
-        FROM (
-            SELECT bucket AS at, 1 AS buckets, 0 AS links FROM added
-            UNION ALL
-            SELECT prev_bucket, 0, 1 FROM added WHERE prev_bucket IS NOT NULL
-            UNION ALL
-            SELECT old_prev, 0, -1 FROM relinked WHERE old_prev IS NOT NULL
-            UNION ALL
-            SELECT new_prev, 0, 1 FROM relinked WHERE new_prev IS NOT NULL
-        ) AS e
-        GROUP BY e.at
-    ),
-    link_deltas || ARRAY(
-        SELECT kpi_buyer_link(bucket, prev_bucket, 1) FROM added WHERE prev_bucket IS NOT NULL
-        UNION ALL
-        SELECT kpi_buyer_link(bucket, old_prev, -1) FROM relinked WHERE old_prev IS NOT NULL
-        UNION ALL
-        SELECT kpi_buyer_link(bucket, new_prev, 1) FROM relinked WHERE new_prev IS NOT NULL
-    )
-    INTO relinks, buyer_deltas, link_deltas;
-    UPDATE kpi_buyer_buckets b SET prev_bucket = r.prev_bucket
-    FROM unnest(relinks) r
-    WHERE b.buyer_id = r.buyer_id AND b.bucket = r.bucket;
+    -- The buyers' buckets of every (buyer, bucket) the batch names.
+    SELECT b.sums, b.links INTO buyer_deltas, link_deltas
+    FROM kpi_sync_buyers(ARRAY(
+        SELECT DISTINCT ROW(c.buyer_id, date_bin('15 minutes', c.at, timestamptz 'epoch'), NULL)::kpi_buyer_buckets
+        FROM unnest(changes) c
+        WHERE c.tbl IN ('d', 'p')
+    )) b;
 
     PERFORM kpi_add(deltas || buyer_deltas || sale_deltas);
     PERFORM kpi_add_links(link_deltas);
