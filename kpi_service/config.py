@@ -64,6 +64,7 @@ class Settings:
     stream_heartbeat: int = 15
     apply_interval: float = 0.5  # seconds between calls of the summaries' applier; 0: not here
     apply_busy_share: float = 0.1  # of its time the applier may work while the application's sessions do
+    audit_interval: float = 30  # seconds between two days of the summaries' audit; 0: no audit here
     # Origins besides the request's own that may open GET /api/kpi/ws (canonical_origin form).
     ws_allowed_origins: tuple[str, ...] = ()
     ws_idle_timeout: int = 30  # seconds between pings; a client that leaves one unanswered is closed
@@ -104,6 +105,7 @@ class Settings:
             / 1000,
             "apply_busy_share": _int(env, "KPI_APPLY_BUSY_PERCENT", round(cls.apply_busy_share * 100), low=1, high=100)
             / 100,
+            "audit_interval": _int(env, "KPI_AUDIT_INTERVAL_S", cls.audit_interval, low=0, high=86_400),
             "ws_allowed_origins": tuple(
                 canonical_origin(o) for o in (env.get("KPI_WS_ALLOWED_ORIGINS") or "").split(",") if o.strip()
             ),

@@ -37,6 +37,23 @@ def paced_batch(taken: int, seconds: float) -> int:
     return int(min(APPLY_BATCH, max(MIN_BATCH, taken / max(seconds, 1e-3) * PACED_BATCH_S)))
 
 
+def audited(found: dict[str, Any]) -> None:
+    """What a slice of the audit found (sql/schema/summary.sql, kpi_audit), counted and logged."""
+    if found.get("pass_ended"):
+        metrics.AUDIT_PASS_END.set(time.time())
+        log.info("audit: a pass over the summaries ended, %s rows repaired", found["repairs"])
+        return
+    metrics.AUDIT_SLICES.inc()
+    for part, rows in found["found"].items():
+        if rows:
+            metrics.AUDIT_REPAIRS.labels(part=part).inc(rows)
+    if found["repairs"]:
+        differ = {part: rows for part, rows in found["found"].items() if rows}
+        log.error(
+            "audit: the summaries of the day from %s differed from the rows, repaired: %s", found["slice"], differ
+        )
+
+
 class Applier:
     def __init__(
         self,
@@ -89,7 +106,9 @@ class Applier:
             # Before the batch's snapshot: every write committed before it is in that snapshot.
             began = time.time()
             started = time.perf_counter()
-            taken = self.db.apply_changes(batch, busy_share=self.busy_share, on_changed=self.on_changed)
+            taken = self.db.apply_changes(
+                batch, busy_share=self.busy_share, on_changed=self.on_changed, on_audited=audited
+            )
         except DatabaseUnavailable as error:
             if isinstance(error, StatementTimeout):
                 self.batch = max(MIN_BATCH, self.batch // 2)

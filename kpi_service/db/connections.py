@@ -32,6 +32,7 @@ from kpi_service.db.schema import compatibility
 from kpi_service.db.sql import (
     APPLY,
     APPLY_BATCH,
+    AUDIT_STATE,
     CHANGED,
     LEGACY_MODE,
     MODE,
@@ -127,7 +128,10 @@ class Database:
                 "keepalives_count": 2,
                 "tcp_user_timeout": 10_000,
                 "application_name": application_name,
-                "options": f"{SESSION_OPTIONS} -c statement_timeout={settings.statement_timeout_ms}",
+                # kpi.audit_seconds: the applier's calls audit a day of the summaries that often
+                # (sql/schema/summary.sql, kpi_audit_due); unset, they audit nothing.
+                "options": f"{SESSION_OPTIONS} -c statement_timeout={settings.statement_timeout_ms}"
+                + (f" -c kpi.audit_seconds={settings.audit_interval}" if settings.audit_interval else ""),
             },
         )
 
@@ -256,25 +260,29 @@ class Database:
         busy_share: float = 1.0,
         wait: bool = False,
         on_changed: Callable[[dict[str, Any]], None] | None = None,
+        on_audited: Callable[[dict[str, Any]], None] | None = None,
     ) -> int | None:
         """Bring the summaries up to date with the change log (sql/schema/summary.sql): the number of log
         rows applied, None when another session is applying (unless told to wait for it) or
         the applier rests (`busy_share` below 1: sql/schema/summary.sql, "Pacing").
         kpi_apply_changes runs as its owner and writes only the service's tables, so the
         read-only role needs nothing more than the right to call it. `on_changed` gets what a
-        batch changed, once it is committed (so that whoever it tells reads the change)."""
-        changed = position = None
+        batch changed, once it is committed (so that whoever it tells reads the change);
+        `on_audited`, what the audit found, when it ran in the call (kpi_audit_due)."""
+        changed = audited = position = None
         # Quiet: the applier runs every half second, and logs an outage once itself.
         with self.connection("apply", quiet=True) as conn:
             with applier_lock(conn) if wait else contextlib.nullcontext(), conn.transaction():
                 for statement in APPLY[:2]:
                     conn.execute(statement)
                 taken = conn.execute(APPLY[2], [max_rows, busy_share]).fetchone()["taken"]
-                if taken and on_changed is not None:
-                    changed = conn.execute(CHANGED).fetchone()["changed"]
+                if taken is not None:
+                    changed, audited = conn.execute(CHANGED).fetchone().values()
             if changed and self.replica is not None:
                 # After the commit: a replica that has replayed this far has the batch.
                 position = conn.execute(WAL_POSITION).fetchone()["position"]
+        if audited and on_audited is not None:
+            on_audited(json.loads(audited))
         if changed and on_changed is not None:
             batch = json.loads(changed)
             if position is not None:
@@ -285,6 +293,14 @@ class Database:
     def next_aging(self, as_of: datetime, aged_days: int) -> datetime | None:
         """When aged_inventory at "now" next grows without a write (sql/runtime/kpi.sql, next_aging)."""
         return self._read("aging", lambda conn: queries.next_aging(conn, as_of=as_of, aged_days=aged_days))[0]
+
+    def audit_state(self) -> dict[str, Any]:
+        """The summaries' audit: when its last whole pass ended, what that pass repaired, and what it
+        has repaired since the summaries were installed (sql/schema/summary.sql, kpi_audit_state)."""
+        with self.connection("audit") as conn:
+            row = conn.execute(AUDIT_STATE).fetchone()
+        at = row["last_pass_at"]
+        return {**row, "last_pass_at": at.isoformat() if at else None}
 
     def pending_changes(self) -> int:
         """Rows in the change log that the applier has not taken yet."""

@@ -30,7 +30,8 @@ APPLY = (
     "SELECT kpi_apply_changes(%s, %s) AS taken",
 )
 # What the batch changed (sql/schema/summary.sql leaves it in a setting of its transaction).
-CHANGED = "SELECT current_setting('kpi.changed', true) AS changed"
+# And what the audit found, when it ran in the applier's transaction (kpi.audit_seconds set).
+CHANGED = "SELECT current_setting('kpi.changed', true) AS changed, current_setting('kpi.audited', true) AS audited"
 APPLIER_LOCK = "SELECT kpi_applier_session_lock(%s)"
 # The mode, "summaries" or "raw" (sql/schema/schema.sql, kpi_source(): the name /readyz shows
 # it under; meta.source is another thing, which database answered), and the version of the schema
@@ -41,6 +42,7 @@ LEGACY_MODE = "SELECT kpi_source() AS mode"
 # log (the summaries installed): looked up with the mode, on a schema this service reads.
 SALES_TABLES = "SELECT kpi_missing_columns() AS missing, to_regclass('kpi_changes') IS NOT NULL AS logged"
 PENDING = "SELECT kpi_pending_changes() AS pending"
+AUDIT_STATE = "SELECT last_pass_at, last_repairs, repairs FROM kpi_audit_state"
 # Positions in the WAL as byte offsets, comparable across a primary and its streaming replicas
 # (replica.py): where the primary has written to, and what a replica has replayed (NULL when
 # the server is not in recovery).

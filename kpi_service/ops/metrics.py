@@ -88,6 +88,21 @@ APPLIER_LAG = Gauge(
     "(0 when caught up): no write older than that is missing from the KPIs. Set by the applier that ran last.",
     multiprocess_mode="mostrecent",
 )
+AUDIT_SLICES = Counter(
+    "kpi_summary_audit_slices_total",
+    "Days of the summaries the audit compared with the sales tables (sql/schema/summary.sql, kpi_audit).",
+)
+AUDIT_REPAIRS = Counter(
+    "kpi_summary_audit_repairs_total",
+    "Rows of the summaries the audit found different from what the sales tables make, and repaired, by "
+    "table. Anything above 0 is a defect of the applier, or a change by hand: alert on its increase.",
+    ["part"],
+)
+AUDIT_PASS_END = Gauge(
+    "kpi_summary_audit_last_pass_end_timestamp_seconds",
+    "When the audit last finished a whole pass over the summaries (Unix time).",
+    multiprocess_mode="mostrecent",
+)
 
 # Endpoint names of the api blueprint -> the `endpoint` label of the KPI metrics.
 _KPI_ENDPOINTS = {"api.kpi": "kpi", "api.history": "history"}

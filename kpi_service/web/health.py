@@ -62,6 +62,7 @@ def readyz() -> Response:
             # Seconds since an applier last found the log empty while rows wait (no write older
             # than that is missing from the KPIs); null while no applier has reported one.
             checks["applier_lag_s"] = 0 if pending == 0 else _since(caught_up)
+            checks["audit"] = state.db.audit_state()
     except SchemaMismatch as error:
         checks["schema"] = f"incompatible: {error}"
         return envelope(

@@ -533,6 +533,250 @@ BEGIN
 END
 $fn$;
 
+-- The audit (docs/design.md, "The audit"): the summaries compared with the sales tables a day
+-- at a time, in the applier's transaction once it has taken in the whole log (its snapshot's
+-- summaries are then what the rows make), and every difference repaired in place and counted.
+-- Whatever drifts by a defect of the applier, or by hand, lives at most one pass.
+CREATE TABLE IF NOT EXISTS kpi_audit_state (
+    slice          timestamptz,           -- the day last audited in this pass; NULL: a pass begins
+    next_at        timestamptz NOT NULL,  -- no slice before this
+    pass_started   timestamptz,
+    pass_repairs   bigint NOT NULL,       -- in this pass, so far
+    last_pass_at   timestamptz,           -- when the last whole pass ended
+    last_repairs   bigint,                -- and what it repaired
+    repairs        bigint NOT NULL        -- since the summaries were installed
+);
+INSERT INTO kpi_audit_state (next_at, pass_repairs, repairs)
+SELECT '-infinity', 0, 0 WHERE NOT EXISTS (SELECT FROM kpi_audit_state);
+-- (Its indexes by bucket of kpi_purchase_facts and kpi_conversions: summary_indexes.sql.)
+
+-- The first day (UTC; an infinite instant is a slice of its own) after the slice that ends at
+-- `after` (NULL: from the start) that holds a row of a sales table or of a summary.
+CREATE OR REPLACE FUNCTION kpi_audit_next(after timestamptz) RETURNS timestamptz
+LANGUAGE sql STABLE AS $fn$
+    SELECT CASE WHEN isfinite(x.at) THEN date_bin('1 day', x.at, timestamptz 'epoch') ELSE x.at END
+    FROM (
+        SELECT least(
+            (SELECT min(listed_at) FROM listings WHERE listed_at >= e.at AND (e.first OR listed_at > e.at)),
+            (SELECT min(created_at) FROM leads WHERE created_at >= e.at AND (e.first OR created_at > e.at)),
+            (SELECT min(purchased_at) FROM purchases WHERE purchased_at >= e.at AND (e.first OR purchased_at > e.at)),
+            (SELECT min(bucket) FROM kpi_sums WHERE grain = 900 AND bucket >= e.at AND (e.first OR bucket > e.at)),
+            (SELECT min(bucket) FROM kpi_buyer_buckets WHERE bucket >= e.at AND (e.first OR bucket > e.at)),
+            (SELECT min(listed_at) FROM kpi_sales WHERE listed_at >= e.at AND (e.first OR listed_at > e.at))
+        ) AS at
+        FROM (SELECT coalesce(after, '-infinity') AS at, after IS NULL AS first) e
+    ) x
+$fn$;
+
+-- One slice, the instants from lo to last: each part of the summaries compared with what the
+-- rows make and repaired as the applier would (its differences added to kpi_sums), the sums
+-- last. Returns how many rows of each part differed.
+CREATE OR REPLACE FUNCTION kpi_audit_slice(lo timestamptz, last timestamptz, aged_days integer) RETURNS jsonb
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    parts jsonb := '{}';
+    diffs bigint;
+    deltas kpi_sums[];
+    more_deltas kpi_sums[];
+    links kpi_buyer_days[];
+    more_links kpi_buyer_days[];
+    truth kpi_sums[];
+BEGIN
+    -- The sold listings listed in the slice, each image counted once.
+    WITH differ AS (
+        SELECT d.listing_id, d.listed_at, d.sold_at, sum(d.n)::integer AS n
+        FROM (
+            SELECT id AS listing_id, listed_at, sold_at, 1 AS n FROM listings
+            WHERE listed_at BETWEEN lo AND last AND status <> 'withdrawn' AND sold_at IS NOT NULL
+            UNION ALL
+            SELECT listing_id, listed_at, sold_at, -n FROM kpi_sales WHERE listed_at BETWEEN lo AND last
+        ) d
+        GROUP BY 1, 2, 3 HAVING sum(d.n) <> 0
+    ),
+    fixed AS (
+        INSERT INTO kpi_sales AS s SELECT * FROM differ
+        ON CONFLICT (listing_id, listed_at, sold_at) DO UPDATE SET n = s.n + excluded.n
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM fixed),
+           ARRAY(SELECT x FROM differ i CROSS JOIN LATERAL kpi_long_sale(i.listed_at, i.sold_at, aged_days, i.n) x)
+    INTO diffs, deltas;
+    DELETE FROM kpi_sales WHERE listed_at BETWEEN lo AND last AND n = 0;
+    parts := parts || jsonb_build_object('kpi_sales', diffs);
+
+    -- The facts of the purchases, and the conversions of the leads, of the slice, and those stored for it.
+    more_deltas := kpi_sync_facts(
+        ARRAY(SELECT id FROM purchases WHERE purchased_at BETWEEN lo AND last
+              UNION SELECT purchase_id FROM kpi_purchase_facts WHERE bucket BETWEEN lo AND last),
+        ARRAY(SELECT id FROM leads WHERE created_at BETWEEN lo AND last
+              UNION SELECT lead_id FROM kpi_conversions WHERE bucket BETWEEN lo AND last)
+    );
+    parts := parts || jsonb_build_object('kpi_purchase_facts', cardinality(more_deltas));
+    deltas := deltas || more_deltas;
+
+    -- The buyers' buckets of the slice: the pairs stored or not as the rows say otherwise.
+    SELECT b.sums, b.links, cardinality(p.pairs) INTO more_deltas, links, diffs
+    FROM (
+        SELECT ARRAY(
+            SELECT ROW(d.buyer_id, d.bucket, NULL)::kpi_buyer_buckets
+            FROM (
+                (SELECT buyer_id, date_bin('15 minutes', created_at, timestamptz 'epoch') FROM leads
+                 WHERE created_at BETWEEN lo AND last
+                 UNION
+                 SELECT buyer_id, date_bin('15 minutes', purchased_at, timestamptz 'epoch') FROM purchases
+                 WHERE purchased_at BETWEEN lo AND last)
+                EXCEPT
+                SELECT buyer_id, bucket FROM kpi_buyer_buckets WHERE bucket BETWEEN lo AND last
+            ) AS d (buyer_id, bucket)
+        ) || ARRAY(
+            SELECT ROW(d.buyer_id, d.bucket, NULL)::kpi_buyer_buckets
+            FROM (
+                SELECT buyer_id, bucket FROM kpi_buyer_buckets WHERE bucket BETWEEN lo AND last
+                EXCEPT
+                (SELECT buyer_id, date_bin('15 minutes', created_at, timestamptz 'epoch') FROM leads
+                 WHERE created_at BETWEEN lo AND last
+                 UNION
+                 SELECT buyer_id, date_bin('15 minutes', purchased_at, timestamptz 'epoch') FROM purchases
+                 WHERE purchased_at BETWEEN lo AND last)
+            ) AS d (buyer_id, bucket)
+        ) AS pairs
+    ) p
+    CROSS JOIN LATERAL kpi_sync_buyers(p.pairs) b;
+    parts := parts || jsonb_build_object('kpi_buyer_buckets', diffs);
+    deltas := deltas || more_deltas;
+
+    -- Their links: each bucket's previous one is the buyer's bucket before it (by the key).
+    WITH wrong AS (
+        SELECT b.buyer_id, b.bucket, b.prev_bucket AS old_prev, p.prev AS new_prev
+        FROM kpi_buyer_buckets b
+        CROSS JOIN LATERAL (
+            SELECT max(x.bucket) AS prev FROM kpi_buyer_buckets x WHERE x.buyer_id = b.buyer_id AND x.bucket < b.bucket
+        ) p
+        WHERE b.bucket BETWEEN lo AND last AND b.prev_bucket IS DISTINCT FROM p.prev
+    ),
+    fixed AS (
+        UPDATE kpi_buyer_buckets b SET prev_bucket = w.new_prev FROM wrong w
+        WHERE b.buyer_id = w.buyer_id AND b.bucket = w.bucket
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM fixed),
+           ARRAY(SELECT ROW(0, e.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, e.n, 0, 0)::kpi_sums
+                 FROM (SELECT old_prev AS at, -1 AS n FROM wrong WHERE old_prev IS NOT NULL
+                       UNION ALL SELECT new_prev, 1 FROM wrong WHERE new_prev IS NOT NULL) e),
+           ARRAY(SELECT kpi_buyer_link(bucket, old_prev, -1) FROM wrong WHERE old_prev IS NOT NULL
+                 UNION ALL SELECT kpi_buyer_link(bucket, new_prev, 1) FROM wrong WHERE new_prev IS NOT NULL)
+    INTO diffs, more_deltas, more_links;
+    parts := parts || jsonb_build_object('buyer_links', diffs);
+    PERFORM kpi_add(deltas || more_deltas);
+    PERFORM kpi_add_links(links || more_links);
+
+    -- The links counted by day and gap, of the slice's day.
+    WITH differ AS (
+        SELECT d.day, d.gap, sum(d.n) AS n
+        FROM (
+            SELECT (kpi_buyer_link(bucket, prev_bucket, 1)).* FROM kpi_buyer_buckets
+            WHERE bucket BETWEEN lo AND last AND prev_bucket IS NOT NULL
+            UNION ALL
+            SELECT day, gap, -n FROM kpi_buyer_days WHERE day BETWEEN lo AND last
+        ) d
+        GROUP BY 1, 2 HAVING sum(d.n) <> 0
+    )
+    SELECT count(*), ARRAY(SELECT ROW(day, gap, n)::kpi_buyer_days FROM differ) INTO diffs, links FROM differ;
+    PERFORM kpi_add_links(links);
+    parts := parts || jsonb_build_object('kpi_buyer_days', diffs);
+
+    -- The sums: the 15-minute buckets as a rebuild makes them, and the day's row their sum;
+    -- written anew only where a row differs.
+    truth := ARRAY(
+        SELECT ROW(900, d.bucket, sum(d.listings), sum(d.price_sum), sum(d.scored), sum(d.score_sum), sum(d.unsold),
+                   sum(d.leads), sum(d.converted), sum(d.costed), sum(d.profit_sum), sum(d.led), sum(d.lead_seconds),
+                   sum(d.buyer_buckets), sum(d.buyer_links), sum(d.long_listed), sum(d.long_sold))::kpi_sums
+        FROM unnest(kpi_slice_sums(lo, last, aged_days)) d
+        GROUP BY d.bucket
+        HAVING (sum(d.listings), sum(d.price_sum), sum(d.scored), sum(d.score_sum), sum(d.unsold), sum(d.leads),
+                sum(d.converted), sum(d.costed), sum(d.profit_sum), sum(d.led), sum(d.lead_seconds),
+                sum(d.buyer_buckets), sum(d.buyer_links), sum(d.long_listed), sum(d.long_sold))
+               <> (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    );
+    truth := truth || ARRAY(
+        SELECT ROW(86400, lo, sum(t.listings), sum(t.price_sum), sum(t.scored), sum(t.score_sum), sum(t.unsold),
+                   sum(t.leads), sum(t.converted), sum(t.costed), sum(t.profit_sum), sum(t.led), sum(t.lead_seconds),
+                   sum(t.buyer_buckets), sum(t.buyer_links), sum(t.long_listed), sum(t.long_sold))::kpi_sums
+        FROM unnest(truth) t
+        HAVING count(*) > 0
+    );
+    diffs := (
+        SELECT count(DISTINCT (x.grain, x.bucket))
+        FROM (
+            (SELECT * FROM unnest(truth)
+             EXCEPT ALL
+             SELECT * FROM kpi_sums WHERE grain IN (900, 86400) AND bucket BETWEEN lo AND last)
+            UNION ALL
+            (SELECT * FROM kpi_sums WHERE grain IN (900, 86400) AND bucket BETWEEN lo AND last
+             EXCEPT ALL
+             SELECT * FROM unnest(truth))
+        ) x
+    );
+    IF diffs > 0 THEN
+        DELETE FROM kpi_sums WHERE grain IN (900, 86400) AND bucket BETWEEN lo AND last;
+        INSERT INTO kpi_sums SELECT * FROM unnest(truth);
+    END IF;
+    RETURN parts || jsonb_build_object('kpi_sums', diffs);
+END
+$fn$;
+
+-- The next slice of the audit, once `every` has passed since the last and the log is empty in
+-- this snapshot (all of it applied by this transaction): what it parts (jsonb), or NULL.
+CREATE OR REPLACE FUNCTION kpi_audit(every interval) RETURNS jsonb
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    state kpi_audit_state := (SELECT a FROM kpi_audit_state a);
+    lo timestamptz;
+    parts jsonb;
+    diffs bigint;
+BEGIN
+    IF every IS NULL OR clock_timestamp() < state.next_at OR EXISTS (SELECT FROM kpi_changes)
+       OR NOT EXISTS (SELECT FROM kpi_summary_state) THEN
+        RETURN NULL;
+    END IF;
+    lo := kpi_audit_next(state.slice);
+    IF lo IS NULL THEN
+        UPDATE kpi_audit_state SET slice = NULL, next_at = clock_timestamp() + every, pass_started = NULL,
+                                   pass_repairs = 0, last_pass_at = clock_timestamp(), last_repairs = pass_repairs;
+        RETURN jsonb_build_object('pass_ended', true, 'repairs', state.pass_repairs);
+    END IF;
+    parts := kpi_audit_slice(lo, CASE WHEN isfinite(lo) THEN lo + interval '24 hours' - interval '1 microsecond'
+                                      ELSE lo END,
+                             (SELECT s.aged_days FROM kpi_summary_state s));
+    diffs := (SELECT sum(value::bigint) FROM jsonb_each_text(parts));
+    UPDATE kpi_audit_state SET slice = CASE WHEN isfinite(lo) THEN lo + interval '24 hours' - interval '1 microsecond'
+                                            ELSE lo END,
+                               next_at = clock_timestamp() + every, pass_started = coalesce(pass_started, clock_timestamp()),
+                               pass_repairs = pass_repairs + diffs, repairs = repairs + diffs;
+    RETURN jsonb_build_object('slice', lo, 'found', parts, 'repairs', diffs);
+END
+$fn$;
+
+-- The audit's next slice in the applier's transaction, when due: every kpi.audit_seconds (the
+-- service's KPI_AUDIT_INTERVAL_S; unset, never). What it parts is left in kpi.audited for the
+-- service to count and log; a repair announces a change of every window. Whether it ran.
+CREATE OR REPLACE FUNCTION kpi_audit_due() RETURNS boolean
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    parts jsonb := kpi_audit(nullif(current_setting('kpi.audit_seconds', true), '')::double precision
+                             * interval '1 second');
+BEGIN
+    IF parts IS NULL THEN
+        RETURN false;
+    END IF;
+    PERFORM set_config('kpi.audited', parts::text, true);
+    IF parts ? 'slice' AND (parts->>'repairs')::bigint > 0 THEN
+        PERFORM set_config('kpi.changed', '{"all": true}', true);
+    END IF;
+    RETURN true;
+END
+$fn$;
+
 -- The applier's lock: one applier, or rebuild, at a time across all instances. The applier
 -- and the rebuild take it for their transaction, without waiting (false: another session has
 -- it). Whoever must wait for it takes it for the session first, outside the transaction
@@ -601,6 +845,48 @@ LANGUAGE sql AS $fn$
     UPDATE kpi_summary_state SET aged_days = kpi_count_long.aged_days;
 $fn$;
 
+-- What kpi_sums holds for the instants from lo to last (both included) as a rebuild makes it,
+-- as kpi_add deltas: from the sales tables (listings, leads) and the service's copies of what
+-- depends on other rows (purchases' facts, conversions, buyers' buckets and links, sales). The
+-- rebuild takes all instants, the audit a day at a time.
+CREATE OR REPLACE FUNCTION kpi_slice_sums(lo timestamptz, last timestamptz, aged_days integer) RETURNS kpi_sums[]
+LANGUAGE sql STABLE AS $fn$
+    SELECT ARRAY(
+        SELECT ROW(0, bucket, n, price, scored, score, unsold, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
+        FROM (
+            SELECT date_bin('15 minutes', listed_at, timestamptz 'epoch') AS bucket, count(*) AS n,
+                   sum(price) AS price, count(score) AS scored, coalesce(sum(score), 0) AS score,
+                   count(*) FILTER (WHERE status <> 'withdrawn' AND sold_at IS NULL) AS unsold
+            FROM listings WHERE listed_at BETWEEN lo AND last GROUP BY 1
+        ) AS l
+        UNION ALL
+        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, n, 0, 0, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
+        FROM (SELECT date_bin('15 minutes', created_at, timestamptz 'epoch') AS bucket, count(*) AS n
+              FROM leads WHERE created_at BETWEEN lo AND last GROUP BY 1) AS d
+        UNION ALL
+        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, 0, n, 0, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
+        FROM (SELECT bucket, count(*) AS n FROM kpi_conversions WHERE bucket BETWEEN lo AND last GROUP BY 1) AS c
+        UNION ALL
+        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, 0, 0, costed, profit, led, seconds, 0, 0, 0, 0)::kpi_sums
+        FROM (SELECT bucket, sum(costed) AS costed, sum(profit) AS profit, sum(led) AS led,
+                     sum(lead_seconds) AS seconds
+              FROM kpi_purchase_facts WHERE bucket BETWEEN lo AND last GROUP BY 1) AS p
+        UNION ALL
+        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, n, 0, 0, 0)::kpi_sums
+        FROM (SELECT bucket, count(*) AS n FROM kpi_buyer_buckets WHERE bucket BETWEEN lo AND last GROUP BY 1) AS b
+        UNION ALL
+        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, n, 0, 0)::kpi_sums
+        FROM (SELECT prev_bucket AS bucket, count(*) AS n FROM kpi_buyer_buckets
+              WHERE prev_bucket BETWEEN lo AND last GROUP BY 1) AS k
+        UNION ALL
+        SELECT x FROM kpi_sales s CROSS JOIN LATERAL kpi_long_sale(s.listed_at, s.sold_at, aged_days, s.n) x
+        WHERE s.listed_at BETWEEN lo AND last AND x.long_listed <> 0
+        UNION ALL
+        SELECT x FROM kpi_sales s CROSS JOIN LATERAL kpi_long_sale(s.listed_at, s.sold_at, aged_days, s.n) x
+        WHERE s.sold_at - interval '1 microsecond' BETWEEN lo AND last AND x.long_sold <> 0
+    )
+$fn$;
+
 -- Everything again from the sales tables (init-db, a TRUNCATE of a sales table, a repair), for
 -- the aged_days recorded (60 if none is: init-db records KPI_AGED_DAYS).
 CREATE OR REPLACE FUNCTION kpi_rebuild() RETURNS void
@@ -643,34 +929,7 @@ BEGIN
     INSERT INTO kpi_conversions
     SELECT * FROM kpi_current_conversions(ARRAY(SELECT lead_id FROM purchases WHERE lead_id IS NOT NULL));
     RAISE NOTICE 'kpi-service: building the summaries: the sums by bucket';
-    PERFORM kpi_add(ARRAY(
-        SELECT ROW(0, bucket, n, price, scored, score, unsold, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
-        FROM (
-            SELECT date_bin('15 minutes', listed_at, timestamptz 'epoch') AS bucket, count(*) AS n,
-                   sum(price) AS price, count(score) AS scored, coalesce(sum(score), 0) AS score,
-                   count(*) FILTER (WHERE status <> 'withdrawn' AND sold_at IS NULL) AS unsold
-            FROM listings GROUP BY 1
-        ) AS l
-        UNION ALL
-        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, n, 0, 0, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
-        FROM (SELECT date_bin('15 minutes', created_at, timestamptz 'epoch') AS bucket, count(*) AS n
-              FROM leads GROUP BY 1) AS d
-        UNION ALL
-        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, 0, n, 0, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
-        FROM (SELECT bucket, count(*) AS n FROM kpi_conversions GROUP BY 1) AS c
-        UNION ALL
-        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, 0, 0, costed, profit, led, seconds, 0, 0, 0, 0)::kpi_sums
-        FROM (SELECT bucket, sum(costed) AS costed, sum(profit) AS profit, sum(led) AS led,
-                     sum(lead_seconds) AS seconds
-              FROM kpi_purchase_facts GROUP BY 1) AS p
-        UNION ALL
-        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, n, 0, 0, 0)::kpi_sums
-        FROM (SELECT bucket, count(*) AS n FROM kpi_buyer_buckets GROUP BY 1) AS b
-        UNION ALL
-        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, n, 0, 0)::kpi_sums
-        FROM (SELECT prev_bucket AS bucket, count(*) AS n FROM kpi_buyer_buckets
-              WHERE prev_bucket IS NOT NULL GROUP BY 1) AS k
-    ) || kpi_long_sales(aged_days));
+    PERFORM kpi_add(kpi_slice_sums('-infinity', 'infinity', aged_days));
 END
 $fn$;
 
@@ -784,6 +1043,9 @@ BEGIN
         RETURN cardinality(changes);
     END IF;
     IF cardinality(changes) = 0 THEN
+        IF kpi_audit_due() THEN
+            PERFORM kpi_applier_rests(started, busy_share);
+        END IF;
         RETURN 0;
     END IF;
     IF EXISTS (SELECT FROM unnest(changes) c WHERE c.tbl = 't') THEN
@@ -907,6 +1169,9 @@ BEGIN
                max(date_bin('15 minutes', d.bucket, timestamptz 'epoch')) + interval '15 minutes' - interval '1 microsecond' AS last
         FROM unnest(deltas || buyer_deltas) d
     ) r;
+    IF cardinality(changes) < max_rows THEN
+        PERFORM kpi_audit_due();  -- the log was empty at this snapshot: all of it is applied now
+    END IF;
     PERFORM kpi_applier_rests(started, busy_share);
     RETURN cardinality(changes);
 END
