@@ -181,3 +181,34 @@ def test_init_db_does_not_downgrade(empty_database: str) -> None:
         conn.execute("UPDATE kpi_schema SET version = %s", [SCHEMA_VERSION + 1])
     with pytest.raises(SchemaMismatch, match="newer than this"):
         apply_schema(empty_database)
+
+
+def test_an_upgrade_with_a_backlog_keeps_the_sold_listings(empty_database: str) -> None:
+    """Issue 33, item 8: the previous release's applier looked a listing up ahead of its log (its
+    kpi_sales row is the listing as it is), and its log still holds the images of the last sale
+    moved; the upgrade must not count them again."""
+    install_previous_release(empty_database)
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        conn.execute("INSERT INTO listings (id, price, status, listed_at, sold_at) VALUES"
+                     " (1, 100, 'sold', '2025-01-01T00:00Z', '2025-03-01T00:00Z')")  # fmt: skip
+        with applier_lock(conn):
+            in_one_snapshot(conn, "SELECT kpi_apply_changes()")
+        conn.execute("UPDATE listings SET sold_at = '2025-05-01T00:00Z' WHERE id = 1")
+        conn.execute("UPDATE listings SET sold_at = '2025-08-01T00:00Z' WHERE id = 1")
+        with applier_lock(conn):  # the old applier takes the first move's rows, and looks the listing up
+            in_one_snapshot(conn, "SELECT kpi_apply_changes(2)")
+        assert conn.execute("SELECT count(*) FROM kpi_changes").fetchone() == (2,)
+    apply_schema(empty_database)
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        with applier_lock(conn):
+            in_one_snapshot(conn, "SELECT kpi_apply_changes()")
+        assert conn.execute("SELECT listing_id, sold_at, n FROM kpi_sales").fetchall() == [
+            (1, datetime(2025, 8, 1, tzinfo=UTC), 1)
+        ]
+    # aged_inventory on 2025-07-15 (listed more than 60 days before, sold after it): 1.
+    as_of = datetime(2025, 7, 15, tzinfo=UTC)
+    window = [(None, as_of, as_of)]
+    with psycopg.connect(empty_database, row_factory=dict_row) as conn:
+        summed = kpi_statement_rows(conn, "summaries", window, 60)
+        assert summed == kpi_statement_rows(conn, "raw", window, 60)
+    assert summed[0]["aged_inventory"] == 1

@@ -139,6 +139,20 @@ BEGIN
         ALTER TABLE kpi_sales ALTER COLUMN n DROP DEFAULT;
         ALTER TABLE kpi_sales DROP CONSTRAINT kpi_sales_pkey, ADD PRIMARY KEY (listing_id, listed_at, sold_at);
         DROP INDEX IF EXISTS kpi_sales_sold_at_idx, kpi_sales_listed_at_idx;  -- made again below, with n
+        -- Those versions' applier looked each listing up, ahead of its log: their rows are the
+        -- listings as they are, and the images still in the log would count again. So, in one
+        -- snapshot: the sold listings now, less what the log will add (the log's rows are still
+        -- those versions' typed images here).
+        DELETE FROM kpi_sales;
+        INSERT INTO kpi_sales
+        SELECT e.id, e.at, e.sold_at, sum(e.n)
+        FROM (
+            SELECT id, listed_at, sold_at, 1 FROM listings WHERE status <> 'withdrawn' AND sold_at IS NOT NULL
+            UNION ALL
+            SELECT id, at, sold_at, -sign FROM kpi_changes WHERE tbl = 'l' AND sold_at IS NOT NULL AND NOT withdrawn
+        ) AS e (id, at, sold_at, n)
+        GROUP BY 1, 2, 3
+        HAVING sum(e.n) <> 0;
     END IF;
 END
 $$;
