@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import psycopg
 
-from kpi_service.db.sql import applier_lock
+from kpi_service.db.sql import in_applier_turn
 
 
 @dataclass
@@ -75,8 +75,7 @@ def catch_up(conn: psycopg.Connection) -> None:
     committed change (waiting for an applier that holds the lock, then applying what it left).
     Nothing to do in a database without the summaries."""
     if conn.execute("SELECT to_regprocedure('kpi_apply_changes(integer, double precision)')").fetchone()[0]:
-        with applier_lock(conn):
-            retrying_deadlocks(conn, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", "SELECT kpi_apply_changes()")
+        in_applier_turn(conn, "SELECT kpi_apply_changes()")
 
 
 def retrying_deadlocks(conn: psycopg.Connection, *statements: str) -> None:

@@ -23,7 +23,7 @@ from kpi_service.config import Settings
 from kpi_service.db.connections import Database
 from kpi_service.db.replica import Positions, Replica
 from kpi_service.db.schema import apply_schema
-from kpi_service.db.sql import APPLIER_LOCK, APPLY, CHANGED, MODE, WAL_POSITION
+from kpi_service.db.sql import APPLY, CHANGED, MODE, SALES_TABLES, WAL_POSITION
 from tests.helpers import SECRET, RedisServer, make_settings, token, two_listings, wait_until
 from tests.servers import Load, PostgresServer, fetch, gunicorn, replicated, summary
 from tests.sse import Sse, serving
@@ -45,7 +45,7 @@ def server_side(statement: str) -> str:
     return "".join(part + (f"${n}" if n < len(parts) else "") for n, part in enumerate(parts, 1))
 
 
-MAINTENANCE = {server_side(s) for s in (*APPLY, CHANGED, APPLIER_LOCK, MODE, WAL_POSITION)}
+MAINTENANCE = {server_side(s) for s in (*APPLY, CHANGED, MODE, SALES_TABLES, WAL_POSITION)}
 MAINTENANCE |= {"", "BEGIN", "COMMIT", "ROLLBACK"}
 KPI_STATEMENT = "FROM unnest("  # sql/runtime/kpi.sql, kpi_windows
 AGING_STATEMENT = "min(listed_at) + make_interval"  # sql/runtime/kpi.sql, next_aging

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -17,12 +18,14 @@ import pytest
 from flask import Flask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from kpi_service.app import create_app
 from kpi_service.config import Settings
 from kpi_service.db.applier import MIN_BATCH, paced_batch
 from kpi_service.db.connections import Database
-from kpi_service.db.sql import APPLY_BATCH, applier_lock, in_one_snapshot
+from kpi_service.db.sql import APPLY_BATCH, in_applier_turn, in_one_snapshot
 from kpi_service.serving.windows import Window
 from tests.dataset import Dataset, Lead, Listing, Purchase, catch_up
 from tests.helpers import apply_change, computed, expected, make_settings, wait_until
@@ -150,12 +153,8 @@ def test_one_applier_at_a_time(database_url: str, conn: psycopg.Connection) -> N
             result: list[int | None] = []
             waiter = threading.Thread(target=lambda: result.append(second.apply_changes(wait=True)))
             waiter.start()
-            wait_until(
-                lambda: (
-                    conn.execute("SELECT FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").fetchone()
-                    is not None
-                )
-            )
+            waiter.join(timeout=0.5)
+            assert waiter.is_alive()  # trying again, not given up
             first.execute("COMMIT")
             waiter.join(timeout=10)
         assert result == [2]  # the UPDATE's old and new rows, left by the first
@@ -164,6 +163,27 @@ def test_one_applier_at_a_time(database_url: str, conn: psycopg.Connection) -> N
     applied, rebuilt = applied_and_rebuilt(conn)
     assert applied == rebuilt
     assert conn.execute("SELECT price_sum FROM kpi_sums WHERE grain = 900").fetchone() == (Decimal("140.00"),)
+
+
+def test_no_stranger_can_take_the_appliers_turn(database_url: str, conn: psycopg.Connection) -> None:
+    """Issue 33, item 10: the lock is a row of the summaries' owner, not an advisory lock that any
+    login can take (the one earlier versions used, taken here by a stranger and kept)."""
+    stranger = f"kpi_test_stranger_{uuid.uuid4().hex[:8]}"
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(stranger)))
+    try:
+        with psycopg.connect(make_conninfo(database_url, user=stranger), autocommit=True) as other:
+            other.execute("SELECT pg_advisory_lock(4946157313062342)")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege), other.transaction():
+                other.execute("SELECT FROM kpi_applier_rest FOR UPDATE")
+            conn.execute("INSERT INTO listings (price, status, listed_at) VALUES (1, 'active', now())")
+            db = Database(make_settings(database_url))
+            try:
+                assert db.apply_changes(wait=True) == 1
+            finally:
+                db.close()
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(stranger)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(stranger)))
 
 
 def test_the_applier_rests_while_the_application_works(database_url: str, conn: psycopg.Connection) -> None:
@@ -321,8 +341,7 @@ def test_windows_off_the_grid_read_the_raw_rows_and_agree(
 
 def build_for(conn: psycopg.Connection, aged_days: int) -> None:
     """What init-db does with KPI_AGED_DAYS = aged_days (kpi_build)."""
-    with applier_lock(conn):
-        in_one_snapshot(conn, "SELECT kpi_build(%s)", [aged_days])
+    in_applier_turn(conn, "SELECT true FROM kpi_build(%s)", [aged_days])
 
 
 def test_a_daily_history_counts_aged_inventory_exactly_at_its_edges(

@@ -22,7 +22,7 @@ from kpi_service.cli.seed import seed
 from kpi_service.db.connections import Database
 from kpi_service.db.errors import SchemaMismatch
 from kpi_service.db.schema import SCHEMA_VERSION, apply_schema, service_version
-from kpi_service.db.sql import applier_lock, in_one_snapshot, kpi_statement_rows, windows_rows
+from kpi_service.db.sql import in_applier_turn, kpi_statement_rows, windows_rows
 from tests.helpers import make_settings
 
 RELEASE = Path(__file__).parent / "fixtures" / "release_9a1bd6c"
@@ -54,8 +54,7 @@ def install_previous_release(url: str) -> None:
         for line in (RELEASE / "indexes.sql").read_text().splitlines():
             if line.startswith(("CREATE INDEX", "DROP INDEX")):
                 conn.execute(line)
-        with applier_lock(conn):
-            in_one_snapshot(conn, "SELECT kpi_build()")
+        in_applier_turn(conn, "SELECT true FROM kpi_build()")
         conn.execute((RELEASE / "roles.sql").read_text())
 
 
@@ -90,8 +89,7 @@ def test_init_db_upgrades_the_previous_release_in_place(empty_database: str, ser
     with psycopg.connect(empty_database, autocommit=True) as conn:
         conn.execute(sql.SQL("GRANT kpi_reader TO {}").format(sql.Identifier(conninfo_user(service_login))))
         # Applied, then changes the summaries have not taken in yet.
-        with applier_lock(conn):
-            in_one_snapshot(conn, "SELECT kpi_apply_changes()")
+        in_applier_turn(conn, "SELECT kpi_apply_changes()")
         conn.execute("UPDATE listings SET price = price + 10 WHERE id % 7 = 0")
         conn.execute("DELETE FROM purchases WHERE id % 11 = 0")
         conn.execute("UPDATE leads SET created_at = created_at - interval '3 days' WHERE id % 13 = 0")
@@ -191,17 +189,15 @@ def test_an_upgrade_with_a_backlog_keeps_the_sold_listings(empty_database: str) 
     with psycopg.connect(empty_database, autocommit=True) as conn:
         conn.execute("INSERT INTO listings (id, price, status, listed_at, sold_at) VALUES"
                      " (1, 100, 'sold', '2025-01-01T00:00Z', '2025-03-01T00:00Z')")  # fmt: skip
-        with applier_lock(conn):
-            in_one_snapshot(conn, "SELECT kpi_apply_changes()")
+        in_applier_turn(conn, "SELECT kpi_apply_changes()")
         conn.execute("UPDATE listings SET sold_at = '2025-05-01T00:00Z' WHERE id = 1")
         conn.execute("UPDATE listings SET sold_at = '2025-08-01T00:00Z' WHERE id = 1")
-        with applier_lock(conn):  # the old applier takes the first move's rows, and looks the listing up
-            in_one_snapshot(conn, "SELECT kpi_apply_changes(2)")
+        # The old applier takes the first move's rows, and looks the listing up.
+        in_applier_turn(conn, "SELECT kpi_apply_changes(2)")
         assert conn.execute("SELECT count(*) FROM kpi_changes").fetchone() == (2,)
     apply_schema(empty_database)
     with psycopg.connect(empty_database, autocommit=True) as conn:
-        with applier_lock(conn):
-            in_one_snapshot(conn, "SELECT kpi_apply_changes()")
+        in_applier_turn(conn, "SELECT kpi_apply_changes()")
         assert conn.execute("SELECT listing_id, sold_at, n FROM kpi_sales").fetchall() == [
             (1, datetime(2025, 8, 1, tzinfo=UTC), 1)
         ]

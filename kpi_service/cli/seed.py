@@ -12,7 +12,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from kpi_service.db.schema import SERVICE_TABLES
-from kpi_service.db.sql import APPLIER_LOCK, sql_text
+from kpi_service.db.sql import sql_text, waiting_for_the_applier
 
 TABLES = ("buyers", "listings", "leads", "purchases")
 
@@ -66,13 +66,14 @@ def seed(
     started = time.perf_counter()
     with psycopg.connect(conninfo) as conn:
         summaries = conn.execute("SELECT to_regprocedure('kpi_rebuild()') IS NOT NULL").fetchone()[0]
-        if summaries:
-            # Held until the connection closes, taken before the snapshot below: no applier
-            # runs between the load and the summaries' rebuild at its end.
-            conn.execute(APPLIER_LOCK, [True])
         conn.commit()
-        # One snapshot, so that the rebuild takes exactly the change log of the rows it reads.
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        # One snapshot, so that the rebuild takes exactly the change log of the rows it reads,
+        # holding the applier's lock from its start: no applier runs between the load and the
+        # summaries' rebuild at its end.
+        if summaries:
+            waiting_for_the_applier(lambda: _applier_turn(conn))
+        else:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         # UTC: day and year arithmetic on timestamptz follows the session zone, and the rows
         # must not depend on it. Losing the last commits of a crash costs nothing here.
         conn.execute("SET LOCAL TimeZone TO 'UTC'")
@@ -134,3 +135,13 @@ def _skip_row_triggers(conn: psycopg.Connection) -> bool:
     except psycopg.errors.InsufficientPrivilege:
         return False
     return True
+
+
+def _applier_turn(conn: psycopg.Connection) -> bool | None:
+    """A REPEATABLE READ transaction begun, holding the applier's lock; None (rolled back) while
+    another holds it (sql/schema/summary.sql, kpi_applier_lock)."""
+    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    if conn.execute("SELECT kpi_applier_lock()").fetchone()[0]:
+        return True
+    conn.rollback()
+    return None

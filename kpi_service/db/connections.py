@@ -39,9 +39,9 @@ from kpi_service.db.sql import (
     PENDING,
     SALES_TABLES,
     WAL_POSITION,
-    applier_lock,
     kpi_statement_rows,
     queries,
+    waiting_for_the_applier,
 )
 from kpi_service.ops import metrics
 
@@ -272,12 +272,18 @@ class Database:
         changed = audited = position = None
         # Quiet: the applier runs every half second, and logs an outage once itself.
         with self.connection("apply", quiet=True) as conn:
-            with applier_lock(conn) if wait else contextlib.nullcontext(), conn.transaction():
-                for statement in APPLY[:2]:
-                    conn.execute(statement)
-                taken = conn.execute(APPLY[2], [max_rows, busy_share]).fetchone()["taken"]
-                if taken is not None:
-                    changed, audited = conn.execute(CHANGED).fetchone().values()
+
+            def attempt() -> int | None:
+                nonlocal changed, audited
+                with conn.transaction():
+                    for statement in APPLY[:2]:
+                        conn.execute(statement)
+                    taken = conn.execute(APPLY[2], [max_rows, busy_share]).fetchone()["taken"]
+                    if taken is not None:
+                        changed, audited = conn.execute(CHANGED).fetchone().values()
+                return taken
+
+            taken = waiting_for_the_applier(attempt) if wait else attempt()
             if changed and self.replica is not None:
                 # After the commit: a replica that has replayed this far has the batch.
                 position = conn.execute(WAL_POSITION).fetchone()["position"]

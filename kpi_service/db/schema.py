@@ -9,7 +9,7 @@ from importlib import metadata
 import psycopg
 
 from kpi_service.db.errors import SchemaMismatch
-from kpi_service.db.sql import applier_lock, in_one_snapshot, sql_text
+from kpi_service.db.sql import in_applier_turn, sql_text
 
 # The version of what sql/schema/ installs, recorded in the database's kpi_schema row. Raised
 # with every release that changes those objects; version 1 is the releases before the row existed.
@@ -104,8 +104,7 @@ def apply_schema(
             step("waiting for a running applier")
             # Waiting for a running applier (an upgrade beside live instances) before the
             # build's snapshot is taken.
-            with applier_lock(conn):
-                in_one_snapshot(conn, "SELECT kpi_build(%s)", [aged_days])
+            in_applier_turn(conn, "SELECT true FROM kpi_build(%s)", [aged_days])
             step("vacuuming and analyzing the summaries")
             conn.execute(f"VACUUM (ANALYZE) {SERVICE_TABLES}")
         step("analyzing the sales tables")

@@ -4,14 +4,17 @@ statements of the pool's maintenance."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosql
 import psycopg
+from psycopg.rows import tuple_row
+
+from kpi_service.db.errors import LockNotGranted
 
 
 def sql_text(name: str) -> str:
@@ -32,7 +35,6 @@ APPLY = (
 # What the batch changed (sql/schema/summary.sql leaves it in a setting of its transaction).
 # And what the audit found, when it ran in the applier's transaction (kpi.audit_seconds set).
 CHANGED = "SELECT current_setting('kpi.changed', true) AS changed, current_setting('kpi.audited', true) AS audited"
-APPLIER_LOCK = "SELECT kpi_applier_session_lock(%s)"
 # The mode, "summaries" or "raw" (sql/schema/schema.sql, kpi_source(): the name /readyz shows
 # it under; meta.source is another thing, which database answered), and the version of the schema
 # (kpi_schema: no row, or no table before schema version 2).
@@ -49,6 +51,9 @@ AUDIT_STATE = "SELECT last_pass_at, last_repairs, repairs FROM kpi_audit_state"
 WAL_POSITION = "SELECT (pg_current_wal_lsn() - '0/0')::bigint AS position"
 REPLAY_POSITION = "SELECT (pg_last_wal_replay_lsn() - '0/0')::bigint AS position"
 APPLY_BATCH = 50_000
+# How long a caller that must apply or build waits for a running applier's turn to end.
+APPLIER_WAIT_S = 60.0
+T = TypeVar("T")
 
 
 def kpi_statement_rows(
@@ -81,18 +86,37 @@ def windows_rows(
     )
 
 
-@contextlib.contextmanager
-def applier_lock(conn: psycopg.Connection) -> Iterator[None]:
-    """The summaries' applier lock, held by this session for the block: whoever applies, builds
-    or rebuilds inside waits here for a running applier, before its snapshot is taken, so that
-    it never works from a snapshot older than that applier's commit."""
-    conn.execute(APPLIER_LOCK, [True])
-    conn.commit()  # the snapshot comes later, in a transaction of its own (a no-op in autocommit)
-    try:
-        yield
-    finally:
-        conn.execute(APPLIER_LOCK, [False])
-        conn.commit()
+def waiting_for_the_applier(attempt: Callable[[], T | None], timeout: float = APPLIER_WAIT_S) -> T:
+    """attempt() (a transaction that takes the summaries' applier lock) again until it gets its
+    turn, that is, answers other than None; each try is a new transaction, with a snapshot taken
+    after the holder's commit (sql/schema/summary.sql, kpi_applier_lock). LockNotGranted after
+    `timeout` seconds of tries."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while (value := attempt()) is None:
+        if time.monotonic() > deadline:
+            raise LockNotGranted(f"another applier held the summaries' lock for {timeout:.0f} s")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+    return value
+
+
+def in_applier_turn(conn: psycopg.Connection, statement: str, params: Sequence[Any] = ()) -> Any:
+    """The statement (kpi_apply_changes, kpi_build) in a REPEATABLE READ transaction of its own
+    that holds the applier lock, waiting for its turn (kpi_apply_changes answers NULL while another
+    has it, kpi_build raises lock_not_available; a deadlock is tried again as well): the first
+    column of its row."""
+
+    def attempt() -> Any:
+        try:
+            with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
+                cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                return cur.execute(statement, params).fetchone()[0]
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+            # (A deadlock: with a reader of the tables the rebuild locks, which goes on.)
+            return None
+
+    return waiting_for_the_applier(attempt)
 
 
 def in_one_snapshot(conn: psycopg.Connection, statement: str, params: Sequence[Any] = ()) -> None:

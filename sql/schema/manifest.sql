@@ -91,7 +91,6 @@ FROM (VALUES
     ('function', 'kpi_sync_facts(bigint[], bigint[])', 'owner', NULL),
     ('function', 'kpi_sync_buyers(kpi_buyer_buckets[])', 'owner', NULL),
     ('function', 'kpi_applier_lock()', 'owner', NULL),
-    ('function', 'kpi_applier_session_lock(boolean)', 'reader', NULL),
     ('function', 'kpi_require_one_snapshot()', 'owner', NULL),
     ('function', 'kpi_long_sale(timestamptz, timestamptz, integer, bigint)', 'owner', NULL),
     ('function', 'kpi_long_sales(integer)', 'owner', NULL),

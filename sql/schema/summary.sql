@@ -791,20 +791,28 @@ BEGIN
 END
 $fn$;
 
--- The applier's lock: one applier, or rebuild, at a time across all instances. The applier
--- and the rebuild take it for their transaction, without waiting (false: another session has
--- it). Whoever must wait for it takes it for the session first, outside the transaction
--- (kpi_applier_session_lock(true), then false to let it go): a REPEATABLE READ transaction
--- that waited inside would apply with a snapshot from before the other applier's commit.
+-- The applier's lock: one applier, build or rebuild at a time across all instances, held by
+-- its transaction: the row of kpi_applier_rest (below), locked and written. Not an advisory lock,
+-- which any login may take and keep: nobody but the summaries' owner may lock this row. It is
+-- taken without waiting (false: another transaction has it, or one that committed after this
+-- transaction's snapshot wrote it: working from a snapshot without that one's work would add
+-- it twice). Whoever must wait tries again in a new transaction (kpi_service/db/sql.py,
+-- in_applier_turn); kpi_build and kpi_rebuild raise lock_not_available for it.
+CREATE TABLE IF NOT EXISTS kpi_applier_rest (until timestamptz NOT NULL);
+INSERT INTO kpi_applier_rest SELECT '-infinity' WHERE NOT EXISTS (SELECT FROM kpi_applier_rest);
+DROP FUNCTION IF EXISTS kpi_applier_session_lock(boolean);
 CREATE OR REPLACE FUNCTION kpi_applier_lock() RETURNS boolean
-LANGUAGE sql AS $fn$
-    SELECT pg_try_advisory_xact_lock(4946157313062342)
-$fn$;
-
-CREATE OR REPLACE FUNCTION kpi_applier_session_lock(take boolean) RETURNS boolean
-LANGUAGE sql AS $fn$
-    SELECT CASE WHEN take THEN pg_advisory_lock(4946157313062342) IS NOT NULL
-                ELSE pg_advisory_unlock(4946157313062342) END
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    PERFORM FROM kpi_applier_rest FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    UPDATE kpi_applier_rest SET until = until;
+    RETURN true;
+EXCEPTION WHEN serialization_failure THEN
+    RETURN false;
+END
 $fn$;
 
 -- The applier's differences from the log's images are right only if what it reads from the
@@ -915,7 +923,8 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 BEGIN
     PERFORM kpi_require_one_snapshot();
     IF NOT kpi_applier_lock() THEN
-        RAISE EXCEPTION 'an applier is running' USING HINT = 'SELECT kpi_applier_session_lock(true) first';
+        RAISE EXCEPTION 'an applier is running' USING ERRCODE = 'lock_not_available',
+            HINT = 'Try again in a new transaction.';
     END IF;
     -- What the log holds is in this snapshot's rows: taken with them.
     DELETE FROM kpi_changes;
@@ -971,8 +980,6 @@ $fn$;
 -- applied at once, batch after batch. Whose sessions are at work is read
 -- from pg_stat_activity, as the summaries' owner: an owner who may not see other roles' sessions
 -- (neither superuser nor pg_read_all_stats) sees none at work, and the applier never rests.
-CREATE TABLE IF NOT EXISTS kpi_applier_rest (until timestamptz NOT NULL);
-INSERT INTO kpi_applier_rest SELECT '-infinity' WHERE NOT EXISTS (SELECT FROM kpi_applier_rest);
 
 -- Whether another session of the application (not of this service) is running a statement in
 -- this database now.
@@ -1305,6 +1312,11 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 DECLARE
     built kpi_summary_state := (SELECT s FROM kpi_summary_state s);
 BEGIN
+    PERFORM kpi_require_one_snapshot();
+    IF NOT kpi_applier_lock() THEN
+        RAISE EXCEPTION 'an applier is running' USING ERRCODE = 'lock_not_available',
+            HINT = 'Try again in a new transaction.';
+    END IF;
     IF built IS NULL THEN
         PERFORM kpi_rebuild(aged_days);
         RETURN;
