@@ -7,6 +7,7 @@ from collections.abc import Callable
 from importlib import metadata
 
 import psycopg
+from psycopg import sql
 
 from kpi_service.db.errors import SchemaMismatch
 from kpi_service.db.sql import applier_lock, in_one_snapshot, sql_text
@@ -96,8 +97,7 @@ def apply_schema(
             if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'kpi_reader'").fetchone():
                 conn.execute(sql_text("ops/roles.sql"))
         step("indexes (built concurrently)")
-        for statement in _statements(sql_text("schema/indexes.sql")):
-            conn.execute(statement)
+        _build_indexes(conn)
         if summaries:
             step("waiting for a running applier")
             # Waiting for a running applier (an upgrade beside live instances) before the
@@ -109,6 +109,19 @@ def apply_schema(
         step("analyzing the sales tables")
         conn.execute("ANALYZE buyers, listings, leads, purchases")
         step("done")
+
+
+def _build_indexes(conn: psycopg.Connection) -> None:
+    """indexes.sql, after dropping any index of its names that a build left invalid: its IF NOT
+    EXISTS would keep that one, which every write maintains and no query reads."""
+    invalid = conn.execute(
+        "SELECT m.name FROM kpi_manifest m JOIN pg_index i ON i.indexrelid = to_regclass(m.name)"
+        " WHERE m.kind = 'index' AND NOT i.indisvalid"
+    ).fetchall()
+    for (name,) in invalid:
+        conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(name)))
+    for statement in _statements(sql_text("schema/indexes.sql")):
+        conn.execute(statement)
 
 
 def _refuse_downgrade(conn: psycopg.Connection) -> None:

@@ -80,7 +80,9 @@ def manifest_query() -> str:
 def plan(conn: psycopg.Connection) -> Plan:
     found = Plan()
     rows = conn.execute(
-        f"SELECT kind, name, on_table FROM ({manifest_query()}) AS m WHERE installed"  # noqa: S608 - the package's own text
+        # (An index a build left invalid is not installed, but is there to drop.)
+        f"SELECT kind, name, on_table FROM ({manifest_query()}) AS m"  # noqa: S608 - the package's own text
+        " WHERE installed OR (kind = 'index' AND to_regclass(name) IS NOT NULL)"
     ).fetchall()
     for kind, name, on_table in rows:
         if kind == "trigger":
