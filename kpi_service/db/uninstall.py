@@ -1,10 +1,8 @@
 """`kpi-service uninstall`: every object the service installed (sql/schema/manifest.sql) dropped
 from the application's database, and the service's roles where it can prove it made them.
 
-Safe on a live database. Each step that needs a lock the application's writes also take runs with
-a short lock_timeout and is retried until it gets the lock at a quiet moment: while a DDL statement
-waits for its lock, every write queued behind it waits too, so the wait is cut at LOCK_TIMEOUT_MS
-instead of lasting as long as the application's longest transaction.
+Safe on a live database. Each step that needs a lock the application's writes also take gives
+way to them (db/giving_way.py):
 - the triggers first (the application's writes stop logging), a table's four in one short
   transaction (DROP TRIGGER locks the table ACCESS EXCLUSIVE);
 - then the service's own view, functions and tables, in one transaction (nothing of the
@@ -15,23 +13,15 @@ Each step is idempotent, so a removal stopped half-way is finished by running it
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import psycopg
 from psycopg import sql
 
-from kpi_service.db.errors import LockNotGranted
+from kpi_service.db.giving_way import giving_way, lock_timeout_ms
 from kpi_service.db.sql import sql_text
 
-T = TypeVar("T")
-
-LOCK_TIMEOUT_MS = 50
-# How long a step keeps retrying for its lock before giving up (nothing half-done: run it again).
-RETRY_FOR_S = 120.0
 # (role, the mark sql/ops/ put on it when it made it): dropped only with that mark. A member first.
 ROLES = (
     ("kpi", "kpi-service: made by sql/ops/service_login.sql"),
@@ -128,7 +118,7 @@ def _has_grants_here(conn: psycopg.Connection, role: str) -> bool:
 
 def remove(conn: psycopg.Connection, found: Plan, say: Callable[[str], None]) -> None:
     """Drop what `found` lists, on an autocommit connection (DROP INDEX CONCURRENTLY needs one)."""
-    conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{LOCK_TIMEOUT_MS}ms")))
+    conn.execute("SELECT set_config('lock_timeout', %s, false)", [f"{lock_timeout_ms(conn)}ms"])
     by_table: dict[str, list[str]] = {}
     for name, table in found.triggers:
         by_table.setdefault(table, []).append(name)
@@ -188,26 +178,10 @@ def _database(conn: psycopg.Connection) -> str:
 def _retried(
     conn: psycopg.Connection, statements: Iterable[sql.Composable], what: str, *, transaction: bool = True
 ) -> None:
-    """The statements (in one transaction unless told not), again after a short random pause
-    whenever one of them waited LOCK_TIMEOUT_MS for its lock."""
     statements = list(statements)
-    deadline = time.monotonic() + RETRY_FOR_S
-    pause = 0.01
-    while True:
-        try:
-            if transaction:
-                with conn.transaction():
-                    for statement in statements:
-                        conn.execute(statement)
-            else:
-                for statement in statements:
-                    conn.execute(statement)
-            return
-        except psycopg.errors.LockNotAvailable:
-            if time.monotonic() > deadline:
-                raise LockNotGranted(
-                    f"{what}: the application held a conflicting lock at every try for {RETRY_FOR_S:g} s;"
-                    " nothing half-done, run kpi-service uninstall again at a quieter time"
-                ) from None
-            time.sleep(pause * (0.5 + random.random()))
-            pause = min(pause * 2, 1.0)
+
+    def attempt() -> None:
+        for statement in statements:
+            conn.execute(statement)
+
+    giving_way(conn, attempt, what, command="kpi-service uninstall", transaction=transaction)
