@@ -41,6 +41,9 @@ class Plan:
     indexes: list[tuple[str, str]] = field(default_factory=list)  # (index, table) on the application's tables
     roles: list[str] = field(default_factory=list)  # made by the service: dropped
     kept_roles: list[str] = field(default_factory=list)  # found there before it: their grants here revoked
+    # Made by the service, but another database of the server still uses them (role -> those
+    # databases): their grants here revoked, the roles left to the last database to remove the service.
+    shared_roles: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -55,6 +58,10 @@ class Plan:
             *(f"index    {name} on {table}" for name, table in self.indexes),
             *(f"role     {name}" for name in self.roles),
             *(f"(role {name} stays: not made by kpi-service; its grants here are revoked)" for name in self.kept_roles),
+            *(
+                f"(role {name} stays: {_elsewhere(databases)}; its grants here are revoked)"
+                for name, databases in self.shared_roles.items()
+            ),
         ]
 
 
@@ -93,10 +100,40 @@ def plan(conn: psycopg.Connection) -> Plan:
         if row is None:
             continue
         if row[0] == mark:
-            found.roles.append(role)
+            if databases := _used_elsewhere(conn, role):
+                found.shared_roles[role] = databases
+            else:
+                found.roles.append(role)
         elif role == "kpi_reader" and _has_grants_here(conn, role):
             found.kept_roles.append(role)
     return found
+
+
+def _used_elsewhere(conn: psycopg.Connection, role: str) -> list[str]:
+    """The other databases of the server that grant the role, or a role it is a member of (the
+    login's kpi_reader), something or hold objects of it: pg_shdepend, the server's own record of
+    every database's dependencies on roles, read from any one database."""
+    rows = conn.execute(
+        """
+        SELECT DISTINCT d.datname
+        FROM pg_shdepend s
+        JOIN pg_database d
+          ON d.oid = CASE WHEN s.dbid = 0 AND s.classid = 'pg_database'::regclass THEN s.objid ELSE s.dbid END
+        WHERE s.refclassid = 'pg_authid'::regclass
+          AND s.refobjid IN (SELECT r.oid FROM pg_roles r WHERE r.rolname = %(role)s
+                             UNION
+                             SELECT m.roleid FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member
+                             WHERE r.rolname = %(role)s)
+          AND d.datname <> current_database()
+        ORDER BY 1
+        """,
+        {"role": role},
+    ).fetchall()
+    return [name for (name,) in rows]
+
+
+def _elsewhere(databases: list[str]) -> str:
+    return f"still used in database {', '.join(databases)} (roles belong to the whole server)"
 
 
 def _has_grants_here(conn: psycopg.Connection, role: str) -> bool:
@@ -142,8 +179,10 @@ def remove(conn: psycopg.Connection, found: Plan, say: Callable[[str], None]) ->
             transaction=False,
         )
         say(f"dropped index {name}")
-    for role in (*found.roles, *found.kept_roles):
+    for role in (*found.roles, *found.kept_roles, *found.shared_roles):
         _revoke_here(conn, role)
+    for role, databases in found.shared_roles.items():
+        say(f"kept role {role}: {_elsewhere(databases)}; its grants here are revoked")
     for role in found.roles:
         try:
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
