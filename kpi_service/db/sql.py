@@ -38,6 +38,9 @@ APPLIER_LOCK = "SELECT kpi_applier_session_lock(%s)"
 MODE = "SELECT kpi_source() AS mode, version, oldest_service FROM kpi_schema"
 LEGACY_MODE = "SELECT kpi_source() AS mode"
 PENDING = "SELECT kpi_pending_changes() AS pending"
+# Which database this is (serving/keys.py, scope_of): pg_control_system() is PUBLIC's to run by
+# default, and a physical standby has its primary's system identifier.
+IDENTITY = "SELECT system_identifier::text AS system_identifier, current_database() AS name FROM pg_control_system()"
 # Positions in the WAL as byte offsets, comparable across a primary and its streaming replicas
 # (replica.py): where the primary has written to, and what a replica has replayed (NULL when
 # the server is not in recovery).
