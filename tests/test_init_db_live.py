@@ -151,3 +151,31 @@ def test_init_db_between_two_statements_of_a_transaction_is_not_a_deadlock(empty
         init_db.finish()
         assert waited < MAY_WAIT_S
         assert watcher.execute("SELECT price FROM listings WHERE id = 1").fetchone() == (101,)
+
+
+def test_an_index_build_gives_way_to_an_open_transaction_and_ends_valid(empty_database: str) -> None:
+    """A concurrent build waits for the transactions on its table that are older than it: with its
+    lock_timeout it gives way, and its next try drops what it left invalid and builds again."""
+    sales(empty_database)
+    with psycopg.connect(empty_database, autocommit=True) as watcher:
+        watcher.execute("DROP INDEX kpi_listings_listed_at_idx")  # as before a first install
+        with application(empty_database) as conn:
+            # A report of the application's: a snapshot older than the build's, no lock the
+            # triggers' DDL waits for.
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.execute("SELECT count(*) FROM listings")
+            init_db = InitDb(empty_database)
+            wait_until(
+                lambda: watcher.execute(
+                    "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE application_name = %s"
+                    " AND query LIKE 'CREATE INDEX CONCURRENTLY%%kpi_listings_listed_at_idx%%')",
+                    [INIT],
+                ).fetchone()[0],
+                seconds=30,
+            )
+            waited = timed(conn, touch("listings"), [2])
+            assert init_db.thread.is_alive()
+            conn.commit()
+        init_db.finish()
+        assert waited < MAY_WAIT_S
+        assert _index(watcher, "kpi_listings_listed_at_idx")[0] is True
