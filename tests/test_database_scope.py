@@ -4,6 +4,8 @@ whose database has no KPI schema serves nothing cached (serving/keys.py, the sco
 
 from __future__ import annotations
 
+import logging
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
@@ -12,16 +14,23 @@ import psycopg
 import pytest
 import redis
 from flask import Flask
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from kpi_service import app as app_module
 from kpi_service.client import KpiClient
 from kpi_service.db.errors import SchemaMissing
 from kpi_service.db.schema import apply_schema
+from kpi_service.db.sql import sql_text
 from tests.dataset import catch_up
 from tests.helpers import RedisServer, insert_listing, token, two_listings
 from tests.sse import serving
 
 WINDOW = {"from": "2026-03-01", "to": "2026-03-31", "tz": "UTC"}
+NO_SHARED_CACHE = (
+    "no shared cache: the service's role may not run pg_control_system() (PUBLIC may by default),"
+    " so it cannot tell this database's values in Redis from another's"
+)
 
 
 @pytest.fixture
@@ -107,3 +116,27 @@ def test_two_services_and_a_client_on_one_real_redis(
         # The client learns the second service's scope from its /readyz, and reads its value.
         body = KpiClient(redis_server.url, base, token()).get(date_from="2026-03-01", date_to="2026-03-31")
     assert body["metrics"]["total_listings"] == 1 and body["meta"]["cached"] is True
+
+
+def test_a_role_that_may_not_read_the_system_identifier_shares_nothing(
+    empty_database: str, shared_fakeredis: None, make_app: Callable[..., Flask], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where the owner revoked pg_control_system() from PUBLIC: the service computes every answer
+    itself rather than guess whose values Redis holds, and says why once."""
+    apply_schema(empty_database)
+    name = f"kpi_test_login_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(empty_database, autocommit=True) as owner:
+        owner.execute(sql_text("ops/roles.sql"))
+        owner.execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE kpi_reader").format(sql.Identifier(name)))
+        owner.execute("REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC")
+        app = make_app(database_url=make_conninfo(empty_database, user=name))
+        try:
+            with caplog.at_level(logging.ERROR, logger="kpi_service"):
+                for _ in range(2):
+                    status, body = kpis(app)
+                    assert status == 200 and body["meta"]["cached"] is False
+            assert app.extensions["kpi"].db.scope() is None
+            assert [r.getMessage() for r in caplog.records].count(NO_SHARED_CACHE) == 1
+        finally:
+            app.extensions["kpi"].close()
+            owner.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))

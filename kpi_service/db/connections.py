@@ -190,7 +190,7 @@ class Database:
         self._mode_at = time.monotonic()
         return found
 
-    def _identify(self, conn: psycopg.Connection) -> str | None:
+    def _identify(self, conn: psycopg.Connection) -> str:
         """The database's scope: a standby of it has the same system identifier and name."""
         try:
             row = conn.execute(IDENTITY).fetchone()
@@ -200,7 +200,7 @@ class Database:
                 "no shared cache: the service's role may not run pg_control_system() (PUBLIC may by default),"
                 " so it cannot tell this database's values in Redis from another's"
             )
-            return ""  # looked up once, like the identity: no scope, ever
+            return ""  # not None: not looked up again, and no scope ever
         return scope_of(row["system_identifier"], row["name"])
 
     def scope(self) -> str | None:
