@@ -57,12 +57,13 @@ class InitDb:
 
     def __init__(self, url: str) -> None:
         self.error: BaseException | None = None
+        self.printed: list[str] = []
         self.thread = threading.Thread(target=self._run, args=[make_conninfo(url, application_name=INIT)])
         self.thread.start()
 
     def _run(self, url: str) -> None:
         try:
-            apply_schema(url)
+            apply_schema(url, progress=self.printed.append)
         except BaseException as error:  # reported by finish()
             self.error = error
 
@@ -132,6 +133,8 @@ def test_init_db_gives_way_to_transactions_holding_rows_of_all_three_tables(empt
                 conn.commit()
             init_db.finish()
             assert max(waits) < MAY_WAIT_S, waits
+            # The operator is told what it waits for.
+            assert any("tables, functions and triggers: giving way to the application's" in p for p in init_db.printed)
             assert watcher.execute("SELECT kpi_capturing()").fetchone() == (True,)
     finally:
         for conn in sessions.values():

@@ -33,10 +33,17 @@ def lock_timeout_ms(conn: psycopg.Connection) -> int:
 
 
 def giving_way(
-    conn: psycopg.Connection, attempt: Callable[[], T], what: str, *, command: str, transaction: bool = True
+    conn: psycopg.Connection,
+    attempt: Callable[[], T],
+    what: str,
+    *,
+    command: str,
+    transaction: bool = True,
+    say: Callable[[str], None] | None = None,
 ) -> T:
     """`attempt()` on an autocommit connection (in one transaction unless told not), with a short
-    lock_timeout, again after a random pause whenever it waited that long for a lock."""
+    lock_timeout, again after a random pause whenever it waited that long for a lock. `say` is
+    told the first time, so that an operator knows what the command is waiting for."""
     previous = conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0]
     conn.execute("SELECT set_config('lock_timeout', %s, false)", [f"{lock_timeout_ms(conn)}ms"])
     deadline = time.monotonic() + RETRY_FOR_S
@@ -50,6 +57,8 @@ def giving_way(
                 return attempt()
             # (A deadlock too, in case the server's deadlock_timeout is as short as ours.)
             except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+                if say is not None and pause == 0.01:
+                    say(f"{what}: giving way to the application's transactions, trying again for {RETRY_FOR_S:g} s")
                 if time.monotonic() > deadline:
                     raise LockNotGranted(
                         f"{what}: the application held a conflicting lock at every try for {RETRY_FOR_S:g} s;"

@@ -102,9 +102,9 @@ def apply_schema(
                 conn.execute(sql_text("ops/roles.sql"))
 
         # The triggers' DDL locks listings, leads and purchases in turn, each against their writes.
-        giving_way(conn, objects, "the tables, functions and triggers", command=AGAIN)
+        giving_way(conn, objects, "the tables, functions and triggers", command=AGAIN, say=step)
         step("indexes (built concurrently)")
-        giving_way(conn, lambda: _build_indexes(conn), "the indexes", command=AGAIN, transaction=False)
+        giving_way(conn, lambda: _build_indexes(conn), "the indexes", command=AGAIN, transaction=False, say=step)
         if summaries:
             step("waiting for a running applier")
             # Waiting for a running applier (an upgrade beside live instances) before the
@@ -120,6 +120,7 @@ def apply_schema(
             "analyzing the sales tables",
             command=AGAIN,
             transaction=False,
+            say=step,
         )
         step("done")
 
