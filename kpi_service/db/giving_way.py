@@ -22,7 +22,7 @@ from kpi_service.db.errors import LockNotGranted
 T = TypeVar("T")
 
 LOCK_TIMEOUT_MS = 50
-# How long a step keeps retrying for its locks before giving up (nothing half-done: run it again).
+# How long a step keeps retrying for its locks before giving up (running the command again finishes it).
 RETRY_FOR_S = 120.0
 
 
@@ -48,6 +48,7 @@ def giving_way(
     conn.execute("SELECT set_config('lock_timeout', %s, false)", [f"{lock_timeout_ms(conn)}ms"])
     deadline = time.monotonic() + RETRY_FOR_S
     pause = 0.01
+    gave_way = False
     try:
         while True:
             try:
@@ -57,12 +58,13 @@ def giving_way(
                 return attempt()
             # (A deadlock too, in case the server's deadlock_timeout is as short as ours.)
             except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
-                if say is not None and pause == 0.01:
+                if say is not None and not gave_way:
                     say(f"{what}: giving way to the application's transactions, trying again for {RETRY_FOR_S:g} s")
+                gave_way = True
                 if time.monotonic() > deadline:
                     raise LockNotGranted(
                         f"{what}: the application held a conflicting lock at every try for {RETRY_FOR_S:g} s;"
-                        f" nothing half-done, run {command} again at a quieter time"
+                        f" run {command} again at a quieter time (it finishes what this one left)"
                     ) from None
                 time.sleep(pause * (0.5 + random.random()))
                 pause = min(pause * 2, 1.0)
