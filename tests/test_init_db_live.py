@@ -9,10 +9,12 @@ import threading
 import time
 
 import psycopg
+import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from kpi_service.db import uninstall
+from kpi_service.db import giving_way, uninstall
+from kpi_service.db.errors import LockNotGranted
 from kpi_service.db.schema import apply_schema
 from tests.helpers import wait_until
 
@@ -182,3 +184,17 @@ def test_an_index_build_gives_way_to_an_open_transaction_and_ends_valid(empty_da
         init_db.finish()
         assert waited < MAY_WAIT_S
         assert _index(watcher, "kpi_listings_listed_at_idx")[0] is True
+
+
+def test_init_db_stops_after_its_bounded_tries_and_a_second_run_finishes(
+    empty_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sales(empty_database)
+    monkeypatch.setattr(giving_way, "RETRY_FOR_S", 0.3)  # of 120 s
+    with application(empty_database) as conn:
+        conn.execute(touch("leads"), [1])  # a transaction that outlasts every try
+        with pytest.raises(LockNotGranted, match="run kpi-service init-db again at a quieter time"):
+            apply_schema(empty_database)
+        assert timed(conn, touch("listings"), [2]) < MAY_WAIT_S
+        conn.commit()
+    apply_schema(empty_database)
