@@ -63,7 +63,7 @@ def create_app(config: Settings | None = None) -> Flask:
     # A computation can take a pool wait, a connect and the statement: the single-flight lock
     # must outlive that, and a waiter must wait a little longer than a dead owner's lock lives.
     lock_seconds = settings.db_pool_timeout + settings.db_connect_timeout + settings.statement_timeout_ms / 1000 + 1
-    cache = Cache(client, settings.cache_ttl, settings.stale_ttl, lock_seconds)
+    cache = Cache(client, settings.cache_ttl, settings.stale_ttl, lock_seconds, scope=db.scope)
     defaults = {"default_tz": settings.timezone, "default_aged_days": settings.aged_days}
     app.extensions["kpi"] = State(
         settings=settings,

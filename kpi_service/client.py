@@ -10,7 +10,7 @@
 
 It reads the value the service stored in Redis (the key layout of kpi_service/serving/keys.py) and
 computes nothing: when the value is missing, no longer fresh, or older than a batch of the
-applier that can change it (heard on kpi:v1:changed, by the rule the service itself applies,
+applier that can change it (heard on kpi:v2:<scope>:changed, by the rule the service itself applies,
 serving/freshness.py), it asks the service's HTTP API with its token, which computes it once
 for everyone and stores it. A subscription's window is asked for likewise after such a batch,
 so its new value comes within about a second of the commit, as a poller's does. `tz` and `aged_days` must be
@@ -36,7 +36,7 @@ from kpi_service.serving.bodies import with_flags
 from kpi_service.serving.changes import affected
 from kpi_service.serving.connection import close_quietly, redis_client
 from kpi_service.serving.freshness import Changes
-from kpi_service.serving.keys import ANNOUNCE_CHANNEL, CHANGE_SEQ, CHANGES_CHANNEL, cache_key
+from kpi_service.serving.keys import Keys, cache_key
 from kpi_service.serving.query import KpiQuery
 
 
@@ -51,17 +51,20 @@ class KpiClient:
         sentinels: str | None = None,
         sentinel_service: str | None = None,
         sentinel_password: str | None = None,
+        scope: str | None = None,
     ) -> None:
         """`sentinels` ("host:port,host:port"), `sentinel_service` and `sentinel_password` as the
         service's REDIS_SENTINELS, REDIS_SENTINEL_SERVICE and REDIS_SENTINEL_PASSWORD: the client
         then follows the primary they name, and `redis_url` (may be None) gives only the database
-        number and password."""
+        number and password. `scope`: the service's database's, whose keys in Redis it reads (its
+        /readyz says it as `cache_scope`, and is asked when it is not given)."""
         self.redis = redis_client(
             redis_url, parse_sentinels(sentinels or ""), sentinel_service, sentinel_password, timeout=timeout
         )
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self._scope = scope
         # The applier's batches heard, and the subscriptions' windows to ask for after one.
         self._changes = Changes()
         self._watched: dict[str, KpiQuery] = {}
@@ -74,13 +77,25 @@ class KpiClient:
         """The GET /api/kpi body of the window: the shared value while it is current, else the API's."""
         query = _query(date_from, date_to, tz, aged_days)
         self._listen_for_changes()
-        raw = self.redis.get(cache_key("kpi", query))
+        keys = self._keys()
+        raw = None if keys is None else self.redis.get(keys.value(cache_key("kpi", query)))
         if raw is not None:
             stored = json.loads(raw)
             seq = int(stored.get("seq", 0))
             if time.time() < float(stored["fresh_until"]) and self._changes.needed(query, seq) <= seq:
                 return with_flags(stored["body"], cached=True)
         return self._ask(query)
+
+    def _keys(self) -> Keys | None:
+        """The keys of the service's database; None while the service cannot say (then every
+        value is the API's)."""
+        if self._scope is None:
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/readyz", timeout=self.timeout) as response:
+                    self._scope = json.loads(response.read()).get("cache_scope")
+            except (OSError, ValueError):
+                return None  # not ready, or not there: asked again next time
+        return None if not self._scope else Keys(self._scope)
 
     def _ask(self, query: KpiQuery) -> dict[str, Any]:
         """GET /api/kpi for the window, which the service computes (once for all) if it must."""
@@ -110,9 +125,13 @@ class KpiClient:
         while True:
             try:
                 if pubsub is None:
+                    keys = self._keys()
+                    if keys is None:
+                        time.sleep(1.0)
+                        continue
                     pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-                    pubsub.subscribe(CHANGES_CHANNEL)
-                    self._changes.subscribed(int(self.redis.get(CHANGE_SEQ) or 0))
+                    pubsub.subscribe(keys.changed)
+                    self._changes.subscribed(int(self.redis.get(keys.change_seq) or 0))
                 message = pubsub.get_message(timeout=1.0)
                 if message is not None:
                     changed = json.loads(message["data"])
@@ -146,16 +165,21 @@ class KpiClient:
         key = cache_key("kpi", query)
         stopped = threading.Event()
         # Subscribed before this returns: no value computed afterwards is missed.
-        pubsub: Any = self._announcements()
+        keys = self._keys()
+        pubsub: Any = None if keys is None else self._announcements(keys)
 
         def listen() -> None:
-            nonlocal pubsub
+            nonlocal pubsub, keys
             while not stopped.is_set():
                 try:
-                    pubsub = pubsub or self._announcements()
+                    keys = keys or self._keys()
+                    if keys is None:
+                        stopped.wait(1.0)
+                        continue
+                    pubsub = pubsub or self._announcements(keys)
                     message = pubsub.get_message(timeout=1.0)
-                    if message is not None and json.loads(message["data"]).get("key") == key:
-                        raw = self.redis.get(key)
+                    if message is not None and json.loads(message["data"]).get("key") == keys.value(key):
+                        raw = self.redis.get(keys.value(key))
                         if raw is not None:
                             on_update(with_flags(json.loads(raw)["body"], cached=True))
                 except redis.RedisError:
@@ -178,9 +202,9 @@ class KpiClient:
 
         return stop
 
-    def _announcements(self) -> Any:
+    def _announcements(self, keys: Keys) -> Any:
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(ANNOUNCE_CHANNEL)
+        pubsub.subscribe(keys.announce)
         return pubsub
 
 

@@ -17,7 +17,7 @@ from flask import Flask
 
 from kpi_service.app import create_app
 from kpi_service.ops import metrics
-from kpi_service.serving.keys import ANNOUNCE_CHANNEL, lock_key
+from kpi_service.serving.keys import Keys
 from tests.dataset import catch_up
 from tests.helpers import make_settings, two_listings, wait_until
 
@@ -65,7 +65,7 @@ def test_expired_entry_is_served_at_once_and_refreshed_in_background(
     client.get("/api/kpi", headers=auth)
     conn.execute("DELETE FROM listings WHERE id = 1")
     catch_up(conn)
-    (key,) = state.cache.client.keys("kpi:v1:kpi:*")
+    (key,) = state.cache.client.keys("kpi:v2:*:kpi:*")
     # Age the entry past its freshness (but within the grace of one TTL), here and in Redis.
     stored = json.loads(state.cache.client.get(key))
     stored["fresh_until"] = time.time() - 1
@@ -112,8 +112,9 @@ def test_a_dead_owners_lock_expires_and_a_waiter_computes(
         state = app.extensions["kpi"]
         two_listings(conn)
         # Another process took the lock for this window and died without releasing it.
-        key = "kpi:v1:kpi:-:-:UTC:60"
-        state.cache.client.set(lock_key(key), "someone-else", px=300)
+        state.db.mode()  # the database reached: its scope known
+        key = "kpi:-:-:UTC:60"
+        state.cache.client.set(state.cache.keys.lock(key), "someone-else", px=300)
         waits = metrics.SINGLEFLIGHT_WAITS._value.get()
         response = app.test_client().get("/api/kpi", headers=auth)
         assert response.status_code == 200
@@ -125,8 +126,9 @@ def test_a_dead_owners_lock_expires_and_a_waiter_computes(
 
 def test_a_waiter_takes_the_owners_result(app: Flask, auth: dict[str, str], conn: psycopg.Connection) -> None:
     state = app.extensions["kpi"]
-    key = "kpi:v1:kpi:-:-:UTC:60"
-    lock = state.cache.client.lock(lock_key(key), timeout=5, thread_local=False)
+    state.db.mode()  # the database reached: its scope known
+    key = "kpi:-:-:UTC:60"
+    lock = state.cache.client.lock(state.cache.keys.lock(key), timeout=5, thread_local=False)
     assert lock.acquire(blocking=False)
     body = {"metrics": {"total_listings": 7}, "meta": {"window": {}, "computed_at": "x"}}
     # The owner, in another process, finishes while this request waits.
@@ -139,14 +141,16 @@ def test_a_waiter_takes_the_owners_result(app: Flask, auth: dict[str, str], conn
 
 
 def test_fresh_results_are_announced(app: Flask, auth: dict[str, str]) -> None:
-    pubsub = app.extensions["kpi"].cache.client.pubsub()
-    pubsub.subscribe(ANNOUNCE_CHANNEL)
+    state = app.extensions["kpi"]
+    state.db.mode()  # the database reached: its scope known
+    pubsub = state.cache.client.pubsub()
+    pubsub.subscribe(state.cache.keys.announce)
     assert pubsub.get_message(timeout=1)["type"] == "subscribe"
     body = app.test_client().get("/api/kpi?from=2026-01-01&tz=Asia/Kolkata", headers=auth).get_json()
     message = pubsub.get_message(timeout=1)
     announced = json.loads(message["data"])
     assert announced == {
-        "key": "kpi:v1:kpi:2026-01-01:-:Asia/Kolkata:60",
+        "key": state.cache.keys.value("kpi:2026-01-01:-:Asia/Kolkata:60"),
         "kind": "kpi",
         "window": body["meta"]["window"],
         "computed_at": body["meta"]["computed_at"],
@@ -189,7 +193,7 @@ def test_the_breaker_closes_when_redis_is_back(
     cache.client = fakeredis.FakeRedis()  # Redis is back
     cache.breaker.retry_now()  # as the breaker does by itself after retry_after
     assert client.get("/api/kpi?aged_days=5", headers=auth).status_code == 200
-    assert cache.available and cache.client.keys("kpi:v1:kpi:*")
+    assert cache.available and cache.client.keys("kpi:v2:*:kpi:*")
 
 
 def test_redis_errors_never_reach_the_client(app: Flask, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -204,12 +208,13 @@ def test_a_batch_announced_while_redis_is_down_is_announced_when_it_is_back() ->
     import fakeredis
 
     from kpi_service.serving.cache import Cache
-    from kpi_service.serving.keys import CHANGES_CHANNEL
 
     server = fakeredis.FakeServer()
-    cache = Cache(fakeredis.FakeRedis(server=server), ttl=60, stale_ttl=60, lock_seconds=1, retry_after=0.05)
+    cache = Cache(
+        fakeredis.FakeRedis(server=server), ttl=60, stale_ttl=60, lock_seconds=1, retry_after=0.05, scope=lambda: "db"
+    )
     changes = fakeredis.FakeRedis(server=server).pubsub()
-    changes.subscribe(CHANGES_CHANNEL)
+    changes.subscribe(Keys("db").changed)
     assert changes.get_message(timeout=1)["type"] == "subscribe"
     server.connected = False
     cache.announce_change({"from": "2026-01-01T00:00:00+00:00", "to": "2026-01-01T00:15:00+00:00"})
@@ -232,7 +237,7 @@ def test_a_value_after_a_later_change_batch_wins_whatever_the_clocks() -> None:
 
     from kpi_service.serving.cache import Cache
 
-    cache = Cache(fakeredis.FakeRedis(), ttl=60, stale_ttl=60, lock_seconds=1)
+    cache = Cache(fakeredis.FakeRedis(), ttl=60, stale_ttl=60, lock_seconds=1, scope=lambda: "db")
 
     def body(computed_at: str) -> dict:
         return {"metrics": {}, "meta": {"window": {}, "computed_at": computed_at}}
@@ -254,7 +259,10 @@ def test_one_applier_call_per_interval_across_instances() -> None:
     from kpi_service.serving.cache import Cache
 
     server = fakeredis.FakeServer()
-    one, two = (Cache(fakeredis.FakeRedis(server=server), ttl=60, stale_ttl=60, lock_seconds=1) for _ in range(2))
+    one, two = (
+        Cache(fakeredis.FakeRedis(server=server), ttl=60, stale_ttl=60, lock_seconds=1, scope=lambda: "db")
+        for _ in range(2)
+    )
     assert one.applier_turn(0.2) is True
     assert two.applier_turn(0.2) is False and one.applier_turn(0.2) is False
     wait_until(lambda: two.applier_turn(0.2), seconds=2)  # the next interval's call

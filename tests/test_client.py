@@ -25,7 +25,7 @@ READER = """
 import json, sys
 from kpi_service.client import KpiClient
 # Nothing listens at the API's address: the value can only come from Redis.
-client = KpiClient(sys.argv[1], "http://127.0.0.1:1", "no-token-needed")
+client = KpiClient(sys.argv[1], "http://127.0.0.1:1", "no-token-needed", scope=sys.argv[2])
 print(json.dumps(client.get(date_from="2026-03-01", date_to="2026-03-31", tz="utc")))
 """
 
@@ -47,7 +47,7 @@ def test_another_process_reads_the_value_the_service_computed(
             computed = get(f"{base}/api/kpi?from=2026-03-01&to=2026-03-31&tz=UTC")
         environment = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "KPI_TEST_DATABASE_URL")}
         done = subprocess.run(
-            [sys.executable, "-c", READER, redis_server.url],
+            [sys.executable, "-c", READER, redis_server.url, app.extensions["kpi"].db.scope()],
             capture_output=True,
             text=True,
             timeout=60,

@@ -193,7 +193,7 @@ def test_redis_killed_and_restarted_under_gunicorn(pg: PostgresServer, redis_ser
         restarted_at = time.monotonic()
         fresh = redis.Redis.from_url(redis_server.url)
         # The workers find it again by themselves (after their breaker's retry delay) and write to it.
-        wait_until(lambda: bool(fresh.keys("kpi:v1:kpi:*")), seconds=20)
+        wait_until(lambda: bool(fresh.keys("kpi:v2:*:kpi:*")), seconds=20)
         back_at = time.monotonic()
         settle = time.monotonic() + 2
         wait_until(lambda: time.monotonic() > settle)

@@ -44,6 +44,8 @@ def test_ready_with_database_and_in_process_cache(client) -> None:
     assert isinstance(pending, int) and pending >= 0
     lag = body["checks"].pop("applier_lag_s")
     assert lag == 0 if pending == 0 else lag is None or lag >= 0
+    scope = body.pop("cache_scope")  # whose keys in Redis are this service's (serving/keys.py)
+    assert isinstance(scope, str) and len(scope) == 16 and int(scope, 16) >= 0
     assert body == {
         "status": "ready",
         "checks": {"database": "ok", "redis": "in-process", "schema": "ok", "kpi_source": "summaries"},

@@ -23,7 +23,8 @@ from kpi_service.config import Settings
 from kpi_service.db.connections import Database
 from kpi_service.db.replica import Positions, Replica
 from kpi_service.db.schema import apply_schema
-from kpi_service.db.sql import APPLY, CHANGED, MODE, SALES_TABLES, WAL_POSITION
+from kpi_service.db.sql import APPLY, CHANGED, IDENTITY, MODE, SALES_TABLES, WAL_POSITION
+from kpi_service.serving.keys import scope_of
 from tests.helpers import SECRET, RedisServer, make_settings, token, two_listings, wait_until
 from tests.servers import Load, PostgresServer, fetch, gunicorn, replicated, summary
 from tests.sse import Sse, serving
@@ -45,7 +46,7 @@ def server_side(statement: str) -> str:
     return "".join(part + (f"${n}" if n < len(parts) else "") for n, part in enumerate(parts, 1))
 
 
-MAINTENANCE = {server_side(s) for s in (*APPLY, CHANGED, MODE, SALES_TABLES, WAL_POSITION)}
+MAINTENANCE = {server_side(s) for s in (*APPLY, CHANGED, MODE, SALES_TABLES, IDENTITY, WAL_POSITION)}
 MAINTENANCE |= {"", "BEGIN", "COMMIT", "ROLLBACK"}
 KPI_STATEMENT = "FROM unnest("  # sql/runtime/kpi.sql, kpi_windows
 AGING_STATEMENT = "min(listed_at) + make_interval"  # sql/runtime/kpi.sql, next_aging
@@ -174,6 +175,17 @@ def computed(client: FlaskClient, path: str) -> dict:
     body = response.get_json()
     assert body["meta"]["cached"] is False
     return body
+
+
+def test_a_standby_shares_its_primarys_keys_in_redis(
+    servers: tuple[PostgresServer, PostgresServer], app: Flask
+) -> None:
+    """One system identifier and one name: the same scope (serving/keys.py), whichever answers."""
+    scopes = set()
+    for server in servers:
+        with psycopg.connect(url(server)) as conn:
+            scopes.add(scope_of(*conn.execute(IDENTITY).fetchone()))
+    assert scopes == {app.extensions["kpi"].db.scope()}
 
 
 def test_kpi_statements_run_on_the_replica(servers: tuple[PostgresServer, PostgresServer], app: Flask) -> None:

@@ -26,8 +26,9 @@ from redis.sentinel import SentinelConnectionPool
 
 from kpi_service.app import create_app
 from kpi_service.client import KpiClient
+from kpi_service.db.sql import IDENTITY
 from kpi_service.serving.connection import connect
-from kpi_service.serving.keys import ANNOUNCE_CHANNEL, cache_key, lock_key
+from kpi_service.serving.keys import cache_key, scope_of
 from kpi_service.serving.query import KpiQuery
 from tests.helpers import SECRET, RedisServer, insert_listing, make_settings, token, wait_until
 from tests.servers import Load, RedisSentinels, fetch, gunicorn, summary
@@ -102,6 +103,7 @@ def test_a_failover_under_load_fails_no_request_and_streams_go_on(
         timeout=1.0,
         sentinels=sentinels.addresses,
         sentinel_service=sentinels.service,
+        scope=scope_of(*conn.execute(IDENTITY).fetchone()),  # no API to ask it of
     )
     new_primary = redis.Redis(port=sentinels.replica.port)
     with (
@@ -132,7 +134,7 @@ def test_a_failover_under_load_fails_no_request_and_streams_go_on(
 
             def service_writes_to_new_primary() -> bool:
                 # A value both computed and stored after the kill (the load's new windows).
-                for raw in new_primary.mget(new_primary.keys("kpi:v1:kpi:2026-02-01:*")):
+                for raw in new_primary.mget(new_primary.keys("kpi:v2:*:kpi:2026-02-01:*")):
                     if raw and json.loads(raw)["body"]["meta"]["computed_at"] > _iso(killed_wall):
                         return True
                 return False
@@ -211,10 +213,14 @@ def test_overlapping_computations_keep_the_value_computed_last(
     had it), so a second process computes the window too, and the first finishes last."""
     first, second = (create_app(make_settings(database_url, redis_url=redis_server.url)) for _ in range(2))
     plain = redis.Redis.from_url(redis_server.url)
+    for app in (first, second):
+        app.extensions["kpi"].db.mode()  # the database reached: its scope known
+    keys = first.extensions["kpi"].cache.keys
     announcements = plain.pubsub()
-    announcements.subscribe(ANNOUNCE_CHANNEL)
+    announcements.subscribe(keys.announce)
     query: KpiQuery = first.extensions["kpi"].kpi_schema.load({})
     key = cache_key("kpi", query)
+    lock_key, stored_key = keys.lock(key), keys.value(key)
     started, go_on = threading.Event(), threading.Event()
     db = first.extensions["kpi"].db
     kpi_rows = db.kpi_rows
@@ -230,19 +236,19 @@ def test_overlapping_computations_keep_the_value_computed_last(
             earlier = pool.submit(first.extensions["kpi"].service.current, query)
             assert started.wait(10)
             began = time.time()
-            assert plain.exists(lock_key(key))
-            plain.delete(lock_key(key))  # lost with the old primary
+            assert plain.exists(lock_key)
+            plain.delete(lock_key)  # lost with the old primary
             wait_until(lambda: time.time() > began + 0.002)  # the second starts a clear millisecond later
             later = second.extensions["kpi"].service.current(query)
-            plain.set(lock_key(key), "a third process", px=10_000)  # the window's next computation
+            plain.set(lock_key, "a third process", px=10_000)  # the window's next computation
             go_on.set()
             earlier = earlier.result(10)
         computed = (earlier.body["meta"]["computed_at"], later.body["meta"]["computed_at"])
         # Two computations ran (the lock could not prevent it) ...
         assert earlier.outcome == later.outcome == "miss" and computed[0] < computed[1]
         # ... and the one that finished last was neither stored nor announced over the newer one.
-        assert json.loads(plain.get(key))["body"]["meta"]["computed_at"] == computed[1]
-        plain.publish(ANNOUNCE_CHANNEL, json.dumps({"computed_at": "the end"}))
+        assert json.loads(plain.get(stored_key))["body"]["meta"]["computed_at"] == computed[1]
+        plain.publish(keys.announce, json.dumps({"computed_at": "the end"}))
         heard = []
         while not heard or heard[-1] != "the end":
             message = announcements.get_message(timeout=5)
@@ -251,7 +257,7 @@ def test_overlapping_computations_keep_the_value_computed_last(
                 heard.append(json.loads(message["data"])["computed_at"])
         assert heard == [computed[1], "the end"]
         # Its release left the lock of the next owner alone, and its process serves the newer value.
-        assert plain.get(lock_key(key)) == b"a third process"
+        assert plain.get(lock_key) == b"a third process"
         assert first.extensions["kpi"].service.current(query).body["meta"]["computed_at"] == computed[1]
     finally:
         announcements.close()

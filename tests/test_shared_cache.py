@@ -67,10 +67,11 @@ def test_an_expiring_key_is_refreshed_once_and_nobody_waits(
     url = f"{instances[0]}/api/kpi?tz=Europe/Berlin"
     status, _ = fetch(url, bearer)
     assert status == 200 and int(counter.get(COUNTER)) == 1
-    stored = json.loads(counter.get("kpi:v1:kpi:-:-:Europe/Berlin:60"))
+    (key,) = counter.keys("kpi:v2:*:kpi:-:-:Europe/Berlin:60")
+    stored = json.loads(counter.get(key))
     # The moment the TTL ends (2 s after the computation): nothing to await but the clock.
     time.sleep(max(0.0, stored["fresh_until"] - time.time()) + 0.05)
     urls = [f"{instances[i % 2]}/api/kpi?tz=Europe/Berlin" for i in range(120)]
     assert storm(urls, bearer) == [200] * 120
-    wait_until(lambda: json.loads(counter.get("kpi:v1:kpi:-:-:Europe/Berlin:60"))["fresh_until"] > time.time())
+    wait_until(lambda: json.loads(counter.get(key))["fresh_until"] > time.time())
     assert int(counter.get(COUNTER)) == 2  # the first computation and exactly one refresh

@@ -158,7 +158,9 @@ def test_an_event_arrives_when_another_instance_computes(make_app, conn, redis_s
         assert first.json()["metrics"]["total_listings"] == 2 and calls[0] == 1
         # The value expires (gone from Redis) and the data changes; another instance computes it.
         add_listing(conn, 3, datetime(2026, 3, 3, tzinfo=UTC))
-        redis.Redis.from_url(redis_server.url).delete("kpi:v1:kpi:2026-03-01:2026-03-31:UTC:60")
+        redis.Redis.from_url(redis_server.url).delete(
+            watched.extensions["kpi"].cache.keys.value("kpi:2026-03-01:2026-03-31:UTC:60")
+        )
         response = other.test_client().get(f"/api/kpi?{WINDOW}", headers={"Authorization": f"Bearer {token()}"})
         assert response.status_code == 200 and response.get_json()["meta"]["cached"] is False
         pushed = stream.next_event()

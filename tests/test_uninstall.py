@@ -242,3 +242,34 @@ def test_the_application_writes_while_a_removal_waits_for_its_lock(server: Postg
         removal.join()
     assert result and result[0][0]
     assert "nothing to do" in uninstall(url)[1]
+
+
+def test_a_login_another_database_still_uses_stays(server: PostgresServer) -> None:
+    """Roles belong to the whole server: two databases ran the role scripts, and the service of
+    the second still logs in and reads after the first removed the service."""
+    before = roles(server)
+    first, second = database(server, "shared_first"), database(server, "shared_second")
+    install(server, first)
+    install(server, second)
+
+    done, printed = uninstall(first)
+
+    assert done
+    assert "role     kpi\n" not in printed and "role     kpi_reader\n" not in printed
+    for role in ("kpi", "kpi_reader"):
+        assert f"kept role {role}: still used in database shared_second" in printed
+    assert set(roles(server)) == {*before, "kpi", "kpi_reader"}
+    with psycopg.connect(make_conninfo(second, user="kpi", password="s3cret")) as service:
+        assert service.execute("SELECT kpi_source(), count(*) > 0 FROM listings").fetchone() == ("summaries", True)
+    with psycopg.connect(first) as conn:
+        assert not conn.execute("SELECT has_table_privilege('kpi_reader', 'listings', 'SELECT')").fetchone()[0]
+        granted_here = (
+            "SELECT EXISTS (SELECT FROM pg_database d CROSS JOIN LATERAL aclexplode(d.datacl) a"
+            " WHERE d.datname = current_database() AND a.grantee = 'kpi_reader'::regrole)"
+        )
+        assert conn.execute(granted_here).fetchone() == (False,)
+
+    # The last database to remove the service drops them.
+    done, printed = uninstall(second)
+    assert done and "dropped role kpi_reader" in printed and "dropped role kpi" in printed
+    assert roles(server) == before

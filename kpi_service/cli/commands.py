@@ -120,7 +120,11 @@ def apply_command(environ: Mapping[str, str], *, once: bool, out: TextIO | None 
     settings = Settings.from_env(environ, jwt_secret_key="unused by the applier", env="development")
     db = Database(settings)
     # With Redis, the instances' live updates hear of each batch (live/hub.py), as from their own applier.
-    cache = Cache(connect(settings), settings.cache_ttl, settings.stale_ttl, 1) if settings.uses_redis else None
+    cache = (
+        Cache(connect(settings), settings.cache_ttl, settings.stale_ttl, 1, scope=db.scope)
+        if settings.uses_redis
+        else None
+    )
     on_changed = cache.announce_change if cache is not None else None
     try:
         if once:

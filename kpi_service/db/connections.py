@@ -34,6 +34,7 @@ from kpi_service.db.sql import (
     APPLY_BATCH,
     AUDIT_STATE,
     CHANGED,
+    IDENTITY,
     LEGACY_MODE,
     MODE,
     PENDING,
@@ -44,6 +45,7 @@ from kpi_service.db.sql import (
     waiting_for_the_applier,
 )
 from kpi_service.ops import metrics
+from kpi_service.serving.keys import scope_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -101,6 +103,9 @@ class Database:
         # service may not serve from it (None: it may).
         self.schema_version: int | None = None
         self._mismatch: str | None = None
+        # Which database this is, for the Redis keys (serving/keys.py): read once, by the first
+        # lookup of the mode that finds the KPI schema (the service may start before the database).
+        self._scope: str | None = None
         self.replica: ReadRouter | None = None
         self.max_connections = settings.db_pool_size
         self._in_use = 0  # connections handed out through this class, see saturated()
@@ -191,6 +196,8 @@ class Database:
         if problem:
             self._mode = None  # looked up again on every read until it is right
             raise (SalesTablesChanged if changed else SchemaMismatch)(problem)
+        if self._scope is None:
+            self._scope = self._identify(conn)
         found = row["mode"]
         if found != self._mode:
             log.info(
@@ -202,6 +209,27 @@ class Database:
         self._mode = found
         self._mode_at = time.monotonic()
         return found
+
+    def _identify(self, conn: psycopg.Connection) -> str:
+        """The database's scope: a standby of it has the same system identifier and name."""
+        try:
+            row = conn.execute(IDENTITY).fetchone()
+        except psycopg.errors.InsufficientPrivilege:
+            conn.rollback()
+            log.error(
+                "no shared cache: the service's role may not run pg_control_system() (PUBLIC may by default),"
+                " so it cannot tell this database's values in Redis from another's"
+            )
+            return ""  # not None: not looked up again, and no scope ever
+        return scope_of(row["system_identifier"], row["name"])
+
+    def scope(self) -> str | None:
+        """The scope of this database's values in Redis (serving/keys.py), once the service has
+        found the KPI schema there, in a version it reads; None before, and while the schema is
+        missing or of another version: nothing cached is served then."""
+        if not self._scope or self._mode is None or self._schema_missing:
+            return None
+        return self._scope
 
     def _mode_due(self) -> bool:
         return self._mode is None or time.monotonic() - self._mode_at >= self.mode_every
@@ -272,6 +300,11 @@ class Database:
         changed = audited = position = None
         # Quiet: the applier runs every half second, and logs an outage once itself.
         with self.connection("apply", quiet=True) as conn:
+            if self._scope is None:
+                # The batches' announcements go to the database's channels (serving/keys.py),
+                # whoever applies first: a request, the applier's loop, `kpi-service apply --once`.
+                self._look_up_mode(conn)
+                conn.commit()
 
             def attempt() -> int | None:
                 nonlocal changed, audited

@@ -7,8 +7,10 @@ from collections.abc import Callable
 from importlib import metadata
 
 import psycopg
+from psycopg import sql
 
 from kpi_service.db.errors import SchemaMismatch
+from kpi_service.db.giving_way import giving_way
 from kpi_service.db.sql import in_applier_turn, sql_text
 
 # The version of what sql/schema/ installs, recorded in the database's kpi_schema row. Raised
@@ -52,6 +54,7 @@ def compatibility(version: int, oldest_service: int) -> str | None:
     return None
 
 
+AGAIN = "kpi-service init-db"
 SERVICE_TABLES = "kpi_sums, kpi_buyer_buckets, kpi_sales, kpi_purchase_facts, kpi_conversions, kpi_changes"
 
 
@@ -62,7 +65,8 @@ def apply_schema(
     the summaries from the rows already there, with aged_inventory's fast path for `aged_days`
     (KPI_AGED_DAYS: another value is answered exactly too, from the sales). Idempotent. The application keeps writing
     meanwhile: the tables, functions and triggers go in one short transaction, the indexes are
-    built CONCURRENTLY, and the build only reads the sales tables. Then what it built is
+    built CONCURRENTLY, and the build only reads the sales tables; each step that locks the
+    application's tables gives way to its transactions (db/giving_way.py). Then what it built is
     vacuumed and analyzed, so that the first reads have index-only scans and statistics
     without waiting for autovacuum. `progress` is told each step as it begins, with the seconds
     since the start (init-db prints them: at ten million listings the build takes minutes)."""
@@ -82,7 +86,8 @@ def apply_schema(
             )
         )
         step("tables, functions and triggers")
-        with conn.transaction():
+
+        def objects() -> None:
             _refuse_downgrade(conn)
             conn.execute(sql_text("schema/schema.sql"))
             if summaries:
@@ -96,10 +101,13 @@ def apply_schema(
             # The service's role keeps its grants through an upgrade (new functions, new forms).
             if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'kpi_reader'").fetchone():
                 conn.execute(sql_text("ops/roles.sql"))
+
+        # The triggers' DDL locks listings, leads and purchases in turn, each against their writes.
+        giving_way(conn, objects, "the tables, functions and triggers", command=AGAIN, say=step)
         step("indexes (built concurrently)")
-        for name in ("schema/indexes.sql", "schema/summary_indexes.sql") if summaries else ("schema/indexes.sql",):
-            for statement in _statements(sql_text(name)):
-                conn.execute(statement)
+        giving_way(
+            conn, lambda: _build_indexes(conn, summaries), "the indexes", command=AGAIN, transaction=False, say=step
+        )
         if summaries:
             step("waiting for a running applier")
             # Waiting for a running applier (an upgrade beside live instances) before the
@@ -108,8 +116,31 @@ def apply_schema(
             step("vacuuming and analyzing the summaries")
             conn.execute(f"VACUUM (ANALYZE) {SERVICE_TABLES}")
         step("analyzing the sales tables")
-        conn.execute("ANALYZE buyers, listings, leads, purchases")
+        giving_way(
+            conn,
+            lambda: conn.execute("ANALYZE buyers, listings, leads, purchases"),
+            "analyzing the sales tables",
+            command=AGAIN,
+            transaction=False,
+            say=step,
+        )
         step("done")
+
+
+def _build_indexes(conn: psycopg.Connection, summaries: bool) -> None:
+    """indexes.sql (and summary_indexes.sql, with the summaries), after dropping any index of
+    their names that a build left invalid: IF NOT EXISTS would keep that one, which every write
+    maintains and no query reads. (A build that gives way to the application's transactions
+    leaves one too, for its next try.)"""
+    invalid = conn.execute(
+        "SELECT m.name FROM kpi_manifest m JOIN pg_index i ON i.indexrelid = to_regclass(m.name)"
+        " WHERE m.kind = 'index' AND NOT i.indisvalid"
+    ).fetchall()
+    for (name,) in invalid:
+        conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(name)))
+    for name in ("schema/indexes.sql", "schema/summary_indexes.sql") if summaries else ("schema/indexes.sql",):
+        for statement in _statements(sql_text(name)):
+            conn.execute(statement)
 
 
 def _refuse_downgrade(conn: psycopg.Connection) -> None:

@@ -45,6 +45,9 @@ LEGACY_MODE = "SELECT kpi_source() AS mode"
 SALES_TABLES = "SELECT kpi_missing_columns() AS missing, to_regclass('kpi_changes') IS NOT NULL AS logged"
 PENDING = "SELECT kpi_pending_changes() AS pending"
 AUDIT_STATE = "SELECT last_pass_at, last_repairs, repairs FROM kpi_audit_state"
+# Which database this is (serving/keys.py, scope_of): pg_control_system() is PUBLIC's to run by
+# default, and a physical standby has its primary's system identifier.
+IDENTITY = "SELECT system_identifier::text AS system_identifier, current_database() AS name FROM pg_control_system()"
 # Positions in the WAL as byte offsets, comparable across a primary and its streaming replicas
 # (replica.py): where the primary has written to, and what a replica has replayed (NULL when
 # the server is not in recovery).

@@ -1,10 +1,8 @@
 """`kpi-service uninstall`: every object the service installed (sql/schema/manifest.sql) dropped
 from the application's database, and the service's roles where it can prove it made them.
 
-Safe on a live database. Each step that needs a lock the application's writes also take runs with
-a short lock_timeout and is retried until it gets the lock at a quiet moment: while a DDL statement
-waits for its lock, every write queued behind it waits too, so the wait is cut at LOCK_TIMEOUT_MS
-instead of lasting as long as the application's longest transaction.
+Safe on a live database. Each step that needs a lock the application's writes also take gives
+way to them (db/giving_way.py):
 - the triggers first (the application's writes stop logging), a table's four in one short
   transaction (DROP TRIGGER locks the table ACCESS EXCLUSIVE);
 - then the service's own view, functions and tables, in one transaction (nothing of the
@@ -15,23 +13,15 @@ Each step is idempotent, so a removal stopped half-way is finished by running it
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import psycopg
 from psycopg import sql
 
-from kpi_service.db.errors import LockNotGranted
+from kpi_service.db.giving_way import giving_way, lock_timeout_ms
 from kpi_service.db.sql import sql_text
 
-T = TypeVar("T")
-
-LOCK_TIMEOUT_MS = 50
-# How long a step keeps retrying for its lock before giving up (nothing half-done: run it again).
-RETRY_FOR_S = 120.0
 # (role, the mark sql/ops/ put on it when it made it): dropped only with that mark. A member first.
 ROLES = (
     ("kpi", "kpi-service: made by sql/ops/service_login.sql"),
@@ -51,6 +41,9 @@ class Plan:
     indexes: list[tuple[str, str]] = field(default_factory=list)  # (index, table) on the application's tables
     roles: list[str] = field(default_factory=list)  # made by the service: dropped
     kept_roles: list[str] = field(default_factory=list)  # found there before it: their grants here revoked
+    # Made by the service, but another database of the server still uses them (role -> those
+    # databases): their grants here revoked, the roles left to the last database to remove the service.
+    shared_roles: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -65,6 +58,10 @@ class Plan:
             *(f"index    {name} on {table}" for name, table in self.indexes),
             *(f"role     {name}" for name in self.roles),
             *(f"(role {name} stays: not made by kpi-service; its grants here are revoked)" for name in self.kept_roles),
+            *(
+                f"(role {name} stays: {_elsewhere(databases)}; its grants here are revoked)"
+                for name, databases in self.shared_roles.items()
+            ),
         ]
 
 
@@ -80,7 +77,9 @@ def manifest_query() -> str:
 def plan(conn: psycopg.Connection) -> Plan:
     found = Plan()
     rows = conn.execute(
-        f"SELECT kind, name, on_table FROM ({manifest_query()}) AS m WHERE installed"  # noqa: S608 - the package's own text
+        # (An index a build left invalid is not installed, but is there to drop.)
+        f"SELECT kind, name, on_table FROM ({manifest_query()}) AS m"  # noqa: S608 - the package's own text
+        " WHERE installed OR (kind = 'index' AND to_regclass(name) IS NOT NULL)"
     ).fetchall()
     for kind, name, on_table in rows:
         if kind == "trigger":
@@ -101,10 +100,40 @@ def plan(conn: psycopg.Connection) -> Plan:
         if row is None:
             continue
         if row[0] == mark:
-            found.roles.append(role)
+            if databases := _used_elsewhere(conn, role):
+                found.shared_roles[role] = databases
+            else:
+                found.roles.append(role)
         elif role == "kpi_reader" and _has_grants_here(conn, role):
             found.kept_roles.append(role)
     return found
+
+
+def _used_elsewhere(conn: psycopg.Connection, role: str) -> list[str]:
+    """The other databases of the server that grant the role, or a role it is a member of (the
+    login's kpi_reader), something or hold objects of it: pg_shdepend, the server's own record of
+    every database's dependencies on roles, read from any one database."""
+    rows = conn.execute(
+        """
+        SELECT DISTINCT d.datname
+        FROM pg_shdepend s
+        JOIN pg_database d
+          ON d.oid = CASE WHEN s.dbid = 0 AND s.classid = 'pg_database'::regclass THEN s.objid ELSE s.dbid END
+        WHERE s.refclassid = 'pg_authid'::regclass
+          AND s.refobjid IN (SELECT r.oid FROM pg_roles r WHERE r.rolname = %(role)s
+                             UNION
+                             SELECT m.roleid FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member
+                             WHERE r.rolname = %(role)s)
+          AND d.datname <> current_database()
+        ORDER BY 1
+        """,
+        {"role": role},
+    ).fetchall()
+    return [name for (name,) in rows]
+
+
+def _elsewhere(databases: list[str]) -> str:
+    return f"still used in database {', '.join(databases)} (roles belong to the whole server)"
 
 
 def _has_grants_here(conn: psycopg.Connection, role: str) -> bool:
@@ -126,7 +155,7 @@ def _has_grants_here(conn: psycopg.Connection, role: str) -> bool:
 
 def remove(conn: psycopg.Connection, found: Plan, say: Callable[[str], None]) -> None:
     """Drop what `found` lists, on an autocommit connection (DROP INDEX CONCURRENTLY needs one)."""
-    conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{LOCK_TIMEOUT_MS}ms")))
+    conn.execute("SELECT set_config('lock_timeout', %s, false)", [f"{lock_timeout_ms(conn)}ms"])
     by_table: dict[str, list[str]] = {}
     for name, table in found.triggers:
         by_table.setdefault(table, []).append(name)
@@ -150,8 +179,10 @@ def remove(conn: psycopg.Connection, found: Plan, say: Callable[[str], None]) ->
             transaction=False,
         )
         say(f"dropped index {name}")
-    for role in (*found.roles, *found.kept_roles):
+    for role in (*found.roles, *found.kept_roles, *found.shared_roles):
         _revoke_here(conn, role)
+    for role, databases in found.shared_roles.items():
+        say(f"kept role {role}: {_elsewhere(databases)}; its grants here are revoked")
     for role in found.roles:
         try:
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
@@ -186,26 +217,10 @@ def _database(conn: psycopg.Connection) -> str:
 def _retried(
     conn: psycopg.Connection, statements: Iterable[sql.Composable], what: str, *, transaction: bool = True
 ) -> None:
-    """The statements (in one transaction unless told not), again after a short random pause
-    whenever one of them waited LOCK_TIMEOUT_MS for its lock."""
     statements = list(statements)
-    deadline = time.monotonic() + RETRY_FOR_S
-    pause = 0.01
-    while True:
-        try:
-            if transaction:
-                with conn.transaction():
-                    for statement in statements:
-                        conn.execute(statement)
-            else:
-                for statement in statements:
-                    conn.execute(statement)
-            return
-        except psycopg.errors.LockNotAvailable:
-            if time.monotonic() > deadline:
-                raise LockNotGranted(
-                    f"{what}: the application held a conflicting lock at every try for {RETRY_FOR_S:g} s;"
-                    " nothing half-done, run kpi-service uninstall again at a quieter time"
-                ) from None
-            time.sleep(pause * (0.5 + random.random()))
-            pause = min(pause * 2, 1.0)
+
+    def attempt() -> None:
+        for statement in statements:
+            conn.execute(statement)
+
+    giving_way(conn, attempt, what, command="kpi-service uninstall", transaction=transaction)

@@ -1,12 +1,13 @@
 """The per-process fan-out behind GET /api/kpi/stream and GET /api/kpi/ws: one Redis subscription
 and one refresher per window, however many streams of that window the process serves.
 
-- Every process runs one listener thread subscribed to `kpi:v1:announce` and `kpi:v1:changed`
-  (serving/keys.py). When any worker or instance computes a window that this process has subscribers
-  for, the listener reads the stored value once and offers it to each of them.
+- Every process runs one listener thread subscribed to `kpi:v2:<scope>:announce` and
+  `kpi:v2:<scope>:changed` (serving/keys.py: its database's). When any worker or instance computes
+  a window that this process has subscribers for, the listener reads the stored value once and
+  offers it to each of them.
 - When a window is recomputed (the stream rules: docs/api.md, "GET /api/kpi/stream"): with the
-  summaries and Redis, after an applier batch that changes it (`kpi:v1:changed`, matched to the
-  window by changes.py), through `KpiService.current_after`, whose Redis lock makes it once across
+  summaries and Redis, after an applier batch that changes it (`kpi:v2:<scope>:changed`, matched to
+  the window by changes.py), through `KpiService.current_after`, whose Redis lock makes it once across
   processes; a listing in stock passing aged_days is scheduled for its instant (next_aging). In raw
   mode or with Redis down, at its value's `fresh_until`, through `KpiService.current`: one refresh
   per window per process, one across processes.
@@ -40,7 +41,7 @@ from kpi_service.serving.cache import Cache
 from kpi_service.serving.changes import affected
 from kpi_service.serving.connection import close_quietly
 from kpi_service.serving.errors import InvalidKpis, WindowUnavailable
-from kpi_service.serving.keys import ANNOUNCE_CHANNEL, CHANGES_CHANNEL, cache_key
+from kpi_service.serving.keys import Keys, cache_key
 from kpi_service.serving.query import KpiQuery
 from kpi_service.serving.responses import Served, hit
 from kpi_service.serving.service import KpiService
@@ -107,6 +108,7 @@ class Hub:
         """A new stream of `query`'s window. Raises Full beyond max_streams, Closed on shutdown."""
         key = cache_key("kpi", query)
         subscriber = Subscriber(key, last_event_id, expires_at)
+        self.service.know_scope()  # the channels the listener subscribes to are the database's
         with self._lock:
             if self._stopped.is_set():
                 raise Closed
@@ -187,12 +189,14 @@ class Hub:
 
     def _listen(self) -> None:
         pubsub: Any = None
+        keys: Keys | None = None
         backoff = _TICK
         while not self._stopped.is_set():
-            if pubsub is None:
+            # The database's channels: until its scope is known, as without Redis.
+            if pubsub is None and (keys := self.cache.keys) is not None:
                 try:
                     pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-                    pubsub.subscribe(ANNOUNCE_CHANNEL, CHANGES_CHANNEL)
+                    pubsub.subscribe(keys.announce, keys.changed)
                     if self._redis_down:
                         log.warning("stream listener: subscribed to announcements again")
                     self._redis_down = False
@@ -205,11 +209,13 @@ class Hub:
             try:
                 if pubsub is not None:
                     message = pubsub.get_message(timeout=self._until_due())
-                    if message is not None and message.get("type") == "message":
-                        if message["channel"] in (CHANGES_CHANNEL, CHANGES_CHANNEL.encode()):
+                    if message is not None and message.get("type") == "message" and keys is not None:
+                        if message["channel"] in (keys.changed, keys.changed.encode()):
                             self._changed(message["data"])
                         else:
-                            self._announced(message["data"])
+                            self._announced(keys, message["data"])
+                elif keys is None:
+                    self._stopped.wait(min(self._until_due(), _TICK))  # the scope is looked up by requests
                 else:
                     # Without announcements the refreshes still run: wait for the next one due.
                     self._stopped.wait(min(self._until_due(), backoff))
@@ -277,11 +283,11 @@ class Hub:
             due = min((c.due for c in self._watched.values() if not c.refreshing), default=math.inf)
         return max(0.0, min(_TICK, due - time.time()))
 
-    def _announced(self, raw: bytes) -> None:
+    def _announced(self, keys: Keys, raw: bytes) -> None:
         try:
             announced = json.loads(raw)
-            key, computed_at = announced["key"], announced["computed_at"]
-        except (ValueError, KeyError, TypeError):
+            key, computed_at = keys.window(announced["key"]), announced["computed_at"]
+        except (ValueError, KeyError, TypeError, AttributeError):
             return
         with self._lock:
             if key not in self._watched:

@@ -20,12 +20,11 @@ from dataclasses import dataclass
 
 import redis
 
-from kpi_service.serving.keys import KEY_PREFIX
-
 log = logging.getLogger(__name__)
 
 TICKET_TTL = 30  # seconds: long enough for a page to open its EventSource, short enough to be useless later
-_PREFIX = f"{KEY_PREFIX}:ticket:"
+# Not a database's: a ticket names a token, not numbers (docs/clients.md, Redis key layout).
+_PREFIX = "kpi:v1:ticket:"
 
 
 class TicketsUnavailable(Exception):

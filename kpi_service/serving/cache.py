@@ -1,5 +1,7 @@
 """Computed KPI responses in Redis, shared by every worker and instance: read, written with
-their announcement, locked for single-flight, behind a circuit breaker. The key layout is keys.py."""
+their announcement, locked for single-flight, behind a circuit breaker. The key layout is keys.py:
+every key is the database's scope's, so until the scope is known (the database not reached yet,
+or no KPI schema in it) nothing is read from or written to Redis, as while Redis is down."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,15 +19,7 @@ from redis.lock import Lock
 
 from kpi_service.ops import metrics
 from kpi_service.serving.breaker import Breaker
-from kpi_service.serving.keys import (
-    ANNOUNCE_CHANNEL,
-    APPLIER_TURN,
-    CAUGHT_UP,
-    CHANGE_POSITION,
-    CHANGE_SEQ,
-    CHANGES_CHANNEL,
-    lock_key,
-)
+from kpi_service.serving.keys import Keys
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +56,7 @@ return 1
 class Entry:
     body: dict[str, Any]
     fresh_until: float
-    seq: int = 0  # the change batch it includes (kpi:v1:change_seq when its SQL ran)
+    seq: int = 0  # the change batch it includes (the scope's change_seq when its SQL ran)
 
     @property
     def fresh(self) -> bool:
@@ -72,8 +67,19 @@ class Cache:
     """Redis behind a circuit breaker: a failing or slow Redis costs one timeout, then is skipped
     for `retry_after` seconds. No method raises on a Redis failure."""
 
-    def __init__(self, client: redis.Redis, ttl: int, stale_ttl: int, lock_seconds: float, retry_after: float = 5.0):
+    def __init__(
+        self,
+        client: redis.Redis,
+        ttl: int,
+        stale_ttl: int,
+        lock_seconds: float,
+        retry_after: float = 5.0,
+        scope: Callable[[], str | None] = lambda: None,
+    ) -> None:
+        """`scope`: the scope of the database whose values these are (Database.scope), None while
+        it is not known."""
         self.client = client
+        self.scope = scope
         self.ttl = ttl
         self.stale_ttl = max(stale_ttl, ttl)
         self.lock_seconds = lock_seconds
@@ -90,6 +96,18 @@ class Cache:
     def available(self) -> bool:
         return self.breaker.closed
 
+    @property
+    def keys(self) -> Keys | None:
+        """The keys of the database's scope; None while it is not known."""
+        scope = self.scope()
+        return None if scope is None else Keys(scope)
+
+    def _keys(self) -> Keys:
+        keys = self.keys
+        if keys is None:
+            raise _Unavailable
+        return keys
+
     def _call(self, operation: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """fn's result; raises _Unavailable when Redis failed or the breaker is open."""
         if not self.breaker.allow():
@@ -104,8 +122,9 @@ class Cache:
         return result
 
     def get(self, key: str) -> Entry | None:
+        """The stored value of a window (`key`: keys.cache_key's)."""
         try:
-            raw = self._call("get", self.client.get, key)
+            raw = self._call("get", self.client.get, self._keys().value(key))
         except _Unavailable:
             return None
         if raw is None:
@@ -127,10 +146,13 @@ class Cache:
         slow statement, docs/reliability.md): whichever finishes last, the stored value is the
         newest."""
         entry = Entry(body=body, fresh_until=time.time() + (self.ttl if ttl is None else ttl), seq=seq)
+        keys = self.keys
+        if keys is None:
+            return entry  # served from this process only
         value = json.dumps({"fresh_until": entry.fresh_until, "seq": seq, "body": body}, separators=(",", ":"))
         announcement = json.dumps(
             {
-                "key": key,
+                "key": keys.value(key),
                 "kind": kind,
                 "window": body["meta"]["window"],
                 "computed_at": body["meta"]["computed_at"],
@@ -143,8 +165,8 @@ class Cache:
             written = self._call(
                 "set",
                 self._put_newer,
-                keys=[key],
-                args=[value, body["meta"]["computed_at"], self.stale_ttl, ANNOUNCE_CHANNEL, announcement, seq],
+                keys=[keys.value(key)],
+                args=[value, body["meta"]["computed_at"], self.stale_ttl, keys.announce, announcement, seq],
                 client=self.client,
             )
         except _Unavailable:
@@ -160,7 +182,10 @@ class Cache:
         what is unknown: none yet, no replica, or Redis unavailable), and when an applier last
         found the change log empty (None: not known)."""
         try:
-            seq, position, caught_up = self._call("get", self.client.mget, CHANGE_SEQ, CHANGE_POSITION, CAUGHT_UP)
+            keys = self._keys()
+            seq, position, caught_up = self._call(
+                "get", self.client.mget, keys.change_seq, keys.change_position, keys.caught_up
+            )
         except _Unavailable:
             return 0, 0, self._caught_up_here
         return int(seq or 0), int(position or 0), _later(caught_up, self._caught_up_here)
@@ -173,14 +198,15 @@ class Cache:
         """An applier found the change log empty at `at` (unix time, taken before its batch began)."""
         self._caught_up_here = at
         with contextlib.suppress(_Unavailable):
-            self._call("set", self.client.set, CAUGHT_UP, repr(at))
+            self._call("set", self.client.set, self._keys().caught_up, repr(at))
 
     def applier_turn(self, interval: float) -> bool:
         """Whether this process's applier may call now: one call per `interval` across all
         instances (and always while Redis cannot say). Every batch refreshes the windows it
         changes, so the instances' ticks, added up, would multiply those statements."""
         try:
-            return bool(self._call("set", self.client.set, APPLIER_TURN, "1", nx=True, px=max(1, int(interval * 1000))))
+            turn = self._keys().applier_turn
+            return bool(self._call("set", self.client.set, turn, "1", nx=True, px=max(1, int(interval * 1000))))
         except _Unavailable:
             return True
 
@@ -194,7 +220,7 @@ class Cache:
             if self._unannounced is not None:
                 changed = {**changed, "all": True}
             try:
-                self._call("announce", self._announce, changed)
+                self._call("announce", self._announce, self._keys(), changed)
             except _Unavailable:
                 if self._unannounced is None:
                     retry = threading.Timer(self.breaker.retry_after, self._announce_later)
@@ -204,12 +230,12 @@ class Cache:
             else:
                 self._unannounced = None
 
-    def _announce(self, changed: dict[str, Any]) -> None:
+    def _announce(self, keys: Keys, changed: dict[str, Any]) -> None:
         if "position" in changed:
             # Before the number: whoever reads the number reads this position or a later one.
-            self.client.set(CHANGE_POSITION, changed["position"])
-        seq = self.client.incr(CHANGE_SEQ)
-        self.client.publish(CHANGES_CHANNEL, json.dumps({**changed, "seq": seq}, separators=(",", ":")))
+            self.client.set(keys.change_position, changed["position"])
+        seq = self.client.incr(keys.change_seq)
+        self.client.publish(keys.changed, json.dumps({**changed, "seq": seq}, separators=(",", ":")))
 
     def _announce_later(self) -> None:
         with self._announcing:
@@ -220,9 +246,11 @@ class Cache:
     def try_lock(self, key: str) -> Lock | object | None:
         """The single-flight lock of `key`: a held Lock, None when another process holds it, or
         NO_REDIS when Redis cannot be asked (the caller then relies on in-process single-flight)."""
-        # thread_local=False: a background refresh releases the lock its request thread took.
-        lock = self.client.lock(lock_key(key), timeout=self.lock_seconds, blocking=False, thread_local=False)
         try:
+            # thread_local=False: a background refresh releases the lock its request thread took.
+            lock = self.client.lock(
+                self._keys().lock(key), timeout=self.lock_seconds, blocking=False, thread_local=False
+            )
             return lock if self._call("lock", lock.acquire) else None
         except _Unavailable:
             return NO_REDIS
@@ -236,7 +264,7 @@ class Cache:
 
     def locked(self, key: str) -> bool:
         try:
-            return bool(self._call("exists", self.client.exists, lock_key(key)))
+            return bool(self._call("exists", self.client.exists, self._keys().lock(key)))
         except _Unavailable:
             return False
 

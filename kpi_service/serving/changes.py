@@ -1,4 +1,4 @@
-"""Which streamed windows a batch of the applier's changes (kpi:v1:changed) can change."""
+"""Which streamed windows a batch of the applier's changes (kpi:v2:<scope>:changed) can change."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from kpi_service.serving.query import KpiQuery
 
 
 def affected(query: KpiQuery, changed: dict[str, Any], now: datetime) -> bool:
-    """Whether a batch of changes (serving/keys.py, kpi:v1:changed) can change the window's numbers:
+    """Whether a batch of changes (serving/keys.py, kpi:v2:<scope>:changed) can change the window's numbers:
     a changed bucket inside [start, end), or a listing whose stock changed and that
     aged_inventory at T = min(end, now) counts once older than aged_days."""
     if changed.get("all"):

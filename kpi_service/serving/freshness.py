@@ -1,5 +1,5 @@
 """Change-driven freshness of the cached windows (with the summaries and Redis): which applied
-batches of changes this process has heard of (kpi:v1:changed, through the stream hub's
+batches of changes this process has heard of (kpi:v2:<scope>:changed, through the stream hub's
 listener, live/hub.py), whether a stored value is still current, and which windows were
 requested recently enough to be refreshed when a batch changes them.
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 import time
 
 from kpi_service.ops.memo import Memo
-from kpi_service.serving.keys import KEY_PREFIX
 from kpi_service.serving.responses import Served
 
 # Hits of /api/kpi kept in-process (about 1 KB each, with their serialized bytes).
 _MAX_RECENT = 1024
-_KPI_KEYS = f"{KEY_PREFIX}:kpi:"
+_KPI_KEYS = "kpi:"  # keys.cache_key's of /api/kpi
 
 
 class Recent:

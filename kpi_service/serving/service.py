@@ -104,7 +104,7 @@ class KpiService:
         """The window's stored value flagged stale: what a stream shows while its recompute fails."""
         key = cache_key("kpi", query)
         entry = self.cache.get(key)
-        recent = self.recent.get(key)
+        recent = self.recent.get(key) if self.cache.keys is not None else None
         body = entry.body if entry is not None else recent.body if recent is not None else None
         if body is None:
             return None
@@ -147,8 +147,21 @@ class KpiService:
         metrics.KPI_STATEMENTS.labels(endpoint=endpoint).inc()
         return self.db.kpi_rows(spans, aged_days)
 
+    def know_scope(self) -> None:
+        """Find the database's scope (its keys in Redis) before they are first used, if it is not
+        known yet: the database not reached since the start, or its KPI schema missing. Not while
+        the database fails: a request must not wait for it only to compute nothing."""
+        if self.cache.keys is None and not self._db_unreachable:
+            try:
+                self.db.mode()
+            except DatabaseUnavailable as error:
+                # Down: its computation then probes it once at a time, as after any outage.
+                if not isinstance(error, DatabaseBusy | SchemaMissing | StatementTimeout):
+                    self._db_unreachable = True
+
     def _serve(self, kind: str, query: KpiQuery, compute: Compute) -> Served:
         key = cache_key(kind, query)
+        self.know_scope()
         if not self._listening and self.listen is not None:
             self._listening = True
             self.listen()
@@ -156,7 +169,8 @@ class KpiService:
         # Kept in-process only until the next batch is heard: then the stored value is
         # looked at again, and whether that batch changes it.
         heard = self.changes.latest
-        recent = self.recent.get(key)
+        # Remembered for the database's scope: none while it is unknown (the KPI schema gone).
+        recent = self.recent.get(key) if self.cache.keys is not None else None
         if recent is not None and time.time() < recent.fresh_until and self.recent.heard(key) == heard:
             return recent
         entry = self.cache.get(key)

@@ -79,7 +79,8 @@ def readyz() -> Response:
         )
     except DatabaseUnavailable:
         checks["kpi_source"] = "unknown"  # busy, or gone since the ping: the next probe tells
-    return jsonify(status="ready", checks=checks, version=_versions(state.db))
+    # Which database's keys in Redis are this service's (docs/clients.md, Redis key layout).
+    return jsonify(status="ready", checks=checks, version=_versions(state.db), cache_scope=state.db.scope())
 
 
 def _versions(db: Database) -> dict[str, object]:

@@ -20,6 +20,9 @@ SELECT m.kind, m.name, m.callers,
                                 AND to_regprocedure(m.name) IS NOT NULL
            WHEN 'trigger' THEN EXISTS (SELECT FROM pg_trigger t
                                        WHERE t.tgname = m.name AND t.tgrelid = to_regclass(m.on_table))
+           -- An index a CONCURRENTLY build left invalid is maintained by every write but read by
+           -- no query: not installed (init-db drops it and builds it again).
+           WHEN 'index' THEN EXISTS (SELECT FROM pg_index i WHERE i.indexrelid = to_regclass(m.name) AND i.indisvalid)
            ELSE to_regclass(m.name) IS NOT NULL
        END AS installed,
        m.on_table
