@@ -79,6 +79,7 @@ def create_app(config: Settings | None = None) -> Flask:
             on_caught_up=cache.caught_up,
             caught_up_at=cache.caught_up_at,
             turn=cache.applier_turn,
+            aged_days=settings.aged_days,
         ),
         kpi_schema=KpiQuerySchema(**defaults),
         history_schema=HistoryQuerySchema(max_buckets=settings.max_buckets, **defaults),

@@ -28,7 +28,7 @@ from kpi_service.db.connections import Database
 from kpi_service.db.sql import APPLY_BATCH, in_applier_turn, in_one_snapshot
 from kpi_service.serving.windows import Window
 from tests.dataset import Dataset, Lead, Listing, Purchase, catch_up
-from tests.helpers import apply_change, computed, expected, make_settings, wait_until
+from tests.helpers import APPLYING, apply_change, computed, expected, make_settings, wait_until
 from tests.strategies import aged_days_choices, datasets, instants, windows
 
 SUMS = "SELECT * FROM kpi_sums ORDER BY grain, bucket"
@@ -242,15 +242,51 @@ def test_a_paced_batch_is_short_enough_for_its_rest() -> None:
     assert paced_batch(100, 10.0) == MIN_BATCH  # a slow server still makes progress
 
 
-def test_a_truncate_rebuilds_the_summaries(conn: psycopg.Connection) -> None:
+def test_a_truncate_stops_the_summaries_until_they_are_built_anew(conn: psycopg.Connection) -> None:
+    """Issue 33, item 9: the batch that takes a TRUNCATE does not rebuild (at ten million listings
+    a rebuild outlasts any batch, and was retried for ever); the KPIs are read from the rows until
+    the service builds the summaries anew, without a statement timeout."""
     at = datetime(2026, 3, 1, 12, tzinfo=UTC)
     Dataset(
         [1], [Listing(1, Decimal("100.00"), "sold", at)], [Lead(1, 1, at)], [Purchase(1, 1, 1, Decimal("90"), at, 1)]
     ).insert(conn)
     assert conn.execute("SELECT count(*) FROM kpi_buyer_buckets").fetchone() == (1,)
     conn.execute("TRUNCATE purchases, leads, listings, buyers")
-    catch_up(conn)
+    assert in_applier_turn(conn, "SELECT kpi_apply_changes()") == 3
+    assert conn.execute("SELECT kpi_source(), count(*) FROM kpi_buyer_buckets").fetchone() == ("raw", 1)
+    assert in_applier_turn(conn, "SELECT kpi_rebuild_if_needed(60)") is True
+    assert conn.execute("SELECT kpi_source()").fetchone() == ("summaries",)
     assert summaries(conn) == ([], [], [], [])
+
+
+def test_a_truncate_of_an_empty_table_changes_nothing(conn: psycopg.Connection) -> None:
+    at = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    Dataset([1], [Listing(1, Decimal("100.00"), "active", at)], [Lead(1, 1, at)], []).insert(conn)
+    kept = summaries(conn)
+    conn.execute("TRUNCATE purchases")
+    conn.execute(
+        "INSERT INTO leads (id, buyer_id, created_at, status) VALUES (2, 1, %s, 'open')", [at + timedelta(days=1)]
+    )
+    assert in_applier_turn(conn, "SELECT kpi_apply_changes()") == 2  # the TRUNCATE and the insert
+    assert conn.execute("SELECT kpi_source()").fetchone() == ("summaries",)
+    applied, rebuilt = applied_and_rebuilt(conn)
+    assert applied == rebuilt != kept
+
+
+def test_the_service_builds_the_summaries_anew_after_a_truncate(
+    make_app: Callable[..., Flask], conn: psycopg.Connection, auth: dict[str, str]
+) -> None:
+    at = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    Dataset([1], [Listing(1, Decimal("100.00"), "active", at)], [Lead(1, 1, at)], []).insert(conn)
+    app = make_app(apply_interval=APPLYING)
+    app.extensions["kpi"].db.mode_every = 0.2
+    conn.execute("TRUNCATE purchases, leads")
+    wait_until(lambda: conn.execute("SELECT kpi_source()").fetchone() == ("raw",))
+    wait_until(lambda: conn.execute("SELECT kpi_source()").fetchone() == ("summaries",))
+    applied, rebuilt = applied_and_rebuilt(conn)
+    assert applied == rebuilt
+    body = app.test_client().get("/api/kpi?from=2026-03-01&to=2026-03-01", headers=auth).get_json()
+    assert (body["metrics"]["total_listings"], body["metrics"]["active_buyers"]) == (1, 0)
 
 
 def test_one_statement_that_changes_two_tables(conn: psycopg.Connection) -> None:

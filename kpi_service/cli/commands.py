@@ -144,6 +144,7 @@ def apply_command(environ: Mapping[str, str], *, once: bool, out: TextIO | None 
             on_caught_up=cache.caught_up if cache is not None else None,
             caught_up_at=cache.caught_up_at if cache is not None else None,
             turn=cache.applier_turn if cache is not None else None,
+            aged_days=settings.aged_days,
         ).run_forever()
     finally:
         db.close()

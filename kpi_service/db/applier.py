@@ -20,11 +20,13 @@ from collections.abc import Callable
 from typing import Any
 
 from kpi_service.db.connections import Database
-from kpi_service.db.errors import DatabaseUnavailable, SalesTablesChanged, StatementTimeout
+from kpi_service.db.errors import DatabaseUnavailable, LockNotGranted, SalesTablesChanged, StatementTimeout
 from kpi_service.db.sql import APPLY_BATCH
 from kpi_service.ops import metrics
 
 log = logging.getLogger(__name__)
+# After every instance's mode lookup has found the summaries stopped: their build truncates them.
+REBUILD_MARGIN_S = 5.0
 
 MIN_BATCH = 500
 # How long a paced batch lasts: its rest (sql/schema/summary.sql, "Pacing") is at most 5 s, so a
@@ -64,6 +66,7 @@ class Applier:
         on_caught_up: Callable[[float], None] | None = None,
         caught_up_at: Callable[[], float | None] | None = None,
         turn: Callable[[float], bool] | None = None,
+        aged_days: int = 60,
     ) -> None:
         self.db = db
         self.interval = interval
@@ -76,6 +79,10 @@ class Applier:
         # Asked before each tick's call whether it is this instance's turn (Redis: one call per
         # interval across instances); not asked while a backlog is worked off.
         self.turn = turn
+        self.aged_days = aged_days  # KPI_AGED_DAYS: the summaries' fast path, when it builds them
+        # Since when the summaries have been found stopped (raw, with a change log): built anew
+        # once every instance's mode lookup has noticed, so that no read waits on the build.
+        self._unbuilt_since: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False
@@ -141,6 +148,23 @@ class Applier:
         if since is not None:
             metrics.APPLIER_LAG.set(max(0.0, time.time() - since))
 
+    def _rebuild_when_noticed(self) -> None:
+        """The summaries built anew where they stopped (sql/schema/summary.sql, kpi_rebuild_if_needed),
+        once every instance reads the rows instead (Database.mode_every), and again at that pace."""
+        now = time.monotonic()
+        if self._unbuilt_since is None:
+            self._unbuilt_since = now
+            return
+        if now - self._unbuilt_since < self.db.mode_every + REBUILD_MARGIN_S:
+            return
+        self._unbuilt_since = now
+        try:
+            if self.db.rebuild_if_needed(self.aged_days):
+                log.info("summaries built anew from the rows")
+                self.db.mode(refresh=True, quiet=True, primary=True)
+        except (DatabaseUnavailable, LockNotGranted) as error:
+            log.warning("summaries not built anew: %s", error)
+
     def _failed(self, error: DatabaseUnavailable) -> None:
         if not self._failing:
             log.warning("summaries not applied: %s", error)
@@ -156,6 +180,10 @@ class Applier:
             except DatabaseUnavailable as error:
                 self._failed(error)
                 mode = None
+            if mode == "raw" and self.db.logged:
+                self._rebuild_when_noticed()
+            else:
+                self._unbuilt_since = None
             batch = self.batch
             taken = None
             # In the raw mode too, where there is a change log: the applier empties it (it is of

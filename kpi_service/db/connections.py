@@ -38,8 +38,10 @@ from kpi_service.db.sql import (
     LEGACY_MODE,
     MODE,
     PENDING,
+    REBUILD,
     SALES_TABLES,
     WAL_POSITION,
+    in_applier_turn,
     kpi_statement_rows,
     queries,
     waiting_for_the_applier,
@@ -340,6 +342,13 @@ class Database:
             row = conn.execute(AUDIT_STATE).fetchone()
         at = row["last_pass_at"]
         return {**row, "last_pass_at": at.isoformat() if at else None}
+
+    def rebuild_if_needed(self, aged_days: int) -> bool:
+        """Build the summaries anew where they stopped and only a build brings them back, with
+        aged_days' fast path (kpi_rebuild_if_needed): whether it built them."""
+        with self.connection("rebuild") as conn:
+            statement, *setup = REBUILD
+            return in_applier_turn(conn, statement, [aged_days], *setup)
 
     def pending_changes(self) -> int:
         """Rows in the change log that the applier has not taken yet."""

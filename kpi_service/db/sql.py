@@ -45,6 +45,9 @@ LEGACY_MODE = "SELECT kpi_source() AS mode"
 SALES_TABLES = "SELECT kpi_missing_columns() AS missing, to_regclass('kpi_changes') IS NOT NULL AS logged"
 PENDING = "SELECT kpi_pending_changes() AS pending"
 AUDIT_STATE = "SELECT last_pass_at, last_repairs, repairs FROM kpi_audit_state"
+# The summaries built anew where they stopped (a TRUNCATE; sql/schema/summary.sql), by the applier,
+# with no statement timeout: at ten million listings the build takes many minutes.
+REBUILD = ("SELECT kpi_rebuild_if_needed(%s)", "SET LOCAL statement_timeout = 0")
 # Which database this is (serving/keys.py, scope_of): pg_control_system() is PUBLIC's to run by
 # default, and a physical standby has its primary's system identifier.
 IDENTITY = "SELECT system_identifier::text AS system_identifier, current_database() AS name FROM pg_control_system()"
@@ -104,16 +107,18 @@ def waiting_for_the_applier(attempt: Callable[[], T | None], timeout: float = AP
     return value
 
 
-def in_applier_turn(conn: psycopg.Connection, statement: str, params: Sequence[Any] = ()) -> Any:
+def in_applier_turn(conn: psycopg.Connection, statement: str, params: Sequence[Any] = (), *setup: str) -> Any:
     """The statement (kpi_apply_changes, kpi_build) in a REPEATABLE READ transaction of its own
     that holds the applier lock, waiting for its turn (kpi_apply_changes answers NULL while another
-    has it, kpi_build raises lock_not_available; a deadlock is tried again as well): the first
-    column of its row."""
+    has it, kpi_build raises lock_not_available; a deadlock is tried again as well), after the
+    `setup` statements: the first column of its row."""
 
     def attempt() -> Any:
         try:
             with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
-                cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ WRITE")
+                for line in setup:
+                    cur.execute(line)
                 return cur.execute(statement, params).fetchone()[0]
         except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
             # (A deadlock: with a reader of the tables the rebuild locks, which goes on.)

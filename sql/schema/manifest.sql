@@ -109,7 +109,9 @@ FROM (VALUES
     ('function', 'kpi_add_links(kpi_buyer_days[])', 'owner', NULL),
     ('function', 'kpi_count_links()', 'owner', NULL),
     ('function', 'kpi_summary_version()', 'reader', NULL),
-    ('function', 'kpi_build(integer)', 'owner', NULL)
+    ('function', 'kpi_build(integer)', 'owner', NULL),
+    ('function', 'kpi_rebuild_if_needed(integer)', 'reader', NULL),
+    ('function', 'kpi_truncated_nothing(text, kpi_changes[])', 'owner', NULL)
 ) AS m (kind, name, callers, on_table);
 
 REVOKE ALL ON kpi_manifest FROM PUBLIC;

@@ -213,7 +213,7 @@ ALTER TABLE kpi_changes ADD COLUMN IF NOT EXISTS img jsonb;
 CREATE OR REPLACE FUNCTION kpi_change_of(c kpi_changes) RETURNS kpi_changes
 LANGUAGE sql IMMUTABLE AS $fn$
     SELECT CASE
-        WHEN c.img IS NULL THEN c
+        WHEN c.img IS NULL OR c.tbl = 't' THEN c
         WHEN NOT c.img ?& kpi_read_columns(CASE c.tbl WHEN 'l' THEN 'listings' WHEN 'd' THEN 'leads' ELSE 'purchases' END)
         THEN NULL
         WHEN c.tbl = 'l' THEN ROW(c.tbl, c.sign, (c.img->>'listed_at')::timestamptz, (c.img->>'id')::bigint, NULL, NULL,
@@ -304,9 +304,26 @@ $do$;
 CREATE OR REPLACE FUNCTION kpi_truncated() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 BEGIN
-    INSERT INTO kpi_changes (tbl) VALUES ('t');
+    INSERT INTO kpi_changes (tbl, img) VALUES ('t', jsonb_build_object('table', TG_TABLE_NAME));
     RETURN NULL;
 END
+$fn$;
+
+-- Whether a TRUNCATE of this table changed nothing the summaries hold, in a batch that takes the
+-- whole log (`changes`): the table is empty, the log names none of its rows (none was written
+-- since the last batch, before the TRUNCATE or after it), and the summaries count none of them.
+-- A TRUNCATE of an empty table, as loads and tests make, then costs no rebuild.
+CREATE OR REPLACE FUNCTION kpi_truncated_nothing(tbl text, changes kpi_changes[]) RETURNS boolean
+LANGUAGE sql STABLE AS $fn$
+    SELECT NOT EXISTS (SELECT FROM unnest(changes) c
+                       WHERE c.tbl = CASE tbl WHEN 'listings' THEN 'l' WHEN 'leads' THEN 'd' ELSE 'p' END)
+       AND CASE tbl
+               WHEN 'listings' THEN NOT EXISTS (SELECT FROM listings)
+                                    AND NOT EXISTS (SELECT FROM kpi_sums WHERE grain = 86400 AND listings <> 0)
+               WHEN 'leads' THEN NOT EXISTS (SELECT FROM leads)
+                                 AND NOT EXISTS (SELECT FROM kpi_sums WHERE grain = 86400 AND leads <> 0)
+               ELSE NOT EXISTS (SELECT FROM purchases) AND NOT EXISTS (SELECT FROM kpi_purchase_facts)
+           END
 $fn$;
 
 -- Adds differences to kpi_sums, each at its instant (the delta rows' bucket), at both grains;
@@ -1046,6 +1063,7 @@ BEGIN
         RETURNING *
     )
     SELECT coalesce(array_agg(t), '{}') INTO changes FROM taken t;
+    taken := cardinality(changes);
     IF stopped IS NULL THEN
         BEGIN
             changes := ARRAY(SELECT kpi_change_of(c) FROM unnest(changes) c);
@@ -1061,7 +1079,7 @@ BEGIN
         DELETE FROM kpi_summary_state;
         DELETE FROM kpi_changes;
         PERFORM set_config('kpi.changed', '{"all": true}', true);
-        RETURN cardinality(changes);
+        RETURN taken;
     END IF;
     IF cardinality(changes) = 0 THEN
         IF kpi_audit_due() THEN
@@ -1069,11 +1087,22 @@ BEGIN
         END IF;
         RETURN 0;
     END IF;
+    -- A TRUNCATE: the log cannot say which of its rows came before it. Unless it changed nothing,
+    -- the summaries stop (the KPIs are read from the rows) until they are built anew from the rows,
+    -- which the service's applier does once every instance has noticed (kpi_rebuild_if_needed):
+    -- at ten million listings that takes many minutes, more than a batch may.
     IF EXISTS (SELECT FROM unnest(changes) c WHERE c.tbl = 't') THEN
-        PERFORM kpi_rebuild();
-        PERFORM set_config('kpi.changed', '{"all": true}', true);
-        PERFORM kpi_applier_rests(started, busy_share);
-        RETURN cardinality(changes);
+        IF taken < max_rows
+           AND NOT EXISTS (SELECT FROM unnest(changes) c
+                           WHERE c.tbl = 't' AND NOT coalesce(kpi_truncated_nothing(c.img->>'table', changes), false))
+        THEN
+            changes := ARRAY(SELECT c FROM unnest(changes) c WHERE c.tbl <> 't');
+        ELSE
+            DELETE FROM kpi_summary_state;
+            DELETE FROM kpi_changes;
+            PERFORM set_config('kpi.changed', '{"all": true}', true);
+            RETURN taken;
+        END IF;
     END IF;
 
     -- (Summed per 15-minute bucket here, and so below: most of a batch's rows fall in a few
@@ -1190,11 +1219,11 @@ BEGIN
                max(date_bin('15 minutes', d.bucket, timestamptz 'epoch')) + interval '15 minutes' - interval '1 microsecond' AS last
         FROM unnest(deltas || buyer_deltas) d
     ) r;
-    IF cardinality(changes) < max_rows THEN
+    IF taken < max_rows THEN
         PERFORM kpi_audit_due();  -- the log was empty at this snapshot: all of it is applied now
     END IF;
     PERFORM kpi_applier_rests(started, busy_share);
-    RETURN cardinality(changes);
+    RETURN taken;
 END
 $fn$;
 
@@ -1330,5 +1359,21 @@ BEGIN
         PERFORM kpi_count_long(aged_days);
     END IF;
     UPDATE kpi_summary_state SET version = kpi_summary_version();
+END
+$fn$;
+
+-- The summaries built anew by the service itself where they stopped after a TRUNCATE, or after
+-- an init-db whose build did not finish: when every trigger is there and enabled since the
+-- summaries were last built, and every column the KPIs read is there (otherwise only init-db
+-- can bring them back). Whether it built them. Called by the service's applier, with its
+-- KPI_AGED_DAYS, in a REPEATABLE READ transaction of its own without a statement timeout.
+CREATE OR REPLACE FUNCTION kpi_rebuild_if_needed(aged_days integer) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
+BEGIN
+    IF EXISTS (SELECT FROM kpi_summary_state) OR NOT kpi_capturing() OR cardinality(kpi_missing_columns()) > 0 THEN
+        RETURN false;
+    END IF;
+    PERFORM kpi_build(aged_days);
+    RETURN true;
 END
 $fn$;
