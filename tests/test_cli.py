@@ -78,7 +78,7 @@ def test_init_db_is_idempotent(
         tables = {row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
         # The sales tables, and the service's summaries (sql/schema/manifest.sql lists them).
         listed = conn.execute("SELECT name FROM kpi_manifest WHERE kind = 'table' AND installed").fetchall()
-        assert len(listed) == 10 and tables == {*TABLES, *(name for (name,) in listed)}
+        assert len(listed) == 11 and tables == {*TABLES, *(name for (name,) in listed)}
         assert conn.execute("SELECT name FROM buyers").fetchall() == [("kept",)]
     assert "schema and summaries applied" in capsys.readouterr().out
 

@@ -44,6 +44,9 @@ def test_ready_with_database_and_in_process_cache(client) -> None:
     assert isinstance(pending, int) and pending >= 0
     lag = body["checks"].pop("applier_lag_s")
     assert lag == 0 if pending == 0 else lag is None or lag >= 0
+    # The summaries' audit: no pass has ended yet on the test database, or one repaired nothing.
+    audit = body["checks"].pop("audit")
+    assert audit["last_repairs"] in (None, 0) and audit["repairs"] == 0
     scope = body.pop("cache_scope")  # whose keys in Redis are this service's (serving/keys.py)
     assert isinstance(scope, str) and len(scope) == 16 and int(scope, 16) >= 0
     assert body == {

@@ -15,7 +15,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from kpi_service.config import Settings
-from kpi_service.db.sql import APPLY, APPLY_BATCH, MODE, PENDING, SALES_TABLES, queries
+from kpi_service.db.sql import APPLY, APPLY_BATCH, IDENTITY, MODE, PENDING, SALES_TABLES, queries
 
 PAYLOADS = [
     "'",
@@ -96,7 +96,13 @@ def test_payloads_reach_the_database_only_as_bound_values(
     assert statements, "no statement ran"
     # Constant texts only: the statement of sql/runtime/kpi.sql, and the summaries' applier and mode
     # look-up, which take no values from a request; never anything built from input.
-    assert {text for text, params in statements if params is None} <= {*APPLY[:2], MODE, SALES_TABLES, PENDING}
+    assert {text for text, params in statements if params is None} <= {
+        *APPLY[:2],
+        MODE,
+        SALES_TABLES,
+        IDENTITY,
+        PENDING,
+    }
     busy_share = Settings.apply_busy_share  # the default, which the app's applier passes
     assert all(params == [APPLY_BATCH, busy_share] for text, params in statements if text == APPLY[2])
     statements = [(text, params) for text, params in statements if params is not None and text != APPLY[2]]

@@ -21,10 +21,10 @@ from psycopg.conninfo import make_conninfo
 from kpi_service.app import create_app
 from kpi_service.config import Settings
 from kpi_service.db.connections import Database
+from kpi_service.db.identity import scope_of
 from kpi_service.db.replica import Positions, Replica
 from kpi_service.db.schema import apply_schema
 from kpi_service.db.sql import APPLY, CHANGED, IDENTITY, MODE, SALES_TABLES, WAL_POSITION
-from kpi_service.serving.keys import scope_of
 from tests.helpers import SECRET, RedisServer, make_settings, token, two_listings, wait_until
 from tests.servers import Load, PostgresServer, fetch, gunicorn, replicated, summary
 from tests.sse import Sse, serving

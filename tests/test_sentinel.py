@@ -26,9 +26,10 @@ from redis.sentinel import SentinelConnectionPool
 
 from kpi_service.app import create_app
 from kpi_service.client import KpiClient
+from kpi_service.db.identity import scope_of
 from kpi_service.db.sql import IDENTITY
 from kpi_service.serving.connection import connect
-from kpi_service.serving.keys import cache_key, scope_of
+from kpi_service.serving.keys import cache_key
 from kpi_service.serving.query import KpiQuery
 from tests.helpers import SECRET, RedisServer, insert_listing, make_settings, token, wait_until
 from tests.servers import Load, RedisSentinels, fetch, gunicorn, summary

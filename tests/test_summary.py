@@ -282,7 +282,8 @@ def test_the_service_builds_the_summaries_anew_after_a_truncate(
     app.extensions["kpi"].db.mode_every = 0.2
     conn.execute("TRUNCATE purchases, leads")
     wait_until(lambda: conn.execute("SELECT kpi_source()").fetchone() == ("raw",))
-    wait_until(lambda: conn.execute("SELECT kpi_source()").fetchone() == ("summaries",))
+    # Once every instance has noticed (its mode looked up again, here every 0.2 s) and 5 s more.
+    wait_until(lambda: conn.execute("SELECT kpi_source()").fetchone() == ("summaries",), seconds=60)
     applied, rebuilt = applied_and_rebuilt(conn)
     assert applied == rebuilt
     body = app.test_client().get("/api/kpi?from=2026-03-01&to=2026-03-01", headers=auth).get_json()

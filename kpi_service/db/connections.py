@@ -28,6 +28,7 @@ from kpi_service.db.errors import (
     SchemaMissing,
     StatementTimeout,
 )
+from kpi_service.db.identity import scope_of
 from kpi_service.db.schema import compatibility
 from kpi_service.db.sql import (
     APPLY,
@@ -47,7 +48,6 @@ from kpi_service.db.sql import (
     waiting_for_the_applier,
 )
 from kpi_service.ops import metrics
-from kpi_service.serving.keys import scope_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -48,7 +48,7 @@ AUDIT_STATE = "SELECT last_pass_at, last_repairs, repairs FROM kpi_audit_state"
 # The summaries built anew where they stopped (a TRUNCATE; sql/schema/summary.sql), by the applier,
 # with no statement timeout: at ten million listings the build takes many minutes.
 REBUILD = ("SELECT kpi_rebuild_if_needed(%s)", "SET LOCAL statement_timeout = 0")
-# Which database this is (serving/keys.py, scope_of): pg_control_system() is PUBLIC's to run by
+# Which database this is (db/identity.py, scope_of): pg_control_system() is PUBLIC's to run by
 # default, and a physical standby has its primary's system identifier.
 IDENTITY = "SELECT system_identifier::text AS system_identifier, current_database() AS name FROM pg_control_system()"
 # Positions in the WAL as byte offsets, comparable across a primary and its streaming replicas

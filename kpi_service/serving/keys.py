@@ -15,18 +15,11 @@ other, and only if the stored value was not computed later (cache.py, Cache.put)
 from __future__ import annotations
 
 import functools
-import hashlib
 from dataclasses import dataclass
 
 from kpi_service.serving.query import KpiQuery
 
 KEY_PREFIX = "kpi:v2"
-
-
-def scope_of(system_identifier: str, database: str) -> str:
-    """A database's scope: the first 16 hex digits of SHA-256 of "<system identifier>/<name>" (a
-    fixed length, whatever the name's characters; the identifier is pg_control_system()'s)."""
-    return hashlib.sha256(f"{system_identifier}/{database}".encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -205,7 +205,15 @@ CREATE TABLE IF NOT EXISTS kpi_changes (
     img       jsonb
 ) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
         autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 1000);
-ALTER TABLE kpi_changes ADD COLUMN IF NOT EXISTS img jsonb;
+-- (Looked up first: ALTER TABLE takes its lock even when the column is there, and the
+-- application's writes append to this table.)
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('kpi_changes') AND attname = 'img') THEN
+        ALTER TABLE kpi_changes ADD COLUMN img jsonb;
+    END IF;
+END
+$$;
 
 -- A log row with the columns the applier reads, from its image. An image without a column the
 -- KPIs read (renamed or dropped since it was logged) is NULL; one whose value does not cast (a
