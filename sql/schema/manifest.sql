@@ -88,6 +88,7 @@ FROM (VALUES
     ('function', 'kpi_audit_next(timestamptz)', 'owner', NULL),
     ('function', 'kpi_audit_slice(timestamptz, timestamptz, integer)', 'owner', NULL),
     ('function', 'kpi_audit(interval)', 'owner', NULL),
+    ('function', 'kpi_audit_is_due()', 'owner', NULL),
     ('function', 'kpi_audit_due()', 'owner', NULL),
     ('function', 'kpi_current_facts(bigint[])', 'owner', NULL),
     ('function', 'kpi_current_conversions(bigint[])', 'owner', NULL),

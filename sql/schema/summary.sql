@@ -764,6 +764,14 @@ BEGIN
 END
 $fn$;
 
+-- Whether the audit's next slice is due (kpi.audit_seconds set, its time come, the summaries built).
+CREATE OR REPLACE FUNCTION kpi_audit_is_due() RETURNS boolean
+LANGUAGE sql STABLE AS $fn$
+    SELECT nullif(current_setting('kpi.audit_seconds', true), '') IS NOT NULL
+       AND clock_timestamp() >= (SELECT next_at FROM kpi_audit_state)
+       AND EXISTS (SELECT FROM kpi_summary_state)
+$fn$;
+
 -- The next slice of the audit, once `every` has passed since the last and the log is empty in
 -- this snapshot (all of it applied by this transaction): what it parts (jsonb), or NULL.
 CREATE OR REPLACE FUNCTION kpi_audit(every interval) RETURNS jsonb
@@ -774,8 +782,7 @@ DECLARE
     parts jsonb;
     diffs bigint;
 BEGIN
-    IF every IS NULL OR clock_timestamp() < state.next_at OR EXISTS (SELECT FROM kpi_changes)
-       OR NOT EXISTS (SELECT FROM kpi_summary_state) THEN
+    IF every IS NULL OR NOT kpi_audit_is_due() OR EXISTS (SELECT FROM kpi_changes) THEN
         RETURN NULL;
     END IF;
     lo := kpi_audit_next(state.slice);
@@ -817,11 +824,12 @@ END
 $fn$;
 
 -- The applier's lock: one applier, build or rebuild at a time across all instances, held by
--- its transaction: the row of kpi_applier_rest (below), locked and written. Not an advisory lock,
--- which any login may take and keep: nobody but the summaries' owner may lock this row. It is
--- taken without waiting (false: another transaction has it, or one that committed after this
--- transaction's snapshot wrote it: working from a snapshot without that one's work would add
--- it twice). Whoever must wait tries again in a new transaction (kpi_service/db/sql.py,
+-- its transaction: the row of kpi_applier_rest (below). Not an advisory lock, which any login
+-- may take and keep: nobody but the summaries' owner may lock this row. It is taken without
+-- waiting (false: another transaction has it, or one that committed after this transaction's
+-- snapshot wrote it, as every batch that applies something does, kpi_applier_rests: working
+-- from a snapshot without that one's work would add it twice; REPEATABLE READ refuses the rest
+-- of such a transaction's writes where they meet that one's). Whoever must wait tries again in a new transaction (kpi_service/db/sql.py,
 -- in_applier_turn); kpi_build and kpi_rebuild raise lock_not_available for it.
 CREATE TABLE IF NOT EXISTS kpi_applier_rest (until timestamptz NOT NULL);
 INSERT INTO kpi_applier_rest SELECT '-infinity' WHERE NOT EXISTS (SELECT FROM kpi_applier_rest);
@@ -830,11 +838,7 @@ CREATE OR REPLACE FUNCTION kpi_applier_lock() RETURNS boolean
 LANGUAGE plpgsql AS $fn$
 BEGIN
     PERFORM FROM kpi_applier_rest FOR UPDATE SKIP LOCKED;
-    IF NOT FOUND THEN
-        RETURN false;
-    END IF;
-    UPDATE kpi_applier_rest SET until = until;
-    RETURN true;
+    RETURN FOUND;
 EXCEPTION WHEN serialization_failure THEN
     RETURN false;
 END
@@ -1044,6 +1048,12 @@ DECLARE
     taken bigint;
 BEGIN
     PERFORM kpi_require_one_snapshot();
+    -- Nothing to do: no lock, no write (locking a row writes WAL: an idle service must not, or
+    -- its primary's standbys would never be idle). An empty log in this snapshot means every
+    -- change committed before it is applied, by transactions committed before it.
+    IF NOT EXISTS (SELECT FROM kpi_changes) AND NOT kpi_audit_is_due() THEN
+        RETURN 0;
+    END IF;
     IF NOT kpi_applier_lock() THEN
         RETURN NULL;
     END IF;
