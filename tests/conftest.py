@@ -75,6 +75,13 @@ def database_url(server_url: str) -> Iterator[str]:
     yield from scratch_database(server_url, "kpi_test", summaries=True)
 
 
+@pytest.fixture
+def own_database(server_url: str) -> Iterator[str]:
+    """A database of this test's own, as init-db leaves it: for the tests that change the sales
+    tables' columns or triggers, or corrupt the summaries, which the others share."""
+    yield from scratch_database(server_url, "kpi_own", summaries=True)
+
+
 @pytest.fixture(scope="session")
 def raw_database_url(server_url: str) -> Iterator[str]:
     """Tables and indexes but no summaries, as an owner who allows the service no triggers has

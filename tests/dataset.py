@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -94,3 +95,21 @@ def retrying_deadlocks(conn: psycopg.Connection, *statements: str) -> None:
         except psycopg.errors.DeadlockDetected:
             if attempt == 4:
                 raise
+
+
+def audit_pass(conn: psycopg.Connection) -> list[dict]:
+    """A whole pass of the summaries' audit from its start, as the applier runs it (kpi_audit, a
+    slice per call): what each slice found, and last, the pass's end with its repairs."""
+    conn.execute("SET kpi.audit_seconds = 0")
+    conn.execute("UPDATE kpi_audit_state SET slice = NULL, next_at = '-infinity'")
+    found: list[dict] = []
+    try:
+        while not found or "pass_ended" not in found[-1]:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                conn.execute("SELECT kpi_apply_changes()")
+                audited = conn.execute("SELECT current_setting('kpi.audited', true)").fetchone()[0]
+            found.append(json.loads(audited))
+    finally:
+        conn.execute("RESET kpi.audit_seconds")
+    return found

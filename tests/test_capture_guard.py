@@ -14,7 +14,6 @@ import pytest
 from flask import Flask
 
 from kpi_service.db.schema import apply_schema
-from tests.conftest import scratch_database
 from tests.dataset import catch_up
 from tests.helpers import APPLYING, token, wait_until
 
@@ -23,14 +22,8 @@ MARCH = "/api/kpi?from=2026-03-01&to=2026-03-31"
 
 
 @pytest.fixture
-def own_url(server_url: str) -> Iterator[str]:
-    """A database of its own: these tests change the sales tables' columns and triggers."""
-    yield from scratch_database(server_url, "kpi_guard", summaries=True)
-
-
-@pytest.fixture
-def writes(own_url: str) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(own_url, autocommit=True) as conn:
+def writes(own_database: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(own_database, autocommit=True) as conn:
         conn.execute("INSERT INTO buyers (id, name) VALUES (1, 'a')")
         conn.execute(
             "INSERT INTO listings (id, price, status, listed_at, score) SELECT i, 100, 'active', %s, 50"
@@ -62,9 +55,9 @@ def application_writes(conn: psycopg.Connection, n: int) -> None:
     ],
 )  # fmt: skip
 def test_a_kpi_column_renamed_or_dropped_under_a_running_service(
-    own_url: str, writes: psycopg.Connection, make_app: Callable[..., Flask], change: str, undo: str
+    own_database: str, writes: psycopg.Connection, make_app: Callable[..., Flask], change: str, undo: str
 ) -> None:
-    app = make_app(database_url=own_url, apply_interval=APPLYING)
+    app = make_app(database_url=own_database, apply_interval=APPLYING)
     client = app.test_client()
     auth = {"Authorization": f"Bearer {token()}"}
     assert client.get(MARCH, headers=auth).get_json()["metrics"]["total_listings"] == 10
@@ -82,14 +75,14 @@ def test_a_kpi_column_renamed_or_dropped_under_a_running_service(
     assert ready.status_code == 503 and "columns the KPIs read" in ready.get_json()["checks"]["schema"]
     # The column back, init-db builds the summaries anew.
     writes.execute(undo)
-    apply_schema(own_url)
+    apply_schema(own_database)
     assert source(writes) == "summaries"
     app.extensions["kpi"].db.mode(refresh=True)
     body = client.get("/api/kpi?from=2026-03-03&to=2026-03-30", headers=auth).get_json()
     assert body["metrics"]["total_listings"] == 10
 
 
-def test_a_kpi_column_retyped_keeps_the_numbers(own_url: str, writes: psycopg.Connection) -> None:
+def test_a_kpi_column_retyped_keeps_the_numbers(own_database: str, writes: psycopg.Connection) -> None:
     """A retype PostgreSQL allows (the score as real): the images still read, the numbers stay exact."""
     writes.execute("ALTER TABLE listings ALTER COLUMN score TYPE real")
     application_writes(writes, 1)
@@ -99,7 +92,7 @@ def test_a_kpi_column_retyped_keeps_the_numbers(own_url: str, writes: psycopg.Co
     assert writes.execute("SELECT sum(score_sum) FROM kpi_sums WHERE grain = 900").fetchone()[0] == 525.5
 
 
-def test_triggers_disabled_and_enabled_again_in_one_transaction(own_url: str, writes: psycopg.Connection) -> None:
+def test_triggers_disabled_and_enabled_again_in_one_transaction(own_database: str, writes: psycopg.Connection) -> None:
     """Issue 33, item 7: the 100 listings loaded meanwhile went past the log. The summaries stop
     until init-db, which counts them; the triggers are ALWAYS again after it."""
     with writes.transaction():
@@ -113,7 +106,7 @@ def test_triggers_disabled_and_enabled_again_in_one_transaction(own_url: str, wr
     assert source(writes) == "raw"
     catch_up(writes)
     assert source(writes) == "raw"
-    apply_schema(own_url)
+    apply_schema(own_database)
     assert source(writes) == "summaries"
     assert writes.execute("SELECT sum(listings) FROM kpi_sums WHERE grain = 900").fetchone() == (110,)
     assert writes.execute(
@@ -122,12 +115,12 @@ def test_triggers_disabled_and_enabled_again_in_one_transaction(own_url: str, wr
 
 
 def test_the_log_does_not_grow_while_the_summaries_are_not_built(
-    own_url: str, writes: psycopg.Connection, make_app: Callable[..., Flask]
+    own_database: str, writes: psycopg.Connection, make_app: Callable[..., Flask]
 ) -> None:
     """Issue 33, item 10: in the raw mode (a failed build, or before init-db's build) the applier
     empties the log the triggers still fill."""
     writes.execute("DELETE FROM kpi_summary_state")
-    make_app(database_url=own_url, apply_interval=APPLYING)
+    make_app(database_url=own_database, apply_interval=APPLYING)
     for n in range(10):
         application_writes(writes, n)
     wait_until(lambda: writes.execute("SELECT count(*) FROM kpi_changes").fetchone()[0] == 0)

@@ -110,7 +110,8 @@ def waiting_for_the_applier(attempt: Callable[[], T | None], timeout: float = AP
 def in_applier_turn(conn: psycopg.Connection, statement: str, params: Sequence[Any] = (), *setup: str) -> Any:
     """The statement (kpi_apply_changes, kpi_build) in a REPEATABLE READ transaction of its own
     that holds the applier lock, waiting for its turn (kpi_apply_changes answers NULL while another
-    has it, kpi_build raises lock_not_available; a deadlock is tried again as well), after the
+    has it, kpi_build raises lock_not_available; a deadlock or a serialization failure is tried
+    again as well), after the
     `setup` statements: the first column of its row."""
 
     def attempt() -> Any:
@@ -120,8 +121,9 @@ def in_applier_turn(conn: psycopg.Connection, statement: str, params: Sequence[A
                 for line in setup:
                     cur.execute(line)
                 return cur.execute(statement, params).fetchone()[0]
-        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
-            # (A deadlock: with a reader of the tables the rebuild locks, which goes on.)
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+            # (A deadlock: with a reader of the tables the rebuild locks, which goes on; a
+            # serialization failure: another applier's commit met this snapshot.)
             return None
 
     return waiting_for_the_applier(attempt)

@@ -824,12 +824,11 @@ END
 $fn$;
 
 -- The applier's lock: one applier, build or rebuild at a time across all instances, held by
--- its transaction: the row of kpi_applier_rest (below). Not an advisory lock, which any login
--- may take and keep: nobody but the summaries' owner may lock this row. It is taken without
--- waiting (false: another transaction has it, or one that committed after this transaction's
--- snapshot wrote it, as every batch that applies something does, kpi_applier_rests: working
--- from a snapshot without that one's work would add it twice; REPEATABLE READ refuses the rest
--- of such a transaction's writes where they meet that one's). Whoever must wait tries again in a new transaction (kpi_service/db/sql.py,
+-- its transaction: the row of kpi_applier_rest (below), locked and written. Not an advisory
+-- lock, which any login may take and keep: nobody but the summaries' owner may lock this row.
+-- It is taken without waiting (false: another transaction has it, or one that committed after
+-- this transaction's snapshot took it: working from a snapshot without that one's work would
+-- add it twice). Taken only where there is work (kpi_apply_changes), since the write costs WAL. Whoever must wait tries again in a new transaction (kpi_service/db/sql.py,
 -- in_applier_turn); kpi_build and kpi_rebuild raise lock_not_available for it.
 CREATE TABLE IF NOT EXISTS kpi_applier_rest (until timestamptz NOT NULL);
 INSERT INTO kpi_applier_rest SELECT '-infinity' WHERE NOT EXISTS (SELECT FROM kpi_applier_rest);
@@ -838,7 +837,11 @@ CREATE OR REPLACE FUNCTION kpi_applier_lock() RETURNS boolean
 LANGUAGE plpgsql AS $fn$
 BEGIN
     PERFORM FROM kpi_applier_rest FOR UPDATE SKIP LOCKED;
-    RETURN FOUND;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    UPDATE kpi_applier_rest SET until = until;
+    RETURN true;
 EXCEPTION WHEN serialization_failure THEN
     RETURN false;
 END
@@ -930,11 +933,16 @@ LANGUAGE sql STABLE AS $fn$
         FROM (SELECT prev_bucket AS bucket, count(*) AS n FROM kpi_buyer_buckets
               WHERE prev_bucket BETWEEN lo AND last GROUP BY 1) AS k
         UNION ALL
-        SELECT x FROM kpi_sales s CROSS JOIN LATERAL kpi_long_sale(s.listed_at, s.sold_at, aged_days, s.n) x
-        WHERE s.listed_at BETWEEN lo AND last AND x.long_listed <> 0
-        UNION ALL
-        SELECT x FROM kpi_sales s CROSS JOIN LATERAL kpi_long_sale(s.listed_at, s.sold_at, aged_days, s.n) x
-        WHERE s.sold_at - interval '1 microsecond' BETWEEN lo AND last AND x.long_sold <> 0
+        -- (kpi_long_sale's rows are at the sale's own instants: put in their bucket here.)
+        SELECT ROW(0, date_bin('15 minutes', x.bucket, timestamptz 'epoch'), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                   x.long_listed, x.long_sold)::kpi_sums
+        FROM (
+            SELECT x.* FROM kpi_sales s CROSS JOIN LATERAL kpi_long_sale(s.listed_at, s.sold_at, aged_days, s.n) x
+            WHERE s.listed_at BETWEEN lo AND last AND x.long_listed <> 0
+            UNION ALL
+            SELECT x.* FROM kpi_sales s CROSS JOIN LATERAL kpi_long_sale(s.listed_at, s.sold_at, aged_days, s.n) x
+            WHERE s.sold_at - interval '1 microsecond' BETWEEN lo AND last AND x.long_sold <> 0
+        ) x
     )
 $fn$;
 
