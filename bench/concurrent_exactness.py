@@ -1,15 +1,15 @@
 """Numbers that cannot drift (issue 33): concurrent writers of every kind, VACUUMs and the
 service's own applier, then every window of the summaries against the raw rows.
 
-    .venv/bin/python bench/concurrent_exactness.py                      # 40 s, 6 writer processes, both zones
-    .venv/bin/python bench/concurrent_exactness.py --seconds 10 --writers 4 --threads --timezones UTC
+    .venv/bin/python bench/concurrent_exactness.py                      # 40 s, 6 writer threads, both zones
+    .venv/bin/python bench/concurrent_exactness.py --seconds 10 --writers 4 --processes --timezones UTC
 
 Per server TimeZone (`ALTER DATABASE ... SET timezone`; Europe/Berlin and UTC by default), in a
 scratch database of its own after init-db: ~3,000 listings seeded around March 2026 with buyers,
 leads and purchases (Berlin's and New York's DST changes inside); the service (`create_app`, as a
 gunicorn worker makes it) running its applier at the default KPI_APPLY_INTERVAL_MS and
 KPI_APPLY_BUSY_PERCENT, against a private redis-server (as in production; --no-redis for the
-in-process stand-in); then --writers writers (processes unless --threads) for --seconds, each a
+in-process stand-in); then --writers writers (threads, or processes with --processes) for --seconds, each a
 random mix of every kind of change in autocommit transactions (tests/concurrent_workload.py:
 inserts, a row updated twice in one and in two transactions, new buyers' leads deleted a fraction
 of a second later, instants moved by hours and days across the DST days, sales, withdrawals and
@@ -74,7 +74,9 @@ def main() -> int:
     parser.add_argument("--timezones", default="Europe/Berlin,UTC", help="server TimeZone of each run, comma-separated")
     parser.add_argument("--listings", type=int, default=3000)
     parser.add_argument("--writers", type=int, default=6)
-    parser.add_argument("--threads", action="store_true", help="writers as threads of this process")
+    # Six threads gave the highest rate on the 2-core development machine (docs/benchmarks.md):
+    # the work is PostgreSQL's, and processes of their own gained nothing.
+    parser.add_argument("--processes", action="store_true", help="writers as processes of their own, not threads")
     parser.add_argument("--seconds", type=float, default=40.0)
     parser.add_argument("--no-redis", action="store_true", help="the service's in-process Redis stand-in")
     parser.add_argument("--seed", type=int, default=1)
@@ -97,7 +99,7 @@ def main() -> int:
                     timezone,
                     listings=args.listings,
                     writers=args.writers,
-                    processes=not args.threads,
+                    processes=args.processes,
                     seconds=args.seconds,
                     redis_url=redis.url if redis else None,
                     seed_value=args.seed,
