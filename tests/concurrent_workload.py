@@ -729,8 +729,10 @@ def run(
             comparison = compare_windows(url, app.test_client(), stopped_at)
             rebuild = compare_rebuild(url)
         finally:
-            state.close()
+            # The streams' hub first: closing the service's Redis under its listener would be
+            # logged as an outage.
             app.extensions["kpi_stream"].hub.close()
+            state.close()
     return RunResult(
         timezone=timezone,
         listings=listings,
