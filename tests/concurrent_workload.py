@@ -30,6 +30,7 @@ from typing import Any
 
 import jwt
 import psycopg
+from prometheus_client import REGISTRY
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
@@ -499,14 +500,18 @@ def vacuum(url: str, stop: threading.Event, rng: random.Random) -> int:
 # --- the service ---------------------------------------------------------------------------------
 
 
-def service_settings(url: str, redis_url: str | None) -> Settings:
-    """The service as deployed: the applier at its default interval and pacing (KPI_APPLY_INTERVAL_MS,
-    KPI_APPLY_BUSY_PERCENT unset). Without Redis, the development stand-in in the process."""
+def service_settings(url: str, redis_url: str | None, busy_percent: int | None = None) -> Settings:
+    """The service as deployed: the applier at its default interval and pacing (KPI_APPLY_INTERVAL_MS
+    and, unless `busy_percent` is given, KPI_APPLY_BUSY_PERCENT unset). Without Redis, the
+    development stand-in in the process."""
+    environ = {"KPI_APPLY_BUSY_PERCENT": str(busy_percent)} if busy_percent is not None else {}
     if redis_url:
         return Settings.from_env(
-            {}, jwt_secret_key=JWT_SECRET, database_url=url, redis_url=redis_url, log_level="WARNING"
+            environ, jwt_secret_key=JWT_SECRET, database_url=url, redis_url=redis_url, log_level="WARNING"
         )
-    return Settings.from_env({}, jwt_secret_key=JWT_SECRET, database_url=url, env="development", log_level="WARNING")
+    return Settings.from_env(
+        environ, jwt_secret_key=JWT_SECRET, database_url=url, env="development", log_level="WARNING"
+    )
 
 
 def bearer() -> dict[str, str]:
@@ -672,6 +677,9 @@ class RunResult:
     vacuums: int
     backlog_max: int
     left_at_stop: int  # log rows the applier had not taken when the writes stopped
+    # What the service's applier did meanwhile (paced: it rests while the application works).
+    applied_during_writes: int
+    batches_during_writes: int
     drain_seconds: float
     comparison: Comparison
     rebuild_differences: list[str]
@@ -698,6 +706,7 @@ def run(
     processes: bool = False,
     seconds: float = 40.0,
     redis_url: str | None = None,
+    busy_percent: int | None = None,
     seed_value: int = 1,
     drain_seconds: float = 600.0,
     progress: Callable[[str], None] = lambda _: None,
@@ -707,7 +716,7 @@ def run(
     with scratch_database(server_url, timezone) as url:
         progress(f"{timezone}: seeding {listings:,} listings")
         seeded = seed(url, listings, rng)
-        app = create_app(service_settings(url, redis_url))
+        app = create_app(service_settings(url, redis_url, busy_percent))
         state = app.extensions["kpi"]
         try:
             drain(url, drain_seconds)  # the seed's log, before the measured writes
@@ -717,8 +726,10 @@ def run(
             with ThreadPoolExecutor(2) as helpers:
                 vacuums = helpers.submit(vacuum, url, stop, random.Random(seed_value))
                 watch = helpers.submit(watch_backlog, url, stop, backlog)
+                applied_before = applied()
                 counts = run_writers(url, seeded, writers, processes, seconds, seed_value)
                 elapsed = seconds
+                applied_during = tuple(b - a for a, b in zip(applied_before, applied(), strict=True))
                 stopped_at = datetime.now(UTC)
                 stop.set()
                 rounds = vacuums.result()
@@ -743,10 +754,19 @@ def run(
         vacuums=rounds,
         backlog_max=backlog[0],
         left_at_stop=left,
+        applied_during_writes=applied_during[0],
+        batches_during_writes=applied_during[1],
         drain_seconds=drained,
         comparison=comparison,
         rebuild_differences=rebuild,
     )
+
+
+def applied() -> tuple[int, int]:
+    """Log rows this process's appliers have applied, and their batches (the service's metrics)."""
+    rows = REGISTRY.get_sample_value("kpi_summary_changes_applied_total") or 0
+    batches = REGISTRY.get_sample_value("kpi_summary_apply_duration_seconds_count") or 0
+    return int(rows), int(batches)
 
 
 def watch_backlog(url: str, stop: threading.Event, peak: list[int]) -> None:
