@@ -320,10 +320,36 @@ class Writer:
         )
 
     def twice_in_two(self) -> None:
+        """A row updated in two transactions in a row, the first leaving what the second changes
+        as it was: a listing's cost (which its purchase's profit reads), the instant of a lead a
+        purchase names (its lead time), and a listing's instant."""
         listing = self.listing()
-        self.commit([("UPDATE listings SET price = price + 1, score = NULL WHERE id = %s", [listing])])
+        if self.rng.random() < 0.5:
+            self.commit([("UPDATE listings SET price = price + 1, score = NULL WHERE id = %s", [listing])])
+            self.commit(
+                [("UPDATE listings SET listed_at = %s, score = %s WHERE id = %s", [instant(self.rng), 50, listing])]
+            )
+            return
+        cost = money(self.rng, 3000, 40000) if self.rng.random() < 0.8 else None
+        self.commit([("UPDATE listings SET price = price + 1 WHERE id = %s", [listing])])
+        self.commit([("UPDATE listings SET acquisition_cost = %s WHERE id = %s", [cost, listing])])
         self.commit(
-            [("UPDATE listings SET listed_at = %s, score = %s WHERE id = %s", [instant(self.rng), 50, listing])]
+            [
+                (
+                    "UPDATE leads SET status = 'converted'"
+                    " WHERE id = (SELECT lead_id FROM purchases WHERE listing_id = %s)",
+                    [listing],
+                )
+            ]
+        )
+        self.commit(
+            [
+                (
+                    "UPDATE leads SET created_at = created_at + %s::interval"
+                    " WHERE id = (SELECT lead_id FROM purchases WHERE listing_id = %s)",
+                    [self.move(), listing],
+                )
+            ]
         )
 
     def fleeting_lead(self) -> None:
