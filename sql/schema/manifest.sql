@@ -93,7 +93,7 @@ FROM (VALUES
     ('function', 'kpi_current_facts(bigint[])', 'owner', NULL),
     ('function', 'kpi_current_conversions(bigint[])', 'owner', NULL),
     ('function', 'kpi_sync_facts(bigint[], bigint[])', 'owner', NULL),
-    ('function', 'kpi_sync_buyers(kpi_buyer_buckets[])', 'owner', NULL),
+    ('function', 'kpi_sync_buyers(kpi_buyer_buckets[], kpi_buyer_buckets[])', 'owner', NULL),
     ('function', 'kpi_applier_lock()', 'owner', NULL),
     ('function', 'kpi_require_one_snapshot()', 'owner', NULL),
     ('function', 'kpi_long_sale(timestamptz, timestamptz, integer, bigint)', 'owner', NULL),

@@ -451,11 +451,15 @@ $fn$;
 
 -- Brings the buyers' buckets of these (buyer, bucket) pairs in line with the sales tables, with
 -- their links, returning what that adds to kpi_sums and kpi_buyer_days. A pair holds if that
--- buyer has a lead or purchase in that bucket in this snapshot (looked up for every pair named:
--- never presumed from a batch's images, since once VACUUM has freed log pages a delete's row
--- can be taken before its insert's). The applier passes the pairs its batch names, the audit
--- those whose stored rows differ from the sales tables.
-CREATE OR REPLACE FUNCTION kpi_sync_buyers(pairs kpi_buyer_buckets[], OUT sums kpi_sums[], OUT links kpi_buyer_days[])
+-- buyer has a lead or purchase in that bucket in this snapshot: `proven` are pairs the caller
+-- found a row of in this snapshot, the others are looked up over their bucket (never presumed
+-- from a batch's images, since once VACUUM has freed log pages a delete's row can be taken
+-- before its insert's). The applier passes the pairs its batch names, with those that a row it
+-- names still proves (looked up by its key: a new lead costs no read of its bucket, whose
+-- leads are many when the application is busy); the audit those whose stored rows differ.
+DROP FUNCTION IF EXISTS kpi_sync_buyers(kpi_buyer_buckets[]);
+CREATE OR REPLACE FUNCTION kpi_sync_buyers(pairs kpi_buyer_buckets[], proven kpi_buyer_buckets[],
+                                           OUT sums kpi_sums[], OUT links kpi_buyer_days[])
 LANGUAGE plpgsql AS $fn$
 DECLARE
     buyer_ids bigint[];
@@ -468,16 +472,23 @@ BEGIN
     -- wrote each twice).
     WITH named AS (
         -- (last: the bucket's last instant; an infinite bucket holds that instant alone.)
-        SELECT b.*, CASE WHEN isfinite(b.bucket) THEN b.bucket + interval '14 minutes 59.999999 seconds'
-                         ELSE b.bucket END AS last
-        FROM (SELECT DISTINCT p.buyer_id, p.bucket FROM unnest(pairs) p) b
+        SELECT b.buyer_id, b.bucket, bool_or(b.proven) AS proven,
+               CASE WHEN isfinite(b.bucket) THEN b.bucket + interval '14 minutes 59.999999 seconds'
+                    ELSE b.bucket END AS last
+        FROM (
+            SELECT p.buyer_id, p.bucket, false AS proven FROM unnest(pairs) p
+            UNION ALL
+            SELECT p.buyer_id, p.bucket, true FROM unnest(proven) p
+        ) b
+        GROUP BY b.buyer_id, b.bucket
     ),
     truth AS (
         SELECT p.buyer_id, p.bucket,
-               EXISTS (SELECT FROM leads x WHERE x.created_at BETWEEN p.bucket AND p.last
-                                                AND x.buyer_id = p.buyer_id)
-               OR EXISTS (SELECT FROM purchases x WHERE x.purchased_at BETWEEN p.bucket AND p.last
-                                                    AND x.buyer_id = p.buyer_id) AS holds
+               CASE WHEN p.proven THEN true
+                    ELSE EXISTS (SELECT FROM leads x WHERE x.created_at BETWEEN p.bucket AND p.last
+                                                       AND x.buyer_id = p.buyer_id)
+                         OR EXISTS (SELECT FROM purchases x WHERE x.purchased_at BETWEEN p.bucket AND p.last
+                                                              AND x.buyer_id = p.buyer_id) END AS holds
         FROM named p
     ),
     removed AS (
@@ -653,8 +664,9 @@ BEGIN
     parts := parts || jsonb_build_object('kpi_purchase_facts', cardinality(more_deltas));
     deltas := deltas || more_deltas;
 
-    -- The buyers' buckets of the slice: the pairs stored or not as the rows say otherwise.
-    SELECT b.sums, b.links, cardinality(p.pairs) INTO more_deltas, links, diffs
+    -- The buyers' buckets of the slice: the pairs stored or not as the rows say otherwise (the
+    -- missing ones proven by the rows just read, the others looked up).
+    SELECT b.sums, b.links, cardinality(p.missing) + cardinality(p.extra) INTO more_deltas, links, diffs
     FROM (
         SELECT ARRAY(
             SELECT ROW(d.buyer_id, d.bucket, NULL)::kpi_buyer_buckets
@@ -667,7 +679,7 @@ BEGIN
                 EXCEPT
                 SELECT buyer_id, bucket FROM kpi_buyer_buckets WHERE bucket BETWEEN lo AND last
             ) AS d (buyer_id, bucket)
-        ) || ARRAY(
+        ) AS missing, ARRAY(
             SELECT ROW(d.buyer_id, d.bucket, NULL)::kpi_buyer_buckets
             FROM (
                 SELECT buyer_id, bucket FROM kpi_buyer_buckets WHERE bucket BETWEEN lo AND last
@@ -678,9 +690,9 @@ BEGIN
                  SELECT buyer_id, date_bin('15 minutes', purchased_at, timestamptz 'epoch') FROM purchases
                  WHERE purchased_at BETWEEN lo AND last)
             ) AS d (buyer_id, bucket)
-        ) AS pairs
+        ) AS extra
     ) p
-    CROSS JOIN LATERAL kpi_sync_buyers(p.pairs) b;
+    CROSS JOIN LATERAL kpi_sync_buyers(p.missing || p.extra, p.missing) b;
     parts := parts || jsonb_build_object('kpi_buyer_buckets', diffs);
     deltas := deltas || more_deltas;
 
@@ -1205,13 +1217,25 @@ BEGIN
         )
     );
 
-    -- The buyers' buckets of every (buyer, bucket) the batch names.
+    -- The buyers' buckets of every (buyer, bucket) the batch names, and of where the leads and
+    -- purchases it names are now (looked up by their keys: those pairs hold).
     SELECT b.sums, b.links INTO buyer_deltas, link_deltas
-    FROM kpi_sync_buyers(ARRAY(
-        SELECT DISTINCT ROW(c.buyer_id, date_bin('15 minutes', c.at, timestamptz 'epoch'), NULL)::kpi_buyer_buckets
-        FROM unnest(changes) c
-        WHERE c.tbl IN ('d', 'p')
-    )) b;
+    FROM kpi_sync_buyers(
+        ARRAY(
+            SELECT DISTINCT ROW(c.buyer_id, date_bin('15 minutes', c.at, timestamptz 'epoch'), NULL)::kpi_buyer_buckets
+            FROM unnest(changes) c
+            WHERE c.tbl IN ('d', 'p')
+        ),
+        ARRAY(
+            SELECT DISTINCT ROW(x.buyer_id, date_bin('15 minutes', x.at, timestamptz 'epoch'), NULL)::kpi_buyer_buckets
+            FROM (SELECT DISTINCT c.tbl, c.id FROM unnest(changes) c WHERE c.tbl IN ('d', 'p')) k
+            CROSS JOIN LATERAL (
+                SELECT ld.buyer_id, ld.created_at AS at FROM leads ld WHERE k.tbl = 'd' AND ld.id = k.id
+                UNION ALL
+                SELECT p.buyer_id, p.purchased_at FROM purchases p WHERE k.tbl = 'p' AND p.id = k.id
+            ) x
+        )
+    ) b;
 
     PERFORM kpi_add(deltas || buyer_deltas || sale_deltas);
     PERFORM kpi_add_links(link_deltas);
