@@ -80,7 +80,7 @@ def ensure_database(server: str, listings: int) -> str:
         if row == (listings, SEED, UNTIL):
             print(f"{name}: reusing the seeded data ({listings:,} listings, seed {SEED}, until {UNTIL:%Y-%m-%d})")
             # New indexes and summaries: the visibility map for index-only scans, and statistics.
-            conn.execute("VACUUM (ANALYZE) listings, leads, purchases, kpi_sums, kpi_buyer_buckets")
+            conn.execute("VACUUM (ANALYZE) listings, leads, purchases, kpi.kpi_sums, kpi.kpi_buyer_buckets")
             return url
     print(f"{name}: seeding {listings:,} listings ...", flush=True)
     done = seed(url, listings, seed=SEED, until=UNTIL, truncate=True)

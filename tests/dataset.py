@@ -75,10 +75,10 @@ def catch_up(conn: psycopg.Connection) -> None:
     committed change (waiting for an applier that holds the lock, then applying what it left), and
     are built anew where that stopped them (a TRUNCATE: the service waits for every instance to
     notice first). Nothing to do in a database without the summaries."""
-    if conn.execute("SELECT to_regprocedure('kpi_apply_changes(integer, double precision)')").fetchone()[0]:
-        in_applier_turn(conn, "SELECT kpi_apply_changes()")
-        if conn.execute("SELECT to_regprocedure('kpi_rebuild_if_needed(integer)')").fetchone()[0]:
-            in_applier_turn(conn, "SELECT kpi_rebuild_if_needed(60)")
+    if conn.execute("SELECT to_regprocedure('kpi.kpi_apply_changes(integer, double precision)')").fetchone()[0]:
+        in_applier_turn(conn, "SELECT kpi.kpi_apply_changes()")
+        if conn.execute("SELECT to_regprocedure('kpi.kpi_rebuild_if_needed(integer)')").fetchone()[0]:
+            in_applier_turn(conn, "SELECT kpi.kpi_rebuild_if_needed(60)")
 
 
 def retrying_deadlocks(conn: psycopg.Connection, *statements: str) -> None:

@@ -55,14 +55,15 @@ def corrupt(conn: psycopg.Connection) -> tuple[datetime, datetime]:
     """One 15-minute bucket of kpi_sums and one buyer's bucket changed by hand: their days."""
     day = START + timedelta(days=4)
     bucket = conn.execute(
-        "UPDATE kpi_sums SET listings = listings + 5, price_sum = price_sum + 1"
-        " WHERE grain = 900 AND bucket = (SELECT min(bucket) FROM kpi_sums WHERE grain = 900 AND listings > 0"
+        "UPDATE kpi.kpi_sums SET listings = listings + 5, price_sum = price_sum + 1"
+        " WHERE grain = 900 AND bucket = (SELECT min(bucket) FROM kpi.kpi_sums WHERE grain = 900 AND listings > 0"
         " AND bucket >= %s) RETURNING bucket",
         [day],
     ).fetchone()[0]
     gone = conn.execute(
-        "DELETE FROM kpi_buyer_buckets WHERE (buyer_id, bucket) = (SELECT buyer_id, bucket FROM kpi_buyer_buckets"
-        " WHERE bucket >= %s ORDER BY bucket LIMIT 1) RETURNING bucket",
+        "DELETE FROM kpi.kpi_buyer_buckets WHERE (buyer_id, bucket) ="
+        " (SELECT buyer_id, bucket FROM kpi.kpi_buyer_buckets WHERE bucket >= %s ORDER BY bucket LIMIT 1)"
+        " RETURNING bucket",
         [day + timedelta(days=5)],
     ).fetchone()[0]
     return bucket, gone
@@ -81,7 +82,7 @@ def test_one_pass_repairs_and_counts_what_was_changed_by_hand(conn: psycopg.Conn
     while not found or "pass_ended" not in found[-1]:
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            conn.execute("SELECT kpi_apply_changes()")
+            conn.execute("SELECT kpi.kpi_apply_changes()")
             audited = conn.execute("SELECT current_setting('kpi.audited', true)").fetchone()[0]
         found.append(json.loads(audited))
         assert len(found) < 200
@@ -90,7 +91,7 @@ def test_one_pass_repairs_and_counts_what_was_changed_by_hand(conn: psycopg.Conn
     assert found[-1]["repairs"] == sum(f["repairs"] for f in found[:-1]) > 0
     applied, rebuilt = applied_and_rebuilt(conn)
     assert applied == rebuilt
-    state = conn.execute("SELECT last_repairs, repairs, last_pass_at IS NOT NULL FROM kpi_audit_state").fetchone()
+    state = conn.execute("SELECT last_repairs, repairs, last_pass_at IS NOT NULL FROM kpi.kpi_audit_state").fetchone()
     assert state == (found[-1]["repairs"], found[-1]["repairs"], True)
 
 
@@ -120,7 +121,7 @@ def test_an_audit_of_right_summaries_repairs_nothing(conn: psycopg.Connection) -
     for _ in range(200):
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            conn.execute("SELECT kpi_apply_changes()")
+            conn.execute("SELECT kpi.kpi_apply_changes()")
             ended = json.loads(conn.execute("SELECT current_setting('kpi.audited', true)").fetchone()[0])
         if "pass_ended" in ended:
             break

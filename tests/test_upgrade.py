@@ -34,7 +34,7 @@ SUMS = (
 )
 SUMS_NOW = (
     "SELECT ctid::text, xmin::text, grain, bucket, listings, price_sum, scored, score_sum, unsold, leads, converted,"
-    " costed, profit_sum, led, lead_seconds, buyer_buckets, buyer_links, long_listed, long_sold FROM kpi_sums"
+    " costed, profit_sum, led, lead_seconds, buyer_buckets, buyer_links, long_listed, long_sold FROM kpi.kpi_sums"
 )
 UNTIL = datetime(2026, 11, 1, tzinfo=UTC)
 WINDOWS = [
@@ -111,14 +111,14 @@ def test_init_db_upgrades_the_previous_release_in_place(empty_database: str, ser
     with psycopg.connect(empty_database, autocommit=True) as conn:
         # Not rebuilt: a rebuild empties the change log and rewrites every row of the sums. The
         # long sales are counted into the rows of their buckets (version 6), the rest stay.
-        assert conn.execute("SELECT count(*) FROM kpi_changes").fetchone()[0] == pending
+        assert conn.execute("SELECT count(*) FROM kpi.kpi_changes").fetchone()[0] == pending
         had = {row[2:4]: row for row in sums}
         now = {row[2:4]: row for row in conn.execute(SUMS_NOW).fetchall()}
         assert all(now[key][2:-2] == row[2:] for key, row in had.items())
         assert all(now[key][:2] == row[:2] for key, row in had.items() if now[key][-2:] == (0, 0))
         assert all(row[4:-2] == (0,) * len(row[4:-2]) for key, row in now.items() if key not in had)
         assert any(row[-2:] == (0, 0) for row in now.values()) and any(row[-2] for row in now.values())
-        assert conn.execute("SELECT version, service FROM kpi_schema").fetchall() == [
+        assert conn.execute("SELECT version, service FROM kpi.kpi_schema").fetchall() == [
             (SCHEMA_VERSION, service_version())
         ]
     # The numbers the summaries held are the ones they hold now (kpi_buyer_days counted from
@@ -144,7 +144,7 @@ def conninfo_user(url: str) -> str:
 def test_a_service_refuses_a_newer_schema_and_readyz_says_why(empty_database: str) -> None:
     apply_schema(empty_database)
     with psycopg.connect(empty_database, autocommit=True) as conn:
-        conn.execute("UPDATE kpi_schema SET version = %s, oldest_service = %s", [SCHEMA_VERSION + 1] * 2)
+        conn.execute("UPDATE kpi.kpi_schema SET version = %s, oldest_service = %s", [SCHEMA_VERSION + 1] * 2)
     app = create_app(make_settings(empty_database))
     try:
         response = app.test_client().get("/readyz")
@@ -165,7 +165,7 @@ def test_a_service_refuses_a_newer_schema_and_readyz_says_why(empty_database: st
 
     # A newer schema that older services read right (it only added) is served.
     with psycopg.connect(empty_database, autocommit=True) as conn:
-        conn.execute("UPDATE kpi_schema SET oldest_service = %s", [SCHEMA_VERSION])
+        conn.execute("UPDATE kpi.kpi_schema SET oldest_service = %s", [SCHEMA_VERSION])
     app = create_app(make_settings(empty_database))
     try:
         assert app.test_client().get("/readyz").status_code == 200
@@ -176,7 +176,7 @@ def test_a_service_refuses_a_newer_schema_and_readyz_says_why(empty_database: st
 def test_init_db_does_not_downgrade(empty_database: str) -> None:
     apply_schema(empty_database)
     with psycopg.connect(empty_database, autocommit=True) as conn:
-        conn.execute("UPDATE kpi_schema SET version = %s", [SCHEMA_VERSION + 1])
+        conn.execute("UPDATE kpi.kpi_schema SET version = %s", [SCHEMA_VERSION + 1])
     with pytest.raises(SchemaMismatch, match="newer than this"):
         apply_schema(empty_database)
 
@@ -197,8 +197,8 @@ def test_an_upgrade_with_a_backlog_keeps_the_sold_listings(empty_database: str) 
         assert conn.execute("SELECT count(*) FROM kpi_changes").fetchone() == (2,)
     apply_schema(empty_database)
     with psycopg.connect(empty_database, autocommit=True) as conn:
-        in_applier_turn(conn, "SELECT kpi_apply_changes()")
-        assert conn.execute("SELECT listing_id, sold_at, n FROM kpi_sales").fetchall() == [
+        in_applier_turn(conn, "SELECT kpi.kpi_apply_changes()")
+        assert conn.execute("SELECT listing_id, sold_at, n FROM kpi.kpi_sales").fetchall() == [
             (1, datetime(2025, 8, 1, tzinfo=UTC), 1)
         ]
     # aged_inventory on 2025-07-15 (listed more than 60 days before, sold after it): 1.

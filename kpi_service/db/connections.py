@@ -37,6 +37,7 @@ from kpi_service.db.sql import (
     IDENTITY,
     LEGACY_MODE,
     MODE,
+    OLD_LAYOUT_MODE,
     PENDING,
     REBUILD,
     SALES_TABLES,
@@ -73,8 +74,8 @@ MODE_EVERY_S = 30.0
 SESSION_OPTIONS = "-c default_transaction_read_only=on -c jit=off -c TimeZone=UTC"
 
 
-# The errors of a statement naming a table or function that is not there.
-_UNDEFINED = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction)
+# The errors of a statement naming a table, function or schema (kpi) that is not there.
+_UNDEFINED = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName)
 
 
 class Database:
@@ -168,11 +169,16 @@ class Database:
         SchemaMismatch, for every read and the applier alike, until a lookup finds it right."""
         try:
             row = conn.execute(MODE).fetchone()
-        except psycopg.errors.UndefinedTable:
+        except (psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedTable):
             conn.rollback()
-            # Installed before schema versions were recorded (version 1), or not at all
-            # (kpi_source is missing too: SchemaMissing).
-            row = {**conn.execute(LEGACY_MODE).fetchone(), "version": 1, "oldest_service": 1}
+            # No schema kpi: installed by a version before 7, in the sales tables' schema, whose
+            # version is all that is read there (older than this service reads); before version 2
+            # without a recorded version; or not at all (kpi_source is missing too: SchemaMissing).
+            try:
+                row = conn.execute(OLD_LAYOUT_MODE).fetchone()
+            except psycopg.errors.UndefinedTable:
+                conn.rollback()
+                row = conn.execute(LEGACY_MODE).fetchone()
         if row is None:
             self.schema_version = None
             problem: str | None = f"the database's KPI schema has no version recorded: {INIT_HINT}"
