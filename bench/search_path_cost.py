@@ -64,7 +64,8 @@ def main() -> int:
         for _ in range(args.rounds):
             for variant in runs:
                 for function in FUNCTIONS:
-                    setting = "SET search_path = public, pg_temp" if variant == "pinned" else "RESET search_path"
+                    pinned = "SET search_path = kpi, pg_catalog, pg_temp"
+                    setting = pinned if variant == "pinned" else "RESET search_path"
                     conn.execute(f"ALTER FUNCTION {function} {setting}")
                 conn.execute("TRUNCATE kpi.kpi_changes")
                 runs[variant].append(tps(url, Path(script.name), args.clients, args.seconds))
