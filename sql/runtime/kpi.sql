@@ -46,7 +46,7 @@ summed AS (
     CROSS JOIN LATERAL (
         -- The buyers' buckets after the window: how many rows the later-bucket index would read.
         SELECT CASE WHEN w.lo > '-infinity' AND w.hi < 'infinity' AND w.hi - w.lo > interval '26 hours'
-                    THEN (SELECT r.buyer_buckets FROM kpi.kpi_range(w.hi, 'infinity') r) END AS after
+                    THEN (SELECT r.buyer_buckets FROM kpi.kpi_range(w.hi, 'infinity'::timestamptz) r) END AS after
     ) a
     CROSS JOIN LATERAL (
         -- Links that leave the window: from a bucket inside it to one at or after its end, that
@@ -135,12 +135,12 @@ ordered AS (
 aged_steps AS (
     SELECT o.ord, o.position,
         CASE WHEN o.next_as_of IS NULL AND o.aged_bucketed THEN (
-            SELECT unsold + long_listed FROM kpi.kpi_range('-infinity', o.aged_edge)
+            SELECT unsold + long_listed FROM kpi.kpi_range('-infinity'::timestamptz, o.aged_edge)
         ) - (
-            SELECT long_sold FROM kpi.kpi_range('-infinity', o.as_of)
+            SELECT long_sold FROM kpi.kpi_range('-infinity'::timestamptz, o.as_of)
         )
         WHEN o.next_as_of IS NULL THEN (
-            SELECT unsold FROM kpi.kpi_range('-infinity', o.aged_edge)
+            SELECT unsold FROM kpi.kpi_range('-infinity'::timestamptz, o.aged_edge)
         ) + (
             SELECT coalesce(sum(n), 0) FROM kpi.kpi_sales  -- kpi_sales_sold_at_idx: at as_of = now, about none
             WHERE sold_at > o.as_of AND tstzrange(NULL, o.aged_edge) @> listed_at
@@ -185,11 +185,11 @@ ORDER BY t.ord;
 SELECT m.*
 FROM unnest(:starts::timestamptz[], :ends::timestamptz[], :as_ofs::timestamptz[])
      WITH ORDINALITY AS w (start_at, end_at, as_of, ord)
-CROSS JOIN LATERAL kpi.kpi_raw(coalesce(w.start_at, '-infinity'), coalesce(w.end_at, 'infinity')) t
+CROSS JOIN LATERAL kpi.kpi_raw(coalesce(w.start_at, '-infinity'::timestamptz), coalesce(w.end_at, 'infinity'::timestamptz)) t
 CROSS JOIN LATERAL kpi.kpi_metrics(
     t.listings, t.price_sum, t.scored, t.score_sum, t.leads, t.converted, t.costed, t.profit_sum, t.led,
     t.lead_seconds, t.buyers,
-    kpi.kpi_raw_stock('-infinity', w.as_of - make_interval(secs => :aged_days * 86400), w.as_of)
+    kpi.kpi_raw_stock('-infinity'::timestamptz, w.as_of - make_interval(secs => :aged_days * 86400), w.as_of)
 ) m
 ORDER BY w.ord;
 

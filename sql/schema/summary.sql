@@ -972,7 +972,7 @@ BEGIN
     INSERT INTO kpi.kpi_conversions
     SELECT * FROM kpi.kpi_current_conversions(ARRAY(SELECT lead_id FROM @sales@.purchases WHERE lead_id IS NOT NULL));
     RAISE NOTICE 'kpi-service: building the summaries: the sums by bucket';
-    PERFORM kpi.kpi_add(kpi.kpi_slice_sums('-infinity', 'infinity', aged_days));
+    PERFORM kpi.kpi_add(kpi.kpi_slice_sums('-infinity'::timestamptz, 'infinity'::timestamptz, aged_days));
 END
 $fn$;
 
