@@ -66,8 +66,8 @@ SERVICE_SCHEMA = "kpi"
 SERVICE_TABLES = (
     "kpi.kpi_sums, kpi.kpi_buyer_buckets, kpi.kpi_sales, kpi.kpi_purchase_facts, kpi.kpi_conversions, kpi.kpi_changes"
 )
-# The search path of init-db's transaction: what its files create or name without a schema is
-# kpi's or the catalog's, never that of a schema where another role may create.
+# The search path of init-db's session: what its files create or name without a schema is kpi's
+# or the catalog's, never that of a schema where another role may create.
 INSTALL_SEARCH_PATH = "kpi, pg_catalog, pg_temp"
 
 
@@ -113,6 +113,10 @@ def apply_schema(
 
     with psycopg.connect(conninfo, autocommit=True) as conn:
         sales = sales_schema(conn)
+        own_path = conn.execute("SELECT current_setting('search_path')").fetchone()[0]
+        # Every step, the indexes' expressions included, runs as the owner: what it names without
+        # a schema is kpi's or the catalog's, never that of a schema where another role may create.
+        conn.execute("SELECT set_config('search_path', %s, false)", [INSTALL_SEARCH_PATH])
         # An install of a version before 7 with summaries has triggers whose functions write the
         # log in the sales schema: summary.sql makes them anew in kpi, so it runs here too.
         summaries = (
@@ -136,8 +140,6 @@ def apply_schema(
         step("tables, functions and triggers")
 
         def objects() -> None:
-            own_path = conn.execute("SELECT current_setting('search_path')").fetchone()[0]
-            conn.execute("SELECT set_config('search_path', %s, true)", [INSTALL_SEARCH_PATH])
             _refuse_downgrade(conn)
             conn.execute(schema_text(conn, "schema/schema.sql", sales))
             if summaries:
