@@ -125,7 +125,9 @@ REVOKE ALL ON kpi.kpi_manifest FROM PUBLIC;
 -- tables), now that the triggers call kpi's (summary.sql): each role granted one of them (the
 -- service's role, and any other the owner allowed) may run kpi's of the same name where that
 -- one is the service's role's to run; then they go. Only functions of the names the service
--- used, owned by the owner installing it; no CASCADE, so nothing of anyone else's goes with them.
+-- used, whoever owns them: one left behind would still search that schema, where others may
+-- create, as its owner (an installer who may not drop it stops here, and says so). No CASCADE,
+-- so nothing of anyone else's goes with them.
 DO $$
 DECLARE
     f record;
@@ -133,7 +135,6 @@ BEGIN
     FOR f IN
         SELECT p.oid::regprocedure AS old, p.proname, p.proacl FROM pg_proc p
         WHERE p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = @sales_name@)
-          AND p.proowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
           AND p.proname IN (SELECT split_part(split_part(name, '(', 1), '.', 2) FROM kpi.kpi_manifest
                             WHERE kind = 'function'
                             UNION ALL
