@@ -159,3 +159,29 @@ def test_nobody_but_the_owner_may_create_in_the_service_schema(
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         mallory.execute("CREATE FUNCTION kpi.kpi_buyer_link(timestamptz, timestamptz, integer) RETURNS int"
                         " LANGUAGE sql AS 'SELECT 1'")  # fmt: skip
+
+
+def test_the_services_own_sessions_choose_no_operator_of_public(
+    empty_database: str, attacker: tuple[str, psycopg.Connection]
+) -> None:
+    """Its statements' functions run as the service's role in its sessions: an operator of public
+    with an exact match where pg_catalog has none (numeric * bigint, in kpi_metrics) would be
+    chosen on a search path that holds public. The sessions search kpi and pg_catalog alone."""
+    _, mallory = attacker
+    mallory.execute(
+        "CREATE FUNCTION public.kpi_chosen(a numeric, b bigint) RETURNS numeric LANGUAGE plpgsql"
+        " AS $fn$ BEGIN RAISE EXCEPTION 'public.* was chosen'; END $fn$"
+    )
+    mallory.execute("CREATE OPERATOR public.* (LEFTARG = numeric, RIGHTARG = bigint, FUNCTION = public.kpi_chosen)")
+    at = datetime(2026, 3, 2, 10, tzinfo=UTC)
+    with psycopg.connect(empty_database, autocommit=True) as owner:
+        owner.execute("INSERT INTO listings (price, status, listed_at, score) VALUES (100, 'active', %s, 50)", [at])
+        with pytest.raises(psycopg.errors.RaiseException, match="was chosen"):  # on public's search path
+            owner.execute("SELECT * FROM kpi.kpi_metrics(1, 100, 1, 50, 0, 0, 0, 0, 0, 0, 0, 0)")
+    db = Database(make_settings(empty_database))
+    try:
+        db.apply_changes(wait=True)
+        rows, *_ = db.kpi_rows([(at - timedelta(days=1), at + timedelta(days=1), at + timedelta(days=1))], 60)
+        assert rows[0]["scoring_rate"] == 100 and rows[0]["total_listings"] == 1
+    finally:
+        db.close()

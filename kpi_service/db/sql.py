@@ -43,11 +43,16 @@ CHANGED = "SELECT current_setting('kpi.changed', true) AS changed, current_setti
 # it under; meta.source is another thing, which database answered), and the version of the schema
 # (kpi_schema: no row, or no table before schema version 2).
 MODE = "SELECT kpi.kpi_source() AS mode, version, oldest_service FROM kpi.kpi_schema"
-# A schema of a version before 7 had its objects in the sales tables' schema, found on the
-# session's search path: only its version is read there (this service reads none of them), and
-# before version 2 it had no kpi_schema.
-OLD_LAYOUT_MODE = "SELECT NULL AS mode, version, oldest_service FROM kpi_schema"
-LEGACY_MODE = "SELECT NULL AS mode, 1 AS version, 1 AS oldest_service FROM kpi_source()"
+# A schema of a version before 7 had its objects in the sales tables' schema, which the service's
+# sessions do not search: only its version is read there (this service reads none of them), from
+# its kpi_schema ({}: that table, with its schema), and before version 2 it had none, only
+# kpi_source().
+OLD_LAYOUT_SCHEMA = (
+    "SELECT n.nspname AS schema FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE c.relname = 'kpi_schema' AND c.relkind = 'r' AND n.nspname <> 'kpi' LIMIT 1"
+)
+OLD_LAYOUT_MODE = "SELECT NULL AS mode, version, oldest_service FROM {}"
+LEGACY_SOURCE = "SELECT FROM pg_proc WHERE proname = 'kpi_source' LIMIT 1"
 # Whether the sales tables still have every column the KPIs read, and whether there is a change
 # log (the summaries installed): looked up with the mode, on a schema this service reads.
 SALES_TABLES = "SELECT kpi.kpi_missing_columns() AS missing, to_regclass('kpi.kpi_changes') IS NOT NULL AS logged"

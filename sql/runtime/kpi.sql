@@ -196,13 +196,6 @@ ORDER BY w.ord;
 
 -- name: next_aging(as_of, aged_days)$
 -- The next instant after as_of at which aged_inventory of a window whose as-of instant is now
--- grows without a write: when the oldest listing in stock not yet aged passes aged_days 24-hour
--- days (docs/kpis.md). NULL when no listing in stock is younger than that. Live updates schedule
--- the window's recompute then (kpi_service/live/hub.py).
--- (At most the last instant Python holds: a listing at +infinity, or after 9999, never ages;
--- NULL stays NULL, which least alone would skip.)
-SELECT CASE WHEN min(listed_at) IS NOT NULL
-            THEN least(min(listed_at) + make_interval(secs => :aged_days * 86400), '9999-12-31 23:59:59+00') END AS at
-FROM listings
-WHERE listed_at >= :as_of::timestamptz - make_interval(secs => :aged_days * 86400)
-  AND status <> 'withdrawn' AND (sold_at IS NULL OR sold_at > :as_of::timestamptz);
+-- grows without a write (sql/schema/schema.sql, kpi_next_aging). Live updates schedule the
+-- window's recompute then (kpi_service/live/hub.py).
+SELECT kpi.kpi_next_aging(:as_of::timestamptz, :aged_days::integer) AS at;

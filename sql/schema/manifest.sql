@@ -41,6 +41,7 @@ CROSS JOIN LATERAL (VALUES
     ('function', 'kpi.kpi_trigger_state()', 'reader', NULL),
     ('function', 'kpi.kpi_read_columns(text)', 'reader', NULL),
     ('function', 'kpi.kpi_missing_columns()', 'reader', NULL),
+    ('function', 'kpi.kpi_next_aging(timestamptz, integer)', 'reader', NULL),
     ('view', 'kpi.kpi_manifest', 'owner', NULL),
     ('table', 'kpi.kpi_schema', 'reader', NULL),
     -- sql/schema/indexes.sql: on the application's tables

@@ -155,6 +155,23 @@ LANGUAGE sql STABLE AS $fn$
       AND (sold_at IS NULL OR sold_at > as_of)
 $fn$;
 
+-- The next instant after as_of at which aged_inventory of a window whose as-of instant is now
+-- grows without a write: when the oldest listing in stock not yet aged passes aged_days 24-hour
+-- days (docs/kpis.md). NULL when no listing in stock is younger than that. Live updates schedule
+-- the window's recompute then (sql/runtime/kpi.sql, next_aging; kpi_service/live/hub.py). Here,
+-- so that the service's statements name no sales table: its sessions search kpi and pg_catalog
+-- alone (kpi_service/db/connections.py). (At most the last instant Python holds: a listing at
+-- +infinity, or after 9999, never ages; NULL stays NULL, which least alone would skip.)
+CREATE OR REPLACE FUNCTION kpi.kpi_next_aging(as_of timestamptz, aged_days integer) RETURNS timestamptz
+LANGUAGE sql STABLE AS $fn$
+    SELECT CASE WHEN min(listed_at) IS NOT NULL
+                THEN least(min(listed_at) + make_interval(secs => aged_days * 86400),
+                           timestamptz '9999-12-31 23:59:59+00') END
+    FROM @sales@.listings
+    WHERE listed_at >= as_of - make_interval(secs => aged_days * 86400)
+      AND status <> 'withdrawn' AND (sold_at IS NULL OR sold_at > as_of)
+$fn$;
+
 -- The ten KPIs from a window's sums and counts: every division and rounding in one place, for
 -- both statements of sql/runtime/kpi.sql. round() on numeric rounds halves away from zero; an empty
 -- average or ratio is 0, never NULL.
