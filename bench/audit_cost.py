@@ -40,7 +40,7 @@ def audit_pass(url: str) -> tuple[list[float], int]:
             started = time.perf_counter()
             with conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                conn.execute("SELECT kpi_apply_changes()")
+                conn.execute("SELECT kpi.kpi_apply_changes()")
                 found = json.loads(conn.execute("SELECT current_setting('kpi.audited', true)").fetchone()[0])
             if found.get("pass_ended"):
                 return durations, found["repairs"]
@@ -51,7 +51,7 @@ def rebuild_seconds(url: str) -> float:
     with psycopg.connect(url, autocommit=True) as conn, conn.transaction(force_rollback=True):
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         started = time.perf_counter()
-        conn.execute("SELECT kpi_rebuild()")
+        conn.execute("SELECT kpi.kpi_rebuild()")
         return time.perf_counter() - started
 
 

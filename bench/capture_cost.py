@@ -88,7 +88,7 @@ def use_triggers(url: str, which: str | None) -> None:
 @contextlib.contextmanager
 def part(service: wc.Service, url: str, name: str, log_path: Path) -> Iterator[None]:
     use_triggers(url, {"indexes": None, "empty trigger": "empty"}.get(name, "kpi"))
-    execute(url, "TRUNCATE kpi_changes")  # what an earlier part left, applied or not
+    execute(url, "TRUNCATE kpi.kpi_changes")  # what an earlier part left, applied or not
     if name in ("paced", "unpaced"):
         service.env["KPI_APPLY_BUSY_PERCENT"] = "100" if name == "unpaced" else "10"
         with wc.applier(service, url, log_path):

@@ -38,13 +38,13 @@ import shapes
 import write_cost
 
 PROBE_EPOCH = datetime(1990, 1, 1, tzinfo=UTC)
-VISIBLE = "SELECT listings FROM kpi_sums WHERE grain = 900 AND bucket = %s"
+VISIBLE = "SELECT listings FROM kpi.kpi_sums WHERE grain = 900 AND bucket = %s"
 SUMMARIES = (
-    "SELECT * FROM kpi_sums ORDER BY 1, 2",
-    "SELECT * FROM kpi_buyer_buckets ORDER BY 1, 2",
-    "SELECT * FROM kpi_sales ORDER BY 1",
-    "SELECT * FROM kpi_purchase_facts ORDER BY 1",
-    "SELECT * FROM kpi_conversions ORDER BY 1",
+    "SELECT * FROM kpi.kpi_sums ORDER BY 1, 2",
+    "SELECT * FROM kpi.kpi_buyer_buckets ORDER BY 1, 2",
+    "SELECT * FROM kpi.kpi_sales ORDER BY 1",
+    "SELECT * FROM kpi.kpi_purchase_facts ORDER BY 1",
+    "SELECT * FROM kpi.kpi_conversions ORDER BY 1",
 )
 
 
@@ -68,9 +68,9 @@ def probe(url: str, count: int, timeout: float) -> list[float]:
 
 def equals_rebuild(url: str) -> bool:
     with psycopg.connect(url) as conn:
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # kpi_rebuild's rule
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # kpi.kpi_rebuild's rule
         applied = [conn.execute(q).fetchall() for q in SUMMARIES]
-        conn.execute("SELECT kpi_rebuild()")
+        conn.execute("SELECT kpi.kpi_rebuild()")
         rebuilt = [conn.execute(q).fetchall() for q in SUMMARIES]
         conn.rollback()
     return applied == rebuilt

@@ -38,9 +38,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import python_baseline
 
 from kpi_service.cli.seed import seed
-from kpi_service.db.connections import SESSION_OPTIONS
+from kpi_service.db.connections import SESSION_OPTIONS as SERVICE_SESSION_OPTIONS
 from kpi_service.db.schema import apply_schema
-from kpi_service.db.sql import LEGACY_MODE, kpi_statement_rows
+from kpi_service.db.sql import kpi_statement_rows
+
+# The service's session settings, with the sales tables' schema searched too: the baselines (ten
+# queries, Python) name them without a schema, as the service's statements no longer do.
+SESSION_OPTIONS = f"{SERVICE_SESSION_OPTIONS} -c search_path=kpi,pg_catalog,public"
+# The mode alone (kpi_service/db/sql.py, MODE, reads the schema version too).
+SOURCE = "SELECT kpi.kpi_source() AS mode"
 
 UNTIL = datetime(2026, 11, 25, tzinfo=UTC)
 SEED = 1
@@ -80,7 +86,7 @@ def ensure_database(server: str, listings: int) -> str:
         if row == (listings, SEED, UNTIL):
             print(f"{name}: reusing the seeded data ({listings:,} listings, seed {SEED}, until {UNTIL:%Y-%m-%d})")
             # New indexes and summaries: the visibility map for index-only scans, and statistics.
-            conn.execute("VACUUM (ANALYZE) listings, leads, purchases, kpi_sums, kpi_buyer_buckets")
+            conn.execute("VACUUM (ANALYZE) listings, leads, purchases, kpi.kpi_sums, kpi.kpi_buyer_buckets")
             return url
     print(f"{name}: seeding {listings:,} listings ...", flush=True)
     done = seed(url, listings, seed=SEED, until=UNTIL, truncate=True)
@@ -124,8 +130,7 @@ def mode(conn: psycopg.Connection) -> str:
     """ "summaries" or "raw": which statement the service runs on this database (db/connections.py
     MODE), looked up once per connection, as the service does not look it up per request."""
     if conn not in _modes:
-        # (MODE reads the schema version too: only the mode is wanted here.)
-        (_modes[conn],) = conn.execute(LEGACY_MODE).fetchone().values()
+        (_modes[conn],) = conn.execute(SOURCE).fetchone().values()
     return _modes[conn]
 
 

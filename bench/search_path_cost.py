@@ -31,7 +31,7 @@ SCRIPT = """
 INSERT INTO listings (price, status, listed_at) VALUES (100, 'active', now());
 UPDATE listings SET price = price + 1 WHERE id = (SELECT max(id) FROM listings);
 """
-FUNCTIONS = ("kpi_listings_inserted()", "kpi_listings_updated()")
+FUNCTIONS = ("kpi.kpi_listings_inserted()", "kpi.kpi_listings_updated()")
 
 
 def tps(url: str, script: Path, clients: int, seconds: float) -> float:
@@ -64,9 +64,10 @@ def main() -> int:
         for _ in range(args.rounds):
             for variant in runs:
                 for function in FUNCTIONS:
-                    setting = "SET search_path = public, pg_temp" if variant == "pinned" else "RESET search_path"
+                    pinned = "SET search_path = kpi, pg_catalog, pg_temp"
+                    setting = pinned if variant == "pinned" else "RESET search_path"
                     conn.execute(f"ALTER FUNCTION {function} {setting}")
-                conn.execute("TRUNCATE kpi_changes")
+                conn.execute("TRUNCATE kpi.kpi_changes")
                 runs[variant].append(tps(url, Path(script.name), args.clients, args.seconds))
                 print(f"{variant:9} {runs[variant][-1]:9.0f} tps", flush=True)
     shapes.drop(args.server, name)

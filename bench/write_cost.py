@@ -176,10 +176,10 @@ class ApplierRun:
 def pending_changes(url: str) -> int | None:
     """Rows of the change log not applied yet; None without a change log (the trigger design)."""
     with psycopg.connect(url, autocommit=True) as conn:
-        if conn.execute("SELECT to_regprocedure('kpi_pending_changes()')").fetchone()[0]:
-            return conn.execute("SELECT kpi_pending_changes()").fetchone()[0]
-        if conn.execute("SELECT to_regclass('kpi_changes')").fetchone()[0]:
-            return conn.execute("SELECT count(*) FROM kpi_changes").fetchone()[0]
+        if conn.execute("SELECT to_regprocedure('kpi.kpi_pending_changes()')").fetchone()[0]:
+            return conn.execute("SELECT kpi.kpi_pending_changes()").fetchone()[0]
+        if conn.execute("SELECT to_regclass('kpi.kpi_changes')").fetchone()[0]:
+            return conn.execute("SELECT count(*) FROM kpi.kpi_changes").fetchone()[0]
     return None
 
 
@@ -493,7 +493,7 @@ def applier_summary(rounds: list[dict[str, dict[str, dict[str, Any]]]]) -> str:
     runs = [(number, key, run["applier"]) for number, r in enumerate(rounds, 1) for key, run in r["kpi"].items()]
     logged = [(n, k, a) for n, k, a in runs if a.get("backlog_at_end") is not None]
     if not logged:
-        return "Change log: none (no kpi_changes in this version)."
+        return "Change log: none (no kpi.kpi_changes in this version)."
     if not any(a["running"] for _, _, a in logged):
         return "Change log rows left by the runs, nobody applying: " + ", ".join(
             f"{k} {a['backlog_at_end']}" for _, k, a in logged

@@ -517,7 +517,7 @@ def vacuum(url: str, stop: threading.Event, rng: random.Random) -> int:
     rounds = 0
     with psycopg.connect(url, autocommit=True, application_name=WRITER_NAME) as conn:
         while not stop.wait(rng.uniform(1, 4)):
-            conn.execute("VACUUM kpi_changes")
+            conn.execute("VACUUM kpi.kpi_changes")
             conn.execute("VACUUM listings, leads, purchases")
             rounds += 1
     return rounds
@@ -605,7 +605,7 @@ def compare_windows(url: str, client: Any | None, stopped_at: datetime) -> Compa
     shown = shown_windows()
     now = datetime.now(UTC)
     with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
-        source = conn.execute("SELECT kpi_source() AS source").fetchone()["source"]
+        source = conn.execute("SELECT kpi.kpi_source() AS source").fetchone()["source"]
         if source != "summaries":
             result.mismatches.append(f"the service reads {source!r}, not the summaries: they were stopped")
             return result
@@ -647,7 +647,7 @@ def answer(client: Any, query: str, stopped_at: datetime, seconds: float = 30.0)
 
 def summaries(conn: psycopg.Connection) -> dict[str, list[tuple]]:
     return {
-        table: conn.execute(sql.SQL("SELECT * FROM {} ORDER BY 1, 2").format(sql.Identifier(table))).fetchall()
+        table: conn.execute(sql.SQL("SELECT * FROM {} ORDER BY 1, 2").format(sql.Identifier("kpi", table))).fetchall()
         for table in SUMMARY_TABLES
     }
 
@@ -660,10 +660,10 @@ def compare_rebuild(url: str) -> list[str]:
         def attempt() -> tuple[dict, dict] | None:
             with conn.transaction(force_rollback=True):
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                if not conn.execute("SELECT kpi_applier_lock()").fetchone()[0]:
+                if not conn.execute("SELECT kpi.kpi_applier_lock()").fetchone()[0]:
                     return None
                 applied = summaries(conn)
-                conn.execute("SELECT kpi_rebuild()")
+                conn.execute("SELECT kpi.kpi_rebuild()")
                 return applied, summaries(conn)
 
         applied, rebuilt = waiting_for_the_applier(attempt)
@@ -680,7 +680,7 @@ def compare_rebuild(url: str) -> list[str]:
 
 def pending(url: str) -> int:
     with psycopg.connect(url, autocommit=True) as conn:
-        return conn.execute("SELECT kpi_pending_changes()").fetchone()[0]
+        return conn.execute("SELECT kpi.kpi_pending_changes()").fetchone()[0]
 
 
 def drain(url: str, seconds: float) -> float:
@@ -689,7 +689,7 @@ def drain(url: str, seconds: float) -> float:
     event to wait on but the log's count, polled."""
     started = time.monotonic()
     with psycopg.connect(url, autocommit=True) as conn:
-        while conn.execute("SELECT kpi_pending_changes()").fetchone()[0]:
+        while conn.execute("SELECT kpi.kpi_pending_changes()").fetchone()[0]:
             if time.monotonic() - started > seconds:
                 raise TimeoutError(f"the change log was not drained in {seconds} s")
             time.sleep(0.1)
@@ -806,7 +806,7 @@ def watch_backlog(url: str, stop: threading.Event, peak: list[int]) -> None:
     """The largest log backlog seen during the writes, once a second (for the report)."""
     with psycopg.connect(url, autocommit=True) as conn:
         while not stop.wait(1.0):
-            peak[0] = max(peak[0], conn.execute("SELECT kpi_pending_changes()").fetchone()[0])
+            peak[0] = max(peak[0], conn.execute("SELECT kpi.kpi_pending_changes()").fetchone()[0])
 
 
 def run_writers(

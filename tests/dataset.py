@@ -76,10 +76,10 @@ def catch_up(conn: psycopg.Connection) -> None:
     committed change (waiting for an applier that holds the lock, then applying what it left), and
     are built anew where that stopped them (a TRUNCATE: the service waits for every instance to
     notice first). Nothing to do in a database without the summaries."""
-    if conn.execute("SELECT to_regprocedure('kpi_apply_changes(integer, double precision)')").fetchone()[0]:
-        in_applier_turn(conn, "SELECT kpi_apply_changes()")
-        if conn.execute("SELECT to_regprocedure('kpi_rebuild_if_needed(integer)')").fetchone()[0]:
-            in_applier_turn(conn, "SELECT kpi_rebuild_if_needed(60)")
+    if conn.execute("SELECT to_regprocedure('kpi.kpi_apply_changes(integer, double precision)')").fetchone()[0]:
+        in_applier_turn(conn, "SELECT kpi.kpi_apply_changes()")
+        if conn.execute("SELECT to_regprocedure('kpi.kpi_rebuild_if_needed(integer)')").fetchone()[0]:
+            in_applier_turn(conn, "SELECT kpi.kpi_rebuild_if_needed(60)")
 
 
 def retrying_deadlocks(conn: psycopg.Connection, *statements: str) -> None:
@@ -101,13 +101,13 @@ def audit_pass(conn: psycopg.Connection) -> list[dict]:
     """A whole pass of the summaries' audit from its start, as the applier runs it (kpi_audit, a
     slice per call): what each slice found, and last, the pass's end with its repairs."""
     conn.execute("SET kpi.audit_seconds = 0")
-    conn.execute("UPDATE kpi_audit_state SET slice = NULL, next_at = '-infinity'")
+    conn.execute("UPDATE kpi.kpi_audit_state SET slice = NULL, next_at = '-infinity'")
     found: list[dict] = []
     try:
         while not found or "pass_ended" not in found[-1]:
             with conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                conn.execute("SELECT kpi_apply_changes()")
+                conn.execute("SELECT kpi.kpi_apply_changes()")
                 audited = conn.execute("SELECT current_setting('kpi.audited', true)").fetchone()[0]
             found.append(json.loads(audited))
     finally:

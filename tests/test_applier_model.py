@@ -42,9 +42,9 @@ WINDOW_DAYS = [date(2026, 3, 8), date(2026, 3, 29), date(2026, 3, 30), date(2026
 def shuffle_log(conn: psycopg.Connection, seed: int) -> None:
     """The log's rows in another physical order (the applier takes them in physical order)."""
     with conn.transaction():
-        conn.execute("CREATE TEMPORARY TABLE shuffled ON COMMIT DROP AS SELECT * FROM kpi_changes")
-        conn.execute("DELETE FROM kpi_changes")
-        conn.execute("INSERT INTO kpi_changes SELECT * FROM shuffled ORDER BY md5(ctid::text || %s)", [str(seed)])
+        conn.execute("CREATE TEMPORARY TABLE shuffled ON COMMIT DROP AS SELECT * FROM kpi.kpi_changes")
+        conn.execute("DELETE FROM kpi.kpi_changes")
+        conn.execute("INSERT INTO kpi.kpi_changes SELECT * FROM shuffled ORDER BY md5(ctid::text || %s)", [str(seed)])
 
 
 def write(conn: psycopg.Connection, data: Dataset, draw: st.DrawFn) -> None:
@@ -139,9 +139,9 @@ def test_any_order_any_batching_equals_the_rows(conn: psycopg.Connection, data: 
             if action == "write":
                 write(conn, dataset, data.draw)
             elif action == "batch":
-                in_one_snapshot(conn, "SELECT kpi_apply_changes(max_rows => %s)", [data.draw(st.integers(1, 4))])
+                in_one_snapshot(conn, "SELECT kpi.kpi_apply_changes(max_rows => %s)", [data.draw(st.integers(1, 4))])
             elif action == "vacuum":
-                conn.execute("VACUUM kpi_changes")
+                conn.execute("VACUUM kpi.kpi_changes")
             else:
                 shuffle_log(conn, data.draw(st.integers(0, 2**31)))
         drained_and_checked(conn, dataset, data.draw)
@@ -160,15 +160,15 @@ def test_a_batch_that_ends_between_two_updates_of_a_listing(conn: psycopg.Connec
     ).insert(conn)
     conn.execute("UPDATE listings SET score = score WHERE id = 1")
     conn.execute("UPDATE listings SET acquisition_cost = NULL WHERE id = 1")
-    in_one_snapshot(conn, "SELECT kpi_apply_changes(max_rows => 3)")
+    in_one_snapshot(conn, "SELECT kpi.kpi_apply_changes(max_rows => 3)")
     catch_up(conn)
-    assert conn.execute("SELECT costed, profit FROM kpi_purchase_facts").fetchone() == (0, 0)
+    assert conn.execute("SELECT costed, profit FROM kpi.kpi_purchase_facts").fetchone() == (0, 0)
     # The same with a lead's instant moved after a no-op update.
     conn.execute("UPDATE leads SET status = status WHERE id = 1")
     conn.execute("UPDATE leads SET created_at = %s WHERE id = 1", [at - timedelta(days=1)])
-    in_one_snapshot(conn, "SELECT kpi_apply_changes(max_rows => 3)")
+    in_one_snapshot(conn, "SELECT kpi.kpi_apply_changes(max_rows => 3)")
     catch_up(conn)
-    assert conn.execute("SELECT lead_seconds FROM kpi_purchase_facts").fetchone() == (86400,)
+    assert conn.execute("SELECT lead_seconds FROM kpi.kpi_purchase_facts").fetchone() == (86400,)
     applied, rebuilt = applied_and_rebuilt(conn)
     assert applied == rebuilt
 
@@ -180,12 +180,12 @@ def test_a_deleted_lead_taken_before_its_insert(conn: psycopg.Connection) -> Non
     conn.execute("UPDATE listings SET price = price + 1")
     conn.execute("INSERT INTO buyers (id, name) VALUES (2, 'new')")
     conn.execute("INSERT INTO leads (id, buyer_id, created_at, status) VALUES (900001, 2, %s, 'open')", [at])
-    in_one_snapshot(conn, "SELECT kpi_apply_changes(max_rows => 200)")
-    conn.execute("VACUUM kpi_changes")
+    in_one_snapshot(conn, "SELECT kpi.kpi_apply_changes(max_rows => 200)")
+    conn.execute("VACUUM kpi.kpi_changes")
     conn.execute("DELETE FROM leads WHERE id = 900001")
-    in_one_snapshot(conn, "SELECT kpi_apply_changes(max_rows => 200)")
+    in_one_snapshot(conn, "SELECT kpi.kpi_apply_changes(max_rows => 200)")
     catch_up(conn)
-    assert conn.execute("SELECT count(*) FROM kpi_buyer_buckets").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM kpi.kpi_buyer_buckets").fetchone() == (0,)
     applied, rebuilt = applied_and_rebuilt(conn)
     assert applied == rebuilt
 

@@ -48,14 +48,15 @@ def corrupt(conn: psycopg.Connection) -> tuple[datetime, datetime]:
     """One 15-minute bucket of kpi_sums and one buyer's bucket changed by hand: their days."""
     day = START + timedelta(days=4)
     bucket = conn.execute(
-        "UPDATE kpi_sums SET listings = listings + 5, price_sum = price_sum + 1"
-        " WHERE grain = 900 AND bucket = (SELECT min(bucket) FROM kpi_sums WHERE grain = 900 AND listings > 0"
+        "UPDATE kpi.kpi_sums SET listings = listings + 5, price_sum = price_sum + 1"
+        " WHERE grain = 900 AND bucket = (SELECT min(bucket) FROM kpi.kpi_sums WHERE grain = 900 AND listings > 0"
         " AND bucket >= %s) RETURNING bucket",
         [day],
     ).fetchone()[0]
     gone = conn.execute(
-        "DELETE FROM kpi_buyer_buckets WHERE (buyer_id, bucket) = (SELECT buyer_id, bucket FROM kpi_buyer_buckets"
-        " WHERE bucket >= %s ORDER BY bucket LIMIT 1) RETURNING bucket",
+        "DELETE FROM kpi.kpi_buyer_buckets WHERE (buyer_id, bucket) ="
+        " (SELECT buyer_id, bucket FROM kpi.kpi_buyer_buckets WHERE bucket >= %s ORDER BY bucket LIMIT 1)"
+        " RETURNING bucket",
         [day + timedelta(days=5)],
     ).fetchone()[0]
     return bucket, gone
@@ -75,7 +76,7 @@ def test_one_pass_repairs_and_counts_what_was_changed_by_hand(conn: psycopg.Conn
     assert found[-1]["repairs"] == sum(f["repairs"] for f in found[:-1]) > 0
     applied, rebuilt = applied_and_rebuilt(conn)
     assert applied == rebuilt
-    state = conn.execute("SELECT last_repairs, repairs, last_pass_at IS NOT NULL FROM kpi_audit_state").fetchone()
+    state = conn.execute("SELECT last_repairs, repairs, last_pass_at IS NOT NULL FROM kpi.kpi_audit_state").fetchone()
     assert state == (found[-1]["repairs"], found[-1]["repairs"], True)
 
 

@@ -53,7 +53,7 @@ class Drained(threading.Thread):
     def run(self) -> None:
         with psycopg.connect(self.url, autocommit=True) as conn:
             while self.at is None and not self._quit.wait(0.01):
-                if conn.execute("SELECT kpi_pending_changes()").fetchone()[0] == 0:
+                if conn.execute("SELECT kpi.kpi_pending_changes()").fetchone()[0] == 0:
                     self.at = time.monotonic()
 
     def stop(self) -> None:
@@ -69,7 +69,7 @@ def test_answers_during_a_backlog_say_so_until_they_hold_every_commit(
     with psycopg.connect(empty_database, autocommit=True) as conn:
         with conn.transaction():
             conn.execute(LOAD)
-        backlog = conn.execute("SELECT kpi_pending_changes() AS n").fetchone()[0]
+        backlog = conn.execute("SELECT kpi.kpi_pending_changes() AS n").fetchone()[0]
     with psycopg.connect(empty_database, row_factory=dict_row) as conn:
         (row,) = kpi_statement_rows(conn, "raw", [(None, None, NOW)], 60)
     reference = KpiValuesSchema().load(row)

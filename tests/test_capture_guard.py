@@ -35,7 +35,7 @@ def writes(own_database: str) -> Iterator[psycopg.Connection]:
 
 
 def source(conn: psycopg.Connection) -> str:
-    return conn.execute("SELECT kpi_source()").fetchone()[0]
+    return conn.execute("SELECT kpi.kpi_source()").fetchone()[0]
 
 
 def application_writes(conn: psycopg.Connection, n: int) -> None:
@@ -66,7 +66,7 @@ def test_a_kpi_column_renamed_or_dropped_under_a_running_service(
         application_writes(writes, n)
     # The applier stops the summaries and empties the log; no KPI can be read, and the service says why.
     wait_until(lambda: source(writes) == "raw")
-    wait_until(lambda: writes.execute("SELECT count(*) FROM kpi_changes").fetchone()[0] == 0)
+    wait_until(lambda: writes.execute("SELECT count(*) FROM kpi.kpi_changes").fetchone()[0] == 0)
     application_writes(writes, 99)
     refused = client.get("/api/kpi?from=2026-03-02&to=2026-03-30", headers=auth)
     assert refused.status_code == 503
@@ -89,7 +89,7 @@ def test_a_kpi_column_retyped_keeps_the_numbers(own_database: str, writes: psyco
     writes.execute("UPDATE listings SET score = 75.5 WHERE id = 1")
     catch_up(writes)
     assert source(writes) == "summaries"
-    assert writes.execute("SELECT sum(score_sum) FROM kpi_sums WHERE grain = 900").fetchone()[0] == 525.5
+    assert writes.execute("SELECT sum(score_sum) FROM kpi.kpi_sums WHERE grain = 900").fetchone()[0] == 525.5
 
 
 def test_triggers_disabled_and_enabled_again_in_one_transaction(own_database: str, writes: psycopg.Connection) -> None:
@@ -108,7 +108,7 @@ def test_triggers_disabled_and_enabled_again_in_one_transaction(own_database: st
     assert source(writes) == "raw"
     apply_schema(own_database)
     assert source(writes) == "summaries"
-    assert writes.execute("SELECT sum(listings) FROM kpi_sums WHERE grain = 900").fetchone() == (110,)
+    assert writes.execute("SELECT sum(listings) FROM kpi.kpi_sums WHERE grain = 900").fetchone() == (110,)
     assert writes.execute(
         "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'kpi\\_%' AND tgenabled = 'A'"
     ).fetchone() == (12,)
@@ -119,9 +119,9 @@ def test_the_log_does_not_grow_while_the_summaries_are_not_built(
 ) -> None:
     """Issue 33, item 10: in the raw mode (a failed build, or before init-db's build) the applier
     empties the log the triggers still fill."""
-    writes.execute("DELETE FROM kpi_summary_state")
+    writes.execute("DELETE FROM kpi.kpi_summary_state")
     make_app(database_url=own_database, apply_interval=APPLYING)
     for n in range(10):
         application_writes(writes, n)
-    wait_until(lambda: writes.execute("SELECT count(*) FROM kpi_changes").fetchone()[0] == 0)
+    wait_until(lambda: writes.execute("SELECT count(*) FROM kpi.kpi_changes").fetchone()[0] == 0)
     assert source(writes) == "raw"

@@ -76,9 +76,10 @@ def test_init_db_is_idempotent(
     assert cli.main(["init-db"]) == 0
     with psycopg.connect(empty_database) as conn:
         tables = {row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-        # The sales tables, and the service's summaries (sql/schema/manifest.sql lists them).
-        listed = conn.execute("SELECT name FROM kpi_manifest WHERE kind = 'table' AND installed").fetchall()
-        assert len(listed) == 11 and tables == {*TABLES, *(name for (name,) in listed)}
+        own = {row[0] for row in conn.execute("SELECT 'kpi.' || tablename FROM pg_tables WHERE schemaname = 'kpi'")}
+        # The sales tables, and the service's summaries in its own schema (sql/schema/manifest.sql lists them).
+        listed = conn.execute("SELECT name FROM kpi.kpi_manifest WHERE kind = 'table' AND installed").fetchall()
+        assert len(listed) == 11 and tables == set(TABLES) and own == {name for (name,) in listed}
         assert conn.execute("SELECT name FROM buyers").fetchall() == [("kept",)]
     assert "schema and summaries applied" in capsys.readouterr().out
 
@@ -91,9 +92,9 @@ def test_init_db_records_kpi_aged_days(environ: pytest.MonkeyPatch, empty_databa
     environ.setenv("KPI_AGED_DAYS", "30")
     assert cli.main(["init-db"]) == 0
     with psycopg.connect(empty_database) as conn:
-        assert conn.execute("SELECT version = kpi_summary_version(), aged_days FROM kpi_summary_state").fetchall() == [
-            (True, 30)
-        ]
+        assert conn.execute(
+            "SELECT version = kpi.kpi_summary_version(), aged_days FROM kpi.kpi_summary_state"
+        ).fetchall() == [(True, 30)]
 
 
 def test_apply_once_takes_in_the_change_log(
@@ -105,8 +106,8 @@ def test_apply_once_takes_in_the_change_log(
         conn.execute("INSERT INTO listings (price, status, listed_at) VALUES (100, 'active', '2026-03-01T12:00Z')")
         conn.execute("UPDATE listings SET price = 120")
         assert cli.main(["apply", "--once"]) == 0
-        assert conn.execute("SELECT count(*) FROM kpi_changes").fetchone() == (0,)
-        assert conn.execute("SELECT listings, price_sum FROM kpi_sums WHERE grain = 900").fetchone() == (1, 120)
+        assert conn.execute("SELECT count(*) FROM kpi.kpi_changes").fetchone() == (0,)
+        assert conn.execute("SELECT listings, price_sum FROM kpi.kpi_sums WHERE grain = 900").fetchone() == (1, 120)
     assert "3 change rows applied" in capsys.readouterr().out
 
 
@@ -117,7 +118,7 @@ def test_init_db_without_summaries_installs_no_triggers(
     assert cli.main(["init-db", "--without-summaries"]) == 0
     with psycopg.connect(empty_database) as conn:
         assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'kpi%'").fetchone() == (0,)
-        assert conn.execute("SELECT kpi_source()").fetchone() == ("raw",)
+        assert conn.execute("SELECT kpi.kpi_source()").fetchone() == ("raw",)
     assert "no summaries" in capsys.readouterr().out
 
 
@@ -261,9 +262,9 @@ def test_uninstall_asks_and_drops_nothing_unconfirmed(
     environ.setattr("sys.stdin", io.StringIO(""))  # no terminal: no answer
     assert cli.main(["uninstall"]) == 1
     out = capsys.readouterr().out
-    assert "trigger  kpi_listings_insert on listings" in out and out.endswith("nothing dropped\n")
+    assert "trigger  kpi_listings_insert on public.listings" in out and out.endswith("nothing dropped\n")
     with psycopg.connect(empty_database) as conn:
-        assert conn.execute("SELECT count(*) FROM kpi_manifest WHERE NOT installed").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM kpi.kpi_manifest WHERE NOT installed").fetchone() == (0,)
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

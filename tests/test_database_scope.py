@@ -91,7 +91,7 @@ def test_the_schema_removed_under_a_running_service_ends_serving_its_cached_valu
     app = make_app(database_url=empty_database)
     assert kpis(app)[0] == 200 and kpis(app)[1]["meta"]["cached"] is True
     with psycopg.connect(empty_database, autocommit=True) as owner:
-        owner.execute("DROP FUNCTION kpi_source() CASCADE")
+        owner.execute("DROP FUNCTION kpi.kpi_source() CASCADE")
     db = app.extensions["kpi"].db
     with pytest.raises(SchemaMissing):
         db.mode(refresh=True)  # its next look-up (every 30 s, and /readyz's)

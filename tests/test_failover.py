@@ -64,7 +64,7 @@ def summaries_match_raw(server: PostgresServer) -> None:
     now = utc_now()
     bounds = [(w.start, w.end, w.as_of(now)) for w in windows]
     with psycopg.connect(url(server), row_factory=dict_row) as conn:
-        assert conn.execute("SELECT kpi_source() AS s").fetchone()["s"] == "summaries"
+        assert conn.execute("SELECT kpi.kpi_source() AS s").fetchone()["s"] == "summaries"
         assert kpi_statement_rows(conn, "summaries", bounds, AGED_DAYS) == kpi_statement_rows(
             conn, "raw", bounds, AGED_DAYS
         )
@@ -76,7 +76,7 @@ def utc_now() -> datetime:
 
 def pending(server: PostgresServer) -> int:
     with psycopg.connect(url(server), autocommit=True) as conn:
-        return conn.execute("SELECT count(*) FROM kpi_changes").fetchone()[0]
+        return conn.execute("SELECT count(*) FROM kpi.kpi_changes").fetchone()[0]
 
 
 class Writer:

@@ -67,9 +67,9 @@ def test_infinite_instants_are_applied_rebuilt_and_read_alike(database_url: str,
     applied, rebuilt = applied_and_rebuilt(conn)
     assert applied == rebuilt
     apply_schema(database_url)  # init-db again, rebuilding nothing, and a fresh build:
-    conn.execute("DELETE FROM kpi_summary_state")
+    conn.execute("DELETE FROM kpi.kpi_summary_state")
     apply_schema(database_url)
-    assert conn.execute("SELECT kpi_source()").fetchone() == ("summaries",)
+    assert conn.execute("SELECT kpi.kpi_source()").fetchone() == ("summaries",)
     assert applied_and_rebuilt(conn)[0] == applied
 
     windows = [

@@ -37,9 +37,11 @@ def test_an_invalid_index_left_by_a_failed_build_is_built_again(empty_database: 
         with contextlib.suppress(psycopg.errors.UniqueViolation):
             conn.execute("CREATE UNIQUE INDEX CONCURRENTLY kpi_leads_created_at_idx ON leads (buyer_id)")
         assert _index(conn, "kpi_leads_created_at_idx")[0] is False
-        installed = "SELECT installed FROM kpi_manifest WHERE name = 'kpi_leads_created_at_idx'"
+        installed = "SELECT installed FROM kpi.kpi_manifest WHERE name = 'public.kpi_leads_created_at_idx'"
         assert conn.execute(installed).fetchone() == (False,)
-        assert ("kpi_leads_created_at_idx", "leads") in uninstall.plan(conn).indexes  # still there to remove
+        assert ("public.kpi_leads_created_at_idx", "public.leads") in uninstall.plan(
+            conn
+        ).indexes  # still there to remove
 
         apply_schema(empty_database, summaries=False)
 
@@ -137,7 +139,7 @@ def test_init_db_gives_way_to_transactions_holding_rows_of_all_three_tables(empt
             assert max(waits) < MAY_WAIT_S, waits
             # The operator is told what it waits for.
             assert any("tables, functions and triggers: giving way to the application's" in p for p in init_db.printed)
-            assert watcher.execute("SELECT kpi_capturing()").fetchone() == (True,)
+            assert watcher.execute("SELECT kpi.kpi_capturing()").fetchone() == (True,)
     finally:
         for conn in sessions.values():
             conn.close()

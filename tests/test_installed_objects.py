@@ -1,6 +1,7 @@
 """What the service installs in the application's database (sql/schema/manifest.sql): nothing
-more than its manifest lists, executable by nobody but the roles that need it, with pinned
-search paths; the application's own indexes left alone; the mode followed while it runs."""
+more than its manifest lists, in its own schema kpi but for the triggers and indexes on the sales
+tables, executable by nobody but the roles that need it, with pinned search paths; the
+application's own indexes left alone; the mode followed while it runs."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from flask import Flask
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from kpi_service.db.schema import apply_schema
+from kpi_service.db.schema import apply_schema, schema_text
 from kpi_service.db.sql import sql_text
 from tests.helpers import wait_until
 
@@ -59,20 +60,28 @@ def manifest(conn: psycopg.Connection, kind: str) -> dict[str, str | None]:
     """name -> callers of the manifest's objects of a kind, as the database names them."""
     rows = conn.execute(
         "SELECT CASE WHEN kind = 'function' THEN to_regprocedure(name)::text ELSE name END, callers"
-        " FROM kpi_manifest WHERE kind = %s AND installed",
+        " FROM kpi.kpi_manifest WHERE kind = %s AND installed",
         [kind],
     ).fetchall()
     return dict(rows)
 
 
+# The search path every SECURITY DEFINER function runs with: none where another role may create.
+PINNED = ["search_path=kpi, pg_catalog, pg_temp"]
+
+
 def functions(conn: psycopg.Connection) -> list[tuple[str, bool, list[str] | None, bool, bool]]:
-    """Every function of the schema: signature, SECURITY DEFINER, settings, PUBLIC's and kpi_reader's EXECUTE."""
+    """Every function of the service's schema (kpi) and every kpi_ one of the sales tables' (public):
+    signature, SECURITY DEFINER, settings, PUBLIC's and kpi_reader's EXECUTE."""
     return conn.execute(
         """
         SELECT p.oid::regprocedure::text, p.prosecdef, p.proconfig,
                has_function_privilege('public', p.oid, 'EXECUTE'),
                has_function_privilege('kpi_reader', p.oid, 'EXECUTE')
-        FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace ORDER BY 1
+        FROM pg_proc p
+        WHERE p.pronamespace = 'kpi'::regnamespace
+           OR (p.pronamespace = 'public'::regnamespace AND p.proname LIKE 'kpi\\_%')
+        ORDER BY 1
         """
     ).fetchall()
 
@@ -84,16 +93,17 @@ def test_the_manifest_lists_every_function_with_its_grants_and_search_path(insta
     for signature, definer, config, public, reader in found:
         assert not public, signature
         assert reader == (listed[signature] == "reader"), signature
-        assert config == (["search_path=public, pg_temp"] if definer else None), signature
+        assert config == (PINNED if definer else None), signature
     definers = {s for s, definer, *_ in found if definer}
-    assert definers >= {"kpi_apply_changes(integer,double precision)", "kpi_truncated()"}
+    assert definers >= {"kpi.kpi_apply_changes(integer,double precision)", "kpi.kpi_truncated()"}
 
 
 def test_the_manifest_lists_every_table_index_and_trigger(installed: psycopg.Connection) -> None:
     relations = installed.execute(
         """
-        SELECT c.relname, c.relkind FROM pg_class c
-        WHERE c.relnamespace = 'public'::regnamespace AND c.relname LIKE 'kpi\\_%'
+        SELECT c.relnamespace::regnamespace || '.' || c.relname, c.relkind FROM pg_class c
+        WHERE (c.relnamespace = 'kpi'::regnamespace
+               OR (c.relnamespace = 'public'::regnamespace AND c.relname LIKE 'kpi\\_%'))
           AND NOT EXISTS (SELECT FROM pg_constraint k WHERE k.conindid = c.oid)  -- a key's own index
         """
     ).fetchall()
@@ -101,14 +111,14 @@ def test_the_manifest_lists_every_table_index_and_trigger(installed: psycopg.Con
     assert sorted(name for name, _ in relations) == sorted(listed)
     triggers = installed.execute("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1").fetchall()
     assert [name for (name,) in triggers] == sorted(manifest(installed, "trigger"))
-    assert not installed.execute("SELECT FROM kpi_manifest WHERE NOT installed").fetchall()
+    assert not installed.execute("SELECT FROM kpi.kpi_manifest WHERE NOT installed").fetchall()
 
 
 def call(conn: psycopg.Connection, signature: str) -> None:
     """The function called with NULL for every argument."""
     name, _, arguments = signature.partition("(")
     types = [t for t in arguments.rstrip(")").split(",") if t]
-    conn.execute(f"SELECT public.{name}({', '.join(f'NULL::{t}' for t in types)})")
+    conn.execute(f"SELECT {name}({', '.join(f'NULL::{t}' for t in types)})")
 
 
 def test_no_role_can_attach_or_call_the_service_functions(
@@ -124,11 +134,13 @@ def test_no_role_can_attach_or_call_the_service_functions(
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 mallory.execute(
                     f"CREATE TRIGGER forged AFTER INSERT ON t REFERENCING NEW TABLE AS new_rows"
-                    f" FOR EACH STATEMENT EXECUTE FUNCTION public.{signature}"
+                    f" FOR EACH STATEMENT EXECUTE FUNCTION {signature}"
                 )
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             call(mallory, signature)
-    assert installed.execute("SELECT count(*) FROM kpi_sums").fetchone() == (0,)
+    assert installed.execute("SELECT count(*) FROM kpi.kpi_sums").fetchone() == (0,)
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        mallory.execute("CREATE FUNCTION kpi.kpi_source() RETURNS text LANGUAGE sql AS $$ SELECT 'raw' $$")
 
 
 def test_the_service_role_calls_what_roles_sql_grants_and_nothing_else(
@@ -153,10 +165,14 @@ def test_the_service_role_calls_what_roles_sql_grants_and_nothing_else(
 @pytest.mark.skipif(shutil.which("psql") is None, reason="psql is not installed")
 def test_search_paths_are_pinned_when_the_files_are_run_with_plain_psql(empty_database: str) -> None:
     """psql -f commits statement by statement: nothing of one statement's settings reaches the next."""
-    for name in ("schema.sql", "summary.sql", "manifest.sql"):
+    with psycopg.connect(empty_database) as conn:
+        texts = [
+            schema_text(conn, f"schema/{name}", "public") for name in ("schema.sql", "summary.sql", "manifest.sql")
+        ]
+    for text in texts:
         subprocess.run(
             ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", empty_database, "-f", "-"],
-            input=sql_text(f"schema/{name}"),
+            input=text,
             text=True,
             check=True,
             capture_output=True,
@@ -164,7 +180,7 @@ def test_search_paths_are_pinned_when_the_files_are_run_with_plain_psql(empty_da
     with psycopg.connect(empty_database) as conn:
         for signature, definer, config, public, _ in functions(conn):
             assert not public, signature
-            assert config == (["search_path=public, pg_temp"] if definer else None), signature
+            assert config == (PINNED if definer else None), signature
 
 
 def test_init_db_keeps_the_applications_own_indexes(empty_database: str) -> None:
@@ -213,7 +229,7 @@ def test_a_trigger_disabled_under_a_running_service_switches_it_to_the_raw_rows(
     # The summaries missed that lead: enabling the trigger again does not bring them back
     # until init-db builds them anew.
     installed.execute("ALTER TABLE leads ENABLE ALWAYS TRIGGER kpi_leads_insert")
-    assert installed.execute("SELECT kpi_source()").fetchone() == ("raw",)
+    assert installed.execute("SELECT kpi.kpi_source()").fetchone() == ("raw",)
     apply_schema(installed.info.dsn)
     wait_until(lambda: db._mode == "summaries")
     assert kpis(app, auth, **window, aged_days="61")["active_buyers"] == 1  # another key: computed anew
@@ -233,6 +249,6 @@ def test_summaries_installed_under_a_running_service_are_applied(
             "INSERT INTO listings (price, status, listed_at) VALUES (100, 'active', %s)",
             [datetime.now(UTC) - timedelta(days=1)],
         )
-        wait_until(lambda: conn.execute("SELECT kpi_pending_changes()").fetchone() == (0,))
-        assert conn.execute("SELECT sum(listings) FROM kpi_sums WHERE grain = 900").fetchone() == (1,)
+        wait_until(lambda: conn.execute("SELECT kpi.kpi_pending_changes()").fetchone() == (0,))
+        assert conn.execute("SELECT sum(listings) FROM kpi.kpi_sums WHERE grain = 900").fetchone() == (1,)
     assert kpis(app, auth)["total_listings"] == 1

@@ -49,7 +49,7 @@ def server_side(statement: str) -> str:
 MAINTENANCE = {server_side(s) for s in (*APPLY, CHANGED, MODE, SALES_TABLES, IDENTITY, WAL_POSITION)}
 MAINTENANCE |= {"", "BEGIN", "COMMIT", "ROLLBACK"}
 KPI_STATEMENT = "FROM unnest("  # sql/runtime/kpi.sql, kpi_windows
-AGING_STATEMENT = "min(listed_at) + make_interval"  # sql/runtime/kpi.sql, next_aging
+AGING_STATEMENT = "kpi.kpi_next_aging("  # sql/runtime/kpi.sql, next_aging
 
 
 @pytest.fixture(scope="module")

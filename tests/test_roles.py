@@ -67,26 +67,27 @@ def test_reader_applies_the_summaries_but_cannot_change_them(reader_url: str, co
     assert rows[0]["total_listings"] == 2
     with psycopg.connect(reader_url, autocommit=True) as reader:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            reader.execute("DELETE FROM kpi_sums")
+            reader.execute("DELETE FROM kpi.kpi_sums")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            reader.execute("INSERT INTO kpi_changes DEFAULT VALUES")
+            reader.execute("INSERT INTO kpi.kpi_changes DEFAULT VALUES")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            reader.execute("SELECT kpi_rebuild()")
+            reader.execute("SELECT kpi.kpi_rebuild()")
 
 
 def test_an_upgrade_by_init_db_keeps_the_readers_right_to_apply(
     reader_url: str, database_url: str, conn: psycopg.Connection
 ) -> None:
-    """Versions before the applier's pacing had kpi_apply_changes(integer), granted to kpi_reader by
-    the owner's DBA (roles.sql grants whichever form there is): init-db replaces it and passes the
-    grant on, with no second run of roles.sql."""
-    conn.execute("DROP FUNCTION kpi_apply_changes(integer, double precision)")
+    """Versions before the applier's pacing had kpi_apply_changes(integer), and versions before 7
+    had it in the sales tables' schema, granted to kpi_reader by the owner's DBA: init-db replaces
+    it with kpi's and passes the grant on."""
+    conn.execute("DROP FUNCTION kpi.kpi_apply_changes(integer, double precision)")
     conn.execute(
-        "CREATE FUNCTION kpi_apply_changes(max_rows integer) RETURNS bigint LANGUAGE sql AS 'SELECT 0::bigint'"
+        "CREATE FUNCTION public.kpi_apply_changes(max_rows integer) RETURNS bigint LANGUAGE sql AS 'SELECT 0::bigint'"
     )
-    conn.execute(sql_text("ops/roles.sql"))  # as a DBA may run it again at any time: grants the old form
+    conn.execute("REVOKE ALL ON FUNCTION public.kpi_apply_changes(integer) FROM PUBLIC")
+    conn.execute("GRANT EXECUTE ON FUNCTION public.kpi_apply_changes(integer) TO kpi_reader")
     apply_schema(database_url)
-    assert conn.execute("SELECT to_regprocedure('kpi_apply_changes(integer)')").fetchone() == (None,)
+    assert conn.execute("SELECT to_regprocedure('public.kpi_apply_changes(integer)')").fetchone() == (None,)
     two_listings(conn)
     conn.execute("UPDATE listings SET price = price + 1")  # logs the old and new rows of both
     db = Database(make_settings(reader_url))

@@ -31,10 +31,10 @@ from tests.dataset import Dataset, Lead, Listing, Purchase, catch_up
 from tests.helpers import APPLYING, apply_change, computed, expected, make_settings, wait_until
 from tests.strategies import aged_days_choices, datasets, instants, windows
 
-SUMS = "SELECT * FROM kpi_sums ORDER BY grain, bucket"
-BUYERS = "SELECT buyer_id, bucket, prev_bucket FROM kpi_buyer_buckets ORDER BY 1, 2"
-SALES = "SELECT * FROM kpi_sales ORDER BY listing_id"
-LINKS = "SELECT * FROM kpi_buyer_days ORDER BY day, gap"
+SUMS = "SELECT * FROM kpi.kpi_sums ORDER BY grain, bucket"
+BUYERS = "SELECT buyer_id, bucket, prev_bucket FROM kpi.kpi_buyer_buckets ORDER BY 1, 2"
+SALES = "SELECT * FROM kpi.kpi_sales ORDER BY listing_id"
+LINKS = "SELECT * FROM kpi.kpi_buyer_days ORDER BY day, gap"
 
 
 def summaries(conn: psycopg.Connection) -> tuple[list, ...]:
@@ -50,17 +50,17 @@ def applied_and_rebuilt(conn: psycopg.Connection) -> tuple[tuple, tuple]:
     def attempt() -> tuple[tuple, tuple] | None:
         with conn.transaction(force_rollback=True):
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            if not conn.execute("SELECT kpi_applier_lock()").fetchone()[0]:
+            if not conn.execute("SELECT kpi.kpi_applier_lock()").fetchone()[0]:
                 return None
             applied = summaries(conn)
-            conn.execute("SELECT kpi_rebuild()")
+            conn.execute("SELECT kpi.kpi_rebuild()")
             return applied, summaries(conn)
 
     return waiting_for_the_applier(attempt)
 
 
 def pending(conn: psycopg.Connection) -> int:
-    return conn.execute("SELECT count(*) FROM kpi_changes").fetchone()[0]
+    return conn.execute("SELECT count(*) FROM kpi.kpi_changes").fetchone()[0]
 
 
 def blocked(conn: psycopg.Connection, session: psycopg.Connection) -> bool:
@@ -79,7 +79,7 @@ def test_the_applier_keeps_what_a_rebuild_makes(conn: psycopg.Connection, data: 
         apply_change(conn, dataset, data.draw)
         if data.draw(st.booleans()):
             # Part of the log only, as a batch limit leaves it.
-            in_one_snapshot(conn, "SELECT kpi_apply_changes(max_rows => %s)", [data.draw(st.integers(1, 3))])
+            in_one_snapshot(conn, "SELECT kpi.kpi_apply_changes(max_rows => %s)", [data.draw(st.integers(1, 3))])
     applied, rebuilt = applied_and_rebuilt(conn)
     assert applied == rebuilt
     # Applying again, with the same rows logged again, changes nothing.
@@ -132,7 +132,7 @@ def test_an_applier_that_dies_half_way_loses_nothing(database_url: str, conn: ps
     logged = pending(conn)
     with psycopg.connect(database_url, autocommit=True) as applier:
         applier.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        assert applier.execute("SELECT kpi_apply_changes()").fetchone() == (logged,)
+        assert applier.execute("SELECT kpi.kpi_apply_changes()").fetchone() == (logged,)
         # Killed before its commit: its work and its taking of the log roll back together.
         conn.execute("SELECT pg_terminate_backend(%s)", [applier.info.backend_pid])
         with pytest.raises(psycopg.OperationalError):
@@ -140,7 +140,7 @@ def test_an_applier_that_dies_half_way_loses_nothing(database_url: str, conn: ps
     assert pending(conn) == logged
     applied, rebuilt = applied_and_rebuilt(conn)
     assert applied == rebuilt
-    assert conn.execute("SELECT sum(price_sum) FROM kpi_sums WHERE grain = 900").fetchone() == (Decimal("120.00"),)
+    assert conn.execute("SELECT sum(price_sum) FROM kpi.kpi_sums WHERE grain = 900").fetchone() == (Decimal("120.00"),)
 
 
 def test_one_applier_at_a_time(database_url: str, conn: psycopg.Connection) -> None:
@@ -153,7 +153,7 @@ def test_one_applier_at_a_time(database_url: str, conn: psycopg.Connection) -> N
     try:
         with psycopg.connect(database_url, autocommit=True) as first:
             first.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-            assert first.execute("SELECT kpi_apply_changes()").fetchone() == (2,)
+            assert first.execute("SELECT kpi.kpi_apply_changes()").fetchone() == (2,)
             assert second.apply_changes() is None
             conn.execute("UPDATE listings SET price = 140")  # committed while the first still applies
             result: list[int | None] = []
@@ -168,7 +168,7 @@ def test_one_applier_at_a_time(database_url: str, conn: psycopg.Connection) -> N
         second.close()
     applied, rebuilt = applied_and_rebuilt(conn)
     assert applied == rebuilt
-    assert conn.execute("SELECT price_sum FROM kpi_sums WHERE grain = 900").fetchone() == (Decimal("140.00"),)
+    assert conn.execute("SELECT price_sum FROM kpi.kpi_sums WHERE grain = 900").fetchone() == (Decimal("140.00"),)
 
 
 def test_no_stranger_can_take_the_appliers_turn(database_url: str, conn: psycopg.Connection) -> None:
@@ -180,7 +180,7 @@ def test_no_stranger_can_take_the_appliers_turn(database_url: str, conn: psycopg
         with psycopg.connect(make_conninfo(database_url, user=stranger), autocommit=True) as other:
             other.execute("SELECT pg_advisory_lock(4946157313062342)")
             with pytest.raises(psycopg.errors.InsufficientPrivilege), other.transaction():
-                other.execute("SELECT FROM kpi_applier_rest FOR UPDATE")
+                other.execute("SELECT FROM kpi.kpi_applier_rest FOR UPDATE")
             conn.execute("INSERT INTO listings (price, status, listed_at) VALUES (1, 'active', now())")
             db = Database(make_settings(database_url))
             try:
@@ -229,7 +229,7 @@ def test_the_applier_rests_while_the_application_works(database_url: str, conn: 
                 conn.execute("SELECT pg_cancel_backend(%s)", [app.info.backend_pid])
                 working.join(timeout=10)
         # Still within the rest, but the application is idle now: the rest ends early.
-        assert conn.execute("SELECT until > now() FROM kpi_applier_rest").fetchone() == (True,)
+        assert conn.execute("SELECT until > now() FROM kpi.kpi_applier_rest").fetchone() == (True,)
         conn.execute("UPDATE listings SET price = 140")
         assert db.apply_changes(busy_share=tiny) == 2  # and no rest after it either
         conn.execute("UPDATE listings SET price = 150")
@@ -256,12 +256,12 @@ def test_a_truncate_stops_the_summaries_until_they_are_built_anew(conn: psycopg.
     Dataset(
         [1], [Listing(1, Decimal("100.00"), "sold", at)], [Lead(1, 1, at)], [Purchase(1, 1, 1, Decimal("90"), at, 1)]
     ).insert(conn)
-    assert conn.execute("SELECT count(*) FROM kpi_buyer_buckets").fetchone() == (1,)
+    assert conn.execute("SELECT count(*) FROM kpi.kpi_buyer_buckets").fetchone() == (1,)
     conn.execute("TRUNCATE purchases, leads, listings, buyers")
-    assert in_applier_turn(conn, "SELECT kpi_apply_changes()") == 3
-    assert conn.execute("SELECT kpi_source(), count(*) FROM kpi_buyer_buckets").fetchone() == ("raw", 1)
-    assert in_applier_turn(conn, "SELECT kpi_rebuild_if_needed(60)") is True
-    assert conn.execute("SELECT kpi_source()").fetchone() == ("summaries",)
+    assert in_applier_turn(conn, "SELECT kpi.kpi_apply_changes()") == 3
+    assert conn.execute("SELECT kpi.kpi_source(), count(*) FROM kpi.kpi_buyer_buckets").fetchone() == ("raw", 1)
+    assert in_applier_turn(conn, "SELECT kpi.kpi_rebuild_if_needed(60)") is True
+    assert conn.execute("SELECT kpi.kpi_source()").fetchone() == ("summaries",)
     assert summaries(conn) == ([], [], [], [])
 
 
@@ -273,8 +273,8 @@ def test_a_truncate_of_an_empty_table_changes_nothing(conn: psycopg.Connection) 
     conn.execute(
         "INSERT INTO leads (id, buyer_id, created_at, status) VALUES (2, 1, %s, 'open')", [at + timedelta(days=1)]
     )
-    assert in_applier_turn(conn, "SELECT kpi_apply_changes()") == 2  # the TRUNCATE and the insert
-    assert conn.execute("SELECT kpi_source()").fetchone() == ("summaries",)
+    assert in_applier_turn(conn, "SELECT kpi.kpi_apply_changes()") == 2  # the TRUNCATE and the insert
+    assert conn.execute("SELECT kpi.kpi_source()").fetchone() == ("summaries",)
     applied, rebuilt = applied_and_rebuilt(conn)
     assert applied == rebuilt != kept
 
@@ -287,9 +287,9 @@ def test_the_service_builds_the_summaries_anew_after_a_truncate(
     app = make_app(apply_interval=APPLYING)
     app.extensions["kpi"].db.mode_every = 0.2
     conn.execute("TRUNCATE purchases, leads")
-    wait_until(lambda: conn.execute("SELECT kpi_source()").fetchone() == ("raw",))
+    wait_until(lambda: conn.execute("SELECT kpi.kpi_source()").fetchone() == ("raw",))
     # Once every instance has noticed (its mode looked up again, here every 0.2 s) and 5 s more.
-    wait_until(lambda: conn.execute("SELECT kpi_source()").fetchone() == ("summaries",), seconds=60)
+    wait_until(lambda: conn.execute("SELECT kpi.kpi_source()").fetchone() == ("summaries",), seconds=60)
     applied, rebuilt = applied_and_rebuilt(conn)
     assert applied == rebuilt
     body = app.test_client().get("/api/kpi?from=2026-03-01&to=2026-03-01", headers=auth).get_json()
@@ -338,14 +338,14 @@ def test_the_application_waits_for_nothing_new(database_url: str, conn: psycopg.
             [at],
         )
         applier.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        applier.execute("SELECT kpi_apply_changes()")  # sees none of their rows, and waits for none
+        applier.execute("SELECT kpi.kpi_apply_changes()")  # sees none of their rows, and waits for none
         for session in (first, second, third, applier):
             assert not blocked(conn, session)
         for session in (first, second, third, applier):
             session.commit()
     applied, rebuilt = applied_and_rebuilt(conn)
     assert applied == rebuilt
-    assert conn.execute("SELECT sum(leads), sum(converted) FROM kpi_sums WHERE grain = 900").fetchone() == (5, 1)
+    assert conn.execute("SELECT sum(leads), sum(converted) FROM kpi.kpi_sums WHERE grain = 900").fetchone() == (5, 1)
 
 
 def test_the_service_applies_changes_by_itself(
@@ -384,7 +384,7 @@ def test_windows_off_the_grid_read_the_raw_rows_and_agree(
 
 def build_for(conn: psycopg.Connection, aged_days: int) -> None:
     """What init-db does with KPI_AGED_DAYS = aged_days (kpi_build)."""
-    in_applier_turn(conn, "SELECT true FROM kpi_build(%s)", [aged_days])
+    in_applier_turn(conn, "SELECT true FROM kpi.kpi_build(%s)", [aged_days])
 
 
 def test_a_daily_history_counts_aged_inventory_exactly_at_its_edges(
@@ -423,7 +423,7 @@ def test_a_daily_history_counts_aged_inventory_exactly_at_its_edges(
         for recorded in (60, 7):
             if recorded != 60:
                 build_for(conn, recorded)
-            assert conn.execute("SELECT aged_days FROM kpi_summary_state").fetchone() == (recorded,)
+            assert conn.execute("SELECT aged_days FROM kpi.kpi_summary_state").fetchone() == (recorded,)
             for aged_days in (60, 7):
                 assert computed(database, shown, aged_days, now) == expected(data, shown, aged_days, now)
         # Sales moved by a microsecond across the edges, and unsold: the applier's differences.
@@ -498,7 +498,7 @@ def test_a_disabled_trigger_switches_to_the_raw_rows(database: Database, conn: p
         conn.execute("ALTER TABLE leads ENABLE ALWAYS TRIGGER kpi_leads_insert")
         with conn.transaction():  # what an operator does after re-enabling it
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            conn.execute("SELECT kpi_rebuild()")
+            conn.execute("SELECT kpi.kpi_rebuild()")
     assert database.mode(refresh=True) == "summaries"
 
 
@@ -526,7 +526,7 @@ def test_a_sale_looked_up_by_a_partial_batch_then_deleted_is_removed(conn: psyco
     )
     catch_up(conn)
     conn.execute("UPDATE listings SET status = 'sold', sold_at = listed_at + interval '1 day' WHERE id = 1")
-    in_one_snapshot(conn, "SELECT kpi_apply_changes(max_rows => 1)")
+    in_one_snapshot(conn, "SELECT kpi.kpi_apply_changes(max_rows => 1)")
     conn.execute("DELETE FROM listings WHERE id = 1")
     applied, rebuilt = applied_and_rebuilt(conn)
     assert applied == rebuilt and applied[2] == []
@@ -554,7 +554,7 @@ def test_a_lead_moved_or_a_cost_changed_reaches_the_purchase(conn: psycopg.Conne
     for change in ("UPDATE leads SET created_at = '2026-02-10T10:00Z'", "UPDATE listings SET acquisition_cost = 50"):
         conn.execute(change + " WHERE id = 1")
         while pending(conn):
-            in_one_snapshot(conn, "SELECT kpi_apply_changes(max_rows => %s)", [max_rows])
+            in_one_snapshot(conn, "SELECT kpi.kpi_apply_changes(max_rows => %s)", [max_rows])
         applied, rebuilt = applied_and_rebuilt(conn)
         assert applied == rebuilt, change
 
@@ -567,7 +567,7 @@ def test_a_batch_names_the_whole_buckets_it_changed(conn: psycopg.Connection) ->
     conn.execute("INSERT INTO leads (id, buyer_id, created_at, status) VALUES (1, 1, '2026-03-05T10:07Z', 'open')")
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        conn.execute("SELECT kpi_apply_changes()")
+        conn.execute("SELECT kpi.kpi_apply_changes()")
         changed = json.loads(conn.execute("SELECT current_setting('kpi.changed', true)").fetchone()[0])
     assert (datetime.fromisoformat(changed["from"]), datetime.fromisoformat(changed["to"])) == (
         datetime(2026, 3, 5, 10, 0, tzinfo=UTC),
@@ -584,7 +584,7 @@ def test_a_batch_names_stock_changes_only_for_listings_that_can_be_in_stock(conn
         conn.execute(statement)
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            conn.execute("SELECT kpi_apply_changes()")
+            conn.execute("SELECT kpi.kpi_apply_changes()")
             changed = conn.execute("SELECT current_setting('kpi.changed', true)").fetchone()[0]
         return json.loads(changed)["stock_from"]
 

@@ -50,8 +50,9 @@ WRITES = (
 
 def application_schema() -> str:
     """The application's tables as sql/schema/schema.sql defines them (before the service's functions)."""
-    text = sql_text("schema/schema.sql")
-    return text[: text.index("-- The service's indexes on them")] + APPLICATION_EXTRAS
+    text = sql_text("schema/schema.sql").replace("@sales@", "public")
+    start = text.index("CREATE TABLE IF NOT EXISTS public.buyers")
+    return text[start : text.index("-- The service's indexes on them")] + APPLICATION_EXTRAS
 
 
 @pytest.fixture(scope="module")
@@ -164,18 +165,19 @@ def test_removal_leaves_what_a_database_that_never_had_the_service_holds(server:
     write(never)
     write(had)
     with psycopg.connect(had) as conn:
-        assert conn.execute("SELECT count(*) FROM kpi_manifest WHERE installed").fetchone()[0] > 50
+        assert conn.execute("SELECT count(*) FROM kpi.kpi_manifest WHERE installed").fetchone()[0] > 50
     assert catalog(had) != catalog(never)
 
     done, printed = uninstall(had)
 
     assert done
     for line in (
-        "trigger  kpi_listings_insert on listings",
-        "function kpi_apply_changes(integer, double precision)",
-        "table    kpi_sums",
-        "view     kpi_manifest",
-        "index    kpi_leads_created_at_idx on leads",
+        "trigger  kpi_listings_insert on public.listings",
+        "function kpi.kpi_apply_changes(integer, double precision)",
+        "table    kpi.kpi_sums",
+        "view     kpi.kpi_manifest",
+        "schema   kpi",
+        "index    public.kpi_leads_created_at_idx on public.leads",
         "role     kpi_reader",
         "role     kpi",
     ):
@@ -194,7 +196,7 @@ def test_nothing_is_dropped_without_a_yes(server: PostgresServer) -> None:
     apply_schema(url)
     installed = catalog(url)
     done, printed = uninstall(url, yes=False, answer="no")
-    assert not done and "nothing dropped" in printed and "trigger  kpi_leads_update on leads" in printed
+    assert not done and "nothing dropped" in printed and "trigger  kpi_leads_update on public.leads" in printed
     assert catalog(url) == installed
 
 
@@ -260,7 +262,7 @@ def test_a_login_another_database_still_uses_stays(server: PostgresServer) -> No
         assert f"kept role {role}: still used in database shared_second" in printed
     assert set(roles(server)) == {*before, "kpi", "kpi_reader"}
     with psycopg.connect(make_conninfo(second, user="kpi", password="s3cret")) as service:
-        assert service.execute("SELECT kpi_source(), count(*) > 0 FROM listings").fetchone() == ("summaries", True)
+        assert service.execute("SELECT kpi.kpi_source(), count(*) > 0 FROM listings").fetchone() == ("summaries", True)
     with psycopg.connect(first) as conn:
         assert not conn.execute("SELECT has_table_privilege('kpi_reader', 'listings', 'SELECT')").fetchone()[0]
         granted_here = (

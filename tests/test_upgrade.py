@@ -26,6 +26,8 @@ from kpi_service.db.sql import in_applier_turn, kpi_statement_rows, windows_rows
 from tests.helpers import make_settings
 
 RELEASE = Path(__file__).parent / "fixtures" / "release_9a1bd6c"
+# The last release with everything in the sales tables' schema (schema version 6).
+IN_PUBLIC = Path(__file__).parent / "fixtures" / "release_ee69c64"
 # kpi_sums' rows: their physical place and write, and the columns of that release (then this
 # release's long sales).
 SUMS = (
@@ -34,7 +36,7 @@ SUMS = (
 )
 SUMS_NOW = (
     "SELECT ctid::text, xmin::text, grain, bucket, listings, price_sum, scored, score_sum, unsold, leads, converted,"
-    " costed, profit_sum, led, lead_seconds, buyer_buckets, buyer_links, long_listed, long_sold FROM kpi_sums"
+    " costed, profit_sum, led, lead_seconds, buyer_buckets, buyer_links, long_listed, long_sold FROM kpi.kpi_sums"
 )
 UNTIL = datetime(2026, 11, 1, tzinfo=UTC)
 WINDOWS = [
@@ -56,6 +58,39 @@ def install_previous_release(url: str) -> None:
                 conn.execute(line)
         in_applier_turn(conn, "SELECT true FROM kpi_build()")
         conn.execute((RELEASE / "roles.sql").read_text())
+
+
+def install_schema_version_6(url: str) -> None:
+    """What the release of schema version 6 (everything in public) did: its init-db's transaction,
+    indexes and build, and sql/ops/roles.sql."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        with conn.transaction():
+            for name in ("schema.sql", "summary.sql", "manifest.sql"):
+                conn.execute((IN_PUBLIC / name).read_text())
+            conn.execute("INSERT INTO kpi_schema VALUES (6, 2, 'schema version 6', now())")
+        for name in ("indexes.sql", "summary_indexes.sql"):
+            for line in (IN_PUBLIC / name).read_text().splitlines():
+                if line.startswith(("CREATE INDEX", "DROP INDEX")):
+                    conn.execute(line)
+        in_applier_turn(conn, "SELECT true FROM kpi_build(60)")
+        conn.execute((IN_PUBLIC / "roles.sql").read_text())
+
+
+def left_in_public(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    """What of the service's is still in public, but its indexes on the sales tables, which stay there."""
+    return conn.execute(
+        """
+        SELECT 'function', oid::regprocedure::text FROM pg_proc
+        WHERE pronamespace = 'public'::regnamespace AND proname LIKE 'kpi\\_%'
+        UNION ALL
+        SELECT 'relation', relname FROM pg_class
+        WHERE relnamespace = 'public'::regnamespace AND relname LIKE 'kpi\\_%'
+          AND relname NOT IN ('kpi_listings_listed_at_idx', 'kpi_leads_created_at_idx',
+                              'kpi_purchases_purchased_at_idx')
+        UNION ALL
+        SELECT 'type', typname FROM pg_type WHERE typnamespace = 'public'::regnamespace AND typname LIKE '%kpi\\_%'
+        """
+    ).fetchall()
 
 
 def kpis(url: str, mode: str) -> list[dict]:
@@ -111,16 +146,17 @@ def test_init_db_upgrades_the_previous_release_in_place(empty_database: str, ser
     with psycopg.connect(empty_database, autocommit=True) as conn:
         # Not rebuilt: a rebuild empties the change log and rewrites every row of the sums. The
         # long sales are counted into the rows of their buckets (version 6), the rest stay.
-        assert conn.execute("SELECT count(*) FROM kpi_changes").fetchone()[0] == pending
+        assert conn.execute("SELECT count(*) FROM kpi.kpi_changes").fetchone()[0] == pending
         had = {row[2:4]: row for row in sums}
         now = {row[2:4]: row for row in conn.execute(SUMS_NOW).fetchall()}
         assert all(now[key][2:-2] == row[2:] for key, row in had.items())
         assert all(now[key][:2] == row[:2] for key, row in had.items() if now[key][-2:] == (0, 0))
         assert all(row[4:-2] == (0,) * len(row[4:-2]) for key, row in now.items() if key not in had)
         assert any(row[-2:] == (0, 0) for row in now.values()) and any(row[-2] for row in now.values())
-        assert conn.execute("SELECT version, service FROM kpi_schema").fetchall() == [
+        assert conn.execute("SELECT version, service FROM kpi.kpi_schema").fetchall() == [
             (SCHEMA_VERSION, service_version())
         ]
+        assert left_in_public(conn) == []
     # The numbers the summaries held are the ones they hold now (kpi_buyer_days counted from
     # kpi_buyer_buckets, nothing rebuilt).
     assert kpis(empty_database, "summaries") == before
@@ -144,7 +180,7 @@ def conninfo_user(url: str) -> str:
 def test_a_service_refuses_a_newer_schema_and_readyz_says_why(empty_database: str) -> None:
     apply_schema(empty_database)
     with psycopg.connect(empty_database, autocommit=True) as conn:
-        conn.execute("UPDATE kpi_schema SET version = %s, oldest_service = %s", [SCHEMA_VERSION + 1] * 2)
+        conn.execute("UPDATE kpi.kpi_schema SET version = %s, oldest_service = %s", [SCHEMA_VERSION + 1] * 2)
     app = create_app(make_settings(empty_database))
     try:
         response = app.test_client().get("/readyz")
@@ -165,7 +201,7 @@ def test_a_service_refuses_a_newer_schema_and_readyz_says_why(empty_database: st
 
     # A newer schema that older services read right (it only added) is served.
     with psycopg.connect(empty_database, autocommit=True) as conn:
-        conn.execute("UPDATE kpi_schema SET oldest_service = %s", [SCHEMA_VERSION])
+        conn.execute("UPDATE kpi.kpi_schema SET oldest_service = %s", [SCHEMA_VERSION])
     app = create_app(make_settings(empty_database))
     try:
         assert app.test_client().get("/readyz").status_code == 200
@@ -176,7 +212,7 @@ def test_a_service_refuses_a_newer_schema_and_readyz_says_why(empty_database: st
 def test_init_db_does_not_downgrade(empty_database: str) -> None:
     apply_schema(empty_database)
     with psycopg.connect(empty_database, autocommit=True) as conn:
-        conn.execute("UPDATE kpi_schema SET version = %s", [SCHEMA_VERSION + 1])
+        conn.execute("UPDATE kpi.kpi_schema SET version = %s", [SCHEMA_VERSION + 1])
     with pytest.raises(SchemaMismatch, match="newer than this"):
         apply_schema(empty_database)
 
@@ -197,8 +233,8 @@ def test_an_upgrade_with_a_backlog_keeps_the_sold_listings(empty_database: str) 
         assert conn.execute("SELECT count(*) FROM kpi_changes").fetchone() == (2,)
     apply_schema(empty_database)
     with psycopg.connect(empty_database, autocommit=True) as conn:
-        in_applier_turn(conn, "SELECT kpi_apply_changes()")
-        assert conn.execute("SELECT listing_id, sold_at, n FROM kpi_sales").fetchall() == [
+        in_applier_turn(conn, "SELECT kpi.kpi_apply_changes()")
+        assert conn.execute("SELECT listing_id, sold_at, n FROM kpi.kpi_sales").fetchall() == [
             (1, datetime(2025, 8, 1, tzinfo=UTC), 1)
         ]
     # aged_inventory on 2025-07-15 (listed more than 60 days before, sold after it): 1.
@@ -208,3 +244,41 @@ def test_an_upgrade_with_a_backlog_keeps_the_sold_listings(empty_database: str) 
         summed = kpi_statement_rows(conn, "summaries", window, 60)
         assert summed == kpi_statement_rows(conn, "raw", window, 60)
     assert summed[0]["aged_inventory"] == 1
+
+
+def test_init_db_moves_schema_version_6_out_of_public_in_place(empty_database: str, service_login: str) -> None:
+    """Issue 33, item 11: the objects of schema version 6, in public, move into kpi with
+    ALTER ... SET SCHEMA: the summaries' rows where they were (no rewrite, no rebuild), the log's
+    backlog kept, the triggers calling kpi's functions, nothing of the service's left in public,
+    and the service's role still reading and applying."""
+    install_schema_version_6(empty_database)
+    seed(empty_database, 300, seed=11, until=UNTIL)
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        conn.execute(sql.SQL("GRANT kpi_reader TO {}").format(sql.Identifier(conninfo_user(service_login))))
+        in_applier_turn(conn, "SELECT kpi_apply_changes()")
+        conn.execute("UPDATE listings SET price = price + 10 WHERE id % 5 = 0")
+        conn.execute("UPDATE leads SET created_at = created_at + interval '2 days' WHERE id % 7 = 0")
+        pending = conn.execute("SELECT count(*) FROM kpi_changes").fetchone()[0]
+        sums = conn.execute("SELECT ctid::text, xmin::text, * FROM kpi_sums ORDER BY grain, bucket").fetchall()
+        assert pending > 0 and sums
+
+    apply_schema(empty_database)
+
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        assert (
+            conn.execute("SELECT ctid::text, xmin::text, * FROM kpi.kpi_sums ORDER BY grain, bucket").fetchall() == sums
+        )
+        assert conn.execute("SELECT count(*) FROM kpi.kpi_changes").fetchone()[0] == pending
+        assert left_in_public(conn) == []
+        assert conn.execute(
+            "SELECT DISTINCT p.pronamespace::regnamespace::text FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid"
+            " WHERE NOT t.tgisinternal"
+        ).fetchall() == [("kpi",)]
+    db = Database(make_settings(service_login))
+    try:
+        assert db.mode(refresh=True) == "summaries"
+        assert db.apply_changes(wait=True) == pending
+        rows, *_ = db.kpi_rows(WINDOWS, 60)
+    finally:
+        db.close()
+    assert rows == kpis(empty_database, "raw")

@@ -65,7 +65,7 @@ def seed(
     result = Seeded()
     started = time.perf_counter()
     with psycopg.connect(conninfo) as conn:
-        summaries = conn.execute("SELECT to_regprocedure('kpi_rebuild()') IS NOT NULL").fetchone()[0]
+        summaries = conn.execute("SELECT to_regprocedure('kpi.kpi_rebuild()') IS NOT NULL").fetchone()[0]
         conn.commit()
         # One snapshot, so that the rebuild takes exactly the change log of the rows it reads,
         # holding the applier's lock from its start: no applier runs between the load and the
@@ -110,7 +110,7 @@ def seed(
             # The change log now names every row just loaded: rebuilding the summaries costs
             # less than applying it, and takes the log with it.
             step_started = time.perf_counter()
-            conn.execute("SELECT kpi_rebuild()")
+            conn.execute("SELECT kpi.kpi_rebuild()")
             if progress:
                 progress("summaries", 0, time.perf_counter() - step_started)
     # After the commit, outside a transaction: statistics for the planner, and the visibility
@@ -141,7 +141,7 @@ def _applier_turn(conn: psycopg.Connection) -> bool | None:
     """A REPEATABLE READ transaction begun, holding the applier's lock; None (rolled back) while
     another holds it (sql/schema/summary.sql, kpi_applier_lock)."""
     conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-    if conn.execute("SELECT kpi_applier_lock()").fetchone()[0]:
+    if conn.execute("SELECT kpi.kpi_applier_lock()").fetchone()[0]:
         return True
     conn.rollback()
     return None

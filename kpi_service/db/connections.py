@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -36,8 +37,10 @@ from kpi_service.db.sql import (
     AUDIT_STATE,
     CHANGED,
     IDENTITY,
-    LEGACY_MODE,
+    LEGACY_SOURCE,
     MODE,
+    OLD_LAYOUT_MODE,
+    OLD_LAYOUT_SCHEMA,
     PENDING,
     REBUILD,
     SALES_TABLES,
@@ -69,12 +72,16 @@ MODE_EVERY_S = 30.0
 # Read-only, and no JIT: the KPI statement's estimates include the raw-row branch it rarely
 # runs, which makes PostgreSQL spend more time compiling it (~0.6 s) than running it (ms). UTC:
 # the SQL is written to be the same in every session time zone (the model-based test runs it in
-# several), and pinning it as well leaves a database's or role's TimeZone no way in.
-SESSION_OPTIONS = "-c default_transaction_read_only=on -c jit=off -c TimeZone=UTC"
+# several), and pinning it as well leaves a database's or role's TimeZone no way in. The search
+# path: every statement names the service's objects with their schema, and its functions name the
+# sales tables with theirs, so the sessions search kpi and the catalog alone: no function or
+# operator that a role allowed to create in the sales tables' schema defines is ever chosen for
+# the service's statements (issue 33, item 11), nor a temporary table before the catalog.
+SESSION_OPTIONS = "-c default_transaction_read_only=on -c jit=off -c TimeZone=UTC -c search_path=kpi,pg_catalog,pg_temp"
 
 
-# The errors of a statement naming a table or function that is not there.
-_UNDEFINED = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction)
+# The errors of a statement naming a table, function or schema (kpi) that is not there.
+_UNDEFINED = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName)
 
 
 class Database:
@@ -168,11 +175,12 @@ class Database:
         SchemaMismatch, for every read and the applier alike, until a lookup finds it right."""
         try:
             row = conn.execute(MODE).fetchone()
-        except psycopg.errors.UndefinedTable:
+        except (psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedTable) as missing:
             conn.rollback()
-            # Installed before schema versions were recorded (version 1), or not at all
-            # (kpi_source is missing too: SchemaMissing).
-            row = {**conn.execute(LEGACY_MODE).fetchone(), "version": 1, "oldest_service": 1}
+            # No schema kpi: installed by a version before 7, in the sales tables' schema, whose
+            # version is all that is read there (older than this service reads); before version 2
+            # without a recorded version; or not at all (SchemaMissing).
+            row = self._old_layout(conn, missing)
         if row is None:
             self.schema_version = None
             problem: str | None = f"the database's KPI schema has no version recorded: {INIT_HINT}"
@@ -211,6 +219,18 @@ class Database:
         self._mode = found
         self._mode_at = time.monotonic()
         return found
+
+    def _old_layout(self, conn: psycopg.Connection, missing: psycopg.Error) -> dict[str, Any] | None:
+        """The version of a schema before 7, in the sales tables' schema (not on this session's
+        search path: found by its kpi_schema table, or kpi_source() before version 2); `missing`
+        again (SchemaMissing) where there is none."""
+        found = conn.execute(OLD_LAYOUT_SCHEMA).fetchone()
+        if found is not None:
+            table = sql.Identifier(found["schema"], "kpi_schema")
+            return conn.execute(sql.SQL(OLD_LAYOUT_MODE).format(table)).fetchone()
+        if conn.execute(LEGACY_SOURCE).fetchone() is None:
+            raise missing
+        return {"mode": None, "version": 1, "oldest_service": 1}
 
     def _identify(self, conn: psycopg.Connection) -> str:
         """The database's scope: a standby of it has the same system identifier and name."""

@@ -24,13 +24,19 @@ from kpi_service.db.sql import in_applier_turn, sql_text
 # service's statement sums. (An older service counts the rows: the same number once the log is
 # applied, so it may serve on until it is replaced.) 6: the log's rows are jsonb images, the
 # triggers' state is recorded with the summaries, kpi_missing_columns(), which this service calls.
-SCHEMA_VERSION = 6
-# The oldest database schema this service computes right numbers from.
-OLDEST_DATABASE = 6
+# 7: every object of the service in its own schema, kpi (issue 33, item 11), which this service
+# names in every statement.
+SCHEMA_VERSION = 7
+# The oldest database schema this service computes right numbers from: 7, since it reads kpi's
+# objects alone (before 7 they were in the sales tables' schema).
+OLDEST_DATABASE = 7
 # The oldest service this version's objects are right for, recorded with them: raised to
 # SCHEMA_VERSION when an older service would misread them (a column's meaning changed, a function
-# it calls changed its result), left as it is when the change only adds.
-OLDEST_SERVICE = 2
+# it calls changed its result), left as it is when the change only adds. 7: a service before 7
+# names the objects without a schema, and finds them no more once they are in kpi (it serves
+# nothing then: no KPI schema; one whose login's search path reaches kpi reads this row and
+# refuses, as it should): replace the instances right after init-db.
+OLDEST_SERVICE = 7
 
 
 def service_version() -> str:
@@ -55,7 +61,36 @@ def compatibility(version: int, oldest_service: int) -> str | None:
 
 
 AGAIN = "kpi-service init-db"
-SERVICE_TABLES = "kpi_sums, kpi_buyer_buckets, kpi_sales, kpi_purchase_facts, kpi_conversions, kpi_changes"
+# The schema of the service's own objects (sql/schema/schema.sql makes it), named in every statement.
+SERVICE_SCHEMA = "kpi"
+SERVICE_TABLES = (
+    "kpi.kpi_sums, kpi.kpi_buyer_buckets, kpi.kpi_sales, kpi.kpi_purchase_facts, kpi.kpi_conversions, kpi.kpi_changes"
+)
+# The search path of init-db's session: what its files create or name without a schema is kpi's
+# or the catalog's, never that of a schema where another role may create.
+INSTALL_SEARCH_PATH = "kpi, pg_catalog, pg_temp"
+
+
+def sales_schema(conn: psycopg.Connection) -> str:
+    """The schema of the sales tables: the one init-db (or uninstall) is pointed at, the first of
+    its connection's search path that exists (public, normally)."""
+    name = conn.execute("SELECT current_schema()").fetchone()[0]
+    if name is None or name == SERVICE_SCHEMA:
+        raise SchemaMismatch(
+            f"the connection's search path finds {'no schema' if name is None else 'kpi, the service schema,'}"
+            " first: point DATABASE_URL at the sales tables' schema (options=-c search_path=...)"
+        )
+    return name
+
+
+def schema_text(conn: psycopg.Connection, name: str, sales: str) -> str:
+    """A file of sql/ with the sales tables' schema filled in: @sales@ as an identifier and
+    @sales_name@ as a string, each quoted by psycopg (the files name kpi's objects themselves)."""
+    return (
+        sql_text(name)
+        .replace("@sales_name@", sql.Literal(sales).as_string(conn))
+        .replace("@sales@", sql.Identifier(sales).as_string(conn))
+    )
 
 
 def apply_schema(
@@ -77,6 +112,23 @@ def apply_schema(
             progress(f"{time.monotonic() - started:7.1f} s  {what}")
 
     with psycopg.connect(conninfo, autocommit=True) as conn:
+        sales = sales_schema(conn)
+        own_path = conn.execute("SELECT current_setting('search_path')").fetchone()[0]
+        # Every step, the indexes' expressions included, runs as the owner: what it names without
+        # a schema is kpi's or the catalog's, never that of a schema where another role may create.
+        conn.execute("SELECT set_config('search_path', %s, false)", [INSTALL_SEARCH_PATH])
+        # An install of a version before 7 with summaries has triggers whose functions write the
+        # log in the sales schema: summary.sql makes them anew in kpi, so it runs here too.
+        summaries = (
+            summaries
+            or (
+                conn.execute(
+                    "SELECT EXISTS (SELECT FROM pg_class"
+                    " WHERE relname = 'kpi_changes' AND relnamespace = %s::regnamespace)",
+                    [sql.Identifier(sales).as_string(conn)],
+                ).fetchone()[0]
+            )
+        )
         # The build's own steps (sql/schema/summary.sql raises them as notices).
         conn.add_notice_handler(
             lambda notice: (
@@ -89,36 +141,47 @@ def apply_schema(
 
         def objects() -> None:
             _refuse_downgrade(conn)
-            conn.execute(sql_text("schema/schema.sql"))
+            conn.execute(schema_text(conn, "schema/schema.sql", sales))
             if summaries:
-                conn.execute(sql_text("schema/summary.sql"))
-            conn.execute(sql_text("schema/manifest.sql"))
-            conn.execute("DELETE FROM kpi_schema")
+                conn.execute(schema_text(conn, "schema/summary.sql", sales))
+            conn.execute(schema_text(conn, "schema/manifest.sql", sales))
+            conn.execute("DELETE FROM kpi.kpi_schema")
             conn.execute(
-                "INSERT INTO kpi_schema VALUES (%s, %s, %s, now())",
+                "INSERT INTO kpi.kpi_schema VALUES (%s, %s, %s, now())",
                 [SCHEMA_VERSION, OLDEST_SERVICE, service_version()],
             )
             # The service's role keeps its grants through an upgrade (new functions, new forms).
             if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'kpi_reader'").fetchone():
+                # (In the connection's own search path, as psql runs it: it grants the sales tables.)
+                conn.execute("SELECT set_config('search_path', %s, true)", [own_path])
                 conn.execute(sql_text("ops/roles.sql"))
 
         # The triggers' DDL locks listings, leads and purchases in turn, each against their writes.
         giving_way(conn, objects, "the tables, functions and triggers", command=AGAIN, say=step)
         step("indexes (built concurrently)")
         giving_way(
-            conn, lambda: _build_indexes(conn, summaries), "the indexes", command=AGAIN, transaction=False, say=step
+            conn,
+            lambda: _build_indexes(conn, summaries, sales),
+            "the indexes",
+            command=AGAIN,
+            transaction=False,
+            say=step,
         )
         if summaries:
             step("waiting for a running applier")
             # Waiting for a running applier (an upgrade beside live instances) before the
             # build's snapshot is taken.
-            in_applier_turn(conn, "SELECT true FROM kpi_build(%s)", [aged_days])
+            in_applier_turn(conn, "SELECT true FROM kpi.kpi_build(%s::integer)", [aged_days])
             step("vacuuming and analyzing the summaries")
             conn.execute(f"VACUUM (ANALYZE) {SERVICE_TABLES}")
         step("analyzing the sales tables")
         giving_way(
             conn,
-            lambda: conn.execute("ANALYZE buyers, listings, leads, purchases"),
+            lambda: conn.execute(
+                sql.SQL("ANALYZE {}").format(
+                    sql.SQL(", ").join(sql.Identifier(sales, t) for t in ("buyers", "listings", "leads", "purchases"))
+                )
+            ),
             "analyzing the sales tables",
             command=AGAIN,
             transaction=False,
@@ -127,26 +190,28 @@ def apply_schema(
         step("done")
 
 
-def _build_indexes(conn: psycopg.Connection, summaries: bool) -> None:
+def _build_indexes(conn: psycopg.Connection, summaries: bool, sales: str) -> None:
     """indexes.sql (and summary_indexes.sql, with the summaries), after dropping any index of
     their names that a build left invalid: IF NOT EXISTS would keep that one, which every write
     maintains and no query reads. (A build that gives way to the application's transactions
     leaves one too, for its next try.)"""
     invalid = conn.execute(
-        "SELECT m.name FROM kpi_manifest m JOIN pg_index i ON i.indexrelid = to_regclass(m.name)"
+        "SELECT n.nspname, c.relname FROM kpi.kpi_manifest m JOIN pg_index i ON i.indexrelid = to_regclass(m.name)"
+        " JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE m.kind = 'index' AND NOT i.indisvalid"
     ).fetchall()
-    for (name,) in invalid:
-        conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(name)))
+    for schema, name in invalid:
+        conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(schema, name)))
     for name in ("schema/indexes.sql", "schema/summary_indexes.sql") if summaries else ("schema/indexes.sql",):
-        for statement in _statements(sql_text(name)):
+        for statement in _statements(schema_text(conn, name, sales)):
             conn.execute(statement)
 
 
 def _refuse_downgrade(conn: psycopg.Connection) -> None:
     """A newer release's objects are not replaced by this one's: its instances would stop serving."""
-    if conn.execute("SELECT to_regclass('kpi_schema') IS NOT NULL").fetchone()[0]:
-        row = conn.execute("SELECT version, service FROM kpi_schema").fetchone()
+    # (A schema of a version before 7, in the sales tables' schema, is older than this one.)
+    if conn.execute("SELECT to_regclass('kpi.kpi_schema') IS NOT NULL").fetchone()[0]:
+        row = conn.execute("SELECT version, service FROM kpi.kpi_schema").fetchone()
         if row and row[0] > SCHEMA_VERSION:
             raise SchemaMismatch(
                 f"the database holds KPI schema version {row[0]} (kpi-service {row[1]}), newer than this"

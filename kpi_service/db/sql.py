@@ -23,6 +23,10 @@ def sql_text(name: str) -> str:
 
 
 queries = aiosql.from_str(sql_text("runtime/kpi.sql"), "psycopg")
+# Every statement names the service's objects with their schema, kpi (sql/schema/schema.sql), and
+# passes its arguments typed: no function or table of another schema on the session's search
+# path can be chosen instead, and the sessions need no search path of their own. (The sales
+# tables, which the application's own sessions find on theirs, are the only names left bare.)
 # The only writes the service makes: its applier, in a read-write transaction (its sessions
 # default to read-only), through a function that runs as the summaries' owner.
 # Its own statement timeout: a batch after downtime may take longer than a request may wait.
@@ -30,7 +34,7 @@ queries = aiosql.from_str(sql_text("runtime/kpi.sql"), "psycopg")
 APPLY = (
     "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ WRITE",
     "SET LOCAL statement_timeout = '60s'",
-    "SELECT kpi_apply_changes(%s, %s) AS taken",
+    "SELECT kpi.kpi_apply_changes(%s::integer, %s::double precision) AS taken",
 )
 # What the batch changed (sql/schema/summary.sql leaves it in a setting of its transaction).
 # And what the audit found, when it ran in the applier's transaction (kpi.audit_seconds set).
@@ -38,16 +42,25 @@ CHANGED = "SELECT current_setting('kpi.changed', true) AS changed, current_setti
 # The mode, "summaries" or "raw" (sql/schema/schema.sql, kpi_source(): the name /readyz shows
 # it under; meta.source is another thing, which database answered), and the version of the schema
 # (kpi_schema: no row, or no table before schema version 2).
-MODE = "SELECT kpi_source() AS mode, version, oldest_service FROM kpi_schema"
-LEGACY_MODE = "SELECT kpi_source() AS mode"
+MODE = "SELECT kpi.kpi_source() AS mode, version, oldest_service FROM kpi.kpi_schema"
+# A schema of a version before 7 had its objects in the sales tables' schema, which the service's
+# sessions do not search: only its version is read there (this service reads none of them), from
+# its kpi_schema ({}: that table, with its schema), and before version 2 it had none, only
+# kpi_source().
+OLD_LAYOUT_SCHEMA = (
+    "SELECT n.nspname AS schema FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE c.relname = 'kpi_schema' AND c.relkind = 'r' AND n.nspname <> 'kpi' LIMIT 1"
+)
+OLD_LAYOUT_MODE = "SELECT NULL AS mode, version, oldest_service FROM {}"
+LEGACY_SOURCE = "SELECT FROM pg_proc WHERE proname = 'kpi_source' LIMIT 1"
 # Whether the sales tables still have every column the KPIs read, and whether there is a change
 # log (the summaries installed): looked up with the mode, on a schema this service reads.
-SALES_TABLES = "SELECT kpi_missing_columns() AS missing, to_regclass('kpi_changes') IS NOT NULL AS logged"
-PENDING = "SELECT kpi_pending_changes() AS pending"
-AUDIT_STATE = "SELECT last_pass_at, last_repairs, repairs FROM kpi_audit_state"
+SALES_TABLES = "SELECT kpi.kpi_missing_columns() AS missing, to_regclass('kpi.kpi_changes') IS NOT NULL AS logged"
+PENDING = "SELECT kpi.kpi_pending_changes() AS pending"
+AUDIT_STATE = "SELECT last_pass_at, last_repairs, repairs FROM kpi.kpi_audit_state"
 # The summaries built anew where they stopped (a TRUNCATE; sql/schema/summary.sql), by the applier,
 # with no statement timeout: at ten million listings the build takes many minutes.
-REBUILD = ("SELECT kpi_rebuild_if_needed(%s)", "SET LOCAL statement_timeout = 0")
+REBUILD = ("SELECT kpi.kpi_rebuild_if_needed(%s::integer)", "SET LOCAL statement_timeout = 0")
 # Which database this is (db/identity.py, scope_of): pg_control_system() is PUBLIC's to run by
 # default, and a physical standby has its primary's system identifier.
 IDENTITY = "SELECT system_identifier::text AS system_identifier, current_database() AS name FROM pg_control_system()"

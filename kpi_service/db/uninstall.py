@@ -5,8 +5,8 @@ Safe on a live database. Each step that needs a lock the application's writes al
 way to them (db/giving_way.py):
 - the triggers first (the application's writes stop logging), a table's four in one short
   transaction (DROP TRIGGER locks the table ACCESS EXCLUSIVE);
-- then the service's own view, functions and tables, in one transaction (nothing of the
-  application's takes their locks once the triggers are gone);
+- then the service's own view, functions and tables, and their schema kpi, in one transaction
+  (nothing of the application's takes their locks once the triggers are gone);
 - the indexes on the application's tables DROP INDEX CONCURRENTLY (a lock writes do not wait for);
 - the roles last.
 Each step is idempotent, so a removal stopped half-way is finished by running it again."""
@@ -20,7 +20,7 @@ import psycopg
 from psycopg import sql
 
 from kpi_service.db.giving_way import giving_way, lock_timeout_ms
-from kpi_service.db.sql import sql_text
+from kpi_service.db.schema import SERVICE_SCHEMA, sales_schema, schema_text
 
 # (role, the mark sql/ops/ put on it when it made it): dropped only with that mark. A member first.
 ROLES = (
@@ -28,17 +28,22 @@ ROLES = (
     ("kpi_reader", "kpi-service: made by sql/ops/roles.sql"),
 )
 APPLICATION_TABLES = ("buyers", "listings", "leads", "purchases")
+# The mark sql/schema/schema.sql puts on the schema kpi it makes: one without it is not the service's.
+SCHEMA_MARK = "kpi-service: made by kpi-service init-db"
 
 
 @dataclass
 class Plan:
     """What is there to drop, in the order it goes."""
 
+    # Every name as the manifest gives it, with its schema (quoted where it must be): from the
+    # package's own text and the sales tables' schema, never from anyone's input.
     triggers: list[tuple[str, str]] = field(default_factory=list)  # (trigger, table)
     functions: list[str] = field(default_factory=list)  # signatures
     tables: list[str] = field(default_factory=list)
     views: list[str] = field(default_factory=list)
     indexes: list[tuple[str, str]] = field(default_factory=list)  # (index, table) on the application's tables
+    schema: str | None = None  # kpi, dropped last of the service's own objects, once empty
     roles: list[str] = field(default_factory=list)  # made by the service: dropped
     kept_roles: list[str] = field(default_factory=list)  # found there before it: their grants here revoked
     # Made by the service, but another database of the server still uses them (role -> those
@@ -47,7 +52,9 @@ class Plan:
 
     @property
     def empty(self) -> bool:
-        return not (self.triggers or self.functions or self.tables or self.views or self.indexes or self.roles)
+        return not (
+            self.triggers or self.functions or self.tables or self.views or self.indexes or self.schema or self.roles
+        )
 
     def lines(self) -> list[str]:
         return [
@@ -55,6 +62,7 @@ class Plan:
             *(f"function {name}" for name in self.functions),
             *(f"table    {name}" for name in self.tables),
             *(f"view     {name}" for name in self.views),
+            *([f"schema   {self.schema}"] if self.schema else []),
             *(f"index    {name} on {table}" for name, table in self.indexes),
             *(f"role     {name}" for name in self.roles),
             *(f"(role {name} stays: not made by kpi-service; its grants here are revoked)" for name in self.kept_roles),
@@ -65,11 +73,11 @@ class Plan:
         ]
 
 
-def manifest_query() -> str:
+def manifest_query(conn: psycopg.Connection) -> str:
     """The query of the kpi_manifest view, read from the package rather than the database: a
     removal stopped after the view went still knows what remains."""
-    text = sql_text("schema/manifest.sql")
-    start = text.index("SELECT", text.index("CREATE OR REPLACE VIEW kpi_manifest AS"))
+    text = schema_text(conn, "schema/manifest.sql", sales_schema(conn))
+    start = text.index("SELECT", text.index("CREATE OR REPLACE VIEW kpi.kpi_manifest AS"))
     end = text.index(";", text.index(") AS m (kind, name, callers, on_table)"))
     return text[start:end]
 
@@ -78,7 +86,7 @@ def plan(conn: psycopg.Connection) -> Plan:
     found = Plan()
     rows = conn.execute(
         # (An index a build left invalid is not installed, but is there to drop.)
-        f"SELECT kind, name, on_table FROM ({manifest_query()}) AS m"  # noqa: S608 - the package's own text
+        f"SELECT kind, name, on_table FROM ({manifest_query(conn)}) AS m"  # noqa: S608 - the package's own text
         " WHERE installed OR (kind = 'index' AND to_regclass(name) IS NOT NULL)"
     ).fetchall()
     for kind, name, on_table in rows:
@@ -90,9 +98,13 @@ def plan(conn: psycopg.Connection) -> Plan:
             found.tables.append(name)
         elif kind == "view":
             found.views.append(name)
-        elif kind == "index" and on_table in APPLICATION_TABLES:
+        elif kind == "index" and not on_table.startswith(f"{SERVICE_SCHEMA}."):
             found.indexes.append((name, on_table))
         # (the service's indexes on its own tables go with them)
+    if conn.execute(
+        "SELECT obj_description(to_regnamespace(%s), 'pg_namespace') = %s", [SERVICE_SCHEMA, SCHEMA_MARK]
+    ).fetchone()[0]:
+        found.schema = SERVICE_SCHEMA
     for role, mark in ROLES:
         row = conn.execute(
             "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s", [role]
@@ -163,10 +175,12 @@ def remove(conn: psycopg.Connection, found: Plan, say: Callable[[str], None]) ->
         _retried(conn, [_drop_trigger(name, table) for name in names], f"the triggers on {table}")
         say(f"dropped the triggers on {table}")
     own = [
-        *(sql.SQL("DROP VIEW IF EXISTS {}").format(sql.Identifier(name)) for name in found.views),
-        # (A signature from the package's manifest, not from anyone's input.)
+        *(sql.SQL("DROP VIEW IF EXISTS {}").format(sql.SQL(name)) for name in found.views),
         *(sql.SQL("DROP FUNCTION IF EXISTS {}").format(sql.SQL(name)) for name in found.functions),
-        *(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)) for name in found.tables),
+        *(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.SQL(name)) for name in found.tables),
+        # Not CASCADE: whatever else is in it (nobody but the owner may create there) stays, and
+        # says so, as does anything of the application's that depends on the service's objects.
+        *([sql.SQL("DROP SCHEMA IF EXISTS {}").format(sql.Identifier(found.schema))] if found.schema else []),
     ]
     if own:
         _retried(conn, own, "the service's own tables, functions and view")
@@ -174,7 +188,7 @@ def remove(conn: psycopg.Connection, found: Plan, say: Callable[[str], None]) ->
     for name, _table in found.indexes:
         _retried(
             conn,
-            [sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(name))],
+            [sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.SQL(name))],
             f"index {name}",
             transaction=False,
         )
@@ -193,7 +207,7 @@ def remove(conn: psycopg.Connection, found: Plan, say: Callable[[str], None]) ->
 
 
 def _drop_trigger(name: str, table: str) -> sql.Composable:
-    return sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(name), sql.Identifier(table))
+    return sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(name), sql.SQL(table))
 
 
 def _revoke_here(conn: psycopg.Connection, role: str) -> None:

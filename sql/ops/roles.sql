@@ -28,12 +28,14 @@ GRANT USAGE ON SCHEMA public TO kpi_reader;
 GRANT SELECT ON buyers, listings, leads, purchases TO kpi_reader;
 -- What of the service's own objects it reads and runs (sql/schema/manifest.sql, callers 'reader'):
 -- the summaries, the KPI statement's functions, and the applier, which runs as the summaries'
--- owner and writes only the service's own tables.
+-- owner and writes only the service's own tables. All of them in the schema kpi, which it may
+-- use but not create in.
+GRANT USAGE ON SCHEMA kpi TO kpi_reader;
 DO $$
 DECLARE
     object record;
 BEGIN
-    FOR object IN SELECT kind, name FROM kpi_manifest WHERE callers = 'reader' AND installed LOOP
+    FOR object IN SELECT kind, name FROM kpi.kpi_manifest WHERE callers = 'reader' AND installed LOOP
         IF object.kind = 'function' THEN
             EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO kpi_reader', to_regprocedure(object.name));
         ELSE

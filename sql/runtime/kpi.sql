@@ -24,7 +24,7 @@ WITH windows AS (
            -- With as_of a 15-minute edge (then so is aged_before) and the aged_days the summaries
            -- count long sales for, aged_inventory is sums of buckets alone (aged_steps).
            date_bin('15 minutes', w.as_of, timestamptz 'epoch') = w.as_of
-           AND coalesce((SELECT s.aged_days = :aged_days FROM kpi_summary_state s), false) AS aged_bucketed
+           AND coalesce((SELECT s.aged_days = :aged_days FROM kpi.kpi_summary_state s), false) AS aged_bucketed
     FROM unnest(:starts::timestamptz[], :ends::timestamptz[], :as_ofs::timestamptz[])
          WITH ORDINALITY AS w (start_at, end_at, as_of, ord)
     CROSS JOIN LATERAL (
@@ -42,11 +42,11 @@ summed AS (
            -- those that leave it).
            k.buyer_buckets - k.buyer_links + x.leaving AS buyers
     FROM windows w
-    CROSS JOIN LATERAL kpi_range(w.lo, w.hi) k
+    CROSS JOIN LATERAL kpi.kpi_range(w.lo, w.hi) k
     CROSS JOIN LATERAL (
         -- The buyers' buckets after the window: how many rows the later-bucket index would read.
         SELECT CASE WHEN w.lo > '-infinity' AND w.hi < 'infinity' AND w.hi - w.lo > interval '26 hours'
-                    THEN (SELECT r.buyer_buckets FROM kpi_range(w.hi, 'infinity') r) END AS after
+                    THEN (SELECT r.buyer_buckets FROM kpi.kpi_range(w.hi, 'infinity'::timestamptz) r) END AS after
     ) a
     CROSS JOIN LATERAL (
         -- Links that leave the window: from a bucket inside it to one at or after its end, that
@@ -66,10 +66,10 @@ summed AS (
         SELECT CASE
             WHEN w.hi = 'infinity' THEN 0
             WHEN w.lo = '-infinity' THEN (
-                SELECT count(*) FROM kpi_buyer_buckets b  -- kpi_buyer_buckets_bucket_idx
+                SELECT count(*) FROM kpi.kpi_buyer_buckets b  -- kpi_buyer_buckets_bucket_idx
                 WHERE b.bucket >= w.hi AND b.prev_bucket < w.hi)
             WHEN w.hi - w.lo <= interval '26 hours' THEN k.buyer_links - (
-                SELECT count(*) FROM kpi_buyer_buckets b  -- kpi_buyer_buckets_near_idx
+                SELECT count(*) FROM kpi.kpi_buyer_buckets b  -- kpi_buyer_buckets_near_idx
                 WHERE CASE WHEN isfinite(b.bucket) AND isfinite(b.prev_bucket)
                            THEN b.bucket - b.prev_bucket < interval '26 hours' END
                   AND b.bucket >= w.lo AND b.bucket < w.hi AND b.prev_bucket >= w.lo)
@@ -79,21 +79,21 @@ summed AS (
                 SELECT coalesce(sum(x.n), 0)::bigint
                 FROM generate_series(w.first_day, w.last_day - interval '24 hours', interval '24 hours') AS g (day)
                 CROSS JOIN LATERAL (
-                    SELECT sum(d.n) AS n FROM kpi_buyer_days d  -- its key
+                    SELECT sum(d.n) AS n FROM kpi.kpi_buyer_days d  -- its key
                     WHERE d.day = g.day AND d.gap <= extract(epoch FROM g.day - w.first_day)::integer / 86400
                 ) x
             ) - (
-                SELECT count(*) FROM kpi_buyer_buckets b  -- kpi_buyer_buckets_prev_idx
+                SELECT count(*) FROM kpi.kpi_buyer_buckets b  -- kpi_buyer_buckets_prev_idx
                 WHERE b.prev_bucket >= w.lo AND b.prev_bucket < w.first_day AND b.bucket < w.hi
             ) - (
-                SELECT count(*) FROM kpi_buyer_buckets b  -- kpi_buyer_buckets_bucket_idx
+                SELECT count(*) FROM kpi.kpi_buyer_buckets b  -- kpi_buyer_buckets_bucket_idx
                 WHERE b.bucket >= w.last_day AND b.bucket < w.hi AND b.prev_bucket >= w.first_day
             )
             WHEN a.after < k.buyer_links THEN (
-                SELECT count(*) FROM kpi_buyer_buckets b  -- kpi_buyer_buckets_bucket_idx
+                SELECT count(*) FROM kpi.kpi_buyer_buckets b  -- kpi_buyer_buckets_bucket_idx
                 WHERE b.bucket >= w.hi AND tstzrange(w.lo, w.hi) @> b.prev_bucket)
             ELSE (
-                SELECT count(*) FROM kpi_buyer_buckets b  -- kpi_buyer_buckets_prev_idx
+                SELECT count(*) FROM kpi.kpi_buyer_buckets b  -- kpi_buyer_buckets_prev_idx
                 WHERE b.prev_bucket >= w.lo AND b.prev_bucket < w.hi AND b.bucket >= w.hi)
         END AS leaving
     ) x
@@ -104,7 +104,7 @@ totals AS (
     UNION ALL
     SELECT w.ord, w.as_of, w.aged_edge, w.aged_before, r.*
     FROM windows w
-    CROSS JOIN LATERAL kpi_raw(w.lo, w.hi) r
+    CROSS JOIN LATERAL kpi.kpi_raw(w.lo, w.hi) r
     WHERE NOT w.aligned
 ),
 -- aged_inventory: in stock at as_of and listed more than aged_days 24-hour days before it,
@@ -135,28 +135,28 @@ ordered AS (
 aged_steps AS (
     SELECT o.ord, o.position,
         CASE WHEN o.next_as_of IS NULL AND o.aged_bucketed THEN (
-            SELECT unsold + long_listed FROM kpi_range('-infinity', o.aged_edge)
+            SELECT unsold + long_listed FROM kpi.kpi_range('-infinity'::timestamptz, o.aged_edge)
         ) - (
-            SELECT long_sold FROM kpi_range('-infinity', o.as_of)
+            SELECT long_sold FROM kpi.kpi_range('-infinity'::timestamptz, o.as_of)
         )
         WHEN o.next_as_of IS NULL THEN (
-            SELECT unsold FROM kpi_range('-infinity', o.aged_edge)
+            SELECT unsold FROM kpi.kpi_range('-infinity'::timestamptz, o.aged_edge)
         ) + (
-            SELECT coalesce(sum(n), 0) FROM kpi_sales  -- kpi_sales_sold_at_idx: at as_of = now, about none
+            SELECT coalesce(sum(n), 0) FROM kpi.kpi_sales  -- kpi_sales_sold_at_idx: at as_of = now, about none
             WHERE sold_at > o.as_of AND tstzrange(NULL, o.aged_edge) @> listed_at
         )
         WHEN o.aged_bucketed AND o.next_bucketed THEN (
-            SELECT -unsold - long_listed FROM kpi_range(o.aged_edge, o.next_edge)
+            SELECT -unsold - long_listed FROM kpi.kpi_range(o.aged_edge, o.next_edge)
         ) + (
-            SELECT long_sold FROM kpi_range(o.as_of, o.next_as_of)
+            SELECT long_sold FROM kpi.kpi_range(o.as_of, o.next_as_of)
         )
         ELSE (
-            SELECT -unsold FROM kpi_range(o.aged_edge, o.next_edge)
+            SELECT -unsold FROM kpi.kpi_range(o.aged_edge, o.next_edge)
         ) + (
-            SELECT coalesce(sum(n), 0) FROM kpi_sales  -- kpi_sales_sold_at_idx
+            SELECT coalesce(sum(n), 0) FROM kpi.kpi_sales  -- kpi_sales_sold_at_idx
             WHERE sold_at > o.as_of AND sold_at <= o.next_as_of AND tstzrange(NULL, o.aged_edge) @> listed_at
         ) - (
-            SELECT coalesce(sum(n), 0) FROM kpi_sales  -- kpi_sales_listed_at_idx
+            SELECT coalesce(sum(n), 0) FROM kpi.kpi_sales  -- kpi_sales_listed_at_idx
             WHERE listed_at >= o.aged_edge AND listed_at < o.next_edge AND tstzrange(o.next_as_of, NULL, '()') @> sold_at
         )
         END AS step
@@ -170,10 +170,10 @@ aged AS (
 -- estimate of one window for unnest(), became a nested loop comparing every pair of windows.
 SELECT m.*
 FROM totals t
-CROSS JOIN LATERAL kpi_metrics(
+CROSS JOIN LATERAL kpi.kpi_metrics(
     t.listings, t.price_sum, t.scored, t.score_sum, t.leads, t.converted, t.costed, t.profit_sum, t.led,
     t.lead_seconds, t.buyers,
-    ((SELECT array_agg(a.n ORDER BY a.ord) FROM aged a)[t.ord] + kpi_raw_stock(t.aged_edge, t.aged_before, t.as_of))::bigint
+    ((SELECT array_agg(a.n ORDER BY a.ord) FROM aged a)[t.ord] + kpi.kpi_raw_stock(t.aged_edge, t.aged_before, t.as_of))::bigint
 ) m
 ORDER BY t.ord;
 
@@ -185,24 +185,17 @@ ORDER BY t.ord;
 SELECT m.*
 FROM unnest(:starts::timestamptz[], :ends::timestamptz[], :as_ofs::timestamptz[])
      WITH ORDINALITY AS w (start_at, end_at, as_of, ord)
-CROSS JOIN LATERAL kpi_raw(coalesce(w.start_at, '-infinity'), coalesce(w.end_at, 'infinity')) t
-CROSS JOIN LATERAL kpi_metrics(
+CROSS JOIN LATERAL kpi.kpi_raw(coalesce(w.start_at, '-infinity'::timestamptz), coalesce(w.end_at, 'infinity'::timestamptz)) t
+CROSS JOIN LATERAL kpi.kpi_metrics(
     t.listings, t.price_sum, t.scored, t.score_sum, t.leads, t.converted, t.costed, t.profit_sum, t.led,
     t.lead_seconds, t.buyers,
-    kpi_raw_stock('-infinity', w.as_of - make_interval(secs => :aged_days * 86400), w.as_of)
+    kpi.kpi_raw_stock('-infinity'::timestamptz, w.as_of - make_interval(secs => :aged_days * 86400), w.as_of)
 ) m
 ORDER BY w.ord;
 
 
 -- name: next_aging(as_of, aged_days)$
 -- The next instant after as_of at which aged_inventory of a window whose as-of instant is now
--- grows without a write: when the oldest listing in stock not yet aged passes aged_days 24-hour
--- days (docs/kpis.md). NULL when no listing in stock is younger than that. Live updates schedule
--- the window's recompute then (kpi_service/live/hub.py).
--- (At most the last instant Python holds: a listing at +infinity, or after 9999, never ages;
--- NULL stays NULL, which least alone would skip.)
-SELECT CASE WHEN min(listed_at) IS NOT NULL
-            THEN least(min(listed_at) + make_interval(secs => :aged_days * 86400), '9999-12-31 23:59:59+00') END AS at
-FROM listings
-WHERE listed_at >= :as_of::timestamptz - make_interval(secs => :aged_days * 86400)
-  AND status <> 'withdrawn' AND (sold_at IS NULL OR sold_at > :as_of::timestamptz);
+-- grows without a write (sql/schema/schema.sql, kpi_next_aging). Live updates schedule the
+-- window's recompute then (kpi_service/live/hub.py).
+SELECT kpi.kpi_next_aging(:as_of::timestamptz, :aged_days::integer) AS at;

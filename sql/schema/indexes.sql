@@ -9,9 +9,9 @@
 -- acquisition_cost). The summaries' applier (sql/schema/summary.sql) reads a changed 15-minute bucket
 -- through these; so do windows off the 15-minute grid and the raw mode. (purchases.lead_id and
 -- purchases.listing_id are indexed by their UNIQUE keys.)
-CREATE INDEX CONCURRENTLY IF NOT EXISTS kpi_listings_listed_at_idx ON listings (listed_at);
-CREATE INDEX CONCURRENTLY IF NOT EXISTS kpi_leads_created_at_idx ON leads (created_at) INCLUDE (buyer_id);
-CREATE INDEX CONCURRENTLY IF NOT EXISTS kpi_purchases_purchased_at_idx ON purchases (purchased_at);
+CREATE INDEX CONCURRENTLY IF NOT EXISTS kpi_listings_listed_at_idx ON @sales@.listings (listed_at);
+CREATE INDEX CONCURRENTLY IF NOT EXISTS kpi_leads_created_at_idx ON @sales@.leads (created_at) INCLUDE (buyer_id);
+CREATE INDEX CONCURRENTLY IF NOT EXISTS kpi_purchases_purchased_at_idx ON @sales@.purchases (purchased_at);
 
 -- Nothing here drops an index: the service may drop only what it can prove it created, and
 -- an index named like one of an earlier version's may be the application's own (PostgreSQL

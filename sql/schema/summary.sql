@@ -22,25 +22,29 @@
 --                as the sums are, each image counted (n), so a listing's old image and its
 --                new one may be applied in either order, in any batches.
 
--- The functions below run as the owner with this search path (SET search_path FROM CURRENT):
--- the schema of the tables, then pg_temp last, so that a session's temporary tables can never
--- stand in for them.
-SELECT set_config('search_path', quote_ident(current_schema()) || ', pg_temp', true);
+-- Everything here is the service's schema kpi's (made by schema.sql), and names the sales tables
+-- with their schema (@sales@, which kpi-service init-db fills in). The functions below run as the
+-- owner with this search path (SET search_path FROM CURRENT, and manifest.sql): kpi, where
+-- nobody else may create, then pg_catalog, so that no function or operator of a schema others
+-- can write to is ever chosen, and pg_temp last, so that a session's temporary tables can never
+-- stand in for what they name.
+SELECT set_config('search_path', 'kpi, pg_catalog, pg_temp', true);
 
 -- Earlier versions (the sums kept inside the application's transactions, then a first log of
 -- keys) had other tables and functions: drop them, the build below makes everything anew.
 DO $$
 BEGIN
-    IF to_regclass('kpi_sums') IS NOT NULL
-       AND NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('kpi_changes') AND attname = 'withdrawn')
+    IF to_regclass('kpi.kpi_sums') IS NOT NULL
+       AND NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('kpi.kpi_changes') AND attname = 'withdrawn')
     THEN
-        DROP FUNCTION IF EXISTS kpi_changed(), kpi_truncated() CASCADE;  -- and their triggers
-        DROP TABLE IF EXISTS kpi_sums, kpi_buyer_buckets, kpi_purchase_facts, kpi_summary_state, kpi_sales,
-            kpi_changes, kpi_conversions CASCADE;
-        DROP FUNCTION IF EXISTS kpi_rebuild(), kpi_compact(), kpi_buyers_refresh(bigint[]),
-            kpi_purchases_refresh(bigint[]), kpi_difference(text, text, text),
-            kpi_listings_apply(listings[], listings[]), kpi_leads_apply(leads[], leads[]);
-        DROP TYPE IF EXISTS kpi_delta CASCADE;
+        DROP FUNCTION IF EXISTS @sales@.kpi_changed(), @sales@.kpi_truncated() CASCADE;  -- and their triggers
+        DROP TABLE IF EXISTS kpi.kpi_sums, kpi.kpi_buyer_buckets, kpi.kpi_purchase_facts, kpi.kpi_summary_state, kpi.kpi_sales,
+            kpi.kpi_changes, kpi.kpi_conversions CASCADE;
+        DROP FUNCTION IF EXISTS @sales@.kpi_rebuild(), @sales@.kpi_compact(), @sales@.kpi_buyers_refresh(bigint[]),
+            @sales@.kpi_purchases_refresh(bigint[]), @sales@.kpi_difference(text, text, text),
+            @sales@.kpi_listings_apply(@sales@.listings[], @sales@.listings[]),
+            @sales@.kpi_leads_apply(@sales@.leads[], @sales@.leads[]);
+        DROP TYPE IF EXISTS @sales@.kpi_delta CASCADE;
     END IF;
 END
 $$;
@@ -48,7 +52,7 @@ $$;
 -- Tables the applier rewrites all the time: vacuumed (and their visibility maps kept, for
 -- index-only scans) after a fixed number of changed rows, not a fraction of the table, and
 -- with room on each page for HOT updates of kpi_sums.
-CREATE TABLE IF NOT EXISTS kpi_sums (
+CREATE TABLE IF NOT EXISTS kpi.kpi_sums (
     grain         integer NOT NULL CHECK (grain IN (900, 86400)),  -- seconds
     bucket        timestamptz NOT NULL,  -- start: a multiple of grain since the Unix epoch
     listings      bigint NOT NULL,       -- listings by listed_at
@@ -73,10 +77,10 @@ CREATE TABLE IF NOT EXISTS kpi_sums (
 ) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000,
         autovacuum_analyze_scale_factor = 0.05);
 -- (Version 5 had no long_listed, long_sold: kpi_build() counts them.)
-ALTER TABLE kpi_sums ADD COLUMN IF NOT EXISTS long_listed bigint NOT NULL DEFAULT 0,
+ALTER TABLE kpi.kpi_sums ADD COLUMN IF NOT EXISTS long_listed bigint NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS long_sold bigint NOT NULL DEFAULT 0;
 
-CREATE TABLE IF NOT EXISTS kpi_buyer_buckets (
+CREATE TABLE IF NOT EXISTS kpi.kpi_buyer_buckets (
     buyer_id    bigint NOT NULL,
     bucket      timestamptz NOT NULL,
     prev_bucket timestamptz,  -- NULL for the buyer's first bucket
@@ -84,12 +88,12 @@ CREATE TABLE IF NOT EXISTS kpi_buyer_buckets (
 ) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000,
         autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 20000,
         autovacuum_analyze_scale_factor = 0.05);
-CREATE INDEX IF NOT EXISTS kpi_buyer_buckets_bucket_idx ON kpi_buyer_buckets (bucket) INCLUDE (prev_bucket);
-CREATE INDEX IF NOT EXISTS kpi_buyer_buckets_prev_idx ON kpi_buyer_buckets (prev_bucket) INCLUDE (bucket);
+CREATE INDEX IF NOT EXISTS kpi_buyer_buckets_bucket_idx ON kpi.kpi_buyer_buckets (bucket) INCLUDE (prev_bucket);
+CREATE INDEX IF NOT EXISTS kpi_buyer_buckets_prev_idx ON kpi.kpi_buyer_buckets (prev_bucket) INCLUDE (bucket);
 -- (kpi_buyer_buckets_near_idx, for the links inside a window of a day or less, is built
 -- concurrently by summary_indexes.sql.)
 
-CREATE TABLE IF NOT EXISTS kpi_buyer_days (
+CREATE TABLE IF NOT EXISTS kpi.kpi_buyer_days (
     day timestamptz NOT NULL,  -- of the bucket, UTC
     gap integer NOT NULL,      -- whole UTC days from the previous bucket's day to it
     n   bigint NOT NULL,
@@ -99,29 +103,29 @@ CREATE TABLE IF NOT EXISTS kpi_buyer_days (
 
 -- The kpi_buyer_days row of a link from prev to bucket, counted n times. A link from or to an
 -- infinite instant (a lead at -infinity) has the largest gap: no window of whole days holds it.
-CREATE OR REPLACE FUNCTION kpi_buyer_link(bucket timestamptz, prev timestamptz, n bigint) RETURNS kpi_buyer_days
+CREATE OR REPLACE FUNCTION kpi.kpi_buyer_link(bucket timestamptz, prev timestamptz, n bigint) RETURNS kpi.kpi_buyer_days
 LANGUAGE sql IMMUTABLE AS $fn$
     SELECT ROW(date_bin('1 day', bucket, timestamptz 'epoch'),
                CASE WHEN isfinite(bucket) AND isfinite(prev)
                     THEN extract(epoch FROM date_bin('1 day', bucket, timestamptz 'epoch')
                                             - date_bin('1 day', prev, timestamptz 'epoch'))::integer / 86400
                     ELSE 2147483647 END,
-               n)::kpi_buyer_days
+               n)::kpi.kpi_buyer_days
 $fn$;
 
 -- Adds links to kpi_buyer_days; a row that comes to 0 goes.
-CREATE OR REPLACE FUNCTION kpi_add_links(links kpi_buyer_days[]) RETURNS void
+CREATE OR REPLACE FUNCTION kpi.kpi_add_links(links kpi.kpi_buyer_days[]) RETURNS void
 LANGUAGE sql AS $fn$
-    INSERT INTO kpi_buyer_days
+    INSERT INTO kpi.kpi_buyer_days
     SELECT l.day, l.gap, sum(l.n) FROM unnest(links) l GROUP BY 1, 2 HAVING sum(l.n) <> 0
     ON CONFLICT (day, gap) DO UPDATE SET n = kpi_buyer_days.n + excluded.n;
-    DELETE FROM kpi_buyer_days d USING (SELECT DISTINCT l.day, l.gap FROM unnest(links) l) k
+    DELETE FROM kpi.kpi_buyer_days d USING (SELECT DISTINCT l.day, l.gap FROM unnest(links) l) k
     WHERE d.day = k.day AND d.gap = k.gap AND d.n = 0;
 $fn$;
 
 -- A row per image of a sold listing the applied log rows leave: n is 1 once its log is applied
 -- (a row whose n comes to 0 goes); until then an image may count -1 or 2 (reads sum n).
-CREATE TABLE IF NOT EXISTS kpi_sales (
+CREATE TABLE IF NOT EXISTS kpi.kpi_sales (
     listing_id bigint NOT NULL,
     listed_at  timestamptz NOT NULL,
     sold_at    timestamptz NOT NULL,
@@ -134,36 +138,36 @@ CREATE TABLE IF NOT EXISTS kpi_sales (
 -- same rows, each counted once.)
 DO $$
 BEGIN
-    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('kpi_sales') AND attname = 'n') THEN
-        ALTER TABLE kpi_sales ADD COLUMN n integer NOT NULL DEFAULT 1;
-        ALTER TABLE kpi_sales ALTER COLUMN n DROP DEFAULT;
-        ALTER TABLE kpi_sales DROP CONSTRAINT kpi_sales_pkey, ADD PRIMARY KEY (listing_id, listed_at, sold_at);
+    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('kpi.kpi_sales') AND attname = 'n') THEN
+        ALTER TABLE kpi.kpi_sales ADD COLUMN n integer NOT NULL DEFAULT 1;
+        ALTER TABLE kpi.kpi_sales ALTER COLUMN n DROP DEFAULT;
+        ALTER TABLE kpi.kpi_sales DROP CONSTRAINT kpi_sales_pkey, ADD PRIMARY KEY (listing_id, listed_at, sold_at);
         DROP INDEX IF EXISTS kpi_sales_sold_at_idx, kpi_sales_listed_at_idx;  -- made again below, with n
         -- Those versions' applier looked each listing up, ahead of its log: their rows are the
         -- listings as they are, and the images still in the log would count again. So, in one
         -- snapshot: the sold listings now, less what the log will add (the log's rows are still
         -- those versions' typed images here).
-        DELETE FROM kpi_sales;
-        INSERT INTO kpi_sales
+        DELETE FROM kpi.kpi_sales;
+        INSERT INTO kpi.kpi_sales
         SELECT e.id, e.at, e.sold_at, sum(e.n)
         FROM (
-            SELECT id, listed_at, sold_at, 1 FROM listings WHERE status <> 'withdrawn' AND sold_at IS NOT NULL
+            SELECT id, listed_at, sold_at, 1 FROM @sales@.listings WHERE status <> 'withdrawn' AND sold_at IS NOT NULL
             UNION ALL
-            SELECT id, at, sold_at, -sign FROM kpi_changes WHERE tbl = 'l' AND sold_at IS NOT NULL AND NOT withdrawn
+            SELECT id, at, sold_at, -sign FROM kpi.kpi_changes WHERE tbl = 'l' AND sold_at IS NOT NULL AND NOT withdrawn
         ) AS e (id, at, sold_at, n)
         GROUP BY 1, 2, 3
         HAVING sum(e.n) <> 0;
     END IF;
 END
 $$;
-CREATE INDEX IF NOT EXISTS kpi_sales_sold_at_idx ON kpi_sales (sold_at) INCLUDE (listed_at, n);
-CREATE INDEX IF NOT EXISTS kpi_sales_listed_at_idx ON kpi_sales (listed_at) INCLUDE (sold_at, n);
+CREATE INDEX IF NOT EXISTS kpi_sales_sold_at_idx ON kpi.kpi_sales (sold_at) INCLUDE (listed_at, n);
+CREATE INDEX IF NOT EXISTS kpi_sales_listed_at_idx ON kpi.kpi_sales (listed_at) INCLUDE (sold_at, n);
 
 -- What each purchase adds to kpi_sums, with the values it took from its listing and lead, and
 -- each converted lead's bucket: the applier compares them with what the sales tables say now
 -- and adds the difference, so a change anywhere (a listing's cost, a lead's instant, a purchase
 -- relinked) is applied exactly, whatever else changed in the same batch.
-CREATE TABLE IF NOT EXISTS kpi_purchase_facts (
+CREATE TABLE IF NOT EXISTS kpi.kpi_purchase_facts (
     purchase_id  bigint PRIMARY KEY,
     bucket       timestamptz NOT NULL,  -- of purchased_at
     costed       integer NOT NULL,      -- 1: the listing's cost is known
@@ -173,7 +177,7 @@ CREATE TABLE IF NOT EXISTS kpi_purchase_facts (
 ) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000,
         autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 20000);
 
-CREATE TABLE IF NOT EXISTS kpi_conversions (
+CREATE TABLE IF NOT EXISTS kpi.kpi_conversions (
     lead_id bigint PRIMARY KEY,
     bucket  timestamptz NOT NULL  -- of the lead's created_at
 ) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000,
@@ -187,7 +191,7 @@ CREATE TABLE IF NOT EXISTS kpi_conversions (
 -- records no dependency of a function's body on a column). The applier reads the columns the
 -- KPIs need from the images (kpi_change_of), and one it cannot read stops the summaries, never
 -- the application.
-CREATE TABLE IF NOT EXISTS kpi_changes (
+CREATE TABLE IF NOT EXISTS kpi.kpi_changes (
     tbl       "char",
     sign      smallint,
     -- The typed image of releases before schema version 6, which the applier reads once more
@@ -209,8 +213,8 @@ CREATE TABLE IF NOT EXISTS kpi_changes (
 -- application's writes append to this table.)
 DO $$
 BEGIN
-    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('kpi_changes') AND attname = 'img') THEN
-        ALTER TABLE kpi_changes ADD COLUMN img jsonb;
+    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('kpi.kpi_changes') AND attname = 'img') THEN
+        ALTER TABLE kpi.kpi_changes ADD COLUMN img jsonb;
     END IF;
 END
 $$;
@@ -218,34 +222,34 @@ $$;
 -- A log row with the columns the applier reads, from its image. An image without a column the
 -- KPIs read (renamed or dropped since it was logged) is NULL; one whose value does not cast (a
 -- retype) raises a data_exception: the applier stops the summaries on either.
-CREATE OR REPLACE FUNCTION kpi_change_of(c kpi_changes) RETURNS kpi_changes
+CREATE OR REPLACE FUNCTION kpi.kpi_change_of(c kpi.kpi_changes) RETURNS kpi.kpi_changes
 LANGUAGE sql IMMUTABLE AS $fn$
     SELECT CASE
         WHEN c.img IS NULL OR c.tbl = 't' THEN c
-        WHEN NOT c.img ?& kpi_read_columns(CASE c.tbl WHEN 'l' THEN 'listings' WHEN 'd' THEN 'leads' ELSE 'purchases' END)
+        WHEN NOT c.img ?& kpi.kpi_read_columns(CASE c.tbl WHEN 'l' THEN 'listings' WHEN 'd' THEN 'leads' ELSE 'purchases' END)
         THEN NULL
         WHEN c.tbl = 'l' THEN ROW(c.tbl, c.sign, (c.img->>'listed_at')::timestamptz, (c.img->>'id')::bigint, NULL, NULL,
                                   (c.img->>'acquisition_cost')::numeric, (c.img->>'price')::numeric,
                                   (c.img->>'score')::numeric, (c.img->>'sold_at')::timestamptz,
-                                  c.img->>'status' = 'withdrawn', NULL)::kpi_changes
+                                  c.img->>'status' = 'withdrawn', NULL)::kpi.kpi_changes
         WHEN c.tbl = 'd' THEN ROW(c.tbl, c.sign, (c.img->>'created_at')::timestamptz, (c.img->>'id')::bigint,
-                                  (c.img->>'buyer_id')::bigint, NULL, NULL, NULL, NULL, NULL, NULL, NULL)::kpi_changes
+                                  (c.img->>'buyer_id')::bigint, NULL, NULL, NULL, NULL, NULL, NULL, NULL)::kpi.kpi_changes
         ELSE ROW(c.tbl, c.sign, (c.img->>'purchased_at')::timestamptz, (c.img->>'id')::bigint,
-                 (c.img->>'buyer_id')::bigint, (c.img->>'lead_id')::bigint, NULL, NULL, NULL, NULL, NULL, NULL)::kpi_changes
+                 (c.img->>'buyer_id')::bigint, (c.img->>'lead_id')::bigint, NULL, NULL, NULL, NULL, NULL, NULL)::kpi.kpi_changes
     END
 $fn$;
 
 -- Which version of the functions below built the rows; another version rebuilds them. And the
 -- aged_days whose sold listings kpi_sums.long_listed and long_sold count (init-db's KPI_AGED_DAYS).
-CREATE TABLE IF NOT EXISTS kpi_summary_state (version integer NOT NULL);
-ALTER TABLE kpi_summary_state ADD COLUMN IF NOT EXISTS aged_days integer;
+CREATE TABLE IF NOT EXISTS kpi.kpi_summary_state (version integer NOT NULL);
+ALTER TABLE kpi.kpi_summary_state ADD COLUMN IF NOT EXISTS aged_days integer;
 -- The triggers' state when the summaries were built (kpi_trigger_state(), schema.sql): a trigger
 -- disabled since, even for one transaction, let writes past the log.
-ALTER TABLE kpi_summary_state ADD COLUMN IF NOT EXISTS triggers text;
+ALTER TABLE kpi.kpi_summary_state ADD COLUMN IF NOT EXISTS triggers text;
 -- This file's version. 5 added kpi_buyer_days to 4: kpi_build() counts it from
 -- kpi_buyer_buckets, with no rebuild; 6 added kpi_sums.long_listed and long_sold, which it counts
 -- from kpi_sales, with no rebuild either. Until then kpi_source() says 'raw'.
-CREATE OR REPLACE FUNCTION kpi_summary_version() RETURNS integer
+CREATE OR REPLACE FUNCTION kpi.kpi_summary_version() RETURNS integer
 LANGUAGE sql IMMUTABLE AS 'SELECT 6';
 
 -- What a kpi_sales row adds to kpi_sums.long_listed and long_sold (n times) for aged_days: two
@@ -256,8 +260,8 @@ LANGUAGE sql IMMUTABLE AS 'SELECT 6';
 -- before T: long_sold below T) or within them (then sold before T whenever listed before B: not
 -- long, listed before B). So aged_inventory at T = unsold + long_listed below B - long_sold below
 -- T: sums of buckets. (Seconds, not days, as kpi.sql takes aged_days: a DST day changes nothing.)
-CREATE OR REPLACE FUNCTION kpi_long_sale(listed_at timestamptz, sold_at timestamptz, aged_days integer, n bigint)
-RETURNS SETOF kpi_sums
+CREATE OR REPLACE FUNCTION kpi.kpi_long_sale(listed_at timestamptz, sold_at timestamptz, aged_days integer, n bigint)
+RETURNS SETOF kpi.kpi_sums
 LANGUAGE sql IMMUTABLE AS $fn$
     -- (Columns, not ROW(...)::kpi_sums: so the planner inlines it, where a call per row cost more
     -- than the rest of the applier's work on sales.)
@@ -271,48 +275,48 @@ $fn$;
 -- in the same one), each row whole as jsonb: they name no column of the table (kpi_changes).
 -- One function per table and event. They run as their owner (who applied this file), so the
 -- application's roles need no rights on kpi_changes. They run at every write of the
--- application, so they carry no SET clause (its save and restore of the settings at each call
--- cost about 4% of the write mix at saturation): the log is named with its schema instead, so
--- that a session's temporary table cannot stand in for it.
-DROP FUNCTION IF EXISTS kpi_listings_changed(), kpi_leads_changed(), kpi_purchases_changed() CASCADE;
+-- application, as its owner and in its sessions: what they name is named with its schema, and
+-- manifest.sql pins their search path as every SECURITY DEFINER function's, so that neither a
+-- temporary table nor a function (to_jsonb) of a schema others can write to stands in.
+DROP FUNCTION IF EXISTS @sales@.kpi_listings_changed(), @sales@.kpi_leads_changed(), @sales@.kpi_purchases_changed()
+    CASCADE;
 DO $do$
 DECLARE
-    log text := quote_ident(current_schema()) || '.kpi_changes';
     t record;
 BEGIN
     FOR t IN SELECT * FROM (VALUES ('listings', 'l'), ('leads', 'd'), ('purchases', 'p')) AS v (name, code) LOOP
         EXECUTE format($f$
-            CREATE OR REPLACE FUNCTION %1$I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $fn$
+            CREATE OR REPLACE FUNCTION kpi.%1$I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $fn$
             BEGIN
-                INSERT INTO %4$s (tbl, sign, img) SELECT %5$L, 1, to_jsonb(n) FROM new_rows n;
+                INSERT INTO kpi.kpi_changes (tbl, sign, img) SELECT %4$L, 1, to_jsonb(n) FROM new_rows n;
                 RETURN NULL;
             END
             $fn$;
 
-            CREATE OR REPLACE FUNCTION %2$I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $fn$
+            CREATE OR REPLACE FUNCTION kpi.%2$I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $fn$
             BEGIN
-                INSERT INTO %4$s (tbl, sign, img)
-                SELECT %5$L, -1, to_jsonb(o) FROM old_rows o UNION ALL SELECT %5$L, 1, to_jsonb(n) FROM new_rows n;
+                INSERT INTO kpi.kpi_changes (tbl, sign, img)
+                SELECT %4$L, -1, to_jsonb(o) FROM old_rows o UNION ALL SELECT %4$L, 1, to_jsonb(n) FROM new_rows n;
                 RETURN NULL;
             END
             $fn$;
 
-            CREATE OR REPLACE FUNCTION %3$I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $fn$
+            CREATE OR REPLACE FUNCTION kpi.%3$I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $fn$
             BEGIN
-                INSERT INTO %4$s (tbl, sign, img) SELECT %5$L, -1, to_jsonb(o) FROM old_rows o;
+                INSERT INTO kpi.kpi_changes (tbl, sign, img) SELECT %4$L, -1, to_jsonb(o) FROM old_rows o;
                 RETURN NULL;
             END
             $fn$;
         $f$, 'kpi_' || t.name || '_inserted', 'kpi_' || t.name || '_updated', 'kpi_' || t.name || '_deleted',
-             log, t.code);
+             t.code);
     END LOOP;
 END
 $do$;
 
-CREATE OR REPLACE FUNCTION kpi_truncated() RETURNS trigger
+CREATE OR REPLACE FUNCTION kpi.kpi_truncated() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 BEGIN
-    INSERT INTO kpi_changes (tbl, img) VALUES ('t', jsonb_build_object('table', TG_TABLE_NAME));
+    INSERT INTO kpi.kpi_changes (tbl, img) VALUES ('t', jsonb_build_object('table', TG_TABLE_NAME));
     RETURN NULL;
 END
 $fn$;
@@ -321,27 +325,27 @@ $fn$;
 -- whole log (`changes`): the table is empty, the log names none of its rows (none was written
 -- since the last batch, before the TRUNCATE or after it), and the summaries count none of them.
 -- A TRUNCATE of an empty table, as loads and tests make, then costs no rebuild.
-CREATE OR REPLACE FUNCTION kpi_truncated_nothing(tbl text, changes kpi_changes[]) RETURNS boolean
+CREATE OR REPLACE FUNCTION kpi.kpi_truncated_nothing(tbl text, changes kpi.kpi_changes[]) RETURNS boolean
 LANGUAGE sql STABLE AS $fn$
     SELECT NOT EXISTS (SELECT FROM unnest(changes) c
                        WHERE c.tbl = CASE tbl WHEN 'listings' THEN 'l' WHEN 'leads' THEN 'd' ELSE 'p' END)
        AND CASE tbl
-               WHEN 'listings' THEN NOT EXISTS (SELECT FROM listings)
-                                    AND NOT EXISTS (SELECT FROM kpi_sums WHERE grain = 86400 AND listings <> 0)
-               WHEN 'leads' THEN NOT EXISTS (SELECT FROM leads)
-                                 AND NOT EXISTS (SELECT FROM kpi_sums WHERE grain = 86400 AND leads <> 0)
-               ELSE NOT EXISTS (SELECT FROM purchases) AND NOT EXISTS (SELECT FROM kpi_purchase_facts)
+               WHEN 'listings' THEN NOT EXISTS (SELECT FROM @sales@.listings)
+                                    AND NOT EXISTS (SELECT FROM kpi.kpi_sums WHERE grain = 86400 AND listings <> 0)
+               WHEN 'leads' THEN NOT EXISTS (SELECT FROM @sales@.leads)
+                                 AND NOT EXISTS (SELECT FROM kpi.kpi_sums WHERE grain = 86400 AND leads <> 0)
+               ELSE NOT EXISTS (SELECT FROM @sales@.purchases) AND NOT EXISTS (SELECT FROM kpi.kpi_purchase_facts)
            END
 $fn$;
 
 -- Adds differences to kpi_sums, each at its instant (the delta rows' bucket), at both grains;
 -- a row that comes to 0 in every column goes. (Every column: between two batches a bucket may
 -- hold a lead's conversion before the lead's own count, both right once all is applied.)
-CREATE OR REPLACE FUNCTION kpi_add(deltas kpi_sums[]) RETURNS void
+CREATE OR REPLACE FUNCTION kpi.kpi_add(deltas kpi.kpi_sums[]) RETURNS void
 LANGUAGE sql AS $fn$
     -- Both grains in one pass over the deltas (a batch holds thousands of rows for a few hundred
     -- buckets; summing the 15-minute sums again for the days summed numerics twice).
-    INSERT INTO kpi_sums
+    INSERT INTO kpi.kpi_sums
     SELECT CASE WHEN GROUPING(d.q) = 0 THEN 900 ELSE 86400 END, coalesce(d.q, d.day),
            sum(d.listings), sum(d.price_sum), sum(d.scored), sum(d.score_sum), sum(d.unsold), sum(d.leads),
            sum(d.converted), sum(d.costed), sum(d.profit_sum), sum(d.led), sum(d.lead_seconds),
@@ -366,7 +370,7 @@ LANGUAGE sql AS $fn$
         buyer_buckets = kpi_sums.buyer_buckets + excluded.buyer_buckets,
         buyer_links = kpi_sums.buyer_links + excluded.buyer_links,
         long_listed = kpi_sums.long_listed + excluded.long_listed, long_sold = kpi_sums.long_sold + excluded.long_sold;
-    DELETE FROM kpi_sums s
+    DELETE FROM kpi.kpi_sums s
     USING (SELECT DISTINCT date_bin('15 minutes', d.bucket, timestamptz 'epoch') AS q,
                            date_bin('1 day', d.bucket, timestamptz 'epoch') AS day
            FROM unnest(deltas) AS d) AS t
@@ -379,7 +383,7 @@ $fn$;
 -- The facts of these purchases as the sales tables say now (a purchase that is gone has none).
 -- Lookups by key, not joins: a hash join on lead_id (NULL for a fifth of the purchases) cannot
 -- split that one value across batches, and in a rebuild kept doubling its batches for minutes.
-CREATE OR REPLACE FUNCTION kpi_current_facts(ids bigint[]) RETURNS SETOF kpi_purchase_facts
+CREATE OR REPLACE FUNCTION kpi.kpi_current_facts(ids bigint[]) RETURNS SETOF kpi.kpi_purchase_facts
 LANGUAGE sql STABLE AS $fn$
     SELECT f.id, date_bin('15 minutes', f.purchased_at, timestamptz 'epoch'),
            (f.cost IS NOT NULL)::integer, coalesce(f.sale_price - f.cost, 0),
@@ -389,50 +393,50 @@ LANGUAGE sql STABLE AS $fn$
                 THEN extract(epoch FROM f.purchased_at) - extract(epoch FROM f.lead_at) ELSE 0 END
     FROM (
         SELECT p.id, p.purchased_at, p.sale_price,
-               (SELECT li.acquisition_cost FROM listings li WHERE li.id = p.listing_id) AS cost,
-               (SELECT ld.created_at FROM leads ld WHERE ld.id = p.lead_id) AS lead_at
+               (SELECT li.acquisition_cost FROM @sales@.listings li WHERE li.id = p.listing_id) AS cost,
+               (SELECT ld.created_at FROM @sales@.leads ld WHERE ld.id = p.lead_id) AS lead_at
         FROM (SELECT DISTINCT u.id FROM unnest(ids) AS u (id)) AS k
-        JOIN purchases p ON p.id = k.id
+        JOIN @sales@.purchases p ON p.id = k.id
     ) AS f
 $fn$;
 
 -- The leads among these that a purchase references now, with their bucket.
-CREATE OR REPLACE FUNCTION kpi_current_conversions(ids bigint[]) RETURNS SETOF kpi_conversions
+CREATE OR REPLACE FUNCTION kpi.kpi_current_conversions(ids bigint[]) RETURNS SETOF kpi.kpi_conversions
 LANGUAGE sql STABLE AS $fn$
     SELECT ld.id, date_bin('15 minutes', ld.created_at, timestamptz 'epoch')
     FROM (SELECT DISTINCT u.id FROM unnest(ids) AS u (id)) AS k
-    JOIN leads ld ON ld.id = k.id
-    WHERE EXISTS (SELECT FROM purchases p WHERE p.lead_id = ld.id)
+    JOIN @sales@.leads ld ON ld.id = k.id
+    WHERE EXISTS (SELECT FROM @sales@.purchases p WHERE p.lead_id = ld.id)
 $fn$;
 
 -- Brings the facts and conversions of these purchases and leads in line with the sales tables,
 -- returning what that adds to kpi_sums: the stored rows that differ from now are taken back,
 -- the rows of now that differ are added.
-CREATE OR REPLACE FUNCTION kpi_sync_facts(purchase_ids bigint[], lead_ids bigint[]) RETURNS kpi_sums[]
+CREATE OR REPLACE FUNCTION kpi.kpi_sync_facts(purchase_ids bigint[], lead_ids bigint[]) RETURNS kpi.kpi_sums[]
 LANGUAGE plpgsql AS $fn$
 DECLARE
-    now_facts kpi_purchase_facts[] := ARRAY(SELECT f FROM kpi_current_facts(purchase_ids) f);
-    had_facts kpi_purchase_facts[] := ARRAY(
+    now_facts kpi.kpi_purchase_facts[] := ARRAY(SELECT f FROM kpi.kpi_current_facts(purchase_ids) f);
+    had_facts kpi.kpi_purchase_facts[] := ARRAY(
         SELECT f FROM (SELECT DISTINCT u.id FROM unnest(purchase_ids) AS u (id)) k
-        JOIN kpi_purchase_facts f ON f.purchase_id = k.id
+        JOIN kpi.kpi_purchase_facts f ON f.purchase_id = k.id
     );
-    now_conv kpi_conversions[] := ARRAY(SELECT c FROM kpi_current_conversions(lead_ids) c);
-    had_conv kpi_conversions[] := ARRAY(
+    now_conv kpi.kpi_conversions[] := ARRAY(SELECT c FROM kpi.kpi_current_conversions(lead_ids) c);
+    had_conv kpi.kpi_conversions[] := ARRAY(
         SELECT c FROM (SELECT DISTINCT u.id FROM unnest(lead_ids) AS u (id)) k
-        JOIN kpi_conversions c ON c.lead_id = k.id
+        JOIN kpi.kpi_conversions c ON c.lead_id = k.id
     );
-    old_facts kpi_purchase_facts[] := ARRAY(SELECT x::kpi_purchase_facts FROM (SELECT * FROM unnest(had_facts) EXCEPT SELECT * FROM unnest(now_facts)) x);
-    new_facts kpi_purchase_facts[] := ARRAY(SELECT x::kpi_purchase_facts FROM (SELECT * FROM unnest(now_facts) EXCEPT SELECT * FROM unnest(had_facts)) x);
-    old_conv kpi_conversions[] := ARRAY(SELECT x::kpi_conversions FROM (SELECT * FROM unnest(had_conv) EXCEPT SELECT * FROM unnest(now_conv)) x);
-    new_conv kpi_conversions[] := ARRAY(SELECT x::kpi_conversions FROM (SELECT * FROM unnest(now_conv) EXCEPT SELECT * FROM unnest(had_conv)) x);
+    old_facts kpi.kpi_purchase_facts[] := ARRAY(SELECT x::kpi.kpi_purchase_facts FROM (SELECT * FROM unnest(had_facts) EXCEPT SELECT * FROM unnest(now_facts)) x);
+    new_facts kpi.kpi_purchase_facts[] := ARRAY(SELECT x::kpi.kpi_purchase_facts FROM (SELECT * FROM unnest(now_facts) EXCEPT SELECT * FROM unnest(had_facts)) x);
+    old_conv kpi.kpi_conversions[] := ARRAY(SELECT x::kpi.kpi_conversions FROM (SELECT * FROM unnest(had_conv) EXCEPT SELECT * FROM unnest(now_conv)) x);
+    new_conv kpi.kpi_conversions[] := ARRAY(SELECT x::kpi.kpi_conversions FROM (SELECT * FROM unnest(now_conv) EXCEPT SELECT * FROM unnest(had_conv)) x);
 BEGIN
-    DELETE FROM kpi_purchase_facts f USING unnest(old_facts) AS o WHERE f.purchase_id = o.purchase_id;
-    INSERT INTO kpi_purchase_facts SELECT * FROM unnest(new_facts);
-    DELETE FROM kpi_conversions c USING unnest(old_conv) AS o WHERE c.lead_id = o.lead_id;
-    INSERT INTO kpi_conversions SELECT * FROM unnest(new_conv);
+    DELETE FROM kpi.kpi_purchase_facts f USING unnest(old_facts) AS o WHERE f.purchase_id = o.purchase_id;
+    INSERT INTO kpi.kpi_purchase_facts SELECT * FROM unnest(new_facts);
+    DELETE FROM kpi.kpi_conversions c USING unnest(old_conv) AS o WHERE c.lead_id = o.lead_id;
+    INSERT INTO kpi.kpi_conversions SELECT * FROM unnest(new_conv);
     RETURN ARRAY(
         SELECT ROW(0, e.bucket, 0, 0, 0, 0, 0, 0, sum(e.converted), sum(e.costed), sum(e.profit), sum(e.led),
-                   sum(e.seconds), 0, 0, 0, 0)::kpi_sums
+                   sum(e.seconds), 0, 0, 0, 0)::kpi.kpi_sums
         FROM (
             SELECT bucket, 0 AS converted, -costed AS costed, -profit AS profit, -led AS led,
                    -lead_seconds AS seconds
@@ -457,15 +461,15 @@ $fn$;
 -- before its insert's). The applier passes the pairs its batch names, with those that a row it
 -- names still proves (looked up by its key: a new lead costs no read of its bucket, whose
 -- leads are many when the application is busy); the audit those whose stored rows differ.
-DROP FUNCTION IF EXISTS kpi_sync_buyers(kpi_buyer_buckets[]);
-CREATE OR REPLACE FUNCTION kpi_sync_buyers(pairs kpi_buyer_buckets[], proven kpi_buyer_buckets[],
-                                           OUT sums kpi_sums[], OUT links kpi_buyer_days[])
+DROP FUNCTION IF EXISTS kpi.kpi_sync_buyers(kpi.kpi_buyer_buckets[]);
+CREATE OR REPLACE FUNCTION kpi.kpi_sync_buyers(pairs kpi.kpi_buyer_buckets[], proven kpi.kpi_buyer_buckets[],
+                                               OUT sums kpi.kpi_sums[], OUT links kpi.kpi_buyer_days[])
 LANGUAGE plpgsql AS $fn$
 DECLARE
     buyer_ids bigint[];
-    holding kpi_buyer_buckets[];  -- the pairs that hold
-    gone kpi_buyer_buckets[];  -- and those removed
-    relinks kpi_buyer_buckets[];  -- with their new previous bucket
+    holding kpi.kpi_buyer_buckets[];  -- the pairs that hold
+    gone kpi.kpi_buyer_buckets[];  -- and those removed
+    relinks kpi.kpi_buyer_buckets[];  -- with their new previous bucket
 BEGIN
     -- The ones that no longer hold go; those that hold and are not there yet are inserted by the
     -- next statement, with their previous bucket (inserting them without and linking them after
@@ -485,14 +489,14 @@ BEGIN
     truth AS (
         SELECT p.buyer_id, p.bucket,
                CASE WHEN p.proven THEN true
-                    ELSE EXISTS (SELECT FROM leads x WHERE x.created_at BETWEEN p.bucket AND p.last
-                                                       AND x.buyer_id = p.buyer_id)
-                         OR EXISTS (SELECT FROM purchases x WHERE x.purchased_at BETWEEN p.bucket AND p.last
-                                                              AND x.buyer_id = p.buyer_id) END AS holds
+                    ELSE EXISTS (SELECT FROM @sales@.leads x WHERE x.created_at BETWEEN p.bucket AND p.last
+                                                               AND x.buyer_id = p.buyer_id)
+                         OR EXISTS (SELECT FROM @sales@.purchases x WHERE x.purchased_at BETWEEN p.bucket AND p.last
+                                                                      AND x.buyer_id = p.buyer_id) END AS holds
         FROM named p
     ),
     removed AS (
-        DELETE FROM kpi_buyer_buckets b USING truth t
+        DELETE FROM kpi.kpi_buyer_buckets b USING truth t
         WHERE NOT t.holds AND b.buyer_id = t.buyer_id AND b.bucket = t.bucket
         RETURNING b.buyer_id, b.bucket, b.prev_bucket
     ),
@@ -500,17 +504,17 @@ BEGIN
         SELECT t.buyer_id, t.bucket FROM truth t WHERE t.holds
     )
     SELECT ARRAY(SELECT buyer_id FROM removed UNION SELECT buyer_id FROM held),
-           ARRAY(SELECT ROW(h.buyer_id, h.bucket, NULL)::kpi_buyer_buckets FROM held h),
-           ARRAY(SELECT ROW(r.buyer_id, r.bucket, NULL)::kpi_buyer_buckets FROM removed r),
+           ARRAY(SELECT ROW(h.buyer_id, h.bucket, NULL)::kpi.kpi_buyer_buckets FROM held h),
+           ARRAY(SELECT ROW(r.buyer_id, r.bucket, NULL)::kpi.kpi_buyer_buckets FROM removed r),
            ARRAY(
-               SELECT ROW(0, e.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, e.buckets, e.links, 0, 0)::kpi_sums
+               SELECT ROW(0, e.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, e.buckets, e.links, 0, 0)::kpi.kpi_sums
                FROM (
                    SELECT bucket AS at, -1 AS buckets, 0 AS links FROM removed
                    UNION ALL
                    SELECT prev_bucket, 0, -1 FROM removed WHERE prev_bucket IS NOT NULL
                ) AS e
            ),
-           ARRAY(SELECT kpi_buyer_link(bucket, prev_bucket, -1) FROM removed WHERE prev_bucket IS NOT NULL)
+           ARRAY(SELECT kpi.kpi_buyer_link(bucket, prev_bucket, -1::bigint) FROM removed WHERE prev_bucket IS NOT NULL)
     INTO buyer_ids, holding, gone, sums, links;
 
     -- These buyers' buckets in order, with the new ones and markers where removed ones were:
@@ -524,7 +528,7 @@ BEGIN
         FROM (
             SELECT b.buyer_id, b.bucket, 0 AS kind  -- stored
             FROM unnest(buyer_ids) AS k (id)
-            JOIN kpi_buyer_buckets b ON b.buyer_id = k.id
+            JOIN kpi.kpi_buyer_buckets b ON b.buyer_id = k.id
             UNION ALL
             SELECT h.buyer_id, h.bucket, 1 FROM unnest(holding) h  -- new, unless stored
             UNION ALL
@@ -540,7 +544,7 @@ BEGIN
         WINDOW before AS (PARTITION BY b.buyer_id ORDER BY b.bucket ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
     ),
     added AS (
-        INSERT INTO kpi_buyer_buckets (buyer_id, bucket, prev_bucket)
+        INSERT INTO kpi.kpi_buyer_buckets (buyer_id, bucket, prev_bucket)
         SELECT l.buyer_id, l.bucket, l.new_prev FROM linked l WHERE l.kind = 1
         RETURNING bucket, prev_bucket
     ),
@@ -549,14 +553,14 @@ BEGIN
         FROM linked l
         -- (OFFSET 0: a lookup by key per row, never a join that reads the table.)
         CROSS JOIN LATERAL (
-            SELECT x.prev_bucket AS old_prev FROM kpi_buyer_buckets x
+            SELECT x.prev_bucket AS old_prev FROM kpi.kpi_buyer_buckets x
             WHERE x.buyer_id = l.buyer_id AND x.bucket = l.bucket OFFSET 0
         ) b
         WHERE l.kind = 0 AND l.kind_before > 0
     )
-    SELECT ARRAY(SELECT ROW(buyer_id, bucket, new_prev)::kpi_buyer_buckets FROM relinked),
+    SELECT ARRAY(SELECT ROW(buyer_id, bucket, new_prev)::kpi.kpi_buyer_buckets FROM relinked),
     sums || ARRAY(
-        SELECT ROW(0, e.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, sum(e.buckets), sum(e.links), 0, 0)::kpi_sums
+        SELECT ROW(0, e.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, sum(e.buckets), sum(e.links), 0, 0)::kpi.kpi_sums
         FROM (
             SELECT bucket AS at, 1 AS buckets, 0 AS links FROM added
             UNION ALL
@@ -569,14 +573,14 @@ BEGIN
         GROUP BY e.at
     ),
     links || ARRAY(
-        SELECT kpi_buyer_link(bucket, prev_bucket, 1) FROM added WHERE prev_bucket IS NOT NULL
+        SELECT kpi.kpi_buyer_link(bucket, prev_bucket, 1::bigint) FROM added WHERE prev_bucket IS NOT NULL
         UNION ALL
-        SELECT kpi_buyer_link(bucket, old_prev, -1) FROM relinked WHERE old_prev IS NOT NULL
+        SELECT kpi.kpi_buyer_link(bucket, old_prev, -1::bigint) FROM relinked WHERE old_prev IS NOT NULL
         UNION ALL
-        SELECT kpi_buyer_link(bucket, new_prev, 1) FROM relinked WHERE new_prev IS NOT NULL
+        SELECT kpi.kpi_buyer_link(bucket, new_prev, 1::bigint) FROM relinked WHERE new_prev IS NOT NULL
     )
     INTO relinks, sums, links;
-    UPDATE kpi_buyer_buckets b SET prev_bucket = r.prev_bucket
+    UPDATE kpi.kpi_buyer_buckets b SET prev_bucket = r.prev_bucket
     FROM unnest(relinks) r
     WHERE b.buyer_id = r.buyer_id AND b.bucket = r.bucket;
 
@@ -587,7 +591,7 @@ $fn$;
 -- at a time, in the applier's transaction once it has taken in the whole log (its snapshot's
 -- summaries are then what the rows make), and every difference repaired in place and counted.
 -- Whatever drifts by a defect of the applier, or by hand, lives at most one pass.
-CREATE TABLE IF NOT EXISTS kpi_audit_state (
+CREATE TABLE IF NOT EXISTS kpi.kpi_audit_state (
     slice          timestamptz,           -- the day last audited in this pass; NULL: a pass begins
     next_at        timestamptz NOT NULL,  -- no slice before this
     pass_started   timestamptz,
@@ -596,23 +600,23 @@ CREATE TABLE IF NOT EXISTS kpi_audit_state (
     last_repairs   bigint,                -- and what it repaired
     repairs        bigint NOT NULL        -- since the summaries were installed
 );
-INSERT INTO kpi_audit_state (next_at, pass_repairs, repairs)
-SELECT '-infinity', 0, 0 WHERE NOT EXISTS (SELECT FROM kpi_audit_state);
+INSERT INTO kpi.kpi_audit_state (next_at, pass_repairs, repairs)
+SELECT '-infinity', 0, 0 WHERE NOT EXISTS (SELECT FROM kpi.kpi_audit_state);
 -- (Its indexes by bucket of kpi_purchase_facts and kpi_conversions: summary_indexes.sql.)
 
 -- The first day (UTC; an infinite instant is a slice of its own) after the slice that ends at
 -- `after` (NULL: from the start) that holds a row of a sales table or of a summary.
-CREATE OR REPLACE FUNCTION kpi_audit_next(after timestamptz) RETURNS timestamptz
+CREATE OR REPLACE FUNCTION kpi.kpi_audit_next(after timestamptz) RETURNS timestamptz
 LANGUAGE sql STABLE AS $fn$
     SELECT CASE WHEN isfinite(x.at) THEN date_bin('1 day', x.at, timestamptz 'epoch') ELSE x.at END
     FROM (
         SELECT least(
-            (SELECT min(listed_at) FROM listings WHERE listed_at >= e.at AND (e.first OR listed_at > e.at)),
-            (SELECT min(created_at) FROM leads WHERE created_at >= e.at AND (e.first OR created_at > e.at)),
-            (SELECT min(purchased_at) FROM purchases WHERE purchased_at >= e.at AND (e.first OR purchased_at > e.at)),
-            (SELECT min(bucket) FROM kpi_sums WHERE grain = 900 AND bucket >= e.at AND (e.first OR bucket > e.at)),
-            (SELECT min(bucket) FROM kpi_buyer_buckets WHERE bucket >= e.at AND (e.first OR bucket > e.at)),
-            (SELECT min(listed_at) FROM kpi_sales WHERE listed_at >= e.at AND (e.first OR listed_at > e.at))
+            (SELECT min(listed_at) FROM @sales@.listings WHERE listed_at >= e.at AND (e.first OR listed_at > e.at)),
+            (SELECT min(created_at) FROM @sales@.leads WHERE created_at >= e.at AND (e.first OR created_at > e.at)),
+            (SELECT min(purchased_at) FROM @sales@.purchases WHERE purchased_at >= e.at AND (e.first OR purchased_at > e.at)),
+            (SELECT min(bucket) FROM kpi.kpi_sums WHERE grain = 900 AND bucket >= e.at AND (e.first OR bucket > e.at)),
+            (SELECT min(bucket) FROM kpi.kpi_buyer_buckets WHERE bucket >= e.at AND (e.first OR bucket > e.at)),
+            (SELECT min(listed_at) FROM kpi.kpi_sales WHERE listed_at >= e.at AND (e.first OR listed_at > e.at))
         ) AS at
         FROM (SELECT coalesce(after, '-infinity') AS at, after IS NULL AS first) e
     ) x
@@ -621,45 +625,45 @@ $fn$;
 -- One slice, the instants from lo to last: each part of the summaries compared with what the
 -- rows make and repaired as the applier would (its differences added to kpi_sums), the sums
 -- last. Returns how many rows of each part differed.
-CREATE OR REPLACE FUNCTION kpi_audit_slice(lo timestamptz, last timestamptz, aged_days integer) RETURNS jsonb
+CREATE OR REPLACE FUNCTION kpi.kpi_audit_slice(lo timestamptz, last timestamptz, aged_days integer) RETURNS jsonb
 LANGUAGE plpgsql AS $fn$
 DECLARE
     parts jsonb := '{}';
     diffs bigint;
-    deltas kpi_sums[];
-    more_deltas kpi_sums[];
-    links kpi_buyer_days[];
-    more_links kpi_buyer_days[];
-    truth kpi_sums[];
+    deltas kpi.kpi_sums[];
+    more_deltas kpi.kpi_sums[];
+    links kpi.kpi_buyer_days[];
+    more_links kpi.kpi_buyer_days[];
+    truth kpi.kpi_sums[];
 BEGIN
     -- The sold listings listed in the slice, each image counted once.
     WITH differ AS (
         SELECT d.listing_id, d.listed_at, d.sold_at, sum(d.n)::integer AS n
         FROM (
-            SELECT id AS listing_id, listed_at, sold_at, 1 AS n FROM listings
+            SELECT id AS listing_id, listed_at, sold_at, 1 AS n FROM @sales@.listings
             WHERE listed_at BETWEEN lo AND last AND status <> 'withdrawn' AND sold_at IS NOT NULL
             UNION ALL
-            SELECT listing_id, listed_at, sold_at, -n FROM kpi_sales WHERE listed_at BETWEEN lo AND last
+            SELECT listing_id, listed_at, sold_at, -n FROM kpi.kpi_sales WHERE listed_at BETWEEN lo AND last
         ) d
         GROUP BY 1, 2, 3 HAVING sum(d.n) <> 0
     ),
     fixed AS (
-        INSERT INTO kpi_sales AS s SELECT * FROM differ
+        INSERT INTO kpi.kpi_sales AS s SELECT * FROM differ
         ON CONFLICT (listing_id, listed_at, sold_at) DO UPDATE SET n = s.n + excluded.n
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM fixed),
-           ARRAY(SELECT x FROM differ i CROSS JOIN LATERAL kpi_long_sale(i.listed_at, i.sold_at, aged_days, i.n) x)
+           ARRAY(SELECT x FROM differ i CROSS JOIN LATERAL kpi.kpi_long_sale(i.listed_at, i.sold_at, aged_days, i.n) x)
     INTO diffs, deltas;
-    DELETE FROM kpi_sales WHERE listed_at BETWEEN lo AND last AND n = 0;
+    DELETE FROM kpi.kpi_sales WHERE listed_at BETWEEN lo AND last AND n = 0;
     parts := parts || jsonb_build_object('kpi_sales', diffs);
 
     -- The facts of the purchases, and the conversions of the leads, of the slice, and those stored for it.
-    more_deltas := kpi_sync_facts(
-        ARRAY(SELECT id FROM purchases WHERE purchased_at BETWEEN lo AND last
-              UNION SELECT purchase_id FROM kpi_purchase_facts WHERE bucket BETWEEN lo AND last),
-        ARRAY(SELECT id FROM leads WHERE created_at BETWEEN lo AND last
-              UNION SELECT lead_id FROM kpi_conversions WHERE bucket BETWEEN lo AND last)
+    more_deltas := kpi.kpi_sync_facts(
+        ARRAY(SELECT id FROM @sales@.purchases WHERE purchased_at BETWEEN lo AND last
+              UNION SELECT purchase_id FROM kpi.kpi_purchase_facts WHERE bucket BETWEEN lo AND last),
+        ARRAY(SELECT id FROM @sales@.leads WHERE created_at BETWEEN lo AND last
+              UNION SELECT lead_id FROM kpi.kpi_conversions WHERE bucket BETWEEN lo AND last)
     );
     parts := parts || jsonb_build_object('kpi_purchase_facts', cardinality(more_deltas));
     deltas := deltas || more_deltas;
@@ -669,71 +673,71 @@ BEGIN
     SELECT b.sums, b.links, cardinality(p.missing) + cardinality(p.extra) INTO more_deltas, links, diffs
     FROM (
         SELECT ARRAY(
-            SELECT ROW(d.buyer_id, d.bucket, NULL)::kpi_buyer_buckets
+            SELECT ROW(d.buyer_id, d.bucket, NULL)::kpi.kpi_buyer_buckets
             FROM (
-                (SELECT buyer_id, date_bin('15 minutes', created_at, timestamptz 'epoch') FROM leads
+                (SELECT buyer_id, date_bin('15 minutes', created_at, timestamptz 'epoch') FROM @sales@.leads
                  WHERE created_at BETWEEN lo AND last
                  UNION
-                 SELECT buyer_id, date_bin('15 minutes', purchased_at, timestamptz 'epoch') FROM purchases
+                 SELECT buyer_id, date_bin('15 minutes', purchased_at, timestamptz 'epoch') FROM @sales@.purchases
                  WHERE purchased_at BETWEEN lo AND last)
                 EXCEPT
-                SELECT buyer_id, bucket FROM kpi_buyer_buckets WHERE bucket BETWEEN lo AND last
+                SELECT buyer_id, bucket FROM kpi.kpi_buyer_buckets WHERE bucket BETWEEN lo AND last
             ) AS d (buyer_id, bucket)
         ) AS missing, ARRAY(
-            SELECT ROW(d.buyer_id, d.bucket, NULL)::kpi_buyer_buckets
+            SELECT ROW(d.buyer_id, d.bucket, NULL)::kpi.kpi_buyer_buckets
             FROM (
-                SELECT buyer_id, bucket FROM kpi_buyer_buckets WHERE bucket BETWEEN lo AND last
+                SELECT buyer_id, bucket FROM kpi.kpi_buyer_buckets WHERE bucket BETWEEN lo AND last
                 EXCEPT
-                (SELECT buyer_id, date_bin('15 minutes', created_at, timestamptz 'epoch') FROM leads
+                (SELECT buyer_id, date_bin('15 minutes', created_at, timestamptz 'epoch') FROM @sales@.leads
                  WHERE created_at BETWEEN lo AND last
                  UNION
-                 SELECT buyer_id, date_bin('15 minutes', purchased_at, timestamptz 'epoch') FROM purchases
+                 SELECT buyer_id, date_bin('15 minutes', purchased_at, timestamptz 'epoch') FROM @sales@.purchases
                  WHERE purchased_at BETWEEN lo AND last)
             ) AS d (buyer_id, bucket)
         ) AS extra
     ) p
-    CROSS JOIN LATERAL kpi_sync_buyers(p.missing || p.extra, p.missing) b;
+    CROSS JOIN LATERAL kpi.kpi_sync_buyers(p.missing || p.extra, p.missing) b;
     parts := parts || jsonb_build_object('kpi_buyer_buckets', diffs);
     deltas := deltas || more_deltas;
 
     -- Their links: each bucket's previous one is the buyer's bucket before it (by the key).
     WITH wrong AS (
         SELECT b.buyer_id, b.bucket, b.prev_bucket AS old_prev, p.prev AS new_prev
-        FROM kpi_buyer_buckets b
+        FROM kpi.kpi_buyer_buckets b
         CROSS JOIN LATERAL (
-            SELECT max(x.bucket) AS prev FROM kpi_buyer_buckets x WHERE x.buyer_id = b.buyer_id AND x.bucket < b.bucket
+            SELECT max(x.bucket) AS prev FROM kpi.kpi_buyer_buckets x WHERE x.buyer_id = b.buyer_id AND x.bucket < b.bucket
         ) p
         WHERE b.bucket BETWEEN lo AND last AND b.prev_bucket IS DISTINCT FROM p.prev
     ),
     fixed AS (
-        UPDATE kpi_buyer_buckets b SET prev_bucket = w.new_prev FROM wrong w
+        UPDATE kpi.kpi_buyer_buckets b SET prev_bucket = w.new_prev FROM wrong w
         WHERE b.buyer_id = w.buyer_id AND b.bucket = w.bucket
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM fixed),
-           ARRAY(SELECT ROW(0, e.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, e.n, 0, 0)::kpi_sums
+           ARRAY(SELECT ROW(0, e.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, e.n, 0, 0)::kpi.kpi_sums
                  FROM (SELECT old_prev AS at, -1 AS n FROM wrong WHERE old_prev IS NOT NULL
                        UNION ALL SELECT new_prev, 1 FROM wrong WHERE new_prev IS NOT NULL) e),
-           ARRAY(SELECT kpi_buyer_link(bucket, old_prev, -1) FROM wrong WHERE old_prev IS NOT NULL
-                 UNION ALL SELECT kpi_buyer_link(bucket, new_prev, 1) FROM wrong WHERE new_prev IS NOT NULL)
+           ARRAY(SELECT kpi.kpi_buyer_link(bucket, old_prev, -1::bigint) FROM wrong WHERE old_prev IS NOT NULL
+                 UNION ALL SELECT kpi.kpi_buyer_link(bucket, new_prev, 1::bigint) FROM wrong WHERE new_prev IS NOT NULL)
     INTO diffs, more_deltas, more_links;
     parts := parts || jsonb_build_object('buyer_links', diffs);
-    PERFORM kpi_add(deltas || more_deltas);
-    PERFORM kpi_add_links(links || more_links);
+    PERFORM kpi.kpi_add(deltas || more_deltas);
+    PERFORM kpi.kpi_add_links(links || more_links);
 
     -- The links counted by day and gap, of the slice's day.
     WITH differ AS (
         SELECT d.day, d.gap, sum(d.n) AS n
         FROM (
-            SELECT (kpi_buyer_link(bucket, prev_bucket, 1)).* FROM kpi_buyer_buckets
+            SELECT (kpi.kpi_buyer_link(bucket, prev_bucket, 1::bigint)).* FROM kpi.kpi_buyer_buckets
             WHERE bucket BETWEEN lo AND last AND prev_bucket IS NOT NULL
             UNION ALL
-            SELECT day, gap, -n FROM kpi_buyer_days WHERE day BETWEEN lo AND last
+            SELECT day, gap, -n FROM kpi.kpi_buyer_days WHERE day BETWEEN lo AND last
         ) d
         GROUP BY 1, 2 HAVING sum(d.n) <> 0
     )
-    SELECT count(*), ARRAY(SELECT ROW(day, gap, n)::kpi_buyer_days FROM differ) INTO diffs, links FROM differ;
-    PERFORM kpi_add_links(links);
+    SELECT count(*), ARRAY(SELECT ROW(day, gap, n)::kpi.kpi_buyer_days FROM differ) INTO diffs, links FROM differ;
+    PERFORM kpi.kpi_add_links(links);
     parts := parts || jsonb_build_object('kpi_buyer_days', diffs);
 
     -- The sums: the 15-minute buckets as a rebuild makes them, and the day's row their sum;
@@ -741,8 +745,8 @@ BEGIN
     truth := ARRAY(
         SELECT ROW(900, d.bucket, sum(d.listings), sum(d.price_sum), sum(d.scored), sum(d.score_sum), sum(d.unsold),
                    sum(d.leads), sum(d.converted), sum(d.costed), sum(d.profit_sum), sum(d.led), sum(d.lead_seconds),
-                   sum(d.buyer_buckets), sum(d.buyer_links), sum(d.long_listed), sum(d.long_sold))::kpi_sums
-        FROM unnest(kpi_slice_sums(lo, last, aged_days)) d
+                   sum(d.buyer_buckets), sum(d.buyer_links), sum(d.long_listed), sum(d.long_sold))::kpi.kpi_sums
+        FROM unnest(kpi.kpi_slice_sums(lo, last, aged_days)) d
         GROUP BY d.bucket
         HAVING (sum(d.listings), sum(d.price_sum), sum(d.scored), sum(d.score_sum), sum(d.unsold), sum(d.leads),
                 sum(d.converted), sum(d.costed), sum(d.profit_sum), sum(d.led), sum(d.lead_seconds),
@@ -752,7 +756,7 @@ BEGIN
     truth := truth || ARRAY(
         SELECT ROW(86400, lo, sum(t.listings), sum(t.price_sum), sum(t.scored), sum(t.score_sum), sum(t.unsold),
                    sum(t.leads), sum(t.converted), sum(t.costed), sum(t.profit_sum), sum(t.led), sum(t.lead_seconds),
-                   sum(t.buyer_buckets), sum(t.buyer_links), sum(t.long_listed), sum(t.long_sold))::kpi_sums
+                   sum(t.buyer_buckets), sum(t.buyer_links), sum(t.long_listed), sum(t.long_sold))::kpi.kpi_sums
         FROM unnest(truth) t
         HAVING count(*) > 0
     );
@@ -761,53 +765,53 @@ BEGIN
         FROM (
             (SELECT * FROM unnest(truth)
              EXCEPT ALL
-             SELECT * FROM kpi_sums WHERE grain IN (900, 86400) AND bucket BETWEEN lo AND last)
+             SELECT * FROM kpi.kpi_sums WHERE grain IN (900, 86400) AND bucket BETWEEN lo AND last)
             UNION ALL
-            (SELECT * FROM kpi_sums WHERE grain IN (900, 86400) AND bucket BETWEEN lo AND last
+            (SELECT * FROM kpi.kpi_sums WHERE grain IN (900, 86400) AND bucket BETWEEN lo AND last
              EXCEPT ALL
              SELECT * FROM unnest(truth))
         ) x
     );
     IF diffs > 0 THEN
-        DELETE FROM kpi_sums WHERE grain IN (900, 86400) AND bucket BETWEEN lo AND last;
-        INSERT INTO kpi_sums SELECT * FROM unnest(truth);
+        DELETE FROM kpi.kpi_sums WHERE grain IN (900, 86400) AND bucket BETWEEN lo AND last;
+        INSERT INTO kpi.kpi_sums SELECT * FROM unnest(truth);
     END IF;
     RETURN parts || jsonb_build_object('kpi_sums', diffs);
 END
 $fn$;
 
 -- Whether the audit's next slice is due (kpi.audit_seconds set, its time come, the summaries built).
-CREATE OR REPLACE FUNCTION kpi_audit_is_due() RETURNS boolean
+CREATE OR REPLACE FUNCTION kpi.kpi_audit_is_due() RETURNS boolean
 LANGUAGE sql STABLE AS $fn$
     SELECT nullif(current_setting('kpi.audit_seconds', true), '') IS NOT NULL
-       AND clock_timestamp() >= (SELECT next_at FROM kpi_audit_state)
-       AND EXISTS (SELECT FROM kpi_summary_state)
+       AND clock_timestamp() >= (SELECT next_at FROM kpi.kpi_audit_state)
+       AND EXISTS (SELECT FROM kpi.kpi_summary_state)
 $fn$;
 
 -- The next slice of the audit, once `every` has passed since the last and the log is empty in
 -- this snapshot (all of it applied by this transaction): what it parts (jsonb), or NULL.
-CREATE OR REPLACE FUNCTION kpi_audit(every interval) RETURNS jsonb
+CREATE OR REPLACE FUNCTION kpi.kpi_audit(every interval) RETURNS jsonb
 LANGUAGE plpgsql AS $fn$
 DECLARE
-    state kpi_audit_state := (SELECT a FROM kpi_audit_state a);
+    state kpi.kpi_audit_state := (SELECT a FROM kpi.kpi_audit_state a);
     lo timestamptz;
     parts jsonb;
     diffs bigint;
 BEGIN
-    IF every IS NULL OR NOT kpi_audit_is_due() OR EXISTS (SELECT FROM kpi_changes) THEN
+    IF every IS NULL OR NOT kpi.kpi_audit_is_due() OR EXISTS (SELECT FROM kpi.kpi_changes) THEN
         RETURN NULL;
     END IF;
-    lo := kpi_audit_next(state.slice);
+    lo := kpi.kpi_audit_next(state.slice);
     IF lo IS NULL THEN
-        UPDATE kpi_audit_state SET slice = NULL, next_at = clock_timestamp() + every, pass_started = NULL,
+        UPDATE kpi.kpi_audit_state SET slice = NULL, next_at = clock_timestamp() + every, pass_started = NULL,
                                    pass_repairs = 0, last_pass_at = clock_timestamp(), last_repairs = pass_repairs;
         RETURN jsonb_build_object('pass_ended', true, 'repairs', state.pass_repairs);
     END IF;
-    parts := kpi_audit_slice(lo, CASE WHEN isfinite(lo) THEN lo + interval '24 hours' - interval '1 microsecond'
+    parts := kpi.kpi_audit_slice(lo, CASE WHEN isfinite(lo) THEN lo + interval '24 hours' - interval '1 microsecond'
                                       ELSE lo END,
-                             (SELECT s.aged_days FROM kpi_summary_state s));
+                             (SELECT s.aged_days FROM kpi.kpi_summary_state s));
     diffs := (SELECT sum(value::bigint) FROM jsonb_each_text(parts));
-    UPDATE kpi_audit_state SET slice = CASE WHEN isfinite(lo) THEN lo + interval '24 hours' - interval '1 microsecond'
+    UPDATE kpi.kpi_audit_state SET slice = CASE WHEN isfinite(lo) THEN lo + interval '24 hours' - interval '1 microsecond'
                                             ELSE lo END,
                                next_at = clock_timestamp() + every, pass_started = coalesce(pass_started, clock_timestamp()),
                                pass_repairs = pass_repairs + diffs, repairs = repairs + diffs;
@@ -818,10 +822,10 @@ $fn$;
 -- The audit's next slice in the applier's transaction, when due: every kpi.audit_seconds (the
 -- service's KPI_AUDIT_INTERVAL_S; unset, never). What it parts is left in kpi.audited for the
 -- service to count and log; a repair announces a change of every window. Whether it ran.
-CREATE OR REPLACE FUNCTION kpi_audit_due() RETURNS boolean
+CREATE OR REPLACE FUNCTION kpi.kpi_audit_due() RETURNS boolean
 LANGUAGE plpgsql AS $fn$
 DECLARE
-    parts jsonb := kpi_audit(nullif(current_setting('kpi.audit_seconds', true), '')::double precision
+    parts jsonb := kpi.kpi_audit(nullif(current_setting('kpi.audit_seconds', true), '')::double precision
                              * interval '1 second');
 BEGIN
     IF parts IS NULL THEN
@@ -842,17 +846,16 @@ $fn$;
 -- this transaction's snapshot took it: working from a snapshot without that one's work would
 -- add it twice). Taken only where there is work (kpi_apply_changes), since the write costs WAL. Whoever must wait tries again in a new transaction (kpi_service/db/sql.py,
 -- in_applier_turn); kpi_build and kpi_rebuild raise lock_not_available for it.
-CREATE TABLE IF NOT EXISTS kpi_applier_rest (until timestamptz NOT NULL);
-INSERT INTO kpi_applier_rest SELECT '-infinity' WHERE NOT EXISTS (SELECT FROM kpi_applier_rest);
-DROP FUNCTION IF EXISTS kpi_applier_session_lock(boolean);
-CREATE OR REPLACE FUNCTION kpi_applier_lock() RETURNS boolean
+CREATE TABLE IF NOT EXISTS kpi.kpi_applier_rest (until timestamptz NOT NULL);
+INSERT INTO kpi.kpi_applier_rest SELECT '-infinity' WHERE NOT EXISTS (SELECT FROM kpi.kpi_applier_rest);
+CREATE OR REPLACE FUNCTION kpi.kpi_applier_lock() RETURNS boolean
 LANGUAGE plpgsql AS $fn$
 BEGIN
-    PERFORM FROM kpi_applier_rest FOR UPDATE SKIP LOCKED;
+    PERFORM FROM kpi.kpi_applier_rest FOR UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    UPDATE kpi_applier_rest SET until = until;
+    UPDATE kpi.kpi_applier_rest SET until = until;
     RETURN true;
 EXCEPTION WHEN serialization_failure THEN
     RETURN false;
@@ -861,37 +864,37 @@ $fn$;
 
 -- The applier's differences from the log's images are right only if what it reads from the
 -- sales tables is what the log rows it took describe: one snapshot for both.
-CREATE OR REPLACE FUNCTION kpi_require_one_snapshot() RETURNS void
+CREATE OR REPLACE FUNCTION kpi.kpi_require_one_snapshot() RETURNS void
 LANGUAGE plpgsql AS $fn$
 BEGIN
     IF current_setting('transaction_isolation') = 'read committed' THEN
         RAISE EXCEPTION 'the KPI summaries are applied and rebuilt in one snapshot'
-            USING HINT = 'BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT kpi_rebuild(); COMMIT;';
+            USING HINT = 'BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT kpi.kpi_rebuild(); COMMIT;';
     END IF;
 END
 $fn$;
 
 -- kpi_buyer_days anew from kpi_buyer_buckets (a rebuild, and the upgrade from version 4, which
 -- had no kpi_buyer_days).
-CREATE OR REPLACE FUNCTION kpi_count_links() RETURNS void
+CREATE OR REPLACE FUNCTION kpi.kpi_count_links() RETURNS void
 LANGUAGE sql AS $fn$
-    TRUNCATE kpi_buyer_days;
-    INSERT INTO kpi_buyer_days
+    TRUNCATE kpi.kpi_buyer_days;
+    INSERT INTO kpi.kpi_buyer_days
     SELECT l.day, l.gap, sum(l.n)
-    FROM kpi_buyer_buckets b CROSS JOIN LATERAL kpi_buyer_link(b.bucket, b.prev_bucket, 1) l
+    FROM kpi.kpi_buyer_buckets b CROSS JOIN LATERAL kpi.kpi_buyer_link(b.bucket, b.prev_bucket, 1::bigint) l
     WHERE b.prev_bucket IS NOT NULL
     GROUP BY 1, 2;
 $fn$;
 
 -- kpi_sums.long_listed and long_sold of kpi_sales for aged_days, as kpi_add deltas (one per
 -- 15-minute bucket).
-CREATE OR REPLACE FUNCTION kpi_long_sales(aged_days integer) RETURNS kpi_sums[]
+CREATE OR REPLACE FUNCTION kpi.kpi_long_sales(aged_days integer) RETURNS kpi.kpi_sums[]
 LANGUAGE sql STABLE AS $fn$
     SELECT ARRAY(
-        SELECT ROW(0, l.bucket, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, sum(l.long_listed), sum(l.long_sold))::kpi_sums
+        SELECT ROW(0, l.bucket, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, sum(l.long_listed), sum(l.long_sold))::kpi.kpi_sums
         FROM (
             SELECT date_bin('15 minutes', x.bucket, timestamptz 'epoch') AS bucket, x.long_listed, x.long_sold
-            FROM kpi_sales s CROSS JOIN LATERAL kpi_long_sale(s.listed_at, s.sold_at, aged_days, s.n) x
+            FROM kpi.kpi_sales s CROSS JOIN LATERAL kpi.kpi_long_sale(s.listed_at, s.sold_at, aged_days, s.n) x
         ) AS l
         GROUP BY l.bucket
     )
@@ -899,60 +902,60 @@ $fn$;
 
 -- long_listed and long_sold counted anew for another aged_days (init-db with another
 -- KPI_AGED_DAYS, and the upgrade from versions 4 and 5, which had neither).
-CREATE OR REPLACE FUNCTION kpi_count_long(aged_days integer) RETURNS void
+CREATE OR REPLACE FUNCTION kpi.kpi_count_long(aged_days integer) RETURNS void
 LANGUAGE sql AS $fn$
-    UPDATE kpi_sums SET long_listed = 0, long_sold = 0 WHERE long_listed <> 0 OR long_sold <> 0;
-    SELECT kpi_add(kpi_long_sales(aged_days));
+    UPDATE kpi.kpi_sums SET long_listed = 0, long_sold = 0 WHERE long_listed <> 0 OR long_sold <> 0;
+    SELECT kpi.kpi_add(kpi.kpi_long_sales(aged_days));
     -- The rows that held nothing else (kpi_add drops only those of the buckets it added to).
-    DELETE FROM kpi_sums s
+    DELETE FROM kpi.kpi_sums s
     WHERE (s.listings, s.price_sum, s.scored, s.score_sum, s.unsold, s.leads, s.converted, s.costed, s.profit_sum,
            s.led, s.lead_seconds, s.buyer_buckets, s.buyer_links, s.long_listed, s.long_sold)
           = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
-    UPDATE kpi_summary_state SET aged_days = kpi_count_long.aged_days;
+    UPDATE kpi.kpi_summary_state SET aged_days = kpi_count_long.aged_days;
 $fn$;
 
 -- What kpi_sums holds for the instants from lo to last (both included) as a rebuild makes it,
 -- as kpi_add deltas: from the sales tables (listings, leads) and the service's copies of what
 -- depends on other rows (purchases' facts, conversions, buyers' buckets and links, sales). The
 -- rebuild takes all instants, the audit a day at a time.
-CREATE OR REPLACE FUNCTION kpi_slice_sums(lo timestamptz, last timestamptz, aged_days integer) RETURNS kpi_sums[]
+CREATE OR REPLACE FUNCTION kpi.kpi_slice_sums(lo timestamptz, last timestamptz, aged_days integer) RETURNS kpi.kpi_sums[]
 LANGUAGE sql STABLE AS $fn$
     SELECT ARRAY(
-        SELECT ROW(0, bucket, n, price, scored, score, unsold, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
+        SELECT ROW(0, bucket, n, price, scored, score, unsold, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)::kpi.kpi_sums
         FROM (
             SELECT date_bin('15 minutes', listed_at, timestamptz 'epoch') AS bucket, count(*) AS n,
                    sum(price) AS price, count(score) AS scored, coalesce(sum(score), 0) AS score,
                    count(*) FILTER (WHERE status <> 'withdrawn' AND sold_at IS NULL) AS unsold
-            FROM listings WHERE listed_at BETWEEN lo AND last GROUP BY 1
+            FROM @sales@.listings WHERE listed_at BETWEEN lo AND last GROUP BY 1
         ) AS l
         UNION ALL
-        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, n, 0, 0, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
+        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, n, 0, 0, 0, 0, 0, 0, 0, 0, 0)::kpi.kpi_sums
         FROM (SELECT date_bin('15 minutes', created_at, timestamptz 'epoch') AS bucket, count(*) AS n
-              FROM leads WHERE created_at BETWEEN lo AND last GROUP BY 1) AS d
+              FROM @sales@.leads WHERE created_at BETWEEN lo AND last GROUP BY 1) AS d
         UNION ALL
-        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, 0, n, 0, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
-        FROM (SELECT bucket, count(*) AS n FROM kpi_conversions WHERE bucket BETWEEN lo AND last GROUP BY 1) AS c
+        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, 0, n, 0, 0, 0, 0, 0, 0, 0, 0)::kpi.kpi_sums
+        FROM (SELECT bucket, count(*) AS n FROM kpi.kpi_conversions WHERE bucket BETWEEN lo AND last GROUP BY 1) AS c
         UNION ALL
-        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, 0, 0, costed, profit, led, seconds, 0, 0, 0, 0)::kpi_sums
+        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, 0, 0, costed, profit, led, seconds, 0, 0, 0, 0)::kpi.kpi_sums
         FROM (SELECT bucket, sum(costed) AS costed, sum(profit) AS profit, sum(led) AS led,
                      sum(lead_seconds) AS seconds
-              FROM kpi_purchase_facts WHERE bucket BETWEEN lo AND last GROUP BY 1) AS p
+              FROM kpi.kpi_purchase_facts WHERE bucket BETWEEN lo AND last GROUP BY 1) AS p
         UNION ALL
-        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, n, 0, 0, 0)::kpi_sums
-        FROM (SELECT bucket, count(*) AS n FROM kpi_buyer_buckets WHERE bucket BETWEEN lo AND last GROUP BY 1) AS b
+        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, n, 0, 0, 0)::kpi.kpi_sums
+        FROM (SELECT bucket, count(*) AS n FROM kpi.kpi_buyer_buckets WHERE bucket BETWEEN lo AND last GROUP BY 1) AS b
         UNION ALL
-        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, n, 0, 0)::kpi_sums
-        FROM (SELECT prev_bucket AS bucket, count(*) AS n FROM kpi_buyer_buckets
+        SELECT ROW(0, bucket, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, n, 0, 0)::kpi.kpi_sums
+        FROM (SELECT prev_bucket AS bucket, count(*) AS n FROM kpi.kpi_buyer_buckets
               WHERE prev_bucket BETWEEN lo AND last GROUP BY 1) AS k
         UNION ALL
         -- (kpi_long_sale's rows are at the sale's own instants: put in their bucket here.)
         SELECT ROW(0, date_bin('15 minutes', x.bucket, timestamptz 'epoch'), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                   x.long_listed, x.long_sold)::kpi_sums
+                   x.long_listed, x.long_sold)::kpi.kpi_sums
         FROM (
-            SELECT x.* FROM kpi_sales s CROSS JOIN LATERAL kpi_long_sale(s.listed_at, s.sold_at, aged_days, s.n) x
+            SELECT x.* FROM kpi.kpi_sales s CROSS JOIN LATERAL kpi.kpi_long_sale(s.listed_at, s.sold_at, aged_days, s.n) x
             WHERE s.listed_at BETWEEN lo AND last AND x.long_listed <> 0
             UNION ALL
-            SELECT x.* FROM kpi_sales s CROSS JOIN LATERAL kpi_long_sale(s.listed_at, s.sold_at, aged_days, s.n) x
+            SELECT x.* FROM kpi.kpi_sales s CROSS JOIN LATERAL kpi.kpi_long_sale(s.listed_at, s.sold_at, aged_days, s.n) x
             WHERE s.sold_at - interval '1 microsecond' BETWEEN lo AND last AND x.long_sold <> 0
         ) x
     )
@@ -960,48 +963,48 @@ $fn$;
 
 -- Everything again from the sales tables (init-db, a TRUNCATE of a sales table, a repair), for
 -- the aged_days recorded (60 if none is: init-db records KPI_AGED_DAYS).
-CREATE OR REPLACE FUNCTION kpi_rebuild() RETURNS void
+CREATE OR REPLACE FUNCTION kpi.kpi_rebuild() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 BEGIN
-    PERFORM kpi_rebuild(coalesce((SELECT aged_days FROM kpi_summary_state), 60));
+    PERFORM kpi.kpi_rebuild(coalesce((SELECT aged_days FROM kpi.kpi_summary_state), 60));
 END
 $fn$;
 
-CREATE OR REPLACE FUNCTION kpi_rebuild(aged_days integer) RETURNS void
+CREATE OR REPLACE FUNCTION kpi.kpi_rebuild(aged_days integer) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 BEGIN
-    PERFORM kpi_require_one_snapshot();
-    IF NOT kpi_applier_lock() THEN
+    PERFORM kpi.kpi_require_one_snapshot();
+    IF NOT kpi.kpi_applier_lock() THEN
         RAISE EXCEPTION 'an applier is running' USING ERRCODE = 'lock_not_available',
             HINT = 'Try again in a new transaction.';
     END IF;
     -- What the log holds is in this snapshot's rows: taken with them.
-    DELETE FROM kpi_changes;
+    DELETE FROM kpi.kpi_changes;
     -- Built by this version (kpi_build): kpi_source() says 'summaries' from the commit on.
-    DELETE FROM kpi_summary_state;
-    INSERT INTO kpi_summary_state (version, aged_days, triggers) VALUES (kpi_summary_version(), aged_days, kpi_trigger_state());
-    TRUNCATE kpi_sums, kpi_buyer_buckets, kpi_buyer_days, kpi_sales, kpi_purchase_facts, kpi_conversions;
+    DELETE FROM kpi.kpi_summary_state;
+    INSERT INTO kpi.kpi_summary_state (version, aged_days, triggers) VALUES (kpi.kpi_summary_version(), aged_days, kpi.kpi_trigger_state());
+    TRUNCATE kpi.kpi_sums, kpi.kpi_buyer_buckets, kpi.kpi_buyer_days, kpi.kpi_sales, kpi.kpi_purchase_facts, kpi.kpi_conversions;
     -- Progress for init-db to print (kpi_service/db/schema.py): at ten million listings the
     -- build takes minutes, in one transaction that shows nothing else meanwhile.
     RAISE NOTICE 'kpi-service: building the summaries: the sold listings';
-    INSERT INTO kpi_sales
-    SELECT id, listed_at, sold_at, 1 FROM listings WHERE status <> 'withdrawn' AND sold_at IS NOT NULL;
+    INSERT INTO kpi.kpi_sales
+    SELECT id, listed_at, sold_at, 1 FROM @sales@.listings WHERE status <> 'withdrawn' AND sold_at IS NOT NULL;
     RAISE NOTICE 'kpi-service: building the summaries: the buyers'' 15-minute buckets';
-    INSERT INTO kpi_buyer_buckets (buyer_id, bucket, prev_bucket)
+    INSERT INTO kpi.kpi_buyer_buckets (buyer_id, bucket, prev_bucket)
     SELECT e.buyer_id, e.bucket, lag(e.bucket) OVER (PARTITION BY e.buyer_id ORDER BY e.bucket)
     FROM (
-        SELECT buyer_id, date_bin('15 minutes', created_at, timestamptz 'epoch') FROM leads
+        SELECT buyer_id, date_bin('15 minutes', created_at, timestamptz 'epoch') FROM @sales@.leads
         UNION
-        SELECT buyer_id, date_bin('15 minutes', purchased_at, timestamptz 'epoch') FROM purchases
+        SELECT buyer_id, date_bin('15 minutes', purchased_at, timestamptz 'epoch') FROM @sales@.purchases
     ) AS e (buyer_id, bucket);
     RAISE NOTICE 'kpi-service: building the summaries: the buyers'' links by day';
-    PERFORM kpi_count_links();
+    PERFORM kpi.kpi_count_links();
     RAISE NOTICE 'kpi-service: building the summaries: the purchases and conversions';
-    INSERT INTO kpi_purchase_facts SELECT * FROM kpi_current_facts(ARRAY(SELECT id FROM purchases));
-    INSERT INTO kpi_conversions
-    SELECT * FROM kpi_current_conversions(ARRAY(SELECT lead_id FROM purchases WHERE lead_id IS NOT NULL));
+    INSERT INTO kpi.kpi_purchase_facts SELECT * FROM kpi.kpi_current_facts(ARRAY(SELECT id FROM @sales@.purchases));
+    INSERT INTO kpi.kpi_conversions
+    SELECT * FROM kpi.kpi_current_conversions(ARRAY(SELECT lead_id FROM @sales@.purchases WHERE lead_id IS NOT NULL));
     RAISE NOTICE 'kpi-service: building the summaries: the sums by bucket';
-    PERFORM kpi_add(kpi_slice_sums('-infinity', 'infinity', aged_days));
+    PERFORM kpi.kpi_add(kpi.kpi_slice_sums('-infinity'::timestamptz, 'infinity'::timestamptz, aged_days));
 END
 $fn$;
 
@@ -1032,7 +1035,7 @@ $fn$;
 
 -- Whether another session of the application (not of this service) is running a statement in
 -- this database now.
-CREATE OR REPLACE FUNCTION kpi_application_at_work() RETURNS boolean
+CREATE OR REPLACE FUNCTION kpi.kpi_application_at_work() RETURNS boolean
 LANGUAGE sql AS $fn$
     -- pg_stat_activity is read once per transaction and kept: asked again at a batch's end, it
     -- would answer what it answered at its start.
@@ -1043,38 +1046,38 @@ LANGUAGE sql AS $fn$
           AND pid <> pg_backend_pid() AND application_name IS DISTINCT FROM current_setting('application_name'))
 $fn$;
 
-CREATE OR REPLACE FUNCTION kpi_applier_rests(started timestamptz, busy_share double precision) RETURNS void
+CREATE OR REPLACE FUNCTION kpi.kpi_applier_rests(started timestamptz, busy_share double precision) RETURNS void
 LANGUAGE sql AS $fn$
-    UPDATE kpi_applier_rest SET until = CASE
-        WHEN busy_share < 1 AND kpi_application_at_work()
+    UPDATE kpi.kpi_applier_rest SET until = CASE
+        WHEN busy_share < 1 AND kpi.kpi_application_at_work()
         THEN clock_timestamp() + least((clock_timestamp() - started) * (1 / busy_share - 1), interval '5 seconds')
         ELSE '-infinity' END
 $fn$;
 
-CREATE OR REPLACE FUNCTION kpi_apply_changes(max_rows integer DEFAULT 50000, busy_share double precision DEFAULT 1)
+CREATE OR REPLACE FUNCTION kpi.kpi_apply_changes(max_rows integer DEFAULT 50000, busy_share double precision DEFAULT 1)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 DECLARE
     started timestamptz := clock_timestamp();
-    changes kpi_changes[];
+    changes kpi.kpi_changes[];
     emptied bigint[];  -- kpi_sales rows whose count came to 0
-    deltas kpi_sums[];
-    buyer_deltas kpi_sums[];
-    link_deltas kpi_buyer_days[];
-    sale_deltas kpi_sums[];
+    deltas kpi.kpi_sums[];
+    buyer_deltas kpi.kpi_sums[];
+    link_deltas kpi.kpi_buyer_days[];
+    sale_deltas kpi.kpi_sums[];
     -- (NULL until the summaries are built: kpi_build counts long_listed and long_sold then.)
-    aged_days integer := (SELECT s.aged_days FROM kpi_summary_state s);
+    aged_days integer := (SELECT s.aged_days FROM kpi.kpi_summary_state s);
     stopped text;  -- why the summaries stop
     taken bigint;
 BEGIN
-    PERFORM kpi_require_one_snapshot();
+    PERFORM kpi.kpi_require_one_snapshot();
     -- Nothing to do: no lock, no write (locking a row writes WAL: an idle service must not, or
     -- its primary's standbys would never be idle). An empty log in this snapshot means every
     -- change committed before it is applied, by transactions committed before it.
-    IF NOT EXISTS (SELECT FROM kpi_changes) AND NOT kpi_audit_is_due() THEN
+    IF NOT EXISTS (SELECT FROM kpi.kpi_changes) AND NOT kpi.kpi_audit_is_due() THEN
         RETURN 0;
     END IF;
-    IF NOT kpi_applier_lock() THEN
+    IF NOT kpi.kpi_applier_lock() THEN
         RETURN NULL;
     END IF;
     -- The summaries stop, and stay unused (kpi_source() says 'raw') until init-db builds them
@@ -1083,28 +1086,28 @@ BEGIN
     -- be read: a column the KPIs read renamed, dropped or retyped. Never the application's
     -- writes. The log is of no use then, nor while the summaries are not built: emptied, so that
     -- it cannot grow without bound.
-    IF NOT kpi_capturing() THEN
+    IF NOT kpi.kpi_capturing() THEN
         stopped := 'a trigger of the change log was disabled';
-    ELSIF cardinality(kpi_missing_columns()) > 0 THEN
-        stopped := 'the sales tables lack ' || array_to_string(kpi_missing_columns(), ', ');
-    ELSIF NOT EXISTS (SELECT FROM kpi_summary_state) THEN
-        DELETE FROM kpi_changes;
+    ELSIF cardinality(kpi.kpi_missing_columns()) > 0 THEN
+        stopped := 'the sales tables lack ' || array_to_string(kpi.kpi_missing_columns(), ', ');
+    ELSIF NOT EXISTS (SELECT FROM kpi.kpi_summary_state) THEN
+        DELETE FROM kpi.kpi_changes;
         GET DIAGNOSTICS taken = ROW_COUNT;
         RETURN taken;
     END IF;
-    IF stopped IS NULL AND busy_share < 1 AND (SELECT max(until) FROM kpi_applier_rest) > started
-       AND kpi_application_at_work() THEN
+    IF stopped IS NULL AND busy_share < 1 AND (SELECT max(until) FROM kpi.kpi_applier_rest) > started
+       AND kpi.kpi_application_at_work() THEN
         RETURN NULL;  -- resting: as if another session were applying
     END IF;
     WITH taken AS (
-        DELETE FROM kpi_changes WHERE ctid = ANY (ARRAY(SELECT ctid FROM kpi_changes LIMIT max_rows))
+        DELETE FROM kpi.kpi_changes WHERE ctid = ANY (ARRAY(SELECT ctid FROM kpi.kpi_changes LIMIT max_rows))
         RETURNING *
     )
     SELECT coalesce(array_agg(t), '{}') INTO changes FROM taken t;
     taken := cardinality(changes);
     IF stopped IS NULL THEN
         BEGIN
-            changes := ARRAY(SELECT kpi_change_of(c) FROM unnest(changes) c);
+            changes := ARRAY(SELECT kpi.kpi_change_of(c) FROM unnest(changes) c);
             IF array_position(changes, NULL) IS NOT NULL THEN
                 stopped := 'a row was logged without a column the KPIs read';
             END IF;
@@ -1114,14 +1117,14 @@ BEGIN
     END IF;
     IF stopped IS NOT NULL THEN
         RAISE WARNING 'kpi-service: the summaries stopped: %; kpi-service init-db builds them anew', stopped;
-        DELETE FROM kpi_summary_state;
-        DELETE FROM kpi_changes;
+        DELETE FROM kpi.kpi_summary_state;
+        DELETE FROM kpi.kpi_changes;
         PERFORM set_config('kpi.changed', '{"all": true}', true);
         RETURN taken;
     END IF;
     IF cardinality(changes) = 0 THEN
-        IF kpi_audit_due() THEN
-            PERFORM kpi_applier_rests(started, busy_share);
+        IF kpi.kpi_audit_due() THEN
+            PERFORM kpi.kpi_applier_rests(started, busy_share);
         END IF;
         RETURN 0;
     END IF;
@@ -1132,12 +1135,12 @@ BEGIN
     IF EXISTS (SELECT FROM unnest(changes) c WHERE c.tbl = 't') THEN
         IF taken < max_rows
            AND NOT EXISTS (SELECT FROM unnest(changes) c
-                           WHERE c.tbl = 't' AND NOT coalesce(kpi_truncated_nothing(c.img->>'table', changes), false))
+                           WHERE c.tbl = 't' AND NOT coalesce(kpi.kpi_truncated_nothing(c.img->>'table', changes), false))
         THEN
             changes := ARRAY(SELECT c FROM unnest(changes) c WHERE c.tbl <> 't');
         ELSE
-            DELETE FROM kpi_summary_state;
-            DELETE FROM kpi_changes;
+            DELETE FROM kpi.kpi_summary_state;
+            DELETE FROM kpi.kpi_changes;
             PERFORM set_config('kpi.changed', '{"all": true}', true);
             RETURN taken;
         END IF;
@@ -1147,7 +1150,7 @@ BEGIN
     -- buckets, and kpi_add sums every column of every row it is given, for both grains.)
     deltas := ARRAY(
         SELECT ROW(0, d.q, sum(d.n), sum(d.price), sum(d.scored), sum(d.score), sum(d.unsold), sum(d.leads),
-                   0, 0, 0, 0, 0, 0, 0, 0, 0)::kpi_sums
+                   0, 0, 0, 0, 0, 0, 0, 0, 0)::kpi.kpi_sums
         FROM (
             SELECT date_bin('15 minutes', c.at, timestamptz 'epoch') AS q, c.sign AS n, c.sign * c.price AS price,
                    c.sign * (c.score IS NOT NULL)::integer AS scored, c.sign * coalesce(c.score, 0) AS score,
@@ -1171,14 +1174,14 @@ BEGIN
         HAVING sum(c.sign) <> 0
     ),
     counted AS (
-        INSERT INTO kpi_sales AS s SELECT * FROM images
+        INSERT INTO kpi.kpi_sales AS s SELECT * FROM images
         ON CONFLICT (listing_id, listed_at, sold_at) DO UPDATE SET n = s.n + excluded.n
         RETURNING s.listing_id, s.n
     )
-    SELECT ARRAY(SELECT x FROM images i CROSS JOIN LATERAL kpi_long_sale(i.at, i.sold_at, aged_days, i.n) x),
+    SELECT ARRAY(SELECT x FROM images i CROSS JOIN LATERAL kpi.kpi_long_sale(i.at, i.sold_at, aged_days, i.n) x),
            ARRAY(SELECT listing_id FROM counted WHERE n = 0)
     INTO sale_deltas, emptied;
-    DELETE FROM kpi_sales WHERE listing_id = ANY (emptied) AND n = 0;
+    DELETE FROM kpi.kpi_sales WHERE listing_id = ANY (emptied) AND n = 0;
 
     -- Purchases' facts and leads' conversions: the purchases logged, those of a listing whose
     -- cost may have changed and of a lead whose instant may have changed; the leads logged, and
@@ -1190,7 +1193,7 @@ BEGIN
     -- every update and delete logs, in the transaction that made it, so the batch's snapshot
     -- holds that change. A listing or lead only inserted has no purchase yet (the foreign keys),
     -- and a purchase of it is logged itself.
-    deltas := deltas || kpi_sync_facts(
+    deltas := deltas || kpi.kpi_sync_facts(
         ARRAY(
             SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'p'
             UNION
@@ -1200,14 +1203,14 @@ BEGIN
                 GROUP BY c.id
                 HAVING min(c.sign) < 0
             ) k
-            JOIN purchases x ON x.listing_id = k.id
+            JOIN @sales@.purchases x ON x.listing_id = k.id
             UNION
             SELECT x.id
             FROM (
                 SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'd'
                 GROUP BY c.id HAVING min(c.sign) < 0
             ) k
-            JOIN purchases x ON x.lead_id = k.id
+            JOIN @sales@.purchases x ON x.lead_id = k.id
         ),
         ARRAY(
             SELECT c.id FROM unnest(changes) c WHERE c.tbl = 'd'
@@ -1220,25 +1223,25 @@ BEGIN
     -- The buyers' buckets of every (buyer, bucket) the batch names, and of where the leads and
     -- purchases it names are now (looked up by their keys: those pairs hold).
     SELECT b.sums, b.links INTO buyer_deltas, link_deltas
-    FROM kpi_sync_buyers(
+    FROM kpi.kpi_sync_buyers(
         ARRAY(
-            SELECT DISTINCT ROW(c.buyer_id, date_bin('15 minutes', c.at, timestamptz 'epoch'), NULL)::kpi_buyer_buckets
+            SELECT DISTINCT ROW(c.buyer_id, date_bin('15 minutes', c.at, timestamptz 'epoch'), NULL)::kpi.kpi_buyer_buckets
             FROM unnest(changes) c
             WHERE c.tbl IN ('d', 'p')
         ),
         ARRAY(
-            SELECT DISTINCT ROW(x.buyer_id, date_bin('15 minutes', x.at, timestamptz 'epoch'), NULL)::kpi_buyer_buckets
+            SELECT DISTINCT ROW(x.buyer_id, date_bin('15 minutes', x.at, timestamptz 'epoch'), NULL)::kpi.kpi_buyer_buckets
             FROM (SELECT DISTINCT c.tbl, c.id FROM unnest(changes) c WHERE c.tbl IN ('d', 'p')) k
             CROSS JOIN LATERAL (
-                SELECT ld.buyer_id, ld.created_at AS at FROM leads ld WHERE k.tbl = 'd' AND ld.id = k.id
+                SELECT ld.buyer_id, ld.created_at AS at FROM @sales@.leads ld WHERE k.tbl = 'd' AND ld.id = k.id
                 UNION ALL
-                SELECT p.buyer_id, p.purchased_at FROM purchases p WHERE k.tbl = 'p' AND p.id = k.id
+                SELECT p.buyer_id, p.purchased_at FROM @sales@.purchases p WHERE k.tbl = 'p' AND p.id = k.id
             ) x
         )
     ) b;
 
-    PERFORM kpi_add(deltas || buyer_deltas || sale_deltas);
-    PERFORM kpi_add_links(link_deltas);
+    PERFORM kpi.kpi_add(deltas || buyer_deltas || sale_deltas);
+    PERFORM kpi.kpi_add_links(link_deltas);
 
     -- What this batch changed, for the service's live updates (kpi_service/live/hub.py), left in a
     -- setting of this transaction for the caller to read before it commits (the function's
@@ -1270,46 +1273,25 @@ BEGIN
         FROM unnest(deltas || buyer_deltas) d
     ) r;
     IF taken < max_rows THEN
-        PERFORM kpi_audit_due();  -- the log was empty at this snapshot: all of it is applied now
+        PERFORM kpi.kpi_audit_due();  -- the log was empty at this snapshot: all of it is applied now
     END IF;
-    PERFORM kpi_applier_rests(started, busy_share);
+    PERFORM kpi.kpi_applier_rests(started, busy_share);
     RETURN taken;
 END
 $fn$;
-
--- Earlier versions had a one-argument form. A grant names a function by its arguments, so the
--- roles that could run that one (sql/ops/roles.sql, run by the owner's DBA) may run this one,
--- before it goes: an upgrade by init-db alone leaves the service able to apply.
-DO $$
-DECLARE
-    role_name name;
-BEGIN
-    IF to_regprocedure('kpi_apply_changes(integer)') IS NOT NULL THEN
-        FOR role_name IN
-            SELECT r.rolname
-            FROM pg_proc p CROSS JOIN LATERAL aclexplode(p.proacl) a JOIN pg_roles r ON r.oid = a.grantee
-            WHERE p.oid = 'kpi_apply_changes(integer)'::regprocedure AND a.privilege_type = 'EXECUTE'
-              AND a.grantee <> p.proowner
-        LOOP
-            EXECUTE format('GRANT EXECUTE ON FUNCTION kpi_apply_changes(integer, double precision) TO %I', role_name);
-        END LOOP;
-        DROP FUNCTION kpi_apply_changes(integer);
-    END IF;
-END
-$$;
 
 -- The sums of kpi_sums over [lo, hi), both 15-minute edges: the whole UTC days at day grain,
 -- the 15-minute buckets before and after them (a window without a whole day: all at 15 minutes).
 -- (Its result gained columns in version 6: a function's result type is replaced only by a new one.)
 DO $$
 BEGIN
-    IF EXISTS (SELECT FROM pg_proc WHERE oid = to_regprocedure('kpi_range(timestamptz, timestamptz)')
+    IF EXISTS (SELECT FROM pg_proc WHERE oid = to_regprocedure('kpi.kpi_range(timestamptz, timestamptz)')
                                      AND NOT 'long_sold' = ANY (proargnames)) THEN
-        DROP FUNCTION kpi_range(timestamptz, timestamptz);
+        DROP FUNCTION kpi.kpi_range(timestamptz, timestamptz);
     END IF;
 END
 $$;
-CREATE OR REPLACE FUNCTION kpi_range(lo timestamptz, hi timestamptz)
+CREATE OR REPLACE FUNCTION kpi.kpi_range(lo timestamptz, hi timestamptz)
 RETURNS TABLE (listings bigint, price_sum numeric, scored bigint, score_sum numeric, unsold bigint,
                leads bigint, converted bigint, costed bigint, profit_sum numeric, led bigint,
                lead_seconds numeric, buyer_buckets bigint, buyer_links bigint, long_listed bigint, long_sold bigint)
@@ -1330,27 +1312,27 @@ LANGUAGE sql STABLE AS $fn$
         ) d
     ) s
     CROSS JOIN LATERAL (
-        SELECT * FROM kpi_sums WHERE grain = 900 AND bucket >= lo AND bucket < s.day_lo
+        SELECT * FROM kpi.kpi_sums WHERE grain = 900 AND bucket >= lo AND bucket < s.day_lo
         UNION ALL
-        SELECT * FROM kpi_sums WHERE grain = 86400 AND bucket >= s.day_lo AND bucket < s.day_hi
+        SELECT * FROM kpi.kpi_sums WHERE grain = 86400 AND bucket >= s.day_lo AND bucket < s.day_hi
         UNION ALL
-        SELECT * FROM kpi_sums WHERE grain = 900 AND bucket >= s.day_hi AND bucket < hi
+        SELECT * FROM kpi.kpi_sums WHERE grain = 900 AND bucket >= s.day_hi AND bucket < hi
     ) r
 $fn$;
 
 -- How far behind the applier is: the rows waiting (for /readyz and the service's metrics).
-CREATE OR REPLACE FUNCTION kpi_pending_changes() RETURNS bigint
+CREATE OR REPLACE FUNCTION kpi.kpi_pending_changes() RETURNS bigint
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
-    SELECT count(*) FROM kpi_changes
+    SELECT count(*) FROM kpi.kpi_changes
 $fn$;
 
 -- A trigger found disabled let writes past the log: the summaries are built anew (kpi_build).
-DELETE FROM kpi_summary_state WHERE NOT kpi_capturing();
+DELETE FROM kpi.kpi_summary_state WHERE NOT kpi.kpi_capturing();
 
 -- Statement-level, ALWAYS: bulk loads that run with session_replication_role = replica (the
 -- seeder does) must log their changes too. Only ALTER TABLE ... DISABLE TRIGGER stops them,
 -- and a logical-replication subscriber fires none (its apply process runs row triggers only):
--- afterwards, `SELECT kpi_rebuild()`. (An UPDATE of a column no KPI reads, a lead's status, is
+-- afterwards, `SELECT kpi.kpi_rebuild()`. (An UPDATE of a column no KPI reads, a lead's status, is
 -- logged too: PostgreSQL allows no column list on a trigger with transition tables, and the
 -- applier finds nothing changed in that bucket.)
 DO $$
@@ -1358,57 +1340,61 @@ DECLARE
     t text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['listings', 'leads', 'purchases'] LOOP
-        EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER INSERT ON %I REFERENCING NEW TABLE AS new_rows'
-                       ' FOR EACH STATEMENT EXECUTE FUNCTION %I()', 'kpi_' || t || '_insert', t, 'kpi_' || t || '_inserted');
-        EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER UPDATE ON %I REFERENCING OLD TABLE AS old_rows'
-                       ' NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION %I()',
-                       'kpi_' || t || '_update', t, 'kpi_' || t || '_updated');
-        EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER DELETE ON %I REFERENCING OLD TABLE AS old_rows'
-                       ' FOR EACH STATEMENT EXECUTE FUNCTION %I()', 'kpi_' || t || '_delete', t, 'kpi_' || t || '_deleted');
-        EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER TRUNCATE ON %I'
-                       ' FOR EACH STATEMENT EXECUTE FUNCTION kpi_truncated()', 'kpi_' || t || '_truncate', t);
-        EXECUTE format('ALTER TABLE %1$I ENABLE ALWAYS TRIGGER %2$I, ENABLE ALWAYS TRIGGER %3$I,'
-                       ' ENABLE ALWAYS TRIGGER %4$I, ENABLE ALWAYS TRIGGER %5$I', t, 'kpi_' || t || '_insert',
-                       'kpi_' || t || '_update', 'kpi_' || t || '_delete', 'kpi_' || t || '_truncate');
+        EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER INSERT ON %I.%I REFERENCING NEW TABLE AS new_rows'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION kpi.%I()', 'kpi_' || t || '_insert', @sales_name@, t,
+                       'kpi_' || t || '_inserted');
+        EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER UPDATE ON %I.%I REFERENCING OLD TABLE AS old_rows'
+                       ' NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi.%I()',
+                       'kpi_' || t || '_update', @sales_name@, t, 'kpi_' || t || '_updated');
+        EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER DELETE ON %I.%I REFERENCING OLD TABLE AS old_rows'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION kpi.%I()', 'kpi_' || t || '_delete', @sales_name@, t,
+                       'kpi_' || t || '_deleted');
+        EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER TRUNCATE ON %I.%I'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION kpi.kpi_truncated()', 'kpi_' || t || '_truncate',
+                       @sales_name@, t);
+        EXECUTE format('ALTER TABLE %1$I.%2$I ENABLE ALWAYS TRIGGER %3$I, ENABLE ALWAYS TRIGGER %4$I,'
+                       ' ENABLE ALWAYS TRIGGER %5$I, ENABLE ALWAYS TRIGGER %6$I', @sales_name@, t,
+                       'kpi_' || t || '_insert', 'kpi_' || t || '_update', 'kpi_' || t || '_delete',
+                       'kpi_' || t || '_truncate');
     END LOOP;
 END
 $$;
 -- Made or enabled again just now, in this transaction, which holds the tables' locks: the
 -- summaries (if still built, above) have seen every write up to here.
-UPDATE kpi_summary_state SET triggers = kpi_trigger_state();
+UPDATE kpi.kpi_summary_state SET triggers = kpi.kpi_trigger_state();
 
 -- Built once per version of the functions above, by kpi_build() (kpi-service init-db runs it in
 -- a transaction of its own after this file: the triggers are then already logging, and the
 -- build's snapshot is later than their creation, so nothing falls between the two). Until then
 -- kpi_source() says 'raw', and the service reads the raw rows.
-DELETE FROM kpi_summary_state WHERE version NOT IN (4, 5, kpi_summary_version());
+DELETE FROM kpi.kpi_summary_state WHERE version NOT IN (4, 5, kpi.kpi_summary_version());
 
 -- aged_days: KPI_AGED_DAYS, whose aged_inventory the summaries then count from buckets alone
 -- (kpi.sql); with another one init-db counts long_listed and long_sold anew.
-DROP FUNCTION IF EXISTS kpi_build();
-CREATE OR REPLACE FUNCTION kpi_build(aged_days integer) RETURNS void
+DROP FUNCTION IF EXISTS kpi.kpi_build();
+CREATE OR REPLACE FUNCTION kpi.kpi_build(aged_days integer) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 DECLARE
-    built kpi_summary_state := (SELECT s FROM kpi_summary_state s);
+    built kpi.kpi_summary_state := (SELECT s FROM kpi.kpi_summary_state s);
 BEGIN
-    PERFORM kpi_require_one_snapshot();
-    IF NOT kpi_applier_lock() THEN
+    PERFORM kpi.kpi_require_one_snapshot();
+    IF NOT kpi.kpi_applier_lock() THEN
         RAISE EXCEPTION 'an applier is running' USING ERRCODE = 'lock_not_available',
             HINT = 'Try again in a new transaction.';
     END IF;
     IF built IS NULL THEN
-        PERFORM kpi_rebuild(aged_days);
+        PERFORM kpi.kpi_rebuild(aged_days);
         RETURN;
     END IF;
     IF built.version = 4 THEN
         RAISE NOTICE 'kpi-service: upgrading the summaries: the buyers'' links by day';
-        PERFORM kpi_count_links();
+        PERFORM kpi.kpi_count_links();
     END IF;
     IF built.version < 6 OR built.aged_days IS DISTINCT FROM kpi_build.aged_days THEN
         RAISE NOTICE 'kpi-service: upgrading the summaries: the long sales for aged_days %', aged_days;
-        PERFORM kpi_count_long(aged_days);
+        PERFORM kpi.kpi_count_long(aged_days);
     END IF;
-    UPDATE kpi_summary_state SET version = kpi_summary_version();
+    UPDATE kpi.kpi_summary_state SET version = kpi.kpi_summary_version();
 END
 $fn$;
 
@@ -1417,13 +1403,13 @@ $fn$;
 -- summaries were last built, and every column the KPIs read is there (otherwise only init-db
 -- can bring them back). Whether it built them. Called by the service's applier, with its
 -- KPI_AGED_DAYS, in a REPEATABLE READ transaction of its own without a statement timeout.
-CREATE OR REPLACE FUNCTION kpi_rebuild_if_needed(aged_days integer) RETURNS boolean
+CREATE OR REPLACE FUNCTION kpi.kpi_rebuild_if_needed(aged_days integer) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 BEGIN
-    IF EXISTS (SELECT FROM kpi_summary_state) OR NOT kpi_capturing() OR cardinality(kpi_missing_columns()) > 0 THEN
+    IF EXISTS (SELECT FROM kpi.kpi_summary_state) OR NOT kpi.kpi_capturing() OR cardinality(kpi.kpi_missing_columns()) > 0 THEN
         RETURN false;
     END IF;
-    PERFORM kpi_build(aged_days);
+    PERFORM kpi.kpi_build(aged_days);
     RETURN true;
 END
 $fn$;
