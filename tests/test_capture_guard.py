@@ -125,3 +125,16 @@ def test_the_log_does_not_grow_while_the_summaries_are_not_built(
         application_writes(writes, n)
     wait_until(lambda: writes.execute("SELECT count(*) FROM kpi.kpi_changes").fetchone()[0] == 0)
     assert source(writes) == "raw"
+
+
+def test_a_service_started_with_a_kpi_column_gone_still_empties_the_log(
+    own_database: str, writes: psycopg.Connection, make_app: Callable[..., Flask]
+) -> None:
+    """Its first look at the database finds the column gone: the applier runs all the same, stops
+    the summaries and keeps the log from growing."""
+    writes.execute("ALTER TABLE listings RENAME COLUMN score TO rating")
+    make_app(database_url=own_database, apply_interval=APPLYING)
+    for n in range(10):
+        application_writes(writes, n)
+    wait_until(lambda: source(writes) == "raw")
+    wait_until(lambda: writes.execute("SELECT count(*) FROM kpi.kpi_changes").fetchone()[0] == 0)

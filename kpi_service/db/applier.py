@@ -41,6 +41,9 @@ def paced_batch(taken: int, seconds: float) -> int:
 
 def audited(found: dict[str, Any]) -> None:
     """What a slice of the audit found (sql/schema/summary.sql, kpi_audit), counted and logged."""
+    if "skipped" in found:
+        log.warning("audit: the day from %s took longer than a batch may and was skipped", found["skipped"])
+        return
     if found.get("pass_ended"):
         metrics.AUDIT_PASS_END.set(time.time())
         log.info("audit: a pass over the summaries ended, %s rows repaired", found["repairs"])

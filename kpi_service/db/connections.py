@@ -325,7 +325,12 @@ class Database:
             if self._scope is None:
                 # The batches' announcements go to the database's channels (serving/keys.py),
                 # whoever applies first: a request, the applier's loop, `kpi-service apply --once`.
-                self._look_up_mode(conn)
+                # (With a column the KPIs read gone, the batch still runs: it stops the summaries
+                # and empties the log.)
+                try:
+                    self._look_up_mode(conn)
+                except SalesTablesChanged:
+                    self._scope = self._identify(conn)
                 conn.commit()
 
             def attempt() -> int | None:

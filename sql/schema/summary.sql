@@ -208,7 +208,17 @@ CREATE TABLE IF NOT EXISTS kpi.kpi_changes (
     withdrawn boolean,      -- listings
     img       jsonb
 ) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
-        autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 1000);
+        autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 1000,
+        vacuum_truncate = false);
+-- (vacuum_truncate: the applier empties this table all the time, and vacuum would cut its empty
+-- tail pages under an ACCESS EXCLUSIVE lock the application's inserts wait for.)
+DO $$
+BEGIN
+    IF NOT 'vacuum_truncate=false' = ANY (coalesce((SELECT reloptions FROM pg_class WHERE oid = to_regclass('kpi.kpi_changes')), '{}')) THEN
+        ALTER TABLE kpi.kpi_changes SET (vacuum_truncate = false);
+    END IF;
+END
+$$;
 -- (Looked up first: ALTER TABLE takes its lock even when the column is there, and the
 -- application's writes append to this table.)
 DO $$
@@ -335,6 +345,7 @@ LANGUAGE sql STABLE AS $fn$
                WHEN 'leads' THEN NOT EXISTS (SELECT FROM @sales@.leads)
                                  AND NOT EXISTS (SELECT FROM kpi.kpi_sums WHERE grain = 86400 AND leads <> 0)
                ELSE NOT EXISTS (SELECT FROM @sales@.purchases) AND NOT EXISTS (SELECT FROM kpi.kpi_purchase_facts)
+                    AND NOT EXISTS (SELECT FROM kpi.kpi_conversions)
            END
 $fn$;
 
@@ -807,11 +818,11 @@ BEGIN
                                    pass_repairs = 0, last_pass_at = clock_timestamp(), last_repairs = pass_repairs;
         RETURN jsonb_build_object('pass_ended', true, 'repairs', state.pass_repairs);
     END IF;
-    parts := kpi.kpi_audit_slice(lo, CASE WHEN isfinite(lo) THEN lo + interval '24 hours' - interval '1 microsecond'
+    parts := kpi.kpi_audit_slice(lo, CASE WHEN isfinite(lo) THEN lo + (interval '24 hours' - interval '1 microsecond')
                                       ELSE lo END,
                              (SELECT s.aged_days FROM kpi.kpi_summary_state s));
     diffs := (SELECT sum(value::bigint) FROM jsonb_each_text(parts));
-    UPDATE kpi.kpi_audit_state SET slice = CASE WHEN isfinite(lo) THEN lo + interval '24 hours' - interval '1 microsecond'
+    UPDATE kpi.kpi_audit_state SET slice = CASE WHEN isfinite(lo) THEN lo + (interval '24 hours' - interval '1 microsecond')
                                             ELSE lo END,
                                next_at = clock_timestamp() + every, pass_started = coalesce(pass_started, clock_timestamp()),
                                pass_repairs = pass_repairs + diffs, repairs = repairs + diffs;
@@ -825,9 +836,23 @@ $fn$;
 CREATE OR REPLACE FUNCTION kpi.kpi_audit_due() RETURNS boolean
 LANGUAGE plpgsql AS $fn$
 DECLARE
-    parts jsonb := kpi.kpi_audit(nullif(current_setting('kpi.audit_seconds', true), '')::double precision
-                             * interval '1 second');
+    every interval := nullif(current_setting('kpi.audit_seconds', true), '')::double precision * interval '1 second';
+    parts jsonb;
+    skipped timestamptz;
 BEGIN
+    BEGIN
+        parts := kpi.kpi_audit(every);
+    EXCEPTION WHEN query_canceled THEN
+        -- A day that takes longer than the batch's statement timeout leaves: skipped, and said
+        -- so, rather than cancel every batch that drains the log from now on (the batch's work,
+        -- done before it, is kept).
+        skipped := kpi.kpi_audit_next((SELECT a.slice FROM kpi.kpi_audit_state a));
+        UPDATE kpi.kpi_audit_state
+        SET slice = CASE WHEN isfinite(skipped) THEN skipped + (interval '24 hours' - interval '1 microsecond')
+                         ELSE skipped END,
+            next_at = clock_timestamp() + every;
+        parts := jsonb_build_object('skipped', skipped);
+    END;
     IF parts IS NULL THEN
         RETURN false;
     END IF;
@@ -1269,7 +1294,7 @@ BEGIN
     )::text, true)
     FROM (
         SELECT min(date_bin('15 minutes', d.bucket, timestamptz 'epoch')) AS first,
-               max(date_bin('15 minutes', d.bucket, timestamptz 'epoch')) + interval '15 minutes' - interval '1 microsecond' AS last
+               max(date_bin('15 minutes', d.bucket, timestamptz 'epoch')) + (interval '15 minutes' - interval '1 microsecond') AS last
         FROM unnest(deltas || buyer_deltas) d
     ) r;
     IF taken < max_rows THEN
