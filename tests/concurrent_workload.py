@@ -38,8 +38,9 @@ from psycopg.rows import dict_row
 from kpi_service.app import create_app
 from kpi_service.config import Settings
 from kpi_service.db.schema import apply_schema
-from kpi_service.db.sql import kpi_statement_rows, waiting_for_the_applier
+from kpi_service.db.sql import kpi_statement_rows
 from kpi_service.serving.windows import Window
+from tests.dataset import beside_a_rebuild
 
 # The seeded and written instants: around March 2026, with both DST changes inside.
 FIRST = datetime(2026, 2, 20, tzinfo=UTC)
@@ -656,17 +657,7 @@ def compare_rebuild(url: str) -> list[str]:
     """The summaries' tables against what kpi_rebuild() makes of the sales tables, in one snapshot
     (rolled back), with the applier lock held so that no batch commits in between."""
     with psycopg.connect(url, autocommit=True) as conn:
-
-        def attempt() -> tuple[dict, dict] | None:
-            with conn.transaction(force_rollback=True):
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                if not conn.execute("SELECT kpi.kpi_applier_lock()").fetchone()[0]:
-                    return None
-                applied = summaries(conn)
-                conn.execute("SELECT kpi.kpi_rebuild()")
-                return applied, summaries(conn)
-
-        applied, rebuilt = waiting_for_the_applier(attempt)
+        applied, rebuilt = beside_a_rebuild(conn, summaries)
     differences = []
     for table in SUMMARY_TABLES:
         a, b = set(applied[table]), set(rebuilt[table])

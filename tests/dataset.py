@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import TypeVar
 
 import psycopg
 
-from kpi_service.db.sql import in_applier_turn
+from kpi_service.db.sql import in_applier_turn, waiting_for_the_applier
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -113,3 +117,20 @@ def audit_pass(conn: psycopg.Connection) -> list[dict]:
     finally:
         conn.execute("RESET kpi.audit_seconds")
     return found
+
+
+def beside_a_rebuild(conn: psycopg.Connection, read: Callable[[psycopg.Connection], T]) -> tuple[T, T]:
+    """read() of the summaries as they are, and as kpi_rebuild() makes them from the sales tables
+    (rolled back), in one snapshot that holds the applier's lock, so that no batch commits in
+    between (a service's applier may be at work beside the caller)."""
+
+    def attempt() -> tuple[T, T] | None:
+        with conn.transaction(force_rollback=True):
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            if not conn.execute("SELECT kpi.kpi_applier_lock()").fetchone()[0]:
+                return None
+            applied = read(conn)
+            conn.execute("SELECT kpi.kpi_rebuild()")
+            return applied, read(conn)
+
+    return waiting_for_the_applier(attempt)

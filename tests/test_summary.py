@@ -25,9 +25,9 @@ from kpi_service.app import create_app
 from kpi_service.config import Settings
 from kpi_service.db.applier import MIN_BATCH, paced_batch
 from kpi_service.db.connections import Database
-from kpi_service.db.sql import APPLY_BATCH, in_applier_turn, in_one_snapshot, waiting_for_the_applier
+from kpi_service.db.sql import APPLY_BATCH, in_applier_turn, in_one_snapshot
 from kpi_service.serving.windows import Window
-from tests.dataset import Dataset, Lead, Listing, Purchase, catch_up
+from tests.dataset import Dataset, Lead, Listing, Purchase, beside_a_rebuild, catch_up
 from tests.helpers import APPLYING, apply_change, computed, expected, make_settings, wait_until
 from tests.strategies import aged_days_choices, datasets, instants, windows
 
@@ -46,17 +46,7 @@ def applied_and_rebuilt(conn: psycopg.Connection) -> tuple[tuple, tuple]:
     the sales tables (rolled back), in one snapshot that holds the applier's lock (a service's
     applier may be at work beside the test)."""
     catch_up(conn)
-
-    def attempt() -> tuple[tuple, tuple] | None:
-        with conn.transaction(force_rollback=True):
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            if not conn.execute("SELECT kpi.kpi_applier_lock()").fetchone()[0]:
-                return None
-            applied = summaries(conn)
-            conn.execute("SELECT kpi.kpi_rebuild()")
-            return applied, summaries(conn)
-
-    return waiting_for_the_applier(attempt)
+    return beside_a_rebuild(conn, summaries)
 
 
 def pending(conn: psycopg.Connection) -> int:
