@@ -91,6 +91,7 @@ CROSS JOIN LATERAL (VALUES
     ('function', 'kpi.kpi_change_of(kpi.kpi_changes)', 'owner', NULL),
     ('function', 'kpi.kpi_add(kpi.kpi_sums[])', 'owner', NULL),
     ('function', 'kpi.kpi_slice_sums(timestamptz, timestamptz, integer)', 'owner', NULL),
+    ('function', 'kpi.kpi_audit_last(timestamptz)', 'owner', NULL),
     ('function', 'kpi.kpi_audit_next(timestamptz)', 'owner', NULL),
     ('function', 'kpi.kpi_audit_slice(timestamptz, timestamptz, integer)', 'owner', NULL),
     ('function', 'kpi.kpi_audit(interval)', 'owner', NULL),

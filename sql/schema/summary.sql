@@ -615,6 +615,13 @@ INSERT INTO kpi.kpi_audit_state (next_at, pass_repairs, repairs)
 SELECT '-infinity', 0, 0 WHERE NOT EXISTS (SELECT FROM kpi.kpi_audit_state);
 -- (Its indexes by bucket of kpi_purchase_facts and kpi_conversions: summary_indexes.sql.)
 
+-- The last instant of the audit's slice from lo: its UTC day's (in parentheses: the last day of
+-- the timestamptz range would overflow), or lo itself when infinite.
+CREATE OR REPLACE FUNCTION kpi.kpi_audit_last(lo timestamptz) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE AS $fn$
+    SELECT CASE WHEN isfinite(lo) THEN lo + (interval '24 hours' - interval '1 microsecond') ELSE lo END
+$fn$;
+
 -- The first day (UTC; an infinite instant is a slice of its own) after the slice that ends at
 -- `after` (NULL: from the start) that holds a row of a sales table or of a summary.
 CREATE OR REPLACE FUNCTION kpi.kpi_audit_next(after timestamptz) RETURNS timestamptz
@@ -818,12 +825,9 @@ BEGIN
                                    pass_repairs = 0, last_pass_at = clock_timestamp(), last_repairs = pass_repairs;
         RETURN jsonb_build_object('pass_ended', true, 'repairs', state.pass_repairs);
     END IF;
-    parts := kpi.kpi_audit_slice(lo, CASE WHEN isfinite(lo) THEN lo + (interval '24 hours' - interval '1 microsecond')
-                                      ELSE lo END,
-                             (SELECT s.aged_days FROM kpi.kpi_summary_state s));
+    parts := kpi.kpi_audit_slice(lo, kpi.kpi_audit_last(lo), (SELECT s.aged_days FROM kpi.kpi_summary_state s));
     diffs := (SELECT sum(value::bigint) FROM jsonb_each_text(parts));
-    UPDATE kpi.kpi_audit_state SET slice = CASE WHEN isfinite(lo) THEN lo + (interval '24 hours' - interval '1 microsecond')
-                                            ELSE lo END,
+    UPDATE kpi.kpi_audit_state SET slice = kpi.kpi_audit_last(lo),
                                next_at = clock_timestamp() + every, pass_started = coalesce(pass_started, clock_timestamp()),
                                pass_repairs = pass_repairs + diffs, repairs = repairs + diffs;
     RETURN jsonb_build_object('slice', lo, 'found', parts, 'repairs', diffs);
@@ -831,7 +835,7 @@ END
 $fn$;
 
 -- The audit's next slice in the applier's transaction, when due: every kpi.audit_seconds (the
--- service's KPI_AUDIT_INTERVAL_S; unset, never). What it parts is left in kpi.audited for the
+-- service's KPI_AUDIT_INTERVAL_S; unset, never). What it found is left in kpi.audited for the
 -- service to count and log; a repair announces a change of every window. Whether it ran.
 CREATE OR REPLACE FUNCTION kpi.kpi_audit_due() RETURNS boolean
 LANGUAGE plpgsql AS $fn$
@@ -848,8 +852,7 @@ BEGIN
         -- done before it, is kept).
         skipped := kpi.kpi_audit_next((SELECT a.slice FROM kpi.kpi_audit_state a));
         UPDATE kpi.kpi_audit_state
-        SET slice = CASE WHEN isfinite(skipped) THEN skipped + (interval '24 hours' - interval '1 microsecond')
-                         ELSE skipped END,
+        SET slice = kpi.kpi_audit_last(skipped),
             next_at = clock_timestamp() + every;
         parts := jsonb_build_object('skipped', skipped);
     END;
