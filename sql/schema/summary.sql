@@ -688,33 +688,24 @@ BEGIN
 
     -- The buyers' buckets of the slice: the pairs stored or not as the rows say otherwise (the
     -- missing ones proven by the rows just read, the others looked up).
+    WITH truth AS (
+        SELECT buyer_id, date_bin('15 minutes', created_at, timestamptz 'epoch') AS bucket FROM @sales@.leads
+        WHERE created_at BETWEEN lo AND last
+        UNION
+        SELECT buyer_id, date_bin('15 minutes', purchased_at, timestamptz 'epoch') FROM @sales@.purchases
+        WHERE purchased_at BETWEEN lo AND last
+    ),
+    stored AS (
+        SELECT buyer_id, bucket FROM kpi.kpi_buyer_buckets WHERE bucket BETWEEN lo AND last
+    ),
+    p AS (
+        SELECT ARRAY(SELECT ROW(d.buyer_id, d.bucket, NULL)::kpi.kpi_buyer_buckets
+                     FROM (SELECT * FROM truth EXCEPT SELECT * FROM stored) d) AS missing,
+               ARRAY(SELECT ROW(d.buyer_id, d.bucket, NULL)::kpi.kpi_buyer_buckets
+                     FROM (SELECT * FROM stored EXCEPT SELECT * FROM truth) d) AS extra
+    )
     SELECT b.sums, b.links, cardinality(p.missing) + cardinality(p.extra) INTO more_deltas, links, diffs
-    FROM (
-        SELECT ARRAY(
-            SELECT ROW(d.buyer_id, d.bucket, NULL)::kpi.kpi_buyer_buckets
-            FROM (
-                (SELECT buyer_id, date_bin('15 minutes', created_at, timestamptz 'epoch') FROM @sales@.leads
-                 WHERE created_at BETWEEN lo AND last
-                 UNION
-                 SELECT buyer_id, date_bin('15 minutes', purchased_at, timestamptz 'epoch') FROM @sales@.purchases
-                 WHERE purchased_at BETWEEN lo AND last)
-                EXCEPT
-                SELECT buyer_id, bucket FROM kpi.kpi_buyer_buckets WHERE bucket BETWEEN lo AND last
-            ) AS d (buyer_id, bucket)
-        ) AS missing, ARRAY(
-            SELECT ROW(d.buyer_id, d.bucket, NULL)::kpi.kpi_buyer_buckets
-            FROM (
-                SELECT buyer_id, bucket FROM kpi.kpi_buyer_buckets WHERE bucket BETWEEN lo AND last
-                EXCEPT
-                (SELECT buyer_id, date_bin('15 minutes', created_at, timestamptz 'epoch') FROM @sales@.leads
-                 WHERE created_at BETWEEN lo AND last
-                 UNION
-                 SELECT buyer_id, date_bin('15 minutes', purchased_at, timestamptz 'epoch') FROM @sales@.purchases
-                 WHERE purchased_at BETWEEN lo AND last)
-            ) AS d (buyer_id, bucket)
-        ) AS extra
-    ) p
-    CROSS JOIN LATERAL kpi.kpi_sync_buyers(p.missing || p.extra, p.missing) b;
+    FROM p CROSS JOIN LATERAL kpi.kpi_sync_buyers(p.missing || p.extra, p.missing) b;
     parts := parts || jsonb_build_object('kpi_buyer_buckets', diffs);
     deltas := deltas || more_deltas;
 
