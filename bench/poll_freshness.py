@@ -1,7 +1,7 @@
 """How fresh pollers are, and what their freshness costs, while the application writes.
 
     .venv/bin/python bench/poll_freshness.py [--listings 1000000] [--rates 10,100] \
-        [--before 169087e^1] [--sweep 200,300,400,0] [--burst 12] [--seconds 60]
+        [--before 169087e^1] [--sweep 200,300,400,0] [--burst 12] [--seconds 60] [--windows 10,40,120,400]
 
 On a clone of a bench/shapes.py shape after `kpi-service init-db`, the service runs as in
 production: gunicorn (2 workers, each with its applier at the default pace), one real Redis
@@ -18,6 +18,9 @@ poller (so a sample includes up to one poll interval).
   the KPI statements per minute all workers ran (kpi_statements_total), and the CPU seconds per
   minute of the service's database sessions (their backends' /proc/<pid>/stat: statements, the
   applier and its pending counts together), over --seconds;
+- windows (--windows): the latency runs again with W windows that all hold the present (each
+  its own first day, in one of five zones), each polled by one client every second with
+  If-None-Match, and the 1990 window by five: what keeping W windows fresh costs the database;
 - quiet: this tree with no write at all (and no probe), at each cache TTL of --quiet-ttls: what
   polling alone costs, the TTL's refreshes;
 - sweep: this tree at each rate of --sweep (0: as fast as the 4 clients go) for --seconds / 2:
@@ -82,6 +85,18 @@ WINDOWS = [
 ]
 READER = "SELECT count(*), avg(price) FROM listings WHERE listed_at >= now() - interval '30 days';\n"
 DRAINED = 100  # change-log rows: about a second of the light load's
+
+
+def present_windows(count: int) -> list[str]:
+    """`count` distinct windows that all hold the present, as a dashboard's users pick them: each
+    its own first day (up to two years back) in one of five zones, open to the future."""
+    from zoneinfo import ZoneInfo
+
+    zones = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo", "Australia/Sydney"]
+    return [
+        f"from={(datetime.now(ZoneInfo(zone)).date() - timedelta(days=n // len(zones))).isoformat()}&tz={zone}"
+        for n, zone in ((n, zones[n % len(zones)]) for n in range(count))
+    ]
 
 
 def windows() -> list[str]:
@@ -200,9 +215,9 @@ class Poller(threading.Thread):
 
 
 @contextlib.contextmanager
-def pollers(base: str, count: int, every: float) -> Iterator[list[Poller]]:
+def pollers(base: str, count: int, every: float, names: list[str] | None = None) -> Iterator[list[Poller]]:
     bearer = jwt.encode({"sub": "bench", "exp": datetime.now(UTC) + timedelta(hours=6)}, SECRET, algorithm="HS256")
-    names = windows()
+    names = names or windows()
     started = [Poller(base, names[n % len(names)], bearer, every) for n in range(count)]
     for poller in started:
         poller.start()
@@ -318,14 +333,21 @@ def run_load(
     seconds: float,
     args: argparse.Namespace,
     ttl: int | None = None,
+    watched: int | None = None,
 ) -> dict[str, Any]:
-    """The service polled and written to at `rate` for `seconds`: commit -> poller and statements."""
+    """The service polled and written to at `rate` for `seconds`: commit -> poller and statements.
+    With `watched`: that many windows holding the present, each polled by one client every
+    second, and the 1990 window by five."""
+    names, count, every = None, args.pollers, args.poll
+    if watched:
+        names = [PROBE_WINDOW] * 5 + present_windows(watched)
+        count, every = len(names), 1.0
     with (
         serve(service, url, ttl) as base,
-        pollers(base, args.pollers, args.poll) as polling,
+        pollers(base, count, every, names) as polling,
         Writes(url, rate) if rate >= 0 else contextlib.nullcontext() as written,
     ):
-        time.sleep(5)  # the rate reached, every window computed once
+        time.sleep(5 + (watched or 0) / 40)  # the rate reached, every window computed once
         before, cpu, started = statements(base), service_cpu(url), time.monotonic()
         probes = [p for p in polling if p.url.endswith(PROBE_WINDOW)]
         # Without the write mix, no probe either: what polling alone costs (the TTL's refreshes).
@@ -340,6 +362,7 @@ def run_load(
         durations = [ms for p in polling for ms in p.computed.values()]
     figures = {
         "service": service.describe() + (f", KPI_CACHE_TTL={ttl}" if ttl else ""),
+        "windows": watched,
         "rate": rate,
         "reached_tps": round(reached, 1),
         "samples": len(samples),
@@ -390,6 +413,9 @@ def main() -> int:
     parser.add_argument("--pollers", type=int, default=50)
     parser.add_argument("--poll", type=float, default=0.5, help="seconds between a poller's requests")
     parser.add_argument("--timeout", type=float, default=60.0, help="a probe not seen by then counts as this")
+    parser.add_argument(
+        "--windows", default="", help="numbers of windows holding the present, polled every second (e.g. 10,40,120,400)"
+    )
     args = parser.parse_args()
 
     random.seed(1)
@@ -403,9 +429,10 @@ def main() -> int:
     results: dict[str, Any] = {"shape": name, "argv": sys.argv[1:], "latency": [], "sweep": [], "burst": []}
     try:
         for rate in [float(r) for r in args.rates.split(",") if r]:
-            for service in services:
-                results["latency"].append(run_load(service, url, rate, args.seconds, args))
-                print(json.dumps(results["latency"][-1]), flush=True)
+            for watched in [int(w) for w in args.windows.split(",") if w] or [None]:
+                for service in services:
+                    results["latency"].append(run_load(service, url, rate, args.seconds, args, watched=watched))
+                    print(json.dumps(results["latency"][-1]), flush=True)
         for ttl in [int(t) for t in args.quiet_ttls.split(",") if t]:
             results["latency"].append(run_load(current, url, -1, args.seconds, args, ttl=ttl))
             print(json.dumps(results["latency"][-1]), flush=True)
@@ -424,14 +451,15 @@ def main() -> int:
 
     print(f"\n{args.pollers} pollers over 10 windows, every {args.poll:g} s; shape {name}\n")
     print(
-        "| service | writes (tx/s asked / reached) | commit -> poller p50 / p95 / p99 / max (s) | statements/min"
-        " | the service's database CPU (s/min) |"
+        "| service | windows | writes (tx/s asked / reached) | commit -> poller p50 / p95 / p99 / max (s)"
+        " | statements/min | the service's database CPU (s/min) |"
     )
-    print("|---|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|")
     for r in results["latency"] + results["sweep"]:
         asked = "none" if r["rate"] < 0 else f"{r['rate']:g}" if r["rate"] else "unthrottled"
         print(
-            f"| {r['service']} | {asked} / {r['reached_tps']:g} | {r['p50_s']} / {r['p95_s']} / {r['p99_s']} / "
+            f"| {r['service']} | {r.get('windows') or 10} | {asked} / {r['reached_tps']:g} | "
+            f"{r['p50_s']} / {r['p95_s']} / {r['p99_s']} / "
             f"{r['max_s']} | {r['statements_per_min']:g} | {r['database_cpu_s_per_min']:g} |".replace(
                 "None / " * 3 + "None", "-"
             )

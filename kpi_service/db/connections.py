@@ -46,7 +46,8 @@ from kpi_service.db.sql import (
     SALES_TABLES,
     WAL_POSITION,
     in_applier_turn,
-    kpi_statement_rows,
+    kpi_statement_parts,
+    metrics_of,
     queries,
     waiting_for_the_applier,
 )
@@ -260,11 +261,12 @@ class Database:
         self,
         windows: Sequence[tuple[datetime | None, datetime | None, datetime]],
         aged_days: int,
-    ) -> tuple[list[dict[str, Any]], float, str | None, int]:
+    ) -> tuple[list[dict[str, Any]], float, str | None, int, list[dict[str, Any]]]:
         """One execution of sql/runtime/kpi.sql: a row per (start, end, as_of) window, its duration in ms,
-        which database answered ("replica" or "primary"; None when no replica is attached), and
+        which database answered ("replica" or "primary"; None when no replica is attached),
         the change-log rows the summaries did not include yet (0 in raw mode, which reads the
-        tables themselves).
+        tables themselves), and the rows as the statement gave them (with the summaries: each
+        window's sums and the summaries' batch, serving/advance.py).
 
         The log is counted first, on the same connection: the KPIs' snapshot is then as late
         or later, so 0 means that every write committed before the computation began is in
@@ -274,11 +276,16 @@ class Database:
             mode = self._look_up_mode(conn) if self._mode_due() else self._mode
             pending = conn.execute(PENDING).fetchone()["pending"] if mode == "summaries" else 0
             started = time.perf_counter()
-            rows = kpi_statement_rows(conn, mode, windows, aged_days)
+            rows = kpi_statement_parts(conn, mode, windows, aged_days)
             return rows, (time.perf_counter() - started) * 1000, pending
 
-        (rows, duration_ms, pending), answered_by = self._read("query", run)
-        return rows, duration_ms, answered_by, pending
+        (parts, duration_ms, pending), answered_by = self._read("query", run)
+        return [metrics_of(row) for row in parts], duration_ms, answered_by, pending, parts
+
+    def metrics_of_sums(self, arguments: dict[str, list[Any]]) -> list[dict[str, Any]]:
+        """The ten KPIs of sums the service holds (sql/runtime/kpi.sql, kpi_metrics_of): the
+        divisions and roundings of every statement, with no table read."""
+        return self._read("query", lambda conn: [dict(row) for row in queries.kpi_metrics_of(conn, **arguments)])[0]
 
     def _read(
         self, operation: str, run: Callable[[psycopg.Connection], T], *, quiet: bool = False
@@ -320,6 +327,7 @@ class Database:
         batch changed, once it is committed (so that whoever it tells reads the change);
         `on_audited`, what the audit found, when it ran in the call (kpi_audit_due)."""
         changed = audited = position = None
+        began = 0.0
         # Quiet: the applier runs every half second, and logs an outage once itself.
         with self.connection("apply", quiet=True) as conn:
             if self._scope is None:
@@ -334,7 +342,8 @@ class Database:
                 conn.commit()
 
             def attempt() -> int | None:
-                nonlocal changed, audited
+                nonlocal changed, audited, began
+                began = time.time()  # before the batch's snapshot
                 with conn.transaction():
                     for statement in APPLY[:2]:
                         conn.execute(statement)
@@ -351,6 +360,9 @@ class Database:
             on_audited(json.loads(audited))
         if changed and on_changed is not None:
             batch = json.loads(changed)
+            # Every write committed before it is in the summaries when the batch found the log
+            # empty (kpi_apply_changes' caught_up).
+            batch["began"] = began
             if position is not None:
                 batch["position"] = position
             on_changed(batch)

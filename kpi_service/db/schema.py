@@ -25,11 +25,12 @@ from kpi_service.db.sql import in_applier_turn, sql_text
 # applied, so it may serve on until it is replaced.) 6: the log's rows are jsonb images, the
 # triggers' state is recorded with the summaries, kpi_missing_columns(), which this service calls.
 # 7: every object of the service in its own schema, kpi (issue 33, item 11), which this service
-# names in every statement.
-SCHEMA_VERSION = 7
-# The oldest database schema this service computes right numbers from: 7, since it reads kpi's
-# objects alone (before 7 they were in the sales tables' schema).
-OLDEST_DATABASE = 7
+# names in every statement. 8: the summaries' batches are numbered (kpi_applier_rest.batch, which
+# the KPI statement reads) and announce their deltas (issue 37).
+SCHEMA_VERSION = 8
+# The oldest database schema this service computes right numbers from: 8, since its KPI statement
+# reads the summaries' batch number (before 7 the objects were in the sales tables' schema).
+OLDEST_DATABASE = 8
 # The oldest service this version's objects are right for, recorded with them: raised to
 # SCHEMA_VERSION when an older service would misread them (a column's meaning changed, a function
 # it calls changed its result), left as it is when the change only adds. 7: a service before 7

@@ -83,8 +83,38 @@ def kpi_statement_rows(
 ) -> list[dict[str, Any]]:
     """sql/runtime/kpi.sql on a database whose KPIs come from `mode` ("summaries" or "raw"): the
     statement and parameters of every cache miss, which the benches time as they are."""
+    return [metrics_of(row) for row in kpi_statement_parts(conn, mode, windows, aged_days)]
+
+
+def kpi_statement_parts(
+    conn: psycopg.Connection,
+    mode: str,
+    windows: Sequence[tuple[datetime | None, datetime | None, datetime]],
+    aged_days: int,
+) -> list[dict[str, Any]]:
+    """kpi_statement_rows' rows as the statement gives them: with the summaries, each also holds
+    the sums its KPIs divide and the summaries' batch number (serving/advance.py)."""
     statement = queries.kpi_windows if mode == "summaries" else queries.kpi_windows_raw
     return windows_rows(statement, conn, windows, aged_days)
+
+
+# The ten KPIs of a row of sql/runtime/kpi.sql, in its order.
+KPI_NAMES = (
+    "total_listings",
+    "average_price",
+    "total_value",
+    "scoring_rate",
+    "average_score",
+    "aged_inventory",
+    "average_profit_per_unit",
+    "lead_to_purchase_time",
+    "conversion_rate",
+    "active_buyers",
+)
+
+
+def metrics_of(row: dict[str, Any]) -> dict[str, Any]:
+    return {name: row[name] for name in KPI_NAMES}
 
 
 def windows_rows(

@@ -100,6 +100,8 @@ class Hub:
         # must not schedule its window by the rules of the mode it began in (a live refresh
         # finishing after the switch to TTL mode would leave its window due never).
         self._mode_epoch = 0
+        # aged_days -> (the latest batch heard then, the next aging instant found): _next_aging.
+        self._aging: dict[int, tuple[int, datetime | None]] = {}
         _hubs.add(self)
 
     # --- subscribers ---------------------------------------------------------------------------
@@ -374,7 +376,15 @@ class Hub:
         end = query.window.end
         if end is not None and end <= now:
             return math.inf
-        at = self.service.db.next_aging(now, query.aged_days)
+        # The same instant for every window whose T is now and that has these aged_days: looked
+        # up once per batch heard, not once per stream (nothing ages before it without a write).
+        heard = self.service.changes.latest
+        known = self._aging.get(query.aged_days)
+        if known is not None and known[0] == heard and (known[1] is None or known[1] > now):
+            at = known[1]
+        else:
+            at = self.service.db.next_aging(now, query.aged_days)
+            self._aging[query.aged_days] = (heard, at)
         if at is None or (end is not None and at >= end):
             return math.inf
         return at.timestamp() + 0.001  # aged once strictly older: just after the instant

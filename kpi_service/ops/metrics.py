@@ -48,6 +48,19 @@ KPI_STATEMENTS = Counter(
     "by endpoint (kpi, history).",
     ["endpoint"],
 )
+REFRESH_ADVANCED = Counter(
+    "kpi_refresh_deltas_applied_total",
+    "Watched windows brought up to a batch of the summaries by adding its deltas, with no KPI "
+    "statement of their own (serving/advancer.py).",
+)
+REFRESH_VERIFIED = Counter(
+    "kpi_refresh_verifications_total",
+    "Advanced windows computed in full and compared with their advanced value.",
+)
+REFRESH_MISMATCHES = Counter(
+    "kpi_refresh_mismatches_total",
+    "Advanced windows whose value differed from their computation (then repaired by it): never, unless a defect.",
+)
 CACHE_OUTCOMES = Counter(
     "kpi_cache_outcomes_total",
     "KPI responses by how they were obtained (hit, refresh, miss, stale: docs/clients.md) and endpoint (kpi, history).",

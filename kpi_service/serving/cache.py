@@ -57,6 +57,10 @@ class Entry:
     body: dict[str, Any]
     fresh_until: float
     seq: int = 0  # the change batch it includes (the scope's change_seq when its SQL ran)
+    # What later batches' deltas are added to (serving/advance.py): the summaries' batch number
+    # in its snapshot ("batch"), each span's sums ("sums", null where it read the rows), and
+    # when a statement last computed it ("verified", unix time). None: computed in raw mode.
+    state: dict[str, Any] | None = None
 
     @property
     def fresh(self) -> bool:
@@ -130,13 +134,74 @@ class Cache:
         if raw is None:
             return None
         try:
-            stored = json.loads(raw)
-            return Entry(body=stored["body"], fresh_until=float(stored["fresh_until"]), seq=int(stored.get("seq", 0)))
+            return _entry(raw)
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring malformed cache entry %s", key)
             return None
 
-    def put(self, key: str, kind: str, body: dict[str, Any], seq: int = 0, ttl: float | None = None) -> Entry | None:
+    def get_many(self, keys: list[str]) -> list[Entry | None]:
+        """The stored values of these windows, in one round trip (None for each when Redis fails)."""
+        try:
+            scoped = self._keys()
+            raws = self._call("get", self.client.mget, [scoped.value(key) for key in keys]) if keys else []
+        except _Unavailable:
+            return [None] * len(keys)
+        entries: list[Entry | None] = []
+        for raw in raws:
+            try:
+                entries.append(None if raw is None else _entry(raw))
+            except (ValueError, KeyError, TypeError):
+                entries.append(None)
+        return entries
+
+    def watch(self, key: str, described: str) -> None:
+        """A window someone reads (a poller, a stream): kept fresh by every batch, across instances,
+        until nobody has read it for a TTL (serving/service.py, advance). `described`: its
+        kind and query as JSON (KpiService.describe), from which any instance can compute it."""
+        with contextlib.suppress(_Unavailable):
+            keys = self._keys()
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zadd(keys.watched, {key: time.time()})
+            pipe.hset(keys.watched_queries, key, described)
+            self._call("watch", pipe.execute)
+
+    def watched(self) -> dict[str, str]:
+        """The windows read within the last TTL: key -> its description. Older ones are forgotten."""
+        try:
+            keys = self._keys()
+            cutoff = time.time() - self.ttl
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zrangebyscore(keys.watched, "-inf", cutoff)
+            pipe.zrangebyscore(keys.watched, cutoff, "+inf")
+            pipe.hgetall(keys.watched_queries)
+            gone, current, described = self._call("watched", pipe.execute)
+            if gone:
+                pipe = self.client.pipeline(transaction=False)
+                pipe.zrem(keys.watched, *gone)
+                pipe.hdel(keys.watched_queries, *gone)
+                self._call("watched", pipe.execute)
+        except _Unavailable:
+            return {}
+        return {key.decode(): described[key].decode() for key in current if key in described}
+
+    def claim(self, name: str, seconds: float) -> bool:
+        """Whether this process is the one, across instances, to do `name` (a batch's advance, a
+        tick) for the next `seconds`; True when Redis cannot say (then each process does its own)."""
+        try:
+            claim = self._keys().claim(name)
+            return bool(self._call("set", self.client.set, claim, "1", nx=True, px=max(1, int(seconds * 1000))))
+        except _Unavailable:
+            return True
+
+    def put(
+        self,
+        key: str,
+        kind: str,
+        body: dict[str, Any],
+        seq: int = 0,
+        ttl: float | None = None,
+        state: dict[str, Any] | None = None,
+    ) -> Entry | None:
         """Store a body, fresh for `ttl` seconds (the cache's TTL unless given), and announce it,
         unless the stored value is newer (after a later change batch, or the same one and
         computed later): then nothing is written or announced and the answer is None. Returns
@@ -145,11 +210,15 @@ class Cache:
         Two computations of one window can overlap (a lock lost in a failover or expired under a
         slow statement, docs/reliability.md): whichever finishes last, the stored value is the
         newest."""
-        entry = Entry(body=body, fresh_until=time.time() + (self.ttl if ttl is None else ttl), seq=seq)
+        entry = Entry(body=body, fresh_until=time.time() + (self.ttl if ttl is None else ttl), seq=seq, state=state)
         keys = self.keys
         if keys is None:
             return entry  # served from this process only
-        value = json.dumps({"fresh_until": entry.fresh_until, "seq": seq, "body": body}, separators=(",", ":"))
+        # (The state last: the script reads the first "seq" and "computed_at".)
+        stored = {"fresh_until": entry.fresh_until, "seq": seq, "body": body}
+        if state is not None:
+            stored["state"] = state
+        value = json.dumps(stored, separators=(",", ":"))
         announcement = json.dumps(
             {
                 "key": keys.value(key),
@@ -267,6 +336,16 @@ class Cache:
             return bool(self._call("exists", self.client.exists, self._keys().lock(key)))
         except _Unavailable:
             return False
+
+
+def _entry(raw: bytes | str) -> Entry:
+    stored = json.loads(raw)
+    return Entry(
+        body=stored["body"],
+        fresh_until=float(stored["fresh_until"]),
+        seq=int(stored.get("seq", 0)),
+        state=stored.get("state"),
+    )
 
 
 def _later(stored: bytes | None, here: float | None) -> float | None:

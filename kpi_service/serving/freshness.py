@@ -38,6 +38,8 @@ class Changes:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._batches: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        # The same batches by the summaries' own number (kpi_announce), which values record.
+        self._numbered: OrderedDict[int, tuple[int, dict[str, Any]]] = OrderedDict()
         self.latest = 0
         self.live = False  # subscribed: every batch from here on is heard
 
@@ -58,6 +60,37 @@ class Changes:
             self.latest = max(self.latest, seq)
             while len(self._batches) > MAX_BATCHES:
                 self._batches.popitem(last=False)
+            if isinstance(changed.get("batch"), int):
+                self._numbered[changed["batch"]] = (seq, changed)
+                while len(self._numbered) > MAX_BATCHES:
+                    self._numbered.popitem(last=False)
+
+    def numbered_between(self, after: int, upto: int) -> list[dict[str, Any]] | None:
+        """The announcements of the summaries' batches after `after` up to `upto`, each with its
+        deltas (serving/advance.py); None when one was not heard or has no deltas (a change of
+        everything, a batch too large)."""
+        with self._lock:
+            found = []
+            for number in range(after + 1, upto + 1):
+                _, changed = self._numbered.get(number, (0, {}))
+                if changed.get("all") or not isinstance(changed.get("deltas"), dict):
+                    return None
+                found.append(changed)
+            return found
+
+    def announced(self, seq: int) -> dict[str, Any] | None:
+        """What the announcement of change batch `seq` said, if heard."""
+        with self._lock:
+            return self._batches.get(seq)
+
+    def numbered(self, batch: int) -> tuple[int, dict[str, Any]] | None:
+        """The announcement (its seq, and what it said) of the summaries' batch `batch`, if heard."""
+        with self._lock:
+            return self._numbered.get(batch)
+
+    def latest_numbered(self) -> int | None:
+        with self._lock:
+            return max(self._numbered) if self._numbered else None
 
     def needed(self, query: KpiQuery, seq: int) -> int:
         """The batch a value of `query` that includes batches up to `seq` must include to be

@@ -66,6 +66,20 @@ class Keys:
         return f"{self.prefix}:caught_up_at"
 
     @property
+    def watched(self) -> str:
+        """A sorted set: the windows read lately (cache keys), by when (serving/advance.py)."""
+        return f"{self.prefix}:watched"
+
+    @property
+    def watched_queries(self) -> str:
+        """A hash: each watched window's kind and query, as JSON."""
+        return f"{self.prefix}:watched_queries"
+
+    def claim(self, name: str) -> str:
+        """Who does `name` (a batch's advance, a tick) across instances."""
+        return f"{self.prefix}:claim:{name}"
+
+    @property
     def applier_turn(self) -> str:
         return f"{self.prefix}:applier_turn"
 

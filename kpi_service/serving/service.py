@@ -26,10 +26,12 @@ from typing import Any
 from kpi_service.db.connections import Database
 from kpi_service.db.errors import DatabaseBusy, DatabaseUnavailable, SchemaMissing, StatementTimeout
 from kpi_service.ops import metrics
+from kpi_service.serving.advance import state_of
+from kpi_service.serving.advancer import ADVANCE_WAIT_S, Advancer, advanceable, describe
 from kpi_service.serving.bodies import format_instant, with_flags
 from kpi_service.serving.cache import Cache, Entry
 from kpi_service.serving.errors import InvalidKpis, WindowUnavailable
-from kpi_service.serving.freshness import Changes, Requested
+from kpi_service.serving.freshness import MAX_REQUESTED, Changes, Requested
 from kpi_service.serving.keys import cache_key
 from kpi_service.serving.query import KpiQuery
 from kpi_service.serving.recent import Recent
@@ -41,8 +43,10 @@ from kpi_service.serving.windows import Window, buckets
 log = logging.getLogger(__name__)
 
 # A computation at `now`: the body's data, the SQL's duration in ms, which database answered,
-# and the change-log rows not in its numbers yet (Database.kpi_rows).
-Compute = Callable[[datetime], tuple[dict[str, Any], float, str | None, int]]
+# the change-log rows not in its numbers yet (Database.kpi_rows), and what later batches'
+# deltas are added to (serving/advance.py, state_of).
+Computed = tuple[dict[str, Any], float, str | None, int, dict[str, Any] | None]
+Compute = Callable[[datetime], Computed]
 
 
 def _is_fresh(entry: Entry) -> bool:
@@ -72,6 +76,10 @@ class KpiService:
         # computation succeeds again.
         self._db_unreachable = False
         self._probe = threading.Lock()
+        # Watched windows brought up to each batch by its deltas (advancer.py), and when this
+        # process last told Redis it reads each one.
+        self.advancer = Advancer(self)
+        self._watched_at: dict[str, float] = {}
 
     def current(self, query: KpiQuery) -> Served:
         """GET /api/kpi for this query."""
@@ -89,7 +97,10 @@ class KpiService:
         def current(entry: Entry) -> bool:
             return entry.seq >= seq and computed_at(entry) >= not_before
 
+        self._watch(key, "kpi", query)
         entry = self.cache.get(key)
+        if entry is not None and not current(entry):
+            entry = self._advanced_by_another(key, entry, seq, current)
         if entry is not None and current(entry):
             return self.recent.remember(key, hit(entry))
         compute = self._current_compute(query)
@@ -110,13 +121,17 @@ class KpiService:
             return None
         return Served(with_flags(body, cached=True, stale=True), "stale", time.time())
 
+    def compute_of(self, kind: str, query: KpiQuery) -> Compute:
+        return self._current_compute(query) if kind == "kpi" else self._history_compute(query)
+
     def _current_compute(self, query: KpiQuery) -> Compute:
-        def compute(now: datetime) -> tuple[dict[str, Any], float, str | None, int]:
+        def compute(now: datetime) -> Computed:
             window = query.window
-            rows, duration_ms, answered_by, pending = self._kpi_rows(
-                "kpi", [(window.start, window.end, window.as_of(now))], query.aged_days
+            as_of = window.as_of(now)
+            rows, duration_ms, answered_by, pending, parts = self.kpi_rows(
+                "kpi", [(window.start, window.end, as_of)], query.aged_days
             )
-            return {"metrics": validated(rows[0])}, duration_ms, answered_by, pending
+            return {"metrics": validated(rows[0])}, duration_ms, answered_by, pending, state_of(parts, [as_of], now)
 
         return compute
 
@@ -128,21 +143,22 @@ class KpiService:
         assert query.date_from is not None and query.date_to is not None and query.interval is not None
         days = buckets(query.date_from, query.date_to, query.interval)
 
-        def compute(now: datetime) -> tuple[dict[str, Any], float, str | None, int]:
+        def compute(now: datetime) -> Computed:
             windows = [Window.of_dates(first, last, query.tz) for first, last in days]
             spans = [(w.start, w.end, w.as_of(now)) for w in windows]
-            rows, duration_ms, answered_by, pending = self._kpi_rows("history", spans, query.aged_days)
+            rows, duration_ms, answered_by, pending, parts = self.kpi_rows("history", spans, query.aged_days)
             series = [
                 {"start": first.isoformat(), "end": last.isoformat(), "metrics": validated(row)}
                 for (first, last), row in zip(days, rows, strict=True)
             ]
-            return {"series": series}, duration_ms, answered_by, pending
+            state = state_of(parts, [as_of for _, _, as_of in spans], now)
+            return {"series": series}, duration_ms, answered_by, pending, state
 
         return compute
 
-    def _kpi_rows(
+    def kpi_rows(
         self, endpoint: str, spans: list[tuple[datetime | None, datetime | None, datetime]], aged_days: int
-    ) -> tuple[list[dict[str, Any]], float, str | None, int]:
+    ) -> tuple[list[dict[str, Any]], float, str | None, int, list[dict[str, Any]]]:
         # Counted here, whoever asked (a request, a refresh, a stream): what the database pays.
         metrics.KPI_STATEMENTS.labels(endpoint=endpoint).inc()
         return self.db.kpi_rows(spans, aged_days)
@@ -166,6 +182,7 @@ class KpiService:
             self._listening = True
             self.listen()
         self.requested.saw(key, kind, query)
+        self._watch(key, kind, query)
         # Kept in-process only until the next batch is heard: then the stored value is
         # looked at again, and whether that batch changes it.
         heard = self.changes.latest
@@ -181,6 +198,9 @@ class KpiService:
             def current(stored: Entry) -> bool:
                 return stored.seq >= needed and stored.fresh
 
+            advanced = self._advanced_by_another(key, entry, needed, current)
+            if advanced is not None:
+                return self.recent.remember(key, hit(advanced), heard)
             try:
                 return self._flights.do(
                     f"{key}#{needed}", lambda: self._compute_once(key, kind, query, compute, current), self.wait_seconds
@@ -194,7 +214,10 @@ class KpiService:
         # connection that is not coming just to be given the same stale value.
         failing = self._db_unreachable
         if entry is not None and (failing or time.time() < entry.fresh_until + self.cache.ttl):
-            self._refresh_in_background(key, kind, query, compute)
+            if not failing and self.cache.available and advanceable(entry):
+                self.advancer.expired()  # every watched window at once (advancer.py)
+            else:
+                self._refresh_in_background(key, kind, query, compute)
             # While the database fails, the previous value is what meta.stale flags.
             flagged = with_flags(entry.body, cached=True, stale=failing)
             return Served(flagged, "stale" if failing else "refresh", entry.fresh_until)
@@ -204,6 +227,31 @@ class KpiService:
             if entry is not None:
                 return Served(with_flags(entry.body, cached=True, stale=True), "stale", entry.fresh_until)
             raise WindowUnavailable(error) from None
+
+    def _watch(self, key: str, kind: str, query: KpiQuery) -> None:
+        """Tell every instance this window is read (Cache.watch), a few times per TTL at most."""
+        now = time.time()
+        if now - self._watched_at.get(key, 0.0) > self.cache.ttl / 4:
+            if len(self._watched_at) > 4 * MAX_REQUESTED:
+                self._watched_at.clear()
+            self._watched_at[key] = now
+            self.cache.watch(key, describe(kind, query))
+
+    def _advanced_by_another(self, key: str, entry: Entry, seq: int, good: Callable[[Entry], bool]) -> Entry | None:
+        """The stored value once the advance of batch `seq` (advancer.py) has brought it there, in
+        whichever instance runs it: None when no advance brings this value (then it is computed)
+        or it did not come within ADVANCE_WAIT_S."""
+        if not advanceable(entry) or not Advancer.brings(self.changes.announced(seq)):
+            return None
+        deadline = time.monotonic() + ADVANCE_WAIT_S
+        pause = 0.002
+        while time.monotonic() < deadline:
+            stored = self.cache.get(key)
+            if stored is not None and good(stored):
+                return stored
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        return None
 
     def _compute_once(
         self, key: str, kind: str, query: KpiQuery, compute: Compute, good: Callable[[Entry], bool] = _is_fresh
@@ -284,7 +332,7 @@ class KpiService:
         seq, position, caught_up = self.cache.latest_change()
         self.db.observe_position(position)
         try:
-            data, duration_ms, answered_by, pending = compute(now)
+            computed = compute(now)
         except DatabaseUnavailable as error:
             if not isinstance(error, DatabaseBusy | SchemaMissing | StatementTimeout):
                 # The server itself, not one statement's own slowness (statement_timeout), a
@@ -296,6 +344,20 @@ class KpiService:
             if probing:
                 self._probe.release()
         self._db_unreachable = False
+        return self.store_computed(key, kind, query, computed, now, seq, caught_up)
+
+    def store_computed(
+        self,
+        key: str,
+        kind: str,
+        query: KpiQuery,
+        computed: Computed,
+        now: datetime,
+        seq: int,
+        caught_up: float | None = None,
+    ) -> Served:
+        """A computation's value, stored as including change batch `seq` (read before it ran)."""
+        data, duration_ms, answered_by, pending, state = computed
         # Every write committed before this instant is in the numbers: the computation's start
         # when nothing was pending, else the last time an applier found the log empty (read
         # before the SQL ran, so that batch was committed before its snapshot; None: unknown).
@@ -315,7 +377,7 @@ class KpiService:
             meta["source"] = answered_by
         body = {**data, "success": True, "message": None, "meta": meta}
         # Behind the applier: fresh only until about its next batch, whose value replaces it.
-        entry = self.cache.put(key, kind, body, seq, ttl=self.pending_ttl if pending else None)
+        entry = self.cache.put(key, kind, body, seq, ttl=self.pending_ttl if pending else None, state=state)
         if entry is None:
             # Another process computed the window later and stored it while this ran (two
             # computations overlapped: a lock lost in a failover, or expired): this value is
@@ -328,12 +390,18 @@ class KpiService:
         """A batch was applied (the hub's listener heard it): the windows requested lately that it
         can change are refreshed in the background, each until its value includes the batch."""
         self.changes.heard(seq, changed)
+        if self.advancer.heard(changed):
+            return
         for key, kind, query in self.requested.changed_by(changed):
-            self._wanted[key] = max(self._wanted.get(key, 0), seq)
-            claim = ("changed", key)
-            if self.refresher.claim(claim):
-                compute = self._current_compute(query) if kind == "kpi" else self._history_compute(query)
-                self.refresher.run(claim, functools.partial(self._refresh_changed, key, kind, query, compute))
+            self.refresh_changed(key, kind, query, seq)
+
+    def refresh_changed(self, key: str, kind: str, query: KpiQuery, seq: int) -> None:
+        """Compute a window again in the background until its value includes batch `seq`."""
+        self._wanted[key] = max(self._wanted.get(key, 0), seq)
+        claim = ("changed", key)
+        if self.refresher.claim(claim):
+            compute = self.compute_of(kind, query)
+            self.refresher.run(claim, functools.partial(self._refresh_changed, key, kind, query, compute))
 
     def _refresh_changed(self, key: str, kind: str, query: KpiQuery, compute: Compute) -> None:
         done = 0
@@ -349,4 +417,5 @@ class KpiService:
             done = wanted
 
     def close(self) -> None:
+        self.advancer.stop()
         self.refresher.close()

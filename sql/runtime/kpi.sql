@@ -34,7 +34,7 @@ WITH windows AS (
     ) e
 ),
 summed AS (
-    SELECT w.ord, w.as_of, w.aged_edge, w.aged_before, k.listings, k.price_sum, k.scored, k.score_sum, k.leads, k.converted, k.costed,
+    SELECT w.ord, w.as_of, w.aged_edge, w.aged_before, true AS aligned, k.listings, k.price_sum, k.scored, k.score_sum, k.leads, k.converted, k.costed,
            k.profit_sum, k.led, k.lead_seconds,
            -- active_buyers: each active buyer has one run of consecutive buckets inside the
            -- window, so it is the buckets in the window, less the links between two of them
@@ -102,7 +102,7 @@ summed AS (
 totals AS (
     SELECT * FROM summed
     UNION ALL
-    SELECT w.ord, w.as_of, w.aged_edge, w.aged_before, r.*
+    SELECT w.ord, w.as_of, w.aged_edge, w.aged_before, false, r.*
     FROM windows w
     CROSS JOIN LATERAL kpi.kpi_raw(w.lo, w.hi) r
     WHERE NOT w.aligned
@@ -168,7 +168,11 @@ aged AS (
 )
 -- The aged counts by position in one array, computed once: a join on ord, with the planner's
 -- estimate of one window for unnest(), became a nested loop comparing every pair of windows.
-SELECT m.*
+-- Each row also carries the sums its KPIs divide (total_listings, active_buyers and
+-- aged_inventory are their own) and the number of the last batch of the summaries in this
+-- snapshot (kpi_announce): the service adds later batches' deltas to them (kpi_metrics_of).
+SELECT m.*, t.price_sum, t.scored, t.score_sum, t.leads, t.converted, t.costed, t.profit_sum, t.led,
+       t.lead_seconds, t.aligned, (SELECT r.batch FROM kpi.kpi_applier_rest r) AS batch
 FROM totals t
 CROSS JOIN LATERAL kpi.kpi_metrics(
     t.listings, t.price_sum, t.scored, t.score_sum, t.leads, t.converted, t.costed, t.profit_sum, t.led,
@@ -192,6 +196,23 @@ CROSS JOIN LATERAL kpi.kpi_metrics(
     kpi.kpi_raw_stock('-infinity'::timestamptz, w.as_of - make_interval(secs => :aged_days * 86400), w.as_of)
 ) m
 ORDER BY w.ord;
+
+
+-- name: kpi_metrics_of(listings, price_sums, scored, score_sums, leads, converted, costed, profit_sums, led, lead_seconds, buyers, aged)
+-- The ten KPIs of windows whose sums the service holds (kpi_windows' extra columns, with later
+-- batches' deltas added: kpi_service/serving/advance.py), one row per window in the order given:
+-- the same divisions and roundings, kpi_metrics', whoever summed. Reads no table.
+SELECT m.*
+FROM unnest(:listings::bigint[], :price_sums::numeric[], :scored::bigint[], :score_sums::numeric[],
+            :leads::bigint[], :converted::bigint[], :costed::bigint[], :profit_sums::numeric[], :led::bigint[],
+            :lead_seconds::numeric[], :buyers::bigint[], :aged::bigint[])
+     WITH ORDINALITY AS t (listings, price_sum, scored, score_sum, leads, converted, costed, profit_sum, led,
+                          lead_seconds, buyers, aged, ord)
+CROSS JOIN LATERAL kpi.kpi_metrics(
+    t.listings, t.price_sum, t.scored, t.score_sum, t.leads, t.converted, t.costed, t.profit_sum, t.led,
+    t.lead_seconds, t.buyers, t.aged
+) m
+ORDER BY t.ord;
 
 
 -- name: next_aging(as_of, aged_days)$

@@ -57,7 +57,8 @@ CROSS JOIN LATERAL (VALUES
     ('table', 'kpi.kpi_purchase_facts', 'owner', NULL),
     ('table', 'kpi.kpi_conversions', 'owner', NULL),
     ('table', 'kpi.kpi_changes', 'owner', NULL),
-    ('table', 'kpi.kpi_applier_rest', 'owner', NULL),
+    -- (Read by the KPI statement for the summaries' batch number; only its owner may lock it.)
+    ('table', 'kpi.kpi_applier_rest', 'reader', NULL),
     ('table', 'kpi.kpi_audit_state', 'reader', NULL),
     ('index', 'kpi.kpi_purchase_facts_bucket_idx', NULL, 'kpi.kpi_purchase_facts'),
     ('index', 'kpi.kpi_conversions_bucket_idx', NULL, 'kpi.kpi_conversions'),
@@ -114,6 +115,8 @@ CROSS JOIN LATERAL (VALUES
     ('function', 'kpi.kpi_range(timestamptz, timestamptz)', 'reader', NULL),
     ('function', 'kpi.kpi_pending_changes()', 'reader', NULL),
     ('function', 'kpi.kpi_buyer_link(timestamptz, timestamptz, bigint)', 'owner', NULL),
+    ('function', 'kpi.kpi_instant_us(timestamptz)', 'owner', NULL),
+    ('function', 'kpi.kpi_announce(jsonb)', 'owner', NULL),
     ('function', 'kpi.kpi_add_links(kpi.kpi_buyer_days[])', 'owner', NULL),
     ('function', 'kpi.kpi_count_links()', 'owner', NULL),
     ('function', 'kpi.kpi_summary_version()', 'reader', NULL),

@@ -113,6 +113,13 @@ LANGUAGE sql IMMUTABLE AS $fn$
                n)::kpi.kpi_buyer_days
 $fn$;
 
+-- An instant as the service's deltas carry it (kpi_announce): whole microseconds since the Unix
+-- epoch, exact in JSON and in Python, or "infinity" / "-infinity"; NULL stays NULL.
+CREATE OR REPLACE FUNCTION kpi.kpi_instant_us(at timestamptz) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $fn$
+    SELECT CASE WHEN isfinite(at) THEN to_jsonb((extract(epoch FROM at) * 1000000)::bigint) ELSE to_jsonb(at::text) END
+$fn$;
+
 -- Adds links to kpi_buyer_days; a row that comes to 0 goes.
 CREATE OR REPLACE FUNCTION kpi.kpi_add_links(links kpi.kpi_buyer_days[]) RETURNS void
 LANGUAGE sql AS $fn$
@@ -473,14 +480,27 @@ $fn$;
 -- names still proves (looked up by its key: a new lead costs no read of its bucket, whose
 -- leads are many when the application is busy); the audit those whose stored rows differ.
 DROP FUNCTION IF EXISTS kpi.kpi_sync_buyers(kpi.kpi_buyer_buckets[]);
+-- (Schema version 7's had no `changed`: a result type is changed by dropping the function.)
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_proc WHERE oid = to_regprocedure('kpi.kpi_sync_buyers(kpi.kpi_buyer_buckets[], kpi.kpi_buyer_buckets[])')
+                                          AND 'changed' = ANY (proargnames)) THEN
+        DROP FUNCTION IF EXISTS kpi.kpi_sync_buyers(kpi.kpi_buyer_buckets[], kpi.kpi_buyer_buckets[]);
+    END IF;
+END
+$$;
+-- `changed`: the kpi_buyer_buckets rows it removed, added and relinked, as [bucket, previous
+-- bucket, +1 or -1] (kpi_instant_us), for the service's deltas (kpi_announce).
 CREATE OR REPLACE FUNCTION kpi.kpi_sync_buyers(pairs kpi.kpi_buyer_buckets[], proven kpi.kpi_buyer_buckets[],
-                                               OUT sums kpi.kpi_sums[], OUT links kpi.kpi_buyer_days[])
+                                               OUT sums kpi.kpi_sums[], OUT links kpi.kpi_buyer_days[],
+                                               OUT changed jsonb)
 LANGUAGE plpgsql AS $fn$
 DECLARE
     buyer_ids bigint[];
     holding kpi.kpi_buyer_buckets[];  -- the pairs that hold
     gone kpi.kpi_buyer_buckets[];  -- and those removed
     relinks kpi.kpi_buyer_buckets[];  -- with their new previous bucket
+    gone_rows kpi.kpi_buyer_buckets[];  -- the removed ones as they were
 BEGIN
     -- The ones that no longer hold go; those that hold and are not there yet are inserted by the
     -- next statement, with their previous bucket (inserting them without and linking them after
@@ -525,8 +545,9 @@ BEGIN
                    SELECT prev_bucket, 0, -1 FROM removed WHERE prev_bucket IS NOT NULL
                ) AS e
            ),
-           ARRAY(SELECT kpi.kpi_buyer_link(bucket, prev_bucket, -1::bigint) FROM removed WHERE prev_bucket IS NOT NULL)
-    INTO buyer_ids, holding, gone, sums, links;
+           ARRAY(SELECT kpi.kpi_buyer_link(bucket, prev_bucket, -1::bigint) FROM removed WHERE prev_bucket IS NOT NULL),
+           ARRAY(SELECT ROW(r.buyer_id, r.bucket, r.prev_bucket)::kpi.kpi_buyer_buckets FROM removed r)
+    INTO buyer_ids, holding, gone, sums, links, gone_rows;
 
     -- These buyers' buckets in order, with the new ones and markers where removed ones were:
     -- each new one is inserted with its previous bucket; a stored one right after a new or a
@@ -570,6 +591,18 @@ BEGIN
         WHERE l.kind = 0 AND l.kind_before > 0
     )
     SELECT ARRAY(SELECT ROW(buyer_id, bucket, new_prev)::kpi.kpi_buyer_buckets FROM relinked),
+    (
+        SELECT coalesce(jsonb_agg(jsonb_build_array(kpi.kpi_instant_us(e.bucket), kpi.kpi_instant_us(e.prev), e.n)), '[]')
+        FROM (
+            SELECT bucket, prev_bucket AS prev, -1 AS n FROM unnest(gone_rows)
+            UNION ALL
+            SELECT bucket, prev_bucket, 1 FROM added
+            UNION ALL
+            SELECT bucket, old_prev, -1 FROM relinked
+            UNION ALL
+            SELECT bucket, new_prev, 1 FROM relinked
+        ) e
+    ),
     sums || ARRAY(
         SELECT ROW(0, e.at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, sum(e.buckets), sum(e.links), 0, 0)::kpi.kpi_sums
         FROM (
@@ -590,7 +623,7 @@ BEGIN
         UNION ALL
         SELECT kpi.kpi_buyer_link(bucket, new_prev, 1::bigint) FROM relinked WHERE new_prev IS NOT NULL
     )
-    INTO relinks, sums, links;
+    INTO relinks, changed, sums, links;
     UPDATE kpi.kpi_buyer_buckets b SET prev_bucket = r.prev_bucket
     FROM unnest(relinks) r
     WHERE b.buyer_id = r.buyer_id AND b.bucket = r.bucket;
@@ -852,7 +885,7 @@ BEGIN
     END IF;
     PERFORM set_config('kpi.audited', parts::text, true);
     IF parts ? 'slice' AND (parts->>'repairs')::bigint > 0 THEN
-        PERFORM set_config('kpi.changed', '{"all": true}', true);
+        PERFORM kpi.kpi_announce('{"all": true}');
     END IF;
     RETURN true;
 END
@@ -867,6 +900,34 @@ $fn$;
 -- in_applier_turn); kpi_build and kpi_rebuild raise lock_not_available for it.
 CREATE TABLE IF NOT EXISTS kpi.kpi_applier_rest (until timestamptz NOT NULL);
 INSERT INTO kpi.kpi_applier_rest SELECT '-infinity' WHERE NOT EXISTS (SELECT FROM kpi.kpi_applier_rest);
+-- The number of the last transaction that changed the summaries (kpi_announce). It starts at the
+-- install's time in milliseconds, so that a reinstall never numbers a batch as one before it
+-- (the service's cached values outlive the schema in Redis).
+ALTER TABLE kpi.kpi_applier_rest ADD COLUMN IF NOT EXISTS batch bigint NOT NULL
+    DEFAULT (extract(epoch FROM now()) * 1000)::bigint;
+
+-- Tells the service what this transaction changed in the summaries, in a setting of the
+-- transaction its caller reads before committing (kpi_service/db/sql.py, CHANGED): `changed` is
+-- {"all": true} or what kpi_apply_changes says, and every transaction that changes them takes
+-- the next number (`batch`), with the applier's lock row held. The KPI statement reads the
+-- number in its own snapshot (sql/runtime/kpi.sql): a value knows exactly which batches it
+-- holds, so the service can add a later batch's deltas to it (kpi_service/serving/advance.py).
+-- A second call in the same transaction keeps the number; "all" wins over deltas.
+CREATE OR REPLACE FUNCTION kpi.kpi_announce(changed jsonb) RETURNS void
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    before jsonb := nullif(current_setting('kpi.changed', true), '')::jsonb;
+    n bigint := (before->>'batch')::bigint;
+BEGIN
+    IF n IS NULL THEN
+        UPDATE kpi.kpi_applier_rest SET batch = batch + 1 RETURNING batch INTO n;
+    END IF;
+    IF before ? 'all' OR changed ? 'all' THEN
+        changed := '{"all": true}';
+    END IF;
+    PERFORM set_config('kpi.changed', (changed || jsonb_build_object('batch', n))::text, true);
+END
+$fn$;
 CREATE OR REPLACE FUNCTION kpi.kpi_applier_lock() RETURNS boolean
 LANGUAGE plpgsql AS $fn$
 BEGIN
@@ -1084,6 +1145,7 @@ DECLARE
     buyer_deltas kpi.kpi_sums[];
     link_deltas kpi.kpi_buyer_days[];
     sale_deltas kpi.kpi_sums[];
+    pair_changes jsonb;  -- kpi_buyer_buckets rows changed (kpi_sync_buyers)
     -- (NULL until the summaries are built: kpi_build counts long_listed and long_sold then.)
     aged_days integer := (SELECT s.aged_days FROM kpi.kpi_summary_state s);
     stopped text;  -- why the summaries stop
@@ -1138,7 +1200,7 @@ BEGIN
         RAISE WARNING 'kpi-service: the summaries stopped: %; kpi-service init-db builds them anew', stopped;
         DELETE FROM kpi.kpi_summary_state;
         DELETE FROM kpi.kpi_changes;
-        PERFORM set_config('kpi.changed', '{"all": true}', true);
+        PERFORM kpi.kpi_announce('{"all": true}');
         RETURN taken;
     END IF;
     IF cardinality(changes) = 0 THEN
@@ -1160,7 +1222,7 @@ BEGIN
         ELSE
             DELETE FROM kpi.kpi_summary_state;
             DELETE FROM kpi.kpi_changes;
-            PERFORM set_config('kpi.changed', '{"all": true}', true);
+            PERFORM kpi.kpi_announce('{"all": true}');
             RETURN taken;
         END IF;
     END IF;
@@ -1241,7 +1303,7 @@ BEGIN
 
     -- The buyers' buckets of every (buyer, bucket) the batch names, and of where the leads and
     -- purchases it names are now (looked up by their keys: those pairs hold).
-    SELECT b.sums, b.links INTO buyer_deltas, link_deltas
+    SELECT b.sums, b.links, b.changed INTO buyer_deltas, link_deltas, pair_changes
     FROM kpi.kpi_sync_buyers(
         ARRAY(
             SELECT DISTINCT ROW(c.buyer_id, date_bin('15 minutes', c.at, timestamptz 'epoch'), NULL)::kpi.kpi_buyer_buckets
@@ -1272,7 +1334,14 @@ BEGIN
     -- only where T is later than that plus aged_days).
     -- (Instants Python reads: an infinite or BC bucket as the first or last instant it holds;
     -- greatest and least skip a NULL, kept NULL here: nothing changed.)
-    PERFORM set_config('kpi.changed', json_build_object(
+    -- And the batch's deltas, which the service adds to the values of the windows it keeps
+    -- fresh instead of computing them again (kpi_service/serving/advance.py, docs/design.md,
+    -- "Freshness"): for every 15-minute bucket, what it added to the additive sums; the
+    -- kpi_buyer_buckets rows it changed (active_buyers); and the images of listings in stock at
+    -- some instant, with their count (aged_inventory at a fixed instant). Numbers as text, exact.
+    -- Left out (null) for a batch of more than 5,000 of them: each window is computed again.
+    -- And whether the log was empty at this batch's snapshot (`caught_up`).
+    PERFORM kpi.kpi_announce(jsonb_build_object(
         'from', CASE WHEN r.first IS NOT NULL THEN greatest(r.first, '0001-01-01 00:00+00') END,
         'to', CASE WHEN r.last IS NOT NULL THEN least(r.last, '9999-12-31 23:59:59.999999+00') END,
         -- The listings whose stock at some instant changed: their images differ (an insert, a
@@ -1284,13 +1353,42 @@ BEGIN
                 GROUP BY c.id
                 HAVING (sum(c.sign) <> 0 OR count(DISTINCT (c.at, c.sold_at, c.withdrawn)) > 1) AND bool_or(NOT c.withdrawn)
             ) l
-        )
-    )::text, true)
+        ),
+        'caught_up', taken < max_rows,
+        'deltas', CASE WHEN jsonb_array_length(x.sums) + jsonb_array_length(pair_changes) + jsonb_array_length(x.stock) <= 5000
+                       THEN jsonb_build_object('sums', x.sums, 'pairs', pair_changes, 'stock', x.stock) END
+    ))
     FROM (
         SELECT min(date_bin('15 minutes', d.bucket, timestamptz 'epoch')) AS first,
                max(date_bin('15 minutes', d.bucket, timestamptz 'epoch')) + (interval '15 minutes' - interval '1 microsecond') AS last
         FROM unnest(deltas || buyer_deltas) d
-    ) r;
+    ) r
+    -- (Not even built for a batch of more log rows than that: a backlog's batches go as fast as before.)
+    CROSS JOIN LATERAL (
+        SELECT CASE WHEN cardinality(changes) <= 5000 THEN (
+            SELECT coalesce(jsonb_agg(jsonb_build_array(
+                       kpi.kpi_instant_us(d.q), d.listings::text, d.price_sum::text, d.scored::text, d.score_sum::text,
+                       d.leads::text, d.converted::text, d.costed::text, d.profit_sum::text, d.led::text,
+                       d.lead_seconds::text)), '[]')
+            FROM (
+                SELECT date_bin('15 minutes', d.bucket, timestamptz 'epoch') AS q, sum(d.listings) AS listings,
+                       sum(d.price_sum) AS price_sum, sum(d.scored) AS scored, sum(d.score_sum) AS score_sum,
+                       sum(d.leads) AS leads, sum(d.converted) AS converted, sum(d.costed) AS costed,
+                       sum(d.profit_sum) AS profit_sum, sum(d.led) AS led, sum(d.lead_seconds) AS lead_seconds
+                FROM unnest(deltas) d
+                GROUP BY 1
+            ) d
+            WHERE (d.listings, d.price_sum, d.scored, d.score_sum, d.leads, d.converted, d.costed, d.profit_sum, d.led,
+                   d.lead_seconds) <> (0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        ) END AS sums, CASE WHEN cardinality(changes) <= 5000 THEN (
+            SELECT coalesce(jsonb_agg(jsonb_build_array(kpi.kpi_instant_us(i.at), kpi.kpi_instant_us(i.sold_at), i.n)), '[]')
+            FROM (
+                SELECT c.at, c.sold_at, sum(c.sign) AS n FROM unnest(changes) c
+                WHERE c.tbl = 'l' AND NOT c.withdrawn
+                GROUP BY 1, 2 HAVING sum(c.sign) <> 0
+            ) i
+        ) END AS stock
+    ) x;
     IF taken < max_rows THEN
         PERFORM kpi.kpi_audit_due();  -- the log was empty at this snapshot: all of it is applied now
     END IF;
