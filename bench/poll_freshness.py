@@ -337,14 +337,11 @@ def run_load(
 ) -> dict[str, Any]:
     """The service polled and written to at `rate` for `seconds`: commit -> poller and statements.
     With `watched`: that many windows holding the present, each polled by one client every
-    second, and the 1990 window by five."""
-    names, count, every = None, args.pollers, args.poll
-    if watched:
-        names = [PROBE_WINDOW] * 5 + present_windows(watched)
-        count, every = len(names), 1.0
+    second, beside the five pollers of the 1990 window (every --poll s, as without)."""
     with (
         serve(service, url, ttl) as base,
-        pollers(base, count, every, names) as polling,
+        pollers(base, 5 if watched else args.pollers, args.poll, [PROBE_WINDOW] if watched else None) as polling,
+        pollers(base, watched or 0, 1.0, present_windows(watched or 0)),
         Writes(url, rate) if rate >= 0 else contextlib.nullcontext() as written,
     ):
         time.sleep(5 + (watched or 0) / 40)  # the rate reached, every window computed once
