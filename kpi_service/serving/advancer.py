@@ -21,6 +21,7 @@ and streams wait for its values instead of computing them.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -54,6 +55,7 @@ def describe(kind: str, query: KpiQuery) -> str:
     return json.dumps({"kind": kind, **query.describe()}, sort_keys=True, separators=(",", ":"))
 
 
+@functools.lru_cache(maxsize=4096)
 def described(text: str) -> tuple[str, KpiQuery] | None:
     try:
         found = json.loads(text)
@@ -104,6 +106,8 @@ class Host(Protocol):
     def store_computed(
         self, key: str, kind: str, query: KpiQuery, computed: Any, now: datetime, seq: int
     ) -> Served: ...
+
+    def body_of(self, query: KpiQuery, computed: Any, now: datetime) -> dict[str, Any]: ...
 
     def refresh_changed(self, key: str, kind: str, query: KpiQuery, seq: int) -> None: ...
 
@@ -232,14 +236,15 @@ class Advancer:
             metrics.KPI_STATEMENTS.labels(endpoint="advance").inc()
             duration_ms += (time.perf_counter() - started) * 1000
             rows_left = iter(rows)
+            values = []
             for plan in ready:
                 data, state = self._value(plan, [next(rows_left) for _ in plan.sums or []], batch, now)
-                if json.loads(json.dumps(data)) == {name: plan.entry.body.get(name) for name in data}:
-                    # The same numbers: the same body (its ETag, its computed_at), fresh for longer.
-                    service.cache.put(plan.key, plan.kind, plan.entry.body, max(seq, plan.entry.seq), state=state)
-                else:
-                    computed = (data, duration_ms, answered_by, pending, state)
-                    service.store_computed(plan.key, plan.kind, plan.query, computed, now, max(seq, plan.entry.seq))
+                body = plan.entry.body
+                # The same numbers keep the same body (its ETag, its computed_at), fresh for longer.
+                if data != {name: body.get(name) for name in data}:
+                    body = service.body_of(plan.query, (data, duration_ms, answered_by, pending, state), now)
+                values.append((plan.key, plan.kind, body, max(seq, plan.entry.seq), state))
+            service.cache.put_many(values)
             metrics.REFRESH_ADVANCED.inc(len(ready))
             checked = min(ready, key=lambda plan: plan.entry.state["verified"])  # type: ignore[index]
             self._verify(checked, max(seq, checked.entry.seq))

@@ -214,33 +214,40 @@ class Cache:
         keys = self.keys
         if keys is None:
             return entry  # served from this process only
-        # (The state last: the script reads the first "seq" and "computed_at".)
-        stored = {"fresh_until": entry.fresh_until, "seq": seq, "body": body}
-        if state is not None:
-            stored["state"] = state
-        value = json.dumps(stored, separators=(",", ":"))
-        announcement = json.dumps(
-            {
-                "key": keys.value(key),
-                "kind": kind,
-                "window": body["meta"]["window"],
-                "computed_at": body["meta"]["computed_at"],
-                "fresh_until": entry.fresh_until,
-            },
-            separators=(",", ":"),
-        )
-
         try:
-            written = self._call(
-                "set",
-                self._put_newer,
-                keys=[keys.value(key)],
-                args=[value, body["meta"]["computed_at"], self.stale_ttl, keys.announce, announcement, seq],
-                client=self.client,
-            )
+            written = self._call("set", self._put_script, keys, key, kind, entry, self.client)
         except _Unavailable:
             return entry  # still served from this process
         return entry if written else None
+
+    def put_many(self, values: list[tuple[str, str, dict[str, Any], int, dict[str, Any]]]) -> None:
+        """put() of many (key, kind, body, seq, state), fresh for the TTL, in one round trip:
+        every watched window a batch moves on (serving/advancer.py)."""
+        keys = self.keys
+        if keys is None or not values:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        fresh_until = time.time() + self.ttl
+        for key, kind, body, seq, state in values:
+            self._put_script(keys, key, kind, Entry(body, fresh_until, seq, state), pipe)
+        with contextlib.suppress(_Unavailable):
+            self._call("set", pipe.execute)
+
+    def _put_script(self, keys: Keys, key: str, kind: str, entry: Entry, client: Any) -> Any:
+        # (The state last: the script reads the first "seq" and "computed_at".)
+        stored = {"fresh_until": entry.fresh_until, "seq": entry.seq, "body": entry.body}
+        if entry.state is not None:
+            stored["state"] = entry.state
+        meta = entry.body["meta"]
+        announcement = {
+            "key": keys.value(key),
+            "kind": kind,
+            "window": meta["window"],
+            "computed_at": meta["computed_at"],
+            "fresh_until": entry.fresh_until,
+        }
+        args = [_compact(stored), meta["computed_at"], self.stale_ttl, keys.announce, _compact(announcement), entry.seq]
+        return self._put_newer(keys=[keys.value(key)], args=args, client=client)
 
     def change_seq(self) -> int:
         """The latest applied change batch announced (0: none, or Redis unavailable)."""
@@ -336,6 +343,10 @@ class Cache:
             return bool(self._call("exists", self.client.exists, self._keys().lock(key)))
         except _Unavailable:
             return False
+
+
+def _compact(value: dict[str, Any]) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 def _entry(raw: bytes | str) -> Entry:

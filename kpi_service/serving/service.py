@@ -357,7 +357,23 @@ class KpiService:
         caught_up: float | None = None,
     ) -> Served:
         """A computation's value, stored as including change batch `seq` (read before it ran)."""
-        data, duration_ms, answered_by, pending, state = computed
+        body = self.body_of(query, computed, now, caught_up)
+        duration_ms, pending, state = computed[1], computed[3], computed[4]
+        # Behind the applier: fresh only until about its next batch, whose value replaces it.
+        entry = self.cache.put(key, kind, body, seq, ttl=self.pending_ttl if pending else None, state=state)
+        if entry is None:
+            # Another process computed the window later and stored it while this ran (two
+            # computations overlapped: a lock lost in a failover, or expired): this value is
+            # its requester's answer, but the newer stored one is what everyone else gets.
+            return Served(body, "miss", time.time() + (self.pending_ttl if pending else self.cache.ttl), duration_ms)
+        self.recent.remember(key, hit(entry))
+        return Served(body, "miss", entry.fresh_until, duration_ms)
+
+    def body_of(
+        self, query: KpiQuery, computed: Computed, now: datetime, caught_up: float | None = None
+    ) -> dict[str, Any]:
+        """The response body of a computation at `now`."""
+        data, duration_ms, answered_by, pending, _ = computed
         # Every write committed before this instant is in the numbers: the computation's start
         # when nothing was pending, else the last time an applier found the log empty (read
         # before the SQL ran, so that batch was committed before its snapshot; None: unknown).
@@ -375,16 +391,7 @@ class KpiService:
         }
         if answered_by is not None:  # a replica is configured: say which database answered
             meta["source"] = answered_by
-        body = {**data, "success": True, "message": None, "meta": meta}
-        # Behind the applier: fresh only until about its next batch, whose value replaces it.
-        entry = self.cache.put(key, kind, body, seq, ttl=self.pending_ttl if pending else None, state=state)
-        if entry is None:
-            # Another process computed the window later and stored it while this ran (two
-            # computations overlapped: a lock lost in a failover, or expired): this value is
-            # its requester's answer, but the newer stored one is what everyone else gets.
-            return Served(body, "miss", time.time() + (self.pending_ttl if pending else self.cache.ttl), duration_ms)
-        self.recent.remember(key, hit(entry))
-        return Served(body, "miss", entry.fresh_until, duration_ms)
+        return {**data, "success": True, "message": None, "meta": meta}
 
     def changed(self, seq: int, changed: dict[str, Any]) -> None:
         """A batch was applied (the hub's listener heard it): the windows requested lately that it
