@@ -446,7 +446,8 @@ def main() -> int:
         out = write_cost.RESULTS / f"poll_freshness-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
         out.write_text(json.dumps(results, indent=2) + "\n")
 
-    print(f"\n{args.pollers} pollers over 10 windows, every {args.poll:g} s; shape {name}\n")
+    polled = f"{args.pollers} pollers over 10 windows" if not args.windows else "5 pollers of the 1990 window"
+    print(f"\n{polled}, every {args.poll:g} s (and with W windows, one poller each every second); shape {name}\n")
     print(
         "| service | windows | writes (tx/s asked / reached) | commit -> poller p50 / p95 / p99 / max (s)"
         " | statements/min | the service's database CPU (s/min) |"
