@@ -14,7 +14,7 @@ from flask import Flask
 
 from kpi_service.serving.changes import affected
 from kpi_service.serving.query import KpiQuery
-from tests.helpers import APPLYING, HOUR, RedisServer, counted, insert_listing, ticket, today_window
+from tests.helpers import APPLYING, HOUR, RedisServer, counted, insert_listing, ticket, today_window, wait_until
 from tests.sse import Sse, serving
 
 
@@ -69,7 +69,12 @@ def test_no_writes_no_statements_and_no_event_that_repeats_numbers(live_app, con
     calls = counted(app)
     with serving(app) as base, Sse(f"{base}/api/kpi/stream?{today_window()}&ticket={ticket(base)}") as stream:
         stream.until(lambda body: body["metrics"]["total_listings"] == 1)
+        # The listing's batch applied, and its advance (which ends with its check, after the value
+        # it streamed) done, if the listener heard it.
+        service = app.extensions["kpi"].service
+        wait_until(lambda: service.db.pending_changes() == 0)
         stream.heartbeats(1)
+        wait_until(lambda: service.advancer.idle)
         quiet = calls[0]
         assert stream.heartbeats(3) == [] and calls[0] == quiet
         # A write the KPIs do not read: the window is recomputed, and the stream stays silent.

@@ -330,7 +330,10 @@ class Hub:
     def _refresh_live(self, key: str, watched: _Watched) -> None:
         """The window's value including every change announced for it, then its next aging."""
         with self._lock:
-            seq, not_before, epoch = watched.seq, watched.not_before, self._mode_epoch
+            # (A value computed after the next aging instant is asked for once it has come: a batch
+            # that makes the window due before it takes the value the batch's advance stored.)
+            not_before = watched.not_before if watched.not_before <= time.time() else 0.0
+            seq, epoch = watched.seq, self._mode_epoch
         aging, retry = math.inf, None
         try:
             served = self.service.current_after(watched.query, seq, not_before)

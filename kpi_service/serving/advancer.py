@@ -130,6 +130,7 @@ class Advancer:
         self._lock = threading.Lock()
         self._tick = False  # a tick is wanted (expired)
         self._pending = False  # an advance is wanted: done even when stopping (close waits for it)
+        self._busy = False  # one is running
 
     def heard(self, changed: dict[str, Any]) -> bool:
         """A batch was announced: True when its deltas bring the watched windows forward (in this
@@ -175,6 +176,7 @@ class Advancer:
             with self._lock:
                 tick, self._tick = self._tick, False
                 pending, self._pending = self._pending, False
+                self._busy = pending
             if pending:
                 try:
                     self.advance(tick=tick)
@@ -182,8 +184,16 @@ class Advancer:
                     log.warning("advancing the watched windows failed: %s", error.__class__.__name__)
                 except Exception:
                     log.exception("advancing the watched windows failed")
+                with self._lock:
+                    self._busy = False
             if self._stop.is_set():
                 return
+
+    @property
+    def idle(self) -> bool:
+        """No advance running or wanted in this process (its check done too)."""
+        with self._lock:
+            return not (self._pending or self._busy)
 
     def stop(self) -> None:
         with self._lock:
@@ -218,10 +228,15 @@ class Advancer:
             return 0  # not heard yet: its announcement brings another advance
         # (A tick before any batch was heard moves on the values already at the probe's batch.)
         seq, latest = announced or (0, {"all": True})
-        ready = []
+        ready, relabelled = [], []
         for plan in plans:
             state = plan.entry.state
             assert state is not None
+            if state["batch"] >= batch and plan.entry.seq < seq:
+                # Computed after the batch was applied, before it was announced: it holds the
+                # batch, and now says so (whoever waits for the batch takes it as it is).
+                relabelled.append((plan.key, plan.kind, plan.entry.body, seq, state))
+                continue
             batches = service.changes.numbered_between(state["batch"], batch)
             # A batch moves on the windows it changes; a tick moves on all of them, "now" and their
             # freshness (a window no batch changes would otherwise be computed at its TTL).
@@ -244,10 +259,12 @@ class Advancer:
                 if data != {name: body.get(name) for name in data}:
                     body = service.body_of(plan.query, (data, duration_ms, answered_by, pending, state), now)
                 values.append((plan.key, plan.kind, body, max(seq, plan.entry.seq), state))
-            service.cache.put_many(values)
+            service.cache.put_many(relabelled + values)
             metrics.REFRESH_ADVANCED.inc(len(ready))
             checked = min(ready, key=lambda plan: plan.entry.state["verified"])  # type: ignore[index]
             self._verify(checked, max(seq, checked.entry.seq))
+        else:
+            service.cache.put_many(relabelled)
         # The others, by a statement each: after a batch, those it changes; at a tick, those expired.
         for plan in fallback:
             if (not plan.entry.fresh) if tick else affected(plan.query, latest, now):
