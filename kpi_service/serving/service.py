@@ -36,7 +36,7 @@ from kpi_service.serving.keys import cache_key
 from kpi_service.serving.query import KpiQuery
 from kpi_service.serving.recent import Recent
 from kpi_service.serving.refresher import Refresher
-from kpi_service.serving.responses import Served, computed_at, hit, validated
+from kpi_service.serving.responses import Served, computed_at, hit, kpi_data, validated
 from kpi_service.serving.singleflight import SingleFlight
 from kpi_service.serving.windows import Window, buckets
 
@@ -126,12 +126,11 @@ class KpiService:
 
     def _current_compute(self, query: KpiQuery) -> Compute:
         def compute(now: datetime) -> Computed:
-            window = query.window
-            as_of = window.as_of(now)
-            rows, duration_ms, answered_by, pending, parts = self.kpi_rows(
-                "kpi", [(window.start, window.end, as_of)], query.aged_days
-            )
-            return {"metrics": validated(rows[0])}, duration_ms, answered_by, pending, state_of(parts, [as_of], now)
+            # The window and the one it is compared with (if any) in one statement, one snapshot.
+            as_ofs = [window.as_of(now) for window in query.windows]
+            spans = [(window.start, window.end, as_of) for window, as_of in zip(query.windows, as_ofs, strict=True)]
+            rows, duration_ms, answered_by, pending, parts = self.kpi_rows("kpi", spans, query.aged_days)
+            return kpi_data(query, rows), duration_ms, answered_by, pending, state_of(parts, as_ofs, now)
 
         return compute
 

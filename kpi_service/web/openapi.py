@@ -113,6 +113,8 @@ def _apply_defaults(document: dict[str, Any], defaults: dict[str, Any]) -> None:
             if "default" in schema and schema["default"] is None:
                 del schema["default"]
                 schema.pop("nullable", None)
+                if "enum" in schema:  # which apispec extends with the null it allowed
+                    schema["enum"] = [value for value in schema["enum"] if value is not None]
             if parameter["name"] in defaults:
                 schema["default"] = defaults[parameter["name"]]
 

@@ -14,6 +14,8 @@ export interface paths {
                 query?: {
                     /** @description Age in days from which a listing in stock counts as aged inventory. */
                     aged_days?: number;
+                    /** @description Also compute the window this one is compared with, in the same statement: `previous_period` (as many days just before; a month or year to date: the same days of the previous month or year) or `previous_year` (the same dates a year earlier, 29 February as 28 February). Needs both `from` and `to`. Rules: docs/kpis.md, "Comparison". */
+                    compare?: "previous_period" | "previous_year";
                     /** @description First day (inclusive) in `tz`, 1900-01-01 to 9998-12-31; open if absent. */
                     from?: string;
                     /** @description Last day (inclusive) in `tz`, not before `from`, up to 9998-12-31; open if absent. */
@@ -124,6 +126,8 @@ export interface paths {
                 query?: {
                     /** @description Age in days from which a listing in stock counts as aged inventory. */
                     aged_days?: number;
+                    /** @description Also compute the window this one is compared with, in the same statement: `previous_period` (as many days just before; a month or year to date: the same days of the previous month or year) or `previous_year` (the same dates a year earlier, 29 February as 28 February). Needs both `from` and `to`. Rules: docs/kpis.md, "Comparison". */
+                    compare?: "previous_period" | "previous_year";
                     /** @description First day (inclusive) in `tz`, 1900-01-01 to 9998-12-31; open if absent. */
                     from?: string;
                     /** @description As Last-Event-ID, for a browser opening a new connection with a new ticket. */
@@ -244,6 +248,8 @@ export interface paths {
                 query?: {
                     /** @description Age in days from which a listing in stock counts as aged inventory. */
                     aged_days?: number;
+                    /** @description Also compute the window this one is compared with, in the same statement: `previous_period` (as many days just before; a month or year to date: the same days of the previous month or year) or `previous_year` (the same dates a year earlier, 29 February as 28 February). Needs both `from` and `to`. Rules: docs/kpis.md, "Comparison". */
+                    compare?: "previous_period" | "previous_year";
                     /** @description First day (inclusive) in `tz`, 1900-01-01 to 9998-12-31; open if absent. */
                     from?: string;
                     /** @description As Last-Event-ID, for a browser opening a new connection with a new ticket. */
@@ -344,6 +350,40 @@ export interface components {
              */
             start: string;
         };
+        Change: {
+            /** @description The window's number less the compared window's (exact). */
+            absolute: number;
+            /** @description `absolute` in percent of the compared number's size, 2 decimals; null where it is 0. */
+            percent: number | null;
+        };
+        Changes: {
+            active_buyers: components["schemas"]["Change"];
+            aged_inventory: components["schemas"]["Change"];
+            average_price: components["schemas"]["Change"];
+            average_profit_per_unit: components["schemas"]["Change"];
+            average_score: components["schemas"]["Change"];
+            conversion_rate: components["schemas"]["Change"];
+            lead_to_purchase_time: components["schemas"]["Change"];
+            scoring_rate: components["schemas"]["Change"];
+            total_listings: components["schemas"]["Change"];
+            total_value: components["schemas"]["Change"];
+        };
+        Comparison: {
+            change: components["schemas"]["Changes"];
+            /** @enum {string} */
+            compare: "previous_period" | "previous_year";
+            /**
+             * Format: date
+             * @description First compared day (inclusive).
+             */
+            from: string;
+            metrics: components["schemas"]["KpiValues"];
+            /**
+             * Format: date
+             * @description Last compared day (inclusive).
+             */
+            to: string;
+        };
         Error: {
             /** @description Per-parameter problems, only where there are any. */
             errors?: {
@@ -363,31 +403,33 @@ export interface components {
             success: boolean;
         };
         KpiResponse: {
+            /** @description Only with `compare`: the compared window, its KPIs and each KPI's change (docs/kpis.md, "Comparison"). */
+            comparison?: components["schemas"]["Comparison"];
             message: string | null;
             meta: components["schemas"]["Meta"];
             metrics: components["schemas"]["KpiValues"];
             success: boolean;
         };
         KpiValues: {
-            /** @description Distinct buyers with a lead or a purchase in the window. Exact definition: docs/kpis.md. */
+            /** @description Distinct buyers with a lead or a purchase in the window. Higher is better. Exact definition: docs/kpis.md. */
             active_buyers: number;
-            /** @description Listings in stock at the window's end (or now) older than aged_days. Exact definition: docs/kpis.md. */
+            /** @description Listings in stock at the window's end (or now) older than aged_days. Lower is better. Exact definition: docs/kpis.md. */
             aged_inventory: number;
-            /** @description Mean asking price of the window's listings. Exact definition: docs/kpis.md. */
+            /** @description Mean asking price of the window's listings. Higher is better. Exact definition: docs/kpis.md. */
             average_price: number;
-            /** @description Mean sale price minus cost, sales of the window. Exact definition: docs/kpis.md. */
+            /** @description Mean sale price minus cost, sales of the window. Higher is better. Exact definition: docs/kpis.md. */
             average_profit_per_unit: number;
-            /** @description Mean score of the window's scored listings. Exact definition: docs/kpis.md. */
+            /** @description Mean score of the window's scored listings. Higher is better. Exact definition: docs/kpis.md. */
             average_score: number;
-            /** @description Percent of the window's leads that became a sale. Exact definition: docs/kpis.md. */
+            /** @description Percent of the window's leads that became a sale. Higher is better. Exact definition: docs/kpis.md. */
             conversion_rate: number;
-            /** @description Mean days from lead to sale, sales of the window. Exact definition: docs/kpis.md. */
+            /** @description Mean days from lead to sale, sales of the window. Lower is better. Exact definition: docs/kpis.md. */
             lead_to_purchase_time: number;
-            /** @description Percent of the window's listings that have a score. Exact definition: docs/kpis.md. */
+            /** @description Percent of the window's listings that have a score. Higher is better. Exact definition: docs/kpis.md. */
             scoring_rate: number;
-            /** @description Listings listed in the window. Exact definition: docs/kpis.md. */
+            /** @description Listings listed in the window. Higher is better. Exact definition: docs/kpis.md. */
             total_listings: number;
-            /** @description Sum of the asking prices of the window's listings. Exact definition: docs/kpis.md. */
+            /** @description Sum of the asking prices of the window's listings. Higher is better. Exact definition: docs/kpis.md. */
             total_value: number;
         };
         Meta: {
@@ -441,6 +483,11 @@ export interface components {
         };
         Window: {
             aged_days: number;
+            /**
+             * @description When asked for.
+             * @enum {string}
+             */
+            compare?: "previous_period" | "previous_year";
             /** Format: date */
             from: string | null;
             /**
