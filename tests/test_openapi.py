@@ -59,17 +59,19 @@ def test_every_parameter_and_response_is_documented(document: dict) -> None:
         return {p["name"]: p for p in document["paths"][path]["get"]["parameters"]}
 
     kpi = parameters("/api/kpi")
-    assert set(kpi) == {"from", "to", "tz", "aged_days", "compare"}
+    assert set(kpi) == {"from", "to", "tz", "aged_days", "compare", "format"}
     assert kpi["compare"]["schema"]["enum"] == ["previous_period", "previous_year"]
     assert not any(p["required"] for p in kpi.values())
     assert kpi["tz"]["schema"]["default"] == "UTC" and kpi["aged_days"]["schema"]["default"] == 60
     assert (kpi["aged_days"]["schema"]["minimum"], kpi["aged_days"]["schema"]["maximum"]) == (1, 3650)
     history = parameters("/api/kpi/history")
-    assert set(history) == {"from", "to", "interval", "tz", "aged_days"}
+    assert set(history) == {"from", "to", "interval", "tz", "aged_days", "format"}
+    assert kpi["format"]["schema"]["enum"] == history["format"]["schema"]["enum"] == ["json", "csv"]
     assert {name for name, p in history.items() if p["required"]} == {"from", "to", "interval"}
     assert history["interval"]["schema"]["enum"] == ["day", "week", "month"]
     for path in ("/api/kpi", "/api/kpi/history"):
         assert {"200", "400", "401", "404", "500", "503"} <= set(document["paths"][path]["get"]["responses"])
+        assert set(document["paths"][path]["get"]["responses"]["200"]["content"]) == {"application/json", "text/csv"}
 
 
 def test_defaults_follow_the_settings(database_url: str) -> None:

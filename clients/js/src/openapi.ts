@@ -16,6 +16,8 @@ export interface paths {
                     aged_days?: number;
                     /** @description Also compute the window this one is compared with, in the same statement: `previous_period` (as many days just before; a month or year to date: the same days of the previous month or year) or `previous_year` (the same dates a year earlier, 29 February as 28 February). Needs both `from` and `to`. Rules: docs/kpis.md, "Comparison". */
                     compare?: "previous_period" | "previous_year";
+                    /** @description `csv` for RFC 4180 CSV instead of JSON (as `Accept: text/csv` does); `json` by default. */
+                    format?: "json" | "csv";
                     /** @description First day (inclusive) in `tz`, 1900-01-01 to 9998-12-31; open if absent. */
                     from?: string;
                     /** @description Last day (inclusive) in `tz`, not before `from`, up to 9998-12-31; open if absent. */
@@ -29,7 +31,7 @@ export interface paths {
             };
             requestBody?: never;
             responses: {
-                /** @description The KPIs. */
+                /** @description The KPIs: JSON, or with `format=csv` (or an Accept preferring text/csv) RFC 4180 CSV, a header row and one row: the window, its KPIs, and with `compare` the compared window, its KPIs and each change, as an attachment (`Content-Disposition` names the window). Errors are JSON whatever was asked. */
                 200: {
                     headers: {
                         /** @description `db;dur=<ms>` when the SQL ran, `cache;desc=hit|refresh|miss|stale` (the cache outcome, docs/clients.md), `app;dur=<ms>`. */
@@ -40,6 +42,7 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["KpiResponse"];
+                        "text/csv": string;
                     };
                 };
                 400: components["responses"]["BadRequest"];
@@ -70,6 +73,8 @@ export interface paths {
                 query: {
                     /** @description Age in days from which a listing in stock counts as aged inventory. */
                     aged_days?: number;
+                    /** @description `csv` for RFC 4180 CSV instead of JSON (as `Accept: text/csv` does); `json` by default. */
+                    format?: "json" | "csv";
                     /** @description First day (inclusive) in `tz`, from 1900-01-01. */
                     from: string;
                     /** @description Bucket size: calendar days, ISO weeks (Monday first) or calendar months. At most 400 buckets from `from` to `to`. */
@@ -85,7 +90,7 @@ export interface paths {
             };
             requestBody?: never;
             responses: {
-                /** @description The KPIs. */
+                /** @description The KPIs: JSON, or with `format=csv` (or an Accept preferring text/csv) RFC 4180 CSV, a header row and a row per bucket: its first and last day, its KPIs, as an attachment (`Content-Disposition` names the window). Errors are JSON whatever was asked. */
                 200: {
                     headers: {
                         /** @description `db;dur=<ms>` when the SQL ran, `cache;desc=hit|refresh|miss|stale` (the cache outcome, docs/clients.md), `app;dur=<ms>`. */
@@ -96,6 +101,7 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["HistoryResponse"];
+                        "text/csv": string;
                     };
                 };
                 400: components["responses"]["BadRequest"];
