@@ -30,12 +30,13 @@ class Event:
     computed_at: str  # of the value it carries (unavailable: of the last value known)
     state: str  # "fresh", "stale" or "unavailable": a change of state alone is news
     data: bytes
-    numbers: str = ""  # the ten KPIs, to tell an event that changes nothing
+    numbers: str = ""  # the ten KPIs (and the comparison's), to tell an event that changes nothing
 
     @classmethod
     def of(cls, served: Served) -> Event:
         stale = bool(served.body["meta"]["stale"])
-        numbers = json.dumps(served.body["metrics"], sort_keys=True)
+        # The comparison too: a change of the compared window alone is news to its streams.
+        numbers = json.dumps({k: served.body[k] for k in ("metrics", "comparison") if k in served.body}, sort_keys=True)
         return cls("kpi", served.body["meta"]["computed_at"], "stale" if stale else "fresh", served.payload, numbers)
 
     @classmethod
