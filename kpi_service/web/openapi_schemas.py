@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
+from kpi_service.db.targets import WINDOW_LENGTHS
 from kpi_service.serving.responses import KpiValuesSchema
 from kpi_service.serving.windows import COMPARISONS, INTERVALS
 
@@ -100,8 +101,30 @@ class ComparisonSchema(Schema):
     change = fields.Nested(ChangesSchema, required=True)
 
 
+class TargetSchema(Schema):
+    value = fields.Float(required=True, metadata={"description": "The owner's target (kpi-service target set)."})
+    window = fields.String(
+        required=True,
+        validate=validate.OneOf(WINDOW_LENGTHS),
+        metadata={"description": "The window length it was set for: `any`, `daily` or `monthly`."},
+    )
+    met = fields.Boolean(
+        required=True,
+        metadata={"description": "The window's number is at least the target, or at most it where lower is better."},
+    )
+
+
 class KpiResponseSchema(Schema):
     metrics = fields.Nested(KpiValuesSchema, required=True)
+    targets = fields.Dict(
+        required=True,
+        keys=fields.String(validate=validate.OneOf(tuple(KpiValuesSchema().fields))),
+        values=fields.Nested(TargetSchema),
+        metadata={
+            "description": 'The owner\'s target of each KPI that has one for this window (docs/kpis.md, "Targets"); '
+            "an empty object when none is set. Put in as the value is served: a target change computes nothing."
+        },
+    )
     comparison = fields.Nested(
         ComparisonSchema,
         metadata={

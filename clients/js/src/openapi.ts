@@ -415,6 +415,10 @@ export interface components {
             meta: components["schemas"]["Meta"];
             metrics: components["schemas"]["KpiValues"];
             success: boolean;
+            /** @description The owner's target of each KPI that has one for this window (docs/kpis.md, "Targets"); an empty object when none is set. Put in as the value is served: a target change computes nothing. */
+            targets: {
+                [key: string]: components["schemas"]["Target"];
+            };
         };
         KpiValues: {
             /** @description Distinct buyers with a lead or a purchase in the window. Higher is better. Exact definition: docs/kpis.md. */
@@ -469,6 +473,17 @@ export interface components {
             expires_in: number;
             /** @description Opaque; opens one GET /api/kpi/stream as its `ticket` parameter. */
             ticket: string;
+        };
+        Target: {
+            /** @description The window's number is at least the target, or at most it where lower is better. */
+            met: boolean;
+            /** @description The owner's target (kpi-service target set). */
+            value: number;
+            /**
+             * @description The window length it was set for: `any`, `daily` or `monthly`.
+             * @enum {string}
+             */
+            window: "any" | "daily" | "monthly";
         };
         /** @description An IANA time zone name. Also accepted in any other letter case (`europe/berlin`). */
         TimeZone: string;
