@@ -150,12 +150,13 @@ def changes(current: dict[str, Any], base: dict[str, Any]) -> dict[str, dict[str
     rounded to 2 decimals halves away from zero; percent null where the base is 0. From the
     rows' exact decimals, not from floats."""
     result = {}
-    for name in _kpi_values.fields:
+    for name, field in _kpi_values.fields.items():
         now, then = Decimal(str(current[name])), Decimal(str(base[name]))
         absolute = now - then
         percent = None if then == 0 else (absolute * 100 / abs(then)).quantize(_CENT, rounding=ROUND_HALF_UP)
         result[name] = {
-            "absolute": int(absolute) if isinstance(current[name], int) else float(absolute),
+            # A count's change is a whole number, whatever type the row gave it.
+            "absolute": int(absolute) if isinstance(field, fields.Integer) else float(absolute),
             "percent": None if percent is None else float(percent),
         }
     return result
