@@ -66,8 +66,8 @@ class Targets:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        # (a value's ETag, its meta.cached, the targets' version) -> its body with them.
-        self._memo: dict[tuple[str, bool, int], dict[str, Any]] = {}
+        # id(a Served) -> (it, the targets' version, it with them).
+        self._memo: dict[int, tuple[Served, int, Served]] = {}
         self._version = 0
 
     def on_change(self, listener: Callable[[], None]) -> None:
@@ -113,18 +113,26 @@ class Targets:
             self._thread.join(timeout=2)
 
     def served(self, served: Served, query: KpiQuery) -> Served:
-        """`served` with this window's `targets` in its body (an empty object when none is set);
-        the same body for the same value and targets, so they are looked up once."""
+        """`served` with this window's `targets` in its body (an empty object when none is set).
+        The same Served in gives the same Served out while the targets stand: a hit of the
+        in-process memo (serving/recent.py) keeps its serialized payload and ETag, computed once."""
         if served.body.get("metrics") is None:
             return served
         with self._lock:
-            memo_key = (served.etag, bool(served.body["meta"]["cached"]), self._version)
-            body = self._memo.get(memo_key)
-            targets = self.current
-        if body is None:
-            body = {**served.body, "targets": of_window(targets, query, served.body["metrics"])}
-            with self._lock:
-                if len(self._memo) > 4096:
-                    self._memo.clear()
-                self._memo[memo_key] = body
-        return Served(body, served.outcome, served.fresh_until, served.db_ms)
+            known = self._memo.get(id(served))
+            if known is not None and known[0] is served and known[1] == self._version:
+                return known[2]
+            version, targets = self._version, self.current
+        result = Served(
+            {**served.body, "targets": of_window(targets, query, served.body["metrics"])},
+            served.outcome,
+            served.fresh_until,
+            served.db_ms,
+        )
+        with self._lock:
+            if len(self._memo) > 4096:
+                self._memo.clear()
+            # Keyed by identity (a Served holds a dict: no hash), kept with it so that the id is
+            # not reused while it is here.
+            self._memo[id(served)] = (served, version, result)
+        return result

@@ -35,11 +35,14 @@ def _parse(kind: str, schema: Schema) -> KpiQuery:
 def _wants_csv() -> bool:
     """`format=csv`, or an Accept that prefers text/csv to JSON (`*/*` and none mean JSON). A bad
     `format` is a 400 with the JSON envelope, as every bad parameter is."""
-    chosen = request.args.get("format")
+    # The raw query string first: parsing request.args on every poll is what the memo of _parse saves.
+    chosen = request.args.get("format") if "format" in request.environ.get("QUERY_STRING", "") else None
     if chosen is not None:
         if chosen not in export.FORMATS:
             raise ValidationError({"format": [f"Must be one of: {', '.join(export.FORMATS)}."]})
         return chosen == "csv"
+    if "csv" not in request.environ.get("HTTP_ACCEPT", ""):
+        return False  # the pollers' case, without parsing their Accept
     return request.accept_mimetypes.best_match(["application/json", export.CSV_TYPE]) == export.CSV_TYPE
 
 
