@@ -38,6 +38,7 @@ from kpi_service.serving.connection import close_quietly, redis_client
 from kpi_service.serving.freshness import Changes
 from kpi_service.serving.keys import Keys, cache_key
 from kpi_service.serving.query import KpiQuery
+from kpi_service.serving.windows import COMPARISONS
 
 
 class KpiClient:
@@ -72,10 +73,18 @@ class KpiClient:
         self._listener: threading.Thread | None = None
 
     def get(
-        self, *, date_from: str | None = None, date_to: str | None = None, tz: str = "UTC", aged_days: int = 60
+        self,
+        *,
+        date_from: str | None = None,
+        date_to: str | None = None,
+        tz: str = "UTC",
+        aged_days: int = 60,
+        compare: str | None = None,
     ) -> dict[str, Any]:
-        """The GET /api/kpi body of the window: the shared value while it is current, else the API's."""
-        query = _query(date_from, date_to, tz, aged_days)
+        """The GET /api/kpi body of the window (with `compare`, its comparison too): the shared
+        value while it is current, else the API's. A shared value has no `targets`: the service
+        puts them in as it serves (docs/kpis.md, "Targets")."""
+        query = _query(date_from, date_to, tz, aged_days, compare)
         self._listen_for_changes()
         keys = self._keys()
         raw = None if keys is None else self.redis.get(keys.value(cache_key("kpi", query)))
@@ -104,6 +113,7 @@ class KpiClient:
             "to": query.date_to and query.date_to.isoformat(),
             "tz": query.tz,
             "aged_days": query.aged_days,
+            "compare": query.compare,
         }
         encoded = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
         request = urllib.request.Request(
@@ -157,11 +167,12 @@ class KpiClient:
         date_to: str | None = None,
         tz: str = "UTC",
         aged_days: int = 60,
+        compare: str | None = None,
     ) -> Callable[[], None]:
         """Call `on_update` with each new value of the window, whichever instance computed it,
         in a daemon thread; returns the function that stops it (and waits for the thread). While
         Redis is unreachable it tries again every second."""
-        query = _query(date_from, date_to, tz, aged_days)
+        query = _query(date_from, date_to, tz, aged_days, compare)
         key = cache_key("kpi", query)
         stopped = threading.Event()
         # Subscribed before this returns: no value computed afterwards is missed.
@@ -208,10 +219,16 @@ class KpiClient:
         return pubsub
 
 
-def _query(date_from: str | None, date_to: str | None, tz: str, aged_days: int) -> KpiQuery:
+def _query(date_from: str | None, date_to: str | None, tz: str, aged_days: int, compare: str | None) -> KpiQuery:
     zone = canonical_zone(tz)
     if zone is None:
         raise ValueError(f"unknown time zone {tz!r}")
     first = None if date_from is None else date.fromisoformat(date_from)
     last = None if date_to is None else date.fromisoformat(date_to)
-    return KpiQuery(first, last, zone, aged_days)
+    if compare is not None:
+        # The service's own rules (serving/query.py): asked here, a ValueError rather than its 400.
+        if compare not in COMPARISONS:
+            raise ValueError(f"compare must be one of {', '.join(COMPARISONS)}, not {compare!r}")
+        if first is None or last is None:
+            raise ValueError("an open window has no previous period: give both date_from and date_to")
+    return KpiQuery(first, last, zone, aged_days, compare=compare)

@@ -1,6 +1,10 @@
 """The shared KPI test vectors, tests/vectors/kpis.json: rows, a window (dates, time zone,
 aged_days, now), its instants and the ten numbers of tests/reference.py. The Python suite checks
-the SQL against them (tests/test_vectors.py), the JS package's suite its computeKpis.
+the SQL against them (tests/test_vectors.py), the JS package's suite its computeKpis. And
+tests/vectors/comparisons.json: the days a window is compared with, and the changes of pairs of
+KPI rows, as the service makes them (kpi_service/serving/windows.py, compared_days;
+kpi_service/serving/responses.py, changes), which the JS package's comparedDays and kpiChanges
+must give too.
 
     .venv/bin/python -m tests.make_vectors      # rewrite the file after changing the cases
 """
@@ -19,6 +23,7 @@ from tests import reference
 from tests.dataset import Dataset, Lead, Listing, Purchase
 
 PATH = Path(__file__).parent / "vectors" / "kpis.json"
+COMPARISONS_PATH = Path(__file__).parent / "vectors" / "comparisons.json"
 NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
 US = timedelta(microseconds=1)
 
@@ -278,7 +283,58 @@ def render() -> str:
     return json.dumps(vectors(), indent=1) + "\n"
 
 
+DAYS = [
+    ("2026-03-10", "2026-03-16"),  # a week: the week before
+    ("2026-03-31", "2026-04-29"),  # 30 days across a month end
+    ("2026-12-01", "2026-12-07"),  # this month so far
+    ("2026-03-01", "2026-03-31"),  # a whole month after February
+    ("2028-03-01", "2028-03-30"),  # into a leap February
+    ("2026-01-01", "2026-01-15"),  # a month to date in January: December
+    ("2026-01-01", "2026-12-07"),  # the year so far
+    ("2028-01-01", "2028-02-29"),  # a leap year so far
+    ("2028-02-29", "2028-03-01"),  # 29 February, a year back
+    ("2028-02-28", "2028-02-29"),
+    ("2026-10-25", "2026-10-25"),  # one day (a DST change in Europe)
+]
+
+
+def comparisons() -> dict[str, Any]:
+    from kpi_service.serving.responses import changes
+    from kpi_service.serving.windows import COMPARISONS, compared_days
+
+    days = [
+        {"from": first, "to": last, "compare": compare, "compared": [d.isoformat() for d in compared_days(
+            date.fromisoformat(first), date.fromisoformat(last), compare)]}
+        for first, last in DAYS
+        for compare in COMPARISONS
+    ]  # fmt: skip
+    rng = random.Random(36)
+    pairs = []
+    for i in range(12):
+        rows = []
+        for _ in range(2):
+            row: dict[str, Any] = {}
+            for name in ("total_listings", "aged_inventory", "active_buyers"):
+                row[name] = rng.choice([0, 0, rng.randrange(1, 5000)])
+            for name in ("total_value", "average_price", "average_score", "scoring_rate", "conversion_rate"):
+                row[name] = rng.choice([0, Decimal(rng.randrange(0, 10**7)) / 100])
+            for name in ("average_profit_per_unit", "lead_to_purchase_time"):
+                row[name] = rng.choice([0, Decimal(rng.randrange(-(10**6), 10**6)) / 100])
+            rows.append(row)
+        if i == 0:
+            rows[1] = dict.fromkeys(rows[1], 0)  # every base 0: no percent at all
+        as_json = [{k: v if isinstance(v, int) else float(v) for k, v in row.items()} for row in rows]
+        pairs.append({"current": as_json[0], "base": as_json[1], "change": changes(rows[0], rows[1])})
+    return {"days": days, "changes": pairs}
+
+
+def render_comparisons() -> str:
+    return json.dumps(comparisons(), indent=1) + "\n"
+
+
 if __name__ == "__main__":
     PATH.parent.mkdir(exist_ok=True)
     PATH.write_text(render())
     print(f"{PATH}: {len(vectors())} vectors")
+    COMPARISONS_PATH.write_text(render_comparisons())
+    print(f"{COMPARISONS_PATH}: comparison vectors")

@@ -36,7 +36,7 @@ TODAY = datetime.now(UTC).date()
 
 def watched_queries(rng: random.Random, count: int) -> list[str]:
     """`count` distinct windows: most hold the present (to come, to the end of next month, open),
-    the rest in 2026's DST stretches the data falls in; some are histories."""
+    the rest in 2026's DST stretches the data falls in; some are histories, some compared."""
     queries: set[str] = set()
     while len(queries) < count:
         zone = rng.choice(ZONES)
@@ -52,6 +52,10 @@ def watched_queries(rng: random.Random, count: int) -> list[str]:
         if kind > 0.9 and last is not None:
             interval = rng.choice(["day", "week", "month"])
             queries.add(f"/history?{query}&to={min(last, first + timedelta(days=30)).isoformat()}&interval={interval}")
+        elif last is not None and kind > 0.75:
+            # Compared with another window: both kept fresh by the same deltas (two spans).
+            compare = rng.choice(["previous_period", "previous_year"])
+            queries.add(f"?{query}&to={last.isoformat()}&compare={compare}")
         else:
             queries.add("?" + query + ("" if last is None else f"&to={last.isoformat()}"))
     return sorted(queries)
@@ -74,7 +78,7 @@ def recomputed(conn: psycopg.Connection, text: str, body: dict[str, Any]) -> lis
 
 
 def shown(body: dict[str, Any]) -> list[dict[str, float]]:
-    series = body.get("series", [body])
+    series = body.get("series", [body, *([body["comparison"]] if "comparison" in body else [])])
     return [{k: float(v) for k, v in part["metrics"].items()} for part in series]
 
 

@@ -33,8 +33,8 @@ def test_seed_format_with_meta(client: FlaskClient, auth: dict[str, str], conn: 
     response = client.get("/api/kpi", headers=auth)
     assert response.status_code == 200
     body = response.get_json()
-    assert set(body) == {"metrics", "success", "message", "meta"}
-    assert set(body["metrics"]) == METRICS
+    assert set(body) == {"metrics", "targets", "success", "message", "meta"}
+    assert set(body["metrics"]) == METRICS and body["targets"] == {}
     assert body["success"] is True and body["message"] is None
     assert body["metrics"]["total_listings"] == 2 and body["metrics"]["average_price"] == 200.0
     meta = body["meta"]

@@ -79,7 +79,7 @@ def test_init_db_is_idempotent(
         own = {row[0] for row in conn.execute("SELECT 'kpi.' || tablename FROM pg_tables WHERE schemaname = 'kpi'")}
         # The sales tables, and the service's summaries in its own schema (sql/schema/manifest.sql lists them).
         listed = conn.execute("SELECT name FROM kpi.kpi_manifest WHERE kind = 'table' AND installed").fetchall()
-        assert len(listed) == 11 and tables == set(TABLES) and own == {name for (name,) in listed}
+        assert len(listed) == 12 and tables == set(TABLES) and own == {name for (name,) in listed}
         assert conn.execute("SELECT name FROM buyers").fetchall() == [("kept",)]
     assert "schema and summaries applied" in capsys.readouterr().out
 

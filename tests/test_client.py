@@ -90,6 +90,33 @@ def test_a_miss_asks_the_api_and_a_subscriber_hears_of_new_values(
         app.extensions["kpi"].close()
 
 
+def test_a_comparison_from_the_api_then_from_redis(
+    database_url: str, conn: psycopg.Connection, redis_server: RedisServer
+) -> None:
+    two_listings(conn)
+    app = create_app(make_settings(database_url, redis_url=redis_server.url))
+    try:
+        with serving(app) as base:
+            client = KpiClient(redis_server.url, base, token())
+            window = {"date_from": "2026-03-02", "date_to": "2026-03-02", "compare": "previous_period"}
+            body = client.get(**window)  # nothing stored: the API computes it
+            assert body["comparison"]["metrics"]["total_listings"] == 1 and body["meta"]["cached"] is False
+            again = client.get(**window)  # its own key in Redis, not the plain window's
+            assert again["comparison"] == body["comparison"] and again["meta"]["cached"] is True
+            plain = client.get(date_from="2026-03-02", date_to="2026-03-02")
+            assert "comparison" not in plain
+    finally:
+        app.extensions["kpi"].close()
+
+
+def test_a_comparison_of_an_open_window_is_refused_before_any_call() -> None:
+    client = KpiClient("redis://127.0.0.1:1/0", "http://127.0.0.1:1", "t")
+    with pytest.raises(ValueError, match="open window"):
+        client.get(date_from="2026-03-01", compare="previous_period")
+    with pytest.raises(ValueError, match="compare must be"):
+        client.get(date_from="2026-03-01", date_to="2026-03-02", compare="last_week")
+
+
 def test_an_unknown_zone_is_refused_before_any_call() -> None:
     client = KpiClient("redis://127.0.0.1:1/0", "http://127.0.0.1:1", "t")
     with pytest.raises(ValueError, match="unknown time zone"):

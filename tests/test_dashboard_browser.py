@@ -211,3 +211,78 @@ def test_stale_figures_are_marked(app: Flask, conn: psycopg.Connection, browser)
         expect(page.locator("#banner")).to_contain_text("database is unavailable")
         expect(page.locator('[data-kpi="total_listings"]')).to_have_class(re.compile(r"\bstale\b"))
         page.close()
+
+
+def test_the_dashboard_compares_shows_targets_and_downloads_the_apis_csv(
+    app: Flask, browser, conn: psycopg.Connection, database_url: str
+) -> None:
+    from playwright.sync_api import expect
+
+    from kpi_service.cli import commands
+    from kpi_service.serving.responses import BETTER
+
+    expect.set_options(timeout=20_000)
+    conn.execute("DELETE FROM kpi.kpi_targets")
+    bearer = token(exp=datetime.now(UTC) + timedelta(hours=1))
+    headers = {"Authorization": f"Bearer {bearer}"}
+    api = app.test_client()
+    today = datetime.now(UTC).date()
+    month_ago = (today - timedelta(days=29)).isoformat()
+    window = f"from={month_ago}&to={today}&tz=UTC"
+    commands.target_command({"DATABASE_URL": database_url}, "set", kpi="total_listings", value=Decimal(50))
+    try:
+        with serving(app) as base:
+            context = browser.new_context(locale="en-US", timezone_id="UTC", accept_downloads=True)
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(f"{base}/#token={bearer}&{window}&interval=day")
+            expect(page.locator("#status")).to_have_attribute("data-mode", "live")
+            expect(page.locator("#period")).to_have_value("30")
+            body = api.get(f"/api/kpi?{window}&compare=previous_period", headers=headers).get_json()
+            assert body["targets"]["total_listings"]["value"] == 50.0
+            # Each card: the API's change as an arrow and a percent, coloured by the KPI's direction.
+            for key in KINDS:
+                change = body["comparison"]["change"][key]
+                element = page.locator(f'[data-kpi="{key}"] .change')
+                expect(element).to_have_attribute(
+                    "data-percent", "" if change["percent"] is None else str(change["percent"])
+                )
+                direction = "up" if change["absolute"] > 0 else "down" if change["absolute"] < 0 else "flat"
+                expect(element).to_have_attribute("data-direction", direction)
+                good = change["absolute"] > 0 if BETTER[key] == "higher" else change["absolute"] < 0
+                tone = "same" if change["absolute"] == 0 else "better" if good else "worse"
+                expect(element).to_have_attribute("data-tone", tone)
+                arrow = {"up": "▲", "down": "▼", "flat": "▬"}[direction]
+                percent = "—" if change["percent"] is None else shown("pct", abs(change["percent"]))
+                expect(element).to_have_text(f"{arrow} {percent}")
+            # The target as a line on its chart, and only there.
+            expect(page.locator('[data-kpi="total_listings"] .chart line.target')).to_have_count(1)
+            expect(page.locator('[data-kpi="total_listings"] .chart line.target')).to_have_attribute("data-value", "50")
+            expect(page.locator('[data-kpi="total_value"] .chart line.target')).to_have_count(0)
+
+            # Download CSV: the API's own CSV of the window with its comparison, and of its history.
+            with page.expect_download() as downloaded:
+                page.click("#download-window")
+            csv_api = api.get(f"/api/kpi?{window}&compare=previous_period&format=csv", headers=headers)
+            assert downloaded.value.suggested_filename == f"kpi_{month_ago}_{today}_previous_period_UTC.csv"
+            assert Path(downloaded.value.path()).read_bytes() == csv_api.get_data()  # CRLF and all
+            with page.expect_download() as downloaded:
+                page.click("#download-history")
+            history = api.get(f"/api/kpi/history?{window}&interval=day&format=csv", headers=headers)
+            assert Path(downloaded.value.path()).read_bytes() == history.get_data()
+            assert len(history.get_data(as_text=True).splitlines()) == 31  # a header and 30 days
+
+            # The period selector: the last 7 days, compared with the 7 before.
+            page.select_option("#period", "7")
+            week_from = (today - timedelta(days=6)).isoformat()
+            expect(page.locator("#from")).to_have_value(week_from)
+            week = api.get(f"/api/kpi?from={week_from}&to={today}&tz=UTC&compare=previous_period", headers=headers)
+            expected = week.get_json()["comparison"]["change"]["total_listings"]["percent"]
+            expect(page.locator('[data-kpi="total_listings"] .change')).to_have_attribute(
+                "data-percent", "" if expected is None else str(expected)
+            )
+            context.close()
+        assert errors == []
+    finally:
+        conn.execute("DELETE FROM kpi.kpi_targets")

@@ -39,6 +39,20 @@ def test_the_readme_links_the_definitions() -> None:
     assert "(docs/kpis.md)" in (ROOT / "README.md").read_text(encoding="utf-8")
 
 
+def test_each_kpis_direction_is_the_one_docs_kpis_md_defines() -> None:
+    """The "better" column of docs/kpis.md is the definition; the code (serving/responses.py,
+    BETTER) and the OpenAPI document (x-better) state the same."""
+    from kpi_service.serving.responses import BETTER, KpiValuesSchema
+
+    rows = re.findall(
+        r"^\| `([a-z_]+)` \| (higher|lower) \|", (ROOT / "docs/kpis.md").read_text(encoding="utf-8"), re.M
+    )
+    assert dict(rows) == BETTER
+    assert set(BETTER) == set(KpiValuesSchema().fields)
+    stated = {name: field.metadata["x-better"] for name, field in KpiValuesSchema().fields.items()}
+    assert stated == BETTER
+
+
 def test_the_owners_page_lists_every_object_the_service_installs() -> None:
     """docs/database-owner.md, Everything the service installs, names each object of sql/schema/manifest.sql."""
     from kpi_service.db.sql import sql_text

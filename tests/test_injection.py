@@ -15,6 +15,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from kpi_service.config import Settings
+from kpi_service.db import targets
 from kpi_service.db.sql import APPLY, APPLY_BATCH, IDENTITY, MODE, PENDING, SALES_TABLES, queries
 
 PAYLOADS = [
@@ -95,14 +96,18 @@ def test_payloads_reach_the_database_only_as_bound_values(
     statements = [(text, params) for text, params in traced if text.strip()]  # "" is the pool's check
     assert statements, "no statement ran"
     # Constant texts only: the statement of sql/runtime/kpi.sql, and the summaries' applier and mode
-    # look-up, which take no values from a request; never anything built from input.
+    # look-up and the owner's targets (sql/runtime/targets.sql), which take no values from a
+    # request; never anything built from input.
     assert {text for text, params in statements if params is None} <= {
         *APPLY[:2],
         MODE,
         SALES_TABLES,
         IDENTITY,
         PENDING,
+        targets.INSTALLED,
     }
+    assert all(not params for text, params in statements if text == targets.queries.kpi_targets.sql)
+    statements = [(text, params) for text, params in statements if text != targets.queries.kpi_targets.sql]
     busy_share = Settings.apply_busy_share  # the default, which the app's applier passes
     assert all(params == [APPLY_BATCH, busy_share] for text, params in statements if text == APPLY[2])
     statements = [(text, params) for text, params in statements if params is not None and text != APPLY[2]]

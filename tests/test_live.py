@@ -36,6 +36,25 @@ def test_a_new_listing_reaches_an_open_stream_without_a_poll_or_a_ttl(live_app, 
         assert stream.until(lambda body: body["metrics"]["total_listings"] == 1)["metrics"]["total_value"] == 1000.0
 
 
+def test_a_write_in_the_compared_window_alone_reaches_a_comparisons_stream(live_app, conn) -> None:
+    """compare=previous_period: the window is today, the compared one yesterday. A listing of
+    yesterday changes only the comparison, and that is news to the stream."""
+    app = live_app()
+    today = datetime.now(UTC).date()
+    window = f"from={today}&to={today}&tz=UTC&compare=previous_period"
+    with serving(app) as base, Sse(f"{base}/api/kpi/stream?{window}&ticket={ticket(base)}") as stream:
+        first = stream.next_event().json()
+        assert first["comparison"]["metrics"]["total_listings"] == 0
+        insert_listing(conn, datetime.now(UTC) - timedelta(days=1) + timedelta(seconds=1))
+        insert_listing(conn, datetime.combine(today, datetime.min.time(), tzinfo=UTC) - timedelta(hours=1))
+        body = stream.until(lambda body: body["comparison"]["metrics"]["total_listings"] >= 1)
+        assert body["metrics"] == first["metrics"]
+        assert (
+            body["comparison"]["change"]["total_listings"]["absolute"]
+            == -body["comparison"]["metrics"]["total_listings"]
+        )
+
+
 def test_one_advance_per_batch_across_instances_and_no_event_for_a_window_it_does_not_touch(
     live_app, conn, redis_server: RedisServer
 ) -> None:

@@ -59,16 +59,19 @@ def test_every_parameter_and_response_is_documented(document: dict) -> None:
         return {p["name"]: p for p in document["paths"][path]["get"]["parameters"]}
 
     kpi = parameters("/api/kpi")
-    assert set(kpi) == {"from", "to", "tz", "aged_days"}
+    assert set(kpi) == {"from", "to", "tz", "aged_days", "compare", "format"}
+    assert kpi["compare"]["schema"]["enum"] == ["previous_period", "previous_year"]
     assert not any(p["required"] for p in kpi.values())
     assert kpi["tz"]["schema"]["default"] == "UTC" and kpi["aged_days"]["schema"]["default"] == 60
     assert (kpi["aged_days"]["schema"]["minimum"], kpi["aged_days"]["schema"]["maximum"]) == (1, 3650)
     history = parameters("/api/kpi/history")
-    assert set(history) == {"from", "to", "interval", "tz", "aged_days"}
+    assert set(history) == {"from", "to", "interval", "tz", "aged_days", "format"}
+    assert kpi["format"]["schema"]["enum"] == history["format"]["schema"]["enum"] == ["json", "csv"]
     assert {name for name, p in history.items() if p["required"]} == {"from", "to", "interval"}
     assert history["interval"]["schema"]["enum"] == ["day", "week", "month"]
     for path in ("/api/kpi", "/api/kpi/history"):
         assert {"200", "400", "401", "404", "500", "503"} <= set(document["paths"][path]["get"]["responses"])
+        assert set(document["paths"][path]["get"]["responses"]["200"]["content"]) == {"application/json", "text/csv"}
 
 
 def test_defaults_follow_the_settings(database_url: str) -> None:
@@ -85,6 +88,12 @@ def test_real_responses_conform(client: FlaskClient, auth: dict[str, str], conn,
     two_listings(conn)
     conform(document, "/api/kpi", 200, client.get("/api/kpi?from=2026-03-01&tz=UTC", headers=auth))
     conform(document, "/api/kpi", 200, client.get("/api/kpi?from=2026-03-01&tz=UTC", headers=auth))  # cached
+    compared = client.get("/api/kpi?from=2026-03-02&to=2026-03-02&compare=previous_period", headers=auth)
+    assert compared.get_json()["comparison"]["change"]["active_buyers"]["percent"] is None
+    conform(document, "/api/kpi", 200, compared)
+    # Each KPI says which direction is better.
+    values = document["components"]["schemas"]["KpiValues"]["properties"]
+    assert values["aged_inventory"]["x-better"] == "lower" and values["total_listings"]["x-better"] == "higher"
     history = client.get("/api/kpi/history?from=2026-02-27&to=2026-03-03&interval=week", headers=auth)
     conform(document, "/api/kpi/history", 200, history)
     conform(document, "/api/kpi", 400, client.get("/api/kpi?from=2026-13-01&bogus=1", headers=auth))

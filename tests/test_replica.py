@@ -20,6 +20,7 @@ from psycopg.conninfo import make_conninfo
 
 from kpi_service.app import create_app
 from kpi_service.config import Settings
+from kpi_service.db import targets
 from kpi_service.db.connections import Database
 from kpi_service.db.identity import scope_of
 from kpi_service.db.replica import Positions, Replica
@@ -48,6 +49,9 @@ def server_side(statement: str) -> str:
 
 MAINTENANCE = {server_side(s) for s in (*APPLY, CHANGED, MODE, SALES_TABLES, IDENTITY, WAL_POSITION)}
 MAINTENANCE |= {"", "BEGIN", "COMMIT", "ROLLBACK"}
+# The owner's targets are read where they are written (a replica's lag would hold a change back).
+# (The server's log continues a statement's lines with a tab.)
+MAINTENANCE |= {targets.INSTALLED, targets.queries.kpi_targets.sql.strip().replace("\n", "\n\t")}
 KPI_STATEMENT = "FROM unnest("  # sql/runtime/kpi.sql, kpi_windows
 AGING_STATEMENT = "kpi.kpi_next_aging("  # sql/runtime/kpi.sql, next_aging
 

@@ -345,7 +345,7 @@ def test_the_openapi_document_describes_the_stream(make_app) -> None:
     assert stream["security"] == [{"bearerAuth": []}, {"streamTicket": []}]
     assert document["components"]["securitySchemes"]["streamTicket"]["in"] == "query"
     names = {p["name"] for p in stream["parameters"]}
-    assert names == {"from", "to", "tz", "aged_days", "Last-Event-ID", "last_event_id"}
+    assert names == {"from", "to", "tz", "aged_days", "compare", "Last-Event-ID", "last_event_id"}
     assert "text/event-stream" in stream["responses"]["200"]["content"]
     ticket_op = document["paths"]["/api/kpi/stream-ticket"]["post"]
     assert ticket_op["security"] == [{"bearerAuth": []}]

@@ -25,6 +25,20 @@ def test_the_file_is_what_the_reference_gives() -> None:
     assert make_vectors.PATH.read_text() == make_vectors.render(), "run: .venv/bin/python -m tests.make_vectors"
 
 
+def test_the_comparison_vectors_are_what_the_service_gives() -> None:
+    """The JS package checks its comparedDays and kpiChanges against these."""
+    expected = make_vectors.render_comparisons()
+    assert make_vectors.COMPARISONS_PATH.read_text() == expected, "run: .venv/bin/python -m tests.make_vectors"
+    found = json.loads(expected)
+    assert any(p["change"]["total_listings"]["percent"] is None for p in found["changes"])
+    assert {
+        "from": "2028-02-29",
+        "to": "2028-03-01",
+        "compare": "previous_year",
+        "compared": ["2027-02-28", "2027-03-01"],
+    } in found["days"]
+
+
 def _day(text: str | None) -> date | None:
     return None if text is None else date.fromisoformat(text)
 

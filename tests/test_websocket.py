@@ -339,6 +339,6 @@ def test_the_openapi_document_describes_it(make_app) -> None:
     operation = document["paths"]["/api/kpi/ws"]["get"]
     assert operation["security"] == [{"bearerAuth": []}, {"streamTicket": []}]
     names = {p["name"] for p in operation["parameters"]}
-    assert names == {"from", "to", "tz", "aged_days", "Last-Event-ID", "last_event_id", "Origin"}
+    assert names == {"from", "to", "tz", "aged_days", "compare", "Last-Event-ID", "last_event_id", "Origin"}
     assert {"101", "400", "401", "403", "503"} <= set(operation["responses"])
     assert "1009" in operation["responses"]["101"]["description"]

@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 
 import psycopg
@@ -15,6 +16,7 @@ from kpi_service.cli.embedded import DEFAULT_DIR, EmbeddedError
 from kpi_service.cli.seed import NotEmpty
 from kpi_service.config import ConfigError
 from kpi_service.db.errors import LockNotGranted, SchemaMismatch
+from kpi_service.db.sql import KPI_NAMES
 from kpi_service.ops.lifecycle import Stopped, stop_on_signals
 
 DEMO_LISTINGS = 20_000
@@ -38,6 +40,16 @@ def _instant(text: str) -> datetime:
     value = datetime.fromisoformat(text)
     if value.tzinfo is None:
         raise argparse.ArgumentTypeError("give a time zone offset, e.g. 2026-11-25T00:00:00+00:00")
+    return value
+
+
+def _number(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except ArithmeticError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value.is_finite() or abs(value) > Decimal("1e15"):
+        raise argparse.ArgumentTypeError(f"not a finite number of at most 1e15 in size: {text!r}")
     return value
 
 
@@ -86,6 +98,20 @@ def parser() -> argparse.ArgumentParser:
         "apply", help="keep the summaries of DATABASE_URL current (what every instance does in the background)"
     )
     apply.add_argument("--once", action="store_true", help="apply what the change log holds now, then exit")
+    target = commands.add_parser("target", help="set, unset or list the owner's KPI targets in DATABASE_URL")
+    actions = target.add_subparsers(dest="action", required=True, metavar="ACTION")
+    window = {
+        "choices": ("daily", "monthly"),
+        "help": "only for windows of one day, or of a month (or a month so far); default: every window",
+    }
+    target_set = actions.add_parser("set", help="set KPI's target to VALUE")
+    target_set.add_argument("kpi", choices=KPI_NAMES, metavar="KPI")
+    target_set.add_argument("value", type=_number, metavar="VALUE")
+    target_set.add_argument("--window", **window)
+    target_unset = actions.add_parser("unset", help="remove KPI's target")
+    target_unset.add_argument("kpi", choices=KPI_NAMES, metavar="KPI")
+    target_unset.add_argument("--window", **window)
+    actions.add_parser("list", help="print every target")
     return top
 
 
@@ -123,6 +149,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
         elif args.command == "apply":
             commands.apply_command(os.environ, once=args.once)
+        elif args.command == "target":
+            commands.target_command(
+                os.environ,
+                args.action,
+                kpi=getattr(args, "kpi", None),
+                value=getattr(args, "value", None),
+                window=getattr(args, "window", None) or "any",
+            )
     except Stopped as stop:
         print(f"kpi-service: stopped ({stop})", file=sys.stderr)
         return 0

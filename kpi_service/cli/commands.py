@@ -1,10 +1,11 @@
-"""The small commands: seed, token and init-db (demo has its own module)."""
+"""The small commands: seed, token, init-db, uninstall, apply and target (demo has its own module)."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import TextIO
 
@@ -18,6 +19,7 @@ from kpi_service.config import ConfigError, Settings, aged_days_setting
 from kpi_service.db.applier import Applier
 from kpi_service.db.connections import Database
 from kpi_service.db.schema import apply_schema
+from kpi_service.db.targets import INSTALLED, read_targets, set_target, unset_target
 from kpi_service.db.uninstall import plan, remove
 from kpi_service.serving.cache import Cache
 from kpi_service.serving.connection import connect
@@ -148,6 +150,45 @@ def apply_command(environ: Mapping[str, str], *, once: bool, out: TextIO | None 
         ).run_forever()
     finally:
         db.close()
+
+
+def target_command(
+    environ: Mapping[str, str],
+    action: str,
+    *,
+    kpi: str | None = None,
+    value: Decimal | None = None,
+    window: str = "any",
+    out: TextIO | None = None,
+) -> None:
+    """`kpi-service target set|unset|list` on DATABASE_URL, as the owner (the service's role only
+    reads the table). A change reaches every instance's pollers and streams within a second
+    (kpi_service/serving/targets.py)."""
+    out = out or sys.stdout
+    url = environ.get("DATABASE_URL")
+    if not url:
+        raise ConfigError("DATABASE_URL is not set")
+    with psycopg.connect(url, autocommit=True) as conn:
+        if not conn.execute(INSTALLED).fetchone()[0]:
+            raise ConfigError(f"{_describe(url)} has no kpi.kpi_targets: run kpi-service init-db first")
+        if action == "set":
+            assert kpi is not None and value is not None
+            set_target(conn, kpi, value, window)
+            print(f"target of {kpi} ({_windows(window)}) set to {value}", file=out)
+        elif action == "unset":
+            assert kpi is not None
+            done = unset_target(conn, kpi, window)
+            print(f"target of {kpi} ({_windows(window)}) {'removed' if done else 'was not set'}", file=out)
+        else:
+            targets = read_targets(conn)
+            if not targets:
+                print("no targets set", file=out)
+            for target in targets:
+                print(f"{target.kpi:<24} {_windows(target.window_length):<16} {target.value}", file=out)
+
+
+def _windows(length: str) -> str:
+    return "every window" if length == "any" else f"{length} windows"
 
 
 def _describe(url: str) -> str:

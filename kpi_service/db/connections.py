@@ -51,6 +51,7 @@ from kpi_service.db.sql import (
     queries,
     waiting_for_the_applier,
 )
+from kpi_service.db.targets import Target, read_targets
 from kpi_service.ops import metrics
 
 log = logging.getLogger(__name__)
@@ -281,6 +282,12 @@ class Database:
 
         (parts, duration_ms, pending), answered_by = self._read("query", run)
         return [metrics_of(row) for row in parts], duration_ms, answered_by, pending, parts
+
+    def targets(self) -> tuple[Target, ...]:
+        """The owner's targets (db/targets.py), from the primary: where they are written, and a
+        replica's lag would hold a change back."""
+        with self.connection("targets", quiet=True) as conn:
+            return read_targets(conn)
 
     def metrics_of_sums(self, arguments: dict[str, list[Any]]) -> list[dict[str, Any]]:
         """The ten KPIs of sums the service holds (sql/runtime/kpi.sql, kpi_metrics_of): the

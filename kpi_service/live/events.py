@@ -30,24 +30,34 @@ class Event:
     computed_at: str  # of the value it carries (unavailable: of the last value known)
     state: str  # "fresh", "stale" or "unavailable": a change of state alone is news
     data: bytes
-    numbers: str = ""  # the ten KPIs, to tell an event that changes nothing
+    numbers: str = ""  # the ten KPIs (the comparison's, the targets), to tell an event that changes nothing
+    targets: str = ""  # the window's targets: a value sent again with other targets is news
 
     @classmethod
     def of(cls, served: Served) -> Event:
         stale = bool(served.body["meta"]["stale"])
-        numbers = json.dumps(served.body["metrics"], sort_keys=True)
-        return cls("kpi", served.body["meta"]["computed_at"], "stale" if stale else "fresh", served.payload, numbers)
+        # The comparison too: a change of the compared window alone is news to its streams.
+        shown = {k: served.body[k] for k in ("metrics", "comparison", "targets") if k in served.body}
+        numbers = json.dumps(shown, sort_keys=True)
+        targets = json.dumps(served.body["targets"], sort_keys=True) if served.body.get("targets") else ""
+        state = "stale" if stale else "fresh"
+        return cls("kpi", served.body["meta"]["computed_at"], state, served.payload, numbers, targets)
 
     @classmethod
     def unavailable(cls, message: str, computed_at: str) -> Event:
         body = {"metrics": None, "success": False, "message": message}
         return cls("unavailable", computed_at, "unavailable", json.dumps(body, separators=(",", ":")).encode())
 
+    @property
+    def mark(self) -> tuple[str, str]:
+        """What a stream has once this event is sent: its value's time, its state with its targets."""
+        return (self.computed_at, self.state + self.targets)
+
     def newer_than(self, other: tuple[str, str] | None) -> bool:
         if other is None:
             return True
         computed_at, state = other
-        return self.computed_at > computed_at or (self.computed_at == computed_at and self.state != state)
+        return self.computed_at > computed_at or (self.computed_at == computed_at and self.mark[1] != state)
 
     def encode(self) -> bytes:
         """The event on the wire. `id:` only for KPI values: a browser reconnects with the
@@ -81,7 +91,7 @@ class Subscriber:
         with self._cond:
             if self.closed or not event.newer_than(self._seen):
                 return
-            self._seen = (event.computed_at, event.state)
+            self._seen = event.mark
             if event.numbers and (event.numbers, event.state) == self._numbers:
                 return  # recomputed, and nothing changed: the client has these numbers
             self._numbers = (event.numbers, event.state)

@@ -102,6 +102,8 @@ class Hub:
         self._mode_epoch = 0
         # aged_days -> (the latest batch heard then, the next aging instant found): _next_aging.
         self._aging: dict[int, tuple[int, datetime | None]] = {}
+        # A target changed (serving/targets.py): every open stream gets its value again with it.
+        service.targets.on_change(self._targets_changed)
         _hubs.add(self)
 
     # --- subscribers ---------------------------------------------------------------------------
@@ -158,13 +160,18 @@ class Hub:
 
     def deliver(self, key: str, served: Served) -> None:
         """Offer a value of window `key` to its subscribers, and schedule the next refresh."""
-        event = Event.of(served)
+        with self._lock:
+            watched = self._watched.get(key)
+        if watched is None:
+            return
+        # Whichever way the value came (an announcement, a refresh): the window's targets now.
+        event = Event.of(self.service.targets.served(served, watched.query))
         with self._lock:
             watched = self._watched.get(key)
             if watched is None:
                 return
             if event.newer_than(watched.latest):
-                watched.latest = (event.computed_at, event.state)
+                watched.latest = event.mark
             if self._live():
                 if not watched.scheduled:
                     watched.due = min(watched.due, time.time())  # look its next aging instant up
@@ -178,6 +185,15 @@ class Hub:
             subscribers = list(watched.subscribers)
         for subscriber in subscribers:
             subscriber.offer(event)
+
+    def _targets_changed(self) -> None:
+        with self._lock:
+            watched = list(self._watched.items())
+        for key, window in watched:
+            try:
+                self.deliver(key, self.service.current(window.query))
+            except Exception as error:  # its next refresh or batch sends the targets instead
+                log.warning("sending %s its new targets failed: %s", key, error.__class__.__name__)
 
     def close(self) -> None:
         """End every stream (their generators return) and stop the listener."""

@@ -41,7 +41,7 @@ from kpi_service.serving.changes import affected
 from kpi_service.serving.errors import InvalidKpis
 from kpi_service.serving.freshness import Changes
 from kpi_service.serving.query import KpiQuery
-from kpi_service.serving.responses import Served, validated
+from kpi_service.serving.responses import Served, kpi_data, validated
 from kpi_service.serving.windows import Window, buckets
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ def described(text: str) -> tuple[str, KpiQuery] | None:
             tz=found["tz"],
             aged_days=int(found["aged_days"]),
             interval=found.get("interval"),
+            compare=found.get("compare"),
         )
         return found["kind"], query
     except (ValueError, KeyError, TypeError):
@@ -72,9 +73,10 @@ def described(text: str) -> tuple[str, KpiQuery] | None:
 
 
 def windows_of(kind: str, query: KpiQuery) -> list[tuple[Window, tuple[date, date] | None]]:
-    """The spans of a value: the window, or each bucket of a history (with its days)."""
+    """The spans of a value: the window (then the window it is compared with, if any), or each
+    bucket of a history (with its days)."""
     if kind == "kpi":
-        return [(query.window, None)]
+        return [(window, None) for window in query.windows]
     assert query.date_from is not None and query.date_to is not None and query.interval is not None
     days = buckets(query.date_from, query.date_to, query.interval)
     return [(Window.of_dates(first, last, query.tz), (first, last)) for first, last in days]
@@ -313,7 +315,7 @@ class Advancer:
         """The body's data of an advanced window (its metrics, or its series), and its new state."""
         spans = windows_of(plan.kind, plan.query)
         if plan.kind == "kpi":
-            data: dict[str, Any] = {"metrics": validated(rows[0])}
+            data: dict[str, Any] = kpi_data(plan.query, rows)
         else:
             series = []
             for (_, days), row in zip(spans, rows, strict=True):

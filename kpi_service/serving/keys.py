@@ -96,4 +96,7 @@ def cache_key(kind: str, query: KpiQuery) -> str:
     ]
     if query.interval:
         parts.append(query.interval)
+    if query.compare:
+        # A window and its comparison are two values: forgetting this part would share a key.
+        parts.append(query.compare)
     return ":".join(parts)

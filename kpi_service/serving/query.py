@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from kpi_service.config import canonical_zone
-from kpi_service.serving.windows import INTERVALS, Window, bucket_count
+from kpi_service.serving.windows import COMPARISONS, INTERVALS, Window, bucket_count, compared_days
 
 if TYPE_CHECKING:
     from werkzeug.datastructures import MultiDict
@@ -66,10 +66,27 @@ class KpiQuery:
     tz: str
     aged_days: int
     interval: str | None = None
+    compare: str | None = None
 
     @property
     def window(self) -> Window:
         return Window.of_dates(self.date_from, self.date_to, self.tz)
+
+    @property
+    def compared_dates(self) -> tuple[date, date] | None:
+        """The compared window's days (windows.compared_days); None without `compare`."""
+        if self.compare is None:
+            return None
+        assert self.date_from is not None and self.date_to is not None, "the schema refuses an open window"
+        return compared_days(self.date_from, self.date_to, self.compare)
+
+    @property
+    def windows(self) -> list[Window]:
+        """Every window the value's numbers are computed over: the window, then the compared one."""
+        compared = self.compared_dates
+        if compared is None:
+            return [self.window]
+        return [self.window, Window.of_dates(*compared, self.tz)]
 
     def describe(self) -> dict[str, Any]:
         """The `meta.window` of a response."""
@@ -81,11 +98,14 @@ class KpiQuery:
         }
         if self.interval is not None:
             described["interval"] = self.interval
+        if self.compare is not None:
+            described["compare"] = self.compare
         return described
 
 
-class KpiQuerySchema(Schema):
-    """Parameters of GET /api/kpi. Defaults for tz and aged_days come from the settings."""
+class WindowQuerySchema(Schema):
+    """The window's parameters, shared by GET /api/kpi and its history. Defaults for tz and
+    aged_days come from the settings."""
 
     class Meta:
         unknown = RAISE
@@ -126,10 +146,38 @@ class KpiQuerySchema(Schema):
             tz=data["tz"] or self.default_tz,
             aged_days=data["aged_days"] or self.default_aged_days,
             interval=data.get("interval"),
+            compare=data.get("compare"),
         )
 
 
-class HistoryQuerySchema(KpiQuerySchema):
+class KpiQuerySchema(WindowQuerySchema):
+    """Parameters of GET /api/kpi (and of its stream): a window, and what it is compared with."""
+
+    compare = fields.String(
+        load_default=None,
+        validate=validate.OneOf(COMPARISONS),
+        metadata={
+            "description": "Also compute the window this one is compared with, in the same statement: "
+            "`previous_period` (as many days just before; a month or year to date: the same days of the "
+            "previous month or year) or `previous_year` (the same dates a year earlier, 29 February as "
+            '28 February). Needs both `from` and `to`. Rules: docs/kpis.md, "Comparison".'
+        },
+    )
+
+    @validates_schema
+    def _comparable(self, data: dict[str, Any], **kwargs: Any) -> None:
+        first, last, compare = data.get("date_from"), data.get("date_to"), data.get("compare")
+        if compare is None:
+            return
+        if first is None or last is None:
+            raise ValidationError("An open window has no previous period: give both 'from' and 'to'.", "compare")
+        if first > last:
+            return  # _ordered says so
+        if compared_days(first, last, compare)[0] < MIN_DATE:
+            raise ValidationError(f"The compared window would start before {MIN_DATE}.", "compare")
+
+
+class HistoryQuerySchema(WindowQuerySchema):
     """Parameters of GET /api/kpi/history: a bounded range cut into calendar buckets."""
 
     date_from = IsoDate(

@@ -7,8 +7,9 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
@@ -16,24 +17,48 @@ from kpi_service.serving.bodies import parse_instant, with_flags
 from kpi_service.serving.cache import Entry
 from kpi_service.serving.errors import InvalidKpis
 
+if TYPE_CHECKING:
+    from kpi_service.serving.query import KpiQuery
+
 log = logging.getLogger(__name__)
 
+# Whether a higher or a lower number is better, per KPI: defined in docs/kpis.md ("better"
+# column, tests/test_docs.py compares), stated in the OpenAPI document (x-better), and what the
+# dashboard colours a change by.
+BETTER = {
+    "total_listings": "higher",
+    "total_value": "higher",
+    "average_price": "higher",
+    "scoring_rate": "higher",
+    "average_score": "higher",
+    "aged_inventory": "lower",
+    "average_profit_per_unit": "higher",
+    "lead_to_purchase_time": "lower",
+    "conversion_rate": "higher",
+    "active_buyers": "higher",
+}
+_CENT = Decimal("0.01")
 
-def _count(summary: str) -> fields.Integer:
+
+def _described(summary: str, better: str) -> dict[str, str]:
+    return {
+        "description": f"{summary} {better.capitalize()} is better. Exact definition: docs/kpis.md.",
+        "x-better": better,
+    }
+
+
+def _count(summary: str, better: str = "higher") -> fields.Integer:
     return fields.Integer(
-        required=True,
-        strict=True,
-        validate=validate.Range(min=0),
-        metadata={"description": f"{summary} Exact definition: docs/kpis.md."},
+        required=True, strict=True, validate=validate.Range(min=0), metadata=_described(summary, better)
     )
 
 
-def _number(summary: str, **bounds: float) -> fields.Float:
+def _number(summary: str, better: str = "higher", **bounds: float) -> fields.Float:
     return fields.Float(
         required=True,
         allow_nan=False,
         validate=validate.Range(**bounds) if bounds else None,
-        metadata={"description": f"{summary} Exact definition: docs/kpis.md."},
+        metadata=_described(summary, better),
     )
 
 
@@ -45,8 +70,8 @@ class KpiValuesSchema(Schema):
         unknown = RAISE
 
     average_profit_per_unit = _number("Mean sale price minus cost, sales of the window.")
-    lead_to_purchase_time = _number("Mean days from lead to sale, sales of the window.")
-    aged_inventory = _count("Listings in stock at the window's end (or now) older than aged_days.")
+    lead_to_purchase_time = _number("Mean days from lead to sale, sales of the window.", "lower")
+    aged_inventory = _count("Listings in stock at the window's end (or now) older than aged_days.", "lower")
     total_listings = _count("Listings listed in the window.")
     active_buyers = _count("Distinct buyers with a lead or a purchase in the window.")
     conversion_rate = _number("Percent of the window's leads that became a sale.", min=0, max=100)
@@ -101,3 +126,37 @@ def validated(row: dict[str, Any]) -> dict[str, Any]:
         # A row outside the definitions (docs/kpis.md) means a bug or corrupt data: never pass it on.
         log.error("KPI row failed validation: %s", error.messages)
         raise InvalidKpis from None
+
+
+def kpi_data(query: KpiQuery, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The data of GET /api/kpi's body from the statement's rows, one per window of
+    query.windows: `metrics`, and with `compare` the `comparison` (docs/kpis.md, "Comparison")."""
+    data: dict[str, Any] = {"metrics": validated(rows[0])}
+    compared = query.compared_dates
+    if compared is not None:
+        data["comparison"] = {
+            "compare": query.compare,
+            "from": compared[0].isoformat(),
+            "to": compared[1].isoformat(),
+            "metrics": validated(rows[1]),
+            "change": changes(rows[0], rows[1]),
+        }
+    return data
+
+
+def changes(current: dict[str, Any], base: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per KPI, the window's number less the compared window's, and that difference in percent of
+    the compared number's size (so that its sign says up or down when the base is negative),
+    rounded to 2 decimals halves away from zero; percent null where the base is 0. From the
+    rows' exact decimals, not from floats."""
+    result = {}
+    for name, field in _kpi_values.fields.items():
+        now, then = Decimal(str(current[name])), Decimal(str(base[name]))
+        absolute = now - then
+        percent = None if then == 0 else (absolute * 100 / abs(then)).quantize(_CENT, rounding=ROUND_HALF_UP)
+        result[name] = {
+            # A count's change is a whole number, whatever type the row gave it.
+            "absolute": int(absolute) if isinstance(field, fields.Integer) else float(absolute),
+            "percent": None if percent is None else float(percent),
+        }
+    return result

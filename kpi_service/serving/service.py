@@ -36,8 +36,9 @@ from kpi_service.serving.keys import cache_key
 from kpi_service.serving.query import KpiQuery
 from kpi_service.serving.recent import Recent
 from kpi_service.serving.refresher import Refresher
-from kpi_service.serving.responses import Served, computed_at, hit, validated
+from kpi_service.serving.responses import Served, computed_at, hit, kpi_data, validated
 from kpi_service.serving.singleflight import SingleFlight
+from kpi_service.serving.targets import Targets
 from kpi_service.serving.windows import Window, buckets
 
 log = logging.getLogger(__name__)
@@ -80,10 +81,13 @@ class KpiService:
         # process last told Redis it reads each one.
         self.advancer = Advancer(self)
         self._watched_at: dict[str, float] = {}
+        # The owner's targets, put into each window's body as it is served (targets.py).
+        self.targets = Targets(db.targets)
 
     def current(self, query: KpiQuery) -> Served:
-        """GET /api/kpi for this query."""
-        return self._serve("kpi", query, self._current_compute(query))
+        """GET /api/kpi for this query, with the window's targets."""
+        self.targets.start()
+        return self.targets.served(self._serve("kpi", query, self._current_compute(query)), query)
 
     def current_after(self, query: KpiQuery, seq: int, not_before: float) -> Served:
         """The window's value for a live update: the stored one if it includes change batch `seq`
@@ -102,14 +106,15 @@ class KpiService:
         if entry is not None and not current(entry):
             entry = self._advanced_by_another(key, entry, seq, current)
         if entry is not None and current(entry):
-            return self.recent.remember(key, hit(entry))
+            return self.targets.served(self.recent.remember(key, hit(entry)), query)
         compute = self._current_compute(query)
         # A flight of its own: joining a computation of the same window that began before this
         # batch (a poller's, a new stream's) would hand back the numbers without it.
         flight = f"{key}#{seq}#{not_before}"
-        return self._flights.do(
+        served = self._flights.do(
             flight, lambda: self._compute_once(key, "kpi", query, compute, current), self.wait_seconds
         )
+        return self.targets.served(served, query)
 
     def last_known(self, query: KpiQuery) -> Served | None:
         """The window's stored value flagged stale: what a stream shows while its recompute fails."""
@@ -119,19 +124,18 @@ class KpiService:
         body = entry.body if entry is not None else recent.body if recent is not None else None
         if body is None:
             return None
-        return Served(with_flags(body, cached=True, stale=True), "stale", time.time())
+        return self.targets.served(Served(with_flags(body, cached=True, stale=True), "stale", time.time()), query)
 
     def compute_of(self, kind: str, query: KpiQuery) -> Compute:
         return self._current_compute(query) if kind == "kpi" else self._history_compute(query)
 
     def _current_compute(self, query: KpiQuery) -> Compute:
         def compute(now: datetime) -> Computed:
-            window = query.window
-            as_of = window.as_of(now)
-            rows, duration_ms, answered_by, pending, parts = self.kpi_rows(
-                "kpi", [(window.start, window.end, as_of)], query.aged_days
-            )
-            return {"metrics": validated(rows[0])}, duration_ms, answered_by, pending, state_of(parts, [as_of], now)
+            # The window and the one it is compared with (if any) in one statement, one snapshot.
+            as_ofs = [window.as_of(now) for window in query.windows]
+            spans = [(window.start, window.end, as_of) for window, as_of in zip(query.windows, as_ofs, strict=True)]
+            rows, duration_ms, answered_by, pending, parts = self.kpi_rows("kpi", spans, query.aged_days)
+            return kpi_data(query, rows), duration_ms, answered_by, pending, state_of(parts, as_ofs, now)
 
         return compute
 
@@ -424,5 +428,6 @@ class KpiService:
             done = wanted
 
     def close(self) -> None:
+        self.targets.stop()
         self.advancer.stop()
         self.refresher.close()

@@ -68,3 +68,32 @@ def _bucket_last_day(day: date, interval: str) -> date:
         return day + timedelta(days=6 - day.weekday())
     next_month = date(day.year + day.month // 12, day.month % 12 + 1, 1)
     return next_month - timedelta(days=1)
+
+
+COMPARISONS = ("previous_period", "previous_year")
+
+
+def compared_days(first: date, last: date, compare: str) -> tuple[date, date]:
+    """The days a window first..last is compared with (docs/kpis.md, "Comparison"):
+
+    - previous_year: the same dates a year earlier, 29 February becoming 28 February;
+    - previous_period: for a period-to-date window (from the 1st of a month to a day of that
+      month; from 1 January to a later month of that year) the same days of the previous month
+      (year), the last clipped to that month's end; otherwise as many days, just before `first`.
+    """
+    if compare == "previous_year":
+        return _year_before(first), _year_before(last)
+    if first.day == 1 and (first.year, first.month) == (last.year, last.month):
+        month_before = first - timedelta(days=1)
+        # month_before is that month's last day: a longer month's 31st becomes it.
+        return month_before.replace(day=1), month_before.replace(day=min(last.day, month_before.day))
+    if (first.month, first.day) == (1, 1) and first.year == last.year:
+        return _year_before(first), _year_before(last)
+    length = last - first + timedelta(days=1)
+    return first - length, first - timedelta(days=1)
+
+
+def _year_before(day: date) -> date:
+    if (day.month, day.day) == (2, 29):
+        return date(day.year - 1, 2, 28)
+    return day.replace(year=day.year - 1)

@@ -71,6 +71,22 @@ function bucketCount(first, last, interval) {
   return (y2 - y1) * 12 + (m2 - m1) + 1;
 }
 
+// The period selector: the last N days to today, or this month so far, in the chosen zone.
+function periodDays(period, tz) {
+  const today = todayIn(tz);
+  if (period === "month") return { from: `${today.slice(0, 8)}01`, to: today };
+  return { from: addDays(today, 1 - Number(period)), to: today };
+}
+
+function periodOf(view) {
+  if (!view.from || !view.to) return "custom";
+  for (const period of ["7", "30", "90", "month"]) {
+    const days = periodDays(period, view.tz);
+    if (days.from === view.from && days.to === view.to) return period;
+  }
+  return "custom";
+}
+
 // --- elements --------------------------------------------------------------------------------
 
 const $ = (id) => document.getElementById(id);
@@ -79,7 +95,8 @@ const el = {
   cards: $("cards"), banner: $("banner"), status: $("status"), statusText: $("status-text"),
   updated: $("updated"), windowLabel: $("window-label"), historyNote: $("history-note"),
   dialog: $("token-dialog"), tokenForm: $("token-form"), tokenInput: $("token-input"),
-  tokenReason: $("token-reason"), changeToken: $("change-token"),
+  tokenReason: $("token-reason"), changeToken: $("change-token"), period: $("period"),
+  downloadWindow: $("download-window"), downloadHistory: $("download-history"),
 };
 const SVG = "http://www.w3.org/2000/svg";
 
@@ -94,6 +111,9 @@ const state = {
   historyAt: 0,
   history: null,
   body: null,
+  // Per KPI, "higher" or "lower" is better: the OpenAPI document's x-better (docs/kpis.md).
+  better: {},
+  drawnTargets: "{}", // the targets the charts show, redrawn when they change
 };
 
 // --- rendering -------------------------------------------------------------------------------
@@ -111,13 +131,16 @@ function buildCards() {
     value.className = "value";
     value.setAttribute("aria-describedby", `hint-${kpi.key}`);
     value.textContent = "—";
+    const change = document.createElement("p");
+    change.className = "change";
+    change.hidden = true;
     const hint = document.createElement("p");
     hint.className = "hint";
     hint.id = `hint-${kpi.key}`;
     hint.textContent = kpi.hint.replace("{aged}", "60");
     const chart = document.createElement("figure");
     chart.className = "chart";
-    card.append(title, value, hint, chart);
+    card.append(title, value, change, hint, chart);
     el.cards.append(card);
   }
 }
@@ -135,11 +158,18 @@ function render(body, via) {
       card.classList.add("changed");
     }
     value.textContent = text;
+    showChange(card.querySelector(".change"), kpi, body.comparison);
+    const target = body.targets?.[kpi.key];
+    card.dataset.target = target ? String(target.value) : "";
+    card.classList.toggle("target-met", Boolean(target?.met));
+    card.classList.toggle("target-missed", Boolean(target && !target.met));
     card.classList.remove("loading");
     card.classList.toggle("stale", meta.stale);
     card.querySelector(".hint").textContent = kpi.hint.replace("{aged}", String(meta.window.aged_days));
   }
   el.cards.setAttribute("aria-busy", "false");
+  const targets = JSON.stringify(body.targets || {});
+  if (state.history && targets !== state.drawnTargets) drawCharts(state.history, state.view.interval);
   el.cards.dataset.via = via;
   el.cards.dataset.computedAt = meta.computed_at;
   const computed = new Date(meta.computed_at);
@@ -152,6 +182,24 @@ function render(body, via) {
     hideBanner();
     showTransport();
   }
+}
+
+// The change against the compared window: an arrow, the percent, coloured by the KPI's direction.
+function showChange(element, kpi, comparison) {
+  const change = comparison?.change?.[kpi.key];
+  element.hidden = !change;
+  if (!change) return;
+  const arrow = change.absolute > 0 ? "▲" : change.absolute < 0 ? "▼" : "▬";
+  const percent = change.percent === null ? "—" : formats.pct.format(Math.abs(change.percent) / 100);
+  const better = state.better[kpi.key] || "higher";
+  const good = better === "higher" ? change.absolute > 0 : change.absolute < 0;
+  element.dataset.direction = change.absolute > 0 ? "up" : change.absolute < 0 ? "down" : "flat";
+  element.dataset.tone = change.absolute === 0 ? "same" : good ? "better" : "worse";
+  element.dataset.percent = change.percent === null ? "" : String(change.percent);
+  element.textContent = `${arrow} ${percent}`;
+  const period = comparison.compare === "previous_year" ? "the same days a year before" : "the previous period";
+  element.title = `${change.absolute > 0 ? "+" : ""}${format(kpi.format, change.absolute)} against ${period} ` +
+    `(${formatDay(comparison.from)} – ${formatDay(comparison.to)}); ${better} is better`;
 }
 
 // What the status pill says for each way the figures arrive (kpi-client.js's onStatus).
@@ -193,6 +241,7 @@ function historyRange(view) {
 }
 
 function drawCharts(series, interval) {
+  state.drawnTargets = JSON.stringify(state.body?.targets || {});
   for (const kpi of KPIS) {
     const figure = el.cards.querySelector(`[data-kpi="${kpi.key}"] .chart`);
     figure.replaceChildren();
@@ -209,16 +258,17 @@ function drawCharts(series, interval) {
     const last = document.createElement("span");
     last.textContent = formatDay(series[series.length - 1].end);
     axis.append(first, last);
-    figure.append(top, chart(kpi, series, values, interval), axis);
+    figure.append(top, chart(kpi, series, values, interval, state.body?.targets?.[kpi.key]), axis);
   }
 }
 
-function chart(kpi, series, values, interval) {
+function chart(kpi, series, values, interval, target) {
   // Drawn in a 300 x 60 box stretched to the card's width: no text inside, so nothing distorts.
   const width = 300;
   const height = 60;
-  const max = Math.max(0, ...values);
-  const min = Math.min(0, ...values);
+  const goal = target ? [target.value] : [];
+  const max = Math.max(0, ...values, ...goal);
+  const min = Math.min(0, ...values, ...goal);
   const span = max - min || 1;
   const svg = document.createElementNS(SVG, "svg");
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
@@ -254,6 +304,18 @@ function chart(kpi, series, values, interval) {
     bar.append(tip);
     svg.append(bar);
   });
+  if (target) {
+    // The owner's target, across the chart (it applies to the window, each bar is a bucket of it).
+    const line = document.createElementNS(SVG, "line");
+    for (const [name, value] of [["x1", 0], ["x2", width], ["y1", y(target.value)], ["y2", y(target.value)]]) line.setAttribute(name, String(value));
+    line.setAttribute("class", "target");
+    line.setAttribute("vector-effect", "non-scaling-stroke");
+    line.dataset.value = String(target.value);
+    const tip = document.createElementNS(SVG, "title");
+    tip.textContent = `Target: ${format(kpi.format, target.value)}`;
+    line.append(tip);
+    svg.append(line);
+  }
   return svg;
 }
 
@@ -285,7 +347,9 @@ async function loadHistory(generation) {
 // --- live updates ----------------------------------------------------------------------------
 
 function follow(view, generation) {
-  state.subscription = subscribe({ from: view.from, to: view.to, tz: view.tz }, (update) => {
+  // With both dates, the previous period too (an open window has none).
+  const compare = view.from && view.to ? { compare: "previous_period" } : {};
+  state.subscription = subscribe({ from: view.from, to: view.to, tz: view.tz, ...compare }, (update) => {
     if (generation !== state.generation) return;
     const first = state.body === null;
     render(update, update.source);
@@ -301,6 +365,48 @@ function follow(view, generation) {
       if (generation === state.generation) handleError(error);
     },
   });
+}
+
+// --- downloads: the API's own CSV of the window and of its history --------------------------
+
+async function download(path, params) {
+  const query = new URLSearchParams({ format: "csv" });
+  for (const [name, value] of Object.entries(params)) if (value) query.set(name, value);
+  const response = await fetch(`${path}?${query}`, { headers: { Authorization: `Bearer ${state.token}` } });
+  if (!response.ok) {
+    const body = await response.json().catch(() => null);
+    throw Object.assign(new Error(body?.message || `The KPI service answered ${response.status}.`), { status: response.status });
+  }
+  const name = /filename="([^"]+)"/.exec(response.headers.get("Content-Disposition") || "")?.[1] || "kpi.csv";
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(await response.blob());
+  link.download = name;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+}
+
+function downloadWindow() {
+  const view = state.view;
+  const compare = view.from && view.to ? "previous_period" : null;
+  return download("api/kpi", { from: view.from, to: view.to, tz: view.tz, compare });
+}
+
+function downloadHistory() {
+  const { first, last } = historyRange(state.view);
+  return download("api/kpi/history", { from: first, to: last, tz: state.view.tz, interval: state.view.interval });
+}
+
+async function loadDirections() {
+  try {
+    const response = await fetch("api/openapi.json");
+    const properties = (await response.json()).components.schemas.KpiValues.properties;
+    for (const kpi of KPIS) state.better[kpi.key] = properties[kpi.key]["x-better"] || "higher";
+  } catch {
+    // Without the document every KPI colours as higher-is-better until the next load.
+  }
+  if (state.body) render(state.body, el.cards.dataset.via);
 }
 
 // --- errors and the token --------------------------------------------------------------------
@@ -349,6 +455,7 @@ function readForm() {
 }
 
 function writeForm(view) {
+  el.period.value = periodOf(view);
   el.from.value = view.from || "";
   el.to.value = view.to || "";
   el.tz.value = view.tz;
@@ -427,6 +534,17 @@ function start() {
       loadHistory(state.generation).catch(handleError);
     });
   }
+  el.period.addEventListener("change", () => {
+    if (el.period.value === "custom") return el.from.focus();
+    const days = periodDays(el.period.value, el.tz.value);
+    el.from.value = days.from;
+    el.to.value = days.to;
+    if (state.token) show(readForm());
+  });
+  for (const input of [el.from, el.to]) input.addEventListener("input", () => (el.period.value = "custom"));
+  el.downloadWindow.addEventListener("click", () => downloadWindow().catch(handleError));
+  el.downloadHistory.addEventListener("click", () => downloadHistory().catch(handleError));
+  loadDirections();
   el.changeToken.addEventListener("click", () => askForToken("Paste the access token to use from now on."));
   el.tokenForm.addEventListener("submit", () => {
     const value = el.tokenInput.value.trim().replace(/^Bearer\s+/i, "");

@@ -1,6 +1,88 @@
 // Built from clients/js/src/browser.ts by clients/js/scripts/build-static.mjs. Do not edit:
 // change the package and run `npm run build:static` in clients/js.
 
+// src/compute.ts
+function decimal(value) {
+  const text = typeof value === "number" ? numberText(value) : value.trim();
+  const match = /^([+-]?)(\d*)(?:\.(\d*))?(?:e([+-]?\d+))?$/i.exec(text);
+  if (!match || match[2] === "" && !match[3]) throw new TypeError(`not a decimal number: ${value}`);
+  const [, sign, whole, fraction = "", exponent = "0"] = match;
+  let numerator = BigInt((whole || "0") + fraction) * (sign === "-" ? -1n : 1n);
+  let denominator = 10n ** BigInt(fraction.length);
+  const shift = Number(exponent);
+  if (shift >= 0) numerator *= 10n ** BigInt(shift);
+  else denominator *= 10n ** BigInt(-shift);
+  return [numerator, denominator];
+}
+function numberText(value) {
+  if (!Number.isFinite(value)) throw new TypeError(`not a finite number: ${value}`);
+  return String(value);
+}
+function roundHalfAway([numerator, denominator]) {
+  const negative = numerator < 0n !== denominator < 0n;
+  const n = numerator < 0n ? -numerator : numerator;
+  const d = denominator < 0n ? -denominator : denominator;
+  const hundredths = (n * 200n + d) / (2n * d);
+  const text = `${hundredths / 100n}.${String(hundredths % 100n).padStart(2, "0")}`;
+  const value = Number(text);
+  return negative && hundredths !== 0n ? -value : value;
+}
+
+// src/compare.ts
+var day = (text) => {
+  const [y, m, d] = text.split("-").map(Number);
+  return new Date(Date.UTC(y, m - 1, d));
+};
+var iso = (date) => date.toISOString().slice(0, 10);
+var plusDays = (date, days) => new Date(date.getTime() + days * 864e5);
+var monthBefore = (date) => new Date(Date.UTC(date.getUTCFullYear(), date.getUTCMonth(), 0));
+function yearBefore(date) {
+  const [y, m, d] = [date.getUTCFullYear(), date.getUTCMonth(), date.getUTCDate()];
+  return new Date(Date.UTC(y - 1, m, m === 1 && d === 29 ? 28 : d));
+}
+function comparedDays(from, to, compare) {
+  const first = day(from);
+  const last = day(to);
+  if (compare === "previous_year") return [iso(yearBefore(first)), iso(yearBefore(last))];
+  const sameMonth = first.getUTCFullYear() === last.getUTCFullYear() && first.getUTCMonth() === last.getUTCMonth();
+  if (first.getUTCDate() === 1 && sameMonth) {
+    const end = monthBefore(first);
+    const clipped = Math.min(last.getUTCDate(), end.getUTCDate());
+    return [iso(new Date(Date.UTC(end.getUTCFullYear(), end.getUTCMonth(), 1))), iso(new Date(Date.UTC(end.getUTCFullYear(), end.getUTCMonth(), clipped)))];
+  }
+  if (first.getUTCMonth() === 0 && first.getUTCDate() === 1 && first.getUTCFullYear() === last.getUTCFullYear()) {
+    return [iso(yearBefore(first)), iso(yearBefore(last))];
+  }
+  const length = Math.round((last.getTime() - first.getTime()) / 864e5) + 1;
+  return [iso(plusDays(first, -length)), iso(plusDays(first, -1))];
+}
+var KPIS = [
+  "total_listings",
+  "total_value",
+  "average_price",
+  "scoring_rate",
+  "average_score",
+  "aged_inventory",
+  "average_profit_per_unit",
+  "lead_to_purchase_time",
+  "conversion_rate",
+  "active_buyers"
+];
+function kpiChanges(current, base) {
+  const result = {};
+  for (const name of KPIS) {
+    const [a, b] = decimal(current[name]);
+    const [c, e] = decimal(base[name]);
+    const difference = [a * e - c * b, b * e];
+    const size = [c < 0n ? -c : c, e];
+    result[name] = {
+      absolute: roundHalfAway(difference),
+      percent: c === 0n ? null : roundHalfAway([difference[0] * 100n * size[1], difference[1] * size[0]])
+    };
+  }
+  return result;
+}
+
 // src/api.ts
 var KpiApiError = class extends Error {
   constructor(kind, status, message, body = null, options) {
@@ -22,7 +104,7 @@ var KpiApiError = class extends Error {
     return this.kind === "unreachable" || this.kind === "timeout" || this.status >= 500;
   }
 };
-var WINDOW_PARAMS = ["from", "to", "tz", "aged_days"];
+var WINDOW_PARAMS = ["from", "to", "tz", "aged_days", "compare"];
 var KEPT_WINDOWS = 32;
 function windowQuery(params = {}, extra = {}) {
   const query = new URLSearchParams();
@@ -126,8 +208,16 @@ function createKpiApi(options) {
     if (typeof fallback !== "function") return null;
     const started = performance.now();
     const metrics = await fallback({ ...params }, error);
+    let comparison;
+    if (params.compare && params.from && params.to) {
+      const [from, to] = comparedDays(params.from, params.to, params.compare);
+      const { compare: _omitted, ...window } = params;
+      const base2 = await fallback({ ...window, from, to }, error);
+      comparison = { compare: params.compare, from, to, metrics: base2, change: kpiChanges(metrics, base2) };
+    }
     return {
       metrics,
+      ...comparison ? { comparison } : {},
       meta: {
         computed_at: (/* @__PURE__ */ new Date()).toISOString(),
         cached: false,
@@ -167,7 +257,8 @@ function createKpiApi(options) {
         if (body.meta.computed_at < shown.body.meta.computed_at) return;
       }
       shown = { body, source };
-      onUpdate({ metrics: body.metrics, meta: body.meta, source });
+      const { comparison, targets } = body;
+      onUpdate({ metrics: body.metrics, ...comparison ? { comparison } : {}, ...targets ? { targets } : {}, meta: body.meta, source });
     }
     function fail(error) {
       close();

@@ -12,6 +12,7 @@ from flask import Blueprint, Response, jsonify
 
 from kpi_service.config import Settings
 from kpi_service.serving.query import HistoryQuerySchema, KpiQuerySchema
+from kpi_service.web.export import FORMATS
 from kpi_service.web.openapi_live import stream_paths, websocket_path
 from kpi_service.web.openapi_schemas import (
     BEARER,
@@ -32,6 +33,15 @@ _HEADERS = {
         "description": "The caller's X-Request-ID when it is 1-64 of `A-Za-z0-9._:-`, else a generated one.",
         "schema": {"type": "string"},
     },
+}
+
+
+_FORMAT = {
+    "in": "query",
+    "name": "format",
+    "required": False,
+    "description": "`csv` for RFC 4180 CSV instead of JSON (as `Accept: text/csv` does); `json` by default.",
+    "schema": {"type": "string", "enum": list(FORMATS)},
 }
 
 
@@ -65,23 +75,34 @@ def build_spec(settings: Settings) -> dict[str, Any]:
             response["headers"] = {"Retry-After": {"description": "Seconds; when busy.", "schema": {"type": "integer"}}}
         spec.components.response(name, response)
 
-    def operation(summary: str, query: type, body: str) -> dict[str, Any]:
+    def operation(summary: str, query: type, body: str, csv: str) -> dict[str, Any]:
         return {
             "summary": summary,
             "security": [{BEARER: []}],
-            "parameters": [{"in": "query", "schema": query}],
+            "parameters": [{"in": "query", "schema": query}, _FORMAT],
             "responses": {
                 "200": {
-                    "description": "The KPIs.",
+                    "description": "The KPIs: JSON, or with `format=csv` (or an Accept preferring text/csv) "
+                    f"RFC 4180 CSV, {csv}, as an attachment (`Content-Disposition` names the window). Errors are "
+                    "JSON whatever was asked.",
                     "headers": _HEADERS,
-                    "content": {"application/json": {"schema": body}},
+                    "content": {"application/json": {"schema": body}, "text/csv": {"schema": {"type": "string"}}},
                 },
                 **{status: name for status, (name, _) in ERRORS.items()},
             },
         }
 
     spec.path(
-        path="/api/kpi", operations={"get": operation("The ten KPIs of one window.", KpiQuerySchema, "KpiResponse")}
+        path="/api/kpi",
+        operations={
+            "get": operation(
+                "The ten KPIs of one window.",
+                KpiQuerySchema,
+                "KpiResponse",
+                "a header row and one row: the window, its KPIs, and with `compare` the compared window, "
+                "its KPIs and each change",
+            )
+        },
     )
     spec.path(
         path="/api/kpi/history",
@@ -90,6 +111,7 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                 "The ten KPIs of each calendar bucket of a window; a bucket equals /api/kpi for its days.",
                 HistoryQuerySchema,
                 "HistoryResponse",
+                "a header row and a row per bucket: its first and last day, its KPIs",
             )
         },
     )
@@ -113,6 +135,8 @@ def _apply_defaults(document: dict[str, Any], defaults: dict[str, Any]) -> None:
             if "default" in schema and schema["default"] is None:
                 del schema["default"]
                 schema.pop("nullable", None)
+                if "enum" in schema:  # which apispec extends with the null it allowed
+                    schema["enum"] = [value for value in schema["enum"] if value is not None]
             if parameter["name"] in defaults:
                 schema["default"] = defaults[parameter["name"]]
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
+from kpi_service.db.targets import WINDOW_LENGTHS
 from kpi_service.serving.responses import KpiValuesSchema
-from kpi_service.serving.windows import INTERVALS
+from kpi_service.serving.windows import COMPARISONS, INTERVALS
 
 BEARER = "bearerAuth"
 TICKET = "streamTicket"
@@ -33,6 +34,7 @@ class WindowSchema(Schema):
     tz = fields.String(required=True)
     aged_days = fields.Integer(required=True)
     interval = fields.String(validate=validate.OneOf(INTERVALS), metadata={"description": "History only."})
+    compare = fields.String(validate=validate.OneOf(COMPARISONS), metadata={"description": "When asked for."})
 
 
 # The response schemas document the bodies (OpenAPI); every key the service always sends is
@@ -72,8 +74,64 @@ class MetaSchema(Schema):
     )
 
 
+class ChangeSchema(Schema):
+    absolute = fields.Float(
+        required=True, metadata={"description": "The window's number less the compared window's (exact)."}
+    )
+    percent = fields.Float(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "`absolute` in percent of the compared number's size, 2 decimals; null where it is 0."
+        },
+    )
+
+
+# Per KPI, its change against the compared window: one field per KPI of KpiValuesSchema.
+ChangesSchema = Schema.from_dict(
+    {name: fields.Nested(ChangeSchema, required=True) for name in KpiValuesSchema().fields}, name="ChangesSchema"
+)
+
+
+class ComparisonSchema(Schema):
+    compare = fields.String(required=True, validate=validate.OneOf(COMPARISONS))
+    from_ = fields.Date(data_key="from", required=True, metadata={"description": "First compared day (inclusive)."})
+    to = fields.Date(required=True, metadata={"description": "Last compared day (inclusive)."})
+    metrics = fields.Nested(KpiValuesSchema, required=True)
+    change = fields.Nested(ChangesSchema, required=True)
+
+
+class TargetSchema(Schema):
+    value = fields.Float(required=True, metadata={"description": "The owner's target (kpi-service target set)."})
+    window = fields.String(
+        required=True,
+        validate=validate.OneOf(WINDOW_LENGTHS),
+        metadata={"description": "The window length it was set for: `any`, `daily` or `monthly`."},
+    )
+    met = fields.Boolean(
+        required=True,
+        metadata={"description": "The window's number is at least the target, or at most it where lower is better."},
+    )
+
+
 class KpiResponseSchema(Schema):
     metrics = fields.Nested(KpiValuesSchema, required=True)
+    targets = fields.Dict(
+        required=True,
+        keys=fields.String(validate=validate.OneOf(tuple(KpiValuesSchema().fields))),
+        values=fields.Nested(TargetSchema),
+        metadata={
+            "description": 'The owner\'s target of each KPI that has one for this window (docs/kpis.md, "Targets"); '
+            "an empty object when none is set. Put in as the value is served: a target change computes nothing."
+        },
+    )
+    comparison = fields.Nested(
+        ComparisonSchema,
+        metadata={
+            "description": "Only with `compare`: the compared window, its KPIs and each KPI's change "
+            '(docs/kpis.md, "Comparison").'
+        },
+    )
     success = fields.Boolean(required=True)
     message = fields.String(required=True, allow_none=True)
     meta = fields.Nested(MetaSchema, required=True)

@@ -44,6 +44,7 @@ CROSS JOIN LATERAL (VALUES
     ('function', 'kpi.kpi_next_aging(timestamptz, integer)', 'reader', NULL),
     ('view', 'kpi.kpi_manifest', 'owner', NULL),
     ('table', 'kpi.kpi_schema', 'reader', NULL),
+    ('table', 'kpi.kpi_targets', 'reader', NULL),
     -- sql/schema/indexes.sql: on the application's tables
     ('index', s.sales || '.kpi_listings_listed_at_idx', NULL, s.sales || '.listings'),
     ('index', s.sales || '.kpi_leads_created_at_idx', NULL, s.sales || '.leads'),

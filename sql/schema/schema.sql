@@ -273,3 +273,17 @@ CREATE TABLE IF NOT EXISTS kpi.kpi_schema (
     service        text NOT NULL,  -- the kpi-service release that installed them
     installed_at   timestamptz NOT NULL
 );
+
+-- The owner's targets (`kpi-service target set|unset|list`, kpi_service/cli/commands.py): one per
+-- KPI and window length, 'any' for every window unless one of that length has its own. The
+-- service reads it (sql/runtime/targets.sql) and puts each window's into GET /api/kpi's body at
+-- serve time: a target is not a sum, and changing one computes nothing again.
+CREATE TABLE IF NOT EXISTS kpi.kpi_targets (
+    kpi           text NOT NULL CHECK (kpi IN ('total_listings', 'total_value', 'average_price', 'scoring_rate',
+                                               'average_score', 'aged_inventory', 'average_profit_per_unit',
+                                               'lead_to_purchase_time', 'conversion_rate', 'active_buyers')),
+    window_length text NOT NULL DEFAULT 'any' CHECK (window_length IN ('any', 'daily', 'monthly')),
+    value         numeric NOT NULL CHECK (value BETWEEN -1e15 AND 1e15),
+    set_at        timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (kpi, window_length)
+);

@@ -1,6 +1,7 @@
 // The KPI service's HTTP API: GET /api/kpi and /api/kpi/history with ETags, and live figures over
 // a WebSocket, else server-sent events, else polling, with the application's own computation as a
 // last resort while the service fails. The browser's /static/kpi-client.js is built from this file.
+import { comparedDays, kpiChanges } from "./compare.js";
 import type { components, paths } from "./openapi.js";
 
 export type KpiMetrics = components["schemas"]["KpiValues"];
@@ -9,6 +10,11 @@ export type KpiResponse = components["schemas"]["KpiResponse"];
 export type KpiHistoryResponse = components["schemas"]["HistoryResponse"];
 export type KpiErrorEnvelope = components["schemas"]["Error"];
 export type WebSocketFrame = components["schemas"]["WebSocketFrame"];
+/** The window compared with (`compare`): its days, its KPIs and each KPI's change. */
+export type KpiComparison = components["schemas"]["Comparison"];
+export type KpiChange = components["schemas"]["Change"];
+/** The owner's targets of the window, per KPI that has one. */
+export type KpiTargets = KpiResponse["targets"];
 
 /** A window as GET /api/kpi takes it: `from`/`to` are ISO dates in `tz`, both included. */
 export type KpiParams = NonNullable<paths["/api/kpi"]["get"]["parameters"]["query"]>;
@@ -18,6 +24,10 @@ export type KpiHistoryParams = paths["/api/kpi/history"]["get"]["parameters"]["q
 /** What the service answers for a window, or the application's own figures ("local"). */
 export interface KpiUpdate {
   metrics: KpiMetrics;
+  /** With `compare`: the compared window (the fallback's second window while the service fails). */
+  comparison?: KpiComparison;
+  /** The service's only: the application cannot know them. */
+  targets?: KpiTargets;
   meta: KpiMeta | LocalMeta;
   source: "websocket" | "sse" | "poll" | "http" | "local";
 }
@@ -109,7 +119,7 @@ export interface KpiApi {
   local(params: KpiParams, error: KpiApiError, fallback?: KpiFallback): Promise<KpiUpdate | null>;
 }
 
-const WINDOW_PARAMS = ["from", "to", "tz", "aged_days"] as const;
+const WINDOW_PARAMS = ["from", "to", "tz", "aged_days", "compare"] as const;
 const KEPT_WINDOWS = 32;
 
 /** The window's parameters as the API takes them, in a fixed order (one ETag per window). */
@@ -232,8 +242,17 @@ export function createKpiApi(options: KpiApiOptions): KpiApi {
     if (typeof fallback !== "function") return null;
     const started = performance.now();
     const metrics = await fallback({ ...params }, error);
+    // The comparison is a second window: the same fallback for the compared days.
+    let comparison: KpiComparison | undefined;
+    if (params.compare && params.from && params.to) {
+      const [from, to] = comparedDays(params.from, params.to, params.compare);
+      const { compare: _omitted, ...window } = params;
+      const base = await fallback({ ...window, from, to }, error);
+      comparison = { compare: params.compare, from, to, metrics: base, change: kpiChanges(metrics, base) };
+    }
     return {
       metrics,
+      ...(comparison ? { comparison } : {}),
       meta: {
         computed_at: new Date().toISOString(),
         cached: false,
@@ -262,7 +281,8 @@ export function createKpiApi(options: KpiApiOptions): KpiApi {
     let attempt = 0; // failed connections in a row: the back-off's exponent
     let noWebSocket = false; // the server refused WebSockets by policy: SSE from now on
     let lastEventId: string | null = null;
-    let shown: { body: { metrics: KpiMetrics; meta: KpiUpdate["meta"] }; source: KpiUpdate["source"] } | null = null;
+    type Shown = Omit<KpiUpdate, "source">;
+    let shown: { body: Shown; source: KpiUpdate["source"] } | null = null;
 
     const report = (error: KpiApiError) => {
       if (!closed) options.onError?.(error);
@@ -274,7 +294,7 @@ export function createKpiApi(options: KpiApiOptions): KpiApi {
       options.onStatus?.(next);
     }
 
-    function emit(body: { metrics: KpiMetrics; meta: KpiUpdate["meta"] }, source: KpiUpdate["source"]) {
+    function emit(body: Shown, source: KpiUpdate["source"]) {
       if (closed) return;
       if (source !== "local" && shown && shown.source !== "local") {
         if (shown.body === body) return; // a poll's 304
@@ -283,7 +303,8 @@ export function createKpiApi(options: KpiApiOptions): KpiApi {
         if (body.meta.computed_at < shown.body.meta.computed_at) return;
       }
       shown = { body, source };
-      onUpdate({ metrics: body.metrics, meta: body.meta, source });
+      const { comparison, targets } = body;
+      onUpdate({ metrics: body.metrics, ...(comparison ? { comparison } : {}), ...(targets ? { targets } : {}), meta: body.meta, source });
     }
 
     function fail(error: KpiApiError) {

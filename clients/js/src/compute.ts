@@ -44,13 +44,13 @@ export interface KpiWindow extends KpiParams {
 }
 
 /** A fraction of BigInts, denominator positive. */
-type Q = [bigint, bigint];
+export type Q = [bigint, bigint];
 
 const ZERO: Q = [0n, 1n];
 const add = ([a, b]: Q, [c, e]: Q): Q => [a * e + c * b, b * e];
 const sub = ([a, b]: Q, [c, e]: Q): Q => [a * e - c * b, b * e];
 
-function decimal(value: Decimalish): Q {
+export function decimal(value: Decimalish): Q {
   const text = typeof value === "number" ? numberText(value) : value.trim();
   const match = /^([+-]?)(\d*)(?:\.(\d*))?(?:e([+-]?\d+))?$/i.exec(text);
   if (!match || (match[2] === "" && !match[3])) throw new TypeError(`not a decimal number: ${value}`);

@@ -14,6 +14,10 @@ export interface paths {
                 query?: {
                     /** @description Age in days from which a listing in stock counts as aged inventory. */
                     aged_days?: number;
+                    /** @description Also compute the window this one is compared with, in the same statement: `previous_period` (as many days just before; a month or year to date: the same days of the previous month or year) or `previous_year` (the same dates a year earlier, 29 February as 28 February). Needs both `from` and `to`. Rules: docs/kpis.md, "Comparison". */
+                    compare?: "previous_period" | "previous_year";
+                    /** @description `csv` for RFC 4180 CSV instead of JSON (as `Accept: text/csv` does); `json` by default. */
+                    format?: "json" | "csv";
                     /** @description First day (inclusive) in `tz`, 1900-01-01 to 9998-12-31; open if absent. */
                     from?: string;
                     /** @description Last day (inclusive) in `tz`, not before `from`, up to 9998-12-31; open if absent. */
@@ -27,7 +31,7 @@ export interface paths {
             };
             requestBody?: never;
             responses: {
-                /** @description The KPIs. */
+                /** @description The KPIs: JSON, or with `format=csv` (or an Accept preferring text/csv) RFC 4180 CSV, a header row and one row: the window, its KPIs, and with `compare` the compared window, its KPIs and each change, as an attachment (`Content-Disposition` names the window). Errors are JSON whatever was asked. */
                 200: {
                     headers: {
                         /** @description `db;dur=<ms>` when the SQL ran, `cache;desc=hit|refresh|miss|stale` (the cache outcome, docs/clients.md), `app;dur=<ms>`. */
@@ -38,6 +42,7 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["KpiResponse"];
+                        "text/csv": string;
                     };
                 };
                 400: components["responses"]["BadRequest"];
@@ -68,6 +73,8 @@ export interface paths {
                 query: {
                     /** @description Age in days from which a listing in stock counts as aged inventory. */
                     aged_days?: number;
+                    /** @description `csv` for RFC 4180 CSV instead of JSON (as `Accept: text/csv` does); `json` by default. */
+                    format?: "json" | "csv";
                     /** @description First day (inclusive) in `tz`, from 1900-01-01. */
                     from: string;
                     /** @description Bucket size: calendar days, ISO weeks (Monday first) or calendar months. At most 400 buckets from `from` to `to`. */
@@ -83,7 +90,7 @@ export interface paths {
             };
             requestBody?: never;
             responses: {
-                /** @description The KPIs. */
+                /** @description The KPIs: JSON, or with `format=csv` (or an Accept preferring text/csv) RFC 4180 CSV, a header row and a row per bucket: its first and last day, its KPIs, as an attachment (`Content-Disposition` names the window). Errors are JSON whatever was asked. */
                 200: {
                     headers: {
                         /** @description `db;dur=<ms>` when the SQL ran, `cache;desc=hit|refresh|miss|stale` (the cache outcome, docs/clients.md), `app;dur=<ms>`. */
@@ -94,6 +101,7 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["HistoryResponse"];
+                        "text/csv": string;
                     };
                 };
                 400: components["responses"]["BadRequest"];
@@ -124,6 +132,8 @@ export interface paths {
                 query?: {
                     /** @description Age in days from which a listing in stock counts as aged inventory. */
                     aged_days?: number;
+                    /** @description Also compute the window this one is compared with, in the same statement: `previous_period` (as many days just before; a month or year to date: the same days of the previous month or year) or `previous_year` (the same dates a year earlier, 29 February as 28 February). Needs both `from` and `to`. Rules: docs/kpis.md, "Comparison". */
+                    compare?: "previous_period" | "previous_year";
                     /** @description First day (inclusive) in `tz`, 1900-01-01 to 9998-12-31; open if absent. */
                     from?: string;
                     /** @description As Last-Event-ID, for a browser opening a new connection with a new ticket. */
@@ -244,6 +254,8 @@ export interface paths {
                 query?: {
                     /** @description Age in days from which a listing in stock counts as aged inventory. */
                     aged_days?: number;
+                    /** @description Also compute the window this one is compared with, in the same statement: `previous_period` (as many days just before; a month or year to date: the same days of the previous month or year) or `previous_year` (the same dates a year earlier, 29 February as 28 February). Needs both `from` and `to`. Rules: docs/kpis.md, "Comparison". */
+                    compare?: "previous_period" | "previous_year";
                     /** @description First day (inclusive) in `tz`, 1900-01-01 to 9998-12-31; open if absent. */
                     from?: string;
                     /** @description As Last-Event-ID, for a browser opening a new connection with a new ticket. */
@@ -344,6 +356,40 @@ export interface components {
              */
             start: string;
         };
+        Change: {
+            /** @description The window's number less the compared window's (exact). */
+            absolute: number;
+            /** @description `absolute` in percent of the compared number's size, 2 decimals; null where it is 0. */
+            percent: number | null;
+        };
+        Changes: {
+            active_buyers: components["schemas"]["Change"];
+            aged_inventory: components["schemas"]["Change"];
+            average_price: components["schemas"]["Change"];
+            average_profit_per_unit: components["schemas"]["Change"];
+            average_score: components["schemas"]["Change"];
+            conversion_rate: components["schemas"]["Change"];
+            lead_to_purchase_time: components["schemas"]["Change"];
+            scoring_rate: components["schemas"]["Change"];
+            total_listings: components["schemas"]["Change"];
+            total_value: components["schemas"]["Change"];
+        };
+        Comparison: {
+            change: components["schemas"]["Changes"];
+            /** @enum {string} */
+            compare: "previous_period" | "previous_year";
+            /**
+             * Format: date
+             * @description First compared day (inclusive).
+             */
+            from: string;
+            metrics: components["schemas"]["KpiValues"];
+            /**
+             * Format: date
+             * @description Last compared day (inclusive).
+             */
+            to: string;
+        };
         Error: {
             /** @description Per-parameter problems, only where there are any. */
             errors?: {
@@ -363,31 +409,37 @@ export interface components {
             success: boolean;
         };
         KpiResponse: {
+            /** @description Only with `compare`: the compared window, its KPIs and each KPI's change (docs/kpis.md, "Comparison"). */
+            comparison?: components["schemas"]["Comparison"];
             message: string | null;
             meta: components["schemas"]["Meta"];
             metrics: components["schemas"]["KpiValues"];
             success: boolean;
+            /** @description The owner's target of each KPI that has one for this window (docs/kpis.md, "Targets"); an empty object when none is set. Put in as the value is served: a target change computes nothing. */
+            targets: {
+                [key: string]: components["schemas"]["Target"];
+            };
         };
         KpiValues: {
-            /** @description Distinct buyers with a lead or a purchase in the window. Exact definition: docs/kpis.md. */
+            /** @description Distinct buyers with a lead or a purchase in the window. Higher is better. Exact definition: docs/kpis.md. */
             active_buyers: number;
-            /** @description Listings in stock at the window's end (or now) older than aged_days. Exact definition: docs/kpis.md. */
+            /** @description Listings in stock at the window's end (or now) older than aged_days. Lower is better. Exact definition: docs/kpis.md. */
             aged_inventory: number;
-            /** @description Mean asking price of the window's listings. Exact definition: docs/kpis.md. */
+            /** @description Mean asking price of the window's listings. Higher is better. Exact definition: docs/kpis.md. */
             average_price: number;
-            /** @description Mean sale price minus cost, sales of the window. Exact definition: docs/kpis.md. */
+            /** @description Mean sale price minus cost, sales of the window. Higher is better. Exact definition: docs/kpis.md. */
             average_profit_per_unit: number;
-            /** @description Mean score of the window's scored listings. Exact definition: docs/kpis.md. */
+            /** @description Mean score of the window's scored listings. Higher is better. Exact definition: docs/kpis.md. */
             average_score: number;
-            /** @description Percent of the window's leads that became a sale. Exact definition: docs/kpis.md. */
+            /** @description Percent of the window's leads that became a sale. Higher is better. Exact definition: docs/kpis.md. */
             conversion_rate: number;
-            /** @description Mean days from lead to sale, sales of the window. Exact definition: docs/kpis.md. */
+            /** @description Mean days from lead to sale, sales of the window. Lower is better. Exact definition: docs/kpis.md. */
             lead_to_purchase_time: number;
-            /** @description Percent of the window's listings that have a score. Exact definition: docs/kpis.md. */
+            /** @description Percent of the window's listings that have a score. Higher is better. Exact definition: docs/kpis.md. */
             scoring_rate: number;
-            /** @description Listings listed in the window. Exact definition: docs/kpis.md. */
+            /** @description Listings listed in the window. Higher is better. Exact definition: docs/kpis.md. */
             total_listings: number;
-            /** @description Sum of the asking prices of the window's listings. Exact definition: docs/kpis.md. */
+            /** @description Sum of the asking prices of the window's listings. Higher is better. Exact definition: docs/kpis.md. */
             total_value: number;
         };
         Meta: {
@@ -422,6 +474,17 @@ export interface components {
             /** @description Opaque; opens one GET /api/kpi/stream as its `ticket` parameter. */
             ticket: string;
         };
+        Target: {
+            /** @description The window's number is at least the target, or at most it where lower is better. */
+            met: boolean;
+            /** @description The owner's target (kpi-service target set). */
+            value: number;
+            /**
+             * @description The window length it was set for: `any`, `daily` or `monthly`.
+             * @enum {string}
+             */
+            window: "any" | "daily" | "monthly";
+        };
         /** @description An IANA time zone name. Also accepted in any other letter case (`europe/berlin`). */
         TimeZone: string;
         /** @description One text frame of GET /api/kpi/ws. */
@@ -441,6 +504,11 @@ export interface components {
         };
         Window: {
             aged_days: number;
+            /**
+             * @description When asked for.
+             * @enum {string}
+             */
+            compare?: "previous_period" | "previous_year";
             /** Format: date */
             from: string | null;
             /**

@@ -8,10 +8,12 @@ import {
   windowQuery,
   type KpiApi,
   type KpiApiError,
+  type KpiComparison,
   type KpiFallback,
   type KpiMetrics,
   type KpiParams,
   type KpiResponse,
+  type KpiTargets,
   type KpiUpdate,
 } from "./api.js";
 
@@ -30,6 +32,10 @@ export type KpiTransport = "websocket" | "sse" | "poll" | "http";
 export interface KpiState {
   /** Always this window's figures, never another window's. */
   metrics: KpiMetrics | null;
+  /** With `compare`: the compared window and each KPI's change (null without). */
+  comparison: KpiComparison | null;
+  /** The owner's targets of the window (the service's; null from the fallback). */
+  targets: KpiTargets | null;
   meta: KpiUpdate["meta"] | null;
   /** "service": the service's figures; "local": the fallback's, while the service fails. */
   source: "service" | "local" | null;
@@ -63,6 +69,8 @@ export interface KpiObserver {
 
 export const IDLE: KpiState = Object.freeze({
   metrics: null,
+  comparison: null,
+  targets: null,
   meta: null,
   source: null,
   status: "idle",
@@ -79,10 +87,15 @@ export function kpiKey(api: Pick<KpiApi, "baseUrl">, params: KpiParams, live: bo
 }
 
 /** A body of GET /api/kpi (for example one rendered on the server) as a state. */
-export function stateOf(body: Pick<KpiResponse, "metrics" | "meta">, updatedAt = Date.now()): KpiState {
+export function stateOf(
+  body: Pick<KpiResponse, "metrics" | "meta"> & Partial<Pick<KpiResponse, "comparison" | "targets">>,
+  updatedAt = Date.now(),
+): KpiState {
   return {
     ...IDLE,
     metrics: body.metrics,
+    comparison: body.comparison ?? null,
+    targets: body.targets ?? null,
     meta: body.meta,
     source: "service",
     status: body.meta.stale ? "stale" : "ready",
@@ -305,10 +318,21 @@ export class KpiStore {
 
   private shown(update: KpiUpdate, error: KpiApiError | null): Partial<KpiState> {
     if (update.source === "local") {
-      return { metrics: update.metrics, meta: update.meta, source: "local", status: "ready", error, updatedAt: Date.now() };
+      return {
+        metrics: update.metrics,
+        comparison: update.comparison ?? null,
+        targets: null,
+        meta: update.meta,
+        source: "local",
+        status: "ready",
+        error,
+        updatedAt: Date.now(),
+      };
     }
     return {
       metrics: update.metrics,
+      comparison: update.comparison ?? null,
+      targets: update.targets ?? null,
       meta: update.meta,
       source: "service",
       status: update.meta.stale ? "stale" : "ready",

@@ -31,7 +31,8 @@ export function kpiQueryOptions(
     queryFn: async ({ signal }) => {
       try {
         const body = await api.getKpiMetrics(params, { signal });
-        return { metrics: body.metrics, meta: body.meta, source: "http" };
+        const { comparison, targets } = body;
+        return { metrics: body.metrics, ...(comparison ? { comparison } : {}), targets, meta: body.meta, source: "http" };
       } catch (caught) {
         const error = asKpiError(caught);
         const figures = error.isOutage ? await api.local(params, error, fallback).catch(() => null) : null;

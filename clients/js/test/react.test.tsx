@@ -36,6 +36,7 @@ const APRIL: KpiParams = { from: "2026-04-01", to: "2026-04-30", tz: "UTC" };
 function body(total: number, stale = false): KpiResponse {
   return {
     metrics: { ...METRICS, total_listings: total },
+    targets: {},
     success: true,
     message: null,
     meta: {

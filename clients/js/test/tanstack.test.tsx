@@ -23,6 +23,7 @@ const metrics = (total: number) => ({
 });
 const body = (total: number): KpiResponse => ({
   metrics: metrics(total),
+  targets: {},
   success: true,
   message: null,
   meta: {

@@ -8,6 +8,7 @@ const BASE = "http://kpi.test/";
 
 function body(total: number, computedAt = "2026-03-01T00:00:00Z"): KpiResponse {
   return {
+    targets: {},
     metrics: {
       total_listings: total,
       total_value: 0,
