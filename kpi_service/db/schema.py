@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from importlib import metadata
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row
 
-from kpi_service.db.errors import SchemaMismatch
+from kpi_service.db.decoding import STATEMENTS, Decoder, direct, refusal, slot_name
+from kpi_service.db.errors import CaptureRefused, SchemaMismatch
 from kpi_service.db.giving_way import giving_way
 from kpi_service.db.sql import in_applier_turn, sql_text
 
@@ -94,7 +97,13 @@ def schema_text(conn: psycopg.Connection, name: str, sales: str) -> str:
 
 
 def apply_schema(
-    conninfo: str, *, summaries: bool = True, aged_days: int = 60, progress: Callable[[str], None] | None = None
+    conninfo: str,
+    *,
+    summaries: bool = True,
+    aged_days: int = 60,
+    progress: Callable[[str], None] | None = None,
+    capture: str = "triggers",
+    decoding_url: str | None = None,
 ) -> None:
     """Apply sql/schema/schema.sql, (unless told not to) summary.sql, manifest.sql and indexes.sql, then build
     the summaries from the rows already there, with aged_inventory's fast path for `aged_days`
@@ -104,14 +113,17 @@ def apply_schema(
     application's tables gives way to its transactions (db/giving_way.py). Then what it built is
     vacuumed and analyzed, so that the first reads have index-only scans and statistics
     without waiting for autovacuum. `progress` is told each step as it begins, with the seconds
-    since the start (init-db prints them: at ten million listings the build takes minutes)."""
+    since the start (init-db prints them: at ten million listings the build takes minutes).
+    `capture` "decoding" installs no trigger: the changes come from a logical slot on
+    `decoding_url` (the primary itself by default, or a physical standby of it), checked first
+    (CaptureRefused says what the owner must set), made before the build (kpi_service/db/decoding.py)."""
     started = time.monotonic()
 
     def step(what: str) -> None:
         if progress is not None:
             progress(f"{time.monotonic() - started:7.1f} s  {what}")
 
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    with contextlib.ExitStack() as stack, psycopg.connect(conninfo, autocommit=True) as conn:
         sales = sales_schema(conn)
         own_path = conn.execute("SELECT current_setting('search_path')").fetchone()[0]
         # Every step, the indexes' expressions included, runs as the owner: what it names without
@@ -137,13 +149,27 @@ def apply_schema(
                 else None
             )
         )
+        decoding = summaries and capture == "decoding"
+        if decoding:
+            step("checking the decoding mode's settings")
+            server = psycopg.connect(decoding_url or conninfo, autocommit=True)
+            stack.callback(server.close)
+            if (why := refusal(conn, server)) is not None:
+                raise CaptureRefused(why)
+        slot = slot_name(conn.execute("SELECT current_database()").fetchone()[0])
         step("tables, functions and triggers")
 
         def objects() -> None:
             _refuse_downgrade(conn)
             conn.execute(schema_text(conn, "schema/schema.sql", sales))
             if summaries:
+                conn.execute(
+                    "SELECT set_config('kpi.capture', %s, true), set_config('kpi.slot', %s, true)",
+                    [capture, slot],
+                )
+                conn.execute(schema_text(conn, "schema/decoding.sql", sales))
                 conn.execute(schema_text(conn, "schema/summary.sql", sales))
+                conn.execute(schema_text(conn, "schema/capture.sql", sales))
             conn.execute(schema_text(conn, "schema/manifest.sql", sales))
             conn.execute("DELETE FROM kpi.kpi_schema")
             conn.execute(
@@ -167,6 +193,9 @@ def apply_schema(
             transaction=False,
             say=step,
         )
+        if decoding:
+            step("the replication slot")
+            _ensure_slot(conn, server, decoding_url or conninfo)
         if summaries:
             step("waiting for a running applier")
             # Waiting for a running applier (an upgrade beside live instances) before the
@@ -223,3 +252,18 @@ def _statements(text: str) -> list[str]:
     """The statements of a file with one per line ending in ";" and no function bodies."""
     lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("--")]
     return [statement.strip() for statement in "\n".join(lines).split(";\n") if statement.strip()]
+
+
+def _ensure_slot(conn: psycopg.Connection, server: psycopg.Connection, slot_url: str) -> None:
+    """The slot of the decoding mode: kept when it is there and usable (an init-db run again),
+    made anew otherwise, before the build, whose snapshot is then later than its consistent point."""
+    decoder = Decoder(direct(conn), slot_url)
+    try:
+        state = decoder.primary("SELECT slot, slot_ok FROM kpi.kpi_decoding_state()")
+        status = (
+            server.cursor(row_factory=dict_row).execute(STATEMENTS["slot_status"], {"slot": state["slot"]}).fetchone()
+        )
+        if not state["slot_ok"] or Decoder.problem(state["slot"], status, promoted=False) is not None:
+            decoder.make_slot(state["slot"])
+    finally:
+        decoder.close()
