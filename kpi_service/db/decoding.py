@@ -272,8 +272,12 @@ class Decoder:
             if done is None or done["logged"] is None:
                 return None  # another instance's decoder, or a rebuild, holds the lock
         if upto is not None and lsn_value(upto) > lsn_value(status["confirmed"]):
-            server.execute(STATEMENTS["advance"], {"slot": slot, "upto": upto})
+            self.advance(server, slot, upto)
         return len(changes)
+
+    def advance(self, server: psycopg.Connection, slot: str, upto: str) -> None:
+        """The slot moved past what is logged (after the primary's commit: see the module's text)."""
+        server.execute(STATEMENTS["advance"], {"slot": slot, "upto": upto})
 
     @staticmethod
     def problem(slot: str, status: dict[str, Any], *, promoted: bool) -> str | None:

@@ -1,0 +1,228 @@
+"""The decoding capture mode (KPI_CAPTURE=decoding) on a real PostgreSQL 18 primary and physical
+standby (tests/pg_pair.py): the slot on the standby and on the primary, the model test's random
+writes decoded in random batches, the start from a snapshot joined to the stream, an
+invalidated slot, a renamed column."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from psycopg import sql
+from psycopg.rows import dict_row, tuple_row
+
+from kpi_service.db.decoding import Decoder, direct
+from kpi_service.db.schema import apply_schema
+from kpi_service.db.sql import in_applier_turn, in_one_snapshot, kpi_statement_rows
+from kpi_service.serving.windows import Window
+from tests import reference
+from tests.dataset import Dataset
+from tests.pg_pair import Pair
+from tests.strategies import datasets
+from tests.test_applier_model import NOW, WINDOW_DAYS, WINDOW_ZONES, write
+from tests.test_summary import applied_and_rebuilt
+
+EXAMPLES = 25
+
+
+@pytest.fixture(scope="session")
+def pair() -> Iterator[Pair]:
+    with Pair() as servers:
+        yield servers
+
+
+@dataclass
+class Decoding:
+    """A database of its own on the pair's primary, as `init-db --capture decoding` leaves it,
+    with its slot on `where`."""
+
+    pair: Pair
+    where: str
+    url: str
+    slot_url: str
+
+    def decoder(self, primary: psycopg.Connection, batch: int = 20_000) -> Decoder:
+        return Decoder(direct(primary), self.slot_url, batch=batch)
+
+    def drained(self, conn: psycopg.Connection, decoder: Decoder) -> None:
+        """Every committed write decoded into the log, the log applied, and the summaries built
+        anew where that stopped them: what the service's loop does within its interval."""
+        if self.where == "standby":
+            self.pair.replayed()
+        while decoder.step() != 0 or decoder.full:
+            pass
+        in_applier_turn(conn, "SELECT kpi.kpi_apply_changes()")
+        in_applier_turn(conn, "SELECT kpi.kpi_rebuild_if_needed(60)")
+
+
+def make_database(pair: Pair, where: str) -> Iterator[Decoding]:
+    name = f"kpi_dec_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pair.primary.url(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    pair.replayed()
+    url = pair.primary.url(name)
+    slot_url = pair.standby.url(name) if where == "standby" else url
+    apply_schema(url, capture="decoding", decoding_url=slot_url)
+    yield Decoding(pair, where, url, slot_url)
+    with psycopg.connect(slot_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = %s", [name])
+    with psycopg.connect(pair.primary.url(), autocommit=True) as conn:
+        conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = %s", [name])
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(params=["standby", "primary"])
+def decoding(request: pytest.FixtureRequest, pair: Pair) -> Iterator[Decoding]:
+    yield from make_database(pair, request.param)
+
+
+def replace_rows(conn: psycopg.Connection, data: Dataset) -> None:
+    """The tables' rows made `data`'s by deletes and inserts (a TRUNCATE would stop the summaries)."""
+    with conn.transaction():
+        for table in ("purchases", "leads", "listings", "buyers"):
+            conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(table)))
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO buyers (id, name) VALUES (%s, %s)", [(b, f"buyer {b}") for b in data.buyers])
+        cur.executemany(
+            "INSERT INTO listings (id, price, acquisition_cost, status, listed_at, sold_at, score)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            [(x.id, x.price, x.acquisition_cost, x.status, x.listed_at, x.sold_at, x.score) for x in data.listings],
+        )
+        cur.executemany(
+            "INSERT INTO leads (id, buyer_id, listing_id, created_at, status) VALUES (%s, %s, %s, %s, %s)",
+            [(x.id, x.buyer_id, x.listing_id, x.created_at, x.status) for x in data.leads],
+        )
+        cur.executemany(
+            "INSERT INTO purchases (id, listing_id, buyer_id, lead_id, sale_price, purchased_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            [(x.id, x.listing_id, x.buyer_id, x.lead_id, x.sale_price, x.purchased_at) for x in data.purchases],
+        )
+
+
+def exact(conn: psycopg.Connection, data: Dataset, draw: st.DrawFn) -> None:
+    """The summaries equal a rebuild from the rows, and the KPI statement on them equals the raw
+    statement and the Python reference."""
+    assert conn.execute("SELECT kpi.kpi_source()").fetchone() == ("summaries",)
+    applied, rebuilt = applied_and_rebuilt(conn)
+    assert applied == rebuilt
+    zone = draw(st.sampled_from(WINDOW_ZONES))
+    first, last = sorted(draw(st.lists(st.sampled_from(WINDOW_DAYS), min_size=2, max_size=2)))
+    windows = [Window.of_dates(first, last, zone), Window.of_dates(None, None, zone)]
+    bounds = [(w.start, w.end, w.as_of(NOW)) for w in windows]
+    conn.row_factory = dict_row
+    try:
+        summed = kpi_statement_rows(conn, "summaries", bounds, 60)
+        assert summed == kpi_statement_rows(conn, "raw", bounds, 60)
+    finally:
+        conn.row_factory = tuple_row
+    for row, w in zip(summed, windows, strict=True):
+        want = reference.kpis(data, w.start, w.end, w.as_of(NOW), 60)
+        assert {k: float(v) for k, v in row.items()} == {k: float(v) for k, v in want.items()}
+
+
+def test_no_trigger_on_the_applications_tables(decoding: Decoding) -> None:
+    with psycopg.connect(decoding.url, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal").fetchone() == (0,)
+        assert conn.execute("SELECT kpi.kpi_source()").fetchone() == ("summaries",)
+        assert conn.execute("SELECT slot_ok FROM kpi.kpi_decoding").fetchone() == (True,)
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_any_writes_any_batching_equals_the_rows(decoding: Decoding, data: st.DataObject) -> None:
+    """The model test's writes (every statement form), decoded in batches of a few messages and
+    applied in batches of a few log rows, in any interleaving, with the slot's position recorded
+    and the slot advanced: drained, the summaries are exact."""
+    with psycopg.connect(decoding.url, autocommit=True) as conn, psycopg.connect(decoding.url, autocommit=True) as own:
+        decoder = decoding.decoder(own, batch=data.draw(st.integers(1, 12)))
+        try:
+            dataset = data.draw(datasets(max_listings=6))
+            replace_rows(conn, dataset)
+            decoding.drained(conn, decoder)
+            for _ in range(data.draw(st.integers(1, 14))):
+                action = data.draw(st.sampled_from(["write", "write", "write", "decode", "batch", "vacuum"]))
+                if action == "write":
+                    write(conn, dataset, data.draw)
+                elif action == "decode":
+                    if decoding.where == "standby":
+                        decoding.pair.replayed()
+                    decoder.step()
+                elif action == "batch":
+                    in_one_snapshot(
+                        conn, "SELECT kpi.kpi_apply_changes(max_rows => %s)", [data.draw(st.integers(1, 4))]
+                    )
+                else:
+                    conn.execute("VACUUM kpi.kpi_changes, kpi.kpi_row_copy")
+            decoding.drained(conn, decoder)
+            exact(conn, dataset, data.draw)
+        finally:
+            decoder.close()
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_build_after_the_slots_start_joins_the_stream(decoding: Decoding, data: st.DataObject) -> None:
+    """The start (docs/design.md): a new slot, writes committed after its consistent point, then
+    the copy and the summaries built from a snapshot that holds them, then more writes. The slot
+    gives the first writes again over a copy that has them already: each logs the copy's image
+    less and its own more, which telescopes to nothing, so nothing is lost or counted twice."""
+    with psycopg.connect(decoding.url, autocommit=True) as conn, psycopg.connect(decoding.url, autocommit=True) as own:
+        decoder = decoding.decoder(own, batch=data.draw(st.integers(1, 50)))
+        try:
+            dataset = data.draw(datasets(max_listings=6))
+            replace_rows(conn, dataset)
+            decoding.drained(conn, decoder)
+            decoder.make_slot(conn.execute("SELECT slot FROM kpi.kpi_decoding").fetchone()[0])
+            for _ in range(data.draw(st.integers(1, 8))):
+                write(conn, dataset, data.draw)
+            in_applier_turn(conn, "SELECT kpi.kpi_rebuild_if_needed(60)")  # the build, before any decoding
+            assert conn.execute("SELECT kpi.kpi_source()").fetchone() == ("summaries",)
+            for _ in range(data.draw(st.integers(0, 8))):
+                write(conn, dataset, data.draw)
+            decoding.drained(conn, decoder)
+            exact(conn, dataset, data.draw)
+        finally:
+            decoder.close()
+
+
+class CrashingBeforeTheAdvance(Decoder):
+    """A decoder whose process dies once after its commit on the primary, before the slot's advance."""
+
+    crashed = False
+
+    def advance(self, server: psycopg.Connection, slot: str, upto: str) -> None:
+        if not self.crashed:
+            self.crashed = True
+            return
+        super().advance(server, slot, upto)
+
+
+def test_a_crash_between_the_log_and_the_slots_advance_logs_nothing_twice(decoding: Decoding) -> None:
+    """The slot gives again what was logged before the service stopped: skipped by position."""
+    with psycopg.connect(decoding.url, autocommit=True) as conn, psycopg.connect(decoding.url, autocommit=True) as own:
+        decoder = CrashingBeforeTheAdvance(direct(own), decoding.slot_url)
+        try:
+            conn.execute("INSERT INTO buyers (id, name) VALUES (1, 'a')")
+            conn.execute("INSERT INTO listings (id, price, status, listed_at) VALUES (1, 10, 'active', now())")
+            if decoding.where == "standby":
+                decoding.pair.replayed()
+            assert decoder.step() == 1
+            assert decoder.crashed
+            assert decoder.step() == 1  # given again, and skipped by kpi_decoded
+            assert conn.execute("SELECT count(*) FROM kpi.kpi_changes").fetchone() == (1,)
+            assert decoder.step() == 0  # advanced this time
+            in_applier_turn(conn, "SELECT kpi.kpi_apply_changes()")
+            applied, rebuilt = applied_and_rebuilt(conn)
+            assert applied == rebuilt
+        finally:
+            decoder.close()
