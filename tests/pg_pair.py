@@ -69,9 +69,10 @@ class Server:
 
 
 class Pair:
-    """`with Pair() as pair:` a primary and its standby for the block."""
+    """`with Pair() as pair:` a primary and its standby for the block (`standby=False`: the primary alone)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, standby: bool = True) -> None:
+        self.with_standby = standby
         self.root = Path(tempfile.mkdtemp(prefix="kpi-test-pair-"))
         self.primary = Server(self.root / "primary", _free_port())
         self.standby = Server(self.root / "standby", _free_port())
@@ -96,6 +97,8 @@ class Pair:
             max_connections="60",
         )
         self.primary.start()
+        if not self.with_standby:
+            return self
         with psycopg.connect(self.primary.url(), autocommit=True) as conn:
             conn.execute("SELECT pg_create_physical_replication_slot('standby')")
         self.standby.run(
@@ -107,13 +110,15 @@ class Pair:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for server in (self.standby, self.primary):
+        for server in (self.standby, self.primary) if self.with_standby else (self.primary,):
             with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
                 server.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
 
     def replayed(self, timeout: float = 30) -> None:
         """Until the standby has replayed everything the primary has written now."""
+        if not self.with_standby:
+            return
         with psycopg.connect(self.primary.url(), autocommit=True) as conn:
             target = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
         with psycopg.connect(self.standby.url(), autocommit=True) as conn:

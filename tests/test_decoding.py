@@ -5,23 +5,28 @@ invalidated slot, a renamed column."""
 
 from __future__ import annotations
 
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import psycopg
 import pytest
+from flask import Flask
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 from psycopg.rows import dict_row, tuple_row
 
+from kpi_service.app import create_app
+from kpi_service.db import applier as applier_module
 from kpi_service.db.decoding import Decoder, direct
 from kpi_service.db.schema import apply_schema
 from kpi_service.db.sql import in_applier_turn, in_one_snapshot, kpi_statement_rows
 from kpi_service.serving.windows import Window
 from tests import reference
 from tests.dataset import Dataset
+from tests.helpers import APPLYING, make_settings, wait_until
 from tests.pg_pair import Pair
 from tests.strategies import datasets
 from tests.test_applier_model import NOW, WINDOW_DAYS, WINDOW_ZONES, write
@@ -226,3 +231,114 @@ def test_a_crash_between_the_log_and_the_slots_advance_logs_nothing_twice(decodi
             assert applied == rebuilt
         finally:
             decoder.close()
+
+
+@pytest.fixture
+def lone(monkeypatch: pytest.MonkeyPatch) -> Iterator[Decoding]:
+    """A primary of its own, with the slot on it: the test lowers max_slot_wal_keep_size, which
+    would put a shared pair's other slots at risk."""
+    with Pair(standby=False) as servers:
+        yield from make_database(servers, "primary")
+
+
+def invalidated(conn: psycopg.Connection) -> None:
+    """The slot pushed past max_slot_wal_keep_size by WAL its consumer never reads: segments
+    switched and a checkpoint removes them."""
+    conn.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+    conn.execute("SELECT pg_reload_conf()")
+    for _ in range(20):
+        for _ in range(3):
+            conn.execute("INSERT INTO buyers (id, name) SELECT coalesce(max(id), 0) + 1, 'filler' FROM buyers")
+            conn.execute("SELECT pg_switch_wal()")
+        conn.execute("CHECKPOINT")
+        found = conn.execute("SELECT wal_status FROM pg_replication_slots WHERE database = current_database()")
+        if found.fetchone() == ("lost",):
+            return
+    raise AssertionError("the slot was not invalidated")
+
+
+@pytest.fixture
+def service() -> Iterator[Callable[..., Flask]]:
+    """Apps of the service (their applier and decoder running), closed at the end of the test."""
+    apps: list[Flask] = []
+
+    def make(url: str, **overrides: object) -> Flask:
+        apps.append(create_app(make_settings(url, capture="decoding", apply_interval=APPLYING, **overrides)))
+        apps[-1].extensions["kpi"].db.mode_every = 0.1
+        return apps[-1]
+
+    yield make
+    for app in apps:
+        app.extensions["kpi_stream"].hub.close()
+        app.extensions["kpi"].close()
+
+
+def test_an_invalidated_slot_is_noticed_and_the_summaries_built_anew(
+    lone: Decoding, service: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The consumer stopped past max_slot_wal_keep_size: the service says so in /readyz and the
+    log, serves the rows meanwhile, makes a new slot and rebuilds by itself; the numbers are
+    exact afterwards."""
+    monkeypatch.setattr(applier_module, "REBUILD_MARGIN_S", 0.0)
+    with psycopg.connect(lone.url, autocommit=True) as conn:
+        dataset = Dataset([1, 2], [], [], [])
+        replace_rows(conn, dataset)
+        invalidated(conn)
+        conn.execute("INSERT INTO listings (id, price, status, listed_at) VALUES (1, 10, 'active', %s)", [NOW])
+        app = service(lone.url)
+        wait_until(lambda: conn.execute("SELECT lost FROM kpi.kpi_decoding").fetchone()[0] is not None)
+        assert "invalidated" in conn.execute("SELECT lost FROM kpi.kpi_decoding").fetchone()[0]
+        wait_until(lambda: conn.execute("SELECT kpi.kpi_source()").fetchone() == ("summaries",), seconds=60)
+        conn.execute("INSERT INTO listings (id, price, status, listed_at) VALUES (2, 20, 'active', %s)", [NOW])
+        wait_until(lambda: conn.execute("SELECT sum(listings) FROM kpi.kpi_sums WHERE grain = 900").fetchone() == (2,))
+        ready = app.test_client().get("/readyz").get_json()
+        assert ready["checks"]["capture"]["slot_ok"] is True
+        assert "invalidated" in ready["checks"]["capture"]["lost"]
+        applied, rebuilt = applied_and_rebuilt(conn)
+        assert applied == rebuilt
+        conn.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
+        conn.execute("SELECT pg_reload_conf()")
+
+
+def test_a_column_renamed_under_writes_fails_no_write(decoding: Decoding) -> None:
+    """No trigger, no function of the service on the tables: a rename of a column the KPIs read,
+    between the application's writes, fails none of them; the decoded images lack it, and the
+    summaries stop as in the trigger mode (the KPIs from the rows, /readyz names the column)."""
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        with psycopg.connect(decoding.url, autocommit=True) as conn:
+            conn.execute("INSERT INTO buyers (id, name) VALUES (1, 'a') ON CONFLICT DO NOTHING")
+            n = 0
+            while not stop.is_set():
+                n += 1
+                try:
+                    conn.execute(
+                        "INSERT INTO listings (id, price, status, listed_at) VALUES (%s, 10, 'active', now())", [n]
+                    )
+                    conn.execute("UPDATE listings SET price = price + 1 WHERE id = %s", [n])
+                except psycopg.Error as error:
+                    failures.append(error)
+
+    with psycopg.connect(decoding.url, autocommit=True) as conn, psycopg.connect(decoding.url, autocommit=True) as own:
+        thread = threading.Thread(target=writer)
+        thread.start()
+        wait_until(lambda: conn.execute("SELECT count(*) FROM listings").fetchone()[0] > 20)
+        conn.execute("ALTER TABLE listings RENAME COLUMN score TO rating")
+        count = conn.execute("SELECT count(*) FROM listings").fetchone()[0]
+        wait_until(lambda: conn.execute("SELECT count(*) FROM listings").fetchone()[0] > count + 20)
+        stop.set()
+        thread.join()
+        assert failures == []
+        decoder = decoding.decoder(own)
+        try:
+            if decoding.where == "standby":
+                decoding.pair.replayed()
+            while decoder.step() != 0 or decoder.full:
+                pass
+        finally:
+            decoder.close()
+        in_applier_turn(conn, "SELECT kpi.kpi_apply_changes()")
+        assert conn.execute("SELECT kpi.kpi_source()").fetchone() == ("raw",)
+        assert conn.execute("SELECT kpi.kpi_missing_columns()").fetchone() == (["listings.score"],)
