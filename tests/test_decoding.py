@@ -16,13 +16,16 @@ from flask import Flask
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row, tuple_row
 
 from kpi_service.app import create_app
 from kpi_service.db import applier as applier_module
 from kpi_service.db.decoding import Decoder, direct
+from kpi_service.db.errors import CaptureRefused
 from kpi_service.db.schema import apply_schema
 from kpi_service.db.sql import in_applier_turn, in_one_snapshot, kpi_statement_rows
+from kpi_service.db.uninstall import plan, remove
 from kpi_service.serving.windows import Window
 from tests import reference
 from tests.dataset import Dataset
@@ -342,3 +345,22 @@ def test_a_column_renamed_under_writes_fails_no_write(decoding: Decoding) -> Non
         in_applier_turn(conn, "SELECT kpi.kpi_apply_changes()")
         assert conn.execute("SELECT kpi.kpi_source()").fetchone() == ("raw",)
         assert conn.execute("SELECT kpi.kpi_missing_columns()").fetchone() == (["listings.score"],)
+
+
+def test_init_db_refuses_a_slot_server_login_without_the_replication_right(decoding: Decoding) -> None:
+    with psycopg.connect(decoding.url, autocommit=True) as conn:
+        conn.execute("DO $$ BEGIN CREATE ROLE kpi_no_replication LOGIN; EXCEPTION WHEN duplicate_object THEN END $$")
+    decoding.pair.replayed()
+    slot_url = make_conninfo(decoding.slot_url, user="kpi_no_replication")
+    with pytest.raises(CaptureRefused, match="REPLICATION"):
+        apply_schema(decoding.url, capture="decoding", decoding_url=slot_url)
+
+
+def test_uninstall_drops_the_slot_and_the_publication(decoding: Decoding) -> None:
+    with psycopg.connect(decoding.url, autocommit=True) as conn:
+        found = plan(conn, decoding.slot_url)
+        assert found.slot is not None and found.publications == ["kpi"]
+        remove(conn, found, lambda _line: None)
+        assert conn.execute("SELECT FROM pg_publication").fetchall() == []
+    with psycopg.connect(decoding.slot_url, autocommit=True) as server:
+        assert server.execute("SELECT FROM pg_replication_slots WHERE database = current_database()").fetchall() == []

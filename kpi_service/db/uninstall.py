@@ -107,7 +107,7 @@ def plan(conn: psycopg.Connection, decoding_url: str | None = None) -> Plan:
         url = decoding_url or conn.info.dsn
         if row is not None:
             with psycopg.connect(url, autocommit=True) as server:
-                if server.execute("SELECT FROM pg_replication_slots WHERE slot_name = %s", [row[0]]).fetchone():
+                if server.execute("SELECT true FROM pg_replication_slots WHERE slot_name = %s", [row[0]]).fetchone():
                     found.slot = (row[0], url)
     rows = conn.execute(
         # (An index a build left invalid is not installed, but is there to drop.)
