@@ -248,7 +248,8 @@ class Decoder:
         slot = self.state["slot"]
         server = self._slot_server()
         status = server.execute(STATEMENTS["slot_status"], {"slot": slot}).fetchone()
-        promoted = self._in_recovery is True and not status["in_recovery"]
+        # A standby's slot on a server out of recovery: promoted (seen here, or recorded with the slot).
+        promoted = not status["in_recovery"] and (self._in_recovery is True or self.state["on_standby"] is True)
         self._in_recovery = status["in_recovery"]
         if not self.state["slot_ok"]:
             self.make_slot(slot)
@@ -303,7 +304,7 @@ class Decoder:
             consistent = self._make_on_standby(slot)
         else:
             consistent = server.execute(STATEMENTS["create_slot"], {"slot": slot}).fetchone()["lsn"]
-        self.primary(STATEMENTS["slot_made"], {"slot": slot, "lsn": consistent})
+        self.primary(STATEMENTS["slot_made"], {"slot": slot, "lsn": consistent, "on_standby": standby})
         self._in_recovery = standby
         log.info("made the replication slot %s, consistent from %s", slot, consistent)
 

@@ -4,7 +4,7 @@
 -- state, its changes and its advance.
 
 -- name: decoding_state
-SELECT slot, slot_ok, lost, lost_at FROM kpi.kpi_decoding_state()
+SELECT slot, slot_ok, lost, lost_at, on_standby FROM kpi.kpi_decoding_state()
 
 -- name: decoded
 SELECT kpi.kpi_decoded(%(changes)s::jsonb, %(upto)s::pg_lsn) AS logged
@@ -13,7 +13,7 @@ SELECT kpi.kpi_decoded(%(changes)s::jsonb, %(upto)s::pg_lsn) AS logged
 SELECT kpi.kpi_decoding_lost(%(reason)s::text) AS lost
 
 -- name: slot_made
-SELECT kpi.kpi_decoding_slot_made(%(slot)s::text, %(lsn)s::pg_lsn) AS made
+SELECT kpi.kpi_decoding_slot_made(%(slot)s::text, %(lsn)s::pg_lsn, %(on_standby)s::boolean) AS made
 
 -- name: slot_status
 -- Where the slot's server has WAL to (a standby: what it has replayed), and the slot as

@@ -22,6 +22,9 @@ CREATE TABLE IF NOT EXISTS kpi.kpi_decoding (
     lost      text,              -- why the last slot was lost, for /readyz and the log
     lost_at   timestamptz
 );
+-- Whether the slot was made on a standby: one found out of recovery since was promoted, and the
+-- slot there may be ahead of what this (replicated) state says was logged.
+ALTER TABLE kpi.kpi_decoding ADD COLUMN IF NOT EXISTS on_standby boolean;
 
 -- The old images. The slot gives an UPDATE's new row only, and a DELETE's key (the tables'
 -- default replica identity; REPLICA IDENTITY FULL would cost the application WAL at every
@@ -176,19 +179,25 @@ BEGIN
 END
 $fn$;
 
--- A new slot, consistent from `consistent`: every transaction committing after it will be
--- decoded. The summaries (stopped) are built anew from a snapshot taken after this commit.
-CREATE OR REPLACE FUNCTION kpi.kpi_decoding_slot_made(slot text, consistent pg_lsn) RETURNS void
+-- A new slot, consistent from `consistent`, on a standby or not: every transaction committing
+-- after it will be decoded. The summaries (stopped) are built anew from a snapshot taken after
+-- this commit.
+DROP FUNCTION IF EXISTS kpi.kpi_decoding_slot_made(text, pg_lsn);  -- (before on_standby)
+CREATE OR REPLACE FUNCTION kpi.kpi_decoding_slot_made(slot text, consistent pg_lsn, on_standby boolean) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 BEGIN
     DELETE FROM kpi.kpi_summary_state;
     DELETE FROM kpi.kpi_changes;
-    UPDATE kpi.kpi_decoding d SET slot = kpi_decoding_slot_made.slot, lsn = consistent, slot_ok = true;
+    UPDATE kpi.kpi_decoding d SET slot = kpi_decoding_slot_made.slot, lsn = consistent, slot_ok = true,
+                                  on_standby = kpi_decoding_slot_made.on_standby;
 END
 $fn$;
 
 -- The decoding state for /readyz: the slot's name, whether it is usable, and why the last was lost.
-CREATE OR REPLACE FUNCTION kpi.kpi_decoding_state() RETURNS TABLE (slot text, slot_ok boolean, lost text, lost_at timestamptz)
+-- (Its columns grew: a function's result type is replaced only by a new one.)
+DROP FUNCTION IF EXISTS kpi.kpi_decoding_state();
+CREATE FUNCTION kpi.kpi_decoding_state()
+RETURNS TABLE (slot text, slot_ok boolean, lost text, lost_at timestamptz, on_standby boolean)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
-    SELECT d.slot, d.slot_ok, d.lost, d.lost_at FROM kpi.kpi_decoding d
+    SELECT d.slot, d.slot_ok, d.lost, d.lost_at, d.on_standby FROM kpi.kpi_decoding d
 $fn$;

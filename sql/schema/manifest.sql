@@ -130,7 +130,7 @@ CROSS JOIN LATERAL (VALUES
     ('function', 'kpi.kpi_decoded(jsonb, pg_lsn)', 'reader', NULL),
     ('function', 'kpi.kpi_copy_rebuild()', 'owner', NULL),
     ('function', 'kpi.kpi_decoding_lost(text)', 'reader', NULL),
-    ('function', 'kpi.kpi_decoding_slot_made(text, pg_lsn)', 'reader', NULL),
+    ('function', 'kpi.kpi_decoding_slot_made(text, pg_lsn, boolean)', 'reader', NULL),
     ('function', 'kpi.kpi_decoding_state()', 'reader', NULL),
     ('type', 'kpi.kpi_decoded_change', 'owner', NULL),
     -- (the decoding mode's slot is on the server that holds it: uninstall drops it there)
