@@ -60,6 +60,10 @@ class Relation:
     schema: str
     name: str
     columns: list[str]
+    wanted: frozenset[str]  # the columns the KPIs read
+
+
+NULL, TEXT, UNCHANGED, BEGIN, COMMIT = b"n"[0], b"t"[0], b"u"[0], b"B"[0], b"C"[0]
 
 
 @dataclass
@@ -89,45 +93,59 @@ class _Reader:
         self.at += struct.calcsize(fmt)
         return value
 
+    def byte(self) -> int:
+        self.at += 1
+        return self.data[self.at - 1]
+
+    def int(self, size: int) -> int:
+        self.at += size
+        return int.from_bytes(self.data[self.at - size : self.at], "big", signed=True)
+
     def string(self) -> str:
         end = self.data.index(b"\0", self.at)
         value = self.data[self.at : end].decode()
         self.at = end + 1
         return value
 
-    def tuple(self, columns: list[str]) -> dict[str, str | None]:
-        """A row's values as text, by column; an unchanged TOASTed value is left out (kpi_decoded
-        takes it from the old image)."""
+    def tuple(self, columns: list[str], wanted: frozenset[str]) -> dict[str, str | None]:
+        """A row's values as text, by column, only the `wanted` ones (the columns the KPIs read:
+        a renamed one is then missing, and kpi_change_of stops the summaries); an unchanged
+        TOASTed value is left out (kpi_decoded takes it from the old image)."""
         row: dict[str, str | None] = {}
-        for i in range(self.take("!h")):
-            kind = self.take("!c")
-            if kind == b"n":
-                row[columns[i]] = None
-            elif kind == b"t":
-                size = self.take("!i")
-                row[columns[i]] = self.data[self.at : self.at + size].decode()
+        data = self.data
+        for i in range(self.int(2)):
+            kind = self.byte()
+            if kind == NULL:
+                if columns[i] in wanted:
+                    row[columns[i]] = None
+            elif kind == TEXT:
+                size = self.int(4)
+                if columns[i] in wanted:
+                    row[columns[i]] = data[self.at : self.at + size].decode()
                 self.at += size
-            elif kind != b"u":
-                raise DecodingError(f"a column value of kind {kind!r}")
+            elif kind != UNCHANGED:
+                raise DecodingError(f"a column value of kind {chr(kind)!r}")
         return row
 
 
-def parse(messages: list[bytes], relations: dict[int, Relation]) -> list[Transaction]:
+def parse(messages: list[bytes], relations: dict[int, Relation], read: dict[str, frozenset[str]]) -> list[Transaction]:
     """The transactions of a run of pgoutput messages, each with its changes of the three tables
-    as kpi_decoded takes them: {op, tbl, id, img}. An UPDATE that changes a row's key is its
-    old key's DELETE and its new key's INSERT."""
+    as kpi_decoded takes them: {op, tbl, id, img}, img with the columns of `read` (by table)
+    alone. An UPDATE that changes a row's key is its old key's DELETE and its new key's INSERT."""
     done: list[Transaction] = []
     current: list[dict[str, Any]] = []
     for data in messages:
+        # (Begin and Commit first, read in place: two of a small transaction's three messages.)
+        if data[0] == BEGIN:
+            current = []
+            continue
+        if data[0] == COMMIT:
+            # Commit: kind, flags, the commit's LSN, the end of its record (8 bytes at 10), time.
+            done.append(Transaction(lsn_text(int.from_bytes(data[10:18], "big")), current))
+            continue
         reader = _Reader(data)
         kind = reader.take("!c")
-        if kind == b"B":
-            current = []
-        elif kind == b"C":
-            reader.take("!b")
-            reader.take("!q")
-            done.append(Transaction(lsn_text(reader.take("!q")), current))
-        elif kind == b"R":
+        if kind == b"R":
             relid = reader.take("!I")
             schema, name = reader.string(), reader.string()
             reader.take("!b")
@@ -137,16 +155,16 @@ def parse(messages: list[bytes], relations: dict[int, Relation]) -> list[Transac
                 columns.append(reader.string())
                 reader.take("!I")
                 reader.take("!i")
-            relations[relid] = Relation(schema, name, columns)
+            relations[relid] = Relation(schema, name, columns, read[name] | {"id"})
         elif kind in (b"I", b"U", b"D"):
             relation = relations[reader.take("!I")]
             code = TABLE_CODES[relation.name]
             old = None
             marker = reader.take("!c")
             if marker in (b"K", b"O"):
-                old = reader.tuple(relation.columns)
+                old = reader.tuple(relation.columns, relation.wanted)
                 marker = reader.take("!c") if kind == b"U" else None
-            new = reader.tuple(relation.columns) if marker == b"N" else None
+            new = reader.tuple(relation.columns, relation.wanted) if marker == b"N" else None
             if new is not None and old is not None and old.get("id") != new.get("id"):
                 current.append({"op": "D", "tbl": code, "id": old.get("id"), "img": None})
                 current.append({"op": "I", "tbl": code, "id": new.get("id"), "img": new})
@@ -204,6 +222,9 @@ class Decoder:
         self._in_recovery: bool | None = None
         self.state: dict[str, Any] | None = None  # kpi_decoding_state(), as of the last step
         self.full = False  # the last step took a whole batch: more is waiting
+        # How far the slot's server's WAL was ahead of the slot when last peeked (None: not yet).
+        self.behind_bytes: int | None = None
+        self._read: dict[str, frozenset[str]] | None = None  # kpi_read_columns() of each table
 
     def close(self) -> None:
         if self._conn is not None:
@@ -229,6 +250,8 @@ class Decoder:
         once per outage; the next step tries again."""
         try:
             taken = self._step()
+        except psycopg.errors.ObjectInUse:
+            return None  # another instance's decoder is reading the slot now: its turn
         except (psycopg.Error, DatabaseUnavailable) as error:
             if not self._failing:
                 log.warning("changes not decoded: %s", error)
@@ -265,7 +288,11 @@ class Decoder:
             STATEMENTS["peek"], {"slot": slot, "upto": end, "changes": self.batch, "options": PLUGIN_OPTIONS}
         ).fetchall()
         self.full = len(rows) >= self.batch
-        transactions = parse([bytes(row["data"]) for row in rows], {})
+        self.behind_bytes = lsn_value(end) - lsn_value(status["confirmed"])
+        if self._read is None:
+            found = self.primary(STATEMENTS["read_columns"])
+            self._read = {name: frozenset(columns) for name, columns in found["tables"].items()}
+        transactions = parse([bytes(row["data"]) for row in rows], {}, self._read)
         upto = end if len(rows) < self.batch else (transactions[-1].end if transactions else None)
         changes = [dict(change, lsn=t.end) for t in transactions for change in t.changes]
         if transactions:

@@ -57,6 +57,7 @@ def readyz() -> Response:
             "slot_ok": decoder.state["slot_ok"],
             "lost": decoder.state["lost"],
             "lost_at": lost_at.isoformat() if lost_at else None,
+            "behind_bytes": decoder.behind_bytes,
         }
     if checks["database"] == "down":
         return envelope(

@@ -6,6 +6,9 @@
 -- name: decoding_state
 SELECT slot, slot_ok, lost, lost_at, on_standby FROM kpi.kpi_decoding_state()
 
+-- name: read_columns
+SELECT jsonb_object_agg(t, kpi.kpi_read_columns(t)) AS tables FROM unnest(ARRAY['listings', 'leads', 'purchases']) t
+
 -- name: decoded
 SELECT kpi.kpi_decoded(%(changes)s::jsonb, %(upto)s::pg_lsn) AS logged
 

@@ -63,8 +63,9 @@ LANGUAGE sql IMMUTABLE AS $fn$
 $fn$;
 
 -- The log rows of a batch of decoded changes, a jsonb array in the slot's order of objects
--- {lsn: the end of its transaction, op: I U D T, tbl: l d p, id, img: the new row as text
--- values, or null}, and the row copy brought to their end, in the caller's transaction, which
+-- {lsn: the end of its transaction, op: I U D T, tbl: l d p, id, img: the new row's columns
+-- that the KPIs read (kpi_read_columns: the decoder leaves out the others), as text, or null},
+-- and the row copy brought to their end, in the caller's transaction, which
 -- then records `upto` (the end of the batch's last transaction) as consumed. Changes of
 -- transactions at or below the recorded end are skipped (given again after a crash). Takes
 -- the applier's lock: a rebuild (which makes the copy anew) and another instance's decoder
@@ -96,7 +97,7 @@ BEGIN
     items := ARRAY(
         SELECT ROW(e.k, count(*) FILTER (WHERE e.x->>'op' = 'T') OVER (ORDER BY e.k), e.x->>'op',
                    (e.x->>'tbl')::"char", (e.x->>'id')::bigint,
-                   CASE WHEN jsonb_typeof(e.x->'img') = 'object' THEN kpi.kpi_read_image((e.x->>'tbl')::"char", e.x->'img') END,
+                   CASE WHEN jsonb_typeof(e.x->'img') = 'object' THEN e.x->'img' END,
                    NULL)::kpi.kpi_decoded_change
         FROM jsonb_array_elements(changes) WITH ORDINALITY AS e (x, k)
         WHERE done IS NULL OR (e.x->>'lsn')::pg_lsn > done
