@@ -8,9 +8,9 @@ import redis
 from flask import Flask
 
 from kpi_service.config import Settings
-from kpi_service.db.applier import Applier
+from kpi_service.db.applier import Applier, pooled
 from kpi_service.db.connections import Database
-from kpi_service.db.decoding import Decoder, pooled
+from kpi_service.db.decoding import Decoder
 from kpi_service.db.replica import Replica
 from kpi_service.ops.logs import configure_logging
 from kpi_service.ops.memo import Memo

@@ -15,9 +15,9 @@ from psycopg.conninfo import conninfo_to_dict
 from kpi_service.cli.seed import default_until, seed
 from kpi_service.cli.target import target_database
 from kpi_service.config import CAPTURES, ConfigError, Settings, aged_days_setting
-from kpi_service.db.applier import Applier
+from kpi_service.db.applier import Applier, pooled
 from kpi_service.db.connections import Database
-from kpi_service.db.decoding import Decoder, pooled
+from kpi_service.db.decoding import Decoder
 from kpi_service.db.schema import apply_schema
 from kpi_service.db.uninstall import plan, remove
 from kpi_service.serving.cache import Cache

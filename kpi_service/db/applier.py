@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kpi_service.db.connections import Database
-from kpi_service.db.decoding import Decoder
+from kpi_service.db.decoding import Decoder, Primary
 from kpi_service.db.errors import DatabaseUnavailable, LockNotGranted, SalesTablesChanged, StatementTimeout
 from kpi_service.db.sql import APPLY_BATCH
 from kpi_service.ops import metrics
@@ -58,6 +58,18 @@ def audited(found: dict[str, Any]) -> None:
         log.error(
             "audit: the summaries of the day from %s differed from the rows, repaired: %s", found["slice"], differ
         )
+
+
+def pooled(db: Database) -> Primary:
+    """The decoder's primary (db/decoding.py): a connection of the service's pool (read-only by
+    default) for each statement, in a read-write transaction."""
+
+    def run(statement: str, params: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        with db.connection("decode", quiet=True) as conn, conn.transaction():
+            conn.execute("SET TRANSACTION READ WRITE")
+            return conn.execute(statement, params).fetchone()
+
+    return run
 
 
 class Applier:

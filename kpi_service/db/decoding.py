@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
@@ -31,9 +31,6 @@ from psycopg.types.json import Jsonb
 
 from kpi_service.db.errors import DatabaseUnavailable
 from kpi_service.db.sql import sql_text
-
-if TYPE_CHECKING:
-    from kpi_service.db.connections import Database
 
 log = logging.getLogger(__name__)
 
@@ -186,17 +183,6 @@ def parse(messages: list[bytes], relations: dict[int, Relation], read: dict[str,
 
 # A statement run on the primary in a read-write transaction of its own: its row, or None.
 Primary = Callable[..., dict[str, Any] | None]
-
-
-def pooled(db: Database) -> Primary:
-    """The service's primary: a connection of its pool (read-only by default) for each statement."""
-
-    def run(statement: str, params: dict[str, Any] | None = None) -> dict[str, Any] | None:
-        with db.connection("decode", quiet=True) as conn, conn.transaction():
-            conn.execute("SET TRANSACTION READ WRITE")
-            return conn.execute(statement, params).fetchone()
-
-    return run
 
 
 def direct(conn: psycopg.Connection) -> Primary:
