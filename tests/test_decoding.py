@@ -440,3 +440,17 @@ def test_the_standby_promoted_under_writes_recovers_exact_numbers(service: Calla
             applied, rebuilt = applied_and_rebuilt(conn)
             assert applied == rebuilt
         assert failed == []
+
+
+def test_a_service_that_does_not_decode_refuses_a_decoding_database(decoding: Decoding) -> None:
+    """The triggers are gone: a service without KPI_CAPTURE=decoding would serve summaries that
+    nothing feeds."""
+    app = create_app(make_settings(decoding.url))
+    try:
+        answer = app.test_client().get("/readyz")
+        assert answer.status_code == 503
+        body = answer.get_json()
+        assert body["status"] == "incompatible" and "KPI_CAPTURE=decoding" in body["message"]
+    finally:
+        app.extensions["kpi_stream"].hub.close()
+        app.extensions["kpi"].close()

@@ -28,8 +28,9 @@ from kpi_service.db.sql import in_applier_turn, sql_text
 # applied, so it may serve on until it is replaced.) 6: the log's rows are jsonb images, the
 # triggers' state is recorded with the summaries, kpi_missing_columns(), which this service calls.
 # 7: every object of the service in its own schema, kpi (issue 33, item 11), which this service
-# names in every statement.
-SCHEMA_VERSION = 7
+# names in every statement. 8: the decoding capture mode (sql/schema/decoding.sql, capture.sql),
+# whose tables stay empty in the trigger mode.
+SCHEMA_VERSION = 8
 # The oldest database schema this service computes right numbers from: 7, since it reads kpi's
 # objects alone (before 7 they were in the sales tables' schema).
 OLDEST_DATABASE = 7
@@ -40,6 +41,9 @@ OLDEST_DATABASE = 7
 # nothing then: no KPI schema; one whose login's search path reaches kpi reads this row and
 # refuses, as it should): replace the instances right after init-db.
 OLDEST_SERVICE = 7
+# In the decoding mode: a service before 8 has no decoder, and would serve summaries that nothing
+# feeds any more (the triggers are gone).
+OLDEST_DECODING_SERVICE = 8
 
 
 def service_version() -> str:
@@ -174,7 +178,7 @@ def apply_schema(
             conn.execute("DELETE FROM kpi.kpi_schema")
             conn.execute(
                 "INSERT INTO kpi.kpi_schema VALUES (%s, %s, %s, now())",
-                [SCHEMA_VERSION, OLDEST_SERVICE, service_version()],
+                [SCHEMA_VERSION, OLDEST_DECODING_SERVICE if decoding else OLDEST_SERVICE, service_version()],
             )
             # The service's role keeps its grants through an upgrade (new functions, new forms).
             if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'kpi_reader'").fetchone():
