@@ -454,3 +454,28 @@ def test_a_service_that_does_not_decode_refuses_a_decoding_database(decoding: De
     finally:
         app.extensions["kpi_stream"].hub.close()
         app.extensions["kpi"].close()
+
+
+@pytest.fixture
+def on_primary(pair: Pair) -> Iterator[Decoding]:
+    yield from make_database(pair, "primary")
+
+
+def test_the_decoders_session_is_not_the_application_at_work(on_primary: Decoding) -> None:
+    """The applier rests while the application's sessions are busy (its pacing): a peek of the
+    decoder's on the primary must not count as one, or the applier rests for its own decoder."""
+    with psycopg.connect(on_primary.url, autocommit=True) as own:
+        decoder = on_primary.decoder(own)
+        busy = threading.Thread(target=lambda: decoder._slot_server().execute("SELECT pg_sleep(1)"))
+        with psycopg.connect(on_primary.slot_url, autocommit=True, application_name="kpi-service") as service:
+            try:
+                busy.start()
+                wait_until(
+                    lambda: service.execute(
+                        "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(1)')"
+                    ).fetchone()[0]
+                )
+                assert service.execute("SELECT kpi.kpi_application_at_work()").fetchone() == (False,)
+            finally:
+                busy.join()
+                decoder.close()

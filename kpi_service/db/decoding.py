@@ -48,6 +48,9 @@ STATEMENTS = {
 }
 
 
+APPLICATION_NAME = "kpi-service"  # the pool's (db/connections.py, Database)
+
+
 class DecodingError(RuntimeError):
     """A message of the slot this decoder cannot read; the message says which."""
 
@@ -225,7 +228,9 @@ class Decoder:
                 self.slot_url,
                 autocommit=True,
                 row_factory=dict_row,
-                application_name="kpi-service decoder",
+                # The service's own name: on the primary, the applier's pacing counts every other
+                # name's active session as the application at work, and would rest for the decoder.
+                application_name=APPLICATION_NAME,
                 options="-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=postgres",
             )
         return self._conn
