@@ -359,6 +359,7 @@ def run_load(
         "statement_ms_median": round(statistics.median(durations), 2),
         "database_cpu_s_per_min": round(cpu_per_minute, 2),
         "poll_errors": errors,
+        "samples_s": [round(x, 3) for x in samples],  # in the order of the probes' commits
     }
     if samples:
         figures["p50_s"] = round(statistics.median(samples), 3)
