@@ -155,6 +155,8 @@ def parse(messages: list[bytes], relations: dict[int, Relation], read: dict[str,
                 columns.append(reader.string())
                 reader.take("!I")
                 reader.take("!i")
+            if name not in TABLE_CODES:
+                raise DecodingError(f"a change of {schema}.{name}, which the publication {PUBLICATION} should not hold")
             relations[relid] = Relation(schema, name, columns, read[name] | {"id"})
         elif kind in (b"I", b"U", b"D"):
             relation = relations[reader.take("!I")]
@@ -243,7 +245,8 @@ class Decoder:
             taken = self._step()
         except psycopg.errors.ObjectInUse:
             return None  # another instance's decoder is reading the slot now: its turn
-        except (psycopg.Error, DatabaseUnavailable) as error:
+        except (psycopg.Error, DatabaseUnavailable, DecodingError) as error:
+            # (DecodingError too: the applier's thread goes on, and says it once.)
             if not self._failing:
                 log.warning("changes not decoded: %s", error)
             self._failing = True
