@@ -479,3 +479,19 @@ def test_the_decoders_session_is_not_the_application_at_work(on_primary: Decodin
             finally:
                 busy.join()
                 decoder.close()
+
+
+def test_back_to_the_triggers_drops_the_slot_and_keeps_the_numbers(decoding: Decoding) -> None:
+    with psycopg.connect(decoding.url, autocommit=True) as conn:
+        replace_rows(conn, Dataset([1], [], [], []))
+        conn.execute("INSERT INTO listings (id, price, status, listed_at) VALUES (1, 10, 'active', %s)", [NOW])
+        apply_schema(decoding.url, capture="triggers", decoding_url=decoding.slot_url)
+        assert conn.execute("SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal").fetchone() == (12,)
+        assert conn.execute("SELECT FROM pg_publication").fetchall() == []
+        conn.execute("INSERT INTO listings (id, price, status, listed_at) VALUES (2, 20, 'active', %s)", [NOW])
+        in_applier_turn(conn, "SELECT kpi.kpi_apply_changes()")
+        assert conn.execute("SELECT sum(listings) FROM kpi.kpi_sums WHERE grain = 900").fetchone() == (2,)
+        applied, rebuilt = applied_and_rebuilt(conn)
+        assert applied == rebuilt
+    with psycopg.connect(decoding.slot_url, autocommit=True) as server:
+        assert server.execute("SELECT FROM pg_replication_slots WHERE database = current_database()").fetchall() == []

@@ -161,6 +161,11 @@ def apply_schema(
             if (why := refusal(conn, server)) is not None:
                 raise CaptureRefused(why)
         slot = slot_name(conn.execute("SELECT current_database()").fetchone()[0])
+        # Back to the triggers from the decoding mode: its slot, which nothing would read any
+        # more and which would keep its server's WAL, is dropped once the triggers are in.
+        leaving = None
+        if summaries and not decoding and conn.execute("SELECT to_regclass('kpi.kpi_decoding')").fetchone()[0]:
+            leaving = conn.execute("SELECT slot FROM kpi.kpi_decoding").fetchone()
         step("tables, functions and triggers")
 
         def objects() -> None:
@@ -200,6 +205,10 @@ def apply_schema(
         if decoding:
             step("the replication slot")
             _ensure_slot(conn, server, decoding_url or conninfo)
+        elif leaving is not None:
+            step(f"dropping the decoding mode's replication slot {leaving[0]}")
+            with psycopg.connect(decoding_url or conninfo, autocommit=True) as server:
+                server.execute(STATEMENTS["drop_slot"], {"slot": leaving[0]})
         if summaries:
             step("waiting for a running applier")
             # Waiting for a running applier (an upgrade beside live instances) before the
