@@ -21,10 +21,12 @@ from psycopg.rows import dict_row, tuple_row
 
 from kpi_service.app import create_app
 from kpi_service.db import applier as applier_module
+from kpi_service.db.applier import pooled
+from kpi_service.db.connections import Database
 from kpi_service.db.decoding import Decoder, direct
 from kpi_service.db.errors import CaptureRefused
 from kpi_service.db.schema import apply_schema
-from kpi_service.db.sql import in_applier_turn, in_one_snapshot, kpi_statement_rows
+from kpi_service.db.sql import in_applier_turn, in_one_snapshot, kpi_statement_rows, sql_text
 from kpi_service.db.uninstall import plan, remove
 from kpi_service.serving.windows import Window
 from tests import reference
@@ -495,3 +497,34 @@ def test_back_to_the_triggers_drops_the_slot_and_keeps_the_numbers(decoding: Dec
         assert applied == rebuilt
     with psycopg.connect(decoding.slot_url, autocommit=True) as server:
         assert server.execute("SELECT FROM pg_replication_slots WHERE database = current_database()").fetchall() == []
+
+
+def test_the_services_read_only_login_decodes_with_the_replication_right(decoding: Decoding) -> None:
+    """The service logs in as a member of kpi_reader (sql/ops/roles.sql), read-only on the sales
+    tables: with the REPLICATION attribute, and nothing else, it reads the slot and writes the
+    log through the service's functions."""
+    with psycopg.connect(decoding.url, autocommit=True) as conn:
+        conn.execute(sql_text("ops/roles.sql"))
+        conn.execute(
+            "DO $$ BEGIN CREATE ROLE kpi_decoder LOGIN REPLICATION IN ROLE kpi_reader;"
+            " EXCEPTION WHEN duplicate_object THEN END $$"
+        )
+        replace_rows(conn, Dataset([1], [], [], []))
+        decoding.drained(conn, decoding.decoder(conn))
+        conn.execute("INSERT INTO listings (id, price, status, listed_at) VALUES (1, 10, 'active', %s)", [NOW])
+        decoding.pair.replayed()
+        db = Database(make_settings(make_conninfo(decoding.url, user="kpi_decoder"), capture="decoding"))
+        decoder = Decoder(pooled(db), make_conninfo(decoding.slot_url, user="kpi_decoder"))
+        try:
+            assert decoder.step() == 1
+            assert db.apply_changes() == 1
+        finally:
+            decoder.close()
+            db.close()
+        with (
+            pytest.raises(psycopg.errors.InsufficientPrivilege),
+            psycopg.connect(make_conninfo(decoding.url, user="kpi_decoder"), autocommit=True) as service,
+        ):
+            service.execute("INSERT INTO listings (id, price, status, listed_at) VALUES (2, 1, 'active', now())")
+        applied, rebuilt = applied_and_rebuilt(conn)
+        assert applied == rebuilt
