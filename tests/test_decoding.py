@@ -528,3 +528,14 @@ def test_the_services_read_only_login_decodes_with_the_replication_right(decodin
             service.execute("INSERT INTO listings (id, price, status, listed_at) VALUES (2, 1, 'active', now())")
         applied, rebuilt = applied_and_rebuilt(conn)
         assert applied == rebuilt
+
+
+def test_a_publication_kpi_of_the_owners_is_neither_used_nor_dropped(decoding: Decoding) -> None:
+    apply_schema(decoding.url, capture="triggers", decoding_url=decoding.slot_url)
+    with psycopg.connect(decoding.url, autocommit=True) as conn:
+        conn.execute("CREATE PUBLICATION kpi FOR TABLE buyers")
+        apply_schema(decoding.url, capture="triggers", decoding_url=decoding.slot_url)
+        with pytest.raises(psycopg.Error, match="not the service's"):
+            apply_schema(decoding.url, capture="decoding", decoding_url=decoding.slot_url)
+        assert plan(conn, decoding.slot_url).publications == []
+        assert conn.execute("SELECT pubname FROM pg_publication").fetchall() == [("kpi",)]

@@ -59,7 +59,8 @@ LEGACY_SOURCE = "SELECT FROM pg_proc WHERE proname = 'kpi_source' LIMIT 1"
 # a catalog row, there whatever version made the schema).
 SALES_TABLES = (
     "SELECT kpi.kpi_missing_columns() AS missing, to_regclass('kpi.kpi_changes') IS NOT NULL AS logged,"
-    " EXISTS (SELECT FROM pg_publication WHERE pubname = 'kpi') AS decoding"
+    " EXISTS (SELECT FROM pg_publication p WHERE p.pubname = 'kpi'"
+    " AND obj_description(p.oid, 'pg_publication') = 'kpi-service: made by kpi-service init-db') AS decoding"
 )
 PENDING = "SELECT kpi.kpi_pending_changes() AS pending"
 AUDIT_STATE = "SELECT last_pass_at, last_repairs, repairs FROM kpi.kpi_audit_state"

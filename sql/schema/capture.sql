@@ -19,6 +19,11 @@ BEGIN
         END LOOP;
         IF NOT EXISTS (SELECT FROM pg_publication WHERE pubname = 'kpi') THEN
             EXECUTE format('CREATE PUBLICATION kpi FOR TABLE %1$I.listings, %1$I.leads, %1$I.purchases', @sales_name@);
+            -- The mark uninstall and the service know the service's own by (as the schema's).
+            COMMENT ON PUBLICATION kpi IS 'kpi-service: made by kpi-service init-db';
+        ELSIF NOT kpi.kpi_decoding_publication() THEN
+            RAISE EXCEPTION 'kpi-service: a publication named kpi exists and is not the service''s'
+                USING HINT = 'The decoding mode makes its own publication kpi: rename that one.';
         END IF;
         IF NOT EXISTS (SELECT FROM kpi.kpi_decoding) THEN
             INSERT INTO kpi.kpi_decoding (slot, slot_ok) VALUES (current_setting('kpi.slot'), false);
@@ -26,7 +31,9 @@ BEGIN
         END IF;
         UPDATE kpi.kpi_summary_state SET triggers = kpi.kpi_trigger_state();
     ELSE
-        DROP PUBLICATION IF EXISTS kpi;
+        IF kpi.kpi_decoding_publication() THEN
+            DROP PUBLICATION kpi;
+        END IF;
         IF EXISTS (SELECT FROM kpi.kpi_decoding) THEN
             DELETE FROM kpi.kpi_decoding;
             TRUNCATE kpi.kpi_row_copy;

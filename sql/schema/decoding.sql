@@ -47,6 +47,15 @@ BEGIN
 END
 $$;
 
+-- Whether the publication kpi is the service's (capture.sql marks it; one of the owner's of that
+-- name is neither used nor dropped).
+CREATE OR REPLACE FUNCTION kpi.kpi_decoding_publication() RETURNS boolean
+LANGUAGE sql STABLE AS $fn$
+    SELECT EXISTS (SELECT FROM pg_publication p
+                   WHERE p.pubname = 'kpi'
+                     AND obj_description(p.oid, 'pg_publication') = 'kpi-service: made by kpi-service init-db')
+$fn$;
+
 -- Whether the changes come from a slot.
 CREATE OR REPLACE FUNCTION kpi.kpi_decoding_mode() RETURNS boolean
 LANGUAGE sql STABLE AS $fn$

@@ -28,7 +28,8 @@ SELECT m.kind, m.name, m.callers,
            -- no query: not installed (init-db drops it and builds it again).
            WHEN 'index' THEN EXISTS (SELECT FROM pg_index i WHERE i.indexrelid = to_regclass(m.name) AND i.indisvalid)
            WHEN 'type' THEN to_regtype(m.name) IS NOT NULL
-           WHEN 'publication' THEN EXISTS (SELECT FROM pg_publication WHERE pubname = m.name)
+           WHEN 'publication' THEN EXISTS (SELECT FROM pg_publication p WHERE p.pubname = m.name
+                                           AND obj_description(p.oid, 'pg_publication') = 'kpi-service: made by kpi-service init-db')
            ELSE to_regclass(m.name) IS NOT NULL
        END AS installed,
        m.on_table
@@ -126,6 +127,7 @@ CROSS JOIN LATERAL (VALUES
     ('table', 'kpi.kpi_decoding', 'reader', NULL),
     ('table', 'kpi.kpi_row_copy', 'owner', NULL),
     ('function', 'kpi.kpi_decoding_mode()', 'reader', NULL),
+    ('function', 'kpi.kpi_decoding_publication()', 'owner', NULL),
     ('function', 'kpi.kpi_read_image("char", jsonb)', 'owner', NULL),
     ('function', 'kpi.kpi_decoded(jsonb, pg_lsn)', 'reader', NULL),
     ('function', 'kpi.kpi_copy_rebuild()', 'owner', NULL),
