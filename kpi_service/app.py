@@ -8,8 +8,9 @@ import redis
 from flask import Flask
 
 from kpi_service.config import Settings
-from kpi_service.db.applier import Applier
+from kpi_service.db.applier import Applier, pooled
 from kpi_service.db.connections import Database
+from kpi_service.db.decoding import Decoder
 from kpi_service.db.replica import Replica
 from kpi_service.ops.logs import configure_logging
 from kpi_service.ops.memo import Memo
@@ -80,6 +81,9 @@ def create_app(config: Settings | None = None) -> Flask:
             caught_up_at=cache.caught_up_at,
             turn=cache.applier_turn,
             aged_days=settings.aged_days,
+            decoder=Decoder(pooled(db), settings.decoding_url or settings.database_url or "")
+            if settings.capture == "decoding"
+            else None,
         ),
         kpi_schema=KpiQuerySchema(**defaults),
         history_schema=HistoryQuerySchema(max_buckets=settings.max_buckets, **defaults),

@@ -14,6 +14,7 @@ MIN_SECRET_BYTES = 32
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # The request log: a line for every response but a success or a 304, or for every response.
 ACCESS_LOGS = ("errors", "all")
+CAPTURES = ("triggers", "decoding")
 
 
 @functools.cache
@@ -69,6 +70,10 @@ class Settings:
     ws_allowed_origins: tuple[str, ...] = ()
     ws_idle_timeout: int = 30  # seconds between pings; a client that leaves one unanswered is closed
     ws_max_message: int = 4096  # bytes a client may send in one message
+    # Where the summaries' changes come from: "triggers" on the sales tables, or "decoding", a
+    # logical slot on decoding_url (a physical standby of database_url, or database_url itself).
+    capture: str = "triggers"
+    decoding_url: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -111,6 +116,8 @@ class Settings:
             ),
             "ws_idle_timeout": _int(env, "KPI_WS_IDLE_TIMEOUT", cls.ws_idle_timeout, low=1),
             "ws_max_message": _int(env, "KPI_WS_MAX_MESSAGE", cls.ws_max_message, low=1),
+            "capture": (env.get("KPI_CAPTURE") or cls.capture).strip().lower(),
+            "decoding_url": env.get("KPI_DECODING_URL") or None,
         }
         values.update(overrides)
         settings = cls(**values)  # type: ignore[arg-type]
@@ -137,6 +144,12 @@ class Settings:
         if self.access_log not in ACCESS_LOGS:
             raise ConfigError(f"KPI_ACCESS_LOG must be one of {', '.join(ACCESS_LOGS)}, not {self.access_log!r}")
         self._validate_redis()
+        if self.capture not in CAPTURES:
+            raise ConfigError(f"KPI_CAPTURE must be one of {', '.join(CAPTURES)}, not {self.capture!r}")
+        if self.decoding_url is not None and self.capture != "decoding":
+            raise ConfigError(
+                "KPI_DECODING_URL is the slot's server of KPI_CAPTURE=decoding: set that too, or unset it"
+            )
         mode, _ = parse_metrics_exposure(self.metrics_exposure)
         if self.metrics_token is not None and mode != "on":
             # The separate port is served by prometheus_client's own server, which has no

@@ -107,11 +107,19 @@ def test_the_manifest_lists_every_table_index_and_trigger(installed: psycopg.Con
           AND NOT EXISTS (SELECT FROM pg_constraint k WHERE k.conindid = c.oid)  -- a key's own index
         """
     ).fetchall()
-    listed = {**manifest(installed, "table"), **manifest(installed, "index"), **manifest(installed, "view")}
+    listed = {
+        **manifest(installed, "table"),
+        **manifest(installed, "index"),
+        **manifest(installed, "view"),
+        **manifest(installed, "type"),
+    }
     assert sorted(name for name, _ in relations) == sorted(listed)
     triggers = installed.execute("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1").fetchall()
     assert [name for (name,) in triggers] == sorted(manifest(installed, "trigger"))
-    assert not installed.execute("SELECT FROM kpi.kpi_manifest WHERE NOT installed").fetchall()
+    # (The decoding mode's publication is made by init-db --capture decoding alone.)
+    assert installed.execute("SELECT kind, name FROM kpi.kpi_manifest WHERE NOT installed").fetchall() == [
+        ("publication", "kpi")
+    ]
 
 
 def call(conn: psycopg.Connection, signature: str) -> None:
@@ -167,7 +175,8 @@ def test_search_paths_are_pinned_when_the_files_are_run_with_plain_psql(empty_da
     """psql -f commits statement by statement: nothing of one statement's settings reaches the next."""
     with psycopg.connect(empty_database) as conn:
         texts = [
-            schema_text(conn, f"schema/{name}", "public") for name in ("schema.sql", "summary.sql", "manifest.sql")
+            schema_text(conn, f"schema/{name}", "public")
+            for name in ("schema.sql", "decoding.sql", "summary.sql", "capture.sql", "manifest.sql")
         ]
     for text in texts:
         subprocess.run(

@@ -89,6 +89,12 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="tables and indexes only, no triggers: the service then computes from the raw rows (slower)",
     )
+    init_db.add_argument(
+        "--capture",
+        choices=("triggers", "decoding"),
+        help="where the summaries' changes come from: triggers on the sales tables, or a logical replication slot"
+        " on KPI_DECODING_URL (default: KPI_CAPTURE, else triggers)",
+    )
     uninstall = commands.add_parser(
         "uninstall",
         help="drop everything kpi-service installed in DATABASE_URL (asks first; safe to run again)",
@@ -143,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "token":
             commands.token_command(os.environ, subject=args.sub, ttl=args.ttl)
         elif args.command == "init-db":
-            commands.init_db_command(os.environ, summaries=not args.without_summaries)
+            commands.init_db_command(os.environ, summaries=not args.without_summaries, capture=args.capture)
         elif args.command == "uninstall":
             if not commands.uninstall_command(os.environ, yes=args.yes):
                 return 1

@@ -15,9 +15,10 @@ from psycopg.conninfo import conninfo_to_dict
 
 from kpi_service.cli.seed import default_until, seed
 from kpi_service.cli.target import target_database
-from kpi_service.config import ConfigError, Settings, aged_days_setting
-from kpi_service.db.applier import Applier
+from kpi_service.config import CAPTURES, ConfigError, Settings, aged_days_setting
+from kpi_service.db.applier import Applier, pooled
 from kpi_service.db.connections import Database
+from kpi_service.db.decoding import Decoder
 from kpi_service.db.schema import apply_schema
 from kpi_service.db.targets import INSTALLED, read_targets, set_target, unset_target
 from kpi_service.db.uninstall import plan, remove
@@ -63,17 +64,24 @@ def token_command(environ: Mapping[str, str], *, subject: str, ttl: int, out: Te
     print(auth.mint_token(app, subject, ttl), file=out)
 
 
-def init_db_command(environ: Mapping[str, str], *, summaries: bool = True, out: TextIO | None = None) -> None:
+def init_db_command(
+    environ: Mapping[str, str], *, summaries: bool = True, capture: str | None = None, out: TextIO | None = None
+) -> None:
     out = out or sys.stdout
     url = environ.get("DATABASE_URL")
     if not url:
         raise ConfigError("DATABASE_URL is not set")
     print(f"init-db on {_describe(url)}", file=out, flush=True)
+    capture = capture or (environ.get("KPI_CAPTURE") or "triggers").strip().lower()
+    if capture not in CAPTURES:
+        raise ConfigError(f"KPI_CAPTURE must be one of {', '.join(CAPTURES)}, not {capture!r}")
     apply_schema(
         url,
         summaries=summaries,
         aged_days=aged_days_setting(environ),
         progress=lambda line: print(line, file=out, flush=True),
+        capture=capture,
+        decoding_url=environ.get("KPI_DECODING_URL") or None,
     )
     what = "schema and summaries" if summaries else "schema (no summaries: the service reads the raw rows)"
     print(f"{what} applied to {_describe(url)}", file=out)
@@ -90,7 +98,7 @@ def uninstall_command(
         raise ConfigError("DATABASE_URL is not set")
     where = _describe(url)
     with psycopg.connect(url, autocommit=True) as conn:
-        found = plan(conn)
+        found = plan(conn, environ.get("KPI_DECODING_URL") or url)
         if found.empty:
             print(f"nothing of kpi-service is installed in {where}: nothing to do", file=out)
             return True
@@ -138,6 +146,11 @@ def apply_command(environ: Mapping[str, str], *, once: bool, out: TextIO | None 
         interval = settings.apply_interval or Settings.apply_interval
         where = _describe(settings.database_url or "")
         print(f"applying changes to {where} every {interval:g} s", file=out, flush=True)
+        decoder = (
+            Decoder(pooled(db), settings.decoding_url or settings.database_url or "")
+            if settings.capture == "decoding"
+            else None
+        )
         Applier(
             db,
             interval,
@@ -147,6 +160,7 @@ def apply_command(environ: Mapping[str, str], *, once: bool, out: TextIO | None 
             caught_up_at=cache.caught_up_at if cache is not None else None,
             turn=cache.applier_turn if cache is not None else None,
             aged_days=settings.aged_days,
+            decoder=decoder,
         ).run_forever()
     finally:
         db.close()

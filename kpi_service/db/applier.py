@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kpi_service.db.connections import Database
+from kpi_service.db.decoding import Decoder, Primary
 from kpi_service.db.errors import DatabaseUnavailable, LockNotGranted, SalesTablesChanged, StatementTimeout
 from kpi_service.db.sql import APPLY_BATCH
 from kpi_service.ops import metrics
@@ -59,6 +60,18 @@ def audited(found: dict[str, Any]) -> None:
         )
 
 
+def pooled(db: Database) -> Primary:
+    """The decoder's primary (db/decoding.py): a connection of the service's pool (read-only by
+    default) for each statement, in a read-write transaction."""
+
+    def run(statement: str, params: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        with db.connection("decode", quiet=True) as conn, conn.transaction():
+            conn.execute("SET TRANSACTION READ WRITE")
+            return conn.execute(statement, params).fetchone()
+
+    return run
+
+
 class Applier:
     def __init__(
         self,
@@ -70,6 +83,7 @@ class Applier:
         caught_up_at: Callable[[], float | None] | None = None,
         turn: Callable[[float], bool] | None = None,
         aged_days: int = 60,
+        decoder: Decoder | None = None,
     ) -> None:
         self.db = db
         self.interval = interval
@@ -83,6 +97,9 @@ class Applier:
         # interval across instances); not asked while a backlog is worked off.
         self.turn = turn
         self.aged_days = aged_days  # KPI_AGED_DAYS: the summaries' fast path, when it builds them
+        # KPI_CAPTURE=decoding: moves the slot's changes into the log before each tick's batch
+        # (db/decoding.py), in every instance, the applier's lock taking turns.
+        self.decoder = decoder
         # Since when the summaries have been found stopped (raw, with a change log): built anew
         # once every instance's mode lookup has noticed, so that no read waits on the build.
         self._unbuilt_since: float | None = None
@@ -103,6 +120,8 @@ class Applier:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        if self.decoder is not None:
+            self.decoder.close()
 
     def run_forever(self) -> None:
         """The loop in the calling thread, until stop() (`kpi-service apply`)."""
@@ -176,6 +195,8 @@ class Applier:
     def _run(self) -> None:
         backlog = False
         while not self._stop.is_set():
+            if self.decoder is not None:
+                self.decoder.step()
             try:
                 mode = self.db.mode(quiet=True, primary=True)
             except SalesTablesChanged:
@@ -194,6 +215,7 @@ class Applier:
             applying = mode == "summaries" or (mode == "raw" and self.db.logged)
             if applying and (backlog or self.turn is None or self.turn(self.interval)):
                 taken = self.apply_once()
-            backlog = taken == batch  # a full batch: more is waiting, go on at once
+            # A full batch, of the log or of the slot: more is waiting, go on at once.
+            backlog = taken == batch or (self.decoder is not None and self.decoder.full)
             if not backlog:
                 self._stop.wait(self.interval)

@@ -119,6 +119,7 @@ class Database:
         self._scope: str | None = None
         self.replica: ReadRouter | None = None
         self.max_connections = settings.db_pool_size
+        self.capture = settings.capture  # KPI_CAPTURE: whether this service runs the decoder
         self._in_use = 0  # connections handed out through this class, see saturated()
         self.pool = ConnectionPool(
             url or settings.database_url,
@@ -193,7 +194,13 @@ class Database:
         if problem is None:
             tables = conn.execute(SALES_TABLES).fetchone()
             self.logged = tables["logged"]
-            if tables["missing"]:
+            if tables["decoding"] and self.capture != "decoding":
+                # Nothing else would feed the summaries: the triggers are gone.
+                problem = (
+                    "the database takes its changes from a replication slot (kpi-service init-db --capture decoding)"
+                    " and this service does not decode: set KPI_CAPTURE=decoding (and KPI_DECODING_URL)"
+                )
+            elif tables["missing"]:
                 changed = True
                 problem = (
                     f"the sales tables lack columns the KPIs read ({', '.join(tables['missing'])}): renamed or"

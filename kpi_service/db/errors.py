@@ -34,6 +34,11 @@ class SalesTablesChanged(SchemaMismatch):
     application's writes go on; the applier empties the change log meanwhile."""
 
 
+class CaptureRefused(SchemaMissing):
+    """`kpi-service init-db --capture decoding` found a setting of the primary or of the slot's
+    server that the decoding mode needs missing (db/decoding.py, refusal): the message names it."""
+
+
 class LockNotGranted(Exception):
     """`kpi-service uninstall` found a lock it needs taken at every try (db/uninstall.py): the
     application was never quiet enough. Nothing is half-done; running it again goes on."""

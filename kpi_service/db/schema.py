@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from importlib import metadata
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row
 
-from kpi_service.db.errors import SchemaMismatch
+from kpi_service.db.decoding import STATEMENTS, Decoder, direct, refusal, slot_name
+from kpi_service.db.errors import CaptureRefused, SchemaMismatch
 from kpi_service.db.giving_way import giving_way
 from kpi_service.db.sql import in_applier_turn, sql_text
 
@@ -26,7 +29,9 @@ from kpi_service.db.sql import in_applier_turn, sql_text
 # triggers' state is recorded with the summaries, kpi_missing_columns(), which this service calls.
 # 7: every object of the service in its own schema, kpi (issue 33, item 11), which this service
 # names in every statement. 8: the summaries' batches are numbered (kpi_applier_rest.batch, which
-# the KPI statement reads) and announce their deltas (issue 37).
+# the KPI statement reads) and announce their deltas (issue 37); the decoding capture mode
+# (sql/schema/decoding.sql, capture.sql), whose tables stay empty in the trigger mode (issue 34);
+# the owner's targets (kpi_targets, issue 36).
 SCHEMA_VERSION = 8
 # The oldest database schema this service computes right numbers from: 8, since its KPI statement
 # reads the summaries' batch number (before 7 the objects were in the sales tables' schema).
@@ -38,6 +43,9 @@ OLDEST_DATABASE = 8
 # nothing then: no KPI schema; one whose login's search path reaches kpi reads this row and
 # refuses, as it should): replace the instances right after init-db.
 OLDEST_SERVICE = 7
+# In the decoding mode: a service before 8 has no decoder, and would serve summaries that nothing
+# feeds any more (the triggers are gone).
+OLDEST_DECODING_SERVICE = 8
 
 
 def service_version() -> str:
@@ -95,7 +103,13 @@ def schema_text(conn: psycopg.Connection, name: str, sales: str) -> str:
 
 
 def apply_schema(
-    conninfo: str, *, summaries: bool = True, aged_days: int = 60, progress: Callable[[str], None] | None = None
+    conninfo: str,
+    *,
+    summaries: bool = True,
+    aged_days: int = 60,
+    progress: Callable[[str], None] | None = None,
+    capture: str = "triggers",
+    decoding_url: str | None = None,
 ) -> None:
     """Apply sql/schema/schema.sql, (unless told not to) summary.sql, manifest.sql and indexes.sql, then build
     the summaries from the rows already there, with aged_inventory's fast path for `aged_days`
@@ -105,14 +119,17 @@ def apply_schema(
     application's tables gives way to its transactions (db/giving_way.py). Then what it built is
     vacuumed and analyzed, so that the first reads have index-only scans and statistics
     without waiting for autovacuum. `progress` is told each step as it begins, with the seconds
-    since the start (init-db prints them: at ten million listings the build takes minutes)."""
+    since the start (init-db prints them: at ten million listings the build takes minutes).
+    `capture` "decoding" installs no trigger: the changes come from a logical slot on
+    `decoding_url` (the primary itself by default, or a physical standby of it), checked first
+    (CaptureRefused says what the owner must set), made before the build (kpi_service/db/decoding.py)."""
     started = time.monotonic()
 
     def step(what: str) -> None:
         if progress is not None:
             progress(f"{time.monotonic() - started:7.1f} s  {what}")
 
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    with contextlib.ExitStack() as stack, psycopg.connect(conninfo, autocommit=True) as conn:
         sales = sales_schema(conn)
         own_path = conn.execute("SELECT current_setting('search_path')").fetchone()[0]
         # Every step, the indexes' expressions included, runs as the owner: what it names without
@@ -138,18 +155,37 @@ def apply_schema(
                 else None
             )
         )
+        decoding = summaries and capture == "decoding"
+        if decoding:
+            step("checking the decoding mode's settings")
+            server = psycopg.connect(decoding_url or conninfo, autocommit=True)
+            stack.callback(server.close)
+            if (why := refusal(conn, server)) is not None:
+                raise CaptureRefused(why)
+        slot = slot_name(conn.execute("SELECT current_database()").fetchone()[0])
+        # Back to the triggers from the decoding mode: its slot, which nothing would read any
+        # more and which would keep its server's WAL, is dropped once the triggers are in.
+        leaving = None
+        if summaries and not decoding and conn.execute("SELECT to_regclass('kpi.kpi_decoding')").fetchone()[0]:
+            leaving = conn.execute("SELECT slot FROM kpi.kpi_decoding").fetchone()
         step("tables, functions and triggers")
 
         def objects() -> None:
             _refuse_downgrade(conn)
             conn.execute(schema_text(conn, "schema/schema.sql", sales))
             if summaries:
+                conn.execute(
+                    "SELECT set_config('kpi.capture', %s, true), set_config('kpi.slot', %s, true)",
+                    [capture, slot],
+                )
+                conn.execute(schema_text(conn, "schema/decoding.sql", sales))
                 conn.execute(schema_text(conn, "schema/summary.sql", sales))
+                conn.execute(schema_text(conn, "schema/capture.sql", sales))
             conn.execute(schema_text(conn, "schema/manifest.sql", sales))
             conn.execute("DELETE FROM kpi.kpi_schema")
             conn.execute(
                 "INSERT INTO kpi.kpi_schema VALUES (%s, %s, %s, now())",
-                [SCHEMA_VERSION, OLDEST_SERVICE, service_version()],
+                [SCHEMA_VERSION, OLDEST_DECODING_SERVICE if decoding else OLDEST_SERVICE, service_version()],
             )
             # The service's role keeps its grants through an upgrade (new functions, new forms).
             if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'kpi_reader'").fetchone():
@@ -168,6 +204,13 @@ def apply_schema(
             transaction=False,
             say=step,
         )
+        if decoding:
+            step("the replication slot")
+            _ensure_slot(conn, server, decoding_url or conninfo)
+        elif leaving is not None:
+            step(f"dropping the decoding mode's replication slot {leaving[0]}")
+            with psycopg.connect(decoding_url or conninfo, autocommit=True) as server:
+                server.execute(STATEMENTS["drop_slot"], {"slot": leaving[0]})
         if summaries:
             step("waiting for a running applier")
             # Waiting for a running applier (an upgrade beside live instances) before the
@@ -224,3 +267,18 @@ def _statements(text: str) -> list[str]:
     """The statements of a file with one per line ending in ";" and no function bodies."""
     lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("--")]
     return [statement.strip() for statement in "\n".join(lines).split(";\n") if statement.strip()]
+
+
+def _ensure_slot(conn: psycopg.Connection, server: psycopg.Connection, slot_url: str) -> None:
+    """The slot of the decoding mode: kept when it is there and usable (an init-db run again),
+    made anew otherwise, before the build, whose snapshot is then later than its consistent point."""
+    decoder = Decoder(direct(conn), slot_url)
+    try:
+        state = decoder.primary("SELECT slot, slot_ok FROM kpi.kpi_decoding_state()")
+        status = (
+            server.cursor(row_factory=dict_row).execute(STATEMENTS["slot_status"], {"slot": state["slot"]}).fetchone()
+        )
+        if not state["slot_ok"] or Decoder.problem(state["slot"], status, promoted=False) is not None:
+            decoder.make_slot(state["slot"])
+    finally:
+        decoder.close()

@@ -55,7 +55,13 @@ OLD_LAYOUT_MODE = "SELECT NULL AS mode, version, oldest_service FROM {}"
 LEGACY_SOURCE = "SELECT FROM pg_proc WHERE proname = 'kpi_source' LIMIT 1"
 # Whether the sales tables still have every column the KPIs read, and whether there is a change
 # log (the summaries installed): looked up with the mode, on a schema this service reads.
-SALES_TABLES = "SELECT kpi.kpi_missing_columns() AS missing, to_regclass('kpi.kpi_changes') IS NOT NULL AS logged"
+# And whether the changes come from a slot (the decoding mode's publication, sql/schema/capture.sql:
+# a catalog row, there whatever version made the schema).
+SALES_TABLES = (
+    "SELECT kpi.kpi_missing_columns() AS missing, to_regclass('kpi.kpi_changes') IS NOT NULL AS logged,"
+    " EXISTS (SELECT FROM pg_publication p WHERE p.pubname = 'kpi'"
+    " AND obj_description(p.oid, 'pg_publication') = 'kpi-service: made by kpi-service init-db') AS decoding"
+)
 PENDING = "SELECT kpi.kpi_pending_changes() AS pending"
 AUDIT_STATE = "SELECT last_pass_at, last_repairs, repairs FROM kpi.kpi_audit_state"
 # The summaries built anew where they stopped (a TRUNCATE; sql/schema/summary.sql), by the applier,

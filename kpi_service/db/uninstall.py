@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
+from kpi_service.db.decoding import STATEMENTS
 from kpi_service.db.giving_way import giving_way, lock_timeout_ms
 from kpi_service.db.schema import SERVICE_SCHEMA, sales_schema, schema_text
 
@@ -42,6 +43,9 @@ class Plan:
     functions: list[str] = field(default_factory=list)  # signatures
     tables: list[str] = field(default_factory=list)
     views: list[str] = field(default_factory=list)
+    types: list[str] = field(default_factory=list)
+    publications: list[str] = field(default_factory=list)  # the decoding mode's
+    slot: tuple[str, str] | None = None  # the decoding mode's (slot, the URL of its server)
     indexes: list[tuple[str, str]] = field(default_factory=list)  # (index, table) on the application's tables
     schema: str | None = None  # kpi, dropped last of the service's own objects, once empty
     roles: list[str] = field(default_factory=list)  # made by the service: dropped
@@ -53,7 +57,16 @@ class Plan:
     @property
     def empty(self) -> bool:
         return not (
-            self.triggers or self.functions or self.tables or self.views or self.indexes or self.schema or self.roles
+            self.triggers
+            or self.functions
+            or self.tables
+            or self.views
+            or self.types
+            or self.publications
+            or self.slot
+            or self.indexes
+            or self.schema
+            or self.roles
         )
 
     def lines(self) -> list[str]:
@@ -62,6 +75,9 @@ class Plan:
             *(f"function {name}" for name in self.functions),
             *(f"table    {name}" for name in self.tables),
             *(f"view     {name}" for name in self.views),
+            *(f"type     {name}" for name in self.types),
+            *(f"publication {name}" for name in self.publications),
+            *([f"replication slot {self.slot[0]}"] if self.slot else []),
             *([f"schema   {self.schema}"] if self.schema else []),
             *(f"index    {name} on {table}" for name, table in self.indexes),
             *(f"role     {name}" for name in self.roles),
@@ -82,8 +98,17 @@ def manifest_query(conn: psycopg.Connection) -> str:
     return text[start:end]
 
 
-def plan(conn: psycopg.Connection) -> Plan:
+def plan(conn: psycopg.Connection, decoding_url: str | None = None) -> Plan:
+    """What is installed; the decoding mode's slot on `decoding_url` (the primary's own server by
+    default), if it is there."""
     found = Plan()
+    if conn.execute("SELECT to_regclass('kpi.kpi_decoding') IS NOT NULL").fetchone()[0]:
+        row = conn.execute("SELECT slot FROM kpi.kpi_decoding").fetchone()
+        url = decoding_url or conn.info.dsn
+        if row is not None:
+            with psycopg.connect(url, autocommit=True) as server:
+                if server.execute("SELECT true FROM pg_replication_slots WHERE slot_name = %s", [row[0]]).fetchone():
+                    found.slot = (row[0], url)
     rows = conn.execute(
         # (An index a build left invalid is not installed, but is there to drop.)
         f"SELECT kind, name, on_table FROM ({manifest_query(conn)}) AS m"  # noqa: S608 - the package's own text
@@ -98,6 +123,10 @@ def plan(conn: psycopg.Connection) -> Plan:
             found.tables.append(name)
         elif kind == "view":
             found.views.append(name)
+        elif kind == "type":
+            found.types.append(name)
+        elif kind == "publication":
+            found.publications.append(name)
         elif kind == "index" and not on_table.startswith(f"{SERVICE_SCHEMA}."):
             found.indexes.append((name, on_table))
         # (the service's indexes on its own tables go with them)
@@ -168,6 +197,12 @@ def _has_grants_here(conn: psycopg.Connection, role: str) -> bool:
 def remove(conn: psycopg.Connection, found: Plan, say: Callable[[str], None]) -> None:
     """Drop what `found` lists, on an autocommit connection (DROP INDEX CONCURRENTLY needs one)."""
     conn.execute("SELECT set_config('lock_timeout', %s, false)", [f"{lock_timeout_ms(conn)}ms"])
+    if found.slot is not None:
+        # First: a slot nobody reads holds the WAL of its server.
+        slot, url = found.slot
+        with psycopg.connect(url, autocommit=True) as server:
+            server.execute(STATEMENTS["drop_slot"], {"slot": slot})
+        say(f"dropped the replication slot {slot}")
     by_table: dict[str, list[str]] = {}
     for name, table in found.triggers:
         by_table.setdefault(table, []).append(name)
@@ -177,6 +212,8 @@ def remove(conn: psycopg.Connection, found: Plan, say: Callable[[str], None]) ->
     own = [
         *(sql.SQL("DROP VIEW IF EXISTS {}").format(sql.SQL(name)) for name in found.views),
         *(sql.SQL("DROP FUNCTION IF EXISTS {}").format(sql.SQL(name)) for name in found.functions),
+        *(sql.SQL("DROP TYPE IF EXISTS {}").format(sql.SQL(name)) for name in found.types),
+        *(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)) for name in found.publications),
         *(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.SQL(name)) for name in found.tables),
         # Not CASCADE: whatever else is in it (nobody but the owner may create there) stays, and
         # says so, as does anything of the application's that depends on the service's objects.

@@ -46,6 +46,19 @@ def readyz() -> Response:
         # Never unready for it: the primary answers the reads meanwhile.
         checks["replica"] = state.db.replica.state
         checks["replica_lag_ms"] = state.db.replica.lag_ms
+    decoder = state.applier.decoder
+    if decoder is not None and decoder.state is not None:
+        # The decoding mode (db/decoding.py): its slot as the decoder last found it, and why the
+        # last one was lost (the KPIs come from the rows until a new one is made and built from).
+        lost_at = decoder.state["lost_at"]
+        checks["capture"] = {
+            "mode": "decoding",
+            "slot": decoder.state["slot"],
+            "slot_ok": decoder.state["slot_ok"],
+            "lost": decoder.state["lost"],
+            "lost_at": lost_at.isoformat() if lost_at else None,
+            "behind_bytes": decoder.behind_bytes,
+        }
     if checks["database"] == "down":
         return envelope(
             503, "Not ready: the database is unreachable.", extra={"status": "unavailable", "checks": checks}

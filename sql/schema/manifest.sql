@@ -27,6 +27,9 @@ SELECT m.kind, m.name, m.callers,
            -- An index a CONCURRENTLY build left invalid is maintained by every write but read by
            -- no query: not installed (init-db drops it and builds it again).
            WHEN 'index' THEN EXISTS (SELECT FROM pg_index i WHERE i.indexrelid = to_regclass(m.name) AND i.indisvalid)
+           WHEN 'type' THEN to_regtype(m.name) IS NOT NULL
+           WHEN 'publication' THEN EXISTS (SELECT FROM pg_publication p WHERE p.pubname = m.name
+                                           AND obj_description(p.oid, 'pg_publication') = 'kpi-service: made by kpi-service init-db')
            ELSE to_regclass(m.name) IS NOT NULL
        END AS installed,
        m.on_table
@@ -123,7 +126,21 @@ CROSS JOIN LATERAL (VALUES
     ('function', 'kpi.kpi_summary_version()', 'reader', NULL),
     ('function', 'kpi.kpi_build(integer)', 'owner', NULL),
     ('function', 'kpi.kpi_rebuild_if_needed(integer)', 'reader', NULL),
-    ('function', 'kpi.kpi_truncated_nothing(text, kpi.kpi_changes[])', 'owner', NULL)
+    ('function', 'kpi.kpi_truncated_nothing(text, kpi.kpi_changes[])', 'owner', NULL),
+    -- sql/schema/decoding.sql and capture.sql: the decoding mode (its tables empty in the trigger mode)
+    ('table', 'kpi.kpi_decoding', 'reader', NULL),
+    ('table', 'kpi.kpi_row_copy', 'owner', NULL),
+    ('function', 'kpi.kpi_decoding_mode()', 'reader', NULL),
+    ('function', 'kpi.kpi_decoding_publication()', 'owner', NULL),
+    ('function', 'kpi.kpi_read_image("char", jsonb)', 'owner', NULL),
+    ('function', 'kpi.kpi_decoded(jsonb, pg_lsn)', 'reader', NULL),
+    ('function', 'kpi.kpi_copy_rebuild()', 'owner', NULL),
+    ('function', 'kpi.kpi_decoding_lost(text)', 'reader', NULL),
+    ('function', 'kpi.kpi_decoding_slot_made(text, pg_lsn, boolean)', 'reader', NULL),
+    ('function', 'kpi.kpi_decoding_state()', 'reader', NULL),
+    ('type', 'kpi.kpi_decoded_change', 'owner', NULL),
+    -- (the decoding mode's slot is on the server that holds it: uninstall drops it there)
+    ('publication', 'kpi', NULL, NULL)
 ) AS m (kind, name, callers, on_table);
 
 REVOKE ALL ON kpi.kpi_manifest FROM PUBLIC;

@@ -235,6 +235,13 @@ $fn$;
 CREATE OR REPLACE FUNCTION kpi.kpi_capturing() RETURNS boolean
 LANGUAGE plpgsql STABLE AS $fn$
 BEGIN
+    -- The decoding mode (decoding.sql) has no trigger: its changes come from a slot, while the
+    -- slot is not lost.
+    IF to_regclass('kpi.kpi_decoding') IS NOT NULL THEN
+        IF EXISTS (SELECT FROM kpi.kpi_decoding) THEN
+            RETURN EXISTS (SELECT FROM kpi.kpi_decoding WHERE slot_ok);
+        END IF;
+    END IF;
     IF (SELECT count(*) FROM pg_trigger
         WHERE tgname LIKE 'kpi\_%' AND tgenabled = 'A' AND NOT tgisinternal
           AND tgrelid IN (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
