@@ -7,10 +7,12 @@ requested recently enough to be refreshed when a batch changes them.
   can change its window (serving/changes.py, the rule the streams use). A batch this process has
   not heard of (before it subscribed, lost in a reconnect, or more than MAX_BATCHES back)
   counts as one that changes it: the value is computed again rather than served past a change.
+- A batch that announces its deltas brings every watched window forward with no statement of
+  its own (serving/advancer.py); the rest of this module is the path for the others.
 - "Recently requested": a window this process answered within the last KPI_CACHE_TTL seconds
   (at most MAX_REQUESTED windows), and since a batch last had it refreshed: a window polled
   every 5 s pays at most one refresh per poll, however many batches come between. When a batch
-  changes one, it is refreshed in the background,
+  without deltas changes one, it is refreshed in the background,
   once across all instances (the cache's lock; an instance that finds the value computed by
   another takes it), so a poller's next request finds the new value and a new ETag. Windows
   not requested lately cost nothing per batch: their next request computes them.
@@ -87,10 +89,6 @@ class Changes:
         """The announcement (its seq, and what it said) of the summaries' batch `batch`, if heard."""
         with self._lock:
             return self._numbered.get(batch)
-
-    def latest_numbered(self) -> int | None:
-        with self._lock:
-            return max(self._numbered) if self._numbered else None
 
     def needed(self, query: KpiQuery, seq: int) -> int:
         """The batch a value of `query` that includes batches up to `seq` must include to be
