@@ -191,7 +191,11 @@ LANGUAGE sql IMMUTABLE AS $fn$
            aged,
            round(coalesce(profit_sum / nullif(costed, 0), 0), 2),
            round(coalesce(lead_seconds / nullif(led * 86400, 0), 0), 2),
-           round(coalesce(100.0 * converted / nullif(leads, 0), 0), 2),
+           -- (least: the rows never convert more leads than there are, but the summaries may, for
+           -- a moment, while a backlog is applied: a purchase's conversion is looked up in the
+           -- batch's snapshot, its lead counted when its own log row is taken. Such a value says
+           -- so, meta.pending_changes; it must not be a rate above 100.)
+           round(coalesce(100.0 * least(converted, leads) / nullif(leads, 0), 0), 2),
            buyers
 $fn$;
 
