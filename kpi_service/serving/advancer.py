@@ -13,8 +13,10 @@ instances brings every watched window's stored value up to it by adding the batc
 
 A window the deltas cannot bring forward (read from the rows: edges off the 15-minute grid; a
 batch not heard, or announced without deltas; a window that ended since its value was
-computed) is computed by a statement of its own, as before. Every TTL / 3 a tick does the same
-with no batch, so that aged_inventory "now" follows the clock. The watched windows are shared
+computed) is computed by a statement of its own, as before. When a poll finds a watched value's
+TTL ended, a tick does the same for all of them with no batch (at most once per TTL across
+instances): aged_inventory "now" follows the clock, and a window no batch changes stays fresh,
+for the same statements. The watched windows are shared
 in Redis (Cache.watch): one process advances each batch (Cache.claim), and the others' pollers
 and streams wait for its values instead of computing them.
 """
