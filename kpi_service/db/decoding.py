@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiosql
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -42,10 +43,9 @@ TABLE_CODES = {"listings": "l", "leads": "d", "purchases": "p"}
 DECODE_BATCH = 20_000
 # How long making a slot on a standby waits for it to replay the publication.
 REPLAY_WAIT_S = 60.0
-STATEMENTS = {
-    name: text.strip()
-    for name, text in (part.split("\n", 1) for part in sql_text("runtime/decoding.sql").split("-- name: ")[1:])
-}
+_QUERIES = aiosql.from_str(sql_text("runtime/decoding.sql"), "psycopg")
+# Each statement's text with psycopg's placeholders, run on whichever server it belongs to.
+STATEMENTS = {name: getattr(_QUERIES, name).sql for name in _QUERIES.available_queries if not name.endswith("_cursor")}
 
 
 APPLICATION_NAME = "kpi-service"  # the pool's (db/connections.py, Database)
