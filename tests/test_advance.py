@@ -23,8 +23,9 @@ from psycopg.rows import dict_row, tuple_row
 from kpi_service.app import create_app
 from kpi_service.db.sql import kpi_statement_rows
 from kpi_service.ops import metrics
-from kpi_service.serving.advancer import described, windows_of
+from kpi_service.serving.advancer import described
 from kpi_service.serving.bodies import parse_instant
+from kpi_service.serving.query import windows_of
 from tests.dataset import Dataset, catch_up
 from tests.helpers import RedisServer, counted, make_settings, wait_until
 from tests.strategies import datasets

@@ -42,9 +42,8 @@ from kpi_service.serving.cache import Cache, Entry
 from kpi_service.serving.changes import affected
 from kpi_service.serving.errors import InvalidKpis
 from kpi_service.serving.freshness import Changes
-from kpi_service.serving.query import KpiQuery
-from kpi_service.serving.responses import Served, kpi_data, validated
-from kpi_service.serving.windows import Window, buckets
+from kpi_service.serving.query import KpiQuery, windows_of
+from kpi_service.serving.responses import Served, data_of
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +71,6 @@ def described(text: str) -> tuple[str, KpiQuery] | None:
         return found["kind"], query
     except (ValueError, KeyError, TypeError):
         return None
-
-
-def windows_of(kind: str, query: KpiQuery) -> list[tuple[Window, tuple[date, date] | None]]:
-    """The spans of a value: the window (then the window it is compared with, if any), or each
-    bucket of a history (with its days)."""
-    if kind == "kpi":
-        return [(window, None) for window in query.windows]
-    assert query.date_from is not None and query.date_to is not None and query.interval is not None
-    days = buckets(query.date_from, query.date_to, query.interval)
-    return [(Window.of_dates(first, last, query.tz), (first, last)) for first, last in days]
 
 
 def holds_now(plan: _Plan, now: datetime) -> bool:
@@ -316,17 +305,9 @@ class Advancer:
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The body's data of an advanced window (its metrics, or its series), and its new state."""
         spans = windows_of(plan.kind, plan.query)
-        if plan.kind == "kpi":
-            data: dict[str, Any] = kpi_data(plan.query, rows)
-        else:
-            series = []
-            for (_, days), row in zip(spans, rows, strict=True):
-                assert days is not None
-                series.append({"start": days[0].isoformat(), "end": days[1].isoformat(), "metrics": validated(row)})
-            data = {"series": series}
         state = plan.entry.state
         assert state is not None and plan.sums is not None
-        return data, {
+        return data_of(plan.kind, plan.query, spans, rows), {
             "batch": batch,
             "sums": [encode(s) for s in plan.sums],
             "as_ofs": [microseconds_of(window.as_of(now)) for window, _ in spans],

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from kpi_service.config import canonical_zone
-from kpi_service.serving.windows import COMPARISONS, INTERVALS, Window, bucket_count, compared_days
+from kpi_service.serving.windows import COMPARISONS, INTERVALS, Window, bucket_count, buckets, compared_days
 
 if TYPE_CHECKING:
     from werkzeug.datastructures import MultiDict
@@ -101,6 +101,16 @@ class KpiQuery:
         if self.compare is not None:
             described["compare"] = self.compare
         return described
+
+
+def windows_of(kind: str, query: KpiQuery) -> list[tuple[Window, tuple[date, date] | None]]:
+    """The spans a value of `kind` ("kpi" or "history") is computed over, each with its days for a
+    history's bucket: the window (then the one it is compared with, if any), or each bucket."""
+    if kind == "kpi":
+        return [(window, None) for window in query.windows]
+    assert query.date_from is not None and query.date_to is not None and query.interval is not None
+    days = buckets(query.date_from, query.date_to, query.interval)
+    return [(Window.of_dates(first, last, query.tz), (first, last)) for first, last in days]
 
 
 class WindowQuerySchema(Schema):

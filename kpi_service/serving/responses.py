@@ -18,7 +18,10 @@ from kpi_service.serving.cache import Entry
 from kpi_service.serving.errors import InvalidKpis
 
 if TYPE_CHECKING:
+    from datetime import date
+
     from kpi_service.serving.query import KpiQuery
+    from kpi_service.serving.windows import Window
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +145,20 @@ def kpi_data(query: KpiQuery, rows: list[dict[str, Any]]) -> dict[str, Any]:
             "change": changes(rows[0], rows[1]),
         }
     return data
+
+
+def data_of(
+    kind: str, query: KpiQuery, spans: list[tuple[Window, tuple[date, date] | None]], rows: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The data of a body of `kind` from the statement's rows, one per span (query.windows_of):
+    kpi_data's, or a history's `series`."""
+    if kind == "kpi":
+        return kpi_data(query, rows)
+    series = []
+    for (_, days), row in zip(spans, rows, strict=True):
+        assert days is not None
+        series.append({"start": days[0].isoformat(), "end": days[1].isoformat(), "metrics": validated(row)})
+    return {"series": series}
 
 
 def changes(current: dict[str, Any], base: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -33,13 +33,12 @@ from kpi_service.serving.cache import Cache, Entry
 from kpi_service.serving.errors import InvalidKpis, WindowUnavailable
 from kpi_service.serving.freshness import MAX_REQUESTED, Changes, Requested
 from kpi_service.serving.keys import cache_key
-from kpi_service.serving.query import KpiQuery
+from kpi_service.serving.query import KpiQuery, windows_of
 from kpi_service.serving.recent import Recent
 from kpi_service.serving.refresher import Refresher
-from kpi_service.serving.responses import Served, computed_at, hit, kpi_data, validated
+from kpi_service.serving.responses import Served, computed_at, data_of, hit
 from kpi_service.serving.singleflight import SingleFlight
 from kpi_service.serving.targets import Targets
-from kpi_service.serving.windows import Window, buckets
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +86,7 @@ class KpiService:
     def current(self, query: KpiQuery) -> Served:
         """GET /api/kpi for this query, with the window's targets."""
         self.targets.start()
-        return self.targets.served(self._serve("kpi", query, self._current_compute(query)), query)
+        return self.targets.served(self._serve("kpi", query, self.compute_of("kpi", query)), query)
 
     def current_after(self, query: KpiQuery, seq: int, not_before: float) -> Served:
         """The window's value for a live update: the stored one if it includes change batch `seq`
@@ -107,7 +106,7 @@ class KpiService:
             entry = self._advanced_by_another(key, entry, seq, current)
         if entry is not None and current(entry):
             return self.targets.served(self.recent.remember(key, hit(entry)), query)
-        compute = self._current_compute(query)
+        compute = self.compute_of("kpi", query)
         # A flight of its own: joining a computation of the same window that began before this
         # batch (a poller's, a new stream's) would hand back the numbers without it.
         flight = f"{key}#{seq}#{not_before}"
@@ -127,38 +126,22 @@ class KpiService:
         return self.targets.served(Served(with_flags(body, cached=True, stale=True), "stale", time.time()), query)
 
     def compute_of(self, kind: str, query: KpiQuery) -> Compute:
-        return self._current_compute(query) if kind == "kpi" else self._history_compute(query)
+        """A value of `kind` ("kpi", "history") computed: every span in one execution of the
+        statement, one snapshot (a window and the one it is compared with; a history's buckets)."""
+        windows = windows_of(kind, query)
 
-    def _current_compute(self, query: KpiQuery) -> Compute:
         def compute(now: datetime) -> Computed:
-            # The window and the one it is compared with (if any) in one statement, one snapshot.
-            as_ofs = [window.as_of(now) for window in query.windows]
-            spans = [(window.start, window.end, as_of) for window, as_of in zip(query.windows, as_ofs, strict=True)]
-            rows, duration_ms, answered_by, pending, parts = self.kpi_rows("kpi", spans, query.aged_days)
-            return kpi_data(query, rows), duration_ms, answered_by, pending, state_of(parts, as_ofs, now)
+            as_ofs = [window.as_of(now) for window, _ in windows]
+            spans = [(window.start, window.end, as_of) for (window, _), as_of in zip(windows, as_ofs, strict=True)]
+            rows, duration_ms, answered_by, pending, parts = self.kpi_rows(kind, spans, query.aged_days)
+            data = data_of(kind, query, windows, rows)
+            return data, duration_ms, answered_by, pending, state_of(parts, as_ofs, now)
 
         return compute
 
     def history(self, query: KpiQuery) -> Served:
         """GET /api/kpi/history: every bucket in one execution of the same statement."""
-        return self._serve("history", query, self._history_compute(query))
-
-    def _history_compute(self, query: KpiQuery) -> Compute:
-        assert query.date_from is not None and query.date_to is not None and query.interval is not None
-        days = buckets(query.date_from, query.date_to, query.interval)
-
-        def compute(now: datetime) -> Computed:
-            windows = [Window.of_dates(first, last, query.tz) for first, last in days]
-            spans = [(w.start, w.end, w.as_of(now)) for w in windows]
-            rows, duration_ms, answered_by, pending, parts = self.kpi_rows("history", spans, query.aged_days)
-            series = [
-                {"start": first.isoformat(), "end": last.isoformat(), "metrics": validated(row)}
-                for (first, last), row in zip(days, rows, strict=True)
-            ]
-            state = state_of(parts, [as_of for _, _, as_of in spans], now)
-            return {"series": series}, duration_ms, answered_by, pending, state
-
-        return compute
+        return self._serve("history", query, self.compute_of("history", query))
 
     def kpi_rows(
         self, endpoint: str, spans: list[tuple[datetime | None, datetime | None, datetime]], aged_days: int
