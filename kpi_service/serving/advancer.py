@@ -44,6 +44,7 @@ from kpi_service.serving.errors import InvalidKpis
 from kpi_service.serving.freshness import Changes
 from kpi_service.serving.query import KpiQuery, windows_of
 from kpi_service.serving.responses import Served, data_of
+from kpi_service.serving.windows import Window
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def described(text: str) -> tuple[str, KpiQuery] | None:
 
 def holds_now(plan: _Plan, now: datetime) -> bool:
     """Whether a span of the window holds the present (its aged_inventory is at "now")."""
-    return any(window.end is None or window.end > now for window, _ in windows_of(plan.kind, plan.query))
+    return any(window.end is None or window.end > now for window, _ in plan.spans)
 
 
 def advanceable(entry: Entry | None) -> bool:
@@ -112,6 +113,11 @@ class _Plan:
     query: KpiQuery
     entry: Entry
     sums: list[Sums] | None = None
+
+    @functools.cached_property
+    def spans(self) -> list[tuple[Window, tuple[date, date] | None]]:
+        """Its windows (query.windows_of), built once per advance, not at each step."""
+        return windows_of(self.kind, self.query)
 
 
 class Advancer:
@@ -287,7 +293,7 @@ class Advancer:
         assert state is not None
         deltas = [c["deltas"] for c in batches]
         result = []
-        for i, (window, _) in enumerate(windows_of(plan.kind, plan.query)):
+        for i, (window, _) in enumerate(plan.spans):
             span = Span(microseconds_of(window.start), microseconds_of(window.end), plan.query.aged_days)
             if not span.aligned or i >= len(state["sums"]):
                 return None
@@ -304,7 +310,7 @@ class Advancer:
         self, plan: _Plan, rows: list[dict[str, Any]], batch: int, now: datetime
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The body's data of an advanced window (its metrics, or its series), and its new state."""
-        spans = windows_of(plan.kind, plan.query)
+        spans = plan.spans
         state = plan.entry.state
         assert state is not None and plan.sums is not None
         return data_of(plan.kind, plan.query, spans, rows), {
@@ -328,7 +334,7 @@ class Advancer:
         if state is None or held is None or held.state is None or held.state["batch"] != state["batch"]:
             return  # another batch came between: compared next time round
         metrics.REFRESH_VERIFIED.inc()
-        for i, (window, _) in enumerate(windows_of(plan.kind, plan.query)):
+        for i, (window, _) in enumerate(plan.spans):
             kept, fresh = decode(held.state["sums"][i]), decode(state["sums"][i])
             # aged_inventory "now" is taken at two instants: compared only for a span that ended.
             compared = slice(None) if window.end is not None and window.end <= now else slice(0, 11)
