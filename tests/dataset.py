@@ -56,6 +56,11 @@ class Dataset:
     def insert(self, conn: psycopg.Connection) -> None:
         """Replace the tables' contents with this dataset."""
         retrying_deadlocks(conn, "TRUNCATE purchases, leads, listings, buyers RESTART IDENTITY CASCADE")
+        self.add_rows(conn)
+        catch_up(conn)
+
+    def add_rows(self, conn: psycopg.Connection) -> None:
+        """This dataset's rows inserted into the tables."""
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO buyers (id, name) VALUES (%s, %s)", [(b, f"buyer {b}") for b in self.buyers])
             cur.executemany(
@@ -72,7 +77,6 @@ class Dataset:
                 " VALUES (%s, %s, %s, %s, %s, %s)",
                 [(x.id, x.listing_id, x.buyer_id, x.lead_id, x.sale_price, x.purchased_at) for x in self.purchases],
             )
-        catch_up(conn)
 
 
 def catch_up(conn: psycopg.Connection) -> None:

@@ -96,22 +96,7 @@ def replace_rows(conn: psycopg.Connection, data: Dataset) -> None:
     with conn.transaction():
         for table in ("purchases", "leads", "listings", "buyers"):
             conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(table)))
-    with conn.cursor() as cur:
-        cur.executemany("INSERT INTO buyers (id, name) VALUES (%s, %s)", [(b, f"buyer {b}") for b in data.buyers])
-        cur.executemany(
-            "INSERT INTO listings (id, price, acquisition_cost, status, listed_at, sold_at, score)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            [(x.id, x.price, x.acquisition_cost, x.status, x.listed_at, x.sold_at, x.score) for x in data.listings],
-        )
-        cur.executemany(
-            "INSERT INTO leads (id, buyer_id, listing_id, created_at, status) VALUES (%s, %s, %s, %s, %s)",
-            [(x.id, x.buyer_id, x.listing_id, x.created_at, x.status) for x in data.leads],
-        )
-        cur.executemany(
-            "INSERT INTO purchases (id, listing_id, buyer_id, lead_id, sale_price, purchased_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s)",
-            [(x.id, x.listing_id, x.buyer_id, x.lead_id, x.sale_price, x.purchased_at) for x in data.purchases],
-        )
+    data.add_rows(conn)
 
 
 def exact(conn: psycopg.Connection, data: Dataset, draw: st.DrawFn) -> None:
